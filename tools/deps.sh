@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package the project needs to build, test and run.
+# Idempotent: packages already present are not reinstalled. Needs root (or sudo).
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake pkg-config git
+  liburing-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
+  libcriterion-dev spin
+  python3 python3-grpcio grpc-proto nghttp2-client
+)
+[ "${BDS_DEPS_BENCH:-0}" = 1 ] && pkgs+=(gnuplot libgrpc++-dev protobuf-compiler-grpc golang-go)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
