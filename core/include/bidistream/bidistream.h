@@ -2,4 +2,6 @@
 #ifndef BIDISTREAM_H
 #define BIDISTREAM_H
 #include "bidistream/status.h"
+#include "bidistream/options.h"
+#include "bidistream/pipeline.h"
 #endif

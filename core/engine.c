@@ -1,0 +1,250 @@
+/* engine.c — the EXEC role: per-(session, key) run queues and the Engine.
+ *
+ * The pipeline a key hashes to is the only one that touches that key's queue,
+ * so keyed FIFO needs no lock (DESIGN §6). Only a queue's head runs, and only
+ * while it holds a token: either the EXEC brought one, a GRANT delivered one,
+ * or the previous head passed its own on completion. A finished head is
+ * handed back to its home pipeline with DONE, saying whether the token went
+ * to a successor (passed) or back (returned).
+ *
+ * The Engine runs the handler under a setjmp guard so bds_call_panic() unwinds
+ * to here and becomes PANIC_RECOVERED for this message (terminal for its
+ * session, never for the process). Failures are retried after the backoff on
+ * this pipeline's timer heap, keeping the key's turn and token. A completion
+ * that arrives while the handler is still on the stack is only recorded; the
+ * loop in exec_run() acts on it after the handler returns, so a key whose
+ * calls all finish at once unrolls iteratively, never recursively.
+ *
+ * Ownership: calls and sessions belong to their home pipeline; this side
+ * borrows a call from EXEC until DONE and never touches it after posting DONE.
+ * Exec keys belong to this pipeline. */
+#include <string.h>
+
+#include "pipeline_int.h"
+
+/* ---- exec keys --------------------------------------------------------------- */
+
+static bds__exec_key *exec_key_get(bds_pipeline *p, bds_call *call) {
+    bds_session *s = call->session;
+    uint64_t h = bds__kmap_hash(call->key_hash, s);
+    bds__kmap_node *n = bds__kmap_find(&p->exec_keys, h, s, call->key, call->key_len);
+    if (n) return BDS_CONTAINER_OF(n, bds__exec_key, node);
+    bds__exec_key *ek = bds__pool_get(&p->ekeys);
+    BDS_ASSERT(ek != NULL); /* out of memory on the exec side: no way to hand the call back */
+    ek->node.hash = h;
+    ek->node.session = s;
+    ek->node.key = call->key;
+    ek->node.key_len = call->key_len;
+    (void)bds__kmap_insert(&p->exec_keys, &ek->node);
+    ek->session = s;
+    ek->s_next = s->exec[p->index].first;
+    if (ek->s_next) ek->s_next->s_prev = ek;
+    s->exec[p->index].first = ek;
+    return ek;
+}
+
+static void exec_key_free(bds_pipeline *p, bds__exec_key *ek) {
+    BDS_ASSERT(ek->head == NULL && ek->tail == NULL);
+    bds_session *s = ek->session;
+    if (ek->s_prev) ek->s_prev->s_next = ek->s_next;
+    else s->exec[p->index].first = ek->s_next;
+    if (ek->s_next) ek->s_next->s_prev = ek->s_prev;
+    bds__kmap_remove(&p->exec_keys, &ek->node);
+    bds__pool_put(&p->ekeys, ek);
+}
+
+/* Unlinks the head and hands it home. Returns the new head (NULL: ek is freed). */
+static bds_call *exec_pop_head(bds_pipeline *p, bds__exec_key *ek) {
+    bds_call *call = ek->head;
+    BDS_ASSERT(call != NULL);
+    bds_call *next = call->k_next;
+    ek->head = next;
+    if (!next) ek->tail = NULL;
+    else ek->node.key = next->key; /* the old head's bytes die with it at home */
+    call->token_passed = next != NULL;
+    call->ekey = NULL;
+    /* Free the key first: it links into the session, which home may free as
+     * soon as it has the last DONE. */
+    if (!next) exec_key_free(p, ek);
+    bds__post(p, call->home, BDS_XK_DONE, call); /* call is home's again: no access after this */
+    return next;
+}
+
+/* Drops every queued call of ek in order (their DONEs keep key order). */
+static void exec_drop_all(bds_pipeline *p, bds__exec_key *ek) {
+    while (ek->head) {
+        bds_call *call = ek->head;
+        BDS_ASSERT(call->exec_state != BDS_EXEC_RUNNING);
+        call->status = BDS_CANCELLED;
+        call->msg[0] = 0;
+        if (!exec_pop_head(p, ek)) return;
+    }
+}
+
+/* ---- the Engine ------------------------------------------------------------------ */
+
+static void exec_on_retry_timer(bds_timer *timer, void *ctx);
+
+static void exec_handler_run(bds_call *call) {
+    bds_session *s = call->session;
+    jmp_buf guard;
+    call->attempt++;
+    call->exec_state = BDS_EXEC_RUNNING;
+    call->done_in_handler = false;
+    call->in_handler = true;
+    call->guard = &guard;
+    if (setjmp(guard) == 0) {
+        s->handler(call, s->handler_ctx);
+    } else {
+        call->status = BDS_E_PANIC_RECOVERED; /* bds_call_panic() set msg */
+        call->done_in_handler = true;
+    }
+    call->guard = NULL;
+    call->in_handler = false;
+}
+
+static bool exec_should_retry(const bds_call *call) {
+    const bds_session *s = call->session;
+    if (call->status == BDS_OK || call->status == BDS_E_PANIC_RECOVERED) return false;
+    if (call->attempt > s->opts.retry.max_attempts) return false;
+    /* acquire: pairs with the home side's transition; a closed session's work is not retried */
+    return atomic_load_explicit(&((bds_session *)s)->state, memory_order_acquire) != BDS_STATE_CLOSED;
+}
+
+/* The running head finished an attempt: retry it, or hand it home. Returns
+ * the key's new head (NULL when the key is gone or the head waits for a retry). */
+static bds_call *exec_result(bds_pipeline *p, bds_call *call) {
+    bds__exec_key *ek = call->ekey;
+    BDS_ASSERT(ek->head == call && call->exec_state == BDS_EXEC_RUNNING);
+    if (exec_should_retry(call)) {
+        call->exec_state = BDS_EXEC_RETRY_WAIT;
+        bds__timer_init(&call->retry_timer, exec_on_retry_timer, call);
+        BDS_ASSERT(bds__timer_arm(&p->timers, &call->retry_timer,
+                                  bds__now(p) + call->session->opts.retry.backoff_ns) == 0);
+        return NULL;
+    }
+    bool drop_rest = ek->drop_rest;
+    bds_call *next = exec_pop_head(p, ek);
+    if (next && drop_rest) {
+        exec_drop_all(p, ek);
+        return NULL;
+    }
+    return next; /* inherits the token */
+}
+
+/* Runs heads of ek while they hold a token and finish synchronously. */
+static void exec_run(bds_pipeline *p, bds_call *head) {
+    while (head && head->exec_state == BDS_EXEC_QUEUED && head->ekey->head_has_token) {
+        exec_handler_run(head);
+        if (!head->done_in_handler) return; /* finishes later through COMPLETE */
+        head = exec_result(p, head);
+    }
+}
+
+static void exec_on_retry_timer(bds_timer *timer, void *ctx) {
+    (void)timer;
+    bds_call *call = ctx;
+    BDS_ASSERT(call->exec_state == BDS_EXEC_RETRY_WAIT);
+    call->exec_state = BDS_EXEC_QUEUED;
+    exec_run(bds__pipeline_current(), call);
+}
+
+/* ---- messages ---------------------------------------------------------------- */
+
+void bds__exec_on_exec(bds_pipeline *p, bds_call *call) {
+    bds__exec_key *ek = exec_key_get(p, call);
+    call->ekey = ek;
+    call->k_next = NULL;
+    call->attempt = 0;
+    call->exec_state = BDS_EXEC_QUEUED;
+    if (ek->tail) {
+        BDS_ASSERT(call->exec_token == BDS_TOKEN_NONE); /* only an idle key's first call brings one */
+        ek->tail->k_next = call;
+        ek->tail = call;
+        return;
+    }
+    ek->head = ek->tail = call;
+    ek->head_has_token = call->exec_token != BDS_TOKEN_NONE;
+    exec_run(p, call);
+}
+
+void bds__exec_on_grant(bds_pipeline *p, bds_call *call) {
+    bds__exec_key *ek = call->ekey;
+    BDS_ASSERT(ek && ek->head == call && !ek->head_has_token);
+    BDS_ASSERT(call->exec_state == BDS_EXEC_QUEUED);
+    ek->head_has_token = true;
+    exec_run(p, call);
+}
+
+void bds__exec_on_complete(bds_pipeline *p, bds_call *call) {
+    BDS_ASSERT(call->exec_state == BDS_EXEC_RUNNING && !call->in_handler);
+    exec_run(p, exec_result(p, call));
+}
+
+void bds__exec_on_cancel(bds_pipeline *p, bds_session *s, bool running_too) {
+    bds__exec_key *ek = s->exec[p->index].first;
+    while (ek) {
+        bds__exec_key *next = ek->s_next; /* ek may be freed below */
+        bds_call *head = ek->head;
+        if (head->exec_state == BDS_EXEC_RUNNING ||
+            (head->exec_state == BDS_EXEC_RETRY_WAIT && !running_too)) {
+            ek->drop_rest = true; /* the active head finishes, the rest follow it out */
+        } else {
+            if (head->exec_state == BDS_EXEC_RETRY_WAIT) {
+                bds__timer_cancel(&p->timers, &head->retry_timer);
+                head->exec_state = BDS_EXEC_QUEUED;
+            }
+            exec_drop_all(p, ek);
+        }
+        ek = next;
+    }
+    bds__post(p, s->home->index, BDS_XK_ACK, s);
+}
+
+/* ---- the call API (handlers) ------------------------------------------------------ */
+
+void *bds_call_payload(const bds_call *call) { return call->payload; }
+
+const void *bds_call_key(const bds_call *call, uint32_t *key_len) {
+    if (key_len) *key_len = call->key_len;
+    return call->key;
+}
+
+uint64_t bds_call_seq(const bds_call *call) { return call->seq; }
+uint32_t bds_call_attempt(const bds_call *call) { return call->attempt; }
+void *bds_call_session_ctx(const bds_call *call) { return call->session->ops_ctx; }
+
+static bool on_exec_thread(const bds_call *call) {
+    const bds_pipeline *cur = bds__pipeline_current();
+    const bds_pipeline *home = call->session->home;
+    return cur && cur->index == call->exec && cur->port.ctx == home->port.ctx &&
+           cur->port.post == home->port.post;
+}
+
+void bds_call_reply(bds_call *call, bds_reply *reply) {
+    reply->_session = call->session;
+    reply->_next = NULL;
+    bds__post_any(call->session->home, call->home, BDS_XK_REPLY, reply);
+}
+
+void bds_call_done(bds_call *call, bds_status status, const char *message) {
+    call->status = status;
+    if (message) {
+        strncpy(call->msg, message, sizeof call->msg - 1);
+        call->msg[sizeof call->msg - 1] = 0;
+    } else {
+        call->msg[0] = 0;
+    }
+    if (on_exec_thread(call) && call->in_handler) {
+        call->done_in_handler = true; /* exec_run() acts on it when the handler returns */
+        return;
+    }
+    bds__post_any(call->session->home, call->exec, BDS_XK_COMPLETE, call);
+}
+
+void bds_call_panic(bds_call *call, const char *message) {
+    BDS_ASSERT(on_exec_thread(call) && call->in_handler && call->guard);
+    strncpy(call->msg, message ? message : "handler panicked", sizeof call->msg - 1);
+    call->msg[sizeof call->msg - 1] = 0;
+    longjmp(*call->guard, 1);
+}

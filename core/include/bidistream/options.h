@@ -1,0 +1,90 @@
+/* bidistream/options.h — the pipeline's options (the seed's Options, in C).
+ *
+ * Every size is a count, 0 meaning "no limit" where the seed says so. Times are
+ * nanoseconds. Start from bds_default_options() and change fields; always pass
+ * the result through bds_options_validate() (session creation does). */
+#ifndef BIDISTREAM_OPTIONS_H
+#define BIDISTREAM_OPTIONS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bidistream/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum bds_ordering_mode {
+    BDS_ORDERING_FIFO = 0,       /* one order for the whole stream */
+    BDS_ORDERING_KEYED_FIFO = 1, /* sequential within a key, parallel across keys */
+} bds_ordering_mode;
+
+typedef enum bds_backpressure_policy {
+    BDS_BP_HARD_REJECT = 0,       /* reject at once when capacity is exhausted */
+    BDS_BP_QUEUE = 1,             /* wait for capacity; queue_capacity bounds the waiters */
+    BDS_BP_SOFT_ALLOW = 2,        /* run anyway */
+    BDS_BP_SOFT_ALLOW_SIGNAL = 3, /* run anyway, count it and call on_pressure */
+} bds_backpressure_policy;
+
+typedef struct bds_ordering_options {
+    bds_ordering_mode mode;
+    uint32_t capacity; /* messages waiting for their turn; 0 = no limit */
+} bds_ordering_options;
+
+typedef struct bds_backpressure_options {
+    bds_backpressure_policy policy;
+    uint32_t capacity;       /* concurrent executions (inbound) or unwritten replies (outbound); 0 = no limit */
+    uint32_t queue_capacity; /* waiters for capacity, QUEUE only; 0 = no limit */
+} bds_backpressure_options;
+
+typedef enum bds_direction { BDS_INBOUND = 0, BDS_OUTBOUND = 1 } bds_direction;
+
+/* Called on the session's home shard each time a SOFT_ALLOW_SIGNAL policy lets a
+ * message run over capacity. Must not block. */
+typedef void (*bds_on_pressure_fn)(bds_direction direction, uint32_t in_use, uint32_t capacity, void *ctx);
+
+typedef struct bds_options {
+    uint32_t size; /* = sizeof(bds_options); lets fields be added */
+    struct {
+        bds_ordering_options ordering;
+        bds_backpressure_options backpressure;
+        bool drain_on_client_close;  /* finish in-flight work after the client half-closes */
+        bool failures_terminal;      /* a handler failure (retries spent) ends the session */
+    } inbound;
+    struct {
+        bds_ordering_options ordering;
+        bds_backpressure_options backpressure;
+        bool fail_fast;              /* an outbound error ends the session */
+    } outbound;
+    struct {
+        uint32_t max_attempts;       /* retry budget per message: 0 = one attempt, no retry */
+        uint64_t backoff_ns;         /* delay between attempts; 0 = retry at once */
+    } retry;
+    struct {
+        uint64_t grace_period_ns;    /* how long draining may take before a forced close */
+        bool drain_inbound;          /* on shutdown, finish admitted inbound messages */
+        bool drain_outbound;         /* on shutdown, send replies already queued */
+    } shutdown;
+    struct {
+        bool enabled;
+        bool payload_sizes;          /* also sum payload bytes (costs a little per message) */
+    } metrics;
+    bds_on_pressure_fn on_pressure;  /* optional, SOFT_ALLOW_SIGNAL */
+    void *on_pressure_ctx;
+} bds_options;
+
+/* Safe defaults (SPEC §2): inbound KEYED_FIFO with QUEUE backpressure (a fast
+ * client is slowed, not rejected: the transport stops reading when the queue is
+ * full), outbound FIFO with QUEUE, fail_fast on, no retries, a 5 s grace period,
+ * drain on shutdown and on client close, terminal handler failures. */
+BDS_API bds_options bds_default_options(void);
+
+/* Checks every field. Returns BDS_OK, or BDS_E_INVALID with *why (if why is not
+ * NULL) set to a static one-line explanation naming the field. */
+BDS_API bds_status bds_options_validate(const bds_options *options, const char **why);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,239 @@
+/* bidistream/pipeline.h — drive the pipeline from your own transport.
+ *
+ * A bds_pipeline is one thread's share of the work (a shard): the sessions it
+ * is home to (the streams of its connections) and the ordering keys that hash
+ * to it. A bds_session is one bidirectional stream. Inbound messages go
+ * through bds_session_receive(): ordering (wait for the key's turn), then
+ * backpressure (a token), then the Engine runs the handler on the key's
+ * pipeline, then both are released, exactly once, whatever happens. Replies go
+ * through the Sender: ordering, then outbound backpressure, then the
+ * transport's write.
+ *
+ * Threads. Every function here is for the pipeline's own thread unless it says
+ * "any thread". Pipelines talk through the port's post(): the transport moves
+ * the opaque message to the target pipeline's thread and hands it to
+ * bds_pipeline_deliver() there. With one pipeline and no foreign threads,
+ * post() is never called.
+ *
+ * Callbacks (bds_session_ops, handlers) run only from bds_pipeline_run() and
+ * bds_pipeline_deliver(), never from inside the call that caused them, except
+ * bds_session_ops.write, which bds_session_send() may call. */
+#ifndef BIDISTREAM_PIPELINE_H
+#define BIDISTREAM_PIPELINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bidistream/options.h"
+#include "bidistream/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct bds_pipeline bds_pipeline;
+typedef struct bds_session bds_session;
+typedef struct bds_call bds_call;
+
+/* ---- pipeline ------------------------------------------------------------ */
+
+typedef struct bds_pipeline_port {
+    /* Monotonic time in ns (CLOCK_MONOTONIC, or a test's fake clock). */
+    uint64_t (*now_ns)(void *ctx);
+    /* Deliver msg to pipeline number dst, in order per (sender, dst) pair, by
+     * calling bds_pipeline_deliver(dst_pipeline, msg) on dst's thread. Thread:
+     * any (a handler may complete from its own thread). Must not fail: if the
+     * target's inbox is full, keep msg and deliver it later. */
+    void (*post)(uint32_t dst, void *msg, void *ctx);
+    void *ctx;
+} bds_pipeline_port;
+
+typedef struct bds_pipeline_config {
+    uint32_t size;      /* = sizeof(bds_pipeline_config) */
+    uint32_t index;     /* this pipeline's number, < count */
+    uint32_t count;     /* pipelines sharing key placement, 1..64 */
+    uint64_t seed[2];   /* key-hash seed, the same for every pipeline; {0,0} = random (count must be 1) */
+    bds_pipeline_port port;
+} bds_pipeline_config;
+
+BDS_API void bds_pipeline_config_default(bds_pipeline_config *config);
+
+/* Creates a pipeline bound to the calling thread. Returns BDS_OK, BDS_E_INVALID
+ * (index >= count, count > 64, port without now_ns, or count > 1 with no post
+ * or a random seed) or BDS_E_NOMEM. */
+BDS_API bds_status bds_pipeline_create(bds_pipeline **out, const bds_pipeline_config *config);
+/* Frees the pipeline. Every session must have been released and every message
+ * delivered (asserted). NULL is a no-op. */
+BDS_API void bds_pipeline_destroy(bds_pipeline *pipeline);
+/* Runs due timers, then queued local work, up to budget steps. Returns the
+ * number of steps taken: budget means more may be waiting. */
+BDS_API uint32_t bds_pipeline_run(bds_pipeline *pipeline, uint32_t budget);
+/* Handles one message another pipeline (or a foreign thread) posted here. */
+BDS_API void bds_pipeline_deliver(bds_pipeline *pipeline, void *msg);
+/* Whether bds_pipeline_run() has local work right now (timers not counted). */
+BDS_API bool bds_pipeline_has_work(const bds_pipeline *pipeline);
+/* The next timer deadline in ns, or UINT64_MAX. */
+BDS_API uint64_t bds_pipeline_next_deadline(const bds_pipeline *pipeline);
+/* The pipeline number an ordering key executes on (the same on every pipeline). */
+BDS_API uint32_t bds_pipeline_key_shard(const bds_pipeline *pipeline, const void *key, uint32_t key_len);
+
+typedef struct bds_pipeline_stats {
+    /* live objects: all zero once every session is released and freed */
+    uint64_t sessions_live, calls_live, keys_home_live, keys_exec_live;
+    /* totals over sessions freed so far and live ones' contributions at free time */
+    uint64_t admitted, rejected, completed, failed, nonterminal_failures, retried, panics, dropped;
+    uint64_t pressure_signals, replies_written, replies_rejected;
+    uint64_t msgs_posted, msgs_delivered; /* cross-pipeline traffic */
+} bds_pipeline_stats;
+BDS_API void bds_pipeline_get_stats(const bds_pipeline *pipeline, bds_pipeline_stats *out);
+
+/* ---- sessions ------------------------------------------------------------ */
+
+typedef enum bds_session_state {
+    BDS_STATE_INIT = 0,
+    BDS_STATE_OPEN,
+    BDS_STATE_CLIENT_CLOSED,
+    BDS_STATE_SERVER_CLOSED,
+    BDS_STATE_DRAINING,
+    BDS_STATE_CLOSED,
+} bds_session_state;
+BDS_API const char *bds_session_state_name(bds_session_state state);
+
+/* An outbound message. The transport owns it; the Sender links it while it
+ * waits. Aligned so a pointer to it can carry a 4-bit tag between pipelines. */
+typedef struct __attribute__((aligned(16))) bds_reply {
+    struct bds_reply *_next;
+    bds_session *_session;
+    void *data;     /* the transport's */
+    uint32_t bytes; /* payload size, for metrics */
+} bds_reply;
+
+/* Runs one admitted inbound message on the key's pipeline thread. It finishes
+ * the call with bds_call_done(), now or later, from any thread. */
+typedef void (*bds_handler_fn)(bds_call *call, void *ctx);
+
+typedef struct bds_session_ops {
+    /* Encode and send reply; call bds_session_reply_written() when it is on the
+     * wire (or discarded). Called in reply order. */
+    void (*write)(bds_session *session, bds_reply *reply, void *ctx);
+    /* A reply that will never be written (rejected, or the session closed): free it. */
+    void (*drop)(bds_session *session, bds_reply *reply, void *ctx);
+    /* The payload of an inbound message is no longer used: free it. */
+    void (*release)(bds_session *session, void *payload, void *ctx);
+    /* The session closed. status is BDS_OK for a clean end; BDS_CANCELLED means
+     * the peer cancelled and nothing should be sent; anything else goes on the
+     * wire as bds_status_grpc(status) with message. Called exactly once, unless
+     * the session is released first. No write follows it. */
+    void (*closed)(bds_session *session, bds_status status, const char *message, void *ctx);
+    /* Inbound room reopened after bds_session_inbound_room() returned 0. Optional. */
+    void (*inbound_ready)(bds_session *session, void *ctx);
+} bds_session_ops;
+
+typedef struct bds_session_config {
+    uint32_t size;                 /* = sizeof(bds_session_config) */
+    const bds_options *options;    /* copied */
+    bds_handler_fn handler;        /* runs on key pipelines: ctx must be safe there */
+    void *handler_ctx;
+    const bds_session_ops *ops;    /* must outlive the session */
+    void *ops_ctx;
+} bds_session_config;
+
+BDS_API void bds_session_config_default(bds_session_config *config);
+
+/* Creates a session in state INIT on this pipeline (its home). Returns BDS_OK,
+ * BDS_E_INVALID (options fail validation: *why says which) or BDS_E_NOMEM. */
+BDS_API bds_status bds_session_create(bds_session **out, bds_pipeline *pipeline,
+                                      const bds_session_config *config, const char **why);
+/* The transport is done with the session: no callback follows. A session not
+ * yet closed is cancelled. Memory is freed once in-flight work has drained. */
+BDS_API void bds_session_release(bds_session *session);
+
+/* INIT -> OPEN. Returns BDS_OK, or BDS_FAILED_PRECONDITION if not in INIT. */
+BDS_API bds_status bds_session_open(bds_session *session);
+/* Admits one inbound message: ordering, then backpressure, then execution on
+ * the key's pipeline. key may be NULL when len is 0 (every FIFO message shares
+ * one key). key bytes and payload must stay valid until ops->release(payload).
+ * Returns:
+ *   BDS_OK                  admitted (waiting or running); payload is the pipeline's
+ *   BDS_E_INBOUND_REJECTED  ordering or backpressure capacity exhausted: the session
+ *                           is closing with RESOURCE_EXHAUSTED (terminal)
+ *   BDS_E_INBOUND_CLOSED    the client already half-closed
+ *   BDS_E_SHUTDOWN          the session is draining for shutdown
+ *   BDS_E_SESSION_CLOSED    the session is closed
+ *   BDS_FAILED_PRECONDITION the session is not open yet
+ *   BDS_E_NOMEM             no memory for the call record
+ * On any error the payload stays the caller's. */
+BDS_API bds_status bds_session_receive(bds_session *session, void *payload, uint32_t payload_bytes,
+                                       const void *key, uint32_t key_len, uint64_t seq);
+/* How many more messages bds_session_receive() would surely admit without a
+ * rejection (UINT32_MAX = no limit). A transport that must never reject a
+ * well-behaved client (QUEUE policy) stops reading while this is 0, and
+ * resumes on ops->inbound_ready. */
+BDS_API uint32_t bds_session_inbound_room(bds_session *session);
+/* The client half-closed (END_STREAM). Returns BDS_OK or BDS_FAILED_PRECONDITION. */
+BDS_API bds_status bds_session_client_close(bds_session *session);
+/* The server stops sending: queued replies still go out, then the stream ends
+ * OK once the client has closed too. Returns BDS_OK or BDS_FAILED_PRECONDITION. */
+BDS_API bds_status bds_session_server_close(bds_session *session);
+/* Begins a graceful shutdown: OPEN/half-closed -> DRAINING, in-flight work
+ * drains per options, the grace period starts; when it ends, UNAVAILABLE. */
+BDS_API void bds_session_shutdown(bds_session *session);
+/* The peer cancelled (RST_STREAM, connection gone): CLOSED at once, nothing sent. */
+BDS_API void bds_session_cancel(bds_session *session);
+/* Ends the session now with status (non-OK) and message (copied). */
+BDS_API void bds_session_fail(bds_session *session, bds_status status, const char *message);
+/* Arms the deadline (grpc-timeout): at deadline_ns the session closes with
+ * DEADLINE_EXCEEDED. 0 disarms it. */
+BDS_API void bds_session_set_deadline(bds_session *session, uint64_t deadline_ns);
+
+/* Sends a reply that no call produced (server push). Returns BDS_OK (written or
+ * queued), BDS_E_OUTBOUND_BACKPRESSURE (rejected: dropped; with fail_fast the
+ * session is closing), BDS_E_OUTBOUND_CLOSED or BDS_E_SESSION_CLOSED (dropped). */
+BDS_API bds_status bds_session_send(bds_session *session, bds_reply *reply);
+/* A reply handed to ops->write is on the wire: releases its outbound token. */
+BDS_API void bds_session_reply_written(bds_session *session, bds_reply *reply);
+
+BDS_API bds_session_state bds_session_get_state(const bds_session *session); /* any thread */
+/* The first shutdown/close reason, BDS_OK while there is none. */
+BDS_API bds_status bds_session_reason(const bds_session *session);
+BDS_API void *bds_session_ctx(const bds_session *session); /* ops_ctx */
+
+typedef struct bds_session_stats {
+    uint64_t admitted, rejected, completed, failed, nonterminal_failures, retried, panics, dropped;
+    uint64_t pressure_signals, replies_written, replies_rejected;
+    uint64_t bytes_in, bytes_out;           /* only with metrics.payload_sizes */
+    uint32_t waiting_hw;                    /* most messages waiting for their key's turn */
+    uint32_t token_waiters_hw;              /* most keys waiting for an inbound token (QUEUE) */
+    uint32_t send_queue_hw;                 /* most replies waiting for an outbound token */
+    uint32_t executing, executing_hw;       /* keys holding an inbound token (real or soft) */
+    uint32_t tokens_free, tokens_held;      /* inbound: free + held == capacity (when capacity > 0) */
+} bds_session_stats;
+BDS_API void bds_session_get_stats(const bds_session *session, bds_session_stats *out);
+
+/* ---- calls (inside a handler) --------------------------------------------- */
+
+BDS_API void *bds_call_payload(const bds_call *call);
+BDS_API const void *bds_call_key(const bds_call *call, uint32_t *key_len);
+BDS_API uint64_t bds_call_seq(const bds_call *call);
+BDS_API uint32_t bds_call_attempt(const bds_call *call);  /* 1 on the first run */
+BDS_API void *bds_call_session_ctx(const bds_call *call); /* the session's ops_ctx */
+/* Emits a reply (before bds_call_done). Thread: any. The reply reaches the
+ * Sender in call order. */
+BDS_API void bds_call_reply(bds_call *call, bds_reply *reply);
+/* Finishes this attempt. BDS_OK succeeds. BDS_E_NONTERMINAL_FAILURE fails this
+ * message alone. Any other status is a failure: retried while the budget
+ * lasts, then terminal for the session when inbound.failures_terminal (its
+ * status goes on the wire; E_TERMINAL_FAILURE becomes INTERNAL).
+ * BDS_E_PANIC_RECOVERED is the abort below. message may be NULL; it is copied
+ * (up to 95 bytes). Thread: any. Exactly once per attempt. */
+BDS_API void bds_call_done(bds_call *call, bds_status status, const char *message);
+/* Aborts the handler, the C counterpart of a Go panic: only from inside the
+ * handler's own synchronous run. Unwinds (longjmp) to the Engine, which ends
+ * the session with PANIC_RECOVERED (INTERNAL); never retried, never fatal to
+ * the process. Locals of the handler are abandoned: free nothing there. */
+BDS_API _Noreturn void bds_call_panic(bds_call *call, const char *message);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

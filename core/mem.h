@@ -1,0 +1,63 @@
+/* mem.h — core's allocation points, fixed-size pools and the (session, key)
+ * hash map (internal).
+ *
+ * Every allocation the core makes goes through bds__alloc_aligned()/bds__free()
+ * so a test can count them: after warm-up the message path must allocate
+ * nothing (pools recycle calls, keys and sessions; maps and queues only grow
+ * when a new high-water mark is reached). */
+#ifndef BDS_MEM_H
+#define BDS_MEM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+void *bds__alloc_aligned(size_t size, size_t align); /* zeroed; NULL on failure */
+void bds__free(void *p);
+/* Allocations made by the core so far, process-wide (relaxed counter). */
+uint64_t bds__alloc_count(void);
+
+/* A free list of equal-size objects, grown 64 at a time and never shrunk
+ * before deinit. Shard: owner only. */
+typedef struct bds__pool {
+    void *_free;        /* singly linked through the first word of each object */
+    void *_chunks;      /* chunk list, for deinit */
+    size_t _obj_size;
+    uint64_t live;      /* objects handed out and not yet put back */
+} bds__pool;
+
+void bds__pool_init(bds__pool *pool, size_t obj_size);
+/* Asserts live == 0. */
+void bds__pool_deinit(bds__pool *pool);
+void *bds__pool_get(bds__pool *pool); /* zeroed object, NULL when memory is out */
+void bds__pool_put(bds__pool *pool, void *obj);
+
+/* Chained hash map keyed by (session pointer, key bytes). Nodes are embedded
+ * in their owners; the key bytes belong to the owner too (they point into a
+ * live call's payload and are re-pointed when that call leaves). */
+typedef struct bds__kmap_node {
+    struct bds__kmap_node *next;
+    uint64_t hash;
+    const void *session;
+    const uint8_t *key;
+    uint32_t key_len;
+} bds__kmap_node;
+
+typedef struct bds__kmap {
+    bds__kmap_node **_buckets;
+    uint32_t _mask;
+    uint32_t n;
+} bds__kmap;
+
+int bds__kmap_init(bds__kmap *map, uint32_t buckets_pow2);
+void bds__kmap_deinit(bds__kmap *map); /* asserts empty */
+/* Mixes a key hash with the session, so one key in many sessions spreads. */
+uint64_t bds__kmap_hash(uint64_t key_hash, const void *session);
+bds__kmap_node *bds__kmap_find(const bds__kmap *map, uint64_t hash, const void *session,
+                               const void *key, uint32_t key_len);
+/* Inserts node (fields already set). Returns 0, or -1 if growing failed (the
+ * node is still inserted; the map only stays denser than planned). */
+int bds__kmap_insert(bds__kmap *map, bds__kmap_node *node);
+void bds__kmap_remove(bds__kmap *map, bds__kmap_node *node);
+
+#endif

@@ -1,0 +1,203 @@
+/* pipeline_int.h — the pipeline's internal objects and the protocol between
+ * pipelines (DESIGN §3, §5, §6).
+ *
+ * Two roles per inbound message. HOME (C) is the pipeline that owns the
+ * session: it admits (ordering capacity, tokens), keeps per-(session, key)
+ * outstanding lists, frees every call, runs the Sender. EXEC (K) is the
+ * pipeline the key hashes to: it keeps the per-(session, key) run queue and
+ * runs the Engine. They exchange tagged pointers through port.post() (or the
+ * local queue when C == K, which keeps callbacks out of the caller's frame):
+ *
+ *   C -> K  EXEC(call)      run this call in its key queue; call->exec_token says
+ *                           whether it carries a token or must wait for GRANT
+ *   C -> K  GRANT(call)     the head of its key queue now holds a token
+ *   C -> K  CANCEL(session) drop everything of the session, abort retries; ACK back
+ *   C -> K  DROP(session)   drop what has not started; running work finishes; ACK back
+ *   K -> C  ACK(session)    CANCEL/DROP processed: K holds no pointer to the session
+ *   K -> C  DONE(call)      finished (status, token passed or returned); C frees it
+ *   any -> C REPLY(reply)   a reply for the session's Sender
+ *   any -> K COMPLETE(call) bds_call_done() from a thread that is not K
+ *   local   NOTIFY(session) deliver ops->closed outside the caller's frame
+ *
+ * Per (sender, receiver) pair messages arrive in order, so a GRANT never
+ * overtakes its EXEC and REPLYs precede their call's DONE. C sends no GRANT or
+ * EXEC for a session after CANCEL/DROP, so K never sees a call it dropped. */
+#ifndef BDS_PIPELINE_INT_H
+#define BDS_PIPELINE_INT_H
+
+#include <setjmp.h>
+#include <stdatomic.h>
+
+#include "base.h"
+#include "bidistream/pipeline.h"
+#include "hash.h"
+#include "mem.h"
+#include "timer_heap.h"
+
+enum bds__xkind {
+    BDS_XK_EXEC = 1,
+    BDS_XK_GRANT,
+    BDS_XK_CANCEL,
+    BDS_XK_DROP,
+    BDS_XK_ACK,
+    BDS_XK_REPLY,
+    BDS_XK_DONE,
+    BDS_XK_COMPLETE,
+    BDS_XK_NOTIFY,
+    BDS_XK__COUNT,
+};
+#define BDS_XK_MASK ((uintptr_t)15)
+BDS_STATIC_ASSERT(BDS_XK__COUNT <= 16, "kinds fit the 4 low bits of a 16-byte aligned pointer");
+
+static inline void *bds__xmsg(enum bds__xkind kind, const void *obj) {
+    BDS_ASSERT(((uintptr_t)obj & BDS_XK_MASK) == 0);
+    return (void *)((uintptr_t)obj | (uintptr_t)kind);
+}
+static inline enum bds__xkind bds__xmsg_kind(const void *msg) {
+    return (enum bds__xkind)((uintptr_t)msg & BDS_XK_MASK);
+}
+static inline void *bds__xmsg_obj(const void *msg) { return (void *)((uintptr_t)msg & ~BDS_XK_MASK); }
+
+enum bds__token { BDS_TOKEN_NONE = 0, BDS_TOKEN_REAL, BDS_TOKEN_SOFT };
+enum bds__exec_state { BDS_EXEC_QUEUED = 0, BDS_EXEC_RUNNING, BDS_EXEC_RETRY_WAIT };
+
+/* HOME side, per (session, key) with outstanding calls. The key's token (if
+ * any) belongs to the key while it is busy: it passes from head to head. */
+typedef struct bds__home_key {
+    bds__kmap_node node;
+    bds_call *head, *tail;            /* outstanding calls in arrival order (c_next) */
+    uint32_t count;
+    uint8_t token;                    /* enum bds__token */
+    bool in_wait;                     /* queued in session->wait_* for a token */
+    struct bds__home_key *wait_next;
+} bds__home_key;
+
+/* EXEC side, per (session, key) with calls on this pipeline. */
+typedef struct bds__exec_key {
+    bds__kmap_node node;
+    bds_call *head, *tail;            /* k_next */
+    bds_session *session;
+    struct bds__exec_key *s_prev, *s_next; /* the session's keys on this pipeline */
+    bool head_has_token;
+    bool drop_rest;                   /* after the running head, drop the rest */
+} bds__exec_key;
+
+struct bds_call {
+    /* Written by HOME before EXEC; read-only afterwards. */
+    bds_session *session;
+    void *payload;
+    const uint8_t *key;
+    uint32_t key_len;
+    uint32_t bytes;
+    uint64_t key_hash;
+    uint64_t seq;
+    uint32_t home, exec;
+    uint8_t exec_token;               /* enum bds__token sent with EXEC */
+    /* HOME only. */
+    bds_call *c_next;
+    bds__home_key *hkey;
+    /* EXEC only, until DONE hands the call back. */
+    bds_call *k_next;
+    bds__exec_key *ekey;
+    bds_timer retry_timer;
+    uint32_t attempt;
+    uint8_t exec_state;               /* enum bds__exec_state */
+    bool in_handler;                  /* inside the synchronous handler run */
+    bool done_in_handler;             /* bds_call_done() came before the handler returned */
+    jmp_buf *guard;                   /* bds_call_panic() lands here */
+    /* Result: written by EXEC (or by a foreign thread before COMPLETE), read by
+     * HOME after DONE; the message channel's release/acquire orders them. */
+    bds_status status;
+    bool token_passed;
+    char msg[96];
+};
+
+struct bds_session {
+    _Atomic uint32_t state;           /* bds_session_state; written on HOME only, read anywhere */
+    _Atomic uint32_t reason;          /* first shutdown/close reason; CAS from BDS_OK */
+    bds_pipeline *home;
+    bds_options opts;
+    bds_handler_fn handler;
+    void *handler_ctx;
+    const bds_session_ops *ops;
+    void *ops_ctx;
+    /* Inbound, HOME only. */
+    uint32_t outstanding;             /* calls admitted and not yet DONE */
+    uint32_t waiting;                 /* calls behind their key's head (ordering) */
+    uint32_t tokens_free, tokens_held, soft_in_use;
+    uint32_t n_wait;                  /* keys waiting for a token (QUEUE) */
+    bds__home_key *wait_head, *wait_tail;
+    uint64_t touched;                 /* EXEC pipelines that may hold our keys */
+    uint32_t acks_pending;
+    bool client_closed, server_closed, released, notify_pending, inbound_stopped, room_was_zero;
+    /* Outbound, HOME only. */
+    bds_reply *sq_head, *sq_tail;     /* replies waiting for an outbound token */
+    uint32_t sq_len, out_in_flight;
+    /* Timers, HOME only. */
+    bds_timer deadline_timer, grace_timer;
+    bds_status close_status;
+    char close_msg[96];
+    bds_session_stats stats;
+    /* Per EXEC pipeline: its keys of this session; entry i written only by pipeline i. */
+    struct {
+        bds__exec_key *first;
+    } exec[];
+};
+
+struct bds_pipeline {
+    uint32_t index, count;
+    bds_hash_seed seed;
+    bds_pipeline_port port;
+    bds_timer_heap timers;
+    bds__kmap home_keys, exec_keys;
+    /* Local message queue: tagged pointers, grown by doubling, never shrunk. */
+    void **lq;
+    uint32_t lq_head, lq_tail, lq_mask;
+    bds__pool calls, sessions, hkeys, ekeys;
+    bds_pipeline_stats stats;
+};
+
+/* pipeline.c */
+bds_pipeline *bds__pipeline_current(void);
+/* Sends msg to pipeline dst: the local queue when dst is this thread's own pipeline. */
+void bds__post(bds_pipeline *from, uint32_t dst, enum bds__xkind kind, const void *obj);
+/* Posting from a thread that may not be a pipeline's (handler completions). */
+void bds__post_any(const bds_pipeline *target_group_member, uint32_t dst, enum bds__xkind kind,
+                   const void *obj);
+uint64_t bds__now(const bds_pipeline *p);
+
+/* session.c (HOME role) */
+void bds__home_on_done(bds_pipeline *p, bds_call *call);
+void bds__home_on_ack(bds_pipeline *p, bds_session *s);
+void bds__home_on_reply(bds_pipeline *p, bds_reply *reply);
+void bds__home_on_notify(bds_pipeline *p, bds_session *s);
+
+/* engine.c (EXEC role) */
+void bds__exec_on_exec(bds_pipeline *p, bds_call *call);
+void bds__exec_on_grant(bds_pipeline *p, bds_call *call);
+void bds__exec_on_cancel(bds_pipeline *p, bds_session *s, bool running_too);
+void bds__exec_on_complete(bds_pipeline *p, bds_call *call);
+
+/* session_fsm.c: the state table (STYLE §5). */
+enum bds__fsm_event {
+    BDS_EV_OPEN = 0,     /* stream accepted */
+    BDS_EV_CLIENT_CLOSE, /* END_STREAM from the client */
+    BDS_EV_SERVER_CLOSE, /* the server stops sending */
+    BDS_EV_SHUTDOWN,     /* graceful shutdown begins */
+    BDS_EV_DRAINED,      /* all in-flight work finished */
+    BDS_EV_FAIL,         /* terminal failure, cancel, deadline, grace over */
+    BDS_EV__COUNT,
+};
+#define BDS_STATE__COUNT 6
+/* The state event leads to from state, or -1 when the table has no such edge. */
+int bds__fsm_next(bds_session_state from, enum bds__fsm_event event);
+/* Whether the table has an edge from -> to (through any event). */
+bool bds__fsm_allowed(bds_session_state from, bds_session_state to);
+/* Applies event atomically (CAS loop). Returns true and sets *from_out when
+ * this caller made the transition; false when the current state has no edge
+ * for event (Closed is final). Thread: any; racing callers, one winner. */
+bool bds__fsm_step(_Atomic uint32_t *state, enum bds__fsm_event event, bds_session_state *from_out);
+/* Records reason if none is recorded yet (first wins). Thread: any. */
+bool bds__reason_set(_Atomic uint32_t *reason, bds_status status);
+
+#endif
