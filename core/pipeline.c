@@ -15,6 +15,8 @@ static _Thread_local bds_pipeline *current_pipeline;
 
 bds_pipeline *bds__pipeline_current(void) { return current_pipeline; }
 
+void bds__pipeline_set_current(bds_pipeline *p) { current_pipeline = p; }
+
 uint64_t bds__now(const bds_pipeline *p) { return p->port.now_ns(p->port.ctx); }
 
 void bds_pipeline_config_default(bds_pipeline_config *config) {

@@ -159,6 +159,8 @@ struct bds_pipeline {
 
 /* pipeline.c */
 bds_pipeline *bds__pipeline_current(void);
+/* Binds the calling thread to p (NULL: a thread of no pipeline). */
+void bds__pipeline_set_current(bds_pipeline *p);
 /* Sends msg to pipeline dst: the local queue when dst is this thread's own pipeline. */
 void bds__post(bds_pipeline *from, uint32_t dst, enum bds__xkind kind, const void *obj);
 /* Posting from a thread that may not be a pipeline's (handler completions). */

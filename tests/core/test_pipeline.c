@@ -1,0 +1,629 @@
+/* test_pipeline.c — scenario tests of the pipeline: ordering, each
+ * backpressure policy, the token protocol (including the GRANT race, scripted
+ * message by message), retries on a fake clock, panics, failures, half-close,
+ * shutdown, cancel, deadline, the Sender's policies, and the allocation-free
+ * steady state. Every test ends in sim_free(), which asserts that no session,
+ * call or key leaked. */
+#include <criterion/criterion.h>
+
+#include "mem.h"
+#include "sim.h"
+
+#define MS 1000000ULL
+
+static bds_options opts_keyed(uint32_t cap, bds_backpressure_policy pol) {
+    bds_options o = bds_default_options();
+    o.inbound.backpressure.policy = pol;
+    o.inbound.backpressure.capacity = cap;
+    o.inbound.backpressure.queue_capacity = 0;
+    return o;
+}
+
+static int pending_index_of(sim *S, uint64_t seq) {
+    for (uint32_t i = 0; i < S->n_pending; i++) {
+        sim_msg *m = bds_call_payload(S->pending[i]);
+        if (m->seq == seq) return (int)i;
+    }
+    return -1;
+}
+
+static void complete_seq(sim *S, uint64_t seq, bds_status st) {
+    int k = pending_index_of(S, seq);
+    cr_assert(k >= 0, "seq %lu is not running", (unsigned long)seq);
+    sim_complete(S, (uint32_t)k, st, false);
+    sim_settle(S);
+}
+
+Test(pipeline, fifo_single_order_runs_one_at_a_time_in_arrival_order) {
+    sim *S = sim_new(2, 1);
+    bds_options o = bds_default_options();
+    o.inbound.ordering.mode = BDS_ORDERING_FIFO;
+    int s = sim_open(S, 0, &o);
+    const char *keys[] = {"a", "b", "c"};
+    for (uint64_t i = 0; i < 30; i++) cr_assert_eq(sim_send(S, s, keys[i % 3], i, SIM_ASYNC), BDS_OK);
+    sim_settle(S);
+    for (uint64_t i = 0; i < 30; i++) {
+        cr_assert_eq(S->n_pending, 1, "FIFO runs exactly one message at a time");
+        complete_seq(S, i, BDS_OK);
+    }
+    for (uint32_t i = 0; i < S->n_starts; i++) cr_assert_eq(S->starts[i].seq, i);
+    cr_assert_eq(S->sessions[s].n_written, 0);
+    sim_free(S);
+}
+
+Test(pipeline, keyed_same_key_sequential_other_keys_parallel) {
+    sim *S = sim_new(2, 2);
+    int s = sim_open(S, 0, NULL);
+    for (uint64_t i = 0; i < 5; i++) {
+        cr_assert_eq(sim_send(S, s, "A", i, SIM_ASYNC), BDS_OK);
+        cr_assert_eq(sim_send(S, s, "B", 100 + i, SIM_ASYNC), BDS_OK);
+    }
+    sim_settle(S);
+    cr_assert_eq(S->n_pending, 2, "one running per key");
+    cr_assert_neq(pending_index_of(S, 0), -1);
+    cr_assert_neq(pending_index_of(S, 100), -1);
+    complete_seq(S, 100, BDS_OK);
+    cr_assert_neq(pending_index_of(S, 101), -1, "B's successor runs when B's head finishes");
+    cr_assert_neq(pending_index_of(S, 0), -1, "A is unaffected");
+    for (uint64_t i = 0; i < 5; i++) complete_seq(S, i, BDS_OK);
+    for (uint64_t i = 1; i < 5; i++) complete_seq(S, 100 + i, BDS_OK);
+    /* Within each key, starts are in arrival order. */
+    uint64_t next_a = 0, next_b = 100;
+    for (uint32_t i = 0; i < S->n_starts; i++) {
+        if (S->starts[i].seq < 100) cr_assert_eq(S->starts[i].seq, next_a++);
+        else cr_assert_eq(S->starts[i].seq, next_b++);
+    }
+    cr_assert_eq(next_a, 5);
+    cr_assert_eq(next_b, 105);
+    sim_free(S);
+}
+
+Test(pipeline, keys_spread_over_pipelines_run_where_they_hash) {
+    sim *S = sim_new(4, 3);
+    int s = sim_open(S, 1, NULL);
+    char key[8];
+    for (uint64_t i = 0; i < 64; i++) {
+        snprintf(key, sizeof key, "k%lu", (unsigned long)i);
+        cr_assert_eq(sim_send(S, s, key, i, SIM_OK), BDS_OK);
+    }
+    sim_settle(S);
+    uint32_t used[4] = {0};
+    for (uint32_t i = 0; i < S->n_starts; i++) {
+        snprintf(key, sizeof key, "k%lu", (unsigned long)S->starts[i].seq);
+        uint32_t want = bds_pipeline_key_shard(S->pipes[0], key, (uint32_t)strlen(key));
+        cr_assert_eq(S->starts[i].pipe, want, "a key runs on the pipeline it hashes to");
+        used[want]++;
+    }
+    for (int i = 0; i < 4; i++) cr_assert_gt(used[i], 0, "64 keys reach every one of 4 pipelines");
+    sim_free(S);
+}
+
+Test(pipeline, ordering_capacity_exhausted_rejects_with_resource_exhausted) {
+    sim *S = sim_new(1, 4);
+    bds_options o = bds_default_options();
+    o.inbound.ordering.capacity = 2;
+    int s = sim_open(S, 0, &o);
+    cr_assert_eq(sim_send(S, s, "k", 0, SIM_ASYNC), BDS_OK); /* head, running */
+    cr_assert_eq(sim_send(S, s, "k", 1, SIM_ASYNC), BDS_OK); /* waiting 1 */
+    cr_assert_eq(sim_send(S, s, "k", 2, SIM_ASYNC), BDS_OK); /* waiting 2 */
+    cr_assert_eq(sim_send(S, s, "other", 3, SIM_ASYNC), BDS_OK, "another key's head does not wait");
+    cr_assert_eq(sim_send(S, s, "k", 4, SIM_ASYNC), BDS_E_INBOUND_REJECTED);
+    sim_settle(S);
+    sim_session *ss = &S->sessions[s];
+    cr_assert(ss->closed);
+    cr_assert_eq(ss->close_status, BDS_E_INBOUND_REJECTED);
+    cr_assert_eq(bds_status_grpc(ss->close_status), 8);
+    cr_assert_eq(sim_send(S, s, "k", 5, SIM_OK), BDS_E_SESSION_CLOSED);
+    sim_free(S);
+}
+
+Test(pipeline, hard_reject_when_tokens_exhausted) {
+    sim *S = sim_new(2, 5);
+    bds_options o = opts_keyed(2, BDS_BP_HARD_REJECT);
+    int s = sim_open(S, 0, &o);
+    cr_assert_eq(sim_send(S, s, "A", 0, SIM_ASYNC), BDS_OK);
+    cr_assert_eq(sim_send(S, s, "B", 1, SIM_ASYNC), BDS_OK);
+    cr_assert_eq(sim_send(S, s, "A", 2, SIM_ASYNC), BDS_OK, "a busy key's successor needs no token");
+    sim_check_tokens(S);
+    cr_assert_eq(sim_send(S, s, "C", 3, SIM_ASYNC), BDS_E_INBOUND_REJECTED);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].close_status, BDS_E_INBOUND_REJECTED);
+    sim_free(S);
+}
+
+Test(pipeline, queue_policy_waits_for_a_token_then_runs) {
+    sim *S = sim_new(2, 6);
+    bds_options o = opts_keyed(1, BDS_BP_QUEUE);
+    o.inbound.backpressure.queue_capacity = 1;
+    int s = sim_open(S, 0, &o);
+    bds_session *ses = S->sessions[s].s;
+    cr_assert_eq(sim_send(S, s, "A", 0, SIM_ASYNC), BDS_OK);
+    cr_assert_eq(bds_session_inbound_room(ses), 1, "one queue slot left");
+    cr_assert_eq(sim_send(S, s, "B", 1, SIM_ASYNC), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(S->n_pending, 1, "B waits for A's token");
+    cr_assert_eq(bds_session_inbound_room(ses), 0);
+    sim_check_tokens(S);
+    complete_seq(S, 0, BDS_OK);
+    cr_assert_neq(pending_index_of(S, 1), -1, "B runs once A returns the token");
+    cr_assert_eq(S->sessions[s].ready_calls, 1, "the transport is told room reopened");
+    sim_check_tokens(S);
+    cr_assert_eq(sim_send(S, s, "C", 2, SIM_ASYNC), BDS_OK);
+    cr_assert_eq(sim_send(S, s, "D", 3, SIM_ASYNC), BDS_E_INBOUND_REJECTED, "queue_capacity 1 is full");
+    sim_free(S);
+}
+
+Test(pipeline, soft_allow_runs_over_capacity_and_signal_counts) {
+    sim *S = sim_new(1, 7);
+    bds_options o = opts_keyed(1, BDS_BP_SOFT_ALLOW);
+    int s = sim_open(S, 0, &o);
+    bds_options o2 = opts_keyed(1, BDS_BP_SOFT_ALLOW_SIGNAL);
+    int s2 = sim_open(S, 0, &o2);
+    for (uint64_t i = 0; i < 3; i++) {
+        char k[2] = {(char)('a' + i), 0};
+        cr_assert_eq(sim_send(S, s, k, i, SIM_ASYNC), BDS_OK);
+        cr_assert_eq(sim_send(S, s2, k, 10 + i, SIM_ASYNC), BDS_OK);
+    }
+    sim_settle(S);
+    cr_assert_eq(S->n_pending, 6, "soft policies run everything");
+    cr_assert_eq(S->pressure, 2, "two runs over capacity in the signalling session");
+    bds_session_stats st;
+    bds_session_get_stats(S->sessions[s2].s, &st);
+    cr_assert_eq(st.pressure_signals, 2);
+    cr_assert_eq(st.executing, 3);
+    sim_check_tokens(S);
+    sim_free(S);
+}
+
+/* DESIGN §6 race: A's key queue on K empties before B's EXEC arrives, so K
+ * returns the token; home must hand it straight to B (GRANT), and a third key
+ * must not be able to take it in between. */
+Test(pipeline, grant_race_token_goes_to_successor_not_the_pool) {
+    sim *S = sim_new(2, 8);
+    bds_options o = opts_keyed(1, BDS_BP_HARD_REJECT);
+    int s = sim_open(S, 0, &o);
+    /* Find a key that executes on pipeline 1 while home is 0. */
+    char key[8] = "x0";
+    for (int i = 0; bds_pipeline_key_shard(S->pipes[0], key, 2) != 1; i++) key[1] = (char)('0' + i);
+    cr_assert_eq(sim_send(S, s, key, 1, SIM_ASYNC), BDS_OK);
+    cr_assert(sim_deliver_one(S, 0, 1)); /* EXEC(A) reaches K: A runs */
+    cr_assert_eq(S->n_pending, 1);
+    cr_assert_eq(sim_send(S, s, key, 2, SIM_ASYNC), BDS_OK); /* EXEC(B) stays in flight */
+    sim_complete(S, 0, BDS_OK, false);                       /* A finishes on K */
+    sim_run_pipe(S, 1);                                      /* K: DONE(A, returned) */
+    cr_assert(sim_deliver_one(S, 1, 0));                     /* home: key still busy -> GRANT(B) */
+    sim_check_tokens(S);
+    bds_session_stats st;
+    bds_session_get_stats(S->sessions[s].s, &st);
+    cr_assert_eq(st.tokens_held, 1, "the token stayed with the key");
+    cr_assert_eq(sim_send(S, s, "other", 3, SIM_ASYNC), BDS_E_INBOUND_REJECTED,
+                 "no token leaked to the pool for another key");
+    sim_free(S);
+}
+
+Test(pipeline, grant_race_successor_runs_after_grant) {
+    sim *S = sim_new(2, 9);
+    bds_options o = opts_keyed(1, BDS_BP_QUEUE);
+    int s = sim_open(S, 0, &o);
+    char key[8] = "y0";
+    for (int i = 0; bds_pipeline_key_shard(S->pipes[0], key, 2) != 1; i++) key[1] = (char)('0' + i);
+    cr_assert_eq(sim_send(S, s, key, 1, SIM_ASYNC), BDS_OK);
+    cr_assert(sim_deliver_one(S, 0, 1));
+    cr_assert_eq(sim_send(S, s, key, 2, SIM_ASYNC), BDS_OK);
+    cr_assert_eq(sim_send(S, s, "zz", 3, SIM_ASYNC), BDS_OK); /* queued for a token */
+    sim_complete(S, 0, BDS_OK, false);
+    sim_run_pipe(S, 1);
+    sim_settle(S);
+    cr_assert_eq(S->n_pending, 1);
+    cr_assert_neq(pending_index_of(S, 2), -1, "the successor ran, before the queued key");
+    complete_seq(S, 2, BDS_OK);
+    cr_assert_neq(pending_index_of(S, 3), -1, "then the queued key got the token");
+    sim_check_tokens(S);
+    sim_free(S);
+}
+
+Test(pipeline, retries_follow_backoff_on_the_fake_clock_then_terminal) {
+    sim *S = sim_new(1, 10);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 2;
+    o.retry.backoff_ns = 10 * MS;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, "k", 7, SIM_FAIL);
+    m->fails = 100;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    cr_assert_eq(st, BDS_OK);
+    uint64_t t0 = S->now;
+    sim_settle(S);
+    cr_assert_eq(S->n_starts, 1);
+    cr_assert_eq(bds_pipeline_next_deadline(S->pipes[0]), t0 + 10 * MS, "retry waits the backoff");
+    sim_advance(S, 10 * MS - 1);
+    cr_assert_eq(S->n_starts, 1, "not before the backoff");
+    sim_advance(S, 1);
+    cr_assert_eq(S->n_starts, 2);
+    cr_assert_eq(S->starts[1].attempt, 2);
+    sim_advance(S, 10 * MS);
+    cr_assert_eq(S->n_starts, 3, "max_attempts 2 = two retries = three runs");
+    sim_advance(S, 100 * MS);
+    cr_assert_eq(S->n_starts, 3);
+    sim_session *ss = &S->sessions[s];
+    cr_assert(ss->closed);
+    cr_assert_eq(ss->close_status, BDS_INTERNAL, "the handler's status goes on the wire");
+    cr_assert_str_eq(ss->close_msg, "scripted failure");
+    sim_free(S);
+}
+
+Test(pipeline, retry_succeeds_within_budget_and_is_counted) {
+    sim *S = sim_new(1, 11);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 3;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, "k", 1, SIM_FAIL);
+    m->fails = 2;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->n_starts, 3);
+    bds_session_stats ss;
+    bds_session_get_stats(S->sessions[s].s, &ss);
+    cr_assert_eq(ss.retried, 2);
+    cr_assert_eq(ss.completed, 1);
+    cr_assert_eq(bds_session_get_state(S->sessions[s].s), BDS_STATE_OPEN);
+    sim_free(S);
+}
+
+Test(pipeline, zero_retry_budget_runs_once) {
+    sim *S = sim_new(1, 12);
+    int s = sim_open(S, 0, NULL);
+    sim_msg *m = sim_msg_new(s, "k", 1, SIM_FAIL);
+    m->fails = 1;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->n_starts, 1);
+    cr_assert_eq(S->sessions[s].close_status, BDS_INTERNAL);
+    sim_free(S);
+}
+
+Test(pipeline, panic_is_terminal_for_its_session_only) {
+    sim *S = sim_new(2, 13);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 5;
+    int bad = sim_open(S, 0, &o);
+    int good = sim_open(S, 0, NULL);
+    cr_assert_eq(sim_send(S, bad, "k", 1, SIM_PANIC), BDS_OK);
+    cr_assert_eq(sim_send(S, bad, "k", 2, SIM_OK), BDS_OK);
+    cr_assert_eq(sim_send(S, good, "k", 3, SIM_OK), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[bad].close_status, BDS_E_PANIC_RECOVERED);
+    cr_assert_eq(bds_status_grpc(S->sessions[bad].close_status), 13);
+    cr_assert_str_eq(S->sessions[bad].close_msg, "scripted panic");
+    uint32_t runs_of_1 = 0, runs_of_2 = 0;
+    for (uint32_t i = 0; i < S->n_starts; i++) {
+        runs_of_1 += S->starts[i].seq == 1;
+        runs_of_2 += S->starts[i].seq == 2;
+    }
+    cr_assert_eq(runs_of_1, 1, "a panic is never retried");
+    cr_assert_eq(runs_of_2, 0, "the rest of the session is dropped");
+    cr_assert_not(S->sessions[good].closed);
+    cr_assert_eq(sim_send(S, good, "k", 4, SIM_OK), BDS_OK, "other sessions keep working");
+    sim_settle(S);
+    sim_free(S);
+}
+
+Test(pipeline, nonterminal_failure_is_confined_to_the_message) {
+    sim *S = sim_new(1, 14);
+    int s = sim_open(S, 0, NULL);
+    cr_assert_eq(sim_send(S, s, "k", 1, SIM_NONTERMINAL), BDS_OK);
+    cr_assert_eq(sim_send(S, s, "k", 2, SIM_OK), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(S->n_starts, 2);
+    cr_assert_not(S->sessions[s].closed);
+    bds_session_stats st;
+    bds_session_get_stats(S->sessions[s].s, &st);
+    cr_assert_eq(st.nonterminal_failures, 1);
+    sim_free(S);
+}
+
+Test(pipeline, failures_not_terminal_when_configured) {
+    sim *S = sim_new(1, 15);
+    bds_options o = bds_default_options();
+    o.inbound.failures_terminal = false;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, "k", 1, SIM_FAIL);
+    m->fails = 9;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    cr_assert_eq(sim_send(S, s, "k", 2, SIM_OK), BDS_OK);
+    sim_settle(S);
+    cr_assert_not(S->sessions[s].closed);
+    cr_assert_eq(S->n_starts, 2);
+    sim_free(S);
+}
+
+Test(pipeline, half_close_drains_every_reply_then_ends_ok) {
+    sim *S = sim_new(2, 16);
+    int s = sim_open(S, 0, NULL);
+    for (uint64_t i = 0; i < 6; i++) {
+        sim_msg *m = sim_msg_new(s, i % 2 ? "a" : "b", i, SIM_ASYNC);
+        m->replies = 1;
+        bds_status st;
+        sim_send_msg(S, m, &st);
+    }
+    sim_settle(S);
+    bds_session *ses = S->sessions[s].s;
+    cr_assert_eq(bds_session_client_close(ses), BDS_OK);
+    cr_assert_eq(bds_session_get_state(ses), BDS_STATE_CLIENT_CLOSED);
+    cr_assert_eq(sim_send(S, s, "a", 99, SIM_OK), BDS_E_INBOUND_CLOSED);
+    while (S->n_pending) {
+        cr_assert_not(S->sessions[s].closed, "not closed while work is in flight");
+        sim_complete(S, 0, BDS_OK, false);
+        sim_settle(S);
+    }
+    cr_assert(S->sessions[s].closed);
+    cr_assert_eq(S->sessions[s].close_status, BDS_OK);
+    cr_assert_eq(S->sessions[s].n_written, 6, "every reply before the end");
+    cr_assert_eq(bds_session_get_state(ses), BDS_STATE_CLOSED);
+    sim_free(S);
+}
+
+Test(pipeline, half_close_without_drain_drops_waiting_work) {
+    sim *S = sim_new(2, 17);
+    bds_options o = bds_default_options();
+    o.inbound.drain_on_client_close = false;
+    int s = sim_open(S, 0, &o);
+    for (uint64_t i = 0; i < 4; i++) sim_send(S, s, "k", i, SIM_ASYNC);
+    sim_settle(S);
+    bds_session_client_close(S->sessions[s].s);
+    sim_settle(S);
+    cr_assert_eq(S->n_pending, 1, "only the running one is left");
+    complete_seq(S, 0, BDS_OK);
+    cr_assert_eq(S->n_starts, 1, "queued work was dropped, not run");
+    cr_assert_eq(S->sessions[s].close_status, BDS_OK);
+    bds_session_stats st;
+    bds_session_get_stats(S->sessions[s].s, &st);
+    cr_assert_eq(st.dropped, 3);
+    sim_free(S);
+}
+
+Test(pipeline, shutdown_drains_in_flight_then_unavailable) {
+    sim *S = sim_new(2, 18);
+    int s = sim_open(S, 0, NULL);
+    for (uint64_t i = 0; i < 3; i++) sim_send(S, s, "k", i, SIM_ASYNC);
+    sim_settle(S);
+    bds_session *ses = S->sessions[s].s;
+    bds_session_shutdown(ses);
+    cr_assert_eq(bds_session_get_state(ses), BDS_STATE_DRAINING);
+    cr_assert_eq(bds_session_reason(ses), BDS_E_SHUTDOWN);
+    cr_assert_eq(sim_send(S, s, "k", 9, SIM_OK), BDS_E_SHUTDOWN);
+    for (uint64_t i = 0; i < 3; i++) complete_seq(S, i, BDS_OK);
+    cr_assert_eq(S->n_starts, 3, "admitted work drained");
+    cr_assert_eq(S->sessions[s].close_status, BDS_E_SHUTDOWN);
+    cr_assert_eq(bds_status_grpc(S->sessions[s].close_status), 14);
+    sim_free(S);
+}
+
+Test(pipeline, shutdown_grace_expiry_forces_unavailable) {
+    sim *S = sim_new(1, 19);
+    bds_options o = bds_default_options();
+    o.shutdown.grace_period_ns = 50 * MS;
+    int s = sim_open(S, 0, &o);
+    sim_send(S, s, "k", 0, SIM_ASYNC);
+    sim_settle(S);
+    bds_session_shutdown(S->sessions[s].s);
+    sim_advance(S, 49 * MS);
+    cr_assert_not(S->sessions[s].closed);
+    sim_advance(S, 1 * MS);
+    cr_assert(S->sessions[s].closed);
+    cr_assert_eq(S->sessions[s].close_status, BDS_E_SHUTDOWN);
+    cr_assert_str_eq(S->sessions[s].close_msg, "server shutting down: grace period over");
+    sim_free(S);
+}
+
+Test(pipeline, shutdown_without_inbound_drain_drops_queued) {
+    sim *S = sim_new(2, 20);
+    bds_options o = bds_default_options();
+    o.shutdown.drain_inbound = false;
+    int s = sim_open(S, 0, &o);
+    for (uint64_t i = 0; i < 5; i++) sim_send(S, s, "k", i, SIM_ASYNC);
+    sim_settle(S);
+    bds_session_shutdown(S->sessions[s].s);
+    sim_settle(S);
+    complete_seq(S, 0, BDS_OK);
+    cr_assert_eq(S->n_starts, 1);
+    cr_assert(S->sessions[s].closed);
+    sim_free(S);
+}
+
+Test(pipeline, shutdown_after_half_close_ends_ok_when_drained) {
+    sim *S = sim_new(1, 21);
+    int s = sim_open(S, 0, NULL);
+    sim_send(S, s, "k", 0, SIM_ASYNC);
+    sim_settle(S);
+    bds_session_client_close(S->sessions[s].s);
+    bds_session_shutdown(S->sessions[s].s);
+    complete_seq(S, 0, BDS_OK);
+    cr_assert_eq(S->sessions[s].close_status, BDS_OK, "the client finished: a clean end");
+    sim_free(S);
+}
+
+Test(pipeline, cancel_closes_at_once_and_drops_everything) {
+    sim *S = sim_new(2, 22);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 3;
+    o.retry.backoff_ns = 5 * MS;
+    int s = sim_open(S, 0, &o);
+    for (uint64_t i = 0; i < 4; i++) sim_send(S, s, "k", i, SIM_ASYNC);
+    sim_msg *m = sim_msg_new(s, "r", 10, SIM_FAIL);
+    m->fails = 100;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    bds_session_cancel(S->sessions[s].s);
+    sim_settle(S);
+    cr_assert(S->sessions[s].closed);
+    cr_assert_eq(S->sessions[s].close_status, BDS_CANCELLED);
+    cr_assert_eq(bds_session_get_state(S->sessions[s].s), BDS_STATE_CLOSED);
+    sim_advance(S, 100 * MS);
+    cr_assert_eq(S->n_starts, 2, "no retry, no queued message runs after a cancel");
+    sim_free(S);
+}
+
+Test(pipeline, deadline_closes_with_deadline_exceeded) {
+    sim *S = sim_new(1, 23);
+    int s = sim_open(S, 0, NULL);
+    sim_send(S, s, "k", 0, SIM_ASYNC);
+    sim_settle(S);
+    bds_session_set_deadline(S->sessions[s].s, S->now + 20 * MS);
+    sim_advance(S, 19 * MS);
+    cr_assert_not(S->sessions[s].closed);
+    sim_advance(S, 1 * MS);
+    cr_assert_eq(S->sessions[s].close_status, BDS_DEADLINE_EXCEEDED);
+    sim_free(S);
+}
+
+Test(pipeline, sender_hard_reject_with_fail_fast_ends_session) {
+    sim *S = sim_new(1, 24);
+    bds_options o = bds_default_options();
+    o.outbound.backpressure.policy = BDS_BP_HARD_REJECT;
+    o.outbound.backpressure.capacity = 2;
+    o.outbound.backpressure.queue_capacity = 0;
+    int s = sim_open(S, 0, &o);
+    S->auto_ack_replies = false; /* a client that never reads */
+    sim_msg *m = sim_msg_new(s, "k", 0, SIM_OK);
+    m->replies = 3;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].n_written, 2);
+    cr_assert_eq(S->sessions[s].dropped_replies, 1);
+    cr_assert_eq(S->sessions[s].close_status, BDS_E_OUTBOUND_BACKPRESSURE);
+    cr_assert_eq(bds_status_grpc(S->sessions[s].close_status), 8);
+    sim_free(S);
+}
+
+Test(pipeline, sender_queue_keeps_order_until_written) {
+    sim *S = sim_new(2, 25);
+    bds_options o = bds_default_options();
+    o.outbound.backpressure.capacity = 1;
+    o.outbound.backpressure.queue_capacity = 10;
+    int s = sim_open(S, 0, &o);
+    S->auto_ack_replies = false;
+    for (uint64_t i = 0; i < 4; i++) sim_send(S, s, "k", i, SIM_ASYNC);
+    sim_settle(S);
+    for (uint64_t i = 0; i < 4; i++) {
+        sim_msg *m = bds_call_payload(S->pending[pending_index_of(S, i)]);
+        m->replies = 0;
+        sim_reply *r = calloc(1, sizeof *r);
+        r->seq = i;
+        bds_call_reply(S->pending[pending_index_of(S, i)], &r->r);
+        complete_seq(S, i, BDS_OK);
+    }
+    sim_session *ss = &S->sessions[s];
+    cr_assert_eq(ss->n_written, 1, "capacity 1: one unwritten reply at a time");
+    bds_session_stats st;
+    bds_session_get_stats(ss->s, &st);
+    cr_assert_eq(st.send_queue_hw, 3);
+    for (uint32_t k = 0; k < 3; k++) {
+        sim_reply *r = ss->unacked[k];
+        bds_session_reply_written(ss->s, &r->r);
+        free(r);
+    }
+    cr_assert_eq(ss->n_written, 4);
+    for (uint32_t i = 0; i < 4; i++) cr_assert_eq(ss->written[i], i, "replies keep their order");
+    for (uint32_t k = 3; k < ss->n_unacked; k++) {
+        bds_session_reply_written(ss->s, &ss->unacked[k]->r);
+        free(ss->unacked[k]);
+    }
+    ss->n_unacked = 0;
+    sim_free(S);
+}
+
+Test(pipeline, completion_from_a_foreign_thread_is_routed_home) {
+    sim *S = sim_new(2, 26);
+    int s = sim_open(S, 0, NULL);
+    for (uint64_t i = 0; i < 3; i++) sim_send(S, s, "k", i, SIM_ASYNC);
+    sim_settle(S);
+    for (uint64_t i = 0; i < 3; i++) {
+        int k = pending_index_of(S, i);
+        cr_assert(k >= 0);
+        sim_complete(S, (uint32_t)k, BDS_OK, true);
+        sim_settle(S);
+    }
+    bds_session_stats st;
+    bds_session_get_stats(S->sessions[s].s, &st);
+    cr_assert_eq(st.completed, 3);
+    sim_free(S);
+}
+
+Test(pipeline, receive_in_each_state_returns_its_error) {
+    sim *S = sim_new(1, 27);
+    bds_session_config cfg;
+    bds_session_config_default(&cfg);
+    cfg.handler = sim_handler;
+    cfg.handler_ctx = S;
+    cfg.ops = &sim_ops;
+    cfg.ops_ctx = (void *)(intptr_t)0;
+    S->n_sessions = 1;
+    cr_assert_eq(bds_session_create(&S->sessions[0].s, S->pipes[0], &cfg, NULL), BDS_OK);
+    cr_assert_eq(sim_send(S, 0, "k", 0, SIM_OK), BDS_FAILED_PRECONDITION, "not open yet");
+    cr_assert_eq(bds_session_open(S->sessions[0].s), BDS_OK);
+    cr_assert_eq(bds_session_open(S->sessions[0].s), BDS_FAILED_PRECONDITION, "open exactly once");
+    cr_assert_eq(bds_session_receive(S->sessions[0].s, &cfg, 1, NULL, 3, 0), BDS_E_INVALID);
+    bds_session_server_close(S->sessions[0].s);
+    cr_assert_eq(sim_send(S, 0, "k", 1, SIM_OK), BDS_OK, "server closed: the client may still send");
+    sim_settle(S);
+    sim_reply *r = calloc(1, sizeof *r);
+    cr_assert_eq(bds_session_send(S->sessions[0].s, &r->r), BDS_E_OUTBOUND_CLOSED);
+    bds_session_client_close(S->sessions[0].s);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[0].close_status, BDS_OK);
+    cr_assert_eq(sim_send(S, 0, "k", 2, SIM_OK), BDS_E_SESSION_CLOSED);
+    sim_free(S);
+}
+
+Test(pipeline, release_before_close_sends_no_callback_and_frees) {
+    sim *S = sim_new(2, 28);
+    int s = sim_open(S, 0, NULL);
+    for (uint64_t i = 0; i < 3; i++) sim_send(S, s, "k", i, SIM_ASYNC);
+    sim_settle(S);
+    bds_session_release(S->sessions[s].s);
+    S->sessions[s].s = NULL;
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].closed_calls, 0);
+    sim_free(S); /* completes the running call; asserts the session was freed */
+}
+
+/* STYLE §10: after warm-up the message path allocates nothing. */
+Test(pipeline, steady_state_message_path_allocates_nothing) {
+    sim *S = sim_new(2, 29);
+    int s = sim_open(S, 0, NULL);
+    char key[8];
+    for (uint64_t i = 0; i < 2000; i++) {
+        snprintf(key, sizeof key, "k%lu", (unsigned long)(i % 64));
+        sim_msg *m = sim_msg_new(s, key, i, SIM_OK);
+        m->replies = 1;
+        bds_status st;
+        sim_send_msg(S, m, &st);
+        if (i % 16 == 0) sim_settle(S);
+    }
+    sim_settle(S);
+    uint64_t before = bds__alloc_count();
+    for (uint64_t i = 0; i < 10000; i++) {
+        snprintf(key, sizeof key, "k%lu", (unsigned long)(i % 64));
+        sim_msg *m = sim_msg_new(s, key, i, SIM_OK);
+        m->replies = 1;
+        bds_status st;
+        sim_send_msg(S, m, &st);
+        cr_assert_eq(st, BDS_OK);
+        if (i % 16 == 0) sim_settle(S);
+    }
+    sim_settle(S);
+    cr_assert_eq(bds__alloc_count() - before, 0, "core allocated %lu times in steady state",
+                 (unsigned long)(bds__alloc_count() - before));
+    bds_session_stats st;
+    bds_session_get_stats(S->sessions[s].s, &st);
+    cr_assert_eq(st.completed, 12000);
+    cr_assert_eq(st.replies_written, 12000);
+    sim_free(S);
+}
