@@ -25,6 +25,9 @@
 static void session_check_drained(bds_pipeline *p, bds_session *s);
 static void session_maybe_free(bds_pipeline *p, bds_session *s);
 
+/* Session calls belong to the home pipeline's thread (STYLE §6: assert ownership). */
+#define ASSERT_HOME(s) BDS_ASSERT(bds__pipeline_current() == (s)->home)
+
 static bds_session_state session_state(const bds_session *s) {
     /* acquire: pairs with the transition's release in bds__fsm_step */
     return (bds_session_state)atomic_load_explicit(&((bds_session *)s)->state, memory_order_acquire);
@@ -156,6 +159,7 @@ static void session_maybe_free(bds_pipeline *p, bds_session *s) {
 }
 
 void bds_session_release(bds_session *s) {
+    ASSERT_HOME(s);
     bds_pipeline *p = s->home;
     BDS_ASSERT(!s->released);
     s->released = true;
@@ -164,10 +168,12 @@ void bds_session_release(bds_session *s) {
 }
 
 bds_status bds_session_open(bds_session *s) {
+    ASSERT_HOME(s);
     return bds__fsm_step(&s->state, BDS_EV_OPEN, NULL) ? BDS_OK : BDS_FAILED_PRECONDITION;
 }
 
 bds_status bds_session_client_close(bds_session *s) {
+    ASSERT_HOME(s);
     bds_pipeline *p = s->home;
     bds_session_state st = session_state(s);
     if (st == BDS_STATE_DRAINING && !s->client_closed) {
@@ -182,6 +188,7 @@ bds_status bds_session_client_close(bds_session *s) {
 }
 
 bds_status bds_session_server_close(bds_session *s) {
+    ASSERT_HOME(s);
     if (!bds__fsm_step(&s->state, BDS_EV_SERVER_CLOSE, NULL)) return BDS_FAILED_PRECONDITION;
     s->server_closed = true;
     session_check_drained(s->home, s);
@@ -189,6 +196,7 @@ bds_status bds_session_server_close(bds_session *s) {
 }
 
 void bds_session_shutdown(bds_session *s) {
+    ASSERT_HOME(s);
     bds_pipeline *p = s->home;
     bds_session_state from;
     bds__reason_set(&s->reason, BDS_E_SHUTDOWN);
@@ -205,15 +213,18 @@ void bds_session_shutdown(bds_session *s) {
 }
 
 void bds_session_cancel(bds_session *s) {
+    ASSERT_HOME(s);
     session_close(s->home, s, BDS_CANCELLED, "cancelled by the client", false);
 }
 
 void bds_session_fail(bds_session *s, bds_status status, const char *message) {
+    ASSERT_HOME(s);
     BDS_ASSERT(status != BDS_OK);
     session_close(s->home, s, status, message, false);
 }
 
 void bds_session_set_deadline(bds_session *s, uint64_t deadline_ns) {
+    ASSERT_HOME(s);
     bds_pipeline *p = s->home;
     if (deadline_ns == 0) {
         bds__timer_cancel(&p->timers, &s->deadline_timer);
@@ -262,6 +273,7 @@ static uint32_t room_sub(uint32_t cap, uint32_t used) {
 }
 
 uint32_t bds_session_inbound_room(bds_session *s) {
+    ASSERT_HOME(s);
     bds_session_state st = session_state(s);
     if (st != BDS_STATE_OPEN && st != BDS_STATE_SERVER_CLOSED) return 0;
     const bds_backpressure_options *bp = &s->opts.inbound.backpressure;
@@ -333,6 +345,7 @@ static bds_status receive_reject(bds_pipeline *p, bds_session *s, bds_call *call
 
 bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, const void *key, uint32_t key_len,
                                uint64_t seq) {
+    ASSERT_HOME(s);
     bds_pipeline *p = s->home;
     bds_status st = receive_state_check(s);
     if (st != BDS_OK) return st;
@@ -562,12 +575,14 @@ static bds_status sender_admit(bds_pipeline *p, bds_session *s, bds_reply *r) {
 void bds__home_on_reply(bds_pipeline *p, bds_reply *reply) { (void)sender_admit(p, reply->_session, reply); }
 
 bds_status bds_session_send(bds_session *s, bds_reply *reply) {
+    ASSERT_HOME(s);
     reply->_session = s;
     reply->_next = NULL;
     return sender_admit(s->home, s, reply);
 }
 
 void bds_session_reply_written(bds_session *s, bds_reply *reply) {
+    ASSERT_HOME(s);
     (void)reply;
     BDS_ASSERT(s->out_in_flight > 0);
     s->out_in_flight--;

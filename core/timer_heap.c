@@ -2,8 +2,9 @@
  *
  * A 4-ary heap halves the depth of a binary one and keeps a node's children in
  * one cache line of pointers; sift-down compares four children, sift-up one
- * parent. Invariant: v[i]->deadline_ns >= v[(i-1)/4]->deadline_ns and
- * v[i]->_idx == i for every i < n. The array is the heap's; the timers are
+ * parent. Invariant: key(v[i]) >= key(v[(i-1)/4]) and v[i]->_idx == i for
+ * every i < n, where key = (deadline_ns, _order): the arming order breaks ties
+ * so equal deadlines fire first-armed first, which keeps runs reproducible. The array is the heap's; the timers are
  * their owners'. */
 #include <stdlib.h>
 
@@ -21,6 +22,7 @@ void bds__timer_init(bds_timer *timer, bds_on_timer_fn fn, void *ctx) {
 
 int bds__timer_heap_init(bds_timer_heap *heap, uint32_t capacity_hint) {
     heap->_n = 0;
+    heap->_armed = 0;
     heap->_cap = capacity_hint ? capacity_hint : 64;
     heap->_v = malloc(sizeof(*heap->_v) * heap->_cap);
     return heap->_v ? 0 : -1;
@@ -33,6 +35,10 @@ void bds__timer_heap_deinit(bds_timer_heap *heap) {
     heap->_cap = 0;
 }
 
+static bool heap_before(const bds_timer *a, const bds_timer *b) {
+    return a->deadline_ns < b->deadline_ns || (a->deadline_ns == b->deadline_ns && a->_order < b->_order);
+}
+
 static void heap_place(bds_timer_heap *heap, uint32_t i, bds_timer *t) {
     heap->_v[i] = t;
     t->_idx = i;
@@ -42,7 +48,7 @@ static void heap_sift_up(bds_timer_heap *heap, uint32_t i) {
     bds_timer *t = heap->_v[i];
     while (i > 0) {
         uint32_t parent = (i - 1) / ARITY;
-        if (heap->_v[parent]->deadline_ns <= t->deadline_ns) break;
+        if (!heap_before(t, heap->_v[parent])) break;
         heap_place(heap, i, heap->_v[parent]);
         i = parent;
     }
@@ -53,11 +59,11 @@ static void heap_sift_down(bds_timer_heap *heap, uint32_t i) {
     bds_timer *t = heap->_v[i];
     for (;;) {
         uint32_t first = i * ARITY + 1, best = i;
-        uint64_t best_deadline = t->deadline_ns;
+        const bds_timer *best_t = t;
         for (uint32_t c = first; c < first + ARITY && c < heap->_n; c++) {
-            if (heap->_v[c]->deadline_ns < best_deadline) {
+            if (heap_before(heap->_v[c], best_t)) {
                 best = c;
-                best_deadline = heap->_v[c]->deadline_ns;
+                best_t = heap->_v[c];
             }
         }
         if (best == i) break;
@@ -74,7 +80,7 @@ static void heap_remove_at(bds_timer_heap *heap, uint32_t i) {
     heap->_n--;
     if (i == heap->_n) return;
     heap_place(heap, i, heap->_v[heap->_n]);
-    if (i > 0 && heap->_v[(i - 1) / ARITY]->deadline_ns > heap->_v[i]->deadline_ns) {
+    if (i > 0 && heap_before(heap->_v[i], heap->_v[(i - 1) / ARITY])) {
         heap_sift_up(heap, i);
     } else {
         heap_sift_down(heap, i);
@@ -91,6 +97,7 @@ int bds__timer_arm(bds_timer_heap *heap, bds_timer *timer, uint64_t deadline_ns)
         heap->_cap = cap;
     }
     timer->deadline_ns = deadline_ns;
+    timer->_order = heap->_armed++;
     heap_place(heap, heap->_n++, timer);
     heap_sift_up(heap, heap->_n - 1);
     return 0;

@@ -16,6 +16,7 @@ typedef void (*bds_on_timer_fn)(bds_timer *timer, void *ctx);
 
 struct bds_timer {
     uint64_t deadline_ns;
+    uint64_t _order;   /* arming order: equal deadlines fire first-armed first */
     uint32_t _idx;     /* slot in the heap, BDS_TIMER_IDLE when not armed */
     bds_on_timer_fn fn;
     void *ctx;
@@ -25,6 +26,7 @@ struct bds_timer {
 typedef struct bds_timer_heap {
     bds_timer **_v;
     uint32_t _n, _cap;
+    uint64_t _armed; /* arms so far: the next timer's _order */
 } bds_timer_heap;
 
 void bds__timer_init(bds_timer *timer, bds_on_timer_fn fn, void *ctx);
@@ -41,7 +43,7 @@ int bds__timer_arm(bds_timer_heap *heap, bds_timer *timer, uint64_t deadline_ns)
 void bds__timer_cancel(bds_timer_heap *heap, bds_timer *timer);
 /* The earliest deadline, or UINT64_MAX when nothing is armed. */
 uint64_t bds__timer_next(const bds_timer_heap *heap);
-/* Fires, in deadline order, every timer due at now_ns, up to budget of them.
+/* Fires, in deadline order (ties in arming order), every timer due at now_ns, up to budget of them.
  * Each is disarmed before its callback runs, so the callback may re-arm it or
  * arm/cancel others. Returns how many fired. */
 uint32_t bds__timer_run(bds_timer_heap *heap, uint64_t now_ns, uint32_t budget);

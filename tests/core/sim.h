@@ -20,7 +20,7 @@
 
 #define SIM_MAX_PIPES 4
 #define SIM_FOREIGN SIM_MAX_PIPES /* a channel source that is no pipeline's thread */
-#define SIM_CHAN_CAP 65536
+#define SIM_CHAN_CAP 8192
 #define SIM_MAX_SESSIONS 64
 #define SIM_MAX_LOG 200000
 
@@ -106,6 +106,9 @@ static inline int sim_switch(sim *S, int who) {
     bds__pipeline_set_current(who == SIM_FOREIGN ? NULL : S->pipes[who]);
     return old;
 }
+
+/* Switches to session i's home pipeline (session calls are home-thread only). */
+static inline int sim_home(sim *S, int i) { return sim_switch(S, (int)S->sessions[i].s->home->index); }
 
 static uint64_t sim_now(void *ctx) { return ((sim *)ctx)->now; }
 
