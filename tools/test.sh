@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing (Debian 12), then configures,
+# builds and runs every test:
+#   1. ASan+UBSan build, every test (ctest), warnings as errors;
+#   2. TSan build, the concurrent tests (ctest -L tsan);
+#   3. release build, installed to a staging prefix, and an outside project
+#      built against it with find_package(bidistream) and with pkg-config;
+#   4. the layering check (core/ and proto/ never include liburing).
+# Usage: tools/test.sh        (BDS_TEST_SKIP_TSAN=1 skips step 2 for a quick local run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+bash tools/deps.sh
+jobs=$(nproc)
+passed=0
+failed=0
+
+run_ctest() { # dir, extra ctest args...
+  local dir=$1; shift
+  local log; log=$(mktemp)
+  set +e
+  (cd "$dir" && ctest --output-on-failure --timeout 900 "$@") 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  local line; line=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -1)
+  if [ -n "$line" ]; then
+    local total fails
+    total=$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$line")
+    fails=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")
+    passed=$((passed + total - fails)); failed=$((failed + fails))
+  fi
+  rm -f "$log"
+  return "$rc"
+}
+
+status=0
+echo "== layering: core/ and proto/ must not include liburing"
+if grep -rnE '#include[[:space:]]*[<"]liburing' core proto; then
+  echo "layering violation"; failed=$((failed + 1)); status=1
+else
+  passed=$((passed + 1))
+fi
+
+echo "== ASan+UBSan build: all tests"
+cmake -S . -B build/asan -DBDS_SANITIZE=asan -DBDS_WERROR=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build/asan -j"$jobs"
+run_ctest build/asan || status=1
+
+if [ "${BDS_TEST_SKIP_TSAN:-0}" != 1 ]; then
+  echo "== TSan build: concurrent tests"
+  cmake -S . -B build/tsan -DBDS_SANITIZE=tsan -DBDS_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DBDS_BUILD_BENCH=OFF >/dev/null
+  cmake --build build/tsan -j"$jobs"
+  run_ctest build/tsan -L tsan || status=1
+fi
+
+echo "== release build, install, and an outside consumer"
+rm -rf build/stage build/consumer
+cmake -S . -B build/release -DBDS_WERROR=ON -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_INSTALL_PREFIX="$root/build/stage" >/dev/null
+cmake --build build/release -j"$jobs"
+cmake --install build/release >/dev/null
+consumer_ok=1
+cmake -S tests/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$root/build/stage" >/dev/null &&
+  cmake --build build/consumer -j"$jobs" &&
+  LD_LIBRARY_PATH="$root/build/stage/lib" build/consumer/consumer_shared &&
+  build/consumer/consumer_static || consumer_ok=0
+pc_dir=$(dirname "$(find build/stage -name bidistream.pc | head -1)")
+cc tests/consumer/main.c -o build/consumer/consumer_pkgconfig \
+   $(PKG_CONFIG_PATH="$pc_dir" pkg-config --cflags --libs bidistream) &&
+  LD_LIBRARY_PATH="$root/build/stage/lib" build/consumer/consumer_pkgconfig || consumer_ok=0
+if [ "$consumer_ok" = 1 ]; then passed=$((passed + 3)); else failed=$((failed + 1)); status=1; fi
+# Only bds_ symbols leave the shared library.
+leaked=$(nm -D --defined-only build/stage/lib/libbidistream.so | awk '{print $3}' | grep -v '^bds_' | grep -v '^BIDISTREAM' || true)
+if [ -n "$leaked" ]; then echo "exported non-bds symbols: $leaked"; failed=$((failed + 1)); status=1; else passed=$((passed + 1)); fi
+
+echo
+echo "tests: $passed passed, $failed failed"
+exit "$status"
