@@ -1,0 +1,921 @@
+/* h2_server.c — gRPC over one HTTP/2 server connection, around nghttp2, sans-I/O.
+ *
+ * Design. One nghttp2 server session per connection, created with
+ * nghttp2_session_server_new3 over the caller's allocator. nghttp2 parses and
+ * serializes frames; this file keeps one record per request stream
+ * (struct h2_stream, attached as nghttp2 stream user data at on_begin_headers
+ * and freed at on_stream_close) and turns nghttp2's callbacks into call events:
+ *
+ *   on_begin_headers  → record in H2S_HEADERS; request checker started
+ *   on_header         → bds__grpc_req_header (validation, our header-size bound)
+ *   on_frame_recv     → HEADERS: verdict → on_call_start, or answered at once;
+ *                       END_STREAM: truncation check → on_half_close
+ *   on_data_chunk_recv→ ledger; gRPC deframer → on_message / answered error
+ *   on_stream_close   → on_reset if the app still owned the call; settle ledger
+ *   on_begin_frame, on_invalid_frame_recv, on_frame_recv(WINDOW_UPDATE)
+ *                     → glitch bucket → terminate with ENHANCE_YOUR_CALM
+ *   on_frame_send     → RST_STREAM(NO_ERROR) after our END_STREAM when the
+ *                       client has not ended its side (gRPC early trailers)
+ *
+ * Output: the first message submits the response HEADERS with a data provider
+ * whose read callback copies queued, framed messages into DATA frames (several
+ * per frame) and, once the queue is empty and the call is finishing, ends the
+ * data with EOF|NO_END_STREAM and submits the trailers. An empty queue defers
+ * the provider; a new message resumes it (INVALID_ARGUMENT = stream gone, ignored).
+ * Frames are serialized only by bds__h2_output (nghttp2_session_send with a
+ * send callback appending to a bounded buffer, WOULDBLOCK when full), never
+ * from inside a callback.
+ *
+ * Stream record state (the app's view of the call; nghttp2 owns the HTTP/2 state):
+ *
+ *   H2S_HEADERS ──verdict OK, app accepts──► H2S_OPEN ──finish / error / reset──► H2S_DONE
+ *        └──────verdict bad or app refuses──► H2S_REJECTED
+ *
+ * Only H2S_OPEN delivers events. Invariants: consumed <= received per stream;
+ * a record is on the live list exactly while nghttp2 holds it as user data;
+ * q_bytes is the sum of unsent queued bytes (q_off into the head chunk).
+ *
+ * Memory: records, queue chunks, deframer buffers, the output buffer and all of
+ * nghttp2's memory come from cfg.alloc.
+ *
+ * Elsewhere: request validation and timeouts (grpc_wire.c), framing
+ * (grpc_frame.c), sockets and clocks (io/). */
+#include "h2_server.h"
+
+#include <nghttp2/nghttp2.h>
+#include <string.h>
+
+#include "base.h"
+#include "grpc_frame.h"
+
+enum h2s_state { H2S_HEADERS = 1, H2S_REJECTED, H2S_OPEN, H2S_DONE };
+/* Who ended an H2S_DONE call: decides what the app's late calls get back. */
+enum h2s_end { H2S_END_NONE = 0, H2S_END_APP, H2S_END_SESSION, H2S_END_PEER };
+
+#define H2_GRPC_MESSAGE_RAW_MAX 1024u  /* longer grpc-message texts are cut     */
+#define H2_SMALL_WINDOW_UPDATE 1024u   /* a WINDOW_UPDATE below this is a glitch */
+#define H2_OUT_BUF_MIN 1024u
+
+struct h2_chunk {
+    struct h2_chunk *next;
+    size_t len;
+    uint8_t data[];
+};
+
+struct h2_stream {
+    struct h2_stream *prev, *next; /* live list                                  */
+    int32_t id;
+    uint8_t state;                 /* enum h2s_state                             */
+    uint8_t ended_by;              /* enum h2s_end, set when state is H2S_DONE    */
+    bool response_submitted;       /* HEADERS with a data provider submitted      */
+    bool finishing;                /* trailers follow once the queue is empty     */
+    bool remote_closed;            /* client END_STREAM seen                      */
+    void *call_ctx;
+    uint64_t recv_bytes;           /* DATA payload delivered to us                */
+    uint64_t consumed_bytes;       /* credited back; <= recv_bytes                */
+    struct h2_chunk *q_head, *q_tail;
+    size_t q_off;                  /* bytes of q_head already sent                */
+    size_t q_bytes;                /* unsent queued bytes                         */
+    int grpc_code;                 /* trailers' grpc-status                       */
+    char *grpc_msg;                /* percent-encoded grpc-message, or NULL       */
+    size_t grpc_msg_len;
+    bds__grpc_req_check req;
+    bds__grpc_deframer deframer;   /* initialized once H2S_OPEN                   */
+    bool deframer_live;
+};
+
+struct bds__h2_conn {
+    nghttp2_session *ng;
+    bds__h2_config cfg;
+    const bds__palloc *alloc;
+    nghttp2_mem mem;
+    bds__h2_callbacks cbs;
+    void *ctx;
+    uint64_t now_ns;
+    uint8_t *out;                  /* out_cap bytes; [0, out_len) unsent         */
+    size_t out_len, out_cap;
+    struct h2_stream live;         /* sentinel of the live list                  */
+    bool in_recv;                  /* inside nghttp2_session_mem_recv            */
+    bool in_output;                /* inside nghttp2_session_send                */
+    bool fatal;                    /* nghttp2 failed fatally: only destroy/flush */
+    uint64_t glitch_tat_ns;        /* GCRA theoretical arrival time              */
+    bds__h2_stats stats;
+};
+
+/* ---- small helpers --------------------------------------------------------------- */
+
+static bool h2_conn_credit_auto(const bds__h2_conn *c) { return c->cfg.conn_credit_on_receipt; }
+
+static void h2_fatal(bds__h2_conn *c, int rv) {
+    BDS_ASSERT(rv < 0);
+    c->fatal = true;
+    c->stats.nghttp2_fatal = rv;
+}
+
+/* Records a non-OK nghttp2 result from a call we make; fatal ones end the session. */
+static void h2_check(bds__h2_conn *c, int rv) {
+    if (rv != 0 && nghttp2_is_fatal(rv)) h2_fatal(c, rv);
+}
+
+static struct h2_stream *h2_stream_get(const bds__h2_conn *c, int32_t id) {
+    BDS_ASSERT(c != NULL && c->ng != NULL);
+    if (id <= 0) return NULL;
+    return nghttp2_session_get_stream_user_data(c->ng, id);
+}
+
+static int h2_grpc_code(bds_status st) {
+    if ((int)st >= 0 && (int)st <= 16) return (int)st;
+    return bds_status_grpc(st);
+}
+
+/* Writes |v| (0..999) as decimal into |buf|; returns its length. */
+static size_t h2_fmt_u(char buf[4], unsigned v) {
+    BDS_ASSERT(v < 1000);
+    size_t n = 0;
+    if (v >= 100) buf[n++] = (char)('0' + v / 100);
+    if (v >= 10) buf[n++] = (char)('0' + v / 10 % 10);
+    buf[n++] = (char)('0' + v % 10);
+    buf[n] = '\0';
+    return n;
+}
+
+static nghttp2_nv h2_nv(const char *name, const char *value, size_t valuelen) {
+    nghttp2_nv nv = {(uint8_t *)(uintptr_t)name, (uint8_t *)(uintptr_t)value, strlen(name),
+                     valuelen, NGHTTP2_NV_FLAG_NONE};
+    return nv;
+}
+
+/* ---- glitch bucket (GCRA) -------------------------------------------------------- */
+
+/* Counts |cost| suspicious frames; an exhausted bucket terminates the session
+ * with ENHANCE_YOUR_CALM (nghttp2 then ignores everything after this frame). */
+static void h2_glitch(bds__h2_conn *c, uint32_t cost) {
+    BDS_ASSERT(cost > 0);
+    c->stats.glitches += cost;
+    if (c->stats.calmed) return;
+    bool over;
+    if (c->cfg.glitch_rate_per_sec == 0) {
+        over = c->stats.glitches > c->cfg.glitch_burst;
+    } else {
+        uint64_t interval = 1000000000ull / c->cfg.glitch_rate_per_sec;
+        uint64_t tat = c->glitch_tat_ns > c->now_ns ? c->glitch_tat_ns : c->now_ns;
+        tat += interval * cost;
+        over = tat - c->now_ns > interval * (uint64_t)c->cfg.glitch_burst;
+        if (!over) c->glitch_tat_ns = tat;
+    }
+    if (!over) return;
+    c->stats.calmed = true;
+    h2_check(c, nghttp2_session_terminate_session(c->ng, NGHTTP2_ENHANCE_YOUR_CALM));
+}
+
+/* ---- stream records ---------------------------------------------------------- */
+
+static void h2_queue_free_from(bds__h2_conn *c, struct h2_chunk *ch) {
+    while (ch != NULL) {
+        struct h2_chunk *next = ch->next;
+        c->alloc->free_fn(ch, c->alloc->ctx);
+        ch = next;
+    }
+}
+
+static void h2_stream_free(bds__h2_conn *c, struct h2_stream *s) {
+    BDS_ASSERT(s != NULL);
+    BDS_ASSERT(s->consumed_bytes <= s->recv_bytes);
+    s->prev->next = s->next;
+    s->next->prev = s->prev;
+    h2_queue_free_from(c, s->q_head);
+    if (s->deframer_live) bds__grpc_deframer_deinit(&s->deframer);
+    c->alloc->free_fn(s->grpc_msg, c->alloc->ctx);
+    c->alloc->free_fn(s, c->alloc->ctx);
+}
+
+/* Credits everything received and not yet consumed: the session has taken the
+ * call over (finished, failed, refused) and nobody else will. */
+static void h2_stream_settle(bds__h2_conn *c, struct h2_stream *s) {
+    BDS_ASSERT(s->state != H2S_OPEN);
+    BDS_ASSERT(s->consumed_bytes <= s->recv_bytes);
+    uint64_t k = s->recv_bytes - s->consumed_bytes;
+    if (k == 0) return;
+    int rv = h2_conn_credit_auto(c) ? nghttp2_session_consume_stream(c->ng, s->id, (size_t)k)
+                                    : nghttp2_session_consume(c->ng, s->id, (size_t)k);
+    h2_check(c, rv);
+    s->consumed_bytes = s->recv_bytes;
+}
+
+/* Stores grpc-status and the percent-encoded grpc-message for the trailers. */
+static bool h2_stream_set_status(bds__h2_conn *c, struct h2_stream *s, int code, const char *msg) {
+    BDS_ASSERT(code >= 0 && code <= 16);
+    BDS_ASSERT(s->grpc_msg == NULL);
+    s->grpc_code = code;
+    if (code == 0 || msg == NULL) return true;
+    size_t raw = strnlen(msg, H2_GRPC_MESSAGE_RAW_MAX);
+    size_t need = bds__grpc_percent_encode((const uint8_t *)msg, raw, NULL, 0);
+    s->grpc_msg = c->alloc->malloc_fn(need + 1, c->alloc->ctx);
+    if (s->grpc_msg == NULL) return false;
+    s->grpc_msg_len = bds__grpc_percent_encode((const uint8_t *)msg, raw, s->grpc_msg, need);
+    s->grpc_msg[s->grpc_msg_len] = '\0';
+    return true;
+}
+
+/* Fills |nv| with grpc-status (+ grpc-message); returns the count. */
+static size_t h2_status_nv(const struct h2_stream *s, nghttp2_nv *nv, char code_buf[4]) {
+    size_t n = 0;
+    nv[n++] = h2_nv("grpc-status", code_buf, h2_fmt_u(code_buf, (unsigned)s->grpc_code));
+    if (s->grpc_msg != NULL && s->grpc_msg_len > 0)
+        nv[n++] = h2_nv("grpc-message", s->grpc_msg, s->grpc_msg_len);
+    return n;
+}
+
+/* Trailers-Only (PROTOCOL-HTTP2): one HEADERS with END_STREAM carrying the
+ * status; with an HTTP error status for requests that are not gRPC at all. */
+static void h2_submit_trailers_only(bds__h2_conn *c, struct h2_stream *s, int http_status) {
+    char status_buf[4], code_buf[4];
+    nghttp2_nv nv[5];
+    size_t n = 0;
+    nv[n++] = h2_nv(":status", status_buf, h2_fmt_u(status_buf, (unsigned)http_status));
+    nv[n++] = h2_nv("content-type", "application/grpc", 16);
+    if (s->grpc_code == BDS_UNIMPLEMENTED)
+        nv[n++] = h2_nv("grpc-accept-encoding", "identity", 8);
+    n += h2_status_nv(s, nv + n, code_buf);
+    s->response_submitted = true;
+    h2_check(c, nghttp2_submit_response(c->ng, s->id, nv, n, NULL));
+}
+
+static void h2_resume(bds__h2_conn *c, struct h2_stream *s) {
+    int rv = nghttp2_session_resume_data(c->ng, s->id);
+    if (rv != NGHTTP2_ERR_INVALID_ARGUMENT) h2_check(c, rv); /* INVALID_ARGUMENT: gone */
+}
+
+/* Ends the stream on the wire with |code|/|msg|: trailers-only when nothing was
+ * sent yet, else trailers after the queued messages. */
+static void h2_stream_answer(bds__h2_conn *c, struct h2_stream *s, int http_status, int code,
+                             const char *msg) {
+    BDS_ASSERT(s->state == H2S_DONE || s->state == H2S_REJECTED);
+    BDS_ASSERT(!s->finishing);
+    if (!h2_stream_set_status(c, s, code, msg)) {
+        h2_check(c, nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id,
+                                              NGHTTP2_INTERNAL_ERROR));
+        return;
+    }
+    if (!s->response_submitted) {
+        BDS_ASSERT(s->q_bytes == 0);
+        h2_submit_trailers_only(c, s, http_status);
+        return;
+    }
+    s->finishing = true;
+    h2_resume(c, s);
+}
+
+/* A request refused at its headers: answered, never seen by the app. */
+static void h2_stream_reject(bds__h2_conn *c, struct h2_stream *s, int http_status,
+                             bds_status status, const char *msg) {
+    BDS_ASSERT(s->state == H2S_HEADERS);
+    s->state = H2S_REJECTED;
+    c->stats.calls_refused++;
+    int code = h2_grpc_code(status);
+    if (code < 0) code = BDS_UNAVAILABLE;
+    h2_stream_answer(c, s, http_status, code, msg != NULL ? msg : bds_status_str(status));
+    h2_stream_settle(c, s);
+}
+
+/* A started call failed on its input: answered by us, the app is told. */
+static void h2_stream_fail(bds__h2_conn *c, struct h2_stream *s, bds_status status,
+                           const char *reason) {
+    BDS_ASSERT(s->state == H2S_OPEN);
+    BDS_ASSERT(status != BDS_OK);
+    s->state = H2S_DONE;
+    s->ended_by = H2S_END_SESSION;
+    c->stats.calls_failed++;
+    /* Unsent replies are dropped; one already on the wire is completed first. */
+    struct h2_chunk *keep = s->q_off > 0 ? s->q_head : NULL;
+    h2_queue_free_from(c, keep != NULL ? keep->next : s->q_head);
+    s->q_head = s->q_tail = keep;
+    if (keep != NULL) keep->next = NULL;
+    s->q_bytes = keep != NULL ? keep->len - s->q_off : 0;
+    if (keep == NULL) s->q_off = 0;
+    h2_stream_answer(c, s, 200, h2_grpc_code(status), reason);
+    h2_stream_settle(c, s);
+    if (c->cbs.on_call_error != NULL)
+        c->cbs.on_call_error(c->ctx, s->call_ctx, s->id, status, 200);
+}
+
+/* ---- nghttp2 callbacks: input ------------------------------------------------ */
+
+static int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
+    bds__h2_conn *c = ud;
+    BDS_ASSERT(c->in_recv);
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    struct h2_stream *s = c->alloc->calloc_fn(1, sizeof *s, c->alloc->ctx);
+    if (s == NULL) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* RST INTERNAL_ERROR */
+    s->id = frame->hd.stream_id;
+    s->state = H2S_HEADERS;
+    bds__grpc_req_init(&s->req, c->cfg.methods, c->cfg.header_list_bytes_max);
+    s->next = &c->live;
+    s->prev = c->live.prev;
+    c->live.prev->next = s;
+    c->live.prev = s;
+    int rv = nghttp2_session_set_stream_user_data(ng, s->id, s);
+    BDS_ASSERT(rv == 0);
+    return 0;
+}
+
+static int h2_on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name,
+                        size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                        void *ud) {
+    (void)flags;
+    (void)ud;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0; /* client trailers: nothing in them concerns us */
+    struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (s == NULL || s->state != H2S_HEADERS) return 0;
+    /* Past the bound we keep returning 0: HPACK state must still be updated,
+     * and the verdict (431) is given once the block ends. */
+    (void)bds__grpc_req_header(&s->req, name, namelen, value, valuelen);
+    return 0;
+}
+
+/* The client ended its side: a cut message is an error, else half-close. */
+static void h2_stream_remote_end(bds__h2_conn *c, struct h2_stream *s) {
+    s->remote_closed = true;
+    if (s->state != H2S_OPEN) return;
+    BDS_ASSERT(s->deframer_live);
+    bds_status st = bds__grpc_deframer_finish(&s->deframer);
+    if (st != BDS_OK) {
+        h2_stream_fail(c, s, BDS_INTERNAL, "truncated gRPC message at end of stream");
+        return;
+    }
+    if (c->cbs.on_half_close != NULL) c->cbs.on_half_close(c->ctx, s->call_ctx, s->id);
+}
+
+/* The request's header block is complete: verdict, then start or answer. */
+static void h2_stream_request(bds__h2_conn *c, struct h2_stream *s, bool end_stream) {
+    BDS_ASSERT(s->state == H2S_HEADERS);
+    s->remote_closed = end_stream;
+    bds__grpc_verdict v = bds__grpc_req_verdict(&s->req);
+    if (v.http_status != 200 || v.grpc_status != BDS_OK) {
+        h2_stream_reject(c, s, v.http_status, v.grpc_status, v.message);
+        if (c->cbs.on_call_error != NULL)
+            c->cbs.on_call_error(c->ctx, NULL, s->id, v.grpc_status, v.http_status);
+        return;
+    }
+    bds__h2_call_info info = {
+        .stream_id = s->id,
+        .method_index = (uint32_t)bds__grpc_req_method(&s->req),
+        .timeout_ns = bds__grpc_req_timeout_ns(&s->req),
+        .end_stream = end_stream,
+    };
+    if (info.timeout_ns != 0)
+        info.deadline_ns = info.timeout_ns > UINT64_MAX - c->now_ns ? UINT64_MAX
+                                                                   : c->now_ns + info.timeout_ns;
+    void *call_ctx = NULL;
+    bds_status st = c->cbs.on_call_start(c->ctx, &info, &call_ctx);
+    if (st != BDS_OK) {
+        h2_stream_reject(c, s, 200, st, NULL);
+        return;
+    }
+    bds__grpc_deframer_init(&s->deframer, c->cfg.msg_bytes_max, false, c->alloc);
+    s->deframer_live = true;
+    s->call_ctx = call_ctx;
+    s->state = H2S_OPEN;
+    c->stats.calls_started++;
+    if (end_stream) h2_stream_remote_end(c, s);
+}
+
+static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
+    bds__h2_conn *c = ud;
+    BDS_ASSERT(c->in_recv);
+    bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    struct h2_stream *s;
+    switch (frame->hd.type) {
+    case NGHTTP2_HEADERS:
+        s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+        if (s == NULL) break;
+        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST && s->state == H2S_HEADERS)
+            h2_stream_request(c, s, end);
+        else if (end)
+            h2_stream_remote_end(c, s);
+        break;
+    case NGHTTP2_DATA:
+        s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+        if (s != NULL && end) h2_stream_remote_end(c, s);
+        break;
+    case NGHTTP2_WINDOW_UPDATE:
+        if (frame->window_update.window_size_increment < (int32_t)H2_SMALL_WINDOW_UPDATE)
+            h2_glitch(c, 1);
+        break;
+    default:
+        break;
+    }
+    return c->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+}
+
+/* Runs the deframer over one DATA chunk of an open call. */
+static void h2_stream_deframe(bds__h2_conn *c, struct h2_stream *s, const uint8_t *data,
+                              size_t len) {
+    BDS_ASSERT(s->deframer_live);
+    while (len > 0 && s->state == H2S_OPEN) {
+        bds__grpc_ev ev;
+        size_t used = bds__grpc_deframe(&s->deframer, data, len, &ev);
+        BDS_ASSERT(used <= len);
+        data += used;
+        len -= used;
+        if (ev.kind == BDS__GRPC_EV_MESSAGE) {
+            c->cbs.on_message(c->ctx, s->call_ctx, s->id, ev.data, ev.len,
+                              ev.len + BDS_GRPC_PREFIX_BYTES);
+        } else if (ev.kind == BDS__GRPC_EV_ERROR) {
+            bds_status st = ev.status == BDS_E_NOMEM ? BDS_RESOURCE_EXHAUSTED : ev.status;
+            h2_stream_fail(c, s, st, ev.reason);
+        }
+    }
+}
+
+static int h2_on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t stream_id,
+                                 const uint8_t *data, size_t len, void *ud) {
+    (void)flags;
+    bds__h2_conn *c = ud;
+    BDS_ASSERT(c->in_recv);
+    if (h2_conn_credit_auto(c)) h2_check(c, nghttp2_session_consume_connection(ng, len));
+    struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, stream_id);
+    if (s == NULL) {
+        /* No record (its allocation failed): nobody will consume, so we do. */
+        h2_check(c, h2_conn_credit_auto(c) ? nghttp2_session_consume_stream(ng, stream_id, len)
+                                           : nghttp2_session_consume(ng, stream_id, len));
+        return c->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+    }
+    s->recv_bytes += len;
+    if (s->state == H2S_OPEN) h2_stream_deframe(c, s, data, len);
+    if (s->state != H2S_OPEN) h2_stream_settle(c, s);
+    return c->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+}
+
+static int h2_on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t error_code,
+                              void *ud) {
+    bds__h2_conn *c = ud;
+    struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, stream_id);
+    if (s == NULL) return 0;
+    if (s->state == H2S_OPEN) {
+        s->state = H2S_DONE;
+        s->ended_by = H2S_END_PEER;
+        c->stats.calls_reset++;
+        if (c->cbs.on_reset != NULL)
+            c->cbs.on_reset(c->ctx, s->call_ctx, s->id, bds__h2_rst_status(error_code), error_code);
+    }
+    /* Settle the ledger against the connection only: the stream is going away,
+     * and a WINDOW_UPDATE for it would be wasted. */
+    uint64_t k = s->recv_bytes - s->consumed_bytes;
+    if (!h2_conn_credit_auto(c) && k > 0)
+        h2_check(c, nghttp2_session_consume_connection(ng, (size_t)k));
+    s->consumed_bytes = s->recv_bytes;
+    nghttp2_session_set_stream_user_data(ng, stream_id, NULL);
+    h2_stream_free(c, s);
+    return c->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+}
+
+static int h2_on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *ud) {
+    (void)ng; /* used only with nghttp2's reset limiter */
+    bds__h2_conn *c = ud;
+    switch (hd->type) {
+    case NGHTTP2_PING:
+    case NGHTTP2_SETTINGS:
+    case NGHTTP2_PRIORITY:
+        h2_glitch(c, 1);
+        break;
+    case NGHTTP2_RST_STREAM: {
+        /* Rapid reset (CVE-2023-44487): a call started and cancelled at once
+         * costs a token. nghttp2's own limiter (when present) only stops new
+         * streams once its GOAWAY is on the wire, which leaves a whole receive
+         * buffer of HEADERS+RST pairs to start calls from. A client that
+         * cancels hundreds of calls in one instant is cut off too; it can
+         * reconnect. Without nghttp2's limiter every reset counts. */
+#if defined(BDS_HAVE_NGHTTP2_STREAM_RESET_RATE_LIMIT)
+        const struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, hd->stream_id);
+        if (s != NULL && (s->state == H2S_OPEN || s->state == H2S_HEADERS)) h2_glitch(c, 1);
+#else
+        h2_glitch(c, 1);
+#endif
+        break;
+    }
+    case NGHTTP2_DATA:
+        if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM)) h2_glitch(c, 1);
+        break;
+    default:
+        break;
+    }
+    return c->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+}
+
+static int h2_on_invalid_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame,
+                                    int lib_error_code, void *ud) {
+    (void)ng;
+    (void)frame;
+    (void)lib_error_code;
+    h2_glitch(ud, 1);
+    return ((bds__h2_conn *)ud)->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+}
+
+/* ---- nghttp2 callbacks: output ------------------------------------------------ */
+
+static ssize_t h2_on_send(nghttp2_session *ng, const uint8_t *data, size_t length, int flags,
+                          void *ud) {
+    (void)ng;
+    (void)flags;
+    bds__h2_conn *c = ud;
+    BDS_ASSERT(c->in_output);
+    BDS_ASSERT(c->out_len <= c->out_cap);
+    size_t n = c->out_cap - c->out_len;
+    if (n == 0) return NGHTTP2_ERR_WOULDBLOCK;
+    if (n > length) n = length;
+    memcpy(c->out + c->out_len, data, n);
+    c->out_len += n;
+    return (ssize_t)n;
+}
+
+/* Copies queued bytes into a DATA frame payload; finishes with trailers. */
+static ssize_t h2_on_read(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, size_t length,
+                          uint32_t *data_flags, nghttp2_data_source *source, void *ud) {
+    (void)source;
+    bds__h2_conn *c = ud;
+    struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, stream_id);
+    if (s == NULL) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    size_t n = 0;
+    while (n < length && s->q_head != NULL) {
+        struct h2_chunk *ch = s->q_head;
+        size_t k = ch->len - s->q_off;
+        if (k > length - n) k = length - n;
+        memcpy(buf + n, ch->data + s->q_off, k);
+        n += k;
+        s->q_off += k;
+        s->q_bytes -= k;
+        if (s->q_off == ch->len) {
+            s->q_head = ch->next;
+            if (s->q_head == NULL) s->q_tail = NULL;
+            s->q_off = 0;
+            c->alloc->free_fn(ch, c->alloc->ctx);
+        }
+    }
+    BDS_ASSERT((s->q_head == NULL) == (s->q_bytes == 0));
+    if (s->q_head == NULL && s->finishing) {
+        char code_buf[4];
+        nghttp2_nv nv[2];
+        size_t nvlen = h2_status_nv(s, nv, code_buf);
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        int rv = nghttp2_submit_trailer(ng, stream_id, nv, nvlen);
+        if (rv != 0) return nghttp2_is_fatal(rv) ? NGHTTP2_ERR_CALLBACK_FAILURE
+                                                 : NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        return (ssize_t)n;
+    }
+    return n > 0 ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
+}
+
+static int h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
+    (void)ud;
+    if (frame->hd.type != NGHTTP2_HEADERS || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+        return 0;
+    /* gRPC: trailers sent before the client's END_STREAM are followed by
+     * RST_STREAM(NO_ERROR), so the client stops sending and the stream closes. */
+    if (nghttp2_session_get_stream_remote_close(ng, frame->hd.stream_id) == 0) {
+        int rv = nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                           NGHTTP2_NO_ERROR);
+        if (nghttp2_is_fatal(rv)) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    return 0;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------ */
+
+void bds__h2_config_default(bds__h2_config *cfg) {
+    BDS_ASSERT(cfg != NULL);
+    memset(cfg, 0, sizeof *cfg);
+    cfg->max_concurrent_streams = 1024;
+    cfg->stream_window_bytes = 64u * 1024u;
+    cfg->conn_window_bytes = 1024u * 1024u;
+    cfg->header_list_bytes_max = BDS_GRPC_HEADER_BYTES_MAX_DEFAULT;
+    cfg->msg_bytes_max = BDS_GRPC_MSG_BYTES_MAX_DEFAULT;
+    cfg->out_buf_bytes = 256u * 1024u;
+    cfg->stream_send_bytes_max = 8u * 1024u * 1024u;
+    cfg->conn_credit_on_receipt = true;
+    cfg->glitch_burst = 500;
+    cfg->glitch_rate_per_sec = 100;
+    cfg->reset_burst = 1000;
+    cfg->reset_rate_per_sec = 33;
+    cfg->max_continuations = 8;
+    cfg->max_outbound_ack = 1000;
+    cfg->max_settings = 32;
+    BDS_ASSERT(cfg->stream_window_bytes <= NGHTTP2_MAX_WINDOW_SIZE);
+}
+
+static bool h2_config_valid(const bds__h2_config *cfg) {
+    return cfg->max_concurrent_streams > 0 && cfg->stream_window_bytes > 0 &&
+           cfg->stream_window_bytes <= NGHTTP2_MAX_WINDOW_SIZE &&
+           cfg->conn_window_bytes >= NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE &&
+           cfg->conn_window_bytes <= NGHTTP2_MAX_WINDOW_SIZE && cfg->msg_bytes_max > 0 &&
+           cfg->out_buf_bytes >= H2_OUT_BUF_MIN && cfg->stream_send_bytes_max > 0 &&
+           cfg->header_list_bytes_max > 0 && cfg->glitch_burst > 0 && cfg->max_settings > 0;
+}
+
+static nghttp2_session_callbacks *h2_callbacks_new(void) {
+    nghttp2_session_callbacks *cb;
+    if (nghttp2_session_callbacks_new(&cb) != 0) return NULL;
+    nghttp2_session_callbacks_set_send_callback(cb, h2_on_send);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, h2_on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, h2_on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, h2_on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, h2_on_data_chunk_recv);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, h2_on_stream_close);
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cb, h2_on_begin_frame);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, h2_on_invalid_frame_recv);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, h2_on_frame_send);
+    return cb;
+}
+
+static nghttp2_option *h2_option_new(const bds__h2_config *cfg) {
+    nghttp2_option *opt;
+    if (nghttp2_option_new(&opt) != 0) return NULL;
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_no_closed_streams(opt, 1);
+#if defined(BDS_HAVE_NGHTTP2_MAX_OUTBOUND_ACK)
+    nghttp2_option_set_max_outbound_ack(opt, cfg->max_outbound_ack);
+#endif
+#if defined(BDS_HAVE_NGHTTP2_MAX_SETTINGS)
+    nghttp2_option_set_max_settings(opt, cfg->max_settings);
+#endif
+#if defined(BDS_HAVE_NGHTTP2_STREAM_RESET_RATE_LIMIT)
+    nghttp2_option_set_stream_reset_rate_limit(opt, cfg->reset_burst, cfg->reset_rate_per_sec);
+#endif
+#if defined(BDS_HAVE_NGHTTP2_MAX_CONTINUATIONS)
+    nghttp2_option_set_max_continuations(opt, cfg->max_continuations);
+#endif
+    (void)cfg;
+    return opt;
+}
+
+/* Builds the nghttp2 session and queues SETTINGS + the connection window. */
+static int h2_session_start(bds__h2_conn *c) {
+    nghttp2_session_callbacks *cb = h2_callbacks_new();
+    nghttp2_option *opt = h2_option_new(&c->cfg);
+    int rv = NGHTTP2_ERR_NOMEM;
+    if (cb != NULL && opt != NULL) rv = nghttp2_session_server_new3(&c->ng, cb, c, opt, &c->mem);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_option_del(opt);
+    if (rv != 0) return rv;
+    const nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, c->cfg.max_concurrent_streams},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, c->cfg.stream_window_bytes},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, c->cfg.header_list_bytes_max},
+        {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
+    };
+    rv = nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
+    if (rv != 0) return rv;
+    return nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0,
+                                                 (int32_t)c->cfg.conn_window_bytes);
+}
+
+bds_status bds__h2_create(bds__h2_conn **out, const bds__h2_config *cfg,
+                          const bds__h2_callbacks *cbs, void *ctx) {
+    BDS_ASSERT(out != NULL && cfg != NULL && cbs != NULL);
+    BDS_ASSERT(cbs->on_call_start != NULL && cbs->on_message != NULL);
+    *out = NULL;
+    if (!h2_config_valid(cfg)) return BDS_E_INVALID;
+    const bds__palloc *a = cfg->alloc != NULL ? cfg->alloc : bds__palloc_libc();
+    bds__h2_conn *c = a->calloc_fn(1, sizeof *c, a->ctx);
+    if (c == NULL) return BDS_E_NOMEM;
+    c->cfg = *cfg;
+    c->alloc = a;
+    c->mem = (nghttp2_mem){a->ctx, a->malloc_fn, a->free_fn, a->calloc_fn, a->realloc_fn};
+    c->cbs = *cbs;
+    c->ctx = ctx;
+    c->live.next = c->live.prev = &c->live;
+    c->out_cap = cfg->out_buf_bytes;
+    c->out = a->malloc_fn(c->out_cap, a->ctx);
+    int rv = c->out != NULL ? h2_session_start(c) : NGHTTP2_ERR_NOMEM;
+    if (rv != 0) {
+        bds__h2_destroy(c);
+        return rv == NGHTTP2_ERR_NOMEM ? BDS_E_NOMEM : BDS_E_INVALID;
+    }
+    *out = c;
+    return BDS_OK;
+}
+
+void bds__h2_destroy(bds__h2_conn *c) {
+    if (c == NULL) return;
+    BDS_ASSERT(!c->in_recv && !c->in_output);
+    /* nghttp2_session_del fires no callbacks; our records are freed here. */
+    if (c->ng != NULL) nghttp2_session_del(c->ng);
+    c->ng = NULL;
+    while (c->live.next != &c->live) {
+        struct h2_stream *s = c->live.next;
+        s->consumed_bytes = s->recv_bytes;
+        h2_stream_free(c, s);
+    }
+    c->alloc->free_fn(c->out, c->alloc->ctx);
+    c->alloc->free_fn(c, c->alloc->ctx);
+}
+
+/* ---- bytes in, bytes out ------------------------------------------------------ */
+
+bds_status bds__h2_recv(bds__h2_conn *c, const uint8_t *in, size_t len, uint64_t now_ns) {
+    BDS_ASSERT(c != NULL && (in != NULL || len == 0));
+    BDS_ASSERT(!c->in_recv && !c->in_output);
+    if (c->fatal) return BDS_UNAVAILABLE;
+    if (now_ns > c->now_ns) c->now_ns = now_ns;
+    c->in_recv = true;
+    ssize_t rv = nghttp2_session_mem_recv(c->ng, in, len);
+    c->in_recv = false;
+    if (rv < 0) {
+        h2_fatal(c, (int)rv);
+        return BDS_UNAVAILABLE;
+    }
+    BDS_ASSERT((size_t)rv == len); /* we never pause */
+    return c->fatal ? BDS_UNAVAILABLE : BDS_OK;
+}
+
+bds_status bds__h2_output(bds__h2_conn *c, const uint8_t **data, size_t *len) {
+    BDS_ASSERT(c != NULL && data != NULL && len != NULL);
+    BDS_ASSERT(!c->in_recv && !c->in_output);
+    if (!c->fatal) {
+        c->in_output = true;
+        int rv = nghttp2_session_send(c->ng);
+        c->in_output = false;
+        if (rv != 0) h2_fatal(c, rv);
+    }
+    *data = c->out;
+    *len = c->out_len;
+    return c->fatal ? BDS_UNAVAILABLE : BDS_OK;
+}
+
+void bds__h2_output_advance(bds__h2_conn *c, size_t n) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    BDS_ASSERT(n <= c->out_len);
+    memmove(c->out, c->out + n, c->out_len - n);
+    c->out_len -= n;
+}
+
+bool bds__h2_want_write(const bds__h2_conn *c) {
+    BDS_ASSERT(c != NULL);
+    return c->out_len > 0 || (!c->fatal && nghttp2_session_want_write(c->ng));
+}
+
+bool bds__h2_is_done(const bds__h2_conn *c) {
+    BDS_ASSERT(c != NULL);
+    if (c->out_len > 0) return false;
+    return c->fatal || (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng));
+}
+
+/* ---- calls from the application ---------------------------------------------- */
+
+/* Looks up a call the app may act on; BDS_OK with |*sp| set, else why not. */
+static bds_status h2_app_stream(const bds__h2_conn *c, int32_t id, struct h2_stream **sp) {
+    struct h2_stream *s = h2_stream_get(c, id);
+    *sp = s;
+    if (s == NULL || s->state == H2S_HEADERS || s->state == H2S_REJECTED) return BDS_E_SESSION_CLOSED;
+    if (s->state == H2S_DONE)
+        return s->ended_by == H2S_END_APP ? BDS_FAILED_PRECONDITION : BDS_E_SESSION_CLOSED;
+    BDS_ASSERT(s->state == H2S_OPEN);
+    return BDS_OK;
+}
+
+bds_status bds__h2_send_msg(bds__h2_conn *c, int32_t id, const void *msg, size_t len) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    BDS_ASSERT(msg != NULL || len == 0);
+    struct h2_stream *s;
+    bds_status st = h2_app_stream(c, id, &s);
+    if (st != BDS_OK) return st;
+    if (c->fatal) return BDS_E_SESSION_CLOSED;
+    if (len > UINT32_MAX - BDS_GRPC_PREFIX_BYTES - 1) return BDS_E_INVALID;
+    size_t wire = len + BDS_GRPC_PREFIX_BYTES;
+    if (s->q_bytes > 0 && s->q_bytes + wire > c->cfg.stream_send_bytes_max) return BDS_E_AGAIN;
+    struct h2_chunk *ch = c->alloc->malloc_fn(sizeof *ch + wire, c->alloc->ctx);
+    if (ch == NULL) return BDS_E_NOMEM;
+    ch->next = NULL;
+    ch->len = bds__grpc_frame_write(ch->data, wire, msg, (uint32_t)len);
+    BDS_ASSERT(ch->len == wire);
+    if (s->q_tail != NULL) s->q_tail->next = ch;
+    else s->q_head = ch;
+    s->q_tail = ch;
+    s->q_bytes += wire;
+    if (s->response_submitted) {
+        h2_resume(c, s);
+        return BDS_OK;
+    }
+    nghttp2_nv nv[2] = {h2_nv(":status", "200", 3), h2_nv("content-type", "application/grpc", 16)};
+    nghttp2_data_provider prd = {.source = {.ptr = NULL}, .read_callback = h2_on_read};
+    int rv = nghttp2_submit_response(c->ng, id, nv, 2, &prd);
+    h2_check(c, rv);
+    if (rv != 0) return rv == NGHTTP2_ERR_NOMEM ? BDS_E_NOMEM : BDS_E_SESSION_CLOSED;
+    s->response_submitted = true;
+    return BDS_OK;
+}
+
+bds_status bds__h2_finish(bds__h2_conn *c, int32_t id, bds_status status, const char *message) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    struct h2_stream *s;
+    bds_status st = h2_app_stream(c, id, &s);
+    if (st != BDS_OK) return st;
+    int code = h2_grpc_code(status);
+    s->state = H2S_DONE;
+    s->ended_by = H2S_END_APP;
+    if (code < 0) {
+        /* "Nothing is sent" statuses: the stream is cancelled. */
+        h2_check(c, nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL));
+    } else {
+        if (code != 0 && message == NULL) message = bds_status_str(status);
+        h2_stream_answer(c, s, 200, code, message);
+    }
+    h2_stream_settle(c, s);
+    return BDS_OK;
+}
+
+size_t bds__h2_consume(bds__h2_conn *c, int32_t id, size_t n) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    struct h2_stream *s = h2_stream_get(c, id);
+    if (s == NULL || n == 0 || c->fatal) return 0;
+    BDS_ASSERT(s->consumed_bytes <= s->recv_bytes);
+    uint64_t k = s->recv_bytes - s->consumed_bytes;
+    if (k > n) k = n;
+    if (k == 0) return 0;
+    int rv = h2_conn_credit_auto(c) ? nghttp2_session_consume_stream(c->ng, id, (size_t)k)
+                                    : nghttp2_session_consume(c->ng, id, (size_t)k);
+    h2_check(c, rv);
+    s->consumed_bytes += k;
+    return (size_t)k;
+}
+
+size_t bds__h2_unconsumed(const bds__h2_conn *c, int32_t id) {
+    const struct h2_stream *s = h2_stream_get(c, id);
+    return s == NULL ? 0 : (size_t)(s->recv_bytes - s->consumed_bytes);
+}
+
+size_t bds__h2_queued_bytes(const bds__h2_conn *c, int32_t id) {
+    const struct h2_stream *s = h2_stream_get(c, id);
+    return s == NULL ? 0 : s->q_bytes;
+}
+
+static bds_status h2_status_of(int rv) {
+    if (rv == 0) return BDS_OK;
+    return rv == NGHTTP2_ERR_NOMEM ? BDS_E_NOMEM : BDS_E_INVALID;
+}
+
+bds_status bds__h2_shutdown_notice(bds__h2_conn *c) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    if (c->fatal) return BDS_E_INVALID;
+    return h2_status_of(nghttp2_submit_shutdown_notice(c->ng));
+}
+
+bds_status bds__h2_goaway(bds__h2_conn *c, uint32_t h2_error) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    if (c->fatal) return BDS_E_INVALID;
+    int32_t last = nghttp2_session_get_last_proc_stream_id(c->ng);
+    return h2_status_of(nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, last, h2_error, NULL, 0));
+}
+
+bds_status bds__h2_terminate(bds__h2_conn *c, uint32_t h2_error) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    if (c->fatal) return BDS_E_INVALID;
+    return h2_status_of(nghttp2_session_terminate_session(c->ng, h2_error));
+}
+
+void bds__h2_abort_calls(bds__h2_conn *c, bds_status status) {
+    BDS_ASSERT(c != NULL);
+    BDS_ASSERT(!c->in_output);
+    for (struct h2_stream *s = c->live.next; s != &c->live; s = s->next) {
+        if (s->state != H2S_OPEN) continue;
+        s->state = H2S_DONE;
+        s->ended_by = H2S_END_PEER;
+        c->stats.calls_reset++;
+        if (c->cbs.on_reset != NULL)
+            c->cbs.on_reset(c->ctx, s->call_ctx, s->id, status, NGHTTP2_CANCEL);
+    }
+}
+
+bds_status bds__h2_rst_status(uint32_t h2_error) {
+    switch (h2_error) {
+    case NGHTTP2_CANCEL: return BDS_CANCELLED;
+    case NGHTTP2_REFUSED_STREAM: return BDS_UNAVAILABLE;
+    case NGHTTP2_ENHANCE_YOUR_CALM: return BDS_RESOURCE_EXHAUSTED;
+    case NGHTTP2_INADEQUATE_SECURITY: return BDS_PERMISSION_DENIED;
+    default: return BDS_INTERNAL;
+    }
+}
+
+const bds__h2_stats *bds__h2_get_stats(const bds__h2_conn *c) {
+    BDS_ASSERT(c != NULL);
+    return &c->stats;
+}
+
+unsigned bds__h2_nghttp2_features(void) {
+    unsigned f = 0;
+#if defined(BDS_HAVE_NGHTTP2_STREAM_RESET_RATE_LIMIT)
+    f |= BDS_H2_FEAT_STREAM_RESET_RATE_LIMIT;
+#endif
+#if defined(BDS_HAVE_NGHTTP2_MAX_CONTINUATIONS)
+    f |= BDS_H2_FEAT_MAX_CONTINUATIONS;
+#endif
+#if defined(BDS_HAVE_NGHTTP2_MAX_OUTBOUND_ACK)
+    f |= BDS_H2_FEAT_MAX_OUTBOUND_ACK;
+#endif
+#if defined(BDS_HAVE_NGHTTP2_MAX_SETTINGS)
+    f |= BDS_H2_FEAT_MAX_SETTINGS;
+#endif
+    return f;
+}

@@ -1,0 +1,226 @@
+/* h2_server.h — the gRPC server side of one HTTP/2 connection, sans-I/O.
+ *
+ * Bytes in (bds__h2_recv) become call events delivered through a callback
+ * table; calls made by the application (send a message, finish, consume) and
+ * the protocol's own answers become bytes out (bds__h2_output). The session
+ * never touches a socket, never reads a clock (the caller passes now_ns) and
+ * never calls nghttp2_session_send from inside an nghttp2 callback.
+ *
+ * One connection = one bds__h2_conn, owned by one shard. No function here is
+ * thread-safe; every callback fires synchronously from inside bds__h2_recv
+ * (never from the other calls), on the caller's thread.
+ *
+ * Call lifetime, as the application sees it:
+ *
+ *   on_call_start ──► on_message* ──► on_half_close? ──► (app) bds__h2_finish
+ *        │                                          └──► on_reset      (peer RST / conn gone)
+ *        │                                          └──► on_call_error (session answered it)
+ *        └── returns non-OK: refused, answered trailers-only by the session
+ *
+ * Exactly one of {bds__h2_finish by the app, on_reset, on_call_error} ends a
+ * started call; after it the session never mentions that stream again and
+ * the app's calls on it return BDS_E_SESSION_CLOSED or BDS_FAILED_PRECONDITION.
+ *
+ * Flow control is manual (DESIGN §7). Each stream keeps an exact ledger:
+ * received (DATA payload bytes delivered, padding excluded: nghttp2 consumes
+ * padding itself) and consumed. The stream's window reopens only through
+ * bds__h2_consume; the connection window is credited on receipt (default) or,
+ * with conn_credit_on_receipt = false, together with the stream. When a stream
+ * closes its unconsumed remainder is settled against the connection, and
+ * after the session has ended a call (finish, error, reset) it consumes what
+ * arrives on it by itself, so the connection window neither leaks nor is ever
+ * over-consumed. */
+#ifndef BDS_PROTO_H2_SERVER_H
+#define BDS_PROTO_H2_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bidistream/status.h"
+#include "grpc_wire.h"
+#include "palloc.h"
+
+typedef struct bds__h2_conn bds__h2_conn;
+
+/* HTTP/2 error codes used in this API (RFC 9113 §7). */
+#define BDS_H2_NO_ERROR 0x0u
+#define BDS_H2_PROTOCOL_ERROR 0x1u
+#define BDS_H2_INTERNAL_ERROR 0x2u
+#define BDS_H2_CANCEL 0x8u
+#define BDS_H2_ENHANCE_YOUR_CALM 0xbu
+
+typedef struct bds__h2_config {
+    uint32_t max_concurrent_streams;  /* SETTINGS_MAX_CONCURRENT_STREAMS (1024)     */
+    uint32_t stream_window_bytes;     /* SETTINGS_INITIAL_WINDOW_SIZE (64 KiB)      */
+    uint32_t conn_window_bytes;       /* connection receive window (1 MiB)          */
+    uint32_t header_list_bytes_max;   /* SETTINGS_MAX_HEADER_LIST_SIZE, enforced by
+                                         us per request (16 KiB)                    */
+    uint32_t msg_bytes_max;           /* inbound message limit (4 MiB)              */
+    uint32_t out_buf_bytes;           /* output buffer bound (256 KiB)              */
+    uint32_t stream_send_bytes_max;   /* queued, unsent bytes per stream (8 MiB)    */
+    bool conn_credit_on_receipt;      /* credit the connection window on receipt
+                                         (true) or with each stream consume         */
+    /* Flood limits. The glitch bucket: every suspicious frame (PING, SETTINGS,
+     * PRIORITY, empty DATA without END_STREAM, WINDOW_UPDATE < 1 KiB, invalid
+     * frames, RST_STREAM of a started call — every RST_STREAM when nghttp2
+     * lacks its own reset limiter) takes a
+     * token; an empty bucket ends the connection with GOAWAY(ENHANCE_YOUR_CALM).
+     * 0 rate = no refill. The burst stays below max_outbound_ack so that a
+     * PING/SETTINGS flood from a client that never reads is calmed with a
+     * GOAWAY before nghttp2's ACK-queue limit kills the session outright. */
+    uint32_t glitch_burst;            /* 500                                        */
+    uint32_t glitch_rate_per_sec;     /* 100                                        */
+    uint32_t reset_burst;             /* nghttp2 stream_reset_rate_limit (1000)     */
+    uint32_t reset_rate_per_sec;      /* (33), when the setter exists               */
+    uint32_t max_continuations;       /* CONTINUATION frames per header block (8)   */
+    uint32_t max_outbound_ack;        /* unsent SETTINGS/PING ACKs (1000)           */
+    uint32_t max_settings;            /* entries per SETTINGS frame (32)            */
+    const bds__grpc_methods *methods; /* borrowed; :path → method index             */
+    const bds__palloc *alloc;         /* NULL = libc; nghttp2 and every record      */
+} bds__h2_config;
+
+/* Fills |cfg| with the defaults above (methods NULL: every path is unknown). */
+void bds__h2_config_default(bds__h2_config *cfg);
+
+typedef struct bds__h2_call_info {
+    int32_t stream_id;
+    uint32_t method_index;  /* index into config.methods                   */
+    uint64_t timeout_ns;    /* grpc-timeout, 0 = none                       */
+    uint64_t deadline_ns;   /* now_ns of the recv + timeout (saturating), 0 = none */
+    bool end_stream;        /* the request HEADERS already ended the stream */
+} bds__h2_call_info;
+
+/* Event callbacks; |ctx| is the one given to bds__h2_create. Every callback
+ * may call bds__h2_send_msg, bds__h2_finish, bds__h2_consume and the GOAWAY
+ * calls; none may call bds__h2_recv, bds__h2_output or bds__h2_destroy. */
+typedef struct bds__h2_callbacks {
+    /* A request passed validation. Store the app's per-call context in
+     * |*call_ctx| and return BDS_OK, or return a status to refuse it (the
+     * session answers trailers-only with that status: e.g. UNAVAILABLE while
+     * draining, RESOURCE_EXHAUSTED when out of call slots). Required. */
+    bds_status (*on_call_start)(void *ctx, const bds__h2_call_info *info, void **call_ctx);
+    /* One complete message. |msg| is valid only during the callback. Its
+     * |wire_bytes| (len + 5) are what bds__h2_consume should credit once the
+     * app has taken the message. Required. */
+    void (*on_message)(void *ctx, void *call_ctx, int32_t stream_id, const uint8_t *msg,
+                       size_t len, uint32_t wire_bytes);
+    /* The client half-closed (END_STREAM) after whole messages. Optional. */
+    void (*on_half_close)(void *ctx, void *call_ctx, int32_t stream_id);
+    /* The call is gone before the app finished it: RST_STREAM from the peer
+     * (mapped per PROTOCOL-HTTP2: CANCEL → CANCELLED, REFUSED_STREAM →
+     * UNAVAILABLE, ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED, INADEQUATE_SECURITY →
+     * PERMISSION_DENIED, else INTERNAL), or bds__h2_abort_calls. Nothing will be
+     * sent for it. Terminal. Optional. */
+    void (*on_reset)(void *ctx, void *call_ctx, int32_t stream_id, bds_status status,
+                     uint32_t h2_error);
+    /* The session answered a call by itself. |call_ctx| NULL: a request refused
+     * at its headers (never started; informational). Non-NULL: a started call
+     * failed on its input (message over the limit → RESOURCE_EXHAUSTED,
+     * compressed flag without grpc-encoding or truncated message → INTERNAL);
+     * trailers are on their way and the call is over for the app. Optional. */
+    void (*on_call_error)(void *ctx, void *call_ctx, int32_t stream_id, bds_status status,
+                          int http_status);
+} bds__h2_callbacks;
+
+/* Counters, for metrics and tests. */
+typedef struct bds__h2_stats {
+    uint64_t calls_started;
+    uint64_t calls_refused;   /* answered at their headers            */
+    uint64_t calls_failed;    /* answered on bad input after starting */
+    uint64_t calls_reset;     /* on_reset delivered                   */
+    uint64_t glitches;        /* suspicious frames counted            */
+    bool calmed;              /* terminated with ENHANCE_YOUR_CALM    */
+    int nghttp2_fatal;        /* last fatal nghttp2 error, 0 if none  */
+} bds__h2_stats;
+
+/* Creates a session, queues our SETTINGS and the connection window update.
+ * Returns BDS_OK, BDS_E_NOMEM, or BDS_E_INVALID (bad config). On failure
+ * |*out| is NULL. Ownership: |cfg| is copied; cfg->methods, cfg->alloc,
+ * |cbs| and |ctx| are borrowed and must outlive the session. */
+bds_status bds__h2_create(bds__h2_conn **out, const bds__h2_config *cfg,
+                          const bds__h2_callbacks *cbs, void *ctx);
+/* Frees everything without delivering events (call bds__h2_abort_calls first
+ * to tell the app). NULL is a no-op. Never from inside a callback. */
+void bds__h2_destroy(bds__h2_conn *conn);
+
+/* Feeds received bytes. Events fire from inside. |now_ns| is the caller's
+ * monotonic clock (deadlines, glitch bucket). Returns BDS_OK (everything was
+ * processed, possibly by ignoring it because the session is ending), or
+ * BDS_UNAVAILABLE when the session hit a fatal error (flood detected by
+ * nghttp2, bad client magic, out of memory): flush bds__h2_output if you like
+ * and close the connection. Borrowed: |in| only for the call. */
+bds_status bds__h2_recv(bds__h2_conn *conn, const uint8_t *in, size_t len, uint64_t now_ns);
+
+/* Serializes pending frames into the output buffer (up to its bound) and
+ * points |*data|/|*len| at all unsent bytes (len 0: nothing to send). The
+ * pointer stays valid, and the bytes unchanged, until bds__h2_output_advance.
+ * Returns BDS_OK, or BDS_UNAVAILABLE when serialization failed fatally (the
+ * bytes already buffered are still valid to send). */
+bds_status bds__h2_output(bds__h2_conn *conn, const uint8_t **data, size_t *len);
+/* Drops the first |n| bytes of output (the socket took them). n <= len. */
+void bds__h2_output_advance(bds__h2_conn *conn, size_t n);
+
+/* True when there is output to produce or flush. */
+bool bds__h2_want_write(const bds__h2_conn *conn);
+/* True when the connection has nothing left to do: GOAWAY exchanged and no
+ * stream active, or terminated, or fatal, and the output buffer is empty. */
+bool bds__h2_is_done(const bds__h2_conn *conn);
+
+/* Queues one gRPC message (copied, 5-byte prefix added) on a stream. The
+ * first one sends the response HEADERS. Several queued messages leave in as
+ * few DATA frames as flow control allows. Returns BDS_OK; BDS_E_AGAIN (the
+ * stream already holds stream_send_bytes_max unsent bytes: wait); BDS_E_INVALID
+ * (len over 4 GiB - 6); BDS_FAILED_PRECONDITION (the app already finished);
+ * BDS_E_SESSION_CLOSED (no such call: reset, failed, or unknown); BDS_E_NOMEM. */
+bds_status bds__h2_send_msg(bds__h2_conn *conn, int32_t stream_id, const void *msg, size_t len);
+
+/* Ends a call: after the queued messages, trailers with grpc-status and the
+ * percent-encoded grpc-message (|message| NULL = the status's own text; ignored
+ * for OK); trailers-only when nothing was sent. If the client has not ended its
+ * side, RST_STREAM(NO_ERROR) follows the trailers. |status| is a gRPC code
+ * (0..16) or a bds status projected with bds_status_grpc(); one that maps to
+ * "nothing is sent" (-1) resets the stream with CANCEL instead, and so does
+ * an allocation failure for the message (RST_STREAM(INTERNAL_ERROR)): either
+ * way the call is over. Unconsumed input of the call is credited here.
+ * Returns BDS_OK, BDS_FAILED_PRECONDITION (already finished by the app),
+ * BDS_E_SESSION_CLOSED (no such call: reset, failed by the session, unknown). */
+bds_status bds__h2_finish(bds__h2_conn *conn, int32_t stream_id, bds_status status,
+                          const char *message);
+
+/* Credits the stream's receive window (and, with conn_credit_on_receipt off,
+ * the connection's) with up to |n| bytes: the amount is clamped to the
+ * stream's received − consumed, because the session may have settled the
+ * stream itself. Returns the bytes actually credited (0 for a closed stream). */
+size_t bds__h2_consume(bds__h2_conn *conn, int32_t stream_id, size_t n);
+/* received − consumed for a stream (0 when unknown). */
+size_t bds__h2_unconsumed(const bds__h2_conn *conn, int32_t stream_id);
+/* Unsent queued bytes on a stream (0 when unknown). */
+size_t bds__h2_queued_bytes(const bds__h2_conn *conn, int32_t stream_id);
+
+/* Graceful shutdown, step 1: GOAWAY(last id 2^31-1) so the client stops
+ * opening streams. Step 2: bds__h2_goaway with the last processed stream id.
+ * Returns BDS_OK or BDS_E_NOMEM / BDS_E_INVALID (session already ending). */
+bds_status bds__h2_shutdown_notice(bds__h2_conn *conn);
+bds_status bds__h2_goaway(bds__h2_conn *conn, uint32_t h2_error);
+/* Ends the connection now: GOAWAY(|h2_error|), then nothing more is read. */
+bds_status bds__h2_terminate(bds__h2_conn *conn, uint32_t h2_error);
+
+/* Tells the app every live call is gone (on_reset with |status|, h2_error
+ * CANCEL), e.g. when the socket closed. The calls are then over for the app. */
+void bds__h2_abort_calls(bds__h2_conn *conn, bds_status status);
+
+/* The status a client RST_STREAM error code means (PROTOCOL-HTTP2). */
+bds_status bds__h2_rst_status(uint32_t h2_error);
+
+const bds__h2_stats *bds__h2_get_stats(const bds__h2_conn *conn);
+
+/* Which optional nghttp2 flood protections this build uses (detected at
+ * configure time; Debian backports some to 1.52). */
+#define BDS_H2_FEAT_STREAM_RESET_RATE_LIMIT (1u << 0)
+#define BDS_H2_FEAT_MAX_CONTINUATIONS (1u << 1)
+#define BDS_H2_FEAT_MAX_OUTBOUND_ACK (1u << 2)
+#define BDS_H2_FEAT_MAX_SETTINGS (1u << 3)
+unsigned bds__h2_nghttp2_features(void);
+
+#endif

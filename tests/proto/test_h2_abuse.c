@@ -1,0 +1,285 @@
+/* test_h2_abuse.c — known HTTP/2 floods and malformed input against the gRPC
+ * server session, crafted as raw client bytes: rapid reset, CONTINUATION,
+ * SETTINGS, PING, empty DATA, tiny WINDOW_UPDATE and PRIORITY floods, too many
+ * streams, bad preface, random garbage. Each ends with the connection
+ * terminated or limited and the process alive (ASan/UBSan watching). */
+#include "h2_harness.h"
+
+#define PIPE "/bidistream.v1.Pipeline/Process"
+
+static struct h H;
+static struct tbuf IN;
+
+static void fini(void) {
+    h_fini(&H);
+    tbuf_free(&IN);
+}
+
+/* The connection ended: the session reported a fatal error, or it sent a
+ * GOAWAY with |want| (or any code when want < 0) and has nothing left to do. */
+static void assert_ended(int64_t want) {
+    int64_t code = raw_find_goaway(&H.raw_out);
+    if (H.last_recv == BDS_UNAVAILABLE) {
+        cr_assert(bds__h2_is_done(H.app.h2));
+        return;
+    }
+    cr_assert_neq(code, -1, "no GOAWAY in %zu output bytes", H.raw_out.len);
+    if (want >= 0) cr_assert_eq(code, want, "GOAWAY code %lld", (long long)code);
+}
+
+static void flood(uint8_t type, uint8_t flags, int32_t sid, const void *payload, size_t len,
+                  int count) {
+    for (int i = 0; i < count; i++) raw_frame(&IN, type, flags, sid, payload, len);
+}
+
+static void headers_frame(nghttp2_hd_deflater *d, int32_t sid, uint8_t flags) {
+    uint8_t block[512];
+    size_t n = raw_request_block(d, PIPE, block, sizeof block);
+    raw_frame(&IN, NGHTTP2_HEADERS, (uint8_t)(flags | NGHTTP2_FLAG_END_HEADERS), sid, block, n);
+}
+
+/* ---- rapid reset ---------------------------------------------------------------- */
+
+Test(h2_abuse, rapid_reset_flood_terminates_connection, .fini = fini) {
+    h_init(&H, NULL);
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    uint8_t cancel[4] = {0, 0, 0, NGHTTP2_CANCEL};
+    for (int i = 0; i < 3000; i++) {
+        headers_frame(d, 1 + 2 * i, 0);
+        raw_frame(&IN, NGHTTP2_RST_STREAM, 0, 1 + 2 * i, cancel, 4);
+    }
+    nghttp2_hd_deflate_del(d);
+    h_feed_raw(&H, &IN, 16384);
+    assert_ended(-1);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert(st->calmed);
+    cr_assert_leq(st->calls_started, 501, "started %llu", (unsigned long long)st->calls_started);
+    cr_assert(bds__h2_is_done(H.app.h2));
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+    cr_assert_eq(H.app.resets, H.app.ncalls, "every started call was reset exactly once");
+}
+
+/* With our glitch bucket out of the way, nghttp2's own (Debian-backported)
+ * stream_reset_rate_limit must stop the flood. */
+Test(h2_abuse, rapid_reset_stopped_by_nghttp2_reset_limit_alone, .fini = fini) {
+    if (!(bds__h2_nghttp2_features() & BDS_H2_FEAT_STREAM_RESET_RATE_LIMIT))
+        cr_skip_test("nghttp2 lacks nghttp2_option_set_stream_reset_rate_limit");
+    bds__h2_config cfg;
+    bds__h2_config_default(&cfg);
+    cfg.glitch_burst = 1000000;
+    cfg.reset_burst = 100;
+    cfg.reset_rate_per_sec = 1;
+    h_init(&H, &cfg);
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    uint8_t cancel[4] = {0, 0, 0, NGHTTP2_CANCEL};
+    for (int i = 0; i < 1000; i++) {
+        headers_frame(d, 1 + 2 * i, 0);
+        raw_frame(&IN, NGHTTP2_RST_STREAM, 0, 1 + 2 * i, cancel, 4);
+    }
+    nghttp2_hd_deflate_del(d);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert_not(bds__h2_get_stats(H.app.h2)->calmed);
+    cr_assert_neq(raw_find_goaway(&H.raw_out), -1, "nghttp2 sent GOAWAY");
+    cr_assert_lt(bds__h2_get_stats(H.app.h2)->calls_started, 1000);
+}
+
+/* ---- CONTINUATION ---------------------------------------------------------------- */
+
+/* A request header block with a 3000-byte header, cut into |pieces| frames. */
+static void continuation_request(int pieces) {
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    static char pad[3000];
+    memset(pad, 'q', sizeof pad);
+    nghttp2_nv nv[] = {
+        NV(":method", "POST"), NV(":scheme", "http"), NV(":path", PIPE),
+        NV(":authority", "localhost"), NV("content-type", "application/grpc"),
+        NV("te", "trailers"),
+        {(uint8_t *)"x-pad", (uint8_t *)pad, 5, sizeof pad, NGHTTP2_NV_FLAG_NO_INDEX},
+    };
+    static uint8_t block[8192];
+    ssize_t n = nghttp2_hd_deflate_hd(d, block, sizeof block, nv, sizeof nv / sizeof nv[0]);
+    cr_assert_gt(n, 0);
+    nghttp2_hd_deflate_del(d);
+    size_t per = (size_t)n / (size_t)pieces + 1;
+    size_t off = 0;
+    for (int i = 0; i < pieces && off < (size_t)n; i++) {
+        size_t k = (size_t)n - off < per ? (size_t)n - off : per;
+        bool last = off + k == (size_t)n;
+        uint8_t type = i == 0 ? NGHTTP2_HEADERS : NGHTTP2_CONTINUATION;
+        raw_frame(&IN, type, last ? NGHTTP2_FLAG_END_HEADERS : 0, 1, block + off, k);
+        off += k;
+    }
+}
+
+Test(h2_abuse, continuation_flood_is_cut_off, .fini = fini) {
+    if (!(bds__h2_nghttp2_features() & BDS_H2_FEAT_MAX_CONTINUATIONS))
+        cr_skip_test("nghttp2 lacks nghttp2_option_set_max_continuations");
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    continuation_request(40);
+    h_feed_raw(&H, &IN, 65536);
+    cr_assert_eq(H.app.ncalls, 0);
+    cr_assert_eq(H.last_recv, BDS_UNAVAILABLE, "nghttp2: too many CONTINUATIONs is fatal");
+    cr_assert_neq(bds__h2_get_stats(H.app.h2)->nghttp2_fatal, 0);
+    cr_assert(bds__h2_is_done(H.app.h2));
+}
+
+Test(h2_abuse, a_few_continuations_are_fine, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    continuation_request(5);
+    h_feed_raw(&H, &IN, 65536);
+    cr_assert_eq(H.last_recv, BDS_OK);
+    cr_assert_eq(H.app.ncalls, 1);
+}
+
+/* ---- SETTINGS, PING, empty DATA, WINDOW_UPDATE, PRIORITY --------------------------- */
+
+Test(h2_abuse, settings_flood_terminates_with_enhance_your_calm, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    flood(NGHTTP2_SETTINGS, 0, 0, NULL, 0, 5000);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert(bds__h2_get_stats(H.app.h2)->calmed);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert_leq(raw_count(&H.raw_out, NGHTTP2_SETTINGS), 502, "ACKs stop at the limit");
+    cr_assert(bds__h2_is_done(H.app.h2));
+}
+
+Test(h2_abuse, ping_flood_terminates_with_enhance_your_calm, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    uint8_t opaque[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    flood(NGHTTP2_PING, 0, 0, opaque, 8, 5000);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert(bds__h2_get_stats(H.app.h2)->calmed);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert_leq(raw_count(&H.raw_out, NGHTTP2_PING), 500);
+}
+
+Test(h2_abuse, ping_flood_in_one_buffer_terminates_too, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    uint8_t opaque[8] = {0};
+    flood(NGHTTP2_PING, 0, 0, opaque, 8, 20000);
+    h_feed_raw(&H, &IN, IN.len); /* no output drained in between */
+    assert_ended(-1);
+}
+
+Test(h2_abuse, glitch_bucket_refills_with_time, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    uint8_t opaque[8] = {0};
+    flood(NGHTTP2_PING, 0, 0, opaque, 8, 450);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert_not(bds__h2_get_stats(H.app.h2)->calmed);
+    H.now_ns += 5ull * 1000000000ull; /* 5 s at 100/s refills the bucket */
+    tbuf_free(&IN);
+    flood(NGHTTP2_PING, 0, 0, opaque, 8, 450);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert_not(bds__h2_get_stats(H.app.h2)->calmed, "refilled: a slow pinger is fine");
+    tbuf_free(&IN);
+    flood(NGHTTP2_PING, 0, 0, opaque, 8, 450);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert(bds__h2_get_stats(H.app.h2)->calmed, "same instant: over the burst");
+}
+
+Test(h2_abuse, empty_data_flood_terminates_and_resets_the_call, .fini = fini) {
+    h_init(&H, NULL);
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    headers_frame(d, 1, 0);
+    nghttp2_hd_deflate_del(d);
+    flood(NGHTTP2_DATA, 0, 1, NULL, 0, 5000);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert_eq(H.app.ncalls, 1);
+    cr_assert(bds__h2_get_stats(H.app.h2)->calmed);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert(bds__h2_is_done(H.app.h2));
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+    cr_assert(H.app.calls[0].reset, "the io layer tells the app the call is gone");
+    cr_assert_eq(H.app.resets, 1);
+}
+
+Test(h2_abuse, tiny_window_update_flood_terminates, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    uint8_t inc[4] = {0, 0, 0, 1};
+    flood(NGHTTP2_WINDOW_UPDATE, 0, 0, inc, 4, 5000);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert(bds__h2_get_stats(H.app.h2)->calmed);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+Test(h2_abuse, priority_flood_terminates, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    uint8_t pri[5] = {0, 0, 0, 0, 16};
+    for (int i = 0; i < 5000; i++) raw_frame(&IN, NGHTTP2_PRIORITY, 0, 1 + 2 * i, pri, 5);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert(bds__h2_get_stats(H.app.h2)->calmed);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+/* ---- streams, preface, garbage ------------------------------------------------------ */
+
+Test(h2_abuse, streams_over_max_concurrent_are_refused, .fini = fini) {
+    bds__h2_config cfg;
+    bds__h2_config_default(&cfg);
+    cfg.max_concurrent_streams = 10;
+    h_init(&H, &cfg);
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    for (int i = 0; i < 30; i++) headers_frame(d, 1 + 2 * i, 0);
+    nghttp2_hd_deflate_del(d);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert_eq(H.app.ncalls, 10);
+    cr_assert_geq(raw_count(&H.raw_out, NGHTTP2_RST_STREAM), 20, "REFUSED_STREAM for the rest");
+}
+
+Test(h2_abuse, bad_client_preface_is_fatal_and_done, .fini = fini) {
+    h_init(&H, NULL);
+    const char *http1 = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    tbuf_put(&IN, http1, strlen(http1));
+    h_feed_raw(&H, &IN, IN.len);
+    cr_assert_eq(H.last_recv, BDS_UNAVAILABLE);
+    cr_assert(bds__h2_is_done(H.app.h2));
+    cr_assert_eq(bds__h2_recv(H.app.h2, (const uint8_t *)"x", 1, 0), BDS_UNAVAILABLE,
+                 "stays failed");
+}
+
+Test(h2_abuse, data_on_stream_zero_is_protocol_error_goaway, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    raw_frame(&IN, NGHTTP2_DATA, 0, 0, "abc", 3);
+    h_feed_raw(&H, &IN, IN.len);
+    assert_ended(NGHTTP2_PROTOCOL_ERROR);
+}
+
+Test(h2_abuse, random_garbage_after_preface_never_crashes, .fini = fini) {
+    for (unsigned seed = 1; seed <= 300; seed++) {
+        h_init(&H, NULL);
+        tbuf_free(&IN);
+        raw_preface(&IN);
+        unsigned x = seed;
+        uint8_t junk[2048];
+        for (size_t i = 0; i < sizeof junk; i++) {
+            x = x * 1103515245u + 12345u;
+            junk[i] = (uint8_t)(x >> 16);
+        }
+        /* Sometimes a plausible frame header first, so parsing gets further. */
+        if (seed % 3 == 0) junk[3] = (uint8_t)(seed % 10), junk[0] = junk[1] = 0;
+        tbuf_put(&IN, junk, sizeof junk);
+        h_feed_raw(&H, &IN, 1 + seed % 700);
+        bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+        h_fini(&H);
+        memset(&H, 0, sizeof H);
+    }
+}
