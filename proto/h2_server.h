@@ -98,7 +98,9 @@ typedef struct bds__h2_callbacks {
     /* A request passed validation. Store the app's per-call context in
      * |*call_ctx| and return BDS_OK, or return a status to refuse it (the
      * session answers trailers-only with that status: e.g. UNAVAILABLE while
-     * draining, RESOURCE_EXHAUSTED when out of call slots). Required. */
+     * draining, RESOURCE_EXHAUSTED when out of call slots). The call exists
+     * once this returns BDS_OK: calls on its stream from inside this callback
+     * get BDS_E_SESSION_CLOSED. Required. */
     bds_status (*on_call_start)(void *ctx, const bds__h2_call_info *info, void **call_ctx);
     /* One complete message. |msg| is valid only during the callback. Its
      * |wire_bytes| (len + 5) are what bds__h2_consume should credit once the
