@@ -1,0 +1,2 @@
+# tests/io: the io_uring runtime against loopback sockets (127.0.0.1, ephemeral ports).
+bds_add_test_dir(io LIBS bds_io bds_core_internal)
