@@ -119,7 +119,7 @@ static bds_call *exec_result(bds_pipeline *p, bds_call *call) {
     if (exec_should_retry(call)) {
         call->exec_state = BDS_EXEC_RETRY_WAIT;
         bds__timer_init(&call->retry_timer, exec_on_retry_timer, call);
-        BDS_ASSERT(bds__timer_arm(&p->timers, &call->retry_timer,
+        BDS_ASSERT(bds__timer_arm(p->timers, &call->retry_timer,
                                   bds__now(p) + call->session->opts.retry.backoff_ns) == 0);
         return NULL;
     }
@@ -191,7 +191,7 @@ void bds__exec_on_cancel(bds_pipeline *p, bds_session *s, bool running_too) {
             ek->drop_rest = true; /* the active head finishes, the rest follow it out */
         } else {
             if (head->exec_state == BDS_EXEC_RETRY_WAIT) {
-                bds__timer_cancel(&p->timers, &head->retry_timer);
+                bds__timer_cancel(p->timers, &head->retry_timer);
                 head->exec_state = BDS_EXEC_QUEUED;
             }
             exec_drop_all(p, ek);

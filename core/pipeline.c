@@ -95,7 +95,8 @@ bds_status bds_pipeline_create(bds_pipeline **out, const bds_pipeline_config *cf
     bds__pool_init(&p->sessions, sizeof(bds_session) + sizeof(((bds_session *)0)->exec[0]) * p->count);
     bds__pool_init(&p->hkeys, sizeof(bds__home_key));
     bds__pool_init(&p->ekeys, sizeof(bds__exec_key));
-    int rc = bds__timer_heap_init(&p->timers, 256);
+    int rc = bds__timer_heap_init(&p->own_timers, 256);
+    p->timers = &p->own_timers;
     rc |= bds__kmap_init(&p->home_keys, 256);
     rc |= bds__kmap_init(&p->exec_keys, 256);
     if (rc != 0 || !p->lq) {
@@ -110,7 +111,7 @@ bds_status bds_pipeline_create(bds_pipeline **out, const bds_pipeline_config *cf
 void bds_pipeline_destroy(bds_pipeline *p) {
     if (!p) return;
     BDS_ASSERT(p->lq_head == p->lq_tail);
-    if (p->timers._v) bds__timer_heap_deinit(&p->timers);
+    if (p->own_timers._v) bds__timer_heap_deinit(&p->own_timers);
     if (p->home_keys._buckets) bds__kmap_deinit(&p->home_keys);
     if (p->exec_keys._buckets) bds__kmap_deinit(&p->exec_keys);
     bds__pool_deinit(&p->calls);
@@ -146,7 +147,7 @@ void bds_pipeline_deliver(bds_pipeline *p, void *msg) {
 
 uint32_t bds_pipeline_run(bds_pipeline *p, uint32_t budget) {
     current_pipeline = p;
-    uint32_t steps = bds__timer_run(&p->timers, bds__now(p), budget);
+    uint32_t steps = p->timers == &p->own_timers ? bds__timer_run(p->timers, bds__now(p), budget) : 0;
     while (steps < budget && p->lq_head != p->lq_tail) {
         void *msg = p->lq[p->lq_head++ & p->lq_mask];
         pipeline_dispatch(p, msg);
@@ -157,7 +158,12 @@ uint32_t bds_pipeline_run(bds_pipeline *p, uint32_t budget) {
 
 bool bds_pipeline_has_work(const bds_pipeline *p) { return p->lq_head != p->lq_tail; }
 
-uint64_t bds_pipeline_next_deadline(const bds_pipeline *p) { return bds__timer_next(&p->timers); }
+uint64_t bds_pipeline_next_deadline(const bds_pipeline *p) { return bds__timer_next(p->timers); }
+
+void bds__pipeline_share_timers(bds_pipeline *p, bds_timer_heap *heap) {
+    BDS_ASSERT(bds__timer_count(&p->own_timers) == 0);
+    p->timers = heap;
+}
 
 uint32_t bds_pipeline_key_shard(const bds_pipeline *p, const void *key, uint32_t key_len) {
     return bds__fastrange(bds__hash(&p->seed, key, key_len), p->count);

@@ -148,7 +148,8 @@ struct bds_pipeline {
     uint32_t index, count;
     bds_hash_seed seed;
     bds_pipeline_port port;
-    bds_timer_heap timers;
+    bds_timer_heap *timers;           /* &own_timers, or the runtime's (bds__pipeline_share_timers) */
+    bds_timer_heap own_timers;
     bds__kmap home_keys, exec_keys;
     /* Local message queue: tagged pointers, grown by doubling, never shrunk. */
     void **lq;
@@ -161,6 +162,10 @@ struct bds_pipeline {
 bds_pipeline *bds__pipeline_current(void);
 /* Binds the calling thread to p (NULL: a thread of no pipeline). */
 void bds__pipeline_set_current(bds_pipeline *p);
+/* Makes p arm its timers (retries, deadlines, grace) on heap, which its runtime
+ * runs and sleeps on; bds_pipeline_run() then fires none itself. Only while p
+ * has no armed timer. */
+void bds__pipeline_share_timers(bds_pipeline *p, bds_timer_heap *heap);
 /* Sends msg to pipeline dst: the local queue when dst is this thread's own pipeline. */
 void bds__post(bds_pipeline *from, uint32_t dst, enum bds__xkind kind, const void *obj);
 /* Posting from a thread that may not be a pipeline's (handler completions). */

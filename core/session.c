@@ -114,8 +114,8 @@ static void session_close(bds_pipeline *p, bds_session *s, bds_status status, co
     if (!bds__fsm_step(&s->state, drained ? BDS_EV_DRAINED : BDS_EV_FAIL, NULL)) return;
     s->close_status = status;
     copy_msg(s->close_msg, sizeof s->close_msg, msg ? msg : bds_status_str(status));
-    bds__timer_cancel(&p->timers, &s->deadline_timer);
-    bds__timer_cancel(&p->timers, &s->grace_timer);
+    bds__timer_cancel(p->timers, &s->deadline_timer);
+    bds__timer_cancel(p->timers, &s->grace_timer);
     session_drop_queued_replies(s);
     if (!s->inbound_stopped || s->outstanding > 0) session_stop_inbound(p, s, true);
     s->notify_pending = true;
@@ -152,8 +152,8 @@ static void session_maybe_free(bds_pipeline *p, bds_session *s) {
     if (!s->released || s->outstanding || s->acks_pending || s->notify_pending) return;
     BDS_ASSERT(session_state(s) == BDS_STATE_CLOSED);
     BDS_ASSERT(s->sq_len == 0 && s->wait_head == NULL);
-    bds__timer_cancel(&p->timers, &s->deadline_timer);
-    bds__timer_cancel(&p->timers, &s->grace_timer);
+    bds__timer_cancel(p->timers, &s->deadline_timer);
+    bds__timer_cancel(p->timers, &s->grace_timer);
     if (s->opts.metrics.enabled) stats_add(&p->stats, &s->stats);
     bds__pool_put(&p->sessions, s);
 }
@@ -208,7 +208,7 @@ void bds_session_shutdown(bds_session *s) {
     }
     if (!s->opts.shutdown.drain_inbound && !s->inbound_stopped) session_stop_inbound(p, s, false);
     if (!s->opts.shutdown.drain_outbound) session_drop_queued_replies(s);
-    BDS_ASSERT(bds__timer_arm(&p->timers, &s->grace_timer, bds__now(p) + s->opts.shutdown.grace_period_ns) == 0);
+    BDS_ASSERT(bds__timer_arm(p->timers, &s->grace_timer, bds__now(p) + s->opts.shutdown.grace_period_ns) == 0);
     session_check_drained(p, s);
 }
 
@@ -227,11 +227,11 @@ void bds_session_set_deadline(bds_session *s, uint64_t deadline_ns) {
     ASSERT_HOME(s);
     bds_pipeline *p = s->home;
     if (deadline_ns == 0) {
-        bds__timer_cancel(&p->timers, &s->deadline_timer);
+        bds__timer_cancel(p->timers, &s->deadline_timer);
         return;
     }
     if (session_state(s) == BDS_STATE_CLOSED) return;
-    BDS_ASSERT(bds__timer_arm(&p->timers, &s->deadline_timer, deadline_ns) == 0);
+    BDS_ASSERT(bds__timer_arm(p->timers, &s->deadline_timer, deadline_ns) == 0);
 }
 
 static void session_on_deadline(bds_timer *timer, void *ctx) {
