@@ -10,17 +10,19 @@
  * (liburing's LIBURING_UDATA_TIMEOUT) are never ours.
  *
  * The tick (bds__shard_tick):
- *   1. serve parked ops (SQ was full or no slot) first, in FIFO order;
- *   2. reap up to done_cap CQEs into done[] (no callback runs here), then run
+ *   1. submit what the previous tick prepared; when it left nothing pending,
+ *      run the sleep protocol (prepare_sleep hook) and block in
+ *      io_uring_submit_and_wait_timeout with the next timer deadline as the
+ *      EXT_ARG timeout (no timeout SQE; LIBURING_UDATA_TIMEOUT CQEs ignored);
+ *   2. serve parked ops (SQ was full or no slot) first, in FIFO order;
+ *   3. reap up to done_cap CQEs into done[] (no callback runs here), then run
  *      the collected callbacks, then synthetic completions (cancelled parked
  *      ops); a callback that frees its owner is safe because each done entry is
  *      re-validated against the slot table before it runs;
- *   3. the drain_inbox and run_work hooks, timers due now, end-of-tick flushers;
- *   4. the provided buffers recycled during the tick become visible with one
- *      io_uring_buf_ring_advance;
- *   5. submit; when nothing is pending, run the sleep protocol (prepare_sleep
- *      hook) and block in io_uring_submit_and_wait_timeout with the next timer
- *      deadline as the EXT_ARG timeout.
+ *   4. the drain_inbox and run_work hooks, timers due now, end-of-tick flushers,
+ *      doorbells (MSG_RING SQEs go out with the next submit);
+ *   5. the provided buffers recycled during the tick become visible with one
+ *      io_uring_buf_ring_advance, before the submit that may re-arm a recv.
  * CQ overflow (kernel keeps overflowed CQEs, IORING_FEAT_NODROP) and -EBUSY
  * from enter both mean "reap, flush with io_uring_get_events, go again".
  *
@@ -35,6 +37,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -225,6 +228,9 @@ void bds__shard_destroy(bds_shard *s) {
     if (!s)
         return;
     BDS_ASSERT(s->inflight == 0 || !s->ring_ok);
+    /* acquire: pairs with the release decrement in bds__shard_request_stop */
+    while (atomic_load_explicit(&s->wakers, memory_order_acquire) != 0)
+        sched_yield();
     bds__bell_deinit(s);
     bds__shard_bufs_deinit(s);
     if (s->ring_ok)
@@ -529,8 +535,6 @@ static void shard_enter_result(bds_shard *s, int rc) {
     }
 }
 
-static bool shard_upper_done(bds_shard *s);
-
 static bool shard_spin(bds_shard *s) {
     uint64_t until = bds__clock_ns() + (uint64_t)s->cfg.idle_spin_us * 1000u;
     do {
@@ -568,6 +572,13 @@ static void shard_wait(bds_shard *s) {
 void bds__shard_tick(bds_shard *s, bool may_block) {
     BDS_DASSERT(shard_tls == s);
     s->stats.ticks++;
+    /* Submit what the previous tick prepared; block only when it left nothing
+     * pending. Waiting first means a caller that ticks until some condition
+     * sees every completion the tick reaped before the tick can block again. */
+    if (!may_block || s->pending)
+        shard_enter_result(s, io_uring_submit_and_get_events(&s->ring));
+    else
+        shard_wait(s);
     s->now_ns = bds__clock_ns();
     shard_serve_parked(s);
     bool pending = shard_reap_and_run(s);
@@ -583,22 +594,21 @@ void bds__shard_tick(bds_shard *s, bool may_block) {
     bds__shard_bufs_publish(s);
     pending |= s->park_head != NULL || s->synth_head != NULL || s->flush_head != NULL;
     pending |= bds__bell_pending(s);
-    /* A stopping shard whose last op just completed must not block: the run
-     * loop's exit test comes after this tick. */
-    pending |= s->stopping && shard_upper_done(s) && bds__bell_stop(s);
-    if (!may_block || pending) {
-        shard_enter_result(s, io_uring_submit_and_get_events(&s->ring));
-        return;
-    }
-    shard_wait(s);
+    s->pending = pending;
 }
 
 /* ---- run and stop ---------------------------------------------------------------- */
 
 void bds__shard_request_stop(bds_shard *s) {
+    /* The waker count brackets the eventfd write: the shard may see stop_req,
+     * finish and reach destroy before write() returns here; destroy waits for
+     * the count to drop. acq_rel: orders the increment before the stop store. */
+    atomic_fetch_add_explicit(&s->wakers, 1, memory_order_acq_rel);
     /* release: pairs with the acquire in bds__shard_run; nothing else is published */
     atomic_store_explicit(&s->stop_req, true, memory_order_release);
     bds__shard_wake(s);
+    /* release: pairs with the acquire spin in bds__shard_destroy */
+    atomic_fetch_sub_explicit(&s->wakers, 1, memory_order_release);
 }
 
 /* True when the upper layers are done: only the shard's own reads remain.

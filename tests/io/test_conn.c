@@ -1,0 +1,331 @@
+/* test_conn.c — listeners, connections and the framed echo over loopback.
+ *
+ * The shard ticks on the test's thread; clients are plain blocking sockets on
+ * their own threads (a writer and a reader each, so a full socket buffer can
+ * never deadlock them). Every check counts bytes and events; time only bounds
+ * a test (.timeout). BDS_TEST_TSAN */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "net.h"
+#include "shard.h"
+
+/* ---- the server side -------------------------------------------------------- */
+
+typedef struct harness {
+    bds_shard *s;
+    bds_net *net;
+    bds_frame_echo echo;
+    uint16_t port;
+} harness;
+
+static bool h_quiescent(bds_shard *s, void *ctx) {
+    (void)s;
+    return bds__net_live(((harness *)ctx)->net) == 0;
+}
+static void h_on_stop(bds_shard *s, void *ctx) {
+    (void)s;
+    bds__net_close_all(((harness *)ctx)->net);
+}
+
+static void h_start(harness *h, const bds_shard_config *scfg, const bds_net_config *ncfg) {
+    memset(h, 0, sizeof(*h));
+    char err[256] = "";
+    cr_assert_eq(bds__shard_create(&h->s, 0, scfg, err, sizeof(err)), BDS_OK, "%s", err);
+    h->net = bds__net_create(h->s, ncfg);
+    cr_assert_not_null(h->net);
+    bds__frame_echo_init(&h->echo, h->net);
+    bds_shard_hooks hooks = {.on_stop = h_on_stop, .quiescent = h_quiescent, .ctx = h};
+    bds__shard_set_hooks(h->s, &hooks);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = bds__listen_socket((struct sockaddr *)&a, sizeof(a), 128);
+    cr_assert_geq(fd, 0, "listen: %s", strerror(-fd));
+    h->port = bds__socket_port(fd);
+    cr_assert_eq(bds__listener_start(h->net, fd, bds__frame_echo_on_accept, &h->echo, NULL), BDS_OK);
+}
+
+static void h_stop(harness *h) {
+    bds__shard_request_stop(h->s);
+    bds__shard_run(h->s);
+    cr_assert_eq(bds__net_live(h->net), 0);
+    cr_assert_eq(bds__net_stats(h->net)->chunks_live, 0);
+    bds__net_destroy(h->net);
+    bds__shard_destroy(h->s);
+}
+
+static void h_cfg(bds_shard_config *s, bds_net_config *n) {
+    bds__shard_config_default(s);
+    s->sq_entries = 256;
+    bds__net_config_default(n);
+}
+
+/* ---- the client side ----------------------------------------------------------- */
+
+static int client_connect(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s", strerror(errno));
+    return fd;
+}
+
+/* A deterministic stream of frames with sizes in [0, size_max]. */
+static uint8_t *make_stream(uint32_t seed, size_t msgs, uint32_t size_max, size_t *out_len) {
+    size_t cap = msgs * (BDS_FRAME_PREFIX + (size_t)size_max), n = 0;
+    uint8_t *p = malloc(cap);
+    cr_assert_not_null(p);
+    uint32_t x = seed * 2654435761u + 1;
+    for (size_t i = 0; i < msgs; i++) {
+        x = x * 1103515245u + 12345u;
+        uint32_t len = (x >> 8) % (size_max + 1);
+        bds__frame_prefix(p + n, 0, len);
+        n += BDS_FRAME_PREFIX;
+        for (uint32_t j = 0; j < len; j++)
+            p[n + j] = (uint8_t)(x + j * 7u);
+        n += len;
+    }
+    *out_len = n;
+    return p;
+}
+
+typedef struct client {
+    uint16_t port;
+    uint32_t seed;
+    size_t msgs;
+    uint32_t size_max;
+    size_t read_chunk;       /* bytes per read(); small = slow reader */
+    useconds_t read_pause_us;
+    bds_shard *wake;         /* woken when the client is done */
+    _Atomic int *done;
+    /* results */
+    bool ok;
+    size_t got;
+    int fd;
+    uint8_t *stream;
+    size_t len;
+} client;
+
+static void *client_writer(void *arg) {
+    client *c = arg;
+    size_t off = 0;
+    uint32_t x = c->seed;
+    while (off < c->len) {
+        x = x * 1103515245u + 12345u;
+        size_t k = 1 + (x >> 8) % 70000; /* random write sizes split frames anywhere */
+        if (k > c->len - off)
+            k = c->len - off;
+        ssize_t w = write(c->fd, c->stream + off, k);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    return NULL;
+}
+
+static void *client_run(void *arg) {
+    client *c = arg;
+    c->stream = make_stream(c->seed, c->msgs, c->size_max, &c->len);
+    c->fd = client_connect(c->port);
+    pthread_t w;
+    pthread_create(&w, NULL, client_writer, c);
+    uint8_t *buf = malloc(c->read_chunk);
+    c->ok = true;
+    while (c->got < c->len) {
+        size_t want = c->len - c->got < c->read_chunk ? c->len - c->got : c->read_chunk;
+        ssize_t r = read(c->fd, buf, want);
+        if (r <= 0) {
+            c->ok = false;
+            break;
+        }
+        if (memcmp(buf, c->stream + c->got, (size_t)r) != 0)
+            c->ok = false;
+        c->got += (size_t)r;
+        if (c->read_pause_us)
+            usleep(c->read_pause_us);
+    }
+    pthread_join(w, NULL);
+    close(c->fd);
+    free(buf);
+    free(c->stream);
+    atomic_fetch_add(c->done, 1); /* seq_cst: read by the ticking thread after its wake */
+    bds__shard_wake(c->wake);
+    return NULL;
+}
+
+/* Runs n clients against h until all are done, then until the server has seen
+ * every connection close. */
+static void run_clients(harness *h, client *cs, int n) {
+    _Atomic int done = 0;
+    pthread_t t[16];
+    cr_assert_leq(n, 16);
+    for (int i = 0; i < n; i++) {
+        cs[i].port = h->port;
+        cs[i].wake = h->s;
+        cs[i].done = &done;
+        pthread_create(&t[i], NULL, client_run, &cs[i]);
+    }
+    while (atomic_load(&done) < n)
+        bds__shard_tick(h->s, true);
+    for (int i = 0; i < n; i++)
+        pthread_join(t[i], NULL);
+    while (h->echo.conns_closed < (uint64_t)n)
+        bds__shard_tick(h->s, true); /* the clients' FINs */
+    for (int i = 0; i < n; i++)
+        cr_assert(cs[i].ok && cs[i].got == cs[i].len, "client %d: stream broken at %zu of %zu", i, cs[i].got,
+                  cs[i].len);
+}
+
+static client mkclient(uint32_t seed, size_t msgs, uint32_t size_max) {
+    return (client){.seed = seed, .msgs = msgs, .size_max = size_max, .read_chunk = 65536};
+}
+
+/* ---- tests ---------------------------------------------------------------------------- */
+
+Test(io_conn, echo_framed_messages_from_four_clients_returns_every_byte, .timeout = 60) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    h_start(&h, &sc, &nc);
+    client cs[4];
+    for (int i = 0; i < 4; i++)
+        cs[i] = mkclient(100 + (uint32_t)i, 2000, 40000); /* up to 40 KB: split across 16 KiB buffers */
+    run_clients(&h, cs, 4);
+    cr_assert_eq(h.echo.msgs, 8000);
+    cr_assert_eq(h.echo.conns_accepted, 4);
+    cr_assert_eq(h.echo.closed_with_partial, 0);
+    cr_assert_eq(h.echo.last_close_err, 0);
+    h_stop(&h);
+}
+
+Test(io_conn, recv_with_two_buffer_ring_hits_enobufs_rearms_and_loses_nothing, .timeout = 60) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    sc.bufs = 2;
+    sc.buf_bytes = 1024;
+    h_start(&h, &sc, &nc);
+    client c = mkclient(7, 3000, 3000);
+    run_clients(&h, &c, 1);
+    const bds_net_stats *st = bds__net_stats(h.net);
+    cr_assert_gt(st->recv_enobufs, 0, "the 2-buffer ring never ran dry");
+    cr_assert_geq(st->recv_rearms, st->recv_enobufs);
+    cr_assert_eq(h.echo.msgs, 3000);
+    h_stop(&h);
+}
+
+Test(io_conn, tiny_sndbuf_and_slow_reader_force_short_sends_stream_intact, .timeout = 120) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    nc.sndbuf = 4096;
+    h_start(&h, &sc, &nc);
+    h.echo.out_high_bytes = 256u << 10;
+    client c = mkclient(9, 1500, 4000);
+    c.read_chunk = 1500;
+    c.read_pause_us = 20;
+    run_clients(&h, &c, 1);
+    cr_assert_gt(bds__net_stats(h.net)->short_sends, 0, "no short send happened");
+    cr_assert_eq(h.echo.msgs, 1500);
+    h_stop(&h);
+}
+
+static void tick_until_closed(harness *h, uint64_t n) {
+    while (h->echo.conns_closed < n)
+        bds__shard_tick(h->s, true);
+}
+
+static void send_partial_message(int fd) {
+    uint8_t pfx[BDS_FRAME_PREFIX], body[100];
+    bds__frame_prefix(pfx, 0, 1000); /* promises 1000 bytes, sends 100 */
+    memset(body, 0x5a, sizeof(body));
+    cr_assert_eq(write(fd, pfx, sizeof(pfx)), (ssize_t)sizeof(pfx));
+    cr_assert_eq(write(fd, body, sizeof(body)), (ssize_t)sizeof(body));
+}
+
+Test(io_conn, peer_reset_mid_message_closes_with_econnreset, .timeout = 30) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    h_start(&h, &sc, &nc);
+    int fd = client_connect(h.port);
+    send_partial_message(fd);
+    while (bds__net_stats(h.net)->recv_bytes < 105)
+        bds__shard_tick(h.s, true);
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+    close(fd); /* RST */
+    tick_until_closed(&h, 1);
+    cr_assert_eq(h.echo.last_close_err, ECONNRESET);
+    cr_assert_eq(h.echo.closed_with_partial, 1);
+    cr_assert_eq(h.echo.msgs, 0);
+    h_stop(&h);
+}
+
+Test(io_conn, eof_mid_message_closes_without_error_and_counts_partial, .timeout = 30) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    h_start(&h, &sc, &nc);
+    int fd = client_connect(h.port);
+    send_partial_message(fd);
+    shutdown(fd, SHUT_WR); /* FIN */
+    tick_until_closed(&h, 1);
+    cr_assert_eq(h.echo.last_close_err, 0);
+    cr_assert_eq(h.echo.closed_with_partial, 1);
+    close(fd);
+    h_stop(&h);
+}
+
+Test(io_conn, tiny_cq_overflows_with_eight_clients_and_loses_nothing, .timeout = 120) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    sc.sq_entries = 4;
+    sc.cq_entries = 4;
+    sc.done_batch = 1; /* reap one CQE per tick: completions pile up in the kernel */
+    sc.bufs = 64;
+    sc.buf_bytes = 2048;
+    h_start(&h, &sc, &nc);
+    client cs[8];
+    for (int i = 0; i < 8; i++)
+        cs[i] = mkclient(300 + (uint32_t)i, 800, 5000);
+    run_clients(&h, cs, 8);
+    cr_assert_gt(bds__shard_stats(h.s)->overflows, 0, "the CQ never overflowed");
+    cr_assert_eq(h.echo.msgs, 6400);
+    h_stop(&h);
+}
+
+Test(io_conn, oversized_length_closes_the_connection_as_protocol_error, .timeout = 30) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    h_start(&h, &sc, &nc);
+    h.echo.msg_bytes_max = 1000;
+    int fd = client_connect(h.port);
+    uint8_t pfx[BDS_FRAME_PREFIX];
+    bds__frame_prefix(pfx, 0, 1001);
+    cr_assert_eq(write(fd, pfx, sizeof(pfx)), (ssize_t)sizeof(pfx));
+    tick_until_closed(&h, 1);
+    cr_assert_eq(h.echo.protocol_errors, 1);
+    cr_assert_eq(h.echo.last_close_err, EMSGSIZE);
+    close(fd);
+    h_stop(&h);
+}
