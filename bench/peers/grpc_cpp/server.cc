@@ -110,6 +110,7 @@ class TimerThread {
 };
 
 TimerThread* g_timers;
+bool g_buffer_hint = true;  // --no-buffer-hint turns it off, to measure its effect
 
 Frame MakeReply(const Frame& in) {
   Frame r;
@@ -264,7 +265,7 @@ class CbStream final : public grpc::ServerBidiReactor<Frame, Frame> {
     for (auto& f : a.start) Arm(std::move(f));
     if (a.write) {
       grpc::WriteOptions wo;
-      if (a.hint) wo.set_buffer_hint();
+      if (a.hint && g_buffer_hint) wo.set_buffer_hint();
       StartWrite(&cur_, wo);
     }
     if (a.read) StartRead(&in_);
@@ -489,7 +490,7 @@ void AsyncCall::Pump() {
     out_.pop_front();
     writing_ = true;
     grpc::WriteOptions wo;
-    if (!out_.empty()) wo.set_buffer_hint();
+    if (!out_.empty() && g_buffer_hint) wo.set_buffer_hint();
     pending_++;
     rw_.Write(cur_, wo, &write_tag_);
   }
@@ -503,7 +504,7 @@ void AsyncCall::Pump() {
 
 // ==== main =========================================================================
 void Usage(const char* argv0) {
-  std::fprintf(stderr, "usage: %s [--api=callback|async] [--port=N] [--threads=N]\n", argv0);
+  std::fprintf(stderr, "usage: %s [--api=callback|async] [--port=N] [--threads=N] [--no-buffer-hint]\n", argv0);
   std::exit(2);
 }
 
@@ -517,6 +518,7 @@ int main(int argc, char** argv) {
     if (!std::strncmp(a, "--api=", 6)) api = a + 6;
     else if (!std::strncmp(a, "--port=", 7)) port = std::atoi(a + 7);
     else if (!std::strncmp(a, "--threads=", 10)) threads = std::atoi(a + 10);
+    else if (!std::strcmp(a, "--no-buffer-hint")) g_buffer_hint = false;
     else Usage(argv[0]);
   }
   if ((api != "callback" && api != "async") || port <= 0 || threads <= 0) Usage(argv[0]);

@@ -1,0 +1,1131 @@
+/* bds-bench: the load generator of the latency benchmark suite.
+ *
+ * Drives bidistream.v1.Pipeline/Process (SPEC §4) on 127.0.0.1 over h2c
+ * (nghttp2 client sessions, prior knowledge), or, in --raw mode, the same
+ * gRPC length-prefixed Frames over bare TCP for the ceiling (bench/peers/
+ * raw_echo.c). Prints one JSON line per run.
+ *
+ * Design. T threads, each with its own io_uring ring, its share of the C
+ * connections and their streams, its own histogram and counters: nothing is
+ * shared on the message path; the main thread merges after join. Each
+ * connection keeps one recv and at most one send in flight; everything one
+ * loop turn produces for a connection (many gRPC messages, many DATA frames)
+ * leaves in one send. The intended send time travels in the first 8 bytes of
+ * the payload, which every server echoes unchanged, so a reply needs no
+ * lookup and replies may come back in any order across keys.
+ *
+ * Modes.
+ *   closed  every stream keeps W messages outstanding: each reply sends one
+ *           more. Latency = receive time - send time.
+ *   open    messages are due at a fixed total rate (split over threads,
+ *           round-robin over each thread's streams), whatever the replies do.
+ *           Latency = receive time - *intended* time (openloop.h: no
+ *           coordinated omission). A stream whose unsent backlog exceeds
+ *           --backlog bytes is skipped; if all are, the schedule falls behind
+ *           and the late messages carry their original intended times.
+ *
+ * Time line (shared by all threads): connect, t0 = start, warm-up until
+ * t0+warmup, measurement until t_end = t0+warmup+duration (replies received in
+ * the window count for msg/s; replies of messages intended in the window go
+ * into the histogram), then stop sending, wait up to --drain for replies,
+ * half-close every stream, wait for the trailers, exit.
+ *
+ * The client must never be the bottleneck: it reports its own CPU use
+ * (getrusage over the window, in cores) next to the server's (from
+ * /proc/<pid>/stat when --server-pid is given), so a reader can tell.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <liburing.h>
+#include <nghttp2/nghttp2.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "hist.h"
+#include "openloop.h"
+
+#ifndef BDS_LIBURING_VERSION
+#define BDS_LIBURING_VERSION "unknown"
+#endif
+
+#define RECV_BUF (256u << 10)
+#define MAX_CPUS 64
+#define MAX_TAGS 32
+#define GRPC_PATH "/bidistream.v1.Pipeline/Process"
+
+/* ==== options ======================================================================= */
+
+enum { MODE_CLOSED, MODE_OPEN };
+
+static struct {
+    int port;
+    int mode;
+    bool raw;
+    int conns, streams, outstanding;
+    uint64_t rate;
+    size_t payload;
+    uint32_t keys, work_us;
+    double duration_s, warmup_s, drain_s;
+    int threads;
+    int cpus[MAX_CPUS], ncpus;
+    long spin_us;
+    long server_pid;
+    size_t backlog;
+    bool progress;
+    const char *out;
+    const char *tags[MAX_TAGS];
+    int ntags;
+} opt = {
+    .port = 50051, .mode = MODE_CLOSED, .conns = 1, .streams = 1, .outstanding = 1,
+    .payload = 64, .keys = 1, .duration_s = 5, .warmup_s = 1, .drain_s = 2, .threads = 1,
+    .backlog = 1u << 20,
+};
+
+static void usage(void)
+{
+    fprintf(stderr,
+        "usage: bds-bench [options]\n"
+        "  --port N            server port on 127.0.0.1 (50051)\n"
+        "  --raw               5-byte-prefixed Frames over bare TCP (the ceiling), no HTTP/2\n"
+        "  --mode closed|open  closed loop (default) or open loop at --rate\n"
+        "  --conns C           connections (1)\n"
+        "  --streams S         streams per connection (1)\n"
+        "  --outstanding W     closed loop: messages in flight per stream (1)\n"
+        "  --rate R            open loop: messages per second, in total\n"
+        "  --payload B         payload bytes, >= 8 (64)\n"
+        "  --keys K            ordering keys per stream (1)\n"
+        "  --work-us U         work_us of every Frame (0)\n"
+        "  --duration S        measured seconds (5)\n"
+        "  --warmup S          seconds before measuring (1)\n"
+        "  --drain S           seconds to wait for replies and trailers at the end (2)\n"
+        "  --threads T         client threads (1)\n"
+        "  --cpus LIST         pin client threads to these CPUs, round-robin (e.g. 0 or 0,2)\n"
+        "  --spin-us N         poll up to N µs before sleeping (0)\n"
+        "  --backlog B         open loop: unsent bytes per stream before it is skipped (1 MiB)\n"
+        "  --server-pid P      sample the server's CPU and RSS from /proc/P\n"
+        "  --tag K=V           extra string field in the JSON line's \"tags\" (repeatable)\n"
+        "  --out FILE          append the JSON line to FILE (default stdout)\n"
+        "  --progress          a status line on stderr every second\n");
+    exit(2);
+}
+
+static double parse_num(const char *s, const char *what)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || v < 0) {
+        fprintf(stderr, "bds-bench: bad %s: %s\n", what, s);
+        exit(2);
+    }
+    return v;
+}
+
+static void parse_opts(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        { "port", 1, 0, 'p' }, { "raw", 0, 0, 'R' }, { "mode", 1, 0, 'm' },
+        { "conns", 1, 0, 'c' }, { "streams", 1, 0, 's' }, { "outstanding", 1, 0, 'w' },
+        { "rate", 1, 0, 'r' }, { "payload", 1, 0, 'b' }, { "keys", 1, 0, 'k' },
+        { "work-us", 1, 0, 'u' }, { "duration", 1, 0, 'd' }, { "warmup", 1, 0, 'W' },
+        { "drain", 1, 0, 'D' }, { "threads", 1, 0, 't' }, { "cpus", 1, 0, 'C' },
+        { "spin-us", 1, 0, 'S' }, { "backlog", 1, 0, 'B' }, { "server-pid", 1, 0, 'P' },
+        { "tag", 1, 0, 'T' }, { "out", 1, 0, 'o' }, { "progress", 0, 0, 'g' },
+        { "help", 0, 0, 'h' }, { 0, 0, 0, 0 },
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case 'p': opt.port = (int)parse_num(optarg, "port"); break;
+        case 'R': opt.raw = true; break;
+        case 'm':
+            if (!strcmp(optarg, "closed")) opt.mode = MODE_CLOSED;
+            else if (!strcmp(optarg, "open")) opt.mode = MODE_OPEN;
+            else usage();
+            break;
+        case 'c': opt.conns = (int)parse_num(optarg, "conns"); break;
+        case 's': opt.streams = (int)parse_num(optarg, "streams"); break;
+        case 'w': opt.outstanding = (int)parse_num(optarg, "outstanding"); break;
+        case 'r': opt.rate = (uint64_t)parse_num(optarg, "rate"); break;
+        case 'b': opt.payload = (size_t)parse_num(optarg, "payload"); break;
+        case 'k': opt.keys = (uint32_t)parse_num(optarg, "keys"); break;
+        case 'u': opt.work_us = (uint32_t)parse_num(optarg, "work-us"); break;
+        case 'd': opt.duration_s = parse_num(optarg, "duration"); break;
+        case 'W': opt.warmup_s = parse_num(optarg, "warmup"); break;
+        case 'D': opt.drain_s = parse_num(optarg, "drain"); break;
+        case 't': opt.threads = (int)parse_num(optarg, "threads"); break;
+        case 'C': {
+            char *s = strdup(optarg), *save = NULL;
+            for (char *t = strtok_r(s, ",", &save); t && opt.ncpus < MAX_CPUS; t = strtok_r(NULL, ",", &save))
+                opt.cpus[opt.ncpus++] = (int)parse_num(t, "cpu");
+            free(s);
+            break;
+        }
+        case 'S': opt.spin_us = (long)parse_num(optarg, "spin-us"); break;
+        case 'B': opt.backlog = (size_t)parse_num(optarg, "backlog"); break;
+        case 'P': opt.server_pid = (long)parse_num(optarg, "server-pid"); break;
+        case 'T':
+            if (opt.ntags < MAX_TAGS && strchr(optarg, '='))
+                opt.tags[opt.ntags++] = optarg;
+            else
+                usage();
+            break;
+        case 'o': opt.out = optarg; break;
+        case 'g': opt.progress = true; break;
+        default: usage();
+        }
+    }
+    if (optind != argc || opt.conns < 1 || opt.streams < 1 || opt.outstanding < 1 ||
+        opt.threads < 1 || opt.keys < 1 || opt.payload < 8 || opt.payload > (4u << 20) - 64 ||
+        opt.duration_s <= 0 || (opt.mode == MODE_OPEN && opt.rate == 0))
+        usage();
+    if (opt.threads > opt.conns)
+        opt.threads = opt.conns; /* a thread owns whole connections */
+}
+
+/* ==== small helpers ================================================================== */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "bds-bench: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(1);
+}
+
+struct buf {
+    uint8_t *p;
+    size_t len, cap;
+};
+
+static void buf_reserve(struct buf *b, size_t need)
+{
+    if (b->cap - b->len >= need)
+        return;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap - b->len < need)
+        cap *= 2;
+    uint8_t *p = realloc(b->p, cap);
+    if (!p)
+        die("out of memory (%zu bytes)", cap);
+    b->p = p;
+    b->cap = cap;
+}
+
+static void buf_append(struct buf *b, const void *d, size_t n)
+{
+    buf_reserve(b, n);
+    memcpy(b->p + b->len, d, n);
+    b->len += n;
+}
+
+/* ==== per-thread state ================================================================ */
+
+struct thr;
+struct conn;
+
+struct stream {
+    struct conn *c;
+    int32_t id;          /* HTTP/2 stream id; 0 in raw mode */
+    struct buf pend;     /* gRPC messages not yet taken by nghttp2 (raw: unused) */
+    size_t pend_off;     /* bytes of pend already taken */
+    struct buf rx;       /* a partial gRPC message carried to the next chunk */
+    uint64_t seq;        /* last seq sent */
+    uint32_t inflight;   /* sent and not yet answered */
+    uint32_t window;     /* closed loop: messages to keep in flight */
+    uint64_t *last_seq;  /* per key index: last seq received, to check same-key order */
+    bool deferred;       /* the data provider returned DEFERRED: resume on new data */
+    bool eof;            /* half-close requested */
+    bool closed;
+    bool got_status;
+    int grpc_status;
+};
+
+struct conn {
+    struct thr *t;
+    int fd;
+    nghttp2_session *h2;  /* NULL in raw mode */
+    struct stream *streams;
+    int nstreams;
+    uint8_t *rbuf;        /* the recv in flight lands here */
+    struct buf out;       /* bytes waiting for the send slot */
+    struct buf snd;       /* the send in flight */
+    size_t snd_off;
+    bool sending, dirty, dead;
+    int ops;
+    struct conn *next_dirty;
+};
+
+struct thr {
+    int id;
+    pthread_t th;
+    struct io_uring ring;
+    struct conn *conns;
+    int nconns;
+    struct conn *dirty;
+    uint64_t t0, t_meas, t_end, t_drain, t_hard;
+    bds_openloop ol;
+    uint64_t rr;          /* open loop: next stream, round-robin */
+    int nlive;            /* streams not closed */
+    uint8_t *msg;         /* scratch: one encoded message */
+    size_t msg_cap;
+    uint8_t *payload;     /* the payload template */
+    bds_hist hist;
+    /* counters (this thread only; read by main after join, progress reads relaxed) */
+    _Atomic uint64_t sent, recv;
+    uint64_t recv_window, order_violations, bad_replies, conn_errors, rst_streams;
+    uint64_t status[17];
+    char authority[32];
+};
+
+static struct thr *g_thr;
+static _Atomic int g_ready;
+static _Atomic uint64_t g_t0; /* 0 until the main thread starts the clock */
+
+/* ==== messages ========================================================================= */
+
+static void conn_mark_dirty(struct conn *c)
+{
+    if (!c->dirty) {
+        c->dirty = true;
+        c->next_dirty = c->t->dirty;
+        c->t->dirty = c;
+    }
+}
+
+/* Builds one message with intended time t_ns into the stream's pending bytes. */
+static void stream_emit(struct stream *s, uint64_t t_ns)
+{
+    struct thr *t = s->c->t;
+    char key[16];
+    s->seq++;
+    uint32_t k = (uint32_t)((s->seq - 1) % opt.keys);
+    int kl = snprintf(key, sizeof key, "k%u", k);
+    memcpy(t->payload, &t_ns, 8); /* echoed unchanged: the reply carries its own start time */
+    bds_bframe f = {
+        .key = (const uint8_t *)key, .key_len = (size_t)kl, .seq = s->seq,
+        .payload = t->payload, .payload_len = opt.payload, .work_us = opt.work_us,
+    };
+    struct buf *dst = s->c->h2 ? &s->pend : &s->c->out;
+    size_t need = BDS_GRPC_PREFIX + bds_bframe_size(&f);
+    buf_reserve(dst, need);
+    dst->len += bds_bframe_encode_grpc(&f, dst->p + dst->len);
+    s->inflight++;
+    atomic_store_explicit(&t->sent, atomic_load_explicit(&t->sent, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    if (s->c->h2 && s->deferred) {
+        s->deferred = false;
+        nghttp2_session_resume_data(s->c->h2, s->id);
+    }
+    conn_mark_dirty(s->c);
+}
+
+static size_t stream_backlog(const struct stream *s)
+{
+    return s->c->h2 ? s->pend.len - s->pend_off : s->c->out.len;
+}
+
+static void on_reply(struct stream *s, const uint8_t *m, size_t n, uint64_t now)
+{
+    struct thr *t = s->c->t;
+    bds_bframe f;
+    if (bds_bframe_decode(m, n, &f) < 0 || f.payload_len != opt.payload || f.seq == 0) {
+        t->bad_replies++;
+        return;
+    }
+    uint64_t sent_ns;
+    memcpy(&sent_ns, f.payload, 8);
+    uint32_t k = (uint32_t)((f.seq - 1) % opt.keys);
+    if (f.seq <= s->last_seq[k])
+        t->order_violations++; /* same key, reply older than one already seen */
+    s->last_seq[k] = f.seq;
+    if (s->inflight)
+        s->inflight--;
+    atomic_store_explicit(&t->recv, atomic_load_explicit(&t->recv, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    if (now >= t->t_meas && now < t->t_end)
+        t->recv_window++;
+    if (sent_ns >= t->t_meas && sent_ns < t->t_end)
+        bds_hist_record(&t->hist, now > sent_ns ? now - sent_ns : 0);
+    if (opt.mode == MODE_CLOSED && now < t->t_end && !s->eof)
+        stream_emit(s, now);
+}
+
+/* Feeds received message bytes; complete gRPC messages go to on_reply. */
+static void stream_feed(struct stream *s, const uint8_t *d, size_t n, uint64_t now)
+{
+    if (s->rx.len) { /* a partial message is waiting: complete it first */
+        buf_append(&s->rx, d, n);
+        d = s->rx.p;
+        n = s->rx.len;
+    }
+    size_t pos = 0;
+    while (n - pos >= BDS_GRPC_PREFIX) {
+        bool comp;
+        uint32_t len = bds_grpc_prefix_len(d + pos, &comp);
+        if (n - pos - BDS_GRPC_PREFIX < len)
+            break;
+        if (comp)
+            s->c->t->bad_replies++;
+        else
+            on_reply(s, d + pos + BDS_GRPC_PREFIX, len, now);
+        pos += BDS_GRPC_PREFIX + len;
+    }
+    if (s->rx.len) {
+        memmove(s->rx.p, s->rx.p + pos, s->rx.len - pos);
+        s->rx.len -= pos;
+    } else if (pos < n) {
+        buf_append(&s->rx, d + pos, n - pos);
+    }
+}
+
+/* ==== nghttp2 client callbacks ========================================================== */
+
+static ssize_t h2_read_data(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t length,
+                            uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    (void)h2; (void)id; (void)ud;
+    struct stream *s = src->ptr;
+    size_t avail = s->pend.len - s->pend_off;
+    if (avail == 0) {
+        s->pend.len = s->pend_off = 0;
+        if (s->eof) {
+            *flags |= NGHTTP2_DATA_FLAG_EOF;
+            return 0;
+        }
+        s->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    size_t n = avail < length ? avail : length;
+    memcpy(buf, s->pend.p + s->pend_off, n);
+    s->pend_off += n;
+    if (s->pend_off == s->pend.len)
+        s->pend.len = s->pend_off = 0;
+    return (ssize_t)n;
+}
+
+static int h2_on_data(nghttp2_session *h2, uint8_t flags, int32_t id, const uint8_t *d, size_t n,
+                      void *ud)
+{
+    (void)flags;
+    (void)ud;
+    struct stream *s = nghttp2_session_get_stream_user_data(h2, id);
+    if (s)
+        stream_feed(s, d, n, now_ns());
+    return 0;
+}
+
+static int h2_on_header(nghttp2_session *h2, const nghttp2_frame *fr, const uint8_t *name,
+                        size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                        void *ud)
+{
+    (void)flags; (void)ud;
+    struct stream *s = nghttp2_session_get_stream_user_data(h2, fr->hd.stream_id);
+    if (s && namelen == 11 && !memcmp(name, "grpc-status", 11)) {
+        char v[8] = { 0 };
+        memcpy(v, value, valuelen < 7 ? valuelen : 7);
+        s->grpc_status = atoi(v);
+        s->got_status = true;
+    }
+    return 0;
+}
+
+static int h2_on_close(nghttp2_session *h2, int32_t id, uint32_t err, void *ud)
+{
+    (void)ud;
+    struct stream *s = nghttp2_session_get_stream_user_data(h2, id);
+    if (!s || s->closed)
+        return 0;
+    struct thr *t = s->c->t;
+    s->closed = true;
+    t->nlive--;
+    if (s->got_status && s->grpc_status >= 0 && s->grpc_status <= 16)
+        t->status[s->grpc_status]++;
+    else if (err)
+        t->rst_streams++;
+    else
+        t->status[2]++; /* ended without a grpc-status: UNKNOWN, as a gRPC client says */
+    return 0;
+}
+
+static nghttp2_session_callbacks *g_cbs;
+
+static void h2_callbacks_init(void)
+{
+    nghttp2_session_callbacks_new(&g_cbs);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(g_cbs, h2_on_data);
+    nghttp2_session_callbacks_set_on_header_callback(g_cbs, h2_on_header);
+    nghttp2_session_callbacks_set_on_stream_close_callback(g_cbs, h2_on_close);
+}
+
+#define NV(n, v) { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1, \
+                   NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE }
+
+static void stream_open(struct stream *s)
+{
+    struct conn *c = s->c;
+    if (!c->h2) {
+        s->id = 0;
+        return;
+    }
+    nghttp2_nv hdrs[] = {
+        NV(":method", "POST"), NV(":scheme", "http"), NV(":path", GRPC_PATH),
+        { (uint8_t *)":authority", (uint8_t *)c->t->authority, 10, strlen(c->t->authority),
+          NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE },
+        NV("content-type", "application/grpc"), NV("te", "trailers"),
+        NV("user-agent", "bds-bench/0.1"),
+    };
+    nghttp2_data_provider dp = { .source.ptr = s, .read_callback = h2_read_data };
+    s->id = nghttp2_submit_request(c->h2, NULL, hdrs, sizeof hdrs / sizeof hdrs[0], &dp, s);
+    if (s->id < 0)
+        die("nghttp2_submit_request: %s", nghttp2_strerror(s->id));
+}
+
+/* ==== io_uring plumbing ================================================================= */
+
+enum { OP_RECV = 1, OP_SEND = 2 };
+
+static struct io_uring_sqe *get_sqe(struct io_uring *r)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(r);
+    if (!sqe) {
+        io_uring_submit(r);
+        sqe = io_uring_get_sqe(r);
+        if (!sqe)
+            die("no SQE");
+    }
+    return sqe;
+}
+
+static void conn_arm_recv(struct conn *c)
+{
+    struct io_uring_sqe *sqe = get_sqe(&c->t->ring);
+    io_uring_prep_recv(sqe, c->fd, c->rbuf, RECV_BUF, 0);
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | OP_RECV);
+    c->ops++;
+}
+
+static void conn_send_from(struct conn *c)
+{
+    struct io_uring_sqe *sqe = get_sqe(&c->t->ring);
+    io_uring_prep_send(sqe, c->fd, c->snd.p + c->snd_off, c->snd.len - c->snd_off, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | OP_SEND);
+    c->ops++;
+    c->sending = true;
+}
+
+static void conn_fail(struct conn *c)
+{
+    if (c->dead)
+        return;
+    c->dead = true;
+    c->t->conn_errors++;
+    for (int i = 0; i < c->nstreams; i++) {
+        if (!c->streams[i].closed) {
+            c->streams[i].closed = true;
+            c->t->nlive--;
+        }
+    }
+}
+
+/* Moves what nghttp2 wants to write into out, and starts a send if idle. */
+static void conn_flush(struct conn *c)
+{
+    c->dirty = false;
+    if (c->dead)
+        return;
+    if (c->h2) {
+        for (;;) {
+            const uint8_t *d;
+            ssize_t n = nghttp2_session_mem_send(c->h2, &d);
+            if (n < 0) {
+                fprintf(stderr, "bds-bench: nghttp2_session_mem_send: %s\n", nghttp2_strerror((int)n));
+                conn_fail(c);
+                return;
+            }
+            if (n == 0)
+                break;
+            buf_append(&c->out, d, (size_t)n);
+        }
+    }
+    if (!c->sending && c->out.len) {
+        struct buf tmp = c->snd;
+        c->snd = c->out;
+        c->out = tmp;
+        c->out.len = 0;
+        c->snd_off = 0;
+        conn_send_from(c);
+    }
+}
+
+static void conn_on_recv(struct conn *c, int res, uint64_t now)
+{
+    if (res <= 0) { /* EOF or error: an error only if a stream was still open */
+        bool live = false;
+        for (int i = 0; i < c->nstreams; i++)
+            live |= !c->streams[i].closed;
+        if (live)
+            conn_fail(c);
+        c->dead = true;
+        return;
+    }
+    if (c->h2) {
+        ssize_t r = nghttp2_session_mem_recv(c->h2, c->rbuf, (size_t)res);
+        if (r < 0) {
+            fprintf(stderr, "bds-bench: nghttp2_session_mem_recv: %s\n", nghttp2_strerror((int)r));
+            conn_fail(c);
+            return;
+        }
+    } else {
+        stream_feed(&c->streams[0], c->rbuf, (size_t)res, now);
+    }
+    conn_mark_dirty(c);
+    conn_arm_recv(c);
+}
+
+static void conn_on_send(struct conn *c, int res)
+{
+    c->sending = false;
+    if (res < 0) {
+        conn_fail(c);
+        return;
+    }
+    c->snd_off += (size_t)res;
+    if (c->snd_off < c->snd.len) {
+        conn_send_from(c);
+        return;
+    }
+    c->snd.len = 0;
+    conn_mark_dirty(c); /* out may have filled meanwhile */
+}
+
+static int connect_to(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        die("socket: %s", strerror(errno));
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    /* The server may still be starting: retry for up to 5 s. */
+    for (int i = 0;; i++) {
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+            break;
+        if (errno != ECONNREFUSED || i == 500)
+            die("connect 127.0.0.1:%d: %s", port, strerror(errno));
+        usleep(10000);
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+/* ==== the thread ========================================================================= */
+
+static void thr_setup(struct thr *t, int nconns)
+{
+    bds_hist_init(&t->hist);
+    snprintf(t->authority, sizeof t->authority, "127.0.0.1:%d", opt.port);
+    t->payload = malloc(opt.payload);
+    for (size_t i = 0; i < opt.payload; i++)
+        t->payload[i] = (uint8_t)(i * 131u + 7u);
+    struct io_uring_params p = { 0 };
+    /* Task work runs when this thread enters the kernel, not by interrupting
+     * it; fine for a thread that waits on its ring. */
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
+    if (opt.spin_us)
+        p.flags = IORING_SETUP_CQSIZE; /* spinning peeks CQEs without entering */
+    p.cq_entries = 4096;
+    int rc = io_uring_queue_init_params(1024, &t->ring, &p);
+    if (rc == -EINVAL) {
+        memset(&p, 0, sizeof p);
+        rc = io_uring_queue_init_params(1024, &t->ring, &p);
+    }
+    if (rc < 0)
+        die("io_uring_queue_init: %s", strerror(-rc));
+    t->nconns = nconns;
+    t->conns = calloc((size_t)nconns, sizeof *t->conns);
+    for (int i = 0; i < nconns; i++) {
+        struct conn *c = &t->conns[i];
+        c->t = t;
+        c->fd = connect_to(opt.port);
+        c->rbuf = malloc(RECV_BUF);
+        int ns = opt.raw ? 1 : opt.streams;
+        c->nstreams = ns;
+        c->streams = calloc((size_t)ns, sizeof *c->streams);
+        for (int j = 0; j < ns; j++) {
+            struct stream *s = &c->streams[j];
+            s->c = c;
+            s->window = (uint32_t)(opt.raw ? opt.outstanding * opt.streams : opt.outstanding);
+            s->last_seq = calloc(opt.keys, sizeof *s->last_seq);
+        }
+        t->nlive += ns;
+        if (!opt.raw) {
+            nghttp2_option *o;
+            nghttp2_option_new(&o);
+            /* Let every stream open at once; the server's SETTINGS still rule. */
+            nghttp2_option_set_peer_max_concurrent_streams(o, 1u << 20);
+            if (nghttp2_session_client_new2(&c->h2, g_cbs, c, o))
+                die("nghttp2_session_client_new2");
+            nghttp2_option_del(o);
+            nghttp2_settings_entry iv[] = {
+                { NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
+                { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 16u << 20 },
+                { NGHTTP2_SETTINGS_MAX_FRAME_SIZE, 1u << 20 },
+            };
+            nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 3);
+            /* Replies must never wait for our window: open the connection's too. */
+            nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 1 << 30);
+        }
+    }
+}
+
+static void thr_start_streams(struct thr *t)
+{
+    uint64_t now = now_ns();
+    for (int i = 0; i < t->nconns; i++) {
+        struct conn *c = &t->conns[i];
+        for (int j = 0; j < c->nstreams; j++) {
+            struct stream *s = &c->streams[j];
+            stream_open(s);
+            if (opt.mode == MODE_CLOSED)
+                for (uint32_t w = 0; w < s->window; w++)
+                    stream_emit(s, now);
+        }
+        conn_arm_recv(c);
+        conn_mark_dirty(c);
+    }
+}
+
+/* Open loop: sends what is due, round-robin over this thread's live streams. */
+static void thr_open_loop(struct thr *t, uint64_t now)
+{
+    int total = 0;
+    for (int i = 0; i < t->nconns; i++)
+        total += t->conns[i].nstreams;
+    /* At most this many per turn, so receives are not starved by a catch-up. */
+    for (int budget = 8192; budget > 0; budget--) {
+        if (bds_openloop_next_ns(&t->ol) > now)
+            break;
+        struct stream *s = NULL;
+        for (int tries = 0; tries < total; tries++) {
+            uint64_t k = t->rr++ % (uint64_t)total;
+            struct conn *c = &t->conns[k / (uint64_t)t->conns[0].nstreams];
+            struct stream *cand = &c->streams[k % (uint64_t)c->nstreams];
+            if (!cand->closed && !c->dead && stream_backlog(cand) < opt.backlog) {
+                s = cand;
+                break;
+            }
+        }
+        if (!s)
+            break; /* every stream is backed up: the schedule falls behind */
+        uint64_t intended;
+        bds_openloop_take(&t->ol, now, &intended);
+        stream_emit(s, intended);
+    }
+}
+
+static void thr_half_close(struct thr *t)
+{
+    for (int i = 0; i < t->nconns; i++) {
+        struct conn *c = &t->conns[i];
+        for (int j = 0; j < c->nstreams; j++) {
+            struct stream *s = &c->streams[j];
+            if (s->closed || s->eof)
+                continue;
+            s->eof = true;
+            if (!c->h2) { /* raw: nothing to half-close; the stream is done */
+                s->closed = true;
+                t->nlive--;
+                continue;
+            }
+            if (s->deferred) {
+                s->deferred = false;
+                nghttp2_session_resume_data(c->h2, s->id);
+            }
+        }
+        conn_mark_dirty(c);
+    }
+}
+
+static bool thr_all_answered(struct thr *t)
+{
+    for (int i = 0; i < t->nconns; i++)
+        for (int j = 0; j < t->conns[i].nstreams; j++) {
+            struct stream *s = &t->conns[i].streams[j];
+            if (!s->closed && s->inflight)
+                return false;
+        }
+    return true;
+}
+
+static void *thr_main(void *arg)
+{
+    struct thr *t = arg;
+    if (opt.ncpus) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(opt.cpus[t->id % opt.ncpus], &set);
+        pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    }
+    int per = opt.conns / opt.threads, extra = opt.conns % opt.threads;
+    thr_setup(t, per + (t->id < extra));
+    atomic_fetch_add(&g_ready, 1);
+    uint64_t t0;
+    while (!(t0 = atomic_load(&g_t0)))
+        usleep(100);
+    t->t0 = t0;
+    t->t_meas = t0 + (uint64_t)(opt.warmup_s * 1e9);
+    t->t_end = t->t_meas + (uint64_t)(opt.duration_s * 1e9);
+    t->t_drain = t->t_end + (uint64_t)(opt.drain_s * 1e9);
+    t->t_hard = t->t_drain + (uint64_t)(opt.drain_s * 1e9) + 1000000000u;
+    if (opt.mode == MODE_OPEN) {
+        /* This thread's share of the rate, phase-shifted so threads interleave. */
+        uint64_t r = opt.rate / (uint64_t)opt.threads + ((uint64_t)t->id < opt.rate % (uint64_t)opt.threads);
+        if (r == 0)
+            r = 1;
+        uint64_t phase = 1000000000u / opt.rate * (uint64_t)t->id;
+        bds_openloop_init(&t->ol, t0 + phase, r, t->t_end);
+    }
+    thr_start_streams(t);
+
+    bool half_closed = false;
+    for (;;) {
+        uint64_t now = now_ns();
+        if (opt.mode == MODE_OPEN && now < t->t_end)
+            thr_open_loop(t, now);
+        if (!half_closed && now >= t->t_end && (thr_all_answered(t) || now >= t->t_drain)) {
+            thr_half_close(t);
+            half_closed = true;
+        }
+        if ((half_closed && t->nlive <= 0) || now >= t->t_hard)
+            break;
+        while (t->dirty) {
+            struct conn *c = t->dirty;
+            t->dirty = c->next_dirty;
+            conn_flush(c);
+        }
+        /* Sleep until something completes, or the next scheduled event. */
+        uint64_t wake = half_closed ? t->t_hard : (now < t->t_end ? t->t_end : t->t_drain);
+        if (opt.mode == MODE_OPEN && now < t->t_end) {
+            uint64_t nx = bds_openloop_next_ns(&t->ol);
+            if (nx < wake)
+                wake = nx;
+        }
+        if (!half_closed && now >= t->t_end && now < t->t_drain) {
+            uint64_t poll = now + 10000000u; /* re-check "all answered" every 10 ms */
+            if (poll < wake)
+                wake = poll;
+        }
+        struct io_uring_cqe *cqe;
+        if (opt.spin_us) {
+            io_uring_submit(&t->ring);
+            uint64_t until = now + (uint64_t)opt.spin_us * 1000u;
+            if (until > wake)
+                until = wake;
+            while (io_uring_peek_cqe(&t->ring, &cqe) != 0 && now_ns() < until)
+                ;
+        }
+        uint64_t n2 = now_ns();
+        int rc;
+        if (wake > n2) {
+            uint64_t d = wake - n2;
+            struct __kernel_timespec ts = { .tv_sec = (long long)(d / 1000000000u),
+                                            .tv_nsec = (long long)(d % 1000000000u) };
+            rc = io_uring_submit_and_wait_timeout(&t->ring, &cqe, 1, &ts, NULL);
+        } else {
+            rc = io_uring_submit(&t->ring);
+        }
+        if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+            die("io_uring wait: %s", strerror(-rc));
+        unsigned head, seen = 0;
+        now = now_ns();
+        io_uring_for_each_cqe(&t->ring, head, cqe) {
+            uint64_t d = io_uring_cqe_get_data64(cqe);
+            seen++;
+            struct conn *c = (struct conn *)(uintptr_t)(d & ~(uint64_t)3);
+            if (!c)
+                continue;
+            c->ops--;
+            if ((d & 3) == OP_RECV)
+                conn_on_recv(c, cqe->res, now);
+            else
+                conn_on_send(c, cqe->res);
+        }
+        io_uring_cq_advance(&t->ring, seen);
+    }
+    for (int i = 0; i < t->nconns; i++)
+        close(t->conns[i].fd); /* pending ops complete with errors; the ring goes next */
+    io_uring_queue_exit(&t->ring);
+    return NULL;
+}
+
+/* ==== environment and server sampling ==================================================== */
+
+static void read_first_line_matching(const char *path, const char *prefix, char *out, size_t cap)
+{
+    out[0] = 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char line[512];
+    size_t pl = strlen(prefix);
+    while (fgets(line, sizeof line, f)) {
+        if (!strncmp(line, prefix, pl)) {
+            char *v = strchr(line, ':');
+            v = v ? v + 1 : line + pl;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            v[strcspn(v, "\n")] = 0;
+            snprintf(out, cap, "%s", v);
+            break;
+        }
+    }
+    fclose(f);
+}
+
+/* Server CPU seconds (utime + stime) from /proc/pid/stat; -1 if unavailable. */
+static double server_cpu_s(void)
+{
+    if (!opt.server_pid)
+        return -1;
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/%ld/stat", opt.server_pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* comm may contain spaces */
+    if (!p)
+        return -1;
+    unsigned long ut = 0, st = 0;
+    /* after ")": state(3) ... utime is field 14, stime 15 */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static long server_rss_kib(void)
+{
+    if (!opt.server_pid)
+        return -1;
+    char path[64], v[64];
+    snprintf(path, sizeof path, "/proc/%ld/status", opt.server_pid);
+    read_first_line_matching(path, "VmRSS:", v, sizeof v);
+    return v[0] ? atol(v) : -1;
+}
+
+static double rusage_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+static void sleep_until(uint64_t t)
+{
+    for (uint64_t n; (n = now_ns()) < t;) {
+        uint64_t d = t - n;
+        struct timespec ts = { (time_t)(d / 1000000000u), (long)(d % 1000000000u) };
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+/* ==== main ================================================================================ */
+
+int main(int argc, char **argv)
+{
+    parse_opts(argc, argv);
+    signal(SIGPIPE, SIG_IGN);
+    h2_callbacks_init();
+    long rss_idle = server_rss_kib();
+
+    g_thr = calloc((size_t)opt.threads, sizeof *g_thr);
+    for (int i = 0; i < opt.threads; i++) {
+        g_thr[i].id = i;
+        if (pthread_create(&g_thr[i].th, NULL, thr_main, &g_thr[i]))
+            die("pthread_create");
+    }
+    while (atomic_load(&g_ready) < opt.threads)
+        usleep(1000);
+    uint64_t t0 = now_ns() + 1000000u;
+    atomic_store(&g_t0, t0);
+    uint64_t t_meas = t0 + (uint64_t)(opt.warmup_s * 1e9);
+    uint64_t t_end = t_meas + (uint64_t)(opt.duration_s * 1e9);
+
+    /* Sample client and server CPU over the window; progress on the way. */
+    double cpu0 = 0, scpu0 = -1, cpu1 = 0, scpu1 = -1;
+    long rss_load = -1;
+    bool sampled0 = false;
+    for (uint64_t next = t0 + 1000000000u;; next += 1000000000u) {
+        uint64_t stop = next;
+        if (!sampled0 && t_meas < stop)
+            stop = t_meas;
+        if (t_end < stop)
+            stop = t_end;
+        sleep_until(stop);
+        if (!sampled0 && now_ns() >= t_meas) {
+            cpu0 = rusage_s();
+            scpu0 = server_cpu_s();
+            sampled0 = true;
+        }
+        if (now_ns() >= t_end) {
+            cpu1 = rusage_s();
+            scpu1 = server_cpu_s();
+            rss_load = server_rss_kib();
+            break;
+        }
+        if (opt.progress && stop == next) {
+            uint64_t s = 0, r = 0;
+            for (int i = 0; i < opt.threads; i++) {
+                s += atomic_load_explicit(&g_thr[i].sent, memory_order_relaxed);
+                r += atomic_load_explicit(&g_thr[i].recv, memory_order_relaxed);
+            }
+            fprintf(stderr, "  t=%.0fs sent=%llu recv=%llu\n", (double)(next - t0) / 1e9,
+                    (unsigned long long)s, (unsigned long long)r);
+        }
+    }
+    for (int i = 0; i < opt.threads; i++)
+        pthread_join(g_thr[i].th, NULL);
+
+    /* Merge. */
+    static bds_hist h;
+    bds_hist_init(&h);
+    uint64_t sent = 0, recv = 0, recv_window = 0, order = 0, bad = 0, cerr = 0, rst = 0;
+    uint64_t status[17] = { 0 };
+    for (int i = 0; i < opt.threads; i++) {
+        struct thr *t = &g_thr[i];
+        bds_hist_merge(&h, &t->hist);
+        sent += t->sent;
+        recv += t->recv;
+        recv_window += t->recv_window;
+        order += t->order_violations;
+        bad += t->bad_replies;
+        cerr += t->conn_errors;
+        rst += t->rst_streams;
+        for (int k = 0; k < 17; k++)
+            status[k] += t->status[k];
+    }
+
+    /* Environment. */
+    struct utsname un;
+    uname(&un);
+    char cpu_model[256];
+    read_first_line_matching("/proc/cpuinfo", "model name", cpu_model, sizeof cpu_model);
+    time_t wall = time(NULL);
+    char ts[32];
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", gmtime(&wall));
+
+    FILE *f = stdout;
+    if (opt.out && !(f = fopen(opt.out, "a")))
+        die("open %s: %s", opt.out, strerror(errno));
+    double dur = opt.duration_s;
+    fprintf(f, "{\"ts\":\"%s\",\"tool\":\"bds-bench\",\"tags\":{", ts);
+    for (int i = 0; i < opt.ntags; i++) {
+        char k[128];
+        const char *eq = strchr(opt.tags[i], '=');
+        snprintf(k, sizeof k, "%.*s", (int)(eq - opt.tags[i]), opt.tags[i]);
+        fprintf(f, "%s", i ? "," : "");
+        json_str(f, k);
+        fputc(':', f);
+        json_str(f, eq + 1);
+    }
+    fprintf(f, "},\"config\":{\"transport\":\"%s\",\"mode\":\"%s\",\"conns\":%d,\"streams\":%d,"
+               "\"outstanding\":%d,\"rate\":%llu,\"payload\":%zu,\"keys\":%u,\"work_us\":%u,"
+               "\"duration_s\":%g,\"warmup_s\":%g,\"threads\":%d,\"spin_us\":%ld,\"cpus\":\"",
+            opt.raw ? "raw" : "h2c", opt.mode == MODE_OPEN ? "open" : "closed", opt.conns,
+            opt.streams, opt.outstanding, (unsigned long long)opt.rate, opt.payload, opt.keys,
+            opt.work_us, opt.duration_s, opt.warmup_s, opt.threads, opt.spin_us);
+    for (int i = 0; i < opt.ncpus; i++)
+        fprintf(f, "%s%d", i ? "," : "", opt.cpus[i]);
+    fprintf(f, "\"},\"env\":{\"kernel\":");
+    char kern[600];
+    snprintf(kern, sizeof kern, "%s %s", un.sysname, un.release);
+    json_str(f, kern);
+    fprintf(f, ",\"cpu\":");
+    json_str(f, cpu_model);
+    fprintf(f, ",\"nproc\":%ld,\"nghttp2\":\"%s\",\"liburing\":\"%s\"},",
+            sysconf(_SC_NPROCESSORS_ONLN), nghttp2_version(0)->version_str, BDS_LIBURING_VERSION);
+    fprintf(f, "\"result\":{\"msgs_per_s\":%.1f,\"sent\":%llu,\"recv\":%llu,\"recv_window\":%llu,"
+               "\"measured\":%llu,\"unanswered\":%llu,",
+            (double)recv_window / dur, (unsigned long long)sent, (unsigned long long)recv,
+            (unsigned long long)recv_window, (unsigned long long)h.count,
+            (unsigned long long)(sent > recv ? sent - recv : 0));
+    fprintf(f, "\"lat_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"p9999\":%.1f,"
+               "\"max\":%.1f,\"min\":%.1f,\"mean\":%.1f},",
+            bds_hist_percentile(&h, 50) / 1e3, bds_hist_percentile(&h, 90) / 1e3,
+            bds_hist_percentile(&h, 99) / 1e3, bds_hist_percentile(&h, 99.9) / 1e3,
+            bds_hist_percentile(&h, 99.99) / 1e3, h.count ? h.max / 1e3 : 0.0,
+            h.count ? h.min / 1e3 : 0.0, bds_hist_mean(&h) / 1e3);
+    fprintf(f, "\"errors\":{\"order_violations\":%llu,\"bad_replies\":%llu,\"conn_errors\":%llu,"
+               "\"rst_streams\":%llu,\"grpc_status\":{",
+            (unsigned long long)order, (unsigned long long)bad, (unsigned long long)cerr,
+            (unsigned long long)rst);
+    bool first = true;
+    for (int k = 0; k < 17; k++)
+        if (status[k]) {
+            fprintf(f, "%s\"%d\":%llu", first ? "" : ",", k, (unsigned long long)status[k]);
+            first = false;
+        }
+    fprintf(f, "}},\"client_cpu\":%.3f,\"client_cpu_per_thread\":%.3f,",
+            (cpu1 - cpu0) / dur, (cpu1 - cpu0) / dur / opt.threads);
+    if (scpu0 >= 0 && scpu1 >= 0)
+        fprintf(f, "\"server_cpu\":%.3f,", (scpu1 - scpu0) / dur);
+    else
+        fprintf(f, "\"server_cpu\":null,");
+    long total_streams = (long)opt.conns * (opt.raw ? 1 : opt.streams);
+    if (rss_idle >= 0 && rss_load >= 0)
+        fprintf(f, "\"server_rss_idle_kib\":%ld,\"server_rss_load_kib\":%ld,"
+                   "\"server_rss_per_stream_b\":%.0f}}\n",
+                rss_idle, rss_load, (double)(rss_load - rss_idle) * 1024.0 / (double)total_streams);
+    else
+        fprintf(f, "\"server_rss_idle_kib\":null,\"server_rss_load_kib\":null,"
+                   "\"server_rss_per_stream_b\":null}}\n");
+    if (f != stdout)
+        fclose(f);
+    return 0;
+}

@@ -1,0 +1,160 @@
+/* frame: see frame.h. Wire format: protobuf encoding (varint keys
+ * (field << 3 | wire type), wire types 0 varint, 1 fixed64, 2 length-delimited,
+ * 5 fixed32) and gRPC PROTOCOL-HTTP2: Length-Prefixed-Message. */
+#include "frame.h"
+
+#include <string.h>
+
+static size_t varint_size(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *varint_put(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* Returns the bytes consumed, 0 on truncation or a varint over 10 bytes. */
+static size_t varint_get(const uint8_t *p, size_t n, uint64_t *v)
+{
+    uint64_t r = 0;
+    for (size_t i = 0; i < n && i < 10; i++) {
+        r |= (uint64_t)(p[i] & 0x7f) << (7 * i);
+        if (!(p[i] & 0x80)) {
+            *v = r;
+            return i + 1;
+        }
+    }
+    return 0;
+}
+
+size_t bds_bframe_size(const bds_bframe *f)
+{
+    size_t n = 0;
+    if (f->key_len)
+        n += 1 + varint_size(f->key_len) + f->key_len;
+    if (f->seq)
+        n += 1 + varint_size(f->seq);
+    if (f->payload_len)
+        n += 1 + varint_size(f->payload_len) + f->payload_len;
+    if (f->work_us)
+        n += 1 + varint_size(f->work_us);
+    if (f->fail)
+        n += 2;
+    return n;
+}
+
+size_t bds_bframe_encode(const bds_bframe *f, uint8_t *out)
+{
+    uint8_t *p = out;
+    if (f->key_len) {
+        *p++ = 1 << 3 | 2;
+        p = varint_put(p, f->key_len);
+        memcpy(p, f->key, f->key_len);
+        p += f->key_len;
+    }
+    if (f->seq) {
+        *p++ = 2 << 3 | 0;
+        p = varint_put(p, f->seq);
+    }
+    if (f->payload_len) {
+        *p++ = 3 << 3 | 2;
+        p = varint_put(p, f->payload_len);
+        memcpy(p, f->payload, f->payload_len);
+        p += f->payload_len;
+    }
+    if (f->work_us) {
+        *p++ = 4 << 3 | 0;
+        p = varint_put(p, f->work_us);
+    }
+    if (f->fail) {
+        *p++ = 5 << 3 | 0;
+        *p++ = 1;
+    }
+    return (size_t)(p - out);
+}
+
+size_t bds_bframe_encode_grpc(const bds_bframe *f, uint8_t *out)
+{
+    size_t n = bds_bframe_encode(f, out + BDS_GRPC_PREFIX);
+    out[0] = 0;
+    out[1] = (uint8_t)(n >> 24);
+    out[2] = (uint8_t)(n >> 16);
+    out[3] = (uint8_t)(n >> 8);
+    out[4] = (uint8_t)n;
+    return n + BDS_GRPC_PREFIX;
+}
+
+uint32_t bds_grpc_prefix_len(const uint8_t *p, bool *compressed)
+{
+    *compressed = p[0] != 0;
+    return (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
+}
+
+int bds_bframe_decode(const uint8_t *p, size_t n, bds_bframe *out)
+{
+    memset(out, 0, sizeof *out);
+    size_t i = 0;
+    while (i < n) {
+        uint64_t tag, v;
+        size_t k = varint_get(p + i, n - i, &tag);
+        if (!k)
+            return -1;
+        i += k;
+        uint32_t field = (uint32_t)(tag >> 3), wt = (uint32_t)(tag & 7);
+        if (field == 0)
+            return -1;
+        switch (wt) {
+        case 0:
+            k = varint_get(p + i, n - i, &v);
+            if (!k)
+                return -1;
+            i += k;
+            if (field == 2)
+                out->seq = v;
+            else if (field == 4)
+                out->work_us = (uint32_t)v;
+            else if (field == 5)
+                out->fail = v != 0;
+            break;
+        case 1:
+            if (n - i < 8)
+                return -1;
+            i += 8;
+            break;
+        case 5:
+            if (n - i < 4)
+                return -1;
+            i += 4;
+            break;
+        case 2:
+            k = varint_get(p + i, n - i, &v);
+            if (!k || v > n - i - k)
+                return -1;
+            i += k;
+            if (field == 1) {
+                out->key = p + i;
+                out->key_len = (size_t)v;
+            } else if (field == 3) {
+                out->payload = p + i;
+                out->payload_len = (size_t)v;
+            }
+            i += (size_t)v;
+            break;
+        default: /* groups (3, 4) are not proto3; 6, 7 do not exist */
+            return -1;
+        }
+    }
+    return 0;
+}
