@@ -7,6 +7,7 @@
 # GO111MODULE=off against /usr/share/gocode, GOPROXY=off, GOFLAGS unset.
 # Gentle on shared cores: nice -n 10, one compiler job at a time.
 # Usage: bench/peers/build.sh [--no-install] [--out DIR]
+# A binary newer than its sources is not rebuilt.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -51,12 +52,23 @@ N="nice -n 10"
 CWARN=(-Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -Werror)
 
 stamp() { echo "build.sh: $*" >&2; }
+# fresh OUT SRC...: true when OUT exists and is newer than every SRC (skip the build).
+fresh() {
+  local o=$1; shift
+  [ -e "$o" ] || return 1
+  for s in "$@"; do [ "$s" -nt "$o" ] && return 1; done
+  return 0
+}
 
 # ---- raw io_uring echo (the ceiling) ------------------------------------------
+if fresh "$out/raw-echo" "$here/raw_echo.c"; then stamp "raw-echo: up to date"; else
 stamp "raw-echo"
 $N cc -O2 -g -std=gnu11 "${CWARN[@]}" -o "$out/raw-echo" "$here/raw_echo.c" -luring
+fi
 
 # ---- grpc-go ---------------------------------------------------------------------
+if fresh "$out/peer-grpc-go" "$here/grpc_go/main.go" "$proto_dir/pipeline.proto"; then
+  stamp "peer-grpc-go: up to date"; else
 stamp "peer-grpc-go (GOPATH mode, offline)"
 gp="$out/gopath"
 rm -rf "$gp/src/bdspeer"
@@ -75,8 +87,11 @@ $N protoc -I"$proto_dir" \
          GOCACHE="$out/gocache" GOTOOLCHAIN=local
   $N go build -p 1 -o "$out/peer-grpc-go" .
 )
+fi
 
 # ---- gRPC C++ ------------------------------------------------------------------
+if fresh "$out/peer-grpc-cpp" "$here/grpc_cpp/server.cc" "$proto_dir/pipeline.proto"; then
+  stamp "peer-grpc-cpp: up to date"; else
 stamp "peer-grpc-cpp (callback + async CQ in one binary, -j1)"
 gen="$out/cpp-gen"
 mkdir -p "$gen"
@@ -87,5 +102,6 @@ $N g++ -O2 -g -std=c++17 -Wall -Wextra -Wshadow -Werror -I"$gen" \
   -o "$out/peer-grpc-cpp" "$here/grpc_cpp/server.cc" \
   "$gen/pipeline.pb.cc" "$gen/pipeline.grpc.pb.cc" \
   $(pkg-config --cflags --libs grpc++ protobuf) -lpthread
+fi
 
 stamp "done: $(cd "$out" && ls peer-grpc-cpp peer-grpc-go raw-echo | tr '\n' ' ')"

@@ -1,0 +1,318 @@
+#!/usr/bin/python3
+"""bench/report.py — turns a results directory into report.md and gnuplot plots.
+
+usage: report.py DIR        (DIR holds results.jsonl and env.json from bench/run.sh)
+
+For every scenario: one table, a row per server, medians over the repetitions
+with [min–max]; then the ratios of msg/s and of p99 between every pair of
+servers (row ÷ column), the ceiling included. Open-loop sweeps get one table of
+p50/p99 per offered load and a plot. Plots are SVG, written by gnuplot (Debian's
+gnuplot-nox) from .dat/.gp files kept next to them, so they can be regenerated.
+Standard library only.
+"""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from collections import OrderedDict, defaultdict
+
+CEILING = "raw"
+ORDER = ["bidistreamd", "grpc-cpp-cb", "grpc-cpp-async", "grpc-go", "raw"]
+CLOSED_DESC = OrderedDict([
+    ("pingpong", "ping-pong: 1 connection × 1 stream × 1 outstanding, 64 B"),
+    ("stream", "streaming throughput: 1 × 16 streams × 32 outstanding, 64 B"),
+    ("many", "many streams: 4 connections × 256 streams × 1 outstanding, 64 B"),
+    ("many10k", "10,000 streams: 16 connections × 625 streams × 1 outstanding, 64 B"),
+    ("payload4k", "4 KiB payloads: 1 × 16 × 8 outstanding"),
+    ("payload64k", "64 KiB payloads: 1 × 4 × 4 outstanding"),
+    ("keyed", "keyed work: 1 × 16 × 64 outstanding, 1,000 keys per stream, work_us = 500 (no ceiling: the raw echo does no work)"),
+])
+
+
+def load(d):
+    runs = [json.loads(l) for l in open(os.path.join(d, "results.jsonl")) if l.strip()]
+    env = {}
+    p = os.path.join(d, "env.json")
+    if os.path.exists(p):
+        env = json.load(open(p))
+    return runs, env
+
+
+def server_key(s):
+    return (ORDER.index(s) if s in ORDER else len(ORDER), s)
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None, None, None
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def fmt_num(v, unit=""):
+    if v is None:
+        return "–"
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:.2f} M{unit}"
+    if abs(v) >= 1e4:
+        return f"{v / 1e3:.0f} k{unit}"
+    if abs(v) >= 1e3:
+        return f"{v / 1e3:.1f} k{unit}"
+    if abs(v) >= 100:
+        return f"{v:.0f}{unit}"
+    return f"{v:.1f}{unit}"
+
+
+def fmt_lat(us):
+    if us is None:
+        return "–"
+    if us >= 1e6:
+        return f"{us / 1e6:.2f} s"
+    if us >= 1e3:
+        return f"{us / 1e3:.2f} ms"
+    return f"{us:.0f} µs"
+
+
+def cell(vals, f):
+    m, lo, hi = med(vals)
+    if m is None:
+        return "–"
+    if len(vals) == 1 or lo == hi:
+        return f(m)
+    return f"{f(m)} [{f(lo)}–{f(hi)}]"
+
+
+def metrics(runs):
+    """Per-run metrics, as lists over the repetitions."""
+    g = defaultdict(list)
+    for r in runs:
+        res = r["result"]
+        lat = res["lat_us"]
+        g["mps"].append(res["msgs_per_s"])
+        for k in ("p50", "p90", "p99", "p999", "p9999", "max"):
+            g[k].append(lat[k] if res["measured"] else None)
+        g["cli"].append(res.get("client_cpu"))
+        g["cli_thr"].append(res.get("client_cpu_per_thread"))
+        g["srv"].append(res.get("server_cpu"))
+        g["rss"].append(res.get("server_rss_per_stream_b"))
+        g["rate"].append(r["config"]["rate"])
+        e = res["errors"]
+        bad = sum(v for k, v in e["grpc_status"].items() if k != "0")
+        g["err"].append(bad + e["order_violations"] + e["bad_replies"] + e["conn_errors"] + e["rst_streams"])
+        g["unans"].append(res["unanswered"])
+    return g
+
+
+def ratio_table(names, values, label, lower_is_better):
+    """values: name -> median. Row ÷ column."""
+    out = [f"\n{label} (row ÷ column{'; lower is better' if lower_is_better else ''}):\n"]
+    out.append("| | " + " | ".join(names) + " |")
+    out.append("|---" * (len(names) + 1) + "|")
+    for a in names:
+        row = [a]
+        for b in names:
+            va, vb = values.get(a), values.get(b)
+            row.append("–" if a == b or not va or not vb else f"{va / vb:.2f}×")
+        out.append("| " + " | ".join(row) + " |")
+    return out
+
+
+def gnuplot(plotdir, name, script):
+    gp = os.path.join(plotdir, name + ".gp")
+    with open(gp, "w") as f:
+        f.write(script)
+    if shutil.which("gnuplot"):
+        subprocess.run(["gnuplot", name + ".gp"], cwd=plotdir, check=False)
+
+
+def main():
+    d = sys.argv[1]
+    runs, env = load(d)
+    by = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        by[r["tags"]["scenario"]][r["tags"]["server"]].append(r)
+    servers = sorted({r["tags"]["server"] for r in runs}, key=server_key)
+    plotdir = os.path.join(d, "plots")
+    os.makedirs(plotdir, exist_ok=True)
+
+    md = []
+    md.append(f"# Benchmark report — {env.get('date', '?')} ({env.get('profile', '?')} profile)\n")
+    md.append(f"- git `{env.get('git', '?')}`; {env.get('kernel', '?')}; {env.get('cpu', '?')}, "
+              f"{env.get('nproc', '?')} CPUs, {env.get('mem_gib', '?')} GiB")
+    md.append(f"- server pinned to CPU {env.get('server_cpus', '?')}; bds-bench on CPU "
+              f"{env.get('client_cpus', '?')} ({env.get('client_threads', '?')} thread(s)); "
+              f"{env.get('duration_s', '?')} s measured after {env.get('warmup_s', '?')} s warm-up; "
+              f"{env.get('reps', '?')} repetitions, servers alternating (A B C … A B C …), "
+              f"each run on a freshly started server")
+    pk = env.get("packages", {})
+    if pk:
+        md.append("- packages: " + ", ".join(f"{k} {v}" for k, v in pk.items()))
+    md.append(f"- load average at start: {env.get('loadavg_at_start', '?')}")
+    md.append("- servers: " + "; ".join(
+        f"**{s}** ({by_any(by, s)['tags'].get('server_version', '')})" for s in servers))
+    md.append("\nCells: median over the repetitions [min–max]. Latency: from the (intended) send "
+              "time to the reply, in the client. CPU in cores over the measured window; the server "
+              "runs on one core, so `srv` near 1.0 means it is saturated, and `cli` near 1.0 per "
+              "client thread means the *client* was the limit (flagged). p99.9 and beyond of short "
+              "runs rest on few samples (a 1 s run at 10 k msg/s has 10 above p99.9): compare tails "
+              "only within one run, as DESIGN §0.1 warns.\n")
+    plots_at = len(md)
+
+    # ---- closed-loop scenarios
+    tput = OrderedDict()
+    for scen, desc in CLOSED_DESC.items():
+        if scen not in by:
+            continue
+        names = [s for s in servers if s in by[scen]]
+        md.append(f"## {scen} — {desc}\n")
+        extra_rss = scen.startswith("many")
+        hdr = "| server | msg/s | p50 | p90 | p99 | p99.9 | max | cli CPU | srv CPU | msg/s per srv core"
+        hdr += " | RSS/stream |" if extra_rss else " |"
+        hdr += " errors |"
+        md.append(hdr)
+        md.append("|---" * (hdr.count("|") - 1) + "|")
+        med_mps, med_p99 = {}, {}
+        tput[scen] = {}
+        for s in names:
+            g = metrics(by[scen][s])
+            med_mps[s] = med(g["mps"])[0]
+            med_p99[s] = med(g["p99"])[0]
+            tput[scen][s] = (med(g["mps"]), med(g["p50"]), med(g["p99"]))
+            per_core = [m / c for m, c in zip(g["mps"], g["srv"]) if c]
+            flag = " ⚠ client-bound" if (med(g["cli_thr"])[0] or 0) > 0.9 else ""
+            row = [f"**{s}**" + (" (ceiling)" if s == CEILING else ""), cell(g["mps"], fmt_num),
+                   cell(g["p50"], fmt_lat), cell(g["p90"], fmt_lat), cell(g["p99"], fmt_lat),
+                   cell(g["p999"], fmt_lat), cell(g["max"], fmt_lat),
+                   cell(g["cli"], lambda v: f"{v:.2f}") + flag, cell(g["srv"], lambda v: f"{v:.2f}"),
+                   cell(per_core, fmt_num)]
+            if extra_rss:
+                row.append("–" if s == CEILING else cell(g["rss"], lambda v: f"{v / 1024:.1f} KiB"))
+            row.append(str(sum(g["err"])) if sum(g["err"]) else "0")
+            md.append("| " + " | ".join(row) + " |")
+        if len(names) > 1:
+            md += ratio_table(names, med_mps, "msg/s ratio", False)
+            md += ratio_table(names, med_p99, "p99 ratio", True)
+        md.append("")
+
+    # ---- open loop: sweep and overload
+    sweep = sorted({int(s.split("-")[1]) for s in by if s.startswith("sweep-")})
+    over = sorted({int(s.split("-")[1]) for s in by if s.startswith("overload-")})
+    loads = [("sweep", p) for p in sweep] + [("overload", p) for p in over]
+    if loads:
+        md.append("## open loop — latency at a fixed offered rate, % of each server's own peak\n")
+        md.append("Rate = the given % of the server's median msg/s in `stream` (same 1 × 16 streams); "
+                  "latency from the *intended* send time, so a server (or client) that falls behind "
+                  f"shows it (no coordinated omission). Sends are batched per "
+                  f"{env.get('open_loop_tick_us', '?')} µs tick, which bounds the client's own "
+                  "lateness. Overload: above the peak, so queues grow for the whole run; "
+                  "`unanswered` counts messages still without a reply when the run ended.\n")
+        hdr = "| load | " + " | ".join(f"{s} rate → msg/s | {s} p50 / p99 / p99.9" for s in servers) + " |"
+        md.append(hdr)
+        md.append("|---" * (1 + 2 * len(servers)) + "|")
+        sweep_dat = defaultdict(list)
+        for kind, p in loads:
+            scen = f"{kind}-{p}"
+            row = [f"{p} %" + (" (overload)" if kind == "overload" else "")]
+            for s in servers:
+                rs = by.get(scen, {}).get(s)
+                if not rs:
+                    row += ["–", "–"]
+                    continue
+                g = metrics(rs)
+                flag = " ⚠ client-bound" if (med(g["cli_thr"])[0] or 0) > 0.9 else ""
+                un = med(g["unans"])[0]
+                row.append(f"{fmt_num(med(g['rate'])[0])} → {fmt_num(med(g['mps'])[0])}"
+                           + (f", {fmt_num(un)} unanswered" if un else "") + flag)
+                row.append(f"{fmt_lat(med(g['p50'])[0])} / {fmt_lat(med(g['p99'])[0])} / "
+                           f"{fmt_lat(med(g['p999'])[0])}")
+                if kind == "sweep":
+                    sweep_dat[s].append((p, med(g["rate"])[0], med(g["p50"])[0], med(g["p99"])[0],
+                                         med(g["p999"])[0]))
+            md.append("| " + " | ".join(row) + " |")
+        md.append("")
+        if sweep_dat:
+            plots = []
+            for i, s in enumerate(servers):
+                if s not in sweep_dat:
+                    continue
+                fn = f"sweep_{s}.dat"
+                with open(os.path.join(plotdir, fn), "w") as f:
+                    f.write("# pct rate p50_us p99_us p999_us\n")
+                    for t in sweep_dat[s]:
+                        f.write(" ".join(str(x if x is not None else "NaN") for x in t) + "\n")
+                plots.append(f"'{fn}' using 2:4 with linespoints lw 2 lc {i + 1} title '{s} p99'")
+                plots.append(f"'{fn}' using 2:3 with linespoints dt 2 lc {i + 1} title '{s} p50'")
+            gnuplot(plotdir, "sweep", f"""set terminal svg size 900,540 font 'sans,11'
+set output 'sweep.svg'
+set title "Open-loop latency vs offered load (% of each server's own peak)"
+set xlabel 'offered load (msg/s)'
+set ylabel 'latency from intended send time (µs)'
+set logscale xy
+set grid
+set key outside right
+plot {", ".join(plots)}
+""")
+            md.append("![open-loop sweep](plots/sweep.svg)\n")
+
+    # ---- summary plots: throughput and latency per closed scenario
+    if tput:
+        scen_list = list(tput)
+        with open(os.path.join(plotdir, "closed.dat"), "w") as f:
+            f.write("# scenario then, per server: mps med min max, p50 med min max, p99 med min max\n")
+            f.write("# scenario " + " ".join(f"{s}_mps {s}_lo {s}_hi {s}_p50 {s}_p50lo {s}_p50hi "
+                                          f"{s}_p99 {s}_p99lo {s}_p99hi" for s in servers) + "\n")
+            for scen in scen_list:
+                cols = [scen]
+                for s in servers:
+                    t = tput[scen].get(s)
+                    if not t:
+                        cols += ["NaN"] * 9
+                    else:
+                        for m3 in t:
+                            cols += [str(x) if x is not None else "NaN" for x in m3]
+                f.write(" ".join(cols) + "\n")
+
+        def bars(col_off, title, ylabel, out, ymin=1):
+            parts = []
+            for i, s in enumerate(servers):
+                b = 2 + 9 * i + col_off
+                parts.append(f"'closed.dat' using {b}:{b + 1}:{b + 2}:xtic(1) title '{s}' lc {i + 1}")
+            return f"""set terminal svg size 1000,520 font 'sans,11'
+set output '{out}'
+set title '{title}'
+set ylabel '{ylabel}'
+set style data histogram
+set style histogram errorbars gap 1 lw 1
+set style fill solid 0.7 border -1
+set logscale y
+set yrange [{ymin}:*]
+set grid ytics
+set key outside right
+set xtics rotate by -20
+plot {", ".join(parts)}
+"""
+        gnuplot(plotdir, "throughput", bars(0, "Throughput per scenario (median, min–max), server on one core",
+                                             "msg/s", "throughput.svg", 1000))
+        gnuplot(plotdir, "latency_p50", bars(3, "p50 latency per scenario (median, min–max)", "µs",
+                                              "latency_p50.svg", 10))
+        gnuplot(plotdir, "latency_p99", bars(6, "p99 latency per scenario (median, min–max)", "µs",
+                                              "latency_p99.svg", 10))
+        md.insert(plots_at, "\n![throughput](plots/throughput.svg)\n![p50](plots/latency_p50.svg)\n"
+                     "![p99](plots/latency_p99.svg)\n")
+
+    with open(os.path.join(d, "report.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print(f"report.py: {os.path.join(d, 'report.md')} ({len(runs)} runs)")
+
+
+def by_any(by, s):
+    for scen in by.values():
+        if s in scen:
+            return scen[s][0]
+    return {"tags": {}}
+
+
+if __name__ == "__main__":
+    main()
