@@ -127,7 +127,6 @@ struct bds_session {
     uint32_t tokens_free, tokens_held, soft_in_use;
     uint32_t n_wait;                  /* keys waiting for a token (QUEUE) */
     bds__home_key *wait_head, *wait_tail;
-    uint64_t touched;                 /* EXEC pipelines that may hold our keys */
     uint32_t acks_pending;
     bool client_closed, server_closed, released, notify_pending, inbound_stopped, room_was_zero;
     /* Outbound, HOME only. */
@@ -138,9 +137,13 @@ struct bds_session {
     bds_status close_status;
     char close_msg[96];
     bds_session_stats stats;
-    /* Per EXEC pipeline: its keys of this session; entry i written only by pipeline i. */
+    /* Per EXEC pipeline i: `first` (its keys of this session) is written only
+     * by pipeline i; `home_out` (our calls outstanding there) only by HOME.
+     * CANCEL/DROP go only where home_out > 0, so no message is ever sent to a
+     * pipeline that holds nothing of the session (it may have shut down). */
     struct {
         bds__exec_key *first;
+        uint32_t home_out;
     } exec[];
 };
 

@@ -91,7 +91,7 @@ static void session_stop_inbound(bds_pipeline *p, bds_session *s, bool running_t
     s->n_wait = 0;
     if (s->outstanding == 0) return;
     for (uint32_t i = 0; i < p->count; i++) {
-        if (!(s->touched & (1ULL << i))) continue;
+        if (s->exec[i].home_out == 0) continue;
         s->acks_pending++;
         bds__post(p, i, running_too ? BDS_XK_CANCEL : BDS_XK_DROP, s);
     }
@@ -123,8 +123,10 @@ static void session_close(bds_pipeline *p, bds_session *s, bds_status status, co
 }
 
 void bds__home_on_notify(bds_pipeline *p, bds_session *s) {
-    s->notify_pending = false;
+    /* notify_pending stays set during the callback: a bds_session_release()
+     * from inside it must not free s under our feet */
     if (!s->released) s->ops->closed(s, s->close_status, s->close_msg, s->ops_ctx);
+    s->notify_pending = false;
     session_maybe_free(p, s);
 }
 
@@ -404,7 +406,7 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
     s->stats.admitted++;
     if (s->opts.metrics.payload_sizes) s->stats.bytes_in += bytes;
     hw(&s->stats.executing_hw, s->tokens_held + s->soft_in_use);
-    s->touched |= 1ULL << call->exec;
+    s->exec[call->exec].home_out++;
     bds__post(p, call->exec, BDS_XK_EXEC, call);
     return BDS_OK;
 }
@@ -501,6 +503,7 @@ void bds__home_on_done(bds_pipeline *p, bds_call *call) {
     bds__home_key *hk = call->hkey;
     bool in_order = home_key_unlink(hk, call);
     s->outstanding--;
+    s->exec[call->exec].home_out--;
     if (hk->count) s->waiting--;
     if (!in_order) session_close(p, s, BDS_E_ORDERING_BROKEN, "ordering broken: calls of a key finished out of order", false);
     done_account(p, s, call);

@@ -86,6 +86,7 @@ typedef struct sim {
     uint64_t released;
     uint32_t pressure;
     bool auto_ack_replies; /* reply_written right after write (a fast reader) */
+    bool release_in_closed; /* the transport releases the session from ops->closed */
     uint64_t rng;
 } sim;
 
@@ -164,6 +165,10 @@ static void sim_op_closed(bds_session *s, bds_status status, const char *msg, vo
     ss->closed_calls++;
     ss->close_status = status;
     snprintf(ss->close_msg, sizeof ss->close_msg, "%s", msg);
+    if (g_sim->release_in_closed) {
+        bds_session_release(s);
+        ss->s = NULL;
+    }
 }
 
 static void sim_op_ready(bds_session *s, void *ctx) {

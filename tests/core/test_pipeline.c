@@ -594,6 +594,18 @@ Test(pipeline, release_before_close_sends_no_callback_and_frees) {
     sim_free(S); /* completes the running call; asserts the session was freed */
 }
 
+Test(pipeline, release_from_inside_the_closed_callback_is_safe) {
+    sim *S = sim_new(2, 30);
+    S->release_in_closed = true;
+    int s = sim_open(S, 0, NULL);
+    for (uint64_t i = 0; i < 3; i++) sim_send(S, s, "k", i, SIM_ASYNC);
+    sim_send(S, s, "j", 9, SIM_PANIC);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].closed_calls, 1);
+    cr_assert_null(S->sessions[s].s, "released from the callback");
+    sim_free(S); /* completes the running calls; asserts everything was freed */
+}
+
 /* STYLE §10: after warm-up the message path allocates nothing. */
 Test(pipeline, steady_state_message_path_allocates_nothing) {
     sim *S = sim_new(2, 29);
