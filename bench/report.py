@@ -150,6 +150,11 @@ def main():
     if pk:
         md.append("- packages: " + ", ".join(f"{k} {v}" for k, v in pk.items()))
     md.append(f"- load average at start: {env.get('loadavg_at_start', '?')}")
+    conf = os.path.join(d, "conformance.txt")
+    if os.path.exists(conf):
+        lines = [l.strip() for l in open(conf) if l.strip()]
+        if lines:
+            md.append("- conformance to SPEC §4 (bench/peers/check.py): " + "; ".join(lines))
     md.append("- servers: " + "; ".join(
         f"**{s}** ({by_any(by, s)['tags'].get('server_version', '')})" for s in servers))
     md.append("\nCells: median over the repetitions [min–max]. Latency: from the (intended) send "

@@ -8,6 +8,8 @@
 # one CPU and the client to the others, and writes bench/results/<date>/:
 #   results.jsonl   one JSON line per run (bds-bench output + tags)
 #   env.json        machine, kernel, package versions, git revision, profile
+#   conformance.txt each HTTP/2 server against SPEC §4 first (bench/peers/check.py:
+#                   echo, keyed FIFO under work_us, fail -> INTERNAL)
 #   report.md       one table per scenario (medians with min–max), ratios
 #   plots/*.svg     gnuplot plots (and their .dat/.gp next to them)
 #   raw/            server logs (not committed: .gitignore)
@@ -21,8 +23,9 @@
 #   --full      the full profile (10 s runs, 2 s warm-up, 5 reps, 9-point sweep);
 #               default: the quick profile (1 s runs, 3 reps, a few minutes)
 # Environment: SERVER_CPUS (default: the last CPU), CLIENT_CPUS (default: the
-#   others), BDS_BENCH_PORT_BASE (47100), BDS_BENCH_BIDISTREAMD_CMD (a command
-#   with {port} and {cpus} placeholders).
+#   others), BDS_BENCH_PORT_BASE (27100: below the ephemeral port range, so a
+#   client's own port never takes a server's), BDS_BENCH_BIDISTREAMD_CMD (a
+#   command with {port} and {cpus} placeholders).
 # Load goes to 127.0.0.1 only; every run is bounded in time and stops by itself.
 set -euo pipefail
 
@@ -165,7 +168,7 @@ cat > "$out/env.json" <<EOF
 EOF
 
 # ---- running one measurement -------------------------------------------------------------------
-port_base=${BDS_BENCH_PORT_BASE:-47100}
+port_base=${BDS_BENCH_PORT_BASE:-27100}
 run_no=0
 srv_pid=""
 
@@ -193,6 +196,25 @@ start_server() { # name cmd port
   echo "run.sh: $1 did not start (see $out/raw/$1.log)" >&2
   return 1
 }
+
+# ---- conformance first: a server that does not do what SPEC §4 says is not compared
+: > "$out/conformance.txt"
+if /usr/bin/python3 -c 'import grpc' 2>/dev/null; then
+  for s in "${servers[@]}"; do
+    IFS='|' read -r name transport cmd <<<"$s"
+    [ "$transport" = h2c ] || continue
+    port=$((port_base + 900))
+    if start_server "$name" "$cmd" "$port"; then
+      res=$(timeout 30 /usr/bin/python3 "$here/peers/check.py" "$port" 2>&1) || true
+      stop_server
+    else
+      res="did not start"
+    fi
+    echo "$name: $(echo "$res" | tail -1)" | tee -a "$out/conformance.txt" >&2
+  done
+else
+  echo "conformance not checked: Debian's python3-grpcio is missing" | tee -a "$out/conformance.txt" >&2
+fi
 
 declare -A peak   # server -> median msg/s of "stream" in this run
 

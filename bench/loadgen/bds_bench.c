@@ -305,6 +305,7 @@ struct thr {
     bds_hist hist;
     /* counters (this thread only; read by main after join, progress reads relaxed) */
     _Atomic uint64_t sent, recv;
+    uint64_t recvs, sends; /* completed recv and send operations: syscall-equivalents */
     uint64_t recv_window, order_violations, bad_replies, conn_errors, rst_streams;
     uint64_t status[17];
     char authority[32];
@@ -889,10 +890,13 @@ static void *thr_main(void *arg)
             if (!c)
                 continue;
             c->ops--;
-            if ((d & 3) == OP_RECV)
+            if ((d & 3) == OP_RECV) {
+                t->recvs++;
                 conn_on_recv(c, cqe->res, now);
-            else
+            } else {
+                t->sends++;
                 conn_on_send(c, cqe->res);
+            }
         }
         io_uring_cq_advance(&t->ring, seen);
     }
@@ -1051,6 +1055,7 @@ int main(int argc, char **argv)
     /* Merge. */
     static bds_hist h;
     bds_hist_init(&h);
+    uint64_t recvs = 0, sends = 0;
     uint64_t sent = 0, recv = 0, recv_window = 0, order = 0, bad = 0, cerr = 0, rst = 0;
     uint64_t status[17] = { 0 };
     for (int i = 0; i < opt.threads; i++) {
@@ -1059,6 +1064,8 @@ int main(int argc, char **argv)
         sent += t->sent;
         recv += t->recv;
         recv_window += t->recv_window;
+        recvs += t->recvs;
+        sends += t->sends;
         order += t->order_violations;
         bad += t->bad_replies;
         cerr += t->conn_errors;
@@ -1127,7 +1134,9 @@ int main(int argc, char **argv)
             fprintf(f, "%s\"%d\":%llu", first ? "" : ",", k, (unsigned long long)status[k]);
             first = false;
         }
-    fprintf(f, "}},\"client_cpu\":%.3f,\"client_cpu_per_thread\":%.3f,",
+    fprintf(f, "}},\"client_recv_ops_per_msg\":%.3f,\"client_send_ops_per_msg\":%.3f",
+            recv ? (double)recvs / (double)recv : 0.0, sent ? (double)sends / (double)sent : 0.0);
+    fprintf(f, ",\"client_cpu\":%.3f,\"client_cpu_per_thread\":%.3f,",
             (cpu1 - cpu0) / dur, (cpu1 - cpu0) / dur / opt.threads);
     if (scpu0 >= 0 && scpu1 >= 0)
         fprintf(f, "\"server_cpu\":%.3f,", (scpu1 - scpu0) / dur);
