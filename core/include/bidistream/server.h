@@ -7,11 +7,12 @@
  * bidistream/pipeline.h — ordering by the key the method's resolver finds in
  * the request, backpressure, the handler on the key's shard, the Sender.
  *
- * DRAFT: the declarations below are the contract the io/ binding implements;
- * until it lands, bds_server_create() returns BDS_UNIMPLEMENTED. */
+ * Built in: bidistream.v1.Pipeline/Process (SPEC §4) and grpc.health.v1.Health
+ * (Check, Watch). */
 #ifndef BIDISTREAM_SERVER_H
 #define BIDISTREAM_SERVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,6 +66,8 @@ BDS_API bds_status bds_server_add_method(bds_server *server, const bds_method *m
 BDS_API bds_status bds_server_run(bds_server *server);
 /* Thread: any; async-signal-safe. */
 BDS_API void bds_server_stop(bds_server *server);
+/* The port the server listens on (useful with "host:0"); 0 before it runs. */
+BDS_API uint16_t bds_server_port(const bds_server *server);
 BDS_API void bds_server_destroy(bds_server *server);
 
 /* Inside a handler of a server method: the request's bytes (protobuf-encoded),

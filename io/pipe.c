@@ -1,0 +1,211 @@
+/* pipe.c — see pipe.h. Ownership: each pipe (pipeline, inbox memory, staging)
+ * is created, used and freed on its shard's thread; only the inbox is touched
+ * by other threads, through the MPSC ring's own protocol. */
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base.h"
+#include "mpsc.h"
+#include "pipe.h"
+#include "pipeline_int.h"
+
+#define INBOX_SLOTS 4096u
+#define DRAIN_CHUNK 64u
+
+struct stage {
+    void **v;
+    uint32_t n, cap;
+};
+
+struct bds_pipe {
+    bds_pipe_group *g;
+    uint32_t id;
+    bds_shard *shard;
+    bds_pipeline *p;
+    bds_mpsc inbox;
+    void *inbox_mem;
+    struct stage *stage;      /* per destination */
+    uint32_t staged;          /* messages in all stages */
+    bds_flusher flusher;
+};
+
+struct bds_pipe_group {
+    uint32_t n;
+    uint64_t seed[2];
+    /* Written by each shard at attach, before the group runs traffic; read by
+     * any thread posting. Shards attach before any session exists. */
+    bds_pipe *_Atomic pipes[BDS_SHARDS_MAX];
+};
+
+bds_pipe_group *bds__pipe_group_create(uint32_t n, const uint64_t seed[2]) {
+    BDS_ASSERT(n >= 1 && n <= 64);
+    bds_pipe_group *g = calloc(1, sizeof *g);
+    if (!g) return NULL;
+    g->n = n;
+    if (seed && (seed[0] || seed[1])) {
+        g->seed[0] = seed[0];
+        g->seed[1] = seed[1];
+    } else {
+        bds_hash_seed hs;
+        bds__hash_seed_random(&hs);
+        g->seed[0] = hs.k0;
+        g->seed[1] = hs.k1 | 1;
+    }
+    return g;
+}
+
+void bds__pipe_group_destroy(bds_pipe_group *g) { free(g); }
+
+static uint64_t pipe_now(void *ctx) { return bds__shard_now(((bds_pipe *)ctx)->shard); }
+
+static void pipe_flush(bds_flusher *f);
+
+/* port.post: any thread. */
+static void pipe_post(uint32_t dst, void *msg, void *ctx) {
+    bds_pipe *self = ctx;
+    bds_pipe_group *g = self->g;
+    bds_pipe *to = atomic_load_explicit(&g->pipes[dst], memory_order_acquire);
+    BDS_ASSERT(to != NULL);
+    bds_shard *cur = bds__shard_self();
+    bds_pipe *mine = NULL;
+    if (cur && bds__shard_id(cur) < g->n) {
+        /* acquire: pairs with the release in attach */
+        mine = atomic_load_explicit(&g->pipes[bds__shard_id(cur)], memory_order_acquire);
+        if (mine && mine->shard != cur) mine = NULL;
+    }
+    if (mine) { /* a shard of ours: stage, flushed once at the end of the tick */
+        struct stage *st = &mine->stage[dst];
+        if (st->n == st->cap) {
+            uint32_t cap = st->cap ? st->cap * 2 : 64;
+            void **v = realloc(st->v, sizeof(void *) * cap);
+            BDS_ASSERT(v != NULL); /* a lost protocol message would wedge sessions */
+            st->v = v;
+            st->cap = cap;
+        }
+        st->v[st->n++] = msg;
+        mine->staged++;
+        bds__shard_defer_flush(mine->shard, &mine->flusher);
+        return;
+    }
+    /* A foreign thread: straight into the inbox; it may wait for room (it is
+     * not a shard, so no shard waits on it). */
+    while (!bds__mpsc_push(&to->inbox, msg)) sched_yield();
+    if (bds__mpsc_should_ring(&to->inbox)) bds__shard_wake(to->shard);
+}
+
+static void pipe_flush(bds_flusher *f) {
+    bds_pipe *p = BDS_CONTAINER_OF(f, bds_pipe, flusher);
+    for (uint32_t d = 0; d < p->g->n && p->staged; d++) {
+        struct stage *st = &p->stage[d];
+        if (!st->n) continue;
+        bds_pipe *to = atomic_load_explicit(&p->g->pipes[d], memory_order_acquire);
+        uint32_t k = bds__mpsc_push_burst(&to->inbox, st->v, st->n);
+        if (k < st->n && bds__mpsc_want_space(&to->inbox, p->id)) {
+            k += bds__mpsc_push_burst(&to->inbox, st->v + k, st->n - k);
+        }
+        if (k) {
+            memmove(st->v, st->v + k, sizeof(void *) * (st->n - k));
+            st->n -= k;
+            p->staged -= k;
+            if (bds__mpsc_should_ring(&to->inbox)) bds__shard_bell(p->shard, to->shard);
+        }
+        /* What is left waits for the target's want_space bell. */
+    }
+}
+
+bds_status bds__pipe_attach(bds_pipe_group *g, bds_shard *s, bds_pipe **out) {
+    *out = NULL;
+    uint32_t id = bds__shard_id(s);
+    BDS_ASSERT(id < g->n);
+    bds_pipe *p = calloc(1, sizeof *p);
+    if (!p) return BDS_E_NOMEM;
+    p->g = g;
+    p->id = id;
+    p->shard = s;
+    p->stage = calloc(g->n, sizeof *p->stage);
+    p->inbox_mem = aligned_alloc(BDS_CACHELINE, bds__mpsc_footprint(INBOX_SLOTS));
+    if (!p->stage || !p->inbox_mem) {
+        free(p->stage);
+        free(p->inbox_mem);
+        free(p);
+        return BDS_E_NOMEM;
+    }
+    bds__mpsc_init(&p->inbox, p->inbox_mem, INBOX_SLOTS);
+    p->flusher.fn = pipe_flush;
+    bds_pipeline_config cfg;
+    bds_pipeline_config_default(&cfg);
+    cfg.index = id;
+    cfg.count = g->n;
+    cfg.seed[0] = g->seed[0];
+    cfg.seed[1] = g->seed[1];
+    cfg.port = (bds_pipeline_port){.now_ns = pipe_now, .post = pipe_post, .ctx = p};
+    bds_status st = bds_pipeline_create(&p->p, &cfg);
+    if (st != BDS_OK) {
+        bds__mpsc_deinit(&p->inbox);
+        free(p->inbox_mem);
+        free(p->stage);
+        free(p);
+        return st;
+    }
+    bds__pipeline_share_timers(p->p, bds__shard_timers(s));
+    /* release: publishes the pipe to posters on other threads (acquire in pipe_post) */
+    atomic_store_explicit(&g->pipes[id], p, memory_order_release);
+    *out = p;
+    return BDS_OK;
+}
+
+void bds__pipe_detach(bds_pipe *p) {
+    BDS_ASSERT(p->staged == 0);
+    bds__pipeline_set_current(p->p);
+    bds_pipeline_destroy(p->p);
+    bds__mpsc_deinit(&p->inbox);
+    free(p->inbox_mem);
+    for (uint32_t d = 0; d < p->g->n; d++) free(p->stage[d].v);
+    free(p->stage);
+    free(p);
+}
+
+bds_pipeline *bds__pipe_pipeline(bds_pipe *p) { return p->p; }
+
+bool bds__pipe_drain(bds_pipe *p, uint32_t budget) {
+    void *msgs[DRAIN_CHUNK];
+    uint32_t total = 0;
+    bds__pipeline_set_current(p->p);
+    while (total < budget) {
+        uint32_t n = bds__mpsc_pop_burst(&p->inbox, msgs, DRAIN_CHUNK);
+        for (uint32_t i = 0; i < n; i++) bds_pipeline_deliver(p->p, msgs[i]);
+        total += n;
+        if (n < DRAIN_CHUNK) break;
+    }
+    uint64_t waiting = bds__mpsc_take_want_space(&p->inbox);
+    while (waiting) {
+        uint32_t id = (uint32_t)__builtin_ctzll(waiting);
+        waiting &= waiting - 1;
+        bds_pipe *who = atomic_load_explicit(&p->g->pipes[id], memory_order_acquire);
+        if (who) bds__shard_bell(p->shard, who->shard);
+    }
+    /* A stage left behind by a full inbox retries whenever we are awake. */
+    if (p->staged) bds__shard_defer_flush(p->shard, &p->flusher);
+    return total >= budget || !bds__mpsc_empty(&p->inbox);
+}
+
+bool bds__pipe_run(bds_pipe *p, uint32_t budget) {
+    bds__pipeline_set_current(p->p);
+    bds_pipeline_run(p->p, budget);
+    return bds_pipeline_has_work(p->p);
+}
+
+bool bds__pipe_prepare_sleep(bds_pipe *p) {
+    if (bds_pipeline_has_work(p->p)) return false;
+    return bds__mpsc_prepare_sleep(&p->inbox);
+}
+
+void bds__pipe_woken(bds_pipe *p) { bds__mpsc_woken(&p->inbox); }
+
+bool bds__pipe_idle(bds_pipe *p) {
+    bds_pipeline_stats st;
+    bds_pipeline_get_stats(p->p, &st);
+    return p->staged == 0 && bds__mpsc_empty(&p->inbox) && !bds_pipeline_has_work(p->p) && st.sessions_live == 0 &&
+           st.calls_live == 0 && st.keys_exec_live == 0;
+}

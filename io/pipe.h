@@ -1,0 +1,41 @@
+/* pipe.h — the pipeline on the shard runtime (internal; DESIGN §5).
+ *
+ * One bds_pipe per shard: the shard's bds_pipeline, its MPSC inbox, and one
+ * staging array per destination shard. The pipeline's port.post() stages a
+ * message when called on a shard of the group (flushed once per tick with one
+ * push_burst per destination, bells rung through MSG_RING on our own ring), or
+ * pushes it straight into the inbox and writes the target's eventfd when
+ * called from any other thread (a handler's own I/O thread). A full inbox
+ * never blocks a shard: the rest stays staged, our bit goes into the target's
+ * want_space, and its consumer rings us after its next drain. The pipeline
+ * arms its timers on the shard's heap and reads the shard's tick clock. */
+#ifndef BDS_IO_PIPE_H
+#define BDS_IO_PIPE_H
+
+#include "bidistream/pipeline.h"
+#include "shard.h"
+
+typedef struct bds_pipe_group bds_pipe_group;
+typedef struct bds_pipe bds_pipe;
+
+/* For n shards; seed is the key-hash seed every pipeline shares ({0,0}: random). */
+bds_pipe_group *bds__pipe_group_create(uint32_t n, const uint64_t seed[2]);
+/* After every pipe detached. NULL is a no-op. */
+void bds__pipe_group_destroy(bds_pipe_group *g);
+
+/* On shard s's own thread (its id is its index): creates its pipeline and inbox. */
+bds_status bds__pipe_attach(bds_pipe_group *g, bds_shard *s, bds_pipe **out);
+/* On the same thread, after the shard stopped; asserts nothing is left. */
+void bds__pipe_detach(bds_pipe *p);
+
+bds_pipeline *bds__pipe_pipeline(bds_pipe *p);
+/* Shard hooks' helpers. Each returns true when work remains. */
+bool bds__pipe_drain(bds_pipe *p, uint32_t budget);
+bool bds__pipe_run(bds_pipe *p, uint32_t budget);
+/* True when the shard may block now (nothing staged or queued, latch set). */
+bool bds__pipe_prepare_sleep(bds_pipe *p);
+void bds__pipe_woken(bds_pipe *p);
+/* Nothing of any session left here: no session, call, key, staged message. */
+bool bds__pipe_idle(bds_pipe *p);
+
+#endif

@@ -1,0 +1,708 @@
+/* server.c — the gRPC server: shards, listeners, HTTP/2 connections, and each
+ * stream bound to a pipeline session (bidistream/server.h).
+ *
+ * Per shard: one listener on the shared port (SO_REUSEPORT), its connections,
+ * one HTTP/2 session each (proto/h2_server), and a pipeline (io/pipe). A
+ * stream is a srv_call holding a bds_session on the connection's shard. An
+ * inbound message is copied once into a srv_msg, its key found by the
+ * method's resolver, and handed to bds_session_receive(). Flow control is
+ * end to end (DESIGN §7): a message's bytes are credited to the stream's
+ * window only when the pipeline admitted it; while the session has no room
+ * (QUEUE policy), messages wait parked here and the window stays shut, so a
+ * fast client is slowed at its socket, never rejected. Replies go to the
+ * HTTP/2 session's stream queue; past a high-water mark of unsent bytes they
+ * wait here and keep their outbound token, so a client that never reads fills
+ * the Sender and meets its policy (fail_fast: RESOURCE_EXHAUSTED), never
+ * unbounded memory.
+ *
+ * Shutdown: on stop every shard stops accepting, marks health NOT_SERVING,
+ * sends GOAWAY (notice, then final), and starts the pipeline's graceful
+ * shutdown on each session; the grace period ends what is left with
+ * UNAVAILABLE, and one second later any connection still open is closed.
+ *
+ * Ownership: everything here belongs to its shard's thread. */
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pipeline_int.h"
+#include "server_int.h"
+
+#define REPLY_HIGH_WATER (256u * 1024u) /* unsent bytes per stream before replies wait here */
+#define RUN_BUDGET 512u
+
+struct srv_conn {
+    srv_shard *sh;
+    bds_conn *c;
+    bds__h2_conn *h2;
+    srv_call *calls;
+    srv_conn *prev, *next;
+    bds_flusher flusher;
+    bool closing;
+};
+
+struct srv_call {
+    srv_conn *conn;           /* NULL once the connection is gone */
+    int32_t stream;
+    const srv_method *m;
+    bds_session *session;
+    srv_call *prev, *next;    /* the connection's calls */
+    srv_msg *parked, *parked_tail;   /* received, not admitted: window not credited */
+    srv_msg *blocked, *blocked_tail; /* replies waiting for the stream's queue to drain */
+    bool h2_done;             /* the HTTP/2 stream is over (finished, reset or failed) */
+    bool half_close_pending;  /* END_STREAM arrived behind parked messages */
+};
+
+static _Thread_local srv_shard *tls_shard;
+
+srv_shard *bds__server_shard_self(void) { return tls_shard; }
+
+uint64_t bds__server_now(void) { return bds__clock_ns(); }
+
+/* ---- configuration ---------------------------------------------------------------- */
+
+void bds_server_config_default(bds_server_config *c) {
+    memset(c, 0, sizeof *c);
+    c->size = sizeof *c;
+    c->listen = "127.0.0.1:50051";
+    c->max_message_bytes = 4u << 20;
+    c->max_concurrent_streams = 1024;
+    c->max_header_list_bytes = 16u << 10;
+    c->stream_window_bytes = 64u << 10;
+    c->options = bds_default_options();
+    c->log_level = 2;
+}
+
+static bool parse_listen(const char *s, char *host, size_t hostcap, uint16_t *port) {
+    const char *colon = strrchr(s, ':');
+    if (!colon || (size_t)(colon - s) >= hostcap) return false;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = 0;
+    if (host[0] == '[') { /* [::1]:port */
+        size_t n = strlen(host);
+        if (n < 2 || host[n - 1] != ']') return false;
+        memmove(host, host + 1, n - 2);
+        host[n - 2] = 0;
+    }
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end || p < 0 || p > 65535 || end == colon + 1) return false;
+    *port = (uint16_t)p;
+    return true;
+}
+
+bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, const char **why) {
+    *out = NULL;
+    if (why) *why = NULL;
+    if (!cfg || cfg->size < sizeof *cfg) {
+        if (why) *why = "server config: size (use bds_server_config_default)";
+        return BDS_E_INVALID;
+    }
+    bds_status st = bds_options_validate(&cfg->options, why);
+    if (st != BDS_OK) return st;
+    char host[256];
+    uint16_t port;
+    if (!cfg->listen || !parse_listen(cfg->listen, host, sizeof host, &port)) {
+        if (why) *why = "listen: expected HOST:PORT";
+        return BDS_E_INVALID;
+    }
+    if (cfg->max_message_bytes < 16 || cfg->max_concurrent_streams == 0 || cfg->stream_window_bytes < 1024 ||
+        cfg->max_header_list_bytes < 1024 || cfg->shards > 64) {
+        if (why) *why = "server limits: message >= 16 B, streams >= 1, window >= 1 KiB, headers >= 1 KiB, shards <= 64";
+        return BDS_E_INVALID;
+    }
+    bds_server *srv = calloc(1, sizeof *srv);
+    if (!srv) return BDS_E_NOMEM;
+    srv->cfg = *cfg;
+    srv->listen = strdup(cfg->listen);
+    srv->cfg.listen = srv->listen;
+    atomic_init(&srv->serving, 1);
+    srv->table.paths = srv->paths;
+    st = bds__services_register(srv);
+    if (st != BDS_OK) {
+        bds_server_destroy(srv);
+        return st;
+    }
+    *out = srv;
+    return BDS_OK;
+}
+
+void bds_server_destroy(bds_server *srv) {
+    if (!srv) return;
+    for (uint32_t i = 0; i < srv->n_methods; i++) free(srv->methods[i].path);
+    free(srv->listen);
+    free(srv);
+}
+
+bds_status bds_server_add_method(bds_server *srv, const bds_method *m) {
+    if (srv->running) return BDS_FAILED_PRECONDITION;
+    if (!m || m->size < sizeof *m || !m->path || m->path[0] != '/' || !strchr(m->path + 1, '/') || !m->handler) {
+        return BDS_E_INVALID;
+    }
+    for (uint32_t i = 0; i < srv->n_methods; i++) {
+        if (strcmp(srv->methods[i].path, m->path) == 0) return BDS_ALREADY_EXISTS;
+    }
+    if (srv->n_methods == BDS_SERVER_METHODS_MAX) return BDS_RESOURCE_EXHAUSTED;
+    if (m->options && bds_options_validate(m->options, NULL) != BDS_OK) return BDS_E_INVALID;
+    srv_method *sm = &srv->methods[srv->n_methods];
+    sm->m = *m;
+    sm->path = strdup(m->path);
+    sm->opts = m->options ? *m->options : srv->cfg.options;
+    srv->paths[srv->n_methods] = sm->path;
+    srv->n_methods++;
+    srv->table.count = srv->n_methods;
+    return BDS_OK;
+}
+
+/* ---- replies and requests (public call helpers) ------------------------------------------ */
+
+const uint8_t *bds_call_request(const bds_call *call, uint32_t *len) {
+    const srv_msg *m = bds_call_payload(call);
+    if (len) *len = m->len;
+    return m->data;
+}
+
+bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len) {
+    if (len > UINT32_MAX - 64) return BDS_E_INVALID;
+    srv_msg *r = malloc(sizeof *r + len);
+    if (!r) return BDS_E_NOMEM;
+    memset(r, 0, sizeof *r);
+    r->len = (uint32_t)len;
+    if (len) memcpy(r->data, bytes, len);
+    r->reply.data = r;
+    r->reply.bytes = (uint32_t)len;
+    bds_call_reply(call, &r->reply);
+    return BDS_OK;
+}
+
+/* ---- connection output ------------------------------------------------------------------- */
+
+static void conn_flush(bds_flusher *f);
+
+static void conn_kick(srv_conn *sc) {
+    if (sc->c && !sc->closing) bds__shard_defer_flush(sc->sh->shard, &sc->flusher);
+}
+
+static void call_move_blocked(srv_call *call);
+
+static void conn_flush(bds_flusher *f) {
+    srv_conn *sc = BDS_CONTAINER_OF(f, srv_conn, flusher);
+    if (!sc->c || sc->closing) return;
+    for (srv_call *call = sc->calls; call; call = call->next) {
+        if (call->blocked) call_move_blocked(call);
+    }
+    for (;;) {
+        const uint8_t *data;
+        size_t len;
+        bds_status st = bds__h2_output(sc->h2, &data, &len);
+        if (len) {
+            bds_status w = bds__conn_write(sc->c, data, len);
+            if (w != BDS_OK) break; /* E_AGAIN: on_drain flushes again */
+            bds__h2_output_advance(sc->h2, len);
+        }
+        if (st != BDS_OK) {
+            bds__conn_close_after_flush(sc->c);
+            sc->closing = true;
+            return;
+        }
+        if (!len) break;
+    }
+    if (bds__h2_is_done(sc->h2)) {
+        bds__conn_close_after_flush(sc->c);
+        sc->closing = true;
+    }
+}
+
+/* ---- calls --------------------------------------------------------------------------------- */
+
+static void call_unlink(srv_call *call) {
+    srv_conn *sc = call->conn;
+    if (!sc) return;
+    if (call->prev) call->prev->next = call->next;
+    else sc->calls = call->next;
+    if (call->next) call->next->prev = call->prev;
+    call->prev = call->next = NULL;
+    call->conn = NULL;
+}
+
+static void msg_list_free(srv_msg *m) {
+    while (m) {
+        srv_msg *n = m->next;
+        free(m);
+        m = n;
+    }
+}
+
+/* The session's reply leaves for the HTTP/2 stream, or waits here (keeping
+ * its outbound token) while the stream holds too many unsent bytes. */
+static bool call_try_send(srv_call *call, srv_msg *r) {
+    srv_conn *sc = call->conn;
+    if (!sc || call->h2_done) return true; /* nobody to send to: written = dropped */
+    if (bds__h2_queued_bytes(sc->h2, call->stream) > REPLY_HIGH_WATER) return false;
+    bds_status st = bds__h2_send_msg(sc->h2, call->stream, r->data, r->len);
+    if (st == BDS_E_AGAIN) return false;
+    conn_kick(sc);
+    return true;
+}
+
+static void call_move_blocked(srv_call *call) {
+    while (call->blocked && call_try_send(call, call->blocked)) {
+        srv_msg *r = call->blocked;
+        call->blocked = r->next;
+        if (!call->blocked) call->blocked_tail = NULL;
+        bds_session_reply_written(call->session, &r->reply);
+        free(r);
+    }
+}
+
+static void op_write(bds_session *s, bds_reply *reply, void *ctx) {
+    srv_call *call = ctx;
+    srv_msg *r = reply->data;
+    if (!call->blocked && call_try_send(call, r)) {
+        bds_session_reply_written(s, reply);
+        free(r);
+        return;
+    }
+    r->next = NULL;
+    if (call->blocked_tail) call->blocked_tail->next = r;
+    else call->blocked = r;
+    call->blocked_tail = r;
+}
+
+static void op_drop(bds_session *s, bds_reply *reply, void *ctx) {
+    (void)s;
+    (void)ctx;
+    free(reply->data);
+}
+
+static void op_release(bds_session *s, void *payload, void *ctx) {
+    (void)s;
+    (void)ctx;
+    free(payload);
+}
+
+static void op_closed(bds_session *s, bds_status status, const char *message, void *ctx) {
+    srv_call *call = ctx;
+    srv_conn *sc = call->conn;
+    if (sc && !call->h2_done) {
+        /* The session projects pipeline errors onto gRPC codes (bds_status_grpc);
+         * those that send nothing reset the stream. */
+        bds__h2_finish(sc->h2, call->stream, status, status == BDS_OK ? NULL : message);
+        call->h2_done = true;
+        conn_kick(sc);
+    }
+    call_unlink(call);
+    msg_list_free(call->parked);
+    msg_list_free(call->blocked);
+    bds_session_release(s);
+    free(call);
+}
+
+static bool call_admit(srv_call *call, srv_msg *m);
+
+static void call_drain_parked(srv_call *call) {
+    while (call->parked && bds_session_inbound_room(call->session) > 0) {
+        srv_msg *m = call->parked;
+        call->parked = m->next;
+        if (!call->parked) call->parked_tail = NULL;
+        if (!call_admit(call, m)) break;
+    }
+    if (!call->parked && call->half_close_pending) {
+        call->half_close_pending = false;
+        bds_session_client_close(call->session);
+    }
+}
+
+static void op_inbound_ready(bds_session *s, void *ctx) {
+    (void)s;
+    call_drain_parked(ctx);
+}
+
+static const bds_session_ops srv_ops = {
+    .write = op_write, .drop = op_drop, .release = op_release, .closed = op_closed, .inbound_ready = op_inbound_ready,
+};
+
+/* Hands m to the pipeline and credits its bytes. Returns false when the
+ * session would not take it (closed or closing): m is freed. */
+static bool call_admit(srv_call *call, srv_msg *m) {
+    uint32_t wire = m->wire;
+    bds_status st = bds_session_receive(call->session, m, m->len, m->key, m->key_len, 0);
+    if (st != BDS_OK) {
+        free(m);
+        return false;
+    }
+    if (call->conn && !call->h2_done) {
+        bds__h2_consume(call->conn->h2, call->stream, wire);
+        conn_kick(call->conn);
+    }
+    return true;
+}
+
+/* ---- HTTP/2 events ----------------------------------------------------------------------------- */
+
+static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, void **call_ctx) {
+    srv_conn *sc = ctx;
+    srv_shard *sh = sc->sh;
+    if (sh->stopping) return BDS_UNAVAILABLE;
+    const srv_method *m = &sh->srv->methods[info->method_index];
+    srv_call *call = calloc(1, sizeof *call);
+    if (!call) return BDS_RESOURCE_EXHAUSTED;
+    call->conn = sc;
+    call->stream = info->stream_id;
+    call->m = m;
+    bds_session_config cfg;
+    bds_session_config_default(&cfg);
+    cfg.options = &m->opts;
+    cfg.handler = m->m.handler;
+    cfg.handler_ctx = m->m.handler_ctx;
+    cfg.ops = &srv_ops;
+    cfg.ops_ctx = call;
+    bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
+    if (bds_session_create(&call->session, bds__pipe_pipeline(sh->pipe), &cfg, NULL) != BDS_OK) {
+        free(call);
+        return BDS_RESOURCE_EXHAUSTED;
+    }
+    bds_session_open(call->session);
+    if (info->deadline_ns) bds_session_set_deadline(call->session, info->deadline_ns);
+    call->next = sc->calls;
+    if (sc->calls) sc->calls->prev = call;
+    sc->calls = call;
+    *call_ctx = call;
+    return BDS_OK;
+}
+
+static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const uint8_t *msg, size_t len,
+                          uint32_t wire_bytes) {
+    (void)ctx;
+    (void)stream_id;
+    srv_call *call = call_ctx;
+    srv_msg *m = malloc(sizeof *m + len);
+    if (!m) {
+        bds_session_fail(call->session, BDS_RESOURCE_EXHAUSTED, "server out of memory");
+        return;
+    }
+    memset(m, 0, sizeof *m);
+    m->len = (uint32_t)len;
+    m->wire = wire_bytes;
+    if (len) memcpy(m->data, msg, len);
+    if (call->m->m.key && !call->m->m.key(m->data, m->len, &m->key, &m->key_len, call->m->m.key_ctx)) {
+        free(m);
+        bds_session_fail(call->session, BDS_INTERNAL, "malformed request message");
+        return;
+    }
+    bool may_wait = call->m->opts.inbound.backpressure.policy != BDS_BP_HARD_REJECT;
+    if (call->parked || (may_wait && bds_session_inbound_room(call->session) == 0)) {
+        m->next = NULL;
+        if (call->parked_tail) call->parked_tail->next = m;
+        else call->parked = m;
+        call->parked_tail = m;
+        return;
+    }
+    call_admit(call, m);
+}
+
+static void h2_on_half_close(void *ctx, void *call_ctx, int32_t stream_id) {
+    (void)ctx;
+    (void)stream_id;
+    srv_call *call = call_ctx;
+    if (call->parked) call->half_close_pending = true;
+    else bds_session_client_close(call->session);
+}
+
+static void h2_on_reset(void *ctx, void *call_ctx, int32_t stream_id, bds_status status, uint32_t h2_error) {
+    (void)ctx;
+    (void)stream_id;
+    (void)status;
+    (void)h2_error;
+    srv_call *call = call_ctx;
+    call->h2_done = true;
+    bds_session_cancel(call->session);
+}
+
+static void h2_on_call_error(void *ctx, void *call_ctx, int32_t stream_id, bds_status status, int http) {
+    (void)ctx;
+    (void)stream_id;
+    (void)http;
+    srv_call *call = call_ctx;
+    if (!call) return; /* refused at its headers: never started */
+    call->h2_done = true;
+    bds_session_fail(call->session, status, "request rejected");
+}
+
+static const bds__h2_callbacks h2_cbs = {
+    .on_call_start = h2_on_call_start,
+    .on_message = h2_on_message,
+    .on_half_close = h2_on_half_close,
+    .on_reset = h2_on_reset,
+    .on_call_error = h2_on_call_error,
+};
+
+/* ---- connections ----------------------------------------------------------------------------------- */
+
+static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ctx) {
+    (void)c;
+    srv_conn *sc = ctx;
+    if (sc->closing) return;
+    bds__pipeline_set_current(bds__pipe_pipeline(sc->sh->pipe));
+    if (bds__h2_recv(sc->h2, bytes, len, bds__shard_now(sc->sh->shard)) != BDS_OK) {
+        conn_flush(&sc->flusher);
+        if (!sc->closing) {
+            bds__conn_close_after_flush(sc->c);
+            sc->closing = true;
+        }
+        return;
+    }
+    conn_kick(sc);
+}
+
+static void conn_on_drain(bds_conn *c, void *ctx) {
+    (void)c;
+    srv_conn *sc = ctx;
+    conn_kick(sc);
+}
+
+static void conn_on_close(bds_conn *c, int err, void *ctx) {
+    (void)c;
+    (void)err;
+    srv_conn *sc = ctx;
+    srv_shard *sh = sc->sh;
+    bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
+    sc->c = NULL;
+    sc->closing = true;
+    bds__h2_abort_calls(sc->h2, BDS_CANCELLED); /* on_reset for each live call */
+    while (sc->calls) call_unlink(sc->calls);   /* their sessions close later, without us */
+    bds__h2_destroy(sc->h2);
+    if (sc->prev) sc->prev->next = sc->next;
+    else sh->conns = sc->next;
+    if (sc->next) sc->next->prev = sc->prev;
+    free(sc);
+}
+
+static const bds_conn_callbacks conn_cbs = {
+    .on_data = conn_on_data, .on_drain = conn_on_drain, .on_close = conn_on_close,
+};
+
+static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
+    (void)l;
+    srv_shard *sh = ctx;
+    srv_conn *sc = calloc(1, sizeof *sc);
+    bds__h2_config hc;
+    bds__h2_config_default(&hc);
+    hc.max_concurrent_streams = sh->srv->cfg.max_concurrent_streams;
+    hc.stream_window_bytes = sh->srv->cfg.stream_window_bytes;
+    hc.header_list_bytes_max = sh->srv->cfg.max_header_list_bytes;
+    hc.msg_bytes_max = sh->srv->cfg.max_message_bytes;
+    hc.methods = &sh->srv->table;
+    if (!sc || bds__h2_create(&sc->h2, &hc, &h2_cbs, sc) != BDS_OK || sh->stopping) {
+        if (sc && sc->h2) bds__h2_destroy(sc->h2);
+        free(sc);
+        bds__conn_close(c, 0);
+        return;
+    }
+    sc->sh = sh;
+    sc->c = c;
+    sc->flusher.fn = conn_flush;
+    sc->next = sh->conns;
+    if (sh->conns) sh->conns->prev = sc;
+    sh->conns = sc;
+    bds__conn_set_callbacks(c, &conn_cbs, sc);
+    conn_kick(sc); /* our SETTINGS */
+}
+
+/* ---- shard hooks ------------------------------------------------------------------------------------ */
+
+static bool hook_drain(bds_shard *s, void *ctx) {
+    (void)s;
+    return bds__pipe_drain(((srv_shard *)ctx)->pipe, RUN_BUDGET);
+}
+
+static bool hook_run(bds_shard *s, void *ctx) {
+    (void)s;
+    return bds__pipe_run(((srv_shard *)ctx)->pipe, RUN_BUDGET);
+}
+
+static bool hook_prepare_sleep(bds_shard *s, void *ctx) {
+    (void)s;
+    return bds__pipe_prepare_sleep(((srv_shard *)ctx)->pipe);
+}
+
+static void hook_woken(bds_shard *s, void *ctx) {
+    (void)s;
+    bds__pipe_woken(((srv_shard *)ctx)->pipe);
+}
+
+static void hook_on_signal(bds_shard *s, int signo, void *ctx) {
+    (void)s;
+    srv_shard *sh = ctx;
+    if (sh->srv->cfg.log_level >= 2) {
+        fprintf(stderr, "bidistreamd: signal %d: shutting down gracefully\n", signo);
+    }
+    bds_server_stop(sh->srv);
+}
+
+static void stop_timer_fired(bds_timer *t, void *ctx) {
+    (void)t;
+    srv_shard *sh = ctx;
+    for (srv_conn *sc = sh->conns; sc; sc = sc->next) {
+        if (sc->c && !sc->closing) {
+            sc->closing = true;
+            bds__conn_close(sc->c, 0);
+        }
+    }
+}
+
+static void hook_on_stop(bds_shard *s, void *ctx) {
+    srv_shard *sh = ctx;
+    sh->stopping = true;
+    atomic_store(&sh->srv->serving, 0);
+    bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
+    if (sh->listener) {
+        bds__listener_close(sh->listener);
+        sh->listener = NULL;
+    }
+    bds__services_on_stop(sh);
+    for (srv_conn *sc = sh->conns; sc; sc = sc->next) {
+        if (sc->closing) continue;
+        bds__h2_shutdown_notice(sc->h2);
+        bds__h2_goaway(sc->h2, BDS_H2_NO_ERROR);
+        for (srv_call *call = sc->calls; call; call = call->next) bds_session_shutdown(call->session);
+        conn_kick(sc);
+    }
+    /* What the grace period did not end is closed one second after it. */
+    uint64_t grace = sh->srv->cfg.options.shutdown.grace_period_ns;
+    for (uint32_t i = 0; i < sh->srv->n_methods; i++) {
+        if (sh->srv->methods[i].opts.shutdown.grace_period_ns > grace) grace = sh->srv->methods[i].opts.shutdown.grace_period_ns;
+    }
+    bds__timer_init(&sh->stop_timer, stop_timer_fired, sh);
+    bds__timer_arm(bds__shard_timers(s), &sh->stop_timer, bds__shard_now(s) + grace + 1000000000ULL);
+}
+
+static bool hook_quiescent(bds_shard *s, void *ctx) {
+    srv_shard *sh = ctx;
+    bool idle = sh->conns == NULL && sh->watches == NULL && bds__pipe_idle(sh->pipe);
+    if (idle) bds__timer_cancel(bds__shard_timers(s), &sh->stop_timer);
+    return idle;
+}
+
+/* ---- running ----------------------------------------------------------------------------------------- */
+
+static int server_listen_fd(bds_server *srv, char *err, size_t errlen) {
+    char host[256];
+    uint16_t port;
+    parse_listen(srv->listen, host, sizeof host, &port);
+    if (srv->port) port = srv->port; /* later shards share the first one's port (":0") */
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    char ps[8];
+    snprintf(ps, sizeof ps, "%u", port);
+    int rc = getaddrinfo(host[0] ? host : NULL, ps, &hints, &ai);
+    if (rc != 0) {
+        snprintf(err, errlen, "listen %s: %s", srv->listen, gai_strerror(rc));
+        return -1;
+    }
+    int fd = bds__listen_socket(ai->ai_addr, ai->ai_addrlen, 1024);
+    freeaddrinfo(ai);
+    if (fd < 0) {
+        snprintf(err, errlen, "listen %s: %s", srv->listen, strerror(-fd));
+        return -1;
+    }
+    if (!srv->port) srv->port = bds__socket_port(fd);
+    return fd;
+}
+
+struct start_ctx {
+    bds_server *srv;
+    char err[256];
+};
+
+static bds_status on_shard_start(bds_shard *s, void *vctx) {
+    struct start_ctx *sc = vctx;
+    bds_server *srv = sc->srv;
+    uint32_t id = bds__shard_id(s);
+    srv_shard *sh = calloc(1, sizeof *sh);
+    if (!sh) return BDS_E_NOMEM;
+    sh->srv = srv;
+    sh->shard = s;
+    srv->shards[id] = sh;
+    tls_shard = sh;
+    bds_status st = bds__pipe_attach(srv->pipes, s, &sh->pipe);
+    if (st != BDS_OK) return st;
+    bds_net_config nc;
+    bds__net_config_default(&nc);
+    sh->net = bds__net_create(s, &nc);
+    if (!sh->net) return BDS_E_NOMEM;
+    /* The port is decided by shard 0 (created first, on the caller's thread). */
+    int fd = server_listen_fd(srv, sc->err, sizeof sc->err);
+    if (fd < 0) return BDS_UNAVAILABLE;
+    st = bds__listener_start(sh->net, fd, on_accept, sh, &sh->listener);
+    if (st != BDS_OK) return st;
+    bds_shard_hooks hooks = {
+        .drain_inbox = hook_drain, .run_work = hook_run, .prepare_sleep = hook_prepare_sleep, .woken = hook_woken,
+        .on_signal = hook_on_signal, .on_stop = hook_on_stop, .quiescent = hook_quiescent, .ctx = sh,
+    };
+    bds__shard_set_hooks(s, &hooks);
+    return BDS_OK;
+}
+
+static void on_shard_exit(bds_shard *s, void *vctx) {
+    struct start_ctx *sc = vctx;
+    srv_shard *sh = sc->srv->shards[bds__shard_id(s)];
+    if (!sh) return;
+    if (sh->pipe) bds__pipe_detach(sh->pipe);
+    if (sh->net) bds__net_destroy(sh->net);
+    free(sh);
+    sc->srv->shards[bds__shard_id(s)] = NULL;
+    tls_shard = NULL;
+}
+
+bds_status bds_server_run(bds_server *srv) {
+    if (srv->running) return BDS_FAILED_PRECONDITION;
+    srv->running = true;
+    bds_group_config gc;
+    bds__group_config_default(&gc);
+    gc.shards = srv->cfg.shards;
+    gc.use_caller = true;
+    gc.pin = true;
+    gc.signals = true;
+    gc.shard.idle_spin_us = srv->cfg.idle_spin_us;
+    uint32_t n = srv->cfg.shards;
+    if (n == 0) {
+        cpu_set_t set;
+        n = sched_getaffinity(0, sizeof set, &set) == 0 ? (uint32_t)CPU_COUNT(&set) : 1;
+        if (n > 64) n = 64;
+        gc.shards = n;
+    }
+    srv->n_shards = n;
+    srv->pipes = bds__pipe_group_create(n, NULL);
+    if (!srv->pipes) return BDS_E_NOMEM;
+    struct start_ctx sc = {.srv = srv};
+    bds_status st = bds__group_start(&srv->group, &gc, on_shard_start, on_shard_exit, &sc, sc.err, sizeof sc.err);
+    if (st != BDS_OK) {
+        fprintf(stderr, "bidistreamd: cannot start: %s\n", sc.err[0] ? sc.err : bds_status_str(st));
+        bds__pipe_group_destroy(srv->pipes);
+        srv->pipes = NULL;
+        return st;
+    }
+    if (srv->cfg.log_level >= 2) {
+        char host[256];
+        uint16_t port;
+        parse_listen(srv->listen, host, sizeof host, &port);
+        fprintf(stderr, "bidistreamd: listening on %s:%u with %u shard%s\n", host, srv->port, n, n == 1 ? "" : "s");
+    }
+    bds__group_run(srv->group);
+    bds__group_destroy(srv->group);
+    srv->group = NULL;
+    bds__pipe_group_destroy(srv->pipes);
+    srv->pipes = NULL;
+    return BDS_OK;
+}
+
+void bds_server_stop(bds_server *srv) {
+    if (srv->group) bds__group_stop(srv->group);
+}
+
+uint16_t bds_server_port(const bds_server *srv) { return srv->port; }

@@ -1,0 +1,79 @@
+/* server_int.h — the gRPC server's internal objects (io/server.c, io/services.c). */
+#ifndef BDS_IO_SERVER_INT_H
+#define BDS_IO_SERVER_INT_H
+
+#include <stdatomic.h>
+
+#include "bidistream/server.h"
+#include "group.h"
+#include "h2_server.h"
+#include "net.h"
+#include "pipe.h"
+
+#define BDS_SERVER_METHODS_MAX 64
+
+typedef struct srv_method {
+    bds_method m;
+    char *path;
+    bds_options opts;
+} srv_method;
+
+typedef struct srv_shard srv_shard;
+typedef struct srv_conn srv_conn;
+typedef struct srv_call srv_call;
+
+struct bds_server {
+    bds_server_config cfg;
+    char *listen;
+    srv_method methods[BDS_SERVER_METHODS_MAX];
+    const char *paths[BDS_SERVER_METHODS_MAX];
+    bds__grpc_methods table;
+    uint32_t n_methods;
+    uint32_t n_shards;
+    bds_group *group;
+    bds_pipe_group *pipes;
+    srv_shard *shards[BDS_SHARDS_MAX];
+    _Atomic int serving;      /* health: 1 SERVING until shutdown begins */
+    bool running;
+    uint16_t port;            /* the bound port (for listen ":0") */
+};
+
+/* A server-side message buffer: inbound payloads and outbound replies. */
+typedef struct srv_msg {
+    bds_reply reply;          /* used when the buffer is a reply */
+    struct srv_msg *next;     /* parked / blocked FIFO link */
+    uint32_t len, wire;
+    const uint8_t *key;
+    uint32_t key_len;
+    uint8_t data[];
+} srv_msg;
+
+/* Health.Watch calls waiting for the serving status to change (home == exec:
+ * Watch is FIFO, so it runs on its connection's shard). */
+typedef struct srv_watch {
+    bds_call *call;
+    struct srv_watch *next;
+} srv_watch;
+
+struct srv_shard {
+    bds_server *srv;
+    bds_shard *shard;
+    bds_pipe *pipe;
+    bds_net *net;
+    bds_listener *listener;
+    srv_conn *conns;
+    srv_watch *watches;
+    uint64_t stop_deadline_ns; /* hard close of what is left after the grace */
+    bds_timer stop_timer;
+    bool stopping;
+};
+
+uint64_t bds__server_now(void);
+/* Built-in services (services.c). */
+bds_status bds__services_register(bds_server *srv);
+/* Health: tell the shard's Watch calls that the server stopped serving. */
+void bds__services_on_stop(srv_shard *sh);
+/* The srv_shard of the calling shard thread. */
+srv_shard *bds__server_shard_self(void);
+
+#endif
