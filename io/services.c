@@ -90,7 +90,7 @@ static uint32_t frame_echo(const uint8_t *p, uint32_t len, uint8_t *out) {
     uint32_t n = 0;
     while (p < end) {
         const uint8_t *start = p;
-        uint64_t tag, x;
+        uint64_t tag = 0, x = 0;
         wire_varint(&p, end, &tag); /* scanned before: cannot fail */
         switch (tag & 7) {
         case 0: wire_varint(&p, end, &x); break;
