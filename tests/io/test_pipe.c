@@ -1,0 +1,275 @@
+/* test_pipe.c — the pipeline on real shards: keyed FIFO across 2 shards
+ * through the MPSC inboxes, staging, doorbells (MSG_RING and eventfd) and the
+ * shard's timer heap. Sessions on both shards send over a million messages on
+ * many keys (fewer under TSan); handlers finish at once, after a timer on the
+ * key's shard, or from a foreign thread. Checks: every message answered
+ * exactly once, a key's calls start in arrival order, sessions end OK after
+ * the half-close, nothing leaks, and the shards then stop cleanly.
+ * BDS_TEST_TSAN */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "group.h"
+#include "pipe.h"
+#include "pipeline_int.h"
+
+#define SHARDS 2
+#define SESSIONS 4
+#define KEYS 64
+#ifdef __SANITIZE_THREAD__
+#define MSGS 5000u
+#else
+#define MSGS 140000u /* x 8 sessions = 1.12 M messages */
+#endif
+
+typedef struct tmsg {
+    uint32_t session; /* global */
+    uint32_t key;
+    uint64_t seq;
+    char kb[4];
+} tmsg;
+
+typedef struct tshard {
+    bds_shard *shard;
+    bds_pipe *pipe;
+    bds_session *s[SESSIONS];
+    uint64_t sent[SESSIONS];
+    int closed[SESSIONS];
+    uint64_t replies, released, expected_replies;
+    int64_t last[SHARDS * SESSIONS][KEYS]; /* starts seen on this shard (as K) */
+    uint64_t order_errors;
+    bool half_closed, done;
+    unsigned seed;
+} tshard;
+
+static tshard shards[SHARDS];
+static bds_group *group;
+static _Atomic int shards_done;
+
+/* foreign completions */
+static pthread_mutex_t fmu = PTHREAD_MUTEX_INITIALIZER;
+static bds_call **fq;
+static size_t fq_n, fq_cap;
+static _Atomic int fstop;
+
+struct work {
+    bds_timer t;
+    bds_call *call;
+};
+
+static void reply_and_done(bds_call *call) {
+    bds_reply *r = calloc(1, sizeof *r);
+    bds_call_reply(call, r);
+    bds_call_done(call, BDS_OK, NULL);
+}
+
+static void work_fired(bds_timer *t, void *ctx) {
+    (void)t;
+    struct work *w = ctx;
+    reply_and_done(w->call);
+    free(w);
+}
+
+static void handler(bds_call *call, void *ctx) {
+    (void)ctx;
+    bds_shard *me = bds__shard_self();
+    tshard *ts = &shards[bds__shard_id(me)];
+    tmsg *m = bds_call_payload(call);
+    int64_t *last = &ts->last[m->session][m->key];
+    if ((int64_t)m->seq <= *last) ts->order_errors++;
+    *last = (int64_t)m->seq;
+    switch (m->seq % 4) {
+    case 0: reply_and_done(call); break;
+    case 1: {
+        struct work *w = malloc(sizeof *w);
+        w->call = call;
+        bds__timer_init(&w->t, work_fired, w);
+        bds__timer_arm(bds__shard_timers(me), &w->t, bds__shard_now(me) + (m->seq % 50) * 1000);
+        break;
+    }
+    case 2:
+        pthread_mutex_lock(&fmu);
+        if (fq_n == fq_cap) {
+            fq_cap = fq_cap ? fq_cap * 2 : 1024;
+            fq = realloc(fq, fq_cap * sizeof *fq);
+        }
+        fq[fq_n++] = call;
+        pthread_mutex_unlock(&fmu);
+        break;
+    default: bds_call_done(call, BDS_OK, NULL); break;
+    }
+}
+
+static void *foreign(void *arg) {
+    (void)arg;
+    bds_call *batch[256];
+    while (!atomic_load(&fstop)) {
+        pthread_mutex_lock(&fmu);
+        size_t n = fq_n < 256 ? fq_n : 256;
+        if (n) memcpy(batch, fq + fq_n - n, n * sizeof *batch);
+        fq_n -= n;
+        pthread_mutex_unlock(&fmu);
+        if (!n) sched_yield();
+        for (size_t i = 0; i < n; i++) reply_and_done(batch[i]);
+    }
+    return NULL;
+}
+
+static tshard *ts_of(bds_session *s) { return bds_session_ctx(s); }
+
+static void op_write(bds_session *s, bds_reply *r, void *ctx) {
+    (void)ctx;
+    ts_of(s)->replies++;
+    bds_session_reply_written(s, r);
+    free(r);
+}
+static void op_drop(bds_session *s, bds_reply *r, void *ctx) {
+    (void)s, (void)ctx;
+    free(r);
+}
+static void op_release(bds_session *s, void *p, void *ctx) {
+    (void)ctx;
+    ts_of(s)->released++;
+    free(p);
+}
+static void op_closed(bds_session *s, bds_status st, const char *msg, void *ctx) {
+    (void)msg, (void)ctx;
+    tshard *ts = ts_of(s);
+    for (int i = 0; i < SESSIONS; i++) {
+        if (ts->s[i] == s) ts->closed[i] = st == BDS_OK ? 1 : -1;
+    }
+}
+static const bds_session_ops ops = {.write = op_write, .drop = op_drop, .release = op_release, .closed = op_closed};
+
+static bool hook_run(bds_shard *sh, void *ctx) {
+    tshard *ts = ctx;
+    bool more = bds__pipe_run(ts->pipe, 512);
+    if (ts->done) return more;
+    bool all_sent = true;
+    for (int i = 0; i < SESSIONS; i++) {
+        for (int k = 0; k < 64 && ts->sent[i] < MSGS; k++) {
+            if (bds_session_inbound_room(ts->s[i]) == 0) break; /* a transport stops reading */
+            tmsg *m = calloc(1, sizeof *m);
+            m->session = bds__shard_id(sh) * SESSIONS + (uint32_t)i;
+            m->key = (uint32_t)rand_r(&ts->seed) % KEYS;
+            m->seq = ts->sent[i]++;
+            m->kb[0] = 'k';
+            m->kb[1] = (char)(m->key / 8 + 'a');
+            m->kb[2] = (char)(m->key % 8 + 'a');
+            ts->expected_replies += m->seq % 4 != 3;
+            cr_assert_eq(bds_session_receive(ts->s[i], m, sizeof *m, m->kb, 3, m->seq), BDS_OK);
+        }
+        all_sent &= ts->sent[i] == MSGS;
+    }
+    if (all_sent && !ts->half_closed) {
+        ts->half_closed = true;
+        for (int i = 0; i < SESSIONS; i++) bds_session_client_close(ts->s[i]);
+    }
+    int open = 0;
+    for (int i = 0; i < SESSIONS; i++) open += ts->closed[i] == 0;
+    if (ts->half_closed && open == 0) {
+        for (int i = 0; i < SESSIONS; i++) bds_session_release(ts->s[i]);
+        ts->done = true;
+        if (atomic_fetch_add(&shards_done, 1) + 1 == SHARDS) bds__group_stop(group);
+        return true;
+    }
+    return true; /* still feeding or waiting for the drain */
+}
+
+static bool hook_drain(bds_shard *s, void *ctx) {
+    (void)s;
+    return bds__pipe_drain(((tshard *)ctx)->pipe, 512);
+}
+static bool hook_prepare_sleep(bds_shard *s, void *ctx) {
+    (void)s;
+    tshard *ts = ctx;
+    return ts->done && bds__pipe_prepare_sleep(ts->pipe);
+}
+static void hook_woken(bds_shard *s, void *ctx) {
+    (void)s;
+    bds__pipe_woken(((tshard *)ctx)->pipe);
+}
+static bool hook_quiescent(bds_shard *s, void *ctx) {
+    (void)s;
+    return bds__pipe_idle(((tshard *)ctx)->pipe);
+}
+
+static bds_pipe_group *pg;
+
+static bds_status on_start(bds_shard *s, void *ctx) {
+    (void)ctx;
+    tshard *ts = &shards[bds__shard_id(s)];
+    ts->shard = s;
+    ts->seed = bds__shard_id(s) + 1;
+    memset(ts->last, 0xff, sizeof ts->last);
+    cr_assert_eq(bds__pipe_attach(pg, s, &ts->pipe), BDS_OK);
+    bds_options o = bds_default_options();
+    o.inbound.backpressure.capacity = 8;
+    bds_session_config sc;
+    bds_session_config_default(&sc);
+    sc.options = &o;
+    sc.handler = handler;
+    sc.ops = &ops;
+    sc.ops_ctx = ts;
+    for (int i = 0; i < SESSIONS; i++) {
+        cr_assert_eq(bds_session_create(&ts->s[i], bds__pipe_pipeline(ts->pipe), &sc, NULL), BDS_OK);
+        bds_session_open(ts->s[i]);
+    }
+    bds_shard_hooks h = {.drain_inbox = hook_drain, .run_work = hook_run, .prepare_sleep = hook_prepare_sleep,
+                         .woken = hook_woken, .quiescent = hook_quiescent, .ctx = ts};
+    bds__shard_set_hooks(s, &h);
+    return BDS_OK;
+}
+
+static void on_exit_shard(bds_shard *s, void *ctx) {
+    (void)ctx;
+    tshard *ts = &shards[bds__shard_id(s)];
+    bds_pipeline_stats st;
+    bds_pipeline_get_stats(bds__pipe_pipeline(ts->pipe), &st);
+    cr_assert_eq(st.sessions_live + st.calls_live + st.keys_exec_live + st.keys_home_live, 0, "leak on shard");
+    bds__pipe_detach(ts->pipe);
+}
+
+static void run(bds_bell_mode bell) {
+    memset(shards, 0, sizeof shards);
+    atomic_store(&shards_done, 0);
+    atomic_store(&fstop, 0);
+    uint64_t seed[2] = {7, 9};
+    pg = bds__pipe_group_create(SHARDS, seed);
+    pthread_t f;
+    pthread_create(&f, NULL, foreign, NULL);
+    bds_group_config cfg;
+    bds__group_config_default(&cfg);
+    cfg.shards = SHARDS;
+    cfg.shard.bufs = 0;
+    cfg.shard.bell = bell;
+    char err[256] = "";
+    cr_assert_eq(bds__group_start(&group, &cfg, on_start, on_exit_shard, NULL, err, sizeof err), BDS_OK, "%s", err);
+    bds__group_run(group);
+    bds__group_destroy(group);
+    atomic_store(&fstop, 1);
+    pthread_join(f, NULL);
+    bds__pipe_group_destroy(pg);
+    uint64_t replies = 0, expected = 0, released = 0;
+    for (int i = 0; i < SHARDS; i++) {
+        cr_assert_eq(shards[i].order_errors, 0, "a key's calls started out of order");
+        for (int k = 0; k < SESSIONS; k++) cr_assert_eq(shards[i].closed[k], 1, "every session ends OK");
+        replies += shards[i].replies;
+        expected += shards[i].expected_replies;
+        released += shards[i].released;
+    }
+    cr_assert_eq(released, (uint64_t)SHARDS * SESSIONS * MSGS, "every message answered exactly once");
+    cr_assert_eq(replies, expected, "every reply written exactly once");
+    free(fq);
+    fq = NULL;
+    fq_n = fq_cap = 0;
+}
+
+Test(io_pipe, keyed_fifo_across_two_shards_with_msg_ring_bells, .timeout = 300) { run(BDS_BELL_MSG_RING); }
+
+Test(io_pipe, keyed_fifo_across_two_shards_with_eventfd_bells, .timeout = 300) { run(BDS_BELL_EVENTFD); }
