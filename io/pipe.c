@@ -28,6 +28,7 @@ struct bds_pipe {
     struct stage *stage;      /* per destination */
     uint32_t staged;          /* messages in all stages */
     bds_flusher flusher;
+    _Atomic uint32_t foreign_posters; /* non-shard threads between push and wake */
 };
 
 struct bds_pipe_group {
@@ -89,9 +90,16 @@ static void pipe_post(uint32_t dst, void *msg, void *ctx) {
         return;
     }
     /* A foreign thread: straight into the inbox; it may wait for room (it is
-     * not a shard, so no shard waits on it). */
+     * not a shard, so no shard waits on it). The target may finish its last
+     * work as soon as it pops msg and then shut down, while we still read its
+     * latch and write its eventfd: the poster count, raised before the push,
+     * keeps it from counting itself idle until we are out. */
+    /* seq_cst: raised before the push, so whoever pops msg sees it raised */
+    atomic_fetch_add_explicit(&to->foreign_posters, 1, memory_order_seq_cst);
     while (!bds__mpsc_push(&to->inbox, msg)) sched_yield();
     if (bds__mpsc_should_ring(&to->inbox)) bds__shard_wake(to->shard);
+    /* release: our last touch of `to` happens before its idle check (acquire) */
+    atomic_fetch_sub_explicit(&to->foreign_posters, 1, memory_order_release);
 }
 
 static void pipe_flush(bds_flusher *f) {
@@ -159,6 +167,7 @@ void bds__pipe_detach(bds_pipe *p) {
     BDS_ASSERT(p->staged == 0);
     bds__pipeline_set_current(p->p);
     bds_pipeline_destroy(p->p);
+    bds__pipeline_set_current(NULL);
     bds__mpsc_deinit(&p->inbox);
     free(p->inbox_mem);
     for (uint32_t d = 0; d < p->g->n; d++) free(p->stage[d].v);
@@ -206,6 +215,8 @@ void bds__pipe_woken(bds_pipe *p) { bds__mpsc_woken(&p->inbox); }
 bool bds__pipe_idle(bds_pipe *p) {
     bds_pipeline_stats st;
     bds_pipeline_get_stats(p->p, &st);
-    return p->staged == 0 && bds__mpsc_empty(&p->inbox) && !bds_pipeline_has_work(p->p) && st.sessions_live == 0 &&
+    /* acquire: pairs with the poster's release decrement */
+    return p->staged == 0 && atomic_load_explicit(&p->foreign_posters, memory_order_acquire) == 0 &&
+           bds__mpsc_empty(&p->inbox) && !bds_pipeline_has_work(p->p) && st.sessions_live == 0 &&
            st.calls_live == 0 && st.keys_exec_live == 0;
 }

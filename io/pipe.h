@@ -25,7 +25,8 @@ void bds__pipe_group_destroy(bds_pipe_group *g);
 
 /* On shard s's own thread (its id is its index): creates its pipeline and inbox. */
 bds_status bds__pipe_attach(bds_pipe_group *g, bds_shard *s, bds_pipe **out);
-/* On the same thread, after the shard stopped; asserts nothing is left. */
+/* After EVERY shard of the group has stopped (another shard may be finishing a
+ * push into this inbox until then); any thread. Asserts nothing is left. */
 void bds__pipe_detach(bds_pipe *p);
 
 bds_pipeline *bds__pipe_pipeline(bds_pipe *p);

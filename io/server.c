@@ -652,11 +652,20 @@ static void on_shard_exit(bds_shard *s, void *vctx) {
     struct start_ctx *sc = vctx;
     srv_shard *sh = sc->srv->shards[bds__shard_id(s)];
     if (!sh) return;
-    if (sh->pipe) bds__pipe_detach(sh->pipe);
     if (sh->net) bds__net_destroy(sh->net);
-    free(sh);
-    sc->srv->shards[bds__shard_id(s)] = NULL;
+    sh->net = NULL;
     tls_shard = NULL;
+    /* The pipe outlives the shard until every shard has stopped (pipe.h). */
+}
+
+static void server_free_shards(bds_server *srv) {
+    for (uint32_t i = 0; i < BDS_SHARDS_MAX; i++) {
+        srv_shard *sh = srv->shards[i];
+        if (!sh) continue;
+        if (sh->pipe) bds__pipe_detach(sh->pipe);
+        free(sh);
+        srv->shards[i] = NULL;
+    }
 }
 
 bds_status bds_server_run(bds_server *srv) {
@@ -683,6 +692,7 @@ bds_status bds_server_run(bds_server *srv) {
     bds_status st = bds__group_start(&srv->group, &gc, on_shard_start, on_shard_exit, &sc, sc.err, sizeof sc.err);
     if (st != BDS_OK) {
         fprintf(stderr, "bidistreamd: cannot start: %s\n", sc.err[0] ? sc.err : bds_status_str(st));
+        server_free_shards(srv);
         bds__pipe_group_destroy(srv->pipes);
         srv->pipes = NULL;
         return st;
@@ -696,6 +706,7 @@ bds_status bds_server_run(bds_server *srv) {
     bds__group_run(srv->group);
     bds__group_destroy(srv->group);
     srv->group = NULL;
+    server_free_shards(srv);
     bds__pipe_group_destroy(srv->pipes);
     srv->pipes = NULL;
     return BDS_OK;

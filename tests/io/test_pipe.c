@@ -49,6 +49,7 @@ typedef struct tshard {
 
 static tshard shards[SHARDS];
 static bds_group *group;
+static bds_shard *_Atomic shard_ptr[SHARDS]; /* for the last shard done to stop them all */
 static _Atomic int shards_done;
 
 /* foreign completions */
@@ -175,7 +176,9 @@ static bool hook_run(bds_shard *sh, void *ctx) {
     if (ts->half_closed && open == 0) {
         for (int i = 0; i < SESSIONS; i++) bds_session_release(ts->s[i]);
         ts->done = true;
-        if (atomic_fetch_add(&shards_done, 1) + 1 == SHARDS) bds__group_stop(group);
+        if (atomic_fetch_add(&shards_done, 1) + 1 == SHARDS) {
+            for (int i = 0; i < SHARDS; i++) bds__shard_request_stop(atomic_load(&shard_ptr[i]));
+        }
         return true;
     }
     return true; /* still feeding or waiting for the drain */
@@ -205,6 +208,7 @@ static bds_status on_start(bds_shard *s, void *ctx) {
     (void)ctx;
     tshard *ts = &shards[bds__shard_id(s)];
     ts->shard = s;
+    atomic_store(&shard_ptr[bds__shard_id(s)], s);
     ts->seed = bds__shard_id(s) + 1;
     memset(ts->last, 0xff, sizeof ts->last);
     cr_assert_eq(bds__pipe_attach(pg, s, &ts->pipe), BDS_OK);
@@ -232,7 +236,8 @@ static void on_exit_shard(bds_shard *s, void *ctx) {
     bds_pipeline_stats st;
     bds_pipeline_get_stats(bds__pipe_pipeline(ts->pipe), &st);
     cr_assert_eq(st.sessions_live + st.calls_live + st.keys_exec_live + st.keys_home_live, 0, "leak on shard");
-    bds__pipe_detach(ts->pipe);
+    /* The pipe (its inbox) lives until every shard has stopped: another shard
+     * may still be finishing a push into it. */
 }
 
 static void run(bds_bell_mode bell) {
@@ -252,6 +257,7 @@ static void run(bds_bell_mode bell) {
     cr_assert_eq(bds__group_start(&group, &cfg, on_start, on_exit_shard, NULL, err, sizeof err), BDS_OK, "%s", err);
     bds__group_run(group);
     bds__group_destroy(group);
+    for (int i = 0; i < SHARDS; i++) bds__pipe_detach(shards[i].pipe);
     atomic_store(&fstop, 1);
     pthread_join(f, NULL);
     bds__pipe_group_destroy(pg);
