@@ -550,6 +550,12 @@ static void shard_wait(bds_shard *s) {
     if (s->cfg.idle_spin_us && shard_spin(s))
         return;
     if (s->hooks.prepare_sleep && !s->hooks.prepare_sleep(s, s->hooks.ctx)) {
+        /* The re-check found work. A producer may have seen the sleeping flag
+         * already and rung: woken() must clear its latch here too, or that
+         * bell's CQE (reaped now, while awake) leaves the latch set and the
+         * next producer would not ring a shard that really sleeps. */
+        if (s->hooks.woken)
+            s->hooks.woken(s, s->hooks.ctx);
         shard_enter_result(s, io_uring_submit_and_get_events(&s->ring));
         return;
     }

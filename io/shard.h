@@ -110,7 +110,9 @@ typedef struct bds_shard_hooks {
     bool (*run_work)(bds_shard *s, void *ctx);
     /* Sleep protocol (DESIGN §5.3): returns true when the shard may block. */
     bool (*prepare_sleep)(bds_shard *s, void *ctx);
-    /* The shard woke from a blocking wait (any reason). */
+    /* Ends every sleep attempt: after the blocking wait returns (any reason),
+     * and also right after prepare_sleep returned false. Clear the sleeping
+     * flag and the bell latch here (DESIGN §5.3). */
     void (*woken)(bds_shard *s, void *ctx);
     /* A SIGTERM/SIGINT arrived (shard with signals enabled only). */
     void (*on_signal)(bds_shard *s, int signo, void *ctx);
