@@ -329,3 +329,42 @@ Test(io_conn, oversized_length_closes_the_connection_as_protocol_error, .timeout
     close(fd);
     h_stop(&h);
 }
+
+Test(io_conn, close_with_recv_and_blocked_send_in_flight_waits_for_both_then_frees, .timeout = 30) {
+    /* A client that sends one 1 MiB message and never reads: the echo's send
+     * sits in the kernel (tiny SO_SNDBUF, full peer window) while the recv is
+     * armed. Closing must cancel both, wait for both final CQEs, close the fd,
+     * then free: ASan watches every step for a use after free. */
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    nc.sndbuf = 4096;
+    h_start(&h, &sc, &nc);
+    h.echo.out_high_bytes = 8u << 20; /* no pause: the recv stays armed */
+    int fd = client_connect(h.port);
+    int small = 4096;
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+    enum { LEN = 1 << 20 };
+    uint8_t *msg = calloc(1, BDS_FRAME_PREFIX + LEN);
+    bds__frame_prefix(msg, 0, LEN);
+    size_t off = 0;
+    while (off < BDS_FRAME_PREFIX + LEN) { /* the server reads all of it: it never stops receiving */
+        ssize_t w = send(fd, msg + off, BDS_FRAME_PREFIX + LEN - off, MSG_DONTWAIT);
+        if (w > 0)
+            off += (size_t)w;
+        bds__shard_tick(h.s, false);
+    }
+    while (h.echo.msgs < 1 || bds__net_stats(h.net)->short_sends < 1)
+        bds__shard_tick(h.s, false);
+    cr_assert_gt(bds__net_stats(h.net)->chunks_live, 0, "the echo is not pending");
+    bds__net_close_all(h.net);
+    tick_until_closed(&h, 1);
+    cr_assert_eq(h.echo.last_close_err, 0);
+    cr_assert_eq(bds__net_stats(h.net)->chunks_live, 0);
+    cr_assert_eq(bds__net_live(h.net), 0);
+    cr_assert_eq(bds__shard_inflight(h.s), 1, "only the shard's own eventfd read may remain");
+    close(fd);
+    free(msg);
+    h_stop(&h);
+}
