@@ -77,9 +77,15 @@ static void bell_on_efd(bds_op *op, int32_t res, uint32_t flags, void *ctx) {
 
 void bds__shard_wake(bds_shard *to) {
     uint64_t one = 1;
+    /* The waker count brackets the write so bds__shard_destroy (which waits for
+     * it to reach 0) never closes the eventfd under a write in progress, and
+     * orders every finished write before the close. acq_rel / release pair
+     * with the acquire spin in bds__shard_destroy. */
+    atomic_fetch_add_explicit(&to->wakers, 1, memory_order_acq_rel);
     /* The eventfd counter is the kernel's; the read CQE ends the target's wait. */
     ssize_t n = write(to->efd, &one, sizeof(one));
     BDS_ASSERT(n == (ssize_t)sizeof(one));
+    atomic_fetch_sub_explicit(&to->wakers, 1, memory_order_release);
 }
 
 void bds__shard_bell(bds_shard *from, bds_shard *to) {

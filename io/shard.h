@@ -176,6 +176,8 @@ bool bds__shard_stopping(const bds_shard *s);
  * next tick). bds__shard_wake: from any thread (eventfd write). Spurious bells
  * are harmless; the caller's latch (mpsc should_ring) coalesces them. */
 void bds__shard_bell(bds_shard *from, bds_shard *to);
+/* Contract: a foreign waker must be done with `to` (returned from this call)
+ * before `to` can finish stopping; destroy waits for wakes in progress. */
 void bds__shard_wake(bds_shard *to);
 
 /* The shard whose tick runs on this thread, or NULL. */

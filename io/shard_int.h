@@ -68,7 +68,7 @@ struct bds_shard {
     bool bell_stopped;
 
     _Atomic bool stop_req; /* release by bds__shard_request_stop, acquire in bds__shard_run */
-    _Atomic uint32_t wakers; /* threads inside request_stop's eventfd write (see there) */
+    _Atomic uint32_t wakers; /* threads inside bds__shard_wake / request_stop (see bds__shard_wake) */
     bool stopping;
     bool pending;          /* the last tick left work: the next one must not block */
     bds_shard_stats stats;
