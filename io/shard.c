@@ -133,6 +133,11 @@ static bds_status shard_ring_init(bds_shard *s, char *err, size_t err_len) {
     }
     /* Registered ring fd: enter() skips the fdget. Failure only costs speed. */
     (void)io_uring_register_ring_fd(&s->ring);
+    /* Few io-wq workers (bounded and unbounded): our ops are sockets and
+     * eventfds, which poll instead of punting; a stray punt must not spawn a
+     * thread per request on 2 cores. Best effort. */
+    unsigned int workers[2] = {2, 2};
+    (void)io_uring_register_iowq_max_workers(&s->ring, workers);
     return BDS_OK;
 }
 
