@@ -368,3 +368,17 @@ Test(io_conn, close_with_recv_and_blocked_send_in_flight_waits_for_both_then_fre
     free(msg);
     h_stop(&h);
 }
+
+Test(io_conn, echo_with_idle_spin_enabled_spins_and_returns_every_byte, .timeout = 60) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    sc.idle_spin_us = 200;
+    h_start(&h, &sc, &nc);
+    client c = mkclient(11, 500, 2000);
+    run_clients(&h, &c, 1);
+    cr_assert_eq(h.echo.msgs, 500);
+    cr_assert_gt(bds__shard_stats(h.s)->spins, 0, "the idle spin never ran");
+    h_stop(&h);
+}
