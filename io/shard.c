@@ -186,10 +186,10 @@ static bool cfg_pow2(uint32_t v) { return v && !(v & (v - 1)); }
 
 static bds_status shard_check_config(const bds_shard_config *cfg, char *err, size_t err_len) {
     bool ok = cfg_pow2(cfg->sq_entries) && cfg->ops_max > 0 && cfg->ops_max < (1u << 31) &&
-              (cfg->cq_entries == 0 || cfg_pow2(cfg->cq_entries)) &&
+              (cfg->cq_entries == 0 || (cfg_pow2(cfg->cq_entries) && cfg->cq_entries >= cfg->sq_entries)) &&
               (cfg->bufs == 0 || (cfg_pow2(cfg->bufs) && cfg->bufs <= 32768 && cfg->buf_bytes > 0));
     if (!ok && err && err_len)
-        snprintf(err, err_len, "bidistream: invalid shard config (sizes must be powers of two)");
+        snprintf(err, err_len, "bidistream: invalid shard config (sizes must be powers of two, cq >= sq)");
     return ok ? BDS_OK : BDS_E_INVALID;
 }
 
