@@ -22,12 +22,14 @@
  *
  * Ownership: everything here belongs to its shard's thread. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pipeline_int.h"
 #include "server_int.h"
@@ -205,6 +207,7 @@ static void conn_flush(bds_flusher *f) {
             bds__h2_output_advance(sc->h2, len);
         }
         if (st != BDS_OK) {
+            if (sc->sh->srv->cfg.log_level >= 1) fprintf(stderr, "bidistreamd: closing a connection: HTTP/2 output failed\n");
             bds__conn_close_after_flush(sc->c);
             sc->closing = true;
             return;
@@ -212,6 +215,12 @@ static void conn_flush(bds_flusher *f) {
         if (!len) break;
     }
     if (bds__h2_is_done(sc->h2)) {
+        if (sc->sh->srv->cfg.log_level >= 3) {
+            const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
+            fprintf(stderr, "bidistreamd: connection done (calmed %d, fatal %d, glitches %lu, started %lu, reset %lu)\n",
+                    hs->calmed, hs->nghttp2_fatal, (unsigned long)hs->glitches, (unsigned long)hs->calls_started,
+                    (unsigned long)hs->calls_reset);
+        }
         bds__conn_close_after_flush(sc->c);
         sc->closing = true;
     }
@@ -449,6 +458,11 @@ static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ct
     if (sc->closing) return;
     bds__pipeline_set_current(bds__pipe_pipeline(sc->sh->pipe));
     if (bds__h2_recv(sc->h2, bytes, len, bds__shard_now(sc->sh->shard)) != BDS_OK) {
+        if (sc->sh->srv->cfg.log_level >= 1) {
+            const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
+            fprintf(stderr, "bidistreamd: closing a connection: HTTP/2 %s (nghttp2 error %d, %lu glitches)\n",
+                    hs->calmed ? "flood limit" : "fatal error", hs->nghttp2_fatal, (unsigned long)hs->glitches);
+        }
         conn_flush(&sc->flusher);
         if (!sc->closing) {
             bds__conn_close_after_flush(sc->c);
@@ -467,8 +481,10 @@ static void conn_on_drain(bds_conn *c, void *ctx) {
 
 static void conn_on_close(bds_conn *c, int err, void *ctx) {
     (void)c;
-    (void)err;
     srv_conn *sc = ctx;
+    if (sc->sh->srv->cfg.log_level >= 3 || (err && err != ECONNRESET && err != EPIPE && sc->sh->srv->cfg.log_level >= 1)) {
+        fprintf(stderr, "bidistreamd: connection closed: %s\n", strerror(err));
+    }
     srv_shard *sh = sc->sh;
     bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
     sc->c = NULL;
@@ -590,11 +606,11 @@ static bool hook_quiescent(bds_shard *s, void *ctx) {
 
 /* ---- running ----------------------------------------------------------------------------------------- */
 
-static int server_listen_fd(bds_server *srv, char *err, size_t errlen) {
+static int server_resolve(bds_server *srv, struct sockaddr_storage *ss, socklen_t *len, char *err, size_t errlen) {
     char host[256];
     uint16_t port;
     parse_listen(srv->listen, host, sizeof host, &port);
-    if (srv->port) port = srv->port; /* later shards share the first one's port (":0") */
+    if (srv->port) port = srv->port;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
     char ps[8];
@@ -604,13 +620,41 @@ static int server_listen_fd(bds_server *srv, char *err, size_t errlen) {
         snprintf(err, errlen, "listen %s: %s", srv->listen, gai_strerror(rc));
         return -1;
     }
-    int fd = bds__listen_socket(ai->ai_addr, ai->ai_addrlen, 1024);
+    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+    *len = ai->ai_addrlen;
     freeaddrinfo(ai);
+    return 0;
+}
+
+/* Picks the port every shard will share before any shard starts: with port 0
+ * one bound (not listening) SO_REUSEPORT socket reserves it, so the shards'
+ * listeners all land on the same port. Returns that socket (or -1 on error);
+ * the caller closes it once the shards listen. */
+static int server_reserve_port(bds_server *srv, char *err, size_t errlen) {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (server_resolve(srv, &ss, &len, err, errlen) != 0) return -1;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 || bind(fd, (struct sockaddr *)&ss, len) != 0) {
+        snprintf(err, errlen, "listen %s: %s", srv->listen, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    srv->port = bds__socket_port(fd);
+    return fd;
+}
+
+static int server_listen_fd(bds_server *srv, char *err, size_t errlen) {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (server_resolve(srv, &ss, &len, err, errlen) != 0) return -1;
+    int fd = bds__listen_socket((struct sockaddr *)&ss, len, 1024);
     if (fd < 0) {
         snprintf(err, errlen, "listen %s: %s", srv->listen, strerror(-fd));
         return -1;
     }
-    if (!srv->port) srv->port = bds__socket_port(fd);
     return fd;
 }
 
@@ -635,7 +679,7 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     bds__net_config_default(&nc);
     sh->net = bds__net_create(s, &nc);
     if (!sh->net) return BDS_E_NOMEM;
-    /* The port is decided by shard 0 (created first, on the caller's thread). */
+    /* The port was reserved before any shard started (server_reserve_port). */
     int fd = server_listen_fd(srv, sc->err, sizeof sc->err);
     if (fd < 0) return BDS_UNAVAILABLE;
     st = bds__listener_start(sh->net, fd, on_accept, sh, &sh->listener);
@@ -689,7 +733,15 @@ bds_status bds_server_run(bds_server *srv) {
     srv->pipes = bds__pipe_group_create(n, NULL);
     if (!srv->pipes) return BDS_E_NOMEM;
     struct start_ctx sc = {.srv = srv};
+    int reserve = server_reserve_port(srv, sc.err, sizeof sc.err);
+    if (reserve < 0) {
+        fprintf(stderr, "bidistreamd: cannot start: %s\n", sc.err);
+        bds__pipe_group_destroy(srv->pipes);
+        srv->pipes = NULL;
+        return BDS_UNAVAILABLE;
+    }
     bds_status st = bds__group_start(&srv->group, &gc, on_shard_start, on_shard_exit, &sc, sc.err, sizeof sc.err);
+    close(reserve);
     if (st != BDS_OK) {
         fprintf(stderr, "bidistreamd: cannot start: %s\n", sc.err[0] ? sc.err : bds_status_str(st));
         server_free_shards(srv);

@@ -99,6 +99,7 @@ struct bds__h2_conn {
     bool in_output;                /* inside nghttp2_session_send                */
     bool fatal;                    /* nghttp2 failed fatally: only destroy/flush */
     uint64_t glitch_tat_ns;        /* GCRA theoretical arrival time              */
+    uint64_t wu_allowance;         /* small WINDOW_UPDATEs and PINGs our DATA frames justify */
     bds__h2_stats stats;
 };
 
@@ -401,8 +402,14 @@ static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, voi
         if (s != NULL && end) h2_stream_remote_end(c, s);
         break;
     case NGHTTP2_WINDOW_UPDATE:
-        if (frame->window_update.window_size_increment < (int32_t)H2_SMALL_WINDOW_UPDATE)
-            h2_glitch(c, 1);
+        /* A client returns window for the DATA it read, often in small steps
+         * (gRPC clients credit each small message: a stream update and a
+         * connection update per DATA frame). Those are earned; only small
+         * updates beyond what our DATA frames justify are suspicious. */
+        if (frame->window_update.window_size_increment < (int32_t)H2_SMALL_WINDOW_UPDATE) {
+            if (c->wu_allowance > 0) c->wu_allowance--;
+            else h2_glitch(c, 1);
+        }
         break;
     default:
         break;
@@ -477,6 +484,11 @@ static int h2_on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, vo
     bds__h2_conn *c = ud;
     switch (hd->type) {
     case NGHTTP2_PING:
+        /* gRPC clients probe bandwidth with a PING as data arrives: pings that
+         * our DATA frames justify are earned, like small WINDOW_UPDATEs. */
+        if (c->wu_allowance > 0) c->wu_allowance--;
+        else h2_glitch(c, 1);
+        break;
     case NGHTTP2_SETTINGS:
     case NGHTTP2_PRIORITY:
         h2_glitch(c, 1);
@@ -569,7 +581,11 @@ static ssize_t h2_on_read(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, 
 }
 
 static int h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
-    (void)ud;
+    bds__h2_conn *c = ud;
+    if (frame->hd.type == NGHTTP2_DATA) {
+        c->wu_allowance += 3; /* a stream and a connection WINDOW_UPDATE, a BDP PING */
+        return 0;
+    }
     if (frame->hd.type != NGHTTP2_HEADERS || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
         return 0;
     /* gRPC: trailers sent before the client's END_STREAM are followed by

@@ -1,0 +1,384 @@
+#!/usr/bin/python3
+"""End-to-end tests of bidistreamd with an independent gRPC client.
+
+The client is Debian's python3-grpcio (use /usr/bin/python3), written against
+SPEC.md only: bidistream.v1.Frame is encoded by hand here (5 fields), the
+methods are called through generic stubs. Each test group starts its own
+bidistreamd on 127.0.0.1 with an ephemeral port and the flags it needs, and
+checks at the end that the server exited 0 on SIGTERM without a sanitizer
+report. Prints "N passed, N failed" last.
+
+usage: test_grpcio.py PATH/TO/bidistreamd [test-name-substring]
+"""
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+import grpc
+
+SERVER = None
+PROCESS = '/bidistream.v1.Pipeline/Process'
+
+
+def varint(x):
+    out = bytearray()
+    while True:
+        b = x & 0x7F
+        x >>= 7
+        if x:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def frame(key='', seq=0, payload=b'', work_us=0, fail=False):
+    b = b''
+    if key:
+        kb = key.encode()
+        b += b'\x0a' + varint(len(kb)) + kb
+    if seq:
+        b += b'\x10' + varint(seq)
+    if payload:
+        b += b'\x1a' + varint(len(payload)) + payload
+    if work_us:
+        b += b'\x20' + varint(work_us)
+    if fail:
+        b += b'\x28\x01'
+    return b
+
+
+def read_varint(b, i):
+    x = s = 0
+    while True:
+        c = b[i]
+        i += 1
+        x |= (c & 0x7F) << s
+        s += 7
+        if not c & 0x80:
+            return x, i
+
+
+def unframe(b):
+    """Frame bytes -> dict(key, seq, payload, work_us, fail)."""
+    out = {'key': '', 'seq': 0, 'payload': b'', 'work_us': 0, 'fail': False}
+    names = {1: 'key', 2: 'seq', 3: 'payload', 4: 'work_us', 5: 'fail'}
+    i = 0
+    while i < len(b):
+        tag, i = read_varint(b, i)
+        f, t = tag >> 3, tag & 7
+        if t == 0:
+            v, i = read_varint(b, i)
+        elif t == 2:
+            n, i = read_varint(b, i)
+            v = b[i:i + n]
+            i += n
+        else:
+            raise ValueError('unexpected wire type')
+        if f in names:
+            out[names[f]] = v.decode() if f == 1 else (bool(v) if f == 5 else v)
+    return out
+
+
+class Server:
+    """A bidistreamd on an ephemeral port."""
+
+    def __init__(self, *flags):
+        extra = ['--log-level', 'debug'] if os.environ.get('BDS_E2E_VERBOSE') else []
+        self.proc = subprocess.Popen([SERVER, '--listen', '127.0.0.1:0', *extra, *flags],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.err = []
+        line = self.proc.stderr.readline()
+        self.err.append(line)
+        m = re.search(r'listening on ([0-9.]+):(\d+) with (\d+) shard', line)
+        if not m:
+            self.proc.kill()
+            raise RuntimeError('server did not start: ' + line + self.proc.stderr.read())
+        self.addr = '%s:%s' % (m.group(1), m.group(2))
+        self.reader = threading.Thread(target=self._drain, daemon=True)
+        self.reader.start()
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            self.err.append(line)
+
+    def channel(self):
+        return grpc.insecure_channel(self.addr)
+
+    def stop(self, timeout=30):
+        """SIGTERM; returns the exit code. Fails the caller on a sanitizer report."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout)
+        self.reader.join(5)
+        text = ''.join(self.err)
+        if os.environ.get('BDS_E2E_VERBOSE'):
+            sys.stderr.write(text)
+        if 'Sanitizer' in text or 'runtime error' in text:
+            raise AssertionError('sanitizer report from bidistreamd:\n' + text)
+        return rc
+
+
+def process(ch):
+    return ch.stream_stream(PROCESS, request_serializer=lambda x: x, response_deserializer=lambda x: x)
+
+
+def raw(ch, path):
+    return ch.stream_stream(path, request_serializer=lambda x: x, response_deserializer=lambda x: x)
+
+
+class Pipeline(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server('--shards', '2', '--max-message-bytes', '65536')
+        cls.ch = cls.srv.channel()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ch.close()
+        assert cls.srv.stop() == 0
+
+    def test_keyed_fifo_under_random_work_many_keys_concurrent_streams(self):
+        errors = []
+
+        def stream(sid):
+            try:
+                check_stream(sid)
+            except Exception as e:  # a thread's failure must fail the test
+                errors.append('stream %d: %r' % (sid, e))
+
+        def check_stream(sid):
+            rnd = random.Random(sid)
+            reqs = [frame('k%d' % rnd.randrange(20), i + 1, b'p%d-%d' % (sid, i), work_us=rnd.randrange(0, 3000))
+                    for i in range(150)]
+            got = [unframe(r) for r in process(self.ch)(iter(reqs), timeout=60)]
+            if len(got) != len(reqs):
+                errors.append('stream %d: %d replies for %d' % (sid, len(got), len(reqs)))
+            per_key = {}
+            for g in got:
+                per_key.setdefault(g['key'], []).append(g['seq'])
+                if g['payload'] != b'p%d-%d' % (sid, g['seq'] - 1):
+                    errors.append('payload not echoed')
+            for k, seqs in per_key.items():
+                if seqs != sorted(seqs):
+                    errors.append('stream %d key %s out of order' % (sid, k))
+        threads = [threading.Thread(target=stream, args=(s,)) for s in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+
+    def test_keys_run_in_parallel_and_in_sequence_within_a_key(self):
+        # A slow head of key a must not hold key b back; a's successor waits for it.
+        reqs = [frame('a', 1, b'x', work_us=300000), frame('a', 2, b'y'), frame('b', 3, b'z')]
+        got = [unframe(r)['seq'] for r in process(self.ch)(iter(reqs), timeout=30)]
+        self.assertEqual(sorted(got), [1, 2, 3])
+        self.assertLess(got.index(3), got.index(1), 'key b waited for key a')
+        self.assertLess(got.index(1), got.index(2), 'key a out of order')
+
+    def test_half_close_drains_every_reply_before_ok(self):
+        reqs = [frame('k%d' % (i % 3), i + 1, b'v', work_us=20000) for i in range(30)]
+        call = process(self.ch)(iter(reqs), timeout=30)
+        got = list(call)
+        self.assertEqual(len(got), 30)
+        self.assertEqual(call.code(), grpc.StatusCode.OK)
+
+    def test_fail_ends_the_stream_with_a_status_and_message(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            list(process(self.ch)(iter([frame('a', 1, b'x', fail=True)]), timeout=10))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INTERNAL)
+        self.assertTrue(e.exception.details())
+
+    def test_malformed_protobuf_is_internal_and_the_channel_still_works(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            list(process(self.ch)(iter([b'\xff\xff\xff\xff']), timeout=10))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INTERNAL)
+        got = list(process(self.ch)(iter([frame('a', 7, b'ok')]), timeout=10))
+        self.assertEqual(unframe(got[0])['seq'], 7)
+
+    def test_message_over_the_limit_is_resource_exhausted_and_the_channel_still_works(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            list(process(self.ch)(iter([frame('a', 1, b'x' * 70000)]), timeout=10))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertEqual(len(list(process(self.ch)(iter([frame('a', 2, b'ok')]), timeout=10))), 1)
+
+    def test_unknown_method_and_service_are_unimplemented(self):
+        for path in ('/bidistream.v1.Pipeline/Nope', '/no.Such/Service'):
+            with self.assertRaises(grpc.RpcError) as e:
+                list(raw(self.ch, path)(iter([b'']), timeout=10))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED, path)
+
+    def test_deadline_exceeded(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            list(process(self.ch)(iter([frame('a', 1, b'x', work_us=3000000)]), timeout=0.3))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    def test_client_cancel_mid_stream_then_the_server_still_serves(self):
+        stop = threading.Event()
+
+        def slow():
+            for i in range(100000):
+                if stop.is_set():
+                    return
+                yield frame('c', i + 1, b'x', work_us=1000)
+                time.sleep(0.001)
+        call = process(self.ch)(slow(), timeout=30)
+        n = 0
+        for _ in call:
+            n += 1
+            if n == 20:
+                call.cancel()
+                break
+        stop.set()
+        self.assertEqual(call.code(), grpc.StatusCode.CANCELLED)
+        self.assertEqual(len(list(process(self.ch)(iter([frame('d', 1, b'ok')]), timeout=10))), 1)
+
+    def test_health_check_serving_and_unknown_service(self):
+        check = self.ch.unary_unary('/grpc.health.v1.Health/Check', request_serializer=lambda x: x,
+                                    response_deserializer=lambda x: x)
+        self.assertEqual(check(b'', timeout=10), b'\x08\x01')
+        svc = b'bidistream.v1.Pipeline'
+        self.assertEqual(check(b'\x0a' + varint(len(svc)) + svc, timeout=10), b'\x08\x01')
+        with self.assertRaises(grpc.RpcError) as e:
+            check(b'\x0a\x03xyz', timeout=10)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+
+class Admission(unittest.TestCase):
+    def test_hard_reject_when_full_is_resource_exhausted(self):
+        srv = Server('--shards', '1', '--inbound-policy', 'hard-reject', '--inbound-capacity', '1',
+                     '--inbound-queue-capacity', '0')
+        try:
+            with srv.channel() as ch:
+                reqs = [frame('a', 1, b'x', work_us=500000), frame('b', 2, b'y')]
+                with self.assertRaises(grpc.RpcError) as e:
+                    list(process(ch)(iter(reqs), timeout=10))
+                self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+                # the server keeps serving
+                self.assertEqual(len(list(process(ch)(iter([frame('c', 3, b'z')]), timeout=10))), 1)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
+class NeverReads(unittest.TestCase):
+    """A client that sends but never reads: the server buffers boundedly and
+    answers RESOURCE_EXHAUSTED (outbound backpressure, fail fast); other
+    connections are served meanwhile."""
+
+    def test_client_that_never_reads_is_bounded_and_others_are_served(self):
+        srv = Server('--shards', '1', '--outbound-capacity', '64', '--outbound-queue-capacity', '64')
+        try:
+            port = int(srv.addr.split(':')[1])
+            s = socket.create_connection(('127.0.0.1', port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            # HTTP/2 preface; SETTINGS with INITIAL_WINDOW_SIZE = 0: we grant no send window, ever.
+            s.sendall(b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' + h2frame(4, 0, 0, b'\x00\x04\x00\x00\x00\x00'))
+            s.sendall(h2frame(4, 1, 0, b''))  # ACK the server's SETTINGS (sent blind)
+            s.sendall(h2frame(1, 4, 1, hpack_request(PROCESS)))
+            payload = b'q' * 1000
+            msgs = b''.join(b'\x00' + len(m).to_bytes(4, 'big') + m
+                            for m in (frame('k%d' % (i % 7), i + 1, payload) for i in range(300)))
+            for off in range(0, len(msgs), 16000):
+                s.sendall(h2frame(0, 0, 1, msgs[off:off + 16000]))
+            rss0 = rss_kib(srv.proc.pid)
+            # Meanwhile a well-behaved client on another connection is served.
+            with srv.channel() as ch:
+                for i in range(20):
+                    self.assertEqual(len(list(process(ch)(iter([frame('w', i + 1, b'ok')]), timeout=10))), 1)
+            self.assertLess(rss_kib(srv.proc.pid) - rss0, 64 * 1024, 'server memory grew without bound')
+            s.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
+def h2frame(ftype, flags, stream, payload):
+    return len(payload).to_bytes(3, 'big') + bytes([ftype, flags]) + stream.to_bytes(4, 'big') + payload
+
+
+def hpack_str(s):
+    b = s.encode()
+    assert len(b) < 127
+    return bytes([len(b)]) + b
+
+
+def hpack_request(path):
+    # Literal header fields without indexing, new names, no Huffman (RFC 7541 §6.2.2).
+    out = b''
+    for k, v in ((':method', 'POST'), (':scheme', 'http'), (':path', path), (':authority', 'localhost'),
+                 ('content-type', 'application/grpc'), ('te', 'trailers')):
+        out += b'\x00' + hpack_str(k) + hpack_str(v)
+    return out
+
+
+def rss_kib(pid):
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1])
+    return 0
+
+
+class Shutdown(unittest.TestCase):
+    def test_sigterm_delivers_in_flight_replies_then_unavailable_and_watch_sees_not_serving(self):
+        srv = Server('--shards', '2', '--grace', '2s')
+        ch = srv.channel()
+        watch = ch.unary_stream('/grpc.health.v1.Health/Watch', request_serializer=lambda x: x,
+                                response_deserializer=lambda x: x)
+        statuses = []
+        wcall = watch(b'', timeout=30)
+
+        def watcher():
+            try:
+                for r in wcall:
+                    statuses.append(r)
+            except grpc.RpcError:
+                pass
+        wt = threading.Thread(target=watcher)
+        wt.start()
+        hold = threading.Event()
+
+        def reqs():
+            for i in range(5):
+                yield frame('k%d' % i, i + 1, b'x', work_us=300000)
+            hold.wait(20)  # keep the stream open: no half-close
+        call = process(ch)(reqs(), timeout=30)
+        got = []
+        time.sleep(0.1)
+        srv.proc.send_signal(signal.SIGTERM)
+        try:
+            for r in call:
+                got.append(unframe(r)['seq'])
+            code = call.code()
+        except grpc.RpcError as e:
+            code = e.code()
+        hold.set()
+        self.assertEqual(sorted(got), [1, 2, 3, 4, 5], 'in-flight replies delivered')
+        self.assertEqual(code, grpc.StatusCode.UNAVAILABLE)
+        wt.join(10)
+        self.assertEqual(statuses[:1], [b'\x08\x01'])
+        self.assertIn(b'\x08\x02', statuses, 'Watch saw NOT_SERVING')
+        ch.close()
+        self.assertEqual(srv.stop(), 0)
+
+
+if __name__ == '__main__':
+    if len(sys.argv) < 2:
+        print(__doc__)
+        sys.exit(2)
+    SERVER = os.path.abspath(sys.argv[1])
+    loader = unittest.TestLoader()
+    if len(sys.argv) > 2:
+        loader.testNamePatterns = ['*%s*' % sys.argv[2]]
+    suite = loader.loadTestsFromModule(sys.modules[__name__])
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    failed = len(result.failures) + len(result.errors)
+    print('%d passed, %d failed' % (result.testsRun - failed, failed))
+    sys.exit(1 if failed else 0)

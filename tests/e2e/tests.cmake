@@ -1,0 +1,9 @@
+# tests/e2e: bidistreamd against an independent gRPC client (Debian's
+# python3-grpcio through /usr/bin/python3), label e2e. Also run by the TSan
+# build: the server then runs under ThreadSanitizer and any report fails.
+if(TARGET bidistreamd)
+  add_test(NAME e2e.grpcio
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_grpcio.py $<TARGET_FILE:bidistreamd>)
+  set_tests_properties(e2e.grpcio PROPERTIES LABELS "e2e;tsan" TIMEOUT 900
+    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
+endif()
