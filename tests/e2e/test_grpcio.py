@@ -252,6 +252,36 @@ class Pipeline(unittest.TestCase):
         self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
 
 
+class Cli(unittest.TestCase):
+    """tools/bds, the one-line way in for a new user, against the real server."""
+
+    def test_bds_process_and_health(self):
+        bds = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'tools', 'bds')
+        srv = Server('--shards', '1')
+        try:
+            out = subprocess.run([bds, 'process', '--addr', srv.addr, '--keys', '2', '--count', '4'],
+                                 capture_output=True, text=True, timeout=60)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+            self.assertEqual(out.stdout.count('reply key='), 4)
+            self.assertIn('status OK', out.stdout)
+            out = subprocess.run([bds, 'process', '--addr', srv.addr, '--fail', '--count', '1'],
+                                 capture_output=True, text=True, timeout=60)
+            self.assertEqual(out.returncode, 1)
+            self.assertIn('status INTERNAL', out.stdout)
+            out = subprocess.run([bds, 'health', '--addr', srv.addr], capture_output=True, text=True, timeout=60)
+            self.assertEqual(out.stdout.strip(), 'SERVING')
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_bidistreamd_bad_flags_exit_2_with_one_line(self):
+        for args in (['--bogus'], ['--inbound-capacity', '-1'], ['--inbound-policy', 'nope'],
+                     ['--grace', 'soon'], ['--listen', 'nowhere']):
+            out = subprocess.run([SERVER, *args], capture_output=True, text=True, timeout=30)
+            self.assertEqual(out.returncode, 2, args)
+            lines = [l for l in out.stderr.splitlines() if l.strip()]
+            self.assertEqual(len(lines), 1, (args, out.stderr))
+
+
 class Admission(unittest.TestCase):
     def test_hard_reject_when_full_is_resource_exhausted(self):
         srv = Server('--shards', '1', '--inbound-policy', 'hard-reject', '--inbound-capacity', '1',
