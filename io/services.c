@@ -227,15 +227,20 @@ static int health_now(void) {
     return sh && atomic_load(&sh->srv->serving) ? HEALTH_SERVING : HEALTH_NOT_SERVING;
 }
 
-static void health_check(bds_call *call, void *ctx) {
-    (void)ctx;
+/* Parses the call's HealthCheckRequest; on malformed bytes finishes the call
+ * with INTERNAL and returns false. */
+static bool health_request(bds_call *call, bool *known) {
     uint32_t len;
     const uint8_t *req = bds_call_request(call, &len);
+    if (health_service(req, len, known)) return true;
+    bds_call_done(call, BDS_INTERNAL, "malformed grpc.health.v1.HealthCheckRequest");
+    return false;
+}
+
+static void health_check(bds_call *call, void *ctx) {
+    (void)ctx;
     bool known;
-    if (!health_service(req, len, &known)) {
-        bds_call_done(call, BDS_INTERNAL, "malformed grpc.health.v1.HealthCheckRequest");
-        return;
-    }
+    if (!health_request(call, &known)) return;
     if (!known) {
         bds_call_done(call, BDS_NOT_FOUND, "unknown service");
         return;
@@ -263,13 +268,8 @@ static void watch_sweep(srv_shard *sh, bool all) {
 
 static void health_watch(bds_call *call, void *ctx) {
     (void)ctx;
-    uint32_t len;
-    const uint8_t *req = bds_call_request(call, &len);
     bool known;
-    if (!health_service(req, len, &known)) {
-        bds_call_done(call, BDS_INTERNAL, "malformed grpc.health.v1.HealthCheckRequest");
-        return;
-    }
+    if (!health_request(call, &known)) return;
     srv_shard *sh = bds__server_shard_self();
     health_reply(call, known ? health_now() : HEALTH_SERVICE_UNKNOWN);
     srv_watch *w = malloc(sizeof *w);

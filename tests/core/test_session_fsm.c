@@ -100,7 +100,9 @@ static void *racer(void *arg) {
     return NULL;
 }
 
-static void run_race(enum bds__fsm_event (*pick)(int id), uint32_t start, uint32_t expect_wins) {
+/* Races RACERS threads, each applying pick(id) once from `start`; check()
+ * judges every round's outcome. */
+static void run_race(enum bds__fsm_event (*pick)(int id), uint32_t start, void (*check)(struct race *r, int round)) {
     for (int round = 0; round < ROUNDS / 10; round++) {
         struct race r;
         atomic_init(&r.state, start);
@@ -118,8 +120,8 @@ static void run_race(enum bds__fsm_event (*pick)(int id), uint32_t start, uint32
         }
         atomic_store(&r.go, 1);
         for (int i = 0; i < RACERS; i++) pthread_join(t[i], NULL);
-        cr_assert_eq(atomic_load(&r.wins), expect_wins, "round %d", round);
         cr_assert_eq(atomic_load(&r.reason_wins), 1, "exactly one first reason");
+        check(&r, round);
     }
 }
 
@@ -132,35 +134,24 @@ static enum bds__fsm_event mixed(int id) {
     return evs[id % 4];
 }
 
-/* BDS_TEST_TSAN */
-Test(session_fsm, racing_fails_have_exactly_one_winner, .timeout = 120) {
-    run_race(all_fail, BDS_STATE_OPEN, 1);
+static void one_winner(struct race *r, int round) {
+    cr_assert_eq(atomic_load(&r->wins), 1, "round %d", round);
+    cr_assert_eq(atomic_load(&r->state), BDS_STATE_CLOSED);
 }
 
+/* From OPEN with FAIL, CLIENT_CLOSE, SHUTDOWN, SERVER_CLOSE racing: every
+ * history ends in CLOSED (some FAIL always follows or precedes), and the
+ * number of winners is that history's length: 1 (FAIL first), 2 (X, FAIL)
+ * or 3 (half-close, other half-close/shutdown -> DRAINING, FAIL). */
+static void legal_history(struct race *r, int round) {
+    cr_assert_eq(atomic_load(&r->state), BDS_STATE_CLOSED, "round %d", round);
+    uint32_t w = atomic_load(&r->wins);
+    cr_assert(w >= 1 && w <= 3, "round %d: winners %u", round, w);
+}
+
+/* BDS_TEST_TSAN */
+Test(session_fsm, racing_fails_have_exactly_one_winner, .timeout = 120) { run_race(all_fail, BDS_STATE_OPEN, one_winner); }
+
 Test(session_fsm, racing_mixed_events_end_closed_with_a_legal_history, .timeout = 120) {
-    /* From OPEN with FAIL, CLIENT_CLOSE, SHUTDOWN, SERVER_CLOSE racing: every
-     * history ends in CLOSED (some FAIL always follows or precedes), and the
-     * number of winners is that history's length: 1 (FAIL first), 2 (X, FAIL)
-     * or 3 (half-close, other half-close/shutdown -> DRAINING, FAIL). */
-    for (int round = 0; round < ROUNDS / 10; round++) {
-        struct race r;
-        atomic_init(&r.state, BDS_STATE_OPEN);
-        atomic_init(&r.reason, BDS_OK);
-        atomic_init(&r.go, 0);
-        atomic_init(&r.wins, 0);
-        atomic_init(&r.reason_wins, 0);
-        for (int i = 0; i < RACERS; i++) r.ev[i] = mixed(i);
-        pthread_t t[RACERS];
-        void *args[RACERS][2];
-        for (int i = 0; i < RACERS; i++) {
-            args[i][0] = &r;
-            args[i][1] = (void *)(intptr_t)i;
-            pthread_create(&t[i], NULL, racer, args[i]);
-        }
-        atomic_store(&r.go, 1);
-        for (int i = 0; i < RACERS; i++) pthread_join(t[i], NULL);
-        cr_assert_eq(atomic_load(&r.state), BDS_STATE_CLOSED);
-        uint32_t w = atomic_load(&r.wins);
-        cr_assert(w >= 1 && w <= 3, "winners %u", w);
-    }
+    run_race(mixed, BDS_STATE_OPEN, legal_history);
 }
