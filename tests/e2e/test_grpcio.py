@@ -92,7 +92,10 @@ class Server:
 
     def __init__(self, *flags):
         extra = ['--log-level', 'debug'] if os.environ.get('BDS_E2E_VERBOSE') else []
-        self.proc = subprocess.Popen([SERVER, '--listen', '127.0.0.1:0', *extra, *flags],
+        argv = [SERVER, '--listen', '127.0.0.1:0', *extra, *flags]
+        if os.path.basename(SERVER) == 'example_server':
+            argv = [SERVER, '127.0.0.1:0']
+        self.proc = subprocess.Popen(argv,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.err = []
         line = self.proc.stderr.readline()
@@ -280,6 +283,30 @@ class Cli(unittest.TestCase):
             self.assertEqual(out.returncode, 2, args)
             lines = [l for l in out.stderr.splitlines() if l.strip()]
             self.assertEqual(len(lines), 1, (args, out.stderr))
+
+
+class Example(unittest.TestCase):
+    """tools/example_server.c registers its own method through the library."""
+
+    def test_example_server_serves_its_own_method_in_order(self):
+        global SERVER
+        example = os.path.join(os.path.dirname(SERVER), 'example_server')
+        saved, SERVER = SERVER, example
+        try:
+            srv = Server()
+        finally:
+            SERVER = saved
+        try:
+            with srv.channel() as ch:
+                call = raw(ch, '/example.Shout/Upper')
+                reqs = [b'a%d' % i for i in range(50)] + [b'b%d' % i for i in range(50)]
+                got = list(call(iter(reqs), timeout=30))
+                self.assertEqual(sorted(got), sorted(r.upper() for r in reqs))
+                self.assertEqual([g for g in got if g.startswith(b'A')], [b'A%d' % i for i in range(50)])
+                # the built-in services are there too
+                self.assertEqual(len(list(process(ch)(iter([frame('k', 1, b'x')]), timeout=10))), 1)
+        finally:
+            self.assertEqual(srv.stop(), 0)
 
 
 class Admission(unittest.TestCase):
