@@ -390,25 +390,31 @@ class Shutdown(unittest.TestCase):
         watch = ch.unary_stream('/grpc.health.v1.Health/Watch', request_serializer=lambda x: x,
                                 response_deserializer=lambda x: x)
         statuses = []
+        first_status = threading.Event()
         wcall = watch(b'', timeout=30)
 
         def watcher():
             try:
                 for r in wcall:
                     statuses.append(r)
+                    first_status.set()
             except grpc.RpcError:
                 pass
+            first_status.set()
         wt = threading.Thread(target=watcher)
         wt.start()
         hold = threading.Event()
 
         def reqs():
-            for i in range(5):
+            # The first reply comes at once and proves the stream is in; the other
+            # four are still running (300 ms of work) when SIGTERM arrives.
+            yield frame('k0', 1, b'x')
+            for i in range(1, 5):
                 yield frame('k%d' % i, i + 1, b'x', work_us=300000)
             hold.wait(20)  # keep the stream open: no half-close
         call = process(ch)(reqs(), timeout=30)
-        got = []
-        time.sleep(0.1)
+        self.assertTrue(first_status.wait(20), 'Watch answered')
+        got = [unframe(next(call))['seq']]
         srv.proc.send_signal(signal.SIGTERM)
         try:
             for r in call:
