@@ -406,15 +406,17 @@ class Shutdown(unittest.TestCase):
         hold = threading.Event()
 
         def reqs():
-            # The first reply comes at once and proves the stream is in; the other
-            # four are still running (300 ms of work) when SIGTERM arrives.
-            yield frame('k0', 1, b'x')
-            for i in range(1, 5):
+            # Four messages with 300 ms of work, then one without: its reply comes
+            # first and proves the server has received all five (one stream keeps
+            # order), so the other four are in flight when SIGTERM arrives.
+            for i in range(4):
                 yield frame('k%d' % i, i + 1, b'x', work_us=300000)
+            yield frame('k4', 5, b'x')
             hold.wait(20)  # keep the stream open: no half-close
         call = process(ch)(reqs(), timeout=30)
         self.assertTrue(first_status.wait(20), 'Watch answered')
         got = [unframe(next(call))['seq']]
+        self.assertEqual(got, [5])
         srv.proc.send_signal(signal.SIGTERM)
         try:
             for r in call:
