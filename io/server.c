@@ -47,17 +47,7 @@ struct srv_conn {
     bool closing;
 };
 
-struct srv_call {
-    srv_conn *conn;           /* NULL once the connection is gone */
-    int32_t stream;
-    const srv_method *m;
-    bds_session *session;
-    srv_call *prev, *next;    /* the connection's calls */
-    srv_msg *parked, *parked_tail;   /* received, not admitted: window not credited */
-    srv_msg *blocked, *blocked_tail; /* replies waiting for the stream's queue to drain */
-    bool h2_done;             /* the HTTP/2 stream is over (finished, reset or failed) */
-    bool half_close_pending;  /* END_STREAM arrived behind parked messages */
-};
+
 
 static _Thread_local srv_shard *tls_shard;
 
@@ -158,6 +148,12 @@ bds_status bds_server_add_method(bds_server *srv, const bds_method *m) {
     srv->n_methods++;
     srv->table.count = srv->n_methods;
     return BDS_OK;
+}
+
+bds_status bds__server_add_method_ex(bds_server *srv, const bds_method *m, bool end_marker) {
+    bds_status st = bds_server_add_method(srv, m);
+    if (st == BDS_OK) srv->methods[srv->n_methods - 1].end_marker = end_marker;
+    return st;
 }
 
 /* ---- replies and requests (public call helpers) ------------------------------------------ */
@@ -313,6 +309,19 @@ static void op_closed(bds_session *s, bds_status status, const char *message, vo
 
 static bool call_admit(srv_call *call, srv_msg *m);
 
+/* The client half-closed after its last admitted message. Methods that answer
+ * at half-close first get an empty message flagged `end`, in stream order. */
+static void call_client_close(srv_call *call) {
+    if (call->m->end_marker) {
+        srv_msg *marker = calloc(1, sizeof *marker);
+        if (marker) {
+            marker->end = true;
+            call_admit(call, marker);
+        }
+    }
+    bds_session_client_close(call->session);
+}
+
 static void call_drain_parked(srv_call *call) {
     while (call->parked && bds_session_inbound_room(call->session) > 0) {
         srv_msg *m = call->parked;
@@ -322,7 +331,7 @@ static void call_drain_parked(srv_call *call) {
     }
     if (!call->parked && call->half_close_pending) {
         call->half_close_pending = false;
-        bds_session_client_close(call->session);
+        call_client_close(call);
     }
 }
 
@@ -419,7 +428,7 @@ static void h2_on_half_close(void *ctx, void *call_ctx, int32_t stream_id) {
     (void)stream_id;
     srv_call *call = call_ctx;
     if (call->parked) call->half_close_pending = true;
-    else bds_session_client_close(call->session);
+    else call_client_close(call);
 }
 
 static void h2_on_reset(void *ctx, void *call_ctx, int32_t stream_id, bds_status status, uint32_t h2_error) {
@@ -513,6 +522,7 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     hc.header_list_bytes_max = sh->srv->cfg.max_header_list_bytes;
     hc.msg_bytes_max = sh->srv->cfg.max_message_bytes;
     hc.methods = &sh->srv->table;
+    hc.credit_partial_messages = true; /* messages larger than the stream window */
     if (!sc || bds__h2_create(&sc->h2, &hc, &h2_cbs, sc) != BDS_OK || sh->stopping) {
         if (sc && sc->h2) bds__h2_destroy(sc->h2);
         free(sc);

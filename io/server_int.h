@@ -16,6 +16,8 @@ typedef struct srv_method {
     bds_method m;
     char *path;
     bds_options opts;
+    bool end_marker;          /* the handler also gets an empty message flagged `end`
+                                 after the client's last one (it answers at half-close) */
 } srv_method;
 
 typedef struct srv_shard srv_shard;
@@ -43,6 +45,7 @@ typedef struct srv_msg {
     bds_reply reply;          /* used when the buffer is a reply */
     struct srv_msg *next;     /* parked / blocked FIFO link */
     uint32_t len, wire;
+    bool end;                 /* the end-of-stream marker (srv_method.end_marker) */
     const uint8_t *key;
     uint32_t key_len;
     uint8_t data[];
@@ -69,10 +72,27 @@ struct srv_shard {
 };
 
 uint64_t bds__server_now(void);
+struct srv_call {
+    srv_conn *conn;           /* NULL once the connection is gone */
+    int32_t stream;
+    const srv_method *m;
+    bds_session *session;
+    srv_call *prev, *next;    /* the connection's calls */
+    srv_msg *parked, *parked_tail;   /* received, not admitted: window not credited */
+    srv_msg *blocked, *blocked_tail; /* replies waiting for the stream's queue to drain */
+    bool h2_done;             /* the HTTP/2 stream is over (finished, reset or failed) */
+    bool half_close_pending;  /* END_STREAM arrived behind parked messages */
+    uint64_t aggregate;       /* per-stream handler state (interop StreamingInputCall) */
+};
+
 /* Built-in services (services.c). */
 bds_status bds__services_register(bds_server *srv);
 /* Health: tell the shard's Watch calls that the server stopped serving. */
 void bds__services_on_stop(srv_shard *sh);
+/* grpc.testing.TestService (interop.c). */
+bds_status bds__interop_register(bds_server *srv);
+/* Adds a method whose handler also sees the end-of-stream marker. */
+bds_status bds__server_add_method_ex(bds_server *srv, const bds_method *m, bool end_marker);
 /* The srv_shard of the calling shard thread. */
 srv_shard *bds__server_shard_self(void);
 

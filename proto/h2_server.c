@@ -72,6 +72,7 @@ struct h2_stream {
     bool remote_closed;            /* client END_STREAM seen                      */
     void *call_ctx;
     uint64_t recv_bytes;           /* DATA payload delivered to us                */
+    uint32_t precredited;       /* window already credited for the message in progress */
     uint64_t consumed_bytes;       /* credited back; <= recv_bytes                */
     struct h2_chunk *q_head, *q_tail;
     size_t q_off;                  /* bytes of q_head already sent                */
@@ -428,11 +429,24 @@ static void h2_stream_deframe(bds__h2_conn *c, struct h2_stream *s, const uint8_
         data += used;
         len -= used;
         if (ev.kind == BDS__GRPC_EV_MESSAGE) {
-            c->cbs.on_message(c->ctx, s->call_ctx, s->id, ev.data, ev.len,
-                              ev.len + BDS_GRPC_PREFIX_BYTES);
+            uint32_t wire = (uint32_t)ev.len + BDS_GRPC_PREFIX_BYTES - s->precredited;
+            s->precredited = 0;
+            c->cbs.on_message(c->ctx, s->call_ctx, s->id, ev.data, ev.len, wire);
         } else if (ev.kind == BDS__GRPC_EV_ERROR) {
             bds_status st = ev.status == BDS_E_NOMEM ? BDS_RESOURCE_EXHAUSTED : ev.status;
             h2_stream_fail(c, s, st, ev.reason);
+        }
+    }
+    /* A message larger than the stream window could never complete if its
+     * bytes waited for the app's consume: the part received so far (bounded by
+     * msg_bytes_max, already checked from the prefix) is credited now, and the
+     * message's wire_bytes later report only the rest (DESIGN §7). */
+    uint32_t msg_len, have;
+    if (c->cfg.credit_partial_messages && s->state == H2S_OPEN &&
+        bds__grpc_deframer_partial(&s->deframer, &msg_len, &have)) {
+        uint32_t sofar = have + BDS_GRPC_PREFIX_BYTES;
+        if (sofar > s->precredited) {
+            s->precredited += (uint32_t)bds__h2_consume(c, s->id, sofar - s->precredited);
         }
     }
 }

@@ -61,6 +61,11 @@ typedef struct bds__h2_config {
     uint32_t stream_send_bytes_max;   /* queued, unsent bytes per stream (8 MiB)    */
     bool conn_credit_on_receipt;      /* credit the connection window on receipt
                                          (true) or with each stream consume         */
+    bool credit_partial_messages;     /* credit a message's bytes as they arrive (a
+                                         message may exceed the window; buffering is
+                                         bounded by msg_bytes_max); on_message's
+                                         wire_bytes then reports only the rest.
+                                         Default false: the app credits everything */
     /* Flood limits. The glitch bucket: every suspicious frame (PING, SETTINGS,
      * PRIORITY, empty DATA without END_STREAM, WINDOW_UPDATE < 1 KiB, invalid
      * frames, RST_STREAM of a started call — every RST_STREAM when nghttp2

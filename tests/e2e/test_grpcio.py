@@ -309,6 +309,111 @@ class Example(unittest.TestCase):
             self.assertEqual(srv.stop(), 0)
 
 
+def fld(num, b):
+    return bytes([num << 3 | 2]) + varint(len(b)) + b
+
+
+def fvar(num, x):
+    return bytes([num << 3]) + varint(x)
+
+
+def parse_fields(b):
+    """Protobuf bytes -> {field: [values]} (varints and length-delimited only)."""
+    out, i = {}, 0
+    while i < len(b):
+        tag, i = read_varint(b, i)
+        if tag & 7 == 0:
+            v, i = read_varint(b, i)
+        else:
+            n, i = read_varint(b, i)
+            v = b[i:i + n]
+            i += n
+        out.setdefault(tag >> 3, []).append(v)
+    return out
+
+
+def payload_len(msg, field=1):
+    """Length of Payload.body inside a response's payload field."""
+    p = parse_fields(msg).get(field, [b''])[0]
+    return len(parse_fields(p).get(2, [b''])[0])
+
+
+class Interop(unittest.TestCase):
+    """grpc.testing.TestService, as the standard interop client drives it
+    (empty_unary, large_unary, client/server streaming, ping_pong, empty_stream,
+    status_code_and_message, unimplemented, timeout_on_sleeping_server)."""
+
+    T = '/grpc.testing.TestService/'
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server('--shards', '2')
+        cls.ch = cls.srv.channel()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ch.close()
+        assert cls.srv.stop() == 0
+
+    def unary(self, method):
+        return self.ch.unary_unary(self.T + method, request_serializer=lambda x: x, response_deserializer=lambda x: x)
+
+    def stream(self, method):
+        return raw(self.ch, self.T + method)
+
+    def test_empty_unary(self):
+        self.assertEqual(self.unary('EmptyCall')(b'', timeout=10), b'')
+
+    def test_large_unary(self):
+        req = fvar(2, 314159) + fld(3, fld(2, bytes(271828)))
+        self.assertEqual(payload_len(self.unary('UnaryCall')(req, timeout=30)), 314159)
+
+    def test_client_streaming(self):
+        sizes = [27182, 8, 1828, 45904]
+        reqs = [fld(1, fld(2, bytes(n))) for n in sizes]
+        got = list(self.stream('StreamingInputCall')(iter(reqs), timeout=30))
+        self.assertEqual(len(got), 1)
+        self.assertEqual(parse_fields(got[0]).get(1, [0])[0], sum(sizes))
+
+    def test_server_streaming(self):
+        sizes = [31415, 9, 2653, 58979]
+        req = b''.join(fld(2, fvar(1, n)) for n in sizes)
+        call = self.ch.unary_stream(self.T + 'StreamingOutputCall', request_serializer=lambda x: x,
+                                    response_deserializer=lambda x: x)
+        self.assertEqual([payload_len(r) for r in call(req, timeout=30)], sizes)
+
+    def test_ping_pong(self):
+        sizes = [(31415, 27182), (9, 8), (2653, 1828), (58979, 45904)]
+        reqs = [fld(2, fvar(1, out)) + fld(3, fld(2, bytes(inp))) for out, inp in sizes]
+        got = [payload_len(r) for r in self.stream('FullDuplexCall')(iter(reqs), timeout=30)]
+        self.assertEqual(got, [out for out, _ in sizes])
+
+    def test_empty_stream(self):
+        self.assertEqual(list(self.stream('FullDuplexCall')(iter([]), timeout=10)), [])
+
+    def test_status_code_and_message(self):
+        status = fld(7, fvar(1, 2) + fld(2, b'test status message'))
+        with self.assertRaises(grpc.RpcError) as e:
+            self.unary('UnaryCall')(status, timeout=10)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNKNOWN)
+        self.assertEqual(e.exception.details(), 'test status message')
+        with self.assertRaises(grpc.RpcError) as e:
+            list(self.stream('FullDuplexCall')(iter([status]), timeout=10))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNKNOWN)
+        self.assertEqual(e.exception.details(), 'test status message')
+
+    def test_unimplemented_method(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            self.unary('UnimplementedCall')(b'', timeout=10)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+
+    def test_timeout_on_sleeping_server(self):
+        req = fld(2, fvar(1, 10) + fvar(2, 5000000))  # one response after 5 s
+        with self.assertRaises(grpc.RpcError) as e:
+            list(self.stream('FullDuplexCall')(iter([req]), timeout=0.2))
+        self.assertEqual(e.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 class Admission(unittest.TestCase):
     def test_hard_reject_when_full_is_resource_exhausted(self):
         srv = Server('--shards', '1', '--inbound-policy', 'hard-reject', '--inbound-capacity', '1',
