@@ -217,6 +217,42 @@ Test(h2_abuse, tiny_window_update_flood_terminates, .fini = fini) {
     assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
 }
 
+/* gRPC clients return window for every small DATA frame they read and probe
+ * bandwidth with PINGs as data arrives: those frames are earned by our DATA
+ * and must not calm a well-behaved client (grpcio was cut off before this),
+ * while the same frames beyond what our DATA justifies still count. */
+Test(h2_abuse, window_updates_and_pings_earned_by_our_data_are_not_glitches, .fini = fini) {
+    h_init(&H, NULL);
+    H.app.echo = true;
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    headers_frame(d, 1, 0);
+    nghttp2_hd_deflate_del(d);
+    size_t head = IN.len;
+    uint8_t msg[5 + 8] = {0, 0, 0, 0, 8, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'};
+    for (int i = 0; i < 600; i++) raw_frame(&IN, NGHTTP2_DATA, 0, 1, msg, sizeof msg);
+    h_feed_raw(&H, &IN, head); /* small reads: the replies leave in many DATA frames */
+    int data_frames = raw_count(&H.raw_out, NGHTTP2_DATA);
+    cr_assert_gt(data_frames, 100, "reply DATA frames: %d", data_frames);
+    tbuf_free(&IN);
+    uint64_t before = bds__h2_get_stats(H.app.h2)->glitches; /* the preface's SETTINGS */
+    uint8_t inc[4] = {0, 0, 0, 13}, opaque[8] = {0};
+    for (int i = 0; i < data_frames; i++) {
+        raw_frame(&IN, NGHTTP2_WINDOW_UPDATE, 0, 0, inc, 4);
+        raw_frame(&IN, NGHTTP2_WINDOW_UPDATE, 0, 1, inc, 4);
+        raw_frame(&IN, NGHTTP2_PING, 0, 0, opaque, 8);
+    }
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert_not(bds__h2_get_stats(H.app.h2)->calmed, "earned frames are not glitches");
+    cr_assert_eq(bds__h2_get_stats(H.app.h2)->glitches, before, "none of them counted");
+    tbuf_free(&IN);
+    flood(NGHTTP2_WINDOW_UPDATE, 0, 0, inc, 4, 5000); /* beyond what our DATA justifies */
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert(bds__h2_get_stats(H.app.h2)->calmed);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
 Test(h2_abuse, priority_flood_terminates, .fini = fini) {
     h_init(&H, NULL);
     raw_preface(&IN);
