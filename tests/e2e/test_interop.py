@@ -1,0 +1,366 @@
+#!/usr/bin/python3
+"""grpc.testing.TestService (SPEC §4) against an independent gRPC client.
+
+Complements the Interop group of test_grpcio.py (the interop client's
+empty_unary, large_unary, client/server streaming, ping_pong, empty_stream,
+status_code_and_message, unimplemented_method, timeout_on_sleeping_server)
+with what it leaves out: HalfDuplexCall, interval_us timing (and that waiting
+never blocks a core), status echo on every method that has it, every status
+code and special_status_message, malformed protobuf -> INTERNAL on each
+method, an empty client stream, concurrent client streams, true ping-pong,
+cancel_after_begin / cancel_after_first_response, unimplemented_service and
+large payloads both ways.
+
+The client is Debian's python3-grpcio (/usr/bin/python3); messages are
+encoded by hand with the field numbers of grpc-proto's
+grpc/testing/messages.proto; the Server helper comes from test_grpcio.py.
+Prints "N passed, N failed" last.
+
+usage: test_interop.py PATH/TO/bidistreamd [test-name-substring]
+"""
+import os
+import queue
+import sys
+import threading
+import time
+import unittest
+
+import grpc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_grpcio as g  # noqa: E402  (Server, varint, parse_fields, ...)
+
+T = '/grpc.testing.TestService/'
+fld, fvar, parse_fields, payload_len = g.fld, g.fvar, g.parse_fields, g.payload_len
+
+
+def payload(n):
+    """Payload{type: COMPRESSABLE, body: n zero bytes}."""
+    return fld(2, bytes(n))
+
+
+def echo_status(code, message):
+    return fvar(1, code) + fld(2, message.encode())
+
+
+def simple_request(response_size=0, payload_size=None, status=None, extra=b''):
+    b = fvar(1, 0) + fvar(2, response_size)
+    if payload_size is not None:
+        b += fld(3, payload(payload_size))
+    if status is not None:
+        b += fld(7, status)
+    return b + extra
+
+
+def out_request(params, status=None, payload_size=None):
+    """StreamingOutputCallRequest; params = [(size, interval_us)]."""
+    b = b''.join(fld(2, fvar(1, size) + (fvar(2, us) if us else b'')) for size, us in params)
+    if payload_size is not None:
+        b += fld(3, payload(payload_size))
+    if status is not None:
+        b += fld(7, status)
+    return b
+
+
+def in_request(n):
+    return fld(1, payload(n))
+
+
+def body(msg):
+    """Payload.body of a SimpleResponse / StreamingOutputCallResponse."""
+    p = parse_fields(msg).get(1, [b''])[0]
+    return parse_fields(p).get(2, [b''])[0]
+
+
+def ident(x):
+    return x
+
+
+class TestService(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = g.Server('--shards', '2')
+        cls.ch = cls.srv.channel()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ch.close()
+        assert cls.srv.stop() == 0
+
+    def unary(self, method, path=None):
+        return self.ch.unary_unary(path or T + method, request_serializer=ident, response_deserializer=ident)
+
+    def server_stream(self, method):
+        return self.ch.unary_stream(T + method, request_serializer=ident, response_deserializer=ident)
+
+    def client_stream(self, method):
+        return self.ch.stream_unary(T + method, request_serializer=ident, response_deserializer=ident)
+
+    def bidi(self, method):
+        return g.raw(self.ch, T + method)
+
+    def assertStatus(self, fn, code, details=None):
+        with self.assertRaises(grpc.RpcError) as e:
+            fn()
+        self.assertEqual(e.exception.code(), code, e.exception.details())
+        if details is not None:
+            self.assertEqual(e.exception.details(), details)
+        return e.exception
+
+    # ---- EmptyCall / UnaryCall ---------------------------------------------------------
+
+    def test_empty_call_and_malformed_empty_is_internal(self):
+        self.assertEqual(self.unary('EmptyCall')(b'', timeout=10), b'')
+        # unknown fields are skipped, as by any protobuf parser
+        self.assertEqual(self.unary('EmptyCall')(fvar(5, 1), timeout=10), b'')
+        self.assertStatus(lambda: self.unary('EmptyCall')(b'\x0a\x05ab', timeout=10), grpc.StatusCode.INTERNAL)
+        self.assertEqual(self.unary('EmptyCall')(b'', timeout=10), b'')
+
+    def test_unary_response_is_response_size_zero_bytes(self):
+        for size in (0, 1, 271828, 314159):
+            resp = self.unary('UnaryCall')(simple_request(size, payload_size=271828), timeout=30)
+            self.assertEqual(body(resp), bytes(size))
+
+    def test_unary_ignores_fill_username_oauth_scope_and_unknown_fields(self):
+        extra = fvar(4, 1) + fvar(5, 1) + g.varint(999 << 3) + g.varint(7)
+        resp = self.unary('UnaryCall')(simple_request(10, extra=extra), timeout=10)
+        self.assertEqual(body(resp), bytes(10))
+
+    def test_unary_echoes_every_status_code_and_message(self):
+        for code in grpc.StatusCode:
+            n = code.value[0]
+            if n in (0, 1):  # CANCELLED: its own test below
+                continue
+            req = simple_request(100, status=echo_status(n, 'status %d' % n))
+            self.assertStatus(lambda: self.unary('UnaryCall')(req, timeout=10), code, 'status %d' % n)
+        # response_status with code 0 is just OK
+        resp = self.unary('UnaryCall')(simple_request(3, status=echo_status(0, 'ignored')), timeout=10)
+        self.assertEqual(body(resp), bytes(3))
+
+    def test_unary_echoes_cancelled(self):
+        # A real gRPC server sends grpc-status 1 here; not a silent OK without a response.
+        req = simple_request(100, status=echo_status(1, 'status 1'))
+        self.assertStatus(lambda: self.unary('UnaryCall')(req, timeout=10), grpc.StatusCode.CANCELLED, 'status 1')
+
+    def test_special_status_message(self):
+        msg = '\t\ntest with whitespace\r\nand Unicode BMP \u263a and non-BMP \U0001f608\t\n'
+        req = simple_request(status=echo_status(2, msg))
+        self.assertStatus(lambda: self.unary('UnaryCall')(req, timeout=10), grpc.StatusCode.UNKNOWN, msg)
+
+    def test_unary_malformed_is_internal_and_the_channel_still_works(self):
+        for bad in (b'\xff', b'\x1a\x10short', fld(7, b'\x08')):
+            self.assertStatus(lambda: self.unary('UnaryCall')(bad, timeout=10), grpc.StatusCode.INTERNAL)
+        self.assertEqual(body(self.unary('UnaryCall')(simple_request(5), timeout=10)), bytes(5))
+
+    # ---- StreamingOutputCall ---------------------------------------------------------------
+
+    def test_server_streaming_sizes_in_order_with_zero_bodies(self):
+        sizes = [0, 1, 65536, 7, 100000]
+        got = list(self.server_stream('StreamingOutputCall')(out_request([(n, 0) for n in sizes]), timeout=30))
+        self.assertEqual([body(r) for r in got], [bytes(n) for n in sizes])
+
+    def test_server_streaming_every_response_after_one_over_256_kib(self):
+        # one handler writes more than the server's per-stream high water at once
+        sizes = [0, 1, 271828, 7, 65536]
+        call = self.server_stream('StreamingOutputCall')(out_request([(n, 0) for n in sizes]), timeout=30)
+        got = [body(r) for r in call]
+        self.assertEqual([len(b) for b in got], sizes, 'responses lost, call ended %s' % call.code())
+        self.assertEqual(got, [bytes(n) for n in sizes])
+        call = self.bidi('FullDuplexCall')(iter([out_request([(n, 0) for n in sizes])]), timeout=30)
+        self.assertEqual([len(body(r)) for r in call], sizes, 'responses lost, call ended %s' % call.code())
+
+    def test_server_streaming_no_parameters_is_ok_with_no_responses(self):
+        self.assertEqual(list(self.server_stream('StreamingOutputCall')(b'', timeout=10)), [])
+
+    def test_server_streaming_intervals_are_honoured_and_block_nothing(self):
+        srv = g.Server('--shards', '1')
+        try:
+            with srv.channel() as ch:
+                slow = ch.unary_stream(T + 'StreamingOutputCall', request_serializer=ident,
+                                       response_deserializer=ident)
+                fast = ch.unary_unary(T + 'UnaryCall', request_serializer=ident, response_deserializer=ident)
+                self.assertEqual(body(fast(simple_request(1), timeout=10)), b'\x00')  # warm up
+                stamps = []
+                t0 = time.monotonic()
+
+                def run():
+                    for r in slow(out_request([(1, 300000), (2, 300000), (3, 300000)]), timeout=30):
+                        stamps.append((time.monotonic() - t0, len(body(r))))
+
+                th = threading.Thread(target=run)
+                th.start()
+                time.sleep(0.1)
+                # the one shard keeps serving while the stream waits on its timers
+                for _ in range(5):
+                    f0 = time.monotonic()
+                    self.assertEqual(body(fast(simple_request(4), timeout=10)), bytes(4))
+                    self.assertLess(time.monotonic() - f0, 0.2)
+                th.join(30)
+                self.assertEqual([n for _, n in stamps], [1, 2, 3])
+                for i, (at, _) in enumerate(stamps):
+                    self.assertGreaterEqual(at, 0.3 * (i + 1) - 0.02, stamps)
+                self.assertLess(stamps[-1][0], 3.0, stamps)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_server_streaming_status_after_the_responses(self):
+        got = []
+
+        def run():
+            req = out_request([(5, 0), (6, 0)], status=echo_status(9, 'after two'))
+            for r in self.server_stream('StreamingOutputCall')(req, timeout=10):
+                got.append(len(body(r)))
+
+        self.assertStatus(run, grpc.StatusCode.FAILED_PRECONDITION, 'after two')
+        self.assertEqual(got, [5, 6])
+
+    def test_server_streaming_malformed_is_internal(self):
+        self.assertStatus(lambda: list(self.server_stream('StreamingOutputCall')(b'\x12\x03\x08', timeout=10)),
+                          grpc.StatusCode.INTERNAL)
+
+    # ---- StreamingInputCall -----------------------------------------------------------------
+
+    def aggregated(self, resp):
+        return parse_fields(resp).get(1, [0])[0]
+
+    def test_client_streaming_empty_stream_is_zero(self):
+        self.assertEqual(self.aggregated(self.client_stream('StreamingInputCall')(iter([]), timeout=10)), 0)
+
+    def test_client_streaming_large_and_empty_payloads(self):
+        sizes = [271828, 0, 1, 100000, 0]
+        resp = self.client_stream('StreamingInputCall')(iter([in_request(n) for n in sizes]), timeout=30)
+        self.assertEqual(self.aggregated(resp), sum(sizes))
+        # a message without a payload counts as zero
+        resp = self.client_stream('StreamingInputCall')(iter([b'', in_request(3)]), timeout=10)
+        self.assertEqual(self.aggregated(resp), 3)
+
+    def test_client_streaming_concurrent_streams_keep_separate_sums(self):
+        results, errors = {}, []
+
+        def run(i):
+            try:
+                sizes = [i * 10 + k for k in range(1, 40)]
+                resp = self.client_stream('StreamingInputCall')(iter([in_request(n) for n in sizes]), timeout=30)
+                results[i] = (self.aggregated(resp), sum(sizes))
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(errors, [])
+        self.assertEqual(len(results), 16)
+        for got, want in results.values():
+            self.assertEqual(got, want)
+
+    def test_client_streaming_answers_only_at_half_close(self):
+        q = queue.Queue()
+
+        def reqs():
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                yield item
+
+        fut = self.client_stream('StreamingInputCall').future(reqs(), timeout=10)
+        q.put(in_request(4))
+        q.put(in_request(5))
+        time.sleep(0.3)
+        self.assertFalse(fut.done(), 'answered before the client half-closed')
+        q.put(None)
+        self.assertEqual(self.aggregated(fut.result(timeout=10)), 9)
+
+    def test_client_streaming_malformed_is_internal(self):
+        self.assertStatus(lambda: self.client_stream('StreamingInputCall')(iter([in_request(1), b'\x0a\x09x']),
+                                                                            timeout=10), grpc.StatusCode.INTERNAL)
+
+    def test_cancel_after_begin(self):
+        q = queue.Queue()
+        fut = self.client_stream('StreamingInputCall').future(iter(q.get, None), timeout=10)
+        time.sleep(0.1)
+        fut.cancel()
+        self.assertTrue(fut.cancelled())
+        q.put(None)
+        self.assertEqual(self.aggregated(self.client_stream('StreamingInputCall')(iter([in_request(2)]),
+                                                                                   timeout=10)), 2)
+
+    # ---- FullDuplexCall / HalfDuplexCall --------------------------------------------------------
+
+    def test_full_duplex_true_ping_pong(self):
+        q = queue.Queue()
+        call = self.bidi('FullDuplexCall')(iter(q.get, None), timeout=30)
+        for out, inp in [(31415, 27182), (9, 8), (2653, 1828), (58979, 45904), (271828, 271828)]:
+            q.put(out_request([(out, 0)], payload_size=inp))
+            self.assertEqual(body(next(call)), bytes(out))
+        q.put(None)
+        self.assertEqual(list(call), [])
+        self.assertEqual(call.code(), grpc.StatusCode.OK)
+
+    def test_full_duplex_several_responses_per_request_with_intervals(self):
+        reqs = [out_request([(1, 0), (2, 50000)]), out_request([(3, 50000)]), out_request([(4, 0), (5, 0)])]
+        t0 = time.monotonic()
+        got = [len(body(r)) for r in self.bidi('FullDuplexCall')(iter(reqs), timeout=30)]
+        self.assertEqual(got, [1, 2, 3, 4, 5])
+        self.assertGreaterEqual(time.monotonic() - t0, 0.09)
+
+    def test_full_duplex_status_ends_the_stream_after_earlier_responses(self):
+        got = []
+
+        def run():
+            reqs = [out_request([(1, 0)]), out_request([(2, 0)], status=echo_status(8, 'no more')),
+                    out_request([(3, 0)])]
+            for r in self.bidi('FullDuplexCall')(iter(reqs), timeout=10):
+                got.append(len(body(r)))
+
+        self.assertStatus(run, grpc.StatusCode.RESOURCE_EXHAUSTED, 'no more')
+        self.assertEqual(got, [1, 2])
+
+    def test_full_duplex_malformed_is_internal(self):
+        self.assertStatus(lambda: list(self.bidi('FullDuplexCall')(iter([b'\x12']), timeout=10)),
+                          grpc.StatusCode.INTERNAL)
+
+    def test_cancel_after_first_response(self):
+        q = queue.Queue()
+        call = self.bidi('FullDuplexCall')(iter(q.get, None), timeout=30)
+        q.put(out_request([(31415, 0)], payload_size=27182))
+        self.assertEqual(len(body(next(call))), 31415)
+        call.cancel()
+        q.put(None)
+        self.assertStatus(lambda: list(call), grpc.StatusCode.CANCELLED)
+        self.assertEqual(body(self.unary('UnaryCall')(simple_request(2), timeout=10)), bytes(2))
+
+    def test_half_duplex_answers_every_request_in_order(self):
+        reqs = [out_request([(n, 0), (n + 1, 0)]) for n in (10, 20, 30)]
+        got = [len(body(r)) for r in self.bidi('HalfDuplexCall')(iter(reqs), timeout=30)]
+        self.assertEqual(got, [10, 11, 20, 21, 30, 31])
+        self.assertEqual(list(self.bidi('HalfDuplexCall')(iter([]), timeout=10)), [])
+
+    def test_half_duplex_status_echo(self):
+        self.assertStatus(lambda: list(self.bidi('HalfDuplexCall')(
+            iter([out_request([(1, 0)], status=echo_status(3, 'half'))]), timeout=10)),
+            grpc.StatusCode.INVALID_ARGUMENT, 'half')
+
+    # ---- unimplemented -------------------------------------------------------------------------
+
+    def test_unimplemented_call_and_unimplemented_service(self):
+        self.assertStatus(lambda: self.unary('UnimplementedCall')(b'', timeout=10), grpc.StatusCode.UNIMPLEMENTED)
+        self.assertStatus(lambda: self.unary(None, '/grpc.testing.UnimplementedService/UnimplementedCall')(
+            b'', timeout=10), grpc.StatusCode.UNIMPLEMENTED)
+
+
+if __name__ == '__main__':
+    if len(sys.argv) < 2:
+        print(__doc__)
+        sys.exit(2)
+    g.SERVER = os.path.abspath(sys.argv[1])
+    loader = unittest.TestLoader()
+    if len(sys.argv) > 2:
+        loader.testNamePatterns = ['*%s*' % sys.argv[2]]
+    suite = loader.loadTestsFromModule(sys.modules[__name__])
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    failed = len(result.failures) + len(result.errors)
+    print('%d passed, %d failed' % (result.testsRun - failed, failed))
+    sys.exit(1 if failed else 0)
