@@ -190,8 +190,9 @@ static void call_move_blocked(srv_call *call);
 static void conn_flush(bds_flusher *f) {
     srv_conn *sc = BDS_CONTAINER_OF(f, srv_conn, flusher);
     if (!sc->c || sc->closing) return;
-    for (srv_call *call = sc->calls; call; call = call->next) {
-        if (call->blocked) call_move_blocked(call);
+    for (srv_call *call = sc->calls, *next; call; call = next) {
+        next = call->next; /* a call whose trailers were pending is freed */
+        if (call->blocked || call->finish_pending) call_move_blocked(call);
     }
     for (;;) {
         const uint8_t *data;
@@ -242,6 +243,13 @@ static void msg_list_free(srv_msg *m) {
     }
 }
 
+static void call_free(srv_call *call) {
+    call_unlink(call);
+    msg_list_free(call->parked);
+    msg_list_free(call->blocked);
+    free(call);
+}
+
 /* The session's reply leaves for the HTTP/2 stream, or waits here (keeping
  * its outbound token) while the stream holds too many unsent bytes. */
 static bool call_try_send(srv_call *call, srv_msg *r) {
@@ -259,8 +267,17 @@ static void call_move_blocked(srv_call *call) {
         srv_msg *r = call->blocked;
         call->blocked = r->next;
         if (!call->blocked) call->blocked_tail = NULL;
-        bds_session_reply_written(call->session, &r->reply);
+        if (call->session) bds_session_reply_written(call->session, &r->reply);
         free(r);
+    }
+    if (call->finish_pending && !call->blocked) {
+        srv_conn *sc = call->conn;
+        if (sc && !call->h2_done) {
+            bds__h2_finish(sc->h2, call->stream, call->fin_status,
+                           call->fin_status == BDS_OK ? NULL : call->fin_msg);
+            conn_kick(sc);
+        }
+        call_free(call);
     }
 }
 
@@ -290,9 +307,24 @@ static void op_release(bds_session *s, void *payload, void *ctx) {
     free(payload);
 }
 
+
 static void op_closed(bds_session *s, bds_status status, const char *message, void *ctx) {
     srv_call *call = ctx;
     srv_conn *sc = call->conn;
+    if (sc && !call->h2_done && call->blocked && (status == BDS_OK || status == BDS_E_SHUTDOWN)) {
+        /* A clean end (or a drained shutdown) owes the client every reply the
+         * Sender admitted: the ones still waiting here leave first, then the
+         * trailers (call_move_blocked finishes the call). */
+        call->finish_pending = true;
+        call->fin_status = status;
+        snprintf(call->fin_msg, sizeof call->fin_msg, "%s", message ? message : "");
+        msg_list_free(call->parked);
+        call->parked = call->parked_tail = NULL;
+        call->session = NULL;
+        bds_session_release(s);
+        conn_kick(sc);
+        return;
+    }
     if (sc && !call->h2_done) {
         /* The session projects pipeline errors onto gRPC codes (bds_status_grpc);
          * those that send nothing reset the stream. */
@@ -300,11 +332,8 @@ static void op_closed(bds_session *s, bds_status status, const char *message, vo
         call->h2_done = true;
         conn_kick(sc);
     }
-    call_unlink(call);
-    msg_list_free(call->parked);
-    msg_list_free(call->blocked);
     bds_session_release(s);
-    free(call);
+    call_free(call);
 }
 
 static bool call_admit(srv_call *call, srv_msg *m);
@@ -398,6 +427,7 @@ static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const ui
     (void)ctx;
     (void)stream_id;
     srv_call *call = call_ctx;
+    if (call->finish_pending) return; /* the stream's session already ended */
     srv_msg *m = malloc(sizeof *m + len);
     if (!m) {
         bds_session_fail(call->session, BDS_RESOURCE_EXHAUSTED, "server out of memory");
@@ -427,6 +457,7 @@ static void h2_on_half_close(void *ctx, void *call_ctx, int32_t stream_id) {
     (void)ctx;
     (void)stream_id;
     srv_call *call = call_ctx;
+    if (call->finish_pending) return;
     if (call->parked) call->half_close_pending = true;
     else call_client_close(call);
 }
@@ -438,6 +469,10 @@ static void h2_on_reset(void *ctx, void *call_ctx, int32_t stream_id, bds_status
     (void)h2_error;
     srv_call *call = call_ctx;
     call->h2_done = true;
+    if (call->finish_pending) { /* the session already ended: only replies were left */
+        call_free(call);
+        return;
+    }
     bds_session_cancel(call->session);
 }
 
@@ -448,6 +483,10 @@ static void h2_on_call_error(void *ctx, void *call_ctx, int32_t stream_id, bds_s
     srv_call *call = call_ctx;
     if (!call) return; /* refused at its headers: never started */
     call->h2_done = true;
+    if (call->finish_pending) {
+        call_free(call);
+        return;
+    }
     bds_session_fail(call->session, status, "request rejected");
 }
 
@@ -499,7 +538,10 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
     sc->c = NULL;
     sc->closing = true;
     bds__h2_abort_calls(sc->h2, BDS_CANCELLED); /* on_reset for each live call */
-    while (sc->calls) call_unlink(sc->calls);   /* their sessions close later, without us */
+    while (sc->calls) {
+        if (sc->calls->finish_pending) call_free(sc->calls); /* its session is gone already */
+        else call_unlink(sc->calls);                          /* their sessions close later, without us */
+    }
     bds__h2_destroy(sc->h2);
     if (sc->prev) sc->prev->next = sc->next;
     else sh->conns = sc->next;

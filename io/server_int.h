@@ -83,13 +83,18 @@ struct srv_call {
     bool h2_done;             /* the HTTP/2 stream is over (finished, reset or failed) */
     bool half_close_pending;  /* END_STREAM arrived behind parked messages */
     uint64_t aggregate;       /* per-stream handler state (interop StreamingInputCall) */
+    /* The session ended cleanly while replies still waited here: the trailers
+     * go out once they have left (the session is released meanwhile). */
+    bool finish_pending;
+    bds_status fin_status;
+    char fin_msg[128];
 };
 
 /* Built-in services (services.c). */
 bds_status bds__services_register(bds_server *srv);
 /* Health: tell the shard's Watch calls that the server stopped serving. */
 void bds__services_on_stop(srv_shard *sh);
-/* grpc.testing.TestService (interop.c). */
+/* grpc.testing.TestService (interop_service.c). */
 bds_status bds__interop_register(bds_server *srv);
 /* Adds a method whose handler also sees the end-of-stream marker. */
 bds_status bds__server_add_method_ex(bds_server *srv, const bds_method *m, bool end_marker);
