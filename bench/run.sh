@@ -22,7 +22,8 @@
 #                     [--out DIR] [--no-build] [--list]
 #   --full      the full profile (10 s runs, 2 s warm-up, 5 reps, 9-point sweep);
 #               default: the quick profile (1 s runs, 3 reps, a few minutes)
-# Environment: SERVER_CPUS (default: the last CPU), CLIENT_CPUS (default: the
+# Environment: BDS_BENCH_BIDISTREAMD (the binary; default build/release/tools/bidistreamd),
+#   SERVER_CPUS (default: the last CPU), CLIENT_CPUS (default: the
 #   others), BDS_BENCH_PORT_BASE (27100: below the ephemeral port range, so a
 #   client's own port never takes a server's), BDS_BENCH_BIDISTREAMD_CMD (a
 #   command with {port} and {cpus} placeholders).
@@ -72,9 +73,10 @@ CLIENT_THREADS=$(( $(echo "$CLIENT_CPUS" | tr ',' '\n' | wc -l) ))
 
 PEERS="$root/build/bench-peers"
 LOADGEN="$root/build/bench-loadgen/bds-bench"
-BIDISTREAMD="$root/build/release/tools/bidistreamd"
-# A guess until tools/bidistreamd settles its flags; override from the environment.
-BDS_BENCH_BIDISTREAMD_CMD=${BDS_BENCH_BIDISTREAMD_CMD:-"$BIDISTREAMD --listen=127.0.0.1:{port} --threads=1"}
+BIDISTREAMD=${BDS_BENCH_BIDISTREAMD:-"$root/build/release/tools/bidistreamd"}
+# One shard, as each peer gets one core; flags as tools/bidistreamd_config.c
+# defines them (--listen, --shards; --idle-spin-us for the spin variant).
+BDS_BENCH_BIDISTREAMD_CMD=${BDS_BENCH_BIDISTREAMD_CMD:-"$BIDISTREAMD --listen=127.0.0.1:{port} --shards=1"}
 
 # ---- build -------------------------------------------------------------------------------
 if [ "$build" = 1 ]; then
