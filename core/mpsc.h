@@ -1,25 +1,18 @@
-/* mpsc.h — the bounded lock-free inbox of a shard: many producers, one
- * consumer (internal; DESIGN §5).
+/* mpsc.h — the bounded lock-free inbox of a shard: many producers (any
+ * thread), one consumer (the owning shard). Internal; DESIGN §5, §5.3.
  *
- * Slots hold one non-NULL pointer each; NULL means "empty, or claimed and not
- * yet published". A producer claims k contiguous positions with one CAS on
- * tail, after checking space against the consumer's published head, then
- * publishes each slot with a release store. The consumer reads slots in
- * position order: a NULL at head ends its burst (a producer is between claim
- * and publish; it never spins), it NULLs what it took and publishes head once
- * per burst. A preempted producer delays only the consumer at its slot, never
- * other producers (unlike rte_ring's in-order tail update).
+ * Items are non-NULL pointers, moved, never copied or dereferenced: a
+ * successful push hands the pointee to the consumer. The design, the memory
+ * ordering argument and the invariants are at the top of mpsc.c.
  *
- * Sleep/wake (the doorbell latch, DESIGN §5.3): the consumer resets bell_rung,
- * sets sleeping, then re-reads the push counter; a producer bumps the push
- * counter after publishing, then reads sleeping and rings only if it wins the
- * bell_rung exchange. All four are seq_cst, so of "consumer saw no new push"
- * and "producer saw the consumer awake" at most one holds (store-buffering,
- * forbidden under SC): no wake-up is lost. Spurious bells are harmless.
- *
- * Full ring: a producer never blocks. It sets its bit in want_space and tries
- * once more; the consumer takes the mask after each burst and rings those
- * producers (the same store-buffering argument on head and want_space). */
+ * Typical use:
+ *   producer:  k = push_burst(q, v, n);
+ *              if (k && should_ring(q)) ring the consumer's doorbell;
+ *              if (k < n && !want_space(q, my_id)) wait for my own doorbell;
+ *   consumer:  while ((n = pop_burst(q, out, max))) handle out[0..n);
+ *              ring every producer in take_want_space(q);
+ *              if (prepare_sleep(q)) block on the doorbell, no timeout;
+ *              woken(q);   (after every prepare_sleep, whatever it returned) */
 #ifndef BDS_MPSC_H
 #define BDS_MPSC_H
 
@@ -31,49 +24,87 @@
 
 #include "base.h"
 
+/* Defined here so that it can be embedded (a shard's inbox); its fields are
+ * private to mpsc.c (tests may read them). Positions are 64-bit and never
+ * wrap in practice; position p lives in _slots[p & _mask]. Five cache lines:
+ * what producers write, what the consumer publishes, what only the consumer
+ * touches, what nobody writes after init, and the sleep/wake flags. */
 typedef struct bds_mpsc {
-    alignas(BDS_CACHELINE) _Atomic uint64_t tail;  /* next position to claim; producers CAS it */
-    alignas(BDS_CACHELINE) _Atomic uint64_t head_pub; /* consumer's head, published per burst */
-    _Atomic uint64_t pushes;                       /* items published so far (for the sleep check) */
-    alignas(BDS_CACHELINE) uint64_t head;          /* consumer-private: next position to read */
-    uint64_t seen_pushes;                          /* consumer-private: pushes at the last drain */
-    alignas(BDS_CACHELINE) _Atomic uint32_t sleeping;
-    _Atomic uint32_t bell_rung;
-    _Atomic uint64_t want_space;                   /* producer ids waiting for room */
-    alignas(BDS_CACHELINE) uint64_t mask;
-    _Atomic(void *) *slots;
+    /* Producers' line: written by every push; the consumer reads it only
+     * when it is about to sleep. */
+    alignas(BDS_CACHELINE) _Atomic uint64_t _tail; /* next position to claim (CAS); _tail - _head_pub <= capacity */
+    _Atomic uint64_t _pushes;     /* items published so far: the producers' half of the sleep handshake */
+    _Atomic uint64_t _head_cache; /* an older _head_pub, shared by producers: always <= _head_pub */
+    /* Consumer's published line: written once per non-empty burst. */
+    alignas(BDS_CACHELINE) _Atomic uint64_t _head_pub; /* every position below it is empty and reusable */
+    /* Consumer-private line: plain loads and stores. */
+    alignas(BDS_CACHELINE) uint64_t _head; /* next position to pop; _head_pub <= _head <= _tail */
+    /* Read-only after init. */
+    alignas(BDS_CACHELINE) uint64_t _mask; /* capacity - 1 */
+    _Atomic(void *) *_slots;               /* caller's memory; NULL = empty, or claimed and not published */
+    /* Sleep/wake flags: written at sleep and wake, read by every push. */
+    alignas(BDS_CACHELINE) _Atomic uint32_t _sleeping; /* the consumer announced it may block */
+    _Atomic uint32_t _bell_rung;  /* a producer took the duty to ring for this sleep */
+    _Atomic uint64_t _want_space; /* bit i: producer i found the ring full and waits for a bell */
 } bds_mpsc;
 
-/* Bytes of slot memory init() needs for capacity slots. */
+BDS_STATIC_ASSERT(sizeof(bds_mpsc) == 5 * BDS_CACHELINE, "bds_mpsc: five cache lines");
+
+/* ---- lifetime ------------------------------------------------------------- */
+
+/* Bytes of slot memory that init() needs for `capacity` slots (a power of
+ * two >= 2). */
 size_t bds__mpsc_footprint(uint32_t capacity);
-/* capacity: a power of two >= 2; mem: footprint() bytes, 64-byte aligned. */
+/* Thread: the consumer, before any producer sees q. No allocation.
+ * capacity: a power of two >= 2. mem: footprint(capacity) bytes, 64-byte
+ * aligned, owned by the caller and kept until deinit(). */
 void bds__mpsc_init(bds_mpsc *q, void *mem, uint32_t capacity);
-/* Asserts the ring is empty. */
+/* Thread: the consumer, once every producer is done with q. Asserts the
+ * ring is empty (every claimed slot was published and popped). The caller
+ * frees the slot memory afterwards. */
 void bds__mpsc_deinit(bds_mpsc *q);
 
-/* Any thread. item != NULL. Returns false when full (item not taken). */
-bool bds__mpsc_push(bds_mpsc *q, void *item);
-/* Any thread. Claims up to n contiguous slots with one CAS and publishes
- * items[0..k); returns k (0 when full). */
-uint32_t bds__mpsc_push_burst(bds_mpsc *q, void *const *items, uint32_t n);
-/* Consumer only. Takes up to out_max items in push order; stops early at a
- * slot claimed but not yet published. */
-uint32_t bds__mpsc_pop_burst(bds_mpsc *q, void **out, uint32_t out_max);
-/* Consumer's view: nothing published at head. */
-bool bds__mpsc_empty(const bds_mpsc *q);
+/* ---- producers (any thread) ------------------------------------------------- */
 
-/* Consumer, before blocking: true when it may block now; false when a push
- * happened since its last drain (it stays awake; sleeping is cleared). */
-bool bds__mpsc_prepare_sleep(bds_mpsc *q);
-/* Consumer, after waking from a block (any reason). */
-void bds__mpsc_woken(bds_mpsc *q);
-/* Producer, after a push that took items: true exactly when the caller must
- * ring the consumer's doorbell. */
+/* item != NULL. Returns true when taken (the consumer now owns the pointee),
+ * false when the ring is full (not taken). Never blocks, never waits for
+ * another producer: a lost CAS means another producer made progress. */
+bool bds__mpsc_push(bds_mpsc *q, void *item);
+/* Claims up to n contiguous slots with one CAS and publishes items[0..k) in
+ * order (every items[i] != NULL). Returns k, the prefix taken: 0 when full. */
+uint32_t bds__mpsc_push_burst(bds_mpsc *q, void *const *items, uint32_t n);
+/* After a push that took at least one item. Returns true exactly when this
+ * caller must ring the consumer's doorbell: the consumer announced a sleep
+ * and no other producer has taken the duty for it. Spurious bells are
+ * harmless; a false return never loses a wake-up (mpsc.c, "Sleep/wake"). */
 bool bds__mpsc_should_ring(bds_mpsc *q);
-/* Producer that found the ring full (id < 64). Returns true if room appeared
- * meanwhile (try again now); otherwise the consumer will ring producer id. */
+/* After a push that found the ring full (took fewer than asked): sets bit
+ * producer_id (< 64) in the want_space mask, then looks at the ring again.
+ * Returns true when room appeared meanwhile: push again now (the bit may
+ * still bring a spurious bell). Returns false when the ring is still full:
+ * the consumer will see the bit after its next drain and ring this producer.
+ * (The second look closes the race "the consumer drained and took an empty
+ * mask just before the bit was set", after which nobody would ring.) */
 bool bds__mpsc_want_space(bds_mpsc *q, uint32_t producer_id);
-/* Consumer, after a drain: the producers to ring (the mask is cleared). */
+
+/* ---- the consumer (the owning shard only) ------------------------------------ */
+
+/* Takes up to out_max items in claim order into out. Stops early at a slot
+ * that is claimed but not yet published (a producer between its CAS and its
+ * store): it never waits; that producer rings if the consumer sleeps. */
+uint32_t bds__mpsc_pop_burst(bds_mpsc *q, void **out, uint32_t out_max);
+/* True when nothing is published at the consumer's head. */
+bool bds__mpsc_empty(const bds_mpsc *q);
+/* After a drain: returns the producers that found the ring full (bit i =
+ * producer i) and clears the mask; the caller rings each of them. */
 uint64_t bds__mpsc_take_want_space(bds_mpsc *q);
+/* Before blocking on the doorbell: announces the sleep (sleeping = 1 with a
+ * fresh bell), then looks at the head slot again. Returns true when the
+ * caller may block now: a push from here on rings. Returns false when an
+ * item is already there: do not block (sleeping is cleared already). */
+bool bds__mpsc_prepare_sleep(bds_mpsc *q);
+/* After every prepare_sleep (after the block, or at once when it returned
+ * false; a second call is harmless): clears sleeping and bell_rung. */
+void bds__mpsc_woken(bds_mpsc *q);
 
 #endif
