@@ -315,7 +315,10 @@ static bool next_request(call *c) {
         h.service = (char *)o->service;
         n = grpc__health__v1__health_check_request__get_packed_size(&h);
     }
-    if (!out_reserve(c, 5 + n)) return false;
+    if (!out_reserve(c, 5 + n)) {
+        call_fail(c, ST_EXHAUSTED, "bds: out of memory for request %" PRIu32, c->produced + 1);
+        return false;
+    }
     /* gRPC PROTOCOL-HTTP2: Compressed-Flag (0), Message-Length (4 bytes, big endian), Message. */
     c->out[0] = 0;
     c->out[1] = (uint8_t)(n >> 24);
@@ -324,7 +327,10 @@ static bool next_request(call *c) {
     c->out[4] = (uint8_t)n;
     size_t packed = o->cmd == CMD_PROCESS ? bidistream__v1__frame__pack(&f, c->out + 5)
                                           : grpc__health__v1__health_check_request__pack(&h, c->out + 5);
-    if (packed != n) return false;
+    if (packed != n) {
+        call_fail(c, ST_INTERNAL, "bds: protobuf-c packed %zu bytes of %zu", packed, n);
+        return false;
+    }
     c->out_len = 5 + n;
     c->out_off = 0;
     c->produced++;
@@ -338,6 +344,7 @@ static ssize_t on_data_source_read(nghttp2_session *session, int32_t stream_id, 
     size_t n = 0;
     while (n < length) {
         if (c->out_off == c->out_len && !next_request(c)) {
+            if (c->local_status >= 0) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets the stream */
             *data_flags |= NGHTTP2_DATA_FLAG_EOF; /* half-close: the server may drain and end */
             break;
         }
@@ -585,7 +592,9 @@ static const char *call_path(cmd c) {
     return "";
 }
 
-#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE}
+static nghttp2_nv nv(const char *name, const char *value) {
+    return (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value), NGHTTP2_NV_FLAG_NONE};
+}
 
 /* Session, SETTINGS and the request HEADERS (gRPC PROTOCOL-HTTP2: Request-Headers). */
 static bool call_start(call *c) {
@@ -607,9 +616,9 @@ static bool call_start(call *c) {
     char timeout[32] = "";
     if (c->o->timeout_ms >= 0) snprintf(timeout, sizeof timeout, "%" PRId64 "m", c->o->timeout_ms);
     nghttp2_nv nva[] = {
-        NV(":method", "POST"), NV(":scheme", "http"), NV(":path", call_path(c->o->cmd)),
-        NV(":authority", c->o->addr), NV("content-type", "application/grpc"), NV("te", "trailers"),
-        NV("user-agent", "bds/" BDS_CLIENT_VERSION), NV("grpc-timeout", timeout),
+        nv(":method", "POST"), nv(":scheme", "http"), nv(":path", call_path(c->o->cmd)),
+        nv(":authority", c->o->addr), nv("content-type", "application/grpc"), nv("te", "trailers"),
+        nv("user-agent", "bds/" BDS_CLIENT_VERSION), nv("grpc-timeout", timeout),
     };
     size_t nvlen = sizeof nva / sizeof nva[0] - (timeout[0] ? 0 : 1);
     nghttp2_data_provider dp = {.source = {.ptr = c}, .read_callback = on_data_source_read};
@@ -700,6 +709,11 @@ static int call_run(const cli *o, int fd) {
     if (!call_start(&c)) call_fail(&c, ST_INTERNAL, "bds: cannot start an HTTP/2 session");
     int64_t deadline = o->timeout_ms >= 0 ? now_ms() + o->timeout_ms : -1;
     while (c.local_status < 0 && call_step(&c, deadline)) {}
+    /* Leave politely (GOAWAY), best effort: the socket closes right after. */
+    if (c.h2) {
+        nghttp2_session_terminate_session(c.h2, NGHTTP2_NO_ERROR);
+        nghttp2_session_send(c.h2);
+    }
     const char *msg;
     int st = call_outcome(&c, &msg);
     int rc = st == ST_OK ? 0 : 1;
