@@ -20,6 +20,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mpsc.h"
@@ -33,7 +34,7 @@
 #endif
 
 #ifdef MPSC_TSAN
-#define SCALE 10u /* TSan costs ~10x and sees every access: fewer items suffice */
+#define SCALE 2u /* fewer items under TSan: it slows every access down; ~10 s in all */
 #else
 #define SCALE 1u
 #endif
@@ -91,6 +92,43 @@ static void pin_first_cpu(cpu_set_t *saved) {
 
 static void unpin(const cpu_set_t *saved) {
     BDS_ASSERT(pthread_setaffinity_np(pthread_self(), sizeof *saved, saved) == 0);
+}
+
+/* Preemption inside the claim -> publish window. Pinned to one CPU, a
+ * producer is preempted only when its time slice ends, which seldom falls in
+ * the few instructions between its CAS on _tail and its slot store. So each
+ * producer also gets a 100 us timer whose signal makes it yield at whatever
+ * instruction it is on. The signal is blocked while the producer sleeps on
+ * its doorbell (a storm of wake-ups would only slow the test down), and
+ * SA_RESTART resumes an eventfd write it interrupts. */
+static void on_nudge(int sig) {
+    (void)sig;
+    sched_yield();
+}
+
+static timer_t nudge_begin(void) {
+    struct sigaction sa = {.sa_handler = on_nudge, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    BDS_ASSERT(sigaction(SIGRTMIN, &sa, NULL) == 0);
+    struct sigevent sev = {.sigev_notify = SIGEV_THREAD_ID, .sigev_signo = SIGRTMIN};
+    sev._sigev_un._tid = gettid(); /* glibc has no sigev_notify_thread_id name */
+    timer_t t;
+    BDS_ASSERT(timer_create(CLOCK_MONOTONIC, &sev, &t) == 0);
+    struct itimerspec its = {.it_interval = {0, 100000}, .it_value = {0, 100000}};
+    BDS_ASSERT(timer_settime(t, 0, &its, NULL) == 0);
+    return t;
+}
+
+static void nudge_end(timer_t t) { BDS_ASSERT(timer_delete(t) == 0); }
+
+/* Blocks on the doorbell with the nudge signal held back. */
+static void bell_wait_unnudged(int fd) {
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGRTMIN);
+    BDS_ASSERT(pthread_sigmask(SIG_BLOCK, &set, &old) == 0);
+    bell_wait(fd);
+    BDS_ASSERT(pthread_sigmask(SIG_SETMASK, &old, NULL) == 0);
 }
 
 static uint32_t xorshift(uint32_t *s) {
@@ -382,7 +420,7 @@ static void producer_push_all(struct stress *st, uint32_t id, void *const *batch
         if (!st->cfg->producers_wait) {
             sched_yield();
         } else if (!bds__mpsc_want_space(st->q, id)) {
-            bell_wait(st->producer_bell[id]);
+            bell_wait_unnudged(st->producer_bell[id]);
             atomic_fetch_add_explicit(&st->full_waits, 1, memory_order_relaxed);
         }
     }
@@ -392,7 +430,11 @@ static void *producer_main(void *arg) {
     struct producer_arg *pa = arg;
     struct stress *st = pa->st;
     cpu_set_t saved;
-    if (st->cfg->pinned) pin_first_cpu(&saved);
+    timer_t nudge = 0;
+    if (st->cfg->pinned) {
+        pin_first_cpu(&saved);
+        nudge = nudge_begin();
+    }
     uint32_t seed = 0x9e3779b9u * (pa->id + 1);
     void *batch[16];
     for (uint64_t i = 0; i < st->cfg->items;) {
@@ -402,6 +444,7 @@ static void *producer_main(void *arg) {
         producer_push_all(st, pa->id, batch, k);
         i += k;
     }
+    if (st->cfg->pinned) nudge_end(nudge);
     return NULL;
 }
 
@@ -482,14 +525,16 @@ static void run_stress(const struct stress_cfg *cfg) {
 #define ITEMS_BOTH_CPUS (2000000u / SCALE)
 #define ITEMS_ONE_CPU (1000000u / SCALE)
 #define ITEMS_SLEEPING (500000u / SCALE)
-#define ITEMS_FULL (250000u / SCALE)
+#define ITEMS_FULL (100000u / SCALE)
+#define ITEMS_PINNED_SLEEPING (100000u / SCALE) /* every item may cost a sleep, a bell, nudges */
+#define ITEMS_PINNED_FULL (25000u / SCALE)
 
 Test(mpsc, stress_on_both_cpus_delivers_every_item_once_in_order, .timeout = 120) {
     run_stress(&(struct stress_cfg){.cap = 256, .items = ITEMS_BOTH_CPUS});
 }
 
-/* One CPU: the scheduler preempts producers between claim and publish, and
- * the consumer meets those unpublished slots. */
+/* One CPU, and producers nudged off it at random instructions: they are
+ * preempted between claim and publish, and the consumer meets those slots. */
 Test(mpsc, stress_pinned_to_one_cpu_delivers_every_item_once_in_order, .timeout = 120) {
     run_stress(&(struct stress_cfg){.cap = 256, .items = ITEMS_ONE_CPU, .pinned = true});
 }
@@ -499,7 +544,7 @@ Test(mpsc, doorbell_consumer_blocked_without_timeout_never_misses_a_wakeup, .tim
 }
 
 Test(mpsc, doorbell_pinned_to_one_cpu_never_misses_a_wakeup, .timeout = 120) {
-    run_stress(&(struct stress_cfg){.cap = 256, .items = ITEMS_SLEEPING, .pinned = true,
+    run_stress(&(struct stress_cfg){.cap = 256, .items = ITEMS_PINNED_SLEEPING, .pinned = true,
                                     .consumer_sleeps = true});
 }
 
@@ -511,7 +556,7 @@ Test(mpsc, full_ring_producers_blocked_without_timeout_are_always_rung, .timeout
 }
 
 Test(mpsc, full_ring_pinned_to_one_cpu_producers_are_always_rung, .timeout = 120) {
-    run_stress(&(struct stress_cfg){.cap = 4, .items = ITEMS_FULL, .pinned = true,
+    run_stress(&(struct stress_cfg){.cap = 4, .items = ITEMS_PINNED_FULL, .pinned = true,
                                     .consumer_sleeps = true, .producers_wait = true});
 }
 
