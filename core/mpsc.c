@@ -72,7 +72,8 @@ size_t bds__mpsc_footprint(uint32_t capacity) {
 void bds__mpsc_init(bds_mpsc *q, void *mem, uint32_t capacity) {
     BDS_ASSERT(capacity >= 2);
     BDS_ASSERT((capacity & (capacity - 1)) == 0);
-    BDS_ASSERT(mem != NULL && ((uintptr_t)mem & (BDS_CACHELINE - 1)) == 0);
+    BDS_ASSERT(mem != NULL);
+    BDS_ASSERT(((uintptr_t)mem & (BDS_CACHELINE - 1)) == 0);
     memset(q, 0, sizeof *q);
     q->_mask = capacity - 1;
     q->_slots = mem;
