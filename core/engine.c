@@ -76,6 +76,7 @@ static void exec_drop_all(bds_pipeline *p, bds__exec_key *ek) {
         bds_call *call = ek->head;
         BDS_ASSERT(call->exec_state != BDS_EXEC_RUNNING);
         call->status = BDS_CANCELLED;
+        call->dropped = true;
         call->msg[0] = 0;
         if (!exec_pop_head(p, ek)) return;
     }
@@ -132,9 +133,16 @@ static bds_call *exec_result(bds_pipeline *p, bds_call *call) {
     return next; /* inherits the token */
 }
 
-/* Runs heads of ek while they hold a token and finish synchronously. */
+/* Runs heads of ek while they hold a token and finish synchronously. A
+ * closed session starts no attempt, not even a retry whose timer fired before
+ * the session's CANCEL reached this shard: its key's calls are dropped. */
 static void exec_run(bds_pipeline *p, bds_call *head) {
     while (head && head->exec_state == BDS_EXEC_QUEUED && head->ekey->head_has_token) {
+        /* acquire: pairs with the home side's transition to Closed */
+        if (atomic_load_explicit(&head->session->state, memory_order_acquire) == BDS_STATE_CLOSED) {
+            exec_drop_all(p, head->ekey);
+            return;
+        }
         exec_handler_run(head);
         if (!head->done_in_handler) return; /* finishes later through COMPLETE */
         head = exec_result(p, head);
@@ -156,6 +164,7 @@ void bds__exec_on_exec(bds_pipeline *p, bds_call *call) {
     call->ekey = ek;
     call->k_next = NULL;
     call->attempt = 0;
+    call->dropped = false;
     call->exec_state = BDS_EXEC_QUEUED;
     if (ek->tail) {
         BDS_ASSERT(call->exec_token == BDS_TOKEN_NONE); /* only an idle key's first call brings one */

@@ -109,6 +109,7 @@ struct bds_call {
      * HOME after DONE; the message channel's release/acquire orders them. */
     bds_status status;
     bool token_passed;
+    bool dropped;                     /* never ran to an end: dropped behind a terminal failure or a closed session */
     char msg[96];
 };
 

@@ -479,9 +479,13 @@ static bool home_key_unlink(bds__home_key *hk, bds_call *call) {
 
 static void done_account(bds_pipeline *p, bds_session *s, bds_call *call) {
     if (call->attempt > 1) s->stats.retried += call->attempt - 1;
+    if (call->dropped) {
+        s->stats.dropped++;
+        return;
+    }
+    /* A handler's own BDS_CANCELLED is a failure like any other status. */
     switch (call->status) {
     case BDS_OK: s->stats.completed++; return;
-    case BDS_CANCELLED: s->stats.dropped++; return;
     case BDS_E_PANIC_RECOVERED:
         s->stats.panics++;
         session_close(p, s, BDS_E_PANIC_RECOVERED, call->msg[0] ? call->msg : NULL, false);

@@ -325,6 +325,23 @@ Test(pipeline, nonterminal_failure_is_confined_to_the_message) {
     sim_free(S);
 }
 
+/* A handler may itself answer CANCELLED (a status echo does): that is its
+ * result, a failure that ends the session with that status, not a drop. */
+Test(pipeline, handler_cancelled_status_is_a_failure_not_a_drop) {
+    sim *S = sim_new(1, 16);
+    int s = sim_open(S, 0, NULL);
+    cr_assert_eq(sim_send(S, s, "k", 1, SIM_ASYNC), BDS_OK);
+    sim_settle(S);
+    complete_seq(S, 1, BDS_CANCELLED);
+    cr_assert(S->sessions[s].closed);
+    cr_assert_eq(S->sessions[s].close_status, BDS_CANCELLED);
+    bds_session_stats st;
+    bds_session_get_stats(S->sessions[s].s, &st);
+    cr_assert_eq(st.failed, 1);
+    cr_assert_eq(st.dropped, 0);
+    sim_free(S);
+}
+
 Test(pipeline, failures_not_terminal_when_configured) {
     sim *S = sim_new(1, 15);
     bds_options o = bds_default_options();

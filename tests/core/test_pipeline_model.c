@@ -37,6 +37,7 @@ typedef struct mcall {
     int kstate;
     int exec_token;
     bds_status status;
+    bool dropped;
     bool passed;
     uint64_t retry_at, retry_order;
 } mcall;
@@ -128,6 +129,7 @@ static int m_pop_head(model *m, int k) {
 static void m_drop_all(model *m, int k) {
     while (m->keys[k].kn) {
         m->calls[m->keys[k].k[0]].status = BDS_CANCELLED;
+        m->calls[m->keys[k].k[0]].dropped = true;
         if (m_pop_head(m, k) < 0) return;
     }
 }
@@ -190,9 +192,12 @@ static void m_grant_waiters(model *m) {
 
 static void m_done_account(model *m, mcall *call) {
     if (call->attempt > 1) m->st.retried += call->attempt - 1;
+    if (call->dropped) {
+        m->st.dropped++;
+        return;
+    }
     switch (call->status) {
     case BDS_OK: m->st.completed++; return;
-    case BDS_CANCELLED: m->st.dropped++; return;
     case BDS_E_PANIC_RECOVERED: m->st.panics++; m_close(m, BDS_E_PANIC_RECOVERED, false); return;
     case BDS_E_NONTERMINAL_FAILURE: m->st.nonterm++; return;
     default:
@@ -500,9 +505,11 @@ static void run_model_script(uint64_t seed) {
         } else if (r < 80) {
             if (S->n_pending == 0) continue;
             uint32_t k = (uint32_t)(sim_rand(S) % S->n_pending);
-            static const bds_status outcomes[] = {BDS_OK, BDS_OK, BDS_OK, BDS_INTERNAL, BDS_E_NONTERMINAL_FAILURE,
-                                                  BDS_UNAVAILABLE, BDS_E_PANIC_RECOVERED};
-            bds_status out = outcomes[sim_rand(S) % 7];
+            static const bds_status outcomes[] = {BDS_OK,          BDS_OK,
+                                                  BDS_OK,          BDS_INTERNAL,
+                                                  BDS_E_NONTERMINAL_FAILURE, BDS_UNAVAILABLE,
+                                                  BDS_E_PANIC_RECOVERED, BDS_CANCELLED};
+            bds_status out = outcomes[sim_rand(S) % (sizeof outcomes / sizeof outcomes[0])];
             sim_msg *msg = bds_call_payload(S->pending[k]);
             m->calls[msg->seq].status = out;
             m_push(m, EV_COMPLETE, (int)msg->seq);

@@ -6,4 +6,9 @@ if(TARGET bidistreamd)
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_grpcio.py $<TARGET_FILE:bidistreamd>)
   set_tests_properties(e2e.grpcio PROPERTIES LABELS "e2e;tsan" TIMEOUT 900
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
+  # grpc.testing.TestService beyond the interop client's cases (test_interop.py).
+  add_test(NAME e2e.interop
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_interop.py $<TARGET_FILE:bidistreamd>)
+  set_tests_properties(e2e.interop PROPERTIES LABELS "e2e;tsan" TIMEOUT 600
+    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
 endif()
