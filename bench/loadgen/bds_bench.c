@@ -91,6 +91,7 @@ static struct {
     long server_pid;
     size_t backlog;
     bool progress;
+    bool reopen;
     const char *out;
     const char *tags[MAX_TAGS];
     int ntags;
@@ -124,6 +125,9 @@ static void usage(void)
         "                      intended time). Late sends still count from the intended time,\n"
         "                      so the tick shows in latency (<= N µs); it saves wake-ups\n"
         "  --backlog B         open loop: unsent bytes per stream before it is skipped (1 MiB)\n"
+        "  --reopen            a stream the server ends before the client half-closes (e.g.\n"
+        "                      RESOURCE_EXHAUSTED from a hard-reject policy) is opened again\n"
+        "                      at once; its unanswered messages count as failed_stream_msgs\n"
         "  --server-pid P      sample the server's CPU and RSS from /proc/P\n"
         "  --tag K=V           extra string field in the JSON line's \"tags\" (repeatable)\n"
         "  --out FILE          append the JSON line to FILE (default stdout)\n"
@@ -152,6 +156,7 @@ static void parse_opts(int argc, char **argv)
         { "drain", 1, 0, 'D' }, { "threads", 1, 0, 't' }, { "cpus", 1, 0, 'C' },
         { "spin-us", 1, 0, 'S' }, { "backlog", 1, 0, 'B' }, { "server-pid", 1, 0, 'P' },
         { "tick-us", 1, 0, 'K' }, { "tag", 1, 0, 'T' }, { "out", 1, 0, 'o' }, { "progress", 0, 0, 'g' },
+        { "reopen", 0, 0, 'O' },
         { "help", 0, 0, 'h' }, { 0, 0, 0, 0 },
     };
     int c;
@@ -194,6 +199,7 @@ static void parse_opts(int argc, char **argv)
             break;
         case 'o': opt.out = optarg; break;
         case 'g': opt.progress = true; break;
+        case 'O': opt.reopen = true; break;
         default: usage();
         }
     }
@@ -269,6 +275,7 @@ struct stream {
     bool deferred;       /* the data provider returned DEFERRED: resume on new data */
     bool eof;            /* half-close requested */
     bool closed;
+    bool reopen;         /* --reopen: ended by the server mid-run, to be opened again */
     bool got_status;
     int grpc_status;
 };
@@ -299,6 +306,7 @@ struct thr {
     bds_openloop ol;
     uint64_t rr;          /* open loop: next stream, round-robin */
     int nlive;            /* streams not closed */
+    int nreopen;          /* streams marked reopen */
     uint8_t *msg;         /* scratch: one encoded message */
     size_t msg_cap;
     uint8_t *payload;     /* the payload template */
@@ -307,6 +315,8 @@ struct thr {
     _Atomic uint64_t sent, recv;
     uint64_t recvs, sends; /* completed recv and send operations: syscall-equivalents */
     uint64_t recv_window, order_violations, bad_replies, conn_errors, rst_streams;
+    uint64_t failed_stream_msgs; /* sent on a stream that ended before answering them */
+    uint64_t streams_reopened;
     uint64_t status[17];
     char authority[32];
 };
@@ -478,6 +488,14 @@ static int h2_on_close(nghttp2_session *h2, int32_t id, uint32_t err, void *ud)
         t->rst_streams++;
     else
         t->status[2]++; /* ended without a grpc-status: UNKNOWN, as a gRPC client says */
+    /* Messages sent (or queued to send) on a stream that ended without
+     * answering them: rejected or lost with it. */
+    t->failed_stream_msgs += s->inflight;
+    s->inflight = 0;
+    if (opt.reopen && !s->eof && !s->c->dead && now_ns() < t->t_end) {
+        s->reopen = true; /* not from inside nghttp2's callback: thr_reopen does it */
+        t->nreopen++;
+    }
     return 0;
 }
 
@@ -729,6 +747,39 @@ static void thr_start_streams(struct thr *t)
     }
 }
 
+/* --reopen: a stream the server ended mid-run starts again as a new HTTP/2
+ * stream with a clean slate (its unsent bytes and partial reply went with the
+ * old one); seq and the per-key order check carry on. */
+static void thr_reopen(struct thr *t)
+{
+    uint64_t now = now_ns();
+    for (int i = 0; i < t->nconns && t->nreopen; i++) {
+        struct conn *c = &t->conns[i];
+        for (int j = 0; j < c->nstreams && t->nreopen; j++) {
+            struct stream *s = &c->streams[j];
+            if (!s->reopen)
+                continue;
+            s->reopen = false;
+            t->nreopen--;
+            if (c->dead || now >= t->t_end)
+                continue;
+            s->pend.len = s->pend_off = 0;
+            s->rx.len = 0;
+            s->inflight = 0;
+            s->deferred = s->closed = s->got_status = false;
+            s->grpc_status = 0;
+            t->nlive++;
+            t->streams_reopened++;
+            stream_open(s);
+            if (opt.mode == MODE_CLOSED)
+                for (uint32_t w = 0; w < s->window; w++)
+                    stream_emit(s, now);
+            conn_mark_dirty(c);
+        }
+    }
+    t->nreopen = 0;
+}
+
 /* Open loop: sends what is due, round-robin over this thread's live streams. */
 static void thr_open_loop(struct thr *t, uint64_t now)
 {
@@ -836,6 +887,8 @@ static void *thr_main(void *arg)
         }
         if ((half_closed && t->nlive <= 0) || now >= t->t_hard)
             break;
+        if (t->nreopen)
+            thr_reopen(t);
         while (t->dirty) {
             struct conn *c = t->dirty;
             t->dirty = c->next_dirty;
@@ -953,13 +1006,14 @@ static double server_cpu_s(void)
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
-static long server_rss_kib(void)
+/* field: "VmRSS:" (now) or "VmHWM:" (the peak since the server started). */
+static long server_rss_kib(const char *field)
 {
     if (!opt.server_pid)
         return -1;
     char path[64], v[64];
     snprintf(path, sizeof path, "/proc/%ld/status", opt.server_pid);
-    read_first_line_matching(path, "VmRSS:", v, sizeof v);
+    read_first_line_matching(path, field, v, sizeof v);
     return v[0] ? atol(v) : -1;
 }
 
@@ -1002,7 +1056,7 @@ int main(int argc, char **argv)
     parse_opts(argc, argv);
     signal(SIGPIPE, SIG_IGN);
     h2_callbacks_init();
-    long rss_idle = server_rss_kib();
+    long rss_idle = server_rss_kib("VmRSS:");
 
     g_thr = calloc((size_t)opt.threads, sizeof *g_thr);
     for (int i = 0; i < opt.threads; i++) {
@@ -1036,7 +1090,7 @@ int main(int argc, char **argv)
         if (now_ns() >= t_end) {
             cpu1 = rusage_s();
             scpu1 = server_cpu_s();
-            rss_load = server_rss_kib();
+            rss_load = server_rss_kib("VmRSS:");
             break;
         }
         if (opt.progress && stop == next) {
@@ -1057,6 +1111,8 @@ int main(int argc, char **argv)
     bds_hist_init(&h);
     uint64_t recvs = 0, sends = 0;
     uint64_t sent = 0, recv = 0, recv_window = 0, order = 0, bad = 0, cerr = 0, rst = 0;
+    uint64_t failed_msgs = 0, reopened = 0;
+    long rss_peak = server_rss_kib("VmHWM:"); /* after the drain: the run's high-water mark */
     uint64_t status[17] = { 0 };
     for (int i = 0; i < opt.threads; i++) {
         struct thr *t = &g_thr[i];
@@ -1070,6 +1126,8 @@ int main(int argc, char **argv)
         bad += t->bad_replies;
         cerr += t->conn_errors;
         rst += t->rst_streams;
+        failed_msgs += t->failed_stream_msgs;
+        reopened += t->streams_reopened;
         for (int k = 0; k < 17; k++)
             status[k] += t->status[k];
     }
@@ -1124,6 +1182,14 @@ int main(int argc, char **argv)
             bds_hist_percentile(&h, 99) / 1e3, bds_hist_percentile(&h, 99.9) / 1e3,
             bds_hist_percentile(&h, 99.99) / 1e3, h.count ? h.max / 1e3 : 0.0,
             h.count ? h.min / 1e3 : 0.0, bds_hist_mean(&h) / 1e3);
+    /* The percentile spectrum (HdrHistogram's "1/(1-p)" axis): nines from p0 to max. */
+    static const double spec[] = { 0.01, 10, 25, 50, 75, 90, 95, 97.5, 99, 99.5, 99.75, 99.9,
+                                   99.95, 99.99, 99.995, 99.999, 100 };
+    fprintf(f, "\"spectrum_us\":[");
+    for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++)
+        fprintf(f, "%s[%g,%.1f]", i ? "," : "", spec[i], bds_hist_percentile(&h, spec[i]) / 1e3);
+    fprintf(f, "],\"failed_stream_msgs\":%llu,\"streams_reopened\":%llu,",
+            (unsigned long long)failed_msgs, (unsigned long long)reopened);
     fprintf(f, "\"errors\":{\"order_violations\":%llu,\"bad_replies\":%llu,\"conn_errors\":%llu,"
                "\"rst_streams\":%llu,\"grpc_status\":{",
             (unsigned long long)order, (unsigned long long)bad, (unsigned long long)cerr,
@@ -1143,12 +1209,15 @@ int main(int argc, char **argv)
     else
         fprintf(f, "\"server_cpu\":null,");
     long total_streams = (long)opt.conns * (opt.raw ? 1 : opt.streams);
+    if (rss_peak < rss_load)
+        rss_peak = rss_load; /* VmHWM trails VmRSS by the kernel's RSS counter batching */
     if (rss_idle >= 0 && rss_load >= 0)
-        fprintf(f, "\"server_rss_idle_kib\":%ld,\"server_rss_load_kib\":%ld,"
+        fprintf(f, "\"server_rss_idle_kib\":%ld,\"server_rss_load_kib\":%ld,\"server_rss_peak_kib\":%ld,"
                    "\"server_rss_per_stream_b\":%.0f}}\n",
-                rss_idle, rss_load, (double)(rss_load - rss_idle) * 1024.0 / (double)total_streams);
+                rss_idle, rss_load, rss_peak,
+                (double)(rss_load - rss_idle) * 1024.0 / (double)total_streams);
     else
-        fprintf(f, "\"server_rss_idle_kib\":null,\"server_rss_load_kib\":null,"
+        fprintf(f, "\"server_rss_idle_kib\":null,\"server_rss_load_kib\":null,\"server_rss_peak_kib\":null,"
                    "\"server_rss_per_stream_b\":null}}\n");
     if (f != stdout)
         fclose(f);
