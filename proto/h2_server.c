@@ -33,10 +33,14 @@
  *
  * Only H2S_OPEN delivers events. Invariants: consumed <= received per stream;
  * a record is on the live list exactly while nghttp2 holds it as user data;
- * q_bytes is the sum of unsent queued bytes (q_off into the head chunk).
+ * q_bytes is the sum of unsent queued bytes (each message's _off counts what
+ * of its prefix + payload has left).
  *
- * Memory: records, queue chunks, deframer buffers, the output buffer and all of
- * nghttp2's memory come from cfg.alloc.
+ * Memory: records, copied messages (bds__h2_send_msg), deframer buffers, the
+ * output buffer and all of nghttp2's memory come from cfg.alloc. Messages
+ * queued by reference (bds__h2_send_ref) stay the caller's: the queue links the
+ * caller's node, and on_msg_release gives it back once its bytes are in the
+ * output buffer or dropped, so a reply costs no allocation and one copy here.
  *
  * Elsewhere: request validation and timeouts (grpc_wire.c), framing
  * (grpc_frame.c), sockets and clocks (io/). */
@@ -56,11 +60,7 @@ enum h2s_end { H2S_END_NONE = 0, H2S_END_APP, H2S_END_SESSION, H2S_END_PEER };
 #define H2_SMALL_WINDOW_UPDATE 1024u   /* a WINDOW_UPDATE below this is a glitch */
 #define H2_OUT_BUF_MIN 1024u
 
-struct h2_chunk {
-    struct h2_chunk *next;
-    size_t len;
-    uint8_t data[];
-};
+BDS_STATIC_ASSERT(sizeof(((bds__h2_msg *)0)->_prefix) == BDS_GRPC_PREFIX_BYTES, "gRPC prefix size");
 
 struct h2_stream {
     struct h2_stream *prev, *next; /* live list                                  */
@@ -74,8 +74,7 @@ struct h2_stream {
     uint64_t recv_bytes;           /* DATA payload delivered to us                */
     uint32_t precredited;       /* window already credited for the message in progress */
     uint64_t consumed_bytes;       /* credited back; <= recv_bytes                */
-    struct h2_chunk *q_head, *q_tail;
-    size_t q_off;                  /* bytes of q_head already sent                */
+    bds__h2_msg *q_head, *q_tail;  /* messages to send, in order                 */
     size_t q_bytes;                /* unsent queued bytes                         */
     int grpc_code;                 /* trailers' grpc-status                       */
     char *grpc_msg;                /* percent-encoded grpc-message, or NULL       */
@@ -172,11 +171,21 @@ static void h2_glitch(bds__h2_conn *c, uint32_t cost) {
 
 /* ---- stream records ---------------------------------------------------------- */
 
-static void h2_queue_free_from(bds__h2_conn *c, struct h2_chunk *ch) {
-    while (ch != NULL) {
-        struct h2_chunk *next = ch->next;
-        c->alloc->free_fn(ch, c->alloc->ctx);
-        ch = next;
+/* The session is done with |m|: its bytes left or were dropped. */
+static void h2_msg_release(bds__h2_conn *c, bds__h2_msg *m) {
+    if (m->_owned) {
+        c->alloc->free_fn(m, c->alloc->ctx);
+        return;
+    }
+    BDS_ASSERT(c->cbs.on_msg_release != NULL);
+    c->cbs.on_msg_release(c->ctx, m);
+}
+
+static void h2_queue_free_from(bds__h2_conn *c, bds__h2_msg *m) {
+    while (m != NULL) {
+        bds__h2_msg *next = m->_next;
+        h2_msg_release(c, m);
+        m = next;
     }
 }
 
@@ -289,12 +298,11 @@ static void h2_stream_fail(bds__h2_conn *c, struct h2_stream *s, bds_status stat
     s->ended_by = H2S_END_SESSION;
     c->stats.calls_failed++;
     /* Unsent replies are dropped; one already on the wire is completed first. */
-    struct h2_chunk *keep = s->q_off > 0 ? s->q_head : NULL;
-    h2_queue_free_from(c, keep != NULL ? keep->next : s->q_head);
+    bds__h2_msg *keep = s->q_head != NULL && s->q_head->_off > 0 ? s->q_head : NULL;
+    h2_queue_free_from(c, keep != NULL ? keep->_next : s->q_head);
     s->q_head = s->q_tail = keep;
-    if (keep != NULL) keep->next = NULL;
-    s->q_bytes = keep != NULL ? keep->len - s->q_off : 0;
-    if (keep == NULL) s->q_off = 0;
+    if (keep != NULL) keep->_next = NULL;
+    s->q_bytes = keep != NULL ? keep->_len + BDS_GRPC_PREFIX_BYTES - keep->_off : 0;
     h2_stream_answer(c, s, 200, h2_grpc_code(status), reason);
     h2_stream_settle(c, s);
     if (c->cbs.on_call_error != NULL)
@@ -566,18 +574,24 @@ static ssize_t h2_on_read(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, 
     if (s == NULL) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     size_t n = 0;
     while (n < length && s->q_head != NULL) {
-        struct h2_chunk *ch = s->q_head;
-        size_t k = ch->len - s->q_off;
-        if (k > length - n) k = length - n;
-        memcpy(buf + n, ch->data + s->q_off, k);
+        bds__h2_msg *m = s->q_head;
+        size_t k;
+        if (m->_off < BDS_GRPC_PREFIX_BYTES) { /* the prefix, or what is left of it */
+            k = BDS_GRPC_PREFIX_BYTES - m->_off;
+            if (k > length - n) k = length - n;
+            memcpy(buf + n, m->_prefix + m->_off, k);
+        } else {
+            k = m->_len + BDS_GRPC_PREFIX_BYTES - m->_off;
+            if (k > length - n) k = length - n;
+            memcpy(buf + n, m->_data + (m->_off - BDS_GRPC_PREFIX_BYTES), k);
+        }
         n += k;
-        s->q_off += k;
+        m->_off += (uint32_t)k;
         s->q_bytes -= k;
-        if (s->q_off == ch->len) {
-            s->q_head = ch->next;
+        if (m->_off == m->_len + BDS_GRPC_PREFIX_BYTES) {
+            s->q_head = m->_next;
             if (s->q_head == NULL) s->q_tail = NULL;
-            s->q_off = 0;
-            c->alloc->free_fn(ch, c->alloc->ctx);
+            h2_msg_release(c, m);
         }
     }
     BDS_ASSERT((s->q_head == NULL) == (s->q_bytes == 0));
@@ -805,36 +819,74 @@ static bds_status h2_app_stream(const bds__h2_conn *c, int32_t id, struct h2_str
     return BDS_OK;
 }
 
-bds_status bds__h2_send_msg(bds__h2_conn *c, int32_t id, const void *msg, size_t len) {
-    BDS_ASSERT(c != NULL && !c->in_output);
-    BDS_ASSERT(msg != NULL || len == 0);
-    struct h2_stream *s;
-    bds_status st = h2_app_stream(c, id, &s);
+/* Checks that stream |id| may take |len| more payload bytes; BDS_OK with |*sp|. */
+static bds_status h2_send_check(bds__h2_conn *c, int32_t id, size_t len, struct h2_stream **sp) {
+    bds_status st = h2_app_stream(c, id, sp);
     if (st != BDS_OK) return st;
     if (c->fatal) return BDS_E_SESSION_CLOSED;
     if (len > UINT32_MAX - BDS_GRPC_PREFIX_BYTES - 1) return BDS_E_INVALID;
+    struct h2_stream *s = *sp;
     size_t wire = len + BDS_GRPC_PREFIX_BYTES;
     if (s->q_bytes > 0 && s->q_bytes + wire > c->cfg.stream_send_bytes_max) return BDS_E_AGAIN;
-    struct h2_chunk *ch = c->alloc->malloc_fn(sizeof *ch + wire, c->alloc->ctx);
-    if (ch == NULL) return BDS_E_NOMEM;
-    ch->next = NULL;
-    ch->len = bds__grpc_frame_write(ch->data, wire, msg, (uint32_t)len);
-    BDS_ASSERT(ch->len == wire);
-    if (s->q_tail != NULL) s->q_tail->next = ch;
-    else s->q_head = ch;
-    s->q_tail = ch;
+    return BDS_OK;
+}
+
+/* Appends |m| (fields set but the link) and starts or resumes the stream's
+ * DATA. On failure |m| is unlinked again and the caller still owns it. */
+static bds_status h2_queue_push(bds__h2_conn *c, struct h2_stream *s, bds__h2_msg *m) {
+    BDS_ASSERT(m->_off == 0);
+    size_t wire = (size_t)m->_len + BDS_GRPC_PREFIX_BYTES;
+    m->_next = NULL;
+    if (s->q_tail != NULL) s->q_tail->_next = m;
+    else s->q_head = m;
+    s->q_tail = m;
     s->q_bytes += wire;
     if (s->response_submitted) {
         h2_resume(c, s);
         return BDS_OK;
     }
+    BDS_ASSERT(s->q_head == m); /* nothing is queued before the response starts */
     nghttp2_nv nv[2] = {h2_nv(":status", "200", 3), h2_nv("content-type", "application/grpc", 16)};
     nghttp2_data_provider prd = {.source = {.ptr = NULL}, .read_callback = h2_on_read};
-    int rv = nghttp2_submit_response(c->ng, id, nv, 2, &prd);
+    int rv = nghttp2_submit_response(c->ng, s->id, nv, 2, &prd);
     h2_check(c, rv);
-    if (rv != 0) return rv == NGHTTP2_ERR_NOMEM ? BDS_E_NOMEM : BDS_E_SESSION_CLOSED;
+    if (rv != 0) {
+        s->q_head = s->q_tail = NULL;
+        s->q_bytes = 0;
+        return rv == NGHTTP2_ERR_NOMEM ? BDS_E_NOMEM : BDS_E_SESSION_CLOSED;
+    }
     s->response_submitted = true;
     return BDS_OK;
+}
+
+bds_status bds__h2_send_msg(bds__h2_conn *c, int32_t id, const void *msg, size_t len) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    BDS_ASSERT(msg != NULL || len == 0);
+    struct h2_stream *s;
+    bds_status st = h2_send_check(c, id, len, &s);
+    if (st != BDS_OK) return st;
+    bds__h2_msg *m = c->alloc->malloc_fn(sizeof *m + len, c->alloc->ctx);
+    if (m == NULL) return BDS_E_NOMEM;
+    uint8_t *copy = (uint8_t *)(m + 1);
+    if (len > 0) memcpy(copy, msg, len);
+    *m = (bds__h2_msg){._data = copy, ._len = (uint32_t)len, ._owned = true};
+    bds__grpc_frame_prefix(m->_prefix, false, (uint32_t)len);
+    st = h2_queue_push(c, s, m);
+    if (st != BDS_OK) c->alloc->free_fn(m, c->alloc->ctx);
+    return st;
+}
+
+bds_status bds__h2_send_ref(bds__h2_conn *c, int32_t id, bds__h2_msg *m, const void *data,
+                            size_t len) {
+    BDS_ASSERT(c != NULL && !c->in_output && m != NULL);
+    BDS_ASSERT(data != NULL || len == 0);
+    BDS_ASSERT(c->cbs.on_msg_release != NULL);
+    struct h2_stream *s;
+    bds_status st = h2_send_check(c, id, len, &s);
+    if (st != BDS_OK) return st;
+    *m = (bds__h2_msg){._data = data, ._len = (uint32_t)len, ._owned = false};
+    bds__grpc_frame_prefix(m->_prefix, false, (uint32_t)len);
+    return h2_queue_push(c, s, m);
 }
 
 bds_status bds__h2_finish(bds__h2_conn *c, int32_t id, bds_status status, const char *message) {

@@ -43,6 +43,18 @@
 
 typedef struct bds__h2_conn bds__h2_conn;
 
+/* An outbound message the caller keeps (bds__h2_send_ref): embed it in the
+ * buffer that holds the payload. Its fields are the session's from
+ * bds__h2_send_ref until on_msg_release hands it back. */
+typedef struct bds__h2_msg {
+    struct bds__h2_msg *_next;
+    const uint8_t *_data;   /* the payload, borrowed until on_msg_release */
+    uint32_t _len;          /* payload bytes                                */
+    uint32_t _off;          /* bytes of prefix + payload already serialized */
+    uint8_t _prefix[5];     /* gRPC Length-Prefixed-Message prefix          */
+    bool _owned;            /* allocated by the session (bds__h2_send_msg)  */
+} bds__h2_msg;
+
 /* HTTP/2 error codes used in this API (RFC 9113 §7). */
 #define BDS_H2_NO_ERROR 0x0u
 #define BDS_H2_PROTOCOL_ERROR 0x1u
@@ -128,6 +140,13 @@ typedef struct bds__h2_callbacks {
      * trailers are on their way and the call is over for the app. Optional. */
     void (*on_call_error)(void *ctx, void *call_ctx, int32_t stream_id, bds_status status,
                           int http_status);
+    /* A message queued with bds__h2_send_ref is no longer referenced: its
+     * bytes are in the output buffer, or it was dropped (stream failed, reset
+     * or closed; session destroyed). Unlike the events above it also fires from
+     * bds__h2_output, bds__h2_finish and bds__h2_destroy: it may only free the
+     * message's memory, never call into the session. Required to use
+     * bds__h2_send_ref. */
+    void (*on_msg_release)(void *ctx, bds__h2_msg *msg);
 } bds__h2_callbacks;
 
 /* Counters, for metrics and tests. */
@@ -181,6 +200,12 @@ bool bds__h2_is_done(const bds__h2_conn *conn);
  * (len over 4 GiB - 6); BDS_FAILED_PRECONDITION (the app already finished);
  * BDS_E_SESSION_CLOSED (no such call: reset, failed, or unknown); BDS_E_NOMEM. */
 bds_status bds__h2_send_msg(bds__h2_conn *conn, int32_t stream_id, const void *msg, size_t len);
+/* The same without a copy or an allocation: queues |msg| (the caller's node)
+ * pointing at |len| bytes of |data|, which must stay valid and unchanged until
+ * on_msg_release(msg). Same returns as bds__h2_send_msg; on any return other
+ * than BDS_OK the session did not take |msg| (no on_msg_release follows). */
+bds_status bds__h2_send_ref(bds__h2_conn *conn, int32_t stream_id, bds__h2_msg *msg,
+                            const void *data, size_t len);
 
 /* Ends a call: after the queued messages, trailers with grpc-status and the
  * percent-encoded grpc-message (|message| NULL = the status's own text; ignored

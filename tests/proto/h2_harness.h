@@ -69,6 +69,8 @@ struct app {
     bool finish_on_half_close;     /* finish(OK) at half-close */
     bool consume_partial;          /* consume everything outstanding on every message */
     int resets;
+    int msgs_released;             /* on_msg_release calls (bds__h2_send_ref) */
+    bds__h2_msg *last_released;
 };
 
 static __attribute__((unused)) bds_status app_on_call_start(void *ctx, const bds__h2_call_info *info, void **call_ctx) {
@@ -133,12 +135,24 @@ static __attribute__((unused)) void app_on_call_error(void *ctx, void *call_ctx,
     c->error_status = st;
 }
 
+/* Counts releases; a released node is poisoned so a second release or a late
+ * read of its fields by the session shows. */
+static __attribute__((unused)) void app_on_msg_release(void *ctx, bds__h2_msg *m) {
+    struct app *a = ctx;
+    cr_assert_neq(m->_len, 0xdeadbeefu, "message released twice");
+    a->msgs_released++;
+    a->last_released = m;
+    memset(m, 0, sizeof *m);
+    m->_len = 0xdeadbeefu;
+}
+
 static __attribute__((unused)) const bds__h2_callbacks app_callbacks = {
     .on_call_start = app_on_call_start,
     .on_message = app_on_message,
     .on_half_close = app_on_half_close,
     .on_reset = app_on_reset,
     .on_call_error = app_on_call_error,
+    .on_msg_release = app_on_msg_release,
 };
 
 static __attribute__((unused)) struct app_call *app_call_by_id(struct app *a, int32_t id) {
