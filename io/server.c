@@ -4,8 +4,12 @@
  * Per shard: one listener on the shared port (SO_REUSEPORT), its connections,
  * one HTTP/2 session each (proto/h2_server), and a pipeline (io/pipe). A
  * stream is a srv_call holding a bds_session on the connection's shard. An
- * inbound message is copied once into a srv_msg, its key found by the
- * method's resolver, and handed to bds_session_receive(). Flow control is
+ * inbound message is copied once into a srv_msg (from the shard's pools), its
+ * key found by the method's resolver, and handed to bds_session_receive().
+ * Replies are queued on the HTTP/2 stream by reference (bds__h2_send_ref): a
+ * reply buffer is copied only when the session serializes it, and an echo
+ * reply is the request's own buffer, so the built-in echo allocates nothing
+ * and copies its bytes once on the way in and once on the way out. Flow control is
  * end to end (DESIGN §7): a message's bytes are credited to the stream's
  * window only when the pipeline admitted it; while the session has no room
  * (QUEUE policy), messages wait parked here and the window stays shut, so a
@@ -20,7 +24,9 @@
  * shutdown on each session; the grace period ends what is left with
  * UNAVAILABLE, and one second later any connection still open is closed.
  *
- * Ownership: everything here belongs to its shard's thread. */
+ * Ownership: everything here belongs to its shard's thread. A srv_msg lives
+ * until every holder (SRV_MSG_IN/OUT/H2) has let go; all of them let go on
+ * its home shard. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -156,6 +162,62 @@ bds_status bds__server_add_method_ex(bds_server *srv, const bds_method *m, bool 
     return st;
 }
 
+bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv_key_hint_fn key_hint) {
+    bds_status st = bds_server_add_method(srv, m);
+    if (st == BDS_OK) srv->methods[srv->n_methods - 1].key_hint = key_hint;
+    return st;
+}
+
+/* ---- message buffers ----------------------------------------------------------------------- */
+
+static void msg_pools_init(srv_shard *sh) {
+    for (uint32_t i = 0; i < SRV_MSG_CLASSES; i++) bds__pool_init(&sh->msg_pools[i], (size_t)SRV_MSG_CLASS_MIN << i);
+}
+
+/* Asserts every buffer came back (a leak trips here at shutdown). */
+static void msg_pools_deinit(srv_shard *sh) {
+    for (uint32_t i = 0; i < SRV_MSG_CLASSES; i++) bds__pool_deinit(&sh->msg_pools[i]);
+}
+
+/* A zeroed message for len payload bytes, held by |holds|. From sh's pools
+ * when sh is given (it must be the calling shard) and the size fits; else
+ * from malloc. NULL when memory is out. */
+static srv_msg *msg_new(srv_shard *sh, size_t len, uint8_t holds) {
+    BDS_ASSERT(sh == NULL || sh == tls_shard);
+    size_t need = sizeof(srv_msg) + len;
+    srv_msg *m = NULL;
+    uint32_t cls = 0;
+    while (cls < SRV_MSG_CLASSES && need > ((size_t)SRV_MSG_CLASS_MIN << cls)) cls++;
+    if (sh != NULL && cls < SRV_MSG_CLASSES) {
+        m = bds__pool_get(&sh->msg_pools[cls]); /* zeroed */
+        if (!m) return NULL;
+        m->home = sh;
+        m->cls = (uint8_t)cls;
+    } else {
+        m = malloc(need);
+        if (!m) return NULL;
+        memset(m, 0, sizeof *m);
+        m->home = sh;
+        m->cls = SRV_MSG_HEAP;
+    }
+    m->len = (uint32_t)len;
+    m->holds = holds;
+    return m;
+}
+
+/* |hold| lets go of m; the last holder frees it (on its home shard). */
+static void msg_unhold(srv_msg *m, uint8_t hold) {
+    BDS_ASSERT(m->holds & hold);
+    m->holds &= (uint8_t)~hold;
+    if (m->holds) return;
+    if (m->cls == SRV_MSG_HEAP) {
+        free(m);
+        return;
+    }
+    BDS_ASSERT(m->home == tls_shard && m->cls < SRV_MSG_CLASSES);
+    bds__pool_put(&m->home->msg_pools[m->cls], m);
+}
+
 /* ---- replies and requests (public call helpers) ------------------------------------------ */
 
 const uint8_t *bds_call_request(const bds_call *call, uint32_t *len) {
@@ -164,13 +226,25 @@ const uint8_t *bds_call_request(const bds_call *call, uint32_t *len) {
     return m->data;
 }
 
+/* Thread: any. On the call's home shard the reply comes from its pools, and
+ * an echo of the whole request (the first one) is the request's own buffer.
+ * Elsewhere (the key's shard, a handler's thread) it is malloc'ed: the reply
+ * is freed at home, which no other shard's pool may be. */
 bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len) {
     if (len > UINT32_MAX - 64) return BDS_E_INVALID;
-    srv_msg *r = malloc(sizeof *r + len);
-    if (!r) return BDS_E_NOMEM;
-    memset(r, 0, sizeof *r);
-    r->len = (uint32_t)len;
-    if (len) memcpy(r->data, bytes, len);
+    srv_msg *req = bds_call_payload(call);
+    srv_shard *here = tls_shard != NULL && req->home == tls_shard ? tls_shard : NULL;
+    srv_msg *r;
+    if (here && !req->reply_used && bytes == req->data && len == req->len) {
+        /* Only home's thread touches holds, and the request is lent to us. */
+        r = req;
+        r->reply_used = true;
+        r->holds |= SRV_MSG_OUT;
+    } else {
+        r = msg_new(here, len, SRV_MSG_OUT);
+        if (!r) return BDS_E_NOMEM;
+        if (len) memcpy(r->data, bytes, len);
+    }
     r->reply.data = r;
     r->reply.bytes = (uint32_t)len;
     bds_call_reply(call, &r->reply);
@@ -235,18 +309,18 @@ static void call_unlink(srv_call *call) {
     call->conn = NULL;
 }
 
-static void msg_list_free(srv_msg *m) {
+static void msg_list_free(srv_msg *m, uint8_t hold) {
     while (m) {
         srv_msg *n = m->next;
-        free(m);
+        msg_unhold(m, hold);
         m = n;
     }
 }
 
 static void call_free(srv_call *call) {
     call_unlink(call);
-    msg_list_free(call->parked);
-    msg_list_free(call->blocked);
+    msg_list_free(call->parked, SRV_MSG_IN);
+    msg_list_free(call->blocked, SRV_MSG_OUT);
     free(call);
 }
 
@@ -256,8 +330,9 @@ static bool call_try_send(srv_call *call, srv_msg *r) {
     srv_conn *sc = call->conn;
     if (!sc || call->h2_done) return true; /* nobody to send to: written = dropped */
     if (bds__h2_queued_bytes(sc->h2, call->stream) > REPLY_HIGH_WATER) return false;
-    bds_status st = bds__h2_send_msg(sc->h2, call->stream, r->data, r->len);
+    bds_status st = bds__h2_send_ref(sc->h2, call->stream, &r->h2, r->data, r->len);
     if (st == BDS_E_AGAIN) return false;
+    if (st == BDS_OK) r->holds |= SRV_MSG_H2; /* released by h2_on_msg_release */
     conn_kick(sc);
     return true;
 }
@@ -268,7 +343,7 @@ static void call_move_blocked(srv_call *call) {
         call->blocked = r->next;
         if (!call->blocked) call->blocked_tail = NULL;
         if (call->session) bds_session_reply_written(call->session, &r->reply);
-        free(r);
+        msg_unhold(r, SRV_MSG_OUT);
     }
     if (call->finish_pending && !call->blocked) {
         srv_conn *sc = call->conn;
@@ -286,7 +361,7 @@ static void op_write(bds_session *s, bds_reply *reply, void *ctx) {
     srv_msg *r = reply->data;
     if (!call->blocked && call_try_send(call, r)) {
         bds_session_reply_written(s, reply);
-        free(r);
+        msg_unhold(r, SRV_MSG_OUT);
         return;
     }
     r->next = NULL;
@@ -298,13 +373,13 @@ static void op_write(bds_session *s, bds_reply *reply, void *ctx) {
 static void op_drop(bds_session *s, bds_reply *reply, void *ctx) {
     (void)s;
     (void)ctx;
-    free(reply->data);
+    msg_unhold(reply->data, SRV_MSG_OUT);
 }
 
 static void op_release(bds_session *s, void *payload, void *ctx) {
     (void)s;
     (void)ctx;
-    free(payload);
+    msg_unhold(payload, SRV_MSG_IN);
 }
 
 
@@ -318,7 +393,7 @@ static void op_closed(bds_session *s, bds_status status, const char *message, vo
         call->finish_pending = true;
         call->fin_status = status;
         snprintf(call->fin_msg, sizeof call->fin_msg, "%s", message ? message : "");
-        msg_list_free(call->parked);
+        msg_list_free(call->parked, SRV_MSG_IN);
         call->parked = call->parked_tail = NULL;
         call->session = NULL;
         bds_session_release(s);
@@ -342,7 +417,7 @@ static bool call_admit(srv_call *call, srv_msg *m);
  * at half-close first get an empty message flagged `end`, in stream order. */
 static void call_client_close(srv_call *call) {
     if (call->m->end_marker) {
-        srv_msg *marker = calloc(1, sizeof *marker);
+        srv_msg *marker = msg_new(call->conn ? call->conn->sh : NULL, 0, SRV_MSG_IN);
         if (marker) {
             marker->end = true;
             call_admit(call, marker);
@@ -379,7 +454,7 @@ static bool call_admit(srv_call *call, srv_msg *m) {
     uint32_t wire = m->wire;
     bds_status st = bds_session_receive(call->session, m, m->len, m->key, m->key_len, 0);
     if (st != BDS_OK) {
-        free(m);
+        msg_unhold(m, SRV_MSG_IN);
         return false;
     }
     if (call->conn && !call->h2_done) {
@@ -424,21 +499,23 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
 
 static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const uint8_t *msg, size_t len,
                           uint32_t wire_bytes) {
-    (void)ctx;
     (void)stream_id;
     srv_call *call = call_ctx;
     if (call->finish_pending) return; /* the stream's session already ended */
-    srv_msg *m = malloc(sizeof *m + len);
+    srv_conn *sc = ctx;
+    srv_msg *m = msg_new(sc->sh, len, SRV_MSG_IN);
     if (!m) {
         bds_session_fail(call->session, BDS_RESOURCE_EXHAUSTED, "server out of memory");
         return;
     }
-    memset(m, 0, sizeof *m);
-    m->len = (uint32_t)len;
     m->wire = wire_bytes;
     if (len) memcpy(m->data, msg, len);
-    if (call->m->m.key && !call->m->m.key(m->data, m->len, &m->key, &m->key_len, call->m->m.key_ctx)) {
-        free(m);
+    const srv_method *sm = call->m;
+    bool ok = true;
+    if (sm->key_hint) ok = sm->key_hint(m->data, m->len, &m->key, &m->key_len, &m->hint);
+    else if (sm->m.key) ok = sm->m.key(m->data, m->len, &m->key, &m->key_len, sm->m.key_ctx);
+    if (!ok) {
+        msg_unhold(m, SRV_MSG_IN);
         bds_session_fail(call->session, BDS_INTERNAL, "malformed request message");
         return;
     }
@@ -490,12 +567,19 @@ static void h2_on_call_error(void *ctx, void *call_ctx, int32_t stream_id, bds_s
     bds_session_fail(call->session, status, "request rejected");
 }
 
+/* A reply queued by reference left the HTTP/2 session (serialized or dropped). */
+static void h2_on_msg_release(void *ctx, bds__h2_msg *hm) {
+    (void)ctx;
+    msg_unhold(BDS_CONTAINER_OF(hm, srv_msg, h2), SRV_MSG_H2);
+}
+
 static const bds__h2_callbacks h2_cbs = {
     .on_call_start = h2_on_call_start,
     .on_message = h2_on_message,
     .on_half_close = h2_on_half_close,
     .on_reset = h2_on_reset,
     .on_call_error = h2_on_call_error,
+    .on_msg_release = h2_on_msg_release,
 };
 
 /* ---- connections ----------------------------------------------------------------------------------- */
@@ -724,6 +808,7 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     sh->srv = srv;
     sh->shard = s;
     srv->shards[id] = sh;
+    msg_pools_init(sh);
     tls_shard = sh;
     bds_status st = bds__pipe_attach(srv->pipes, s, &sh->pipe);
     if (st != BDS_OK) return st;
@@ -759,6 +844,8 @@ static void server_free_shards(bds_server *srv) {
         srv_shard *sh = srv->shards[i];
         if (!sh) continue;
         if (sh->pipe) bds__pipe_detach(sh->pipe);
+        /* Every shard has stopped (joined): no message is held any more. */
+        msg_pools_deinit(sh);
         free(sh);
         srv->shards[i] = NULL;
     }

@@ -6,14 +6,21 @@
 
 #include "bidistream/server.h"
 #include "group.h"
+#include "mem.h"
 #include "h2_server.h"
 #include "net.h"
 #include "pipe.h"
 
 #define BDS_SERVER_METHODS_MAX 64
 
+/* An internal key resolver that also leaves a hint for the handler in the
+ * message (srv_msg.hint), so a built-in handler need not scan it again. */
+typedef bool (*srv_key_hint_fn)(const uint8_t *req, uint32_t len, const uint8_t **key, uint32_t *key_len,
+                                uint32_t *hint);
+
 typedef struct srv_method {
     bds_method m;
+    srv_key_hint_fn key_hint; /* used instead of m.key when set */
     char *path;
     bds_options opts;
     bool end_marker;          /* the handler also gets an empty message flagged `end`
@@ -40,12 +47,33 @@ struct bds_server {
     uint16_t port;            /* the bound port (for listen ":0") */
 };
 
-/* A server-side message buffer: inbound payloads and outbound replies. */
+/* Who still holds a srv_msg (srv_msg.holds); it is freed when the last lets go. */
+#define SRV_MSG_IN 0x1u    /* an inbound payload: parked, or the pipeline's until ops->release */
+#define SRV_MSG_OUT 0x2u   /* a reply: the Sender's or blocked, until written or dropped */
+#define SRV_MSG_H2 0x4u    /* queued on its HTTP/2 stream by reference, until on_msg_release */
+#define SRV_MSG_HEAP 0xffu /* srv_msg.cls: from malloc, not from a shard's pool */
+
+/* Size classes of the shard's message pools (header included); larger
+ * messages, and replies made off their home shard, come from malloc. */
+#define SRV_MSG_CLASSES 5u
+#define SRV_MSG_CLASS_MIN 256u /* doubling up to 4 KiB */
+
+/* A server-side message buffer: inbound payloads and outbound replies. Made
+ * and freed on its home shard (the connection's), from that shard's pools,
+ * except replies made on another thread (malloc; still freed on the home
+ * shard, since replies travel home). An echo reply is the request's own
+ * buffer: the embedded reply goes out with SRV_MSG_OUT added to its holds. */
 typedef struct srv_msg {
     bds_reply reply;          /* used when the buffer is a reply */
+    bds__h2_msg h2;           /* its link in the HTTP/2 stream's queue (SRV_MSG_H2) */
     struct srv_msg *next;     /* parked / blocked FIFO link */
+    srv_shard *home;          /* the shard that made it (NULL: made off any shard) */
     uint32_t len, wire;
+    uint8_t cls;              /* pool class in home's pools, or SRV_MSG_HEAP */
+    uint8_t holds;            /* SRV_MSG_IN | SRV_MSG_OUT | SRV_MSG_H2 */
     bool end;                 /* the end-of-stream marker (srv_method.end_marker) */
+    bool reply_used;          /* the embedded reply was handed out (echo) */
+    uint32_t hint;            /* srv_method.key_hint's note for the handler; 0 = none */
     const uint8_t *key;
     uint32_t key_len;
     uint8_t data[];
@@ -66,6 +94,7 @@ struct srv_shard {
     bds_listener *listener;
     srv_conn *conns;
     srv_watch *watches;
+    bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
     uint64_t stop_deadline_ns; /* hard close of what is left after the grace */
     bds_timer stop_timer;
     bool stopping;
@@ -98,6 +127,8 @@ void bds__services_on_stop(srv_shard *sh);
 bds_status bds__interop_register(bds_server *srv);
 /* Adds a method whose handler also sees the end-of-stream marker. */
 bds_status bds__server_add_method_ex(bds_server *srv, const bds_method *m, bool end_marker);
+/* Adds a method whose keys come from key_hint (m->key is ignored). */
+bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv_key_hint_fn key_hint);
 /* The srv_shard of the calling shard thread. */
 srv_shard *bds__server_shard_self(void);
 

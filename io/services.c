@@ -3,7 +3,10 @@
  * bidistream.v1.Pipeline/Process: each Frame is echoed with the same key, seq
  * and payload. The handler reads only the fields it needs straight from the
  * wire (no unpack, no repack): when the request carries neither work_us nor
- * fail, the reply is the request's own bytes. work_us completes the call from
+ * fail, the reply is the request's own bytes (its own buffer, even: see
+ * bds_call_reply_bytes). The key resolver's scan is the only one such a plain
+ * frame gets: it leaves PROCESS_HINT_PLAIN in the message for the handler.
+ * work_us completes the call from
  * a timer on the key's shard, so a slow message never blocks a core; fail
  * makes the handler fail (terminal with default options).
  *
@@ -110,21 +113,24 @@ static uint32_t frame_echo(const uint8_t *p, uint32_t len, uint8_t *out) {
     return n;
 }
 
-static bool frame_key(const uint8_t *req, uint32_t len, const uint8_t **key, uint32_t *key_len, void *ctx) {
-    (void)ctx;
+/* srv_msg.hint of a Process request: a valid Frame with key, seq and payload
+ * only (no work_us, no fail, nothing else), to be echoed as it is. */
+#define PROCESS_HINT_PLAIN 1u
+
+static bool frame_key(const uint8_t *req, uint32_t len, const uint8_t **key, uint32_t *key_len, uint32_t *hint) {
     frame_view v;
     if (!frame_scan(req, len, &v)) return false;
     *key = v.key;
     *key_len = v.key_len;
+    *hint = v.extra ? 0 : PROCESS_HINT_PLAIN;
     return true;
 }
 
-static void process_reply(bds_call *call) {
+/* Replies with the key, seq and payload of a Frame scanned into v, and finishes. */
+static void process_reply(bds_call *call, const frame_view *v) {
     uint32_t len;
     const uint8_t *req = bds_call_request(call, &len);
-    frame_view v;
-    frame_scan(req, len, &v);
-    if (!v.extra) {
+    if (!v->extra) {
         bds_call_reply_bytes(call, req, len);
     } else {
         uint8_t *tmp = malloc(len ? len : 1);
@@ -141,17 +147,24 @@ static void process_reply(bds_call *call) {
 struct work_timer {
     bds_timer t;
     bds_call *call;
+    frame_view v;
 };
 
 static void work_done(bds_timer *t, void *ctx) {
     (void)t;
     struct work_timer *w = ctx;
-    process_reply(w->call);
+    process_reply(w->call, &w->v);
     free(w);
 }
 
 static void process_handler(bds_call *call, void *ctx) {
     (void)ctx;
+    const srv_msg *m = bds_call_payload(call);
+    if (m->hint == PROCESS_HINT_PLAIN) { /* the resolver's scan said: echo it as it is */
+        bds_call_reply_bytes(call, m->data, m->len);
+        bds_call_done(call, BDS_OK, NULL);
+        return;
+    }
     uint32_t len;
     const uint8_t *req = bds_call_request(call, &len);
     frame_view v;
@@ -164,7 +177,7 @@ static void process_handler(bds_call *call, void *ctx) {
         return;
     }
     if (v.work_us == 0) {
-        process_reply(call);
+        process_reply(call, &v);
         return;
     }
     /* Simulated work: the reply is due work_us after execution starts, from a
@@ -177,6 +190,7 @@ static void process_handler(bds_call *call, void *ctx) {
         return;
     }
     w->call = call;
+    w->v = v;
     bds__timer_init(&w->t, work_done, w);
     uint64_t us = v.work_us > 3600ULL * 1000000ULL ? 3600ULL * 1000000ULL : v.work_us;
     if (bds__timer_arm(bds__shard_timers(s), &w->t, bds__shard_now(s) + us * 1000ULL) != 0) {
@@ -289,9 +303,8 @@ void bds__services_on_stop(srv_shard *sh) { watch_sweep(sh, true); }
 bds_status bds__services_register(bds_server *srv) {
     bds_options fifo = srv->cfg.options;
     fifo.inbound.ordering.mode = BDS_ORDERING_FIFO;
-    bds_method m = {.size = sizeof m, .path = "/bidistream.v1.Pipeline/Process", .handler = process_handler,
-                    .key = frame_key};
-    bds_status st = bds_server_add_method(srv, &m);
+    bds_method m = {.size = sizeof m, .path = "/bidistream.v1.Pipeline/Process", .handler = process_handler};
+    bds_status st = bds__server_add_method_hint(srv, &m, frame_key);
     m = (bds_method){.size = sizeof m, .path = "/grpc.health.v1.Health/Check", .handler = health_check,
                      .options = &fifo};
     if (st == BDS_OK) st = bds_server_add_method(srv, &m);
