@@ -6,9 +6,14 @@ usage: report.py DIR        (DIR holds results.jsonl and env.json from bench/run
 For every scenario: one table, a row per server, medians over the repetitions
 with [min–max]; then the ratios of msg/s and of p99 between every pair of
 servers (row ÷ column), the ceiling included. Open-loop sweeps get one table of
-p50/p99 per offered load and a plot. Plots are SVG, written by gnuplot (Debian's
-gnuplot-nox) from .dat/.gp files kept next to them, so they can be regenerated.
-Standard library only.
+p50/p99 per offered load and a plot; same50 (bidistreamd and the ceiling at the
+same rate), overload (bidistreamd per backpressure policy, the peers as they
+are) and perf (server-side cost per message) get a table each; a "targets"
+section computes the issue's targets from the results, each met / not met.
+Plots are SVG, written by gnuplot (Debian's gnuplot-nox) from .dat/.gp files
+kept next to them, so they can be regenerated: throughput and p50/p99 per
+scenario, latency vs offered load, and the latency percentile spectrum per
+server. Standard library only.
 """
 import json
 import os
@@ -19,7 +24,10 @@ import sys
 from collections import OrderedDict, defaultdict
 
 CEILING = "raw"
-ORDER = ["bidistreamd", "grpc-cpp-cb", "grpc-cpp-async", "grpc-go", "raw"]
+BDS = "bidistreamd"
+ORDER = ["bidistreamd", "bidistreamd-hard-reject", "bidistreamd-queue", "bidistreamd-soft-allow",
+         "bidistreamd-soft-allow-signal", "grpc-cpp-cb", "grpc-cpp-async", "grpc-go", "raw"]
+MIB = 1024 * 1024
 CLOSED_DESC = OrderedDict([
     ("pingpong", "ping-pong: 1 connection × 1 stream × 1 outstanding, 64 B"),
     ("stream", "streaming throughput: 1 × 16 streams × 32 outstanding, 64 B"),
@@ -97,6 +105,12 @@ def metrics(runs):
         g["cli_thr"].append(res.get("client_cpu_per_thread"))
         g["srv"].append(res.get("server_cpu"))
         g["rss"].append(res.get("server_rss_per_stream_b"))
+        g["rss_load"].append(res.get("server_rss_load_kib"))
+        g["rss_peak"].append(res.get("server_rss_peak_kib"))
+        g["sent"].append(res["sent"])
+        g["failed"].append(res.get("failed_stream_msgs", 0))
+        g["reopened"].append(res.get("streams_reopened", 0))
+        g["rej_frac"].append(res.get("failed_stream_msgs", 0) / res["sent"] if res["sent"] else None)
         g["rate"].append(r["config"]["rate"])
         e = res["errors"]
         bad = sum(v for k, v in e["grpc_status"].items() if k != "0")
@@ -133,7 +147,9 @@ def main():
     by = defaultdict(lambda: defaultdict(list))
     for r in runs:
         by[r["tags"]["scenario"]][r["tags"]["server"]].append(r)
-    servers = sorted({r["tags"]["server"] for r in runs}, key=server_key)
+    servers_all = sorted({r["tags"]["server"] for r in runs}, key=server_key)
+    # The policy variants of bidistreamd run only in overload: not columns elsewhere.
+    servers = [s for s in servers_all if not s.startswith(BDS + "-")]
     plotdir = os.path.join(d, "plots")
     os.makedirs(plotdir, exist_ok=True)
 
@@ -156,7 +172,7 @@ def main():
         if lines:
             md.append("- conformance to SPEC §4 (bench/peers/check.py): " + "; ".join(lines))
     md.append("- servers: " + "; ".join(
-        f"**{s}** ({by_any(by, s)['tags'].get('server_version', '')})" for s in servers))
+        f"**{s}** ({by_any(by, s)['tags'].get('server_version', '')})" for s in servers_all))
     md.append("\nCells: median over the repetitions [min–max]. Latency: from the (intended) send "
               "time to the reply, in the client. CPU in cores over the measured window; the server "
               "runs on one core, so `srv` near 1.0 means it is saturated, and `cli` near 1.0 per "
@@ -203,15 +219,14 @@ def main():
 
     # ---- open loop: sweep and overload
     sweep = sorted({int(s.split("-")[1]) for s in by if s.startswith("sweep-")})
-    over = sorted({int(s.split("-")[1]) for s in by if s.startswith("overload-")})
-    loads = [("sweep", p) for p in sweep] + [("overload", p) for p in over]
+    loads = [("sweep", p) for p in sweep]
     if loads:
-        md.append("## open loop — latency at a fixed offered rate, % of each server's own peak\n")
+        md.append("## sweep — open-loop latency at a fixed offered rate, % of each server's own peak\n")
         md.append("Rate = the given % of the server's median msg/s in `stream` (same 1 × 16 streams); "
                   "latency from the *intended* send time, so a server (or client) that falls behind "
                   f"shows it (no coordinated omission). Sends are batched per "
                   f"{env.get('open_loop_tick_us', '?')} µs tick, which bounds the client's own "
-                  "lateness. Overload: above the peak, so queues grow for the whole run; "
+                  "lateness. Above 100 % queues grow for the whole run; "
                   "`unanswered` counts messages still without a reply when the run ended.\n")
         hdr = "| load | " + " | ".join(f"{s} rate → msg/s | {s} p50 / p99 / p99.9" for s in servers) + " |"
         md.append(hdr)
@@ -219,7 +234,7 @@ def main():
         sweep_dat = defaultdict(list)
         for kind, p in loads:
             scen = f"{kind}-{p}"
-            row = [f"{p} %" + (" (overload)" if kind == "overload" else "")]
+            row = [f"{p} %" + (" (above the peak)" if p > 100 else "")]
             for s in servers:
                 rs = by.get(scen, {}).get(s)
                 if not rs:
@@ -232,7 +247,7 @@ def main():
                            + (f", {fmt_num(un)} unanswered" if un else "") + flag)
                 row.append(f"{fmt_lat(med(g['p50'])[0])} / {fmt_lat(med(g['p99'])[0])} / "
                            f"{fmt_lat(med(g['p999'])[0])}")
-                if kind == "sweep":
+                if p <= 100:
                     sweep_dat[s].append((p, med(g["rate"])[0], med(g["p50"])[0], med(g["p99"])[0],
                                          med(g["p999"])[0]))
             md.append("| " + " | ".join(row) + " |")
@@ -260,6 +275,11 @@ set key outside right
 plot {", ".join(plots)}
 """)
             md.append("![open-loop sweep](plots/sweep.svg)\n")
+
+    same_section(md, by)
+    overload_section(md, by, env, servers_all)
+    perf_section(md, by, env)
+    spectrum_plots(md, by, plotdir, servers)
 
     # ---- summary plots: throughput and latency per closed scenario
     if tput:
@@ -307,9 +327,220 @@ plot {", ".join(parts)}
         md.insert(plots_at, "\n![throughput](plots/throughput.svg)\n![p50](plots/latency_p50.svg)\n"
                      "![p99](plots/latency_p99.svg)\n")
 
+    md[plots_at:plots_at] = targets_section(by, env)
     with open(os.path.join(d, "report.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print(f"report.py: {os.path.join(d, 'report.md')} ({len(runs)} runs)")
+
+
+def lat_row(g):
+    return (f"{cell(g['p50'], fmt_lat)} | {cell(g['p99'], fmt_lat)} | {cell(g['p999'], fmt_lat)} | "
+            f"{cell(g['max'], fmt_lat)}")
+
+
+def client_bound(g):
+    return (med(g["cli_thr"])[0] or 0) > 0.9
+
+
+def same_section(md, by):
+    """same50: bidistreamd and the ceiling at one absolute rate, alternating."""
+    if "same50" not in by:
+        return
+    md.append("## same50 — bidistreamd and the ceiling at the same offered rate\n")
+    md.append("Open loop, 1 × 16 streams, 64 B, at 50 % of bidistreamd's peak (its median msg/s in "
+              "`stream`), the *same absolute rate* for the raw ceiling; servers alternate run by run. "
+              "The p99 target compares these two rows, inside one run of the suite.\n")
+    md.append("| server | rate → msg/s | p50 | p99 | p99.9 | max | cli CPU | srv CPU | reps |")
+    md.append("|---|---|---|---|---|---|---|---|---|")
+    for s in sorted(by["same50"], key=server_key):
+        g = metrics(by["same50"][s])
+        flag = " ⚠ client-bound" if client_bound(g) else ""
+        md.append(f"| **{s}** | {fmt_num(med(g['rate'])[0])} → {cell(g['mps'], fmt_num)} | {lat_row(g)} | "
+                  f"{cell(g['cli'], lambda v: f'{v:.2f}')}{flag} | {cell(g['srv'], lambda v: f'{v:.2f}')} | "
+                  f"{len(g['mps'])} |")
+    md.append("")
+
+
+def overload_section(md, by, env, servers_all):
+    over = sorted({int(s.split("-")[1]) for s in by if s.startswith("overload-")})
+    if not over:
+        return
+    o = env.get("overload", {})
+    nominal = o.get("nominal_msgs_per_s")
+    md.append("## overload — open loop above the admission capacity, per backpressure policy\n")
+    md.append(f"1 connection × {o.get('streams', '?')} streams, 64 B, 1,000 keys per stream, every message "
+              f"`work_us` = {o.get('work_us', '?')} (a timer: no CPU). bidistreamd admits "
+              f"{o.get('inbound_capacity', '?')} concurrent executions per stream "
+              f"(`--inbound-capacity`), so its nominal capacity is "
+              f"{nominal if nominal is None else format(nominal, ',')} msg/s; the offered rate is the given % of that, the same for every "
+              "server, far below any server's CPU peak: the policy, not the CPU, decides. The peers "
+              "have no policy (they run everything: the baseline). A stream the server ends "
+              "(HARD_REJECT: RESOURCE_EXHAUSTED) is opened again at once by the client; "
+              "**rejected** = messages that never got a reply because their stream was ended ÷ "
+              "messages sent; **resets/s** = streams ended by the server per second. A rejection "
+              "ends the whole stream, not one message (it is terminal for the session, SPEC §2), so "
+              "with arrivals above capacity a HARD_REJECT stream dies within milliseconds of each "
+              "opening and few messages are ever answered. Latency is "
+              "that of *admitted* messages, from their intended send time. RSS: the server's at "
+              "the end of the window, and its high-water mark.\n")
+    md.append("| load | server | offered → answered msg/s | rejected | resets/s | p50 | p99 | p99.9 | max | "
+              "unanswered | srv CPU | RSS (peak) |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for p in over:
+        scen = f"overload-{p}"
+        for s in sorted(by[scen], key=server_key):
+            g = metrics(by[scen][s])
+            dur = by[scen][s][0]["config"]["duration_s"] + by[scen][s][0]["config"]["warmup_s"]
+            resets = [r / dur for r in g["reopened"]]
+            rss = cell(g["rss_load"], lambda v: f"{v / 1024:.1f} MiB")
+            peak = med(g["rss_peak"])[0]
+            md.append(f"| {p} % | **{s}** | {fmt_num(med(g['rate'])[0])} → {cell(g['mps'], fmt_num)} | "
+                      f"{cell(g['rej_frac'], lambda v: f'{100 * v:.1f} %')} | {cell(resets, fmt_num)} | "
+                      f"{lat_row(g)} | {fmt_num(med(g['unans'])[0])} | "
+                      f"{cell(g['srv'], lambda v: f'{v:.2f}')} | {rss}"
+                      + (f" ({peak / 1024:.1f} MiB)" if peak else "") + " |")
+    md.append("")
+
+
+PERF_COLS = [("task-clock", "CPU ns/msg", lambda v: f"{v * 1e6:,.0f}"),  # msec per msg -> ns
+             ("context-switches", "ctx switches/msg", lambda v: f"{v:.3f}"),
+             ("raw_syscalls:sys_enter", "syscalls/msg", lambda v: f"{v:.3f}"),
+             ("instructions", "instructions/msg", lambda v: fmt_num(v)),
+             ("cycles", "cycles/msg", lambda v: fmt_num(v))]
+
+
+def perf_section(md, by, env):
+    md.append("## server-side cost per message (perf stat)\n")
+    scens = [s for s in ("perf-pingpong", "perf-stream") if s in by]
+    if not scens:
+        md.append(f"No perf runs: {env.get('perf', 'perf unavailable')}.\n")
+        return
+    md.append(f"`perf stat -p <server>` over the measured window of a separate run with the shape of "
+              f"`pingpong` / `stream` (so perf never touches the other scenarios' figures), divided "
+              f"by the messages answered in that window. {env.get('perf', '')}. A counter the "
+              "machine does not support shows as n/a.\n")
+    md.append("| shape | server | msg/s | " + " | ".join(c[1] for c in PERF_COLS) + " |")
+    md.append("|---" * (3 + len(PERF_COLS)) + "|")
+    for scen in scens:
+        for s in sorted(by[scen], key=server_key):
+            rs = by[scen][s]
+            row = [scen[5:], f"**{s}**", cell([r["result"]["msgs_per_s"] for r in rs], fmt_num)]
+            for ev, _, f in PERF_COLS:
+                vals = []
+                for r in rs:
+                    res = r["result"]
+                    m = res["msgs_per_s"] * res.get("perf_window_s", 0)
+                    v = (res.get("perf") or {}).get(ev)
+                    if v is not None and m:
+                        vals.append(v / m)
+                row.append(cell(vals, f) if vals else "n/a")
+            md.append("| " + " | ".join(row) + " |")
+    md.append("")
+
+
+def spectrum_plots(md, by, plotdir, servers):
+    """Latency percentile spectrum per server (HdrHistogram style: x = 1/(1-p)),
+    element-wise median over the repetitions, one plot per closed scenario."""
+    made = []
+    for scen in list(CLOSED_DESC) + ["same50"]:
+        if scen not in by:
+            continue
+        lines = []
+        for i, s in enumerate(servers):
+            rs = [r for r in by[scen].get(s, []) if r["result"].get("spectrum_us") and r["result"]["measured"]]
+            if not rs:
+                continue
+            pts = []
+            for k, (pct, _) in enumerate(rs[0]["result"]["spectrum_us"]):
+                v = statistics.median(r["result"]["spectrum_us"][k][1] for r in rs)
+                pts.append((pct, v))
+            fn = f"spectrum_{scen}_{s}.dat"
+            with open(os.path.join(plotdir, fn), "w") as f:
+                f.write("# percentile 1/(1-p) latency_us (median over reps)\n")
+                for pct, v in pts:
+                    x = 1e6 if pct >= 100 else 1 / (1 - pct / 100)
+                    f.write(f"{pct} {x} {v}\n")
+            lines.append(f"'{fn}' using 2:3 with linespoints lw 2 lc {i + 1} title '{s}'")
+        if not lines:
+            continue
+        gnuplot(plotdir, f"spectrum_{scen}", f"""set terminal svg size 900,520 font 'sans,11'
+set output 'spectrum_{scen}.svg'
+set title 'Latency by percentile: {scen} (median over repetitions)'
+set xlabel 'percentile'
+set ylabel 'latency (µs)'
+set logscale xy
+set xtics ("0" 1, "90" 10, "99" 100, "99.9" 1000, "99.99" 10000, "99.999" 100000, "max" 1000000)
+set grid
+set key outside right
+plot {", ".join(lines)}
+""")
+        made.append(f"![spectrum {scen}](plots/spectrum_{scen}.svg)")
+    if made:
+        md.append("## latency percentile spectrum\n")
+        md.append("\n".join(made) + "\n")
+
+
+def targets_section(by, env):
+    """The issue's targets, computed from this run: a benchmark to report, not a test."""
+    out = ["## targets\n",
+           "Computed from the medians above (server on one core). Each ratio is bidistreamd ÷ the "
+           "other server. A ratio against a ⚠ client-bound ceiling overstates bidistreamd "
+           "(the ceiling could go faster).\n",
+           "| target | measured | goal | verdict |", "|---|---|---|---|"]
+
+    def m(scen, s, key):
+        rs = by.get(scen, {}).get(s)
+        if not rs:
+            return None, None
+        g = metrics(rs)
+        return med(g[key])[0], g
+
+    def verdict(v, goal, ge):
+        if v is None:
+            return "n/a (not measured)"
+        return "**met**" if (v >= goal if ge else v <= goal) else "**not met**"
+
+    bds_tp, _ = m("stream", BDS, "mps")
+    rows = []
+    for peer, goal, label in [("grpc-go", 3, "grpc-go"), ("grpc-cpp-cb", 10, "gRPC C++ callback"),
+                              ("grpc-cpp-async", 10, "gRPC C++ async CQ"), ("raw", 0.5, "raw io_uring ceiling")]:
+        v, g = m("stream", peer, "mps")
+        r = bds_tp / v if bds_tp and v else None
+        cb = " (ceiling ⚠ client-bound)" if g and peer == "raw" and client_bound(g) else ""
+        meas = (f"{r:.2f}× ({fmt_num(bds_tp)} / {fmt_num(v)} msg/s){cb}" if r else "–")
+        rows.append((f"streaming throughput (stream) ÷ {label}", meas, f"≥ {goal}×", verdict(r, goal, True)))
+    a, _ = m("pingpong", BDS, "p50")
+    b, g = m("pingpong", "raw", "p50")
+    r = a / b if a and b else None
+    rows.append(("ping-pong p50 ÷ ceiling p50", f"{r:.2f}× ({fmt_lat(a)} / {fmt_lat(b)})" if r else "–",
+                 "≤ 1.1×", verdict(r, 1.1, False)))
+    a, ga = m("same50", BDS, "p99")
+    b, gb = m("same50", "raw", "p99")
+    r = a / b if a and b else None
+    n = min(len(ga["p99"]), len(gb["p99"])) if ga and gb else 0
+    note = ""
+    if r:
+        note = (f"{r:.2f}× ({fmt_lat(a)} / {fmt_lat(b)} at {fmt_num(med(ga['rate'])[0])} msg/s, "
+                f"{n} alternating reps")
+        pair = [x / y for x, y in zip(ga["p99"], gb["p99"]) if x and y]
+        if len(pair) > 1:
+            note += f"; per-rep ratio {min(pair):.2f}–{max(pair):.2f}×"
+        note += ")" + (" ⚠ fewer than 5 reps" if n < 5 else "")
+    rows.append(("p99 at 50 % of peak ÷ ceiling p99 at the same rate (same50)", note or "–", "≤ 1.5×",
+                 verdict(r, 1.5, False)))
+    v, g = m("many10k", BDS, "rss_load")
+    if v is not None:
+        peak = med(g["rss_peak"])[0]
+        rng = f" [{min(g['rss_load']) / 1024:.1f}–{max(g['rss_load']) / 1024:.1f}]" if len(g["rss_load"]) > 1 else ""
+        meas = f"{v / 1024:.1f} MiB{rng} at load" + (f", high-water {peak / 1024:.1f} MiB" if peak else "")
+        rows.append(("server RSS with 10,000 streams (many10k)", meas, "< 64 MiB",
+                     "**met**" if v * 1024 < 64 * MIB else "**not met**"))
+    else:
+        rows.append(("server RSS with 10,000 streams (many10k)", "–", "< 64 MiB", verdict(None, 0, False)))
+    for t in rows:
+        out.append("| " + " | ".join(t) + " |")
+    out.append("")
+    return out
 
 
 def by_any(by, s):
