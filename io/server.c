@@ -329,7 +329,7 @@ static void call_free(srv_call *call) {
 static bool call_try_send(srv_call *call, srv_msg *r) {
     srv_conn *sc = call->conn;
     if (!sc || call->h2_done) return true; /* nobody to send to: written = dropped */
-    if (bds__h2_queued_bytes(sc->h2, call->stream) > REPLY_HIGH_WATER) return false;
+    /* E_AGAIN: the stream holds REPLY_HIGH_WATER unsent bytes (its send bound). */
     bds_status st = bds__h2_send_ref(sc->h2, call->stream, &r->h2, r->data, r->len);
     if (st == BDS_E_AGAIN) return false;
     if (st == BDS_OK) r->holds |= SRV_MSG_H2; /* released by h2_on_msg_release */
@@ -647,6 +647,7 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     hc.stream_window_bytes = sh->srv->cfg.stream_window_bytes;
     hc.header_list_bytes_max = sh->srv->cfg.max_header_list_bytes;
     hc.msg_bytes_max = sh->srv->cfg.max_message_bytes;
+    hc.stream_send_bytes_max = REPLY_HIGH_WATER; /* past it replies wait here, keeping their tokens */
     hc.methods = &sh->srv->table;
     hc.credit_partial_messages = true; /* messages larger than the stream window */
     if (!sc || bds__h2_create(&sc->h2, &hc, &h2_cbs, sc) != BDS_OK || sh->stopping) {

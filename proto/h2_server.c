@@ -76,6 +76,11 @@ struct h2_stream {
     uint64_t consumed_bytes;       /* credited back; <= recv_bytes                */
     bds__h2_msg *q_head, *q_tail;  /* messages to send, in order                 */
     size_t q_bytes;                /* unsent queued bytes                         */
+    bool deferred;                 /* our read callback deferred the DATA: a new
+                                      message must resume it                      */
+    uint64_t consume_pending;      /* counted in consumed_bytes, not yet told to
+                                      nghttp2 (on the conn's consume list)        */
+    struct h2_stream *cprev, *cnext; /* the consume list, while consume_pending   */
     int grpc_code;                 /* trailers' grpc-status                       */
     char *grpc_msg;                /* percent-encoded grpc-message, or NULL       */
     size_t grpc_msg_len;
@@ -95,6 +100,9 @@ struct bds__h2_conn {
     uint8_t *out;                  /* out_cap bytes; [0, out_len) unsent         */
     size_t out_len, out_cap;
     struct h2_stream live;         /* sentinel of the live list                  */
+    struct h2_stream consume;      /* sentinel: streams with consume_pending > 0 */
+    int32_t last_id;               /* one-entry lookup cache: last_id -> last_s  */
+    struct h2_stream *last_s;
     bool in_recv;                  /* inside nghttp2_session_mem_recv            */
     bool in_output;                /* inside nghttp2_session_send                */
     bool fatal;                    /* nghttp2 failed fatally: only destroy/flush */
@@ -122,6 +130,56 @@ static struct h2_stream *h2_stream_get(const bds__h2_conn *c, int32_t id) {
     BDS_ASSERT(c != NULL && c->ng != NULL);
     if (id <= 0) return NULL;
     return nghttp2_session_get_stream_user_data(c->ng, id);
+}
+
+/* The same through a one-entry cache: the app's calls come in runs on one
+ * stream (a message arrives and is credited; a reply is checked and queued),
+ * and each nghttp2 lookup is a hash probe. The entry is dropped when its
+ * record is freed. */
+static struct h2_stream *h2_stream_find(bds__h2_conn *c, int32_t id) {
+    if (id == c->last_id && id > 0) return c->last_s;
+    struct h2_stream *s = h2_stream_get(c, id);
+    if (s != NULL) {
+        c->last_id = id;
+        c->last_s = s;
+    }
+    return s;
+}
+
+/* ---- deferred stream credit -------------------------------------------------------- */
+
+/* Tells nghttp2 about |s|'s pending credit (one call however many messages
+ * were credited since the last flush) and takes it off the consume list. */
+static void h2_consume_flush_one(bds__h2_conn *c, struct h2_stream *s) {
+    BDS_ASSERT(s->consume_pending > 0 && s->cnext != NULL);
+    size_t k = (size_t)s->consume_pending;
+    s->consume_pending = 0;
+    s->cprev->cnext = s->cnext;
+    s->cnext->cprev = s->cprev;
+    s->cprev = s->cnext = NULL;
+    if (c->fatal) return;
+    int rv = c->cfg.conn_credit_on_receipt ? nghttp2_session_consume_stream(c->ng, s->id, k)
+                                           : nghttp2_session_consume(c->ng, s->id, k);
+    h2_check(c, rv);
+}
+
+/* Before frames are serialized: every pending credit becomes WINDOW_UPDATEs
+ * in the same send. */
+static void h2_consume_flush(bds__h2_conn *c) {
+    while (c->consume.cnext != &c->consume) h2_consume_flush_one(c, c->consume.cnext);
+}
+
+/* A closing stream's pending credit is moot for the stream; the connection's
+ * share (when not credited on receipt) is given now. */
+static void h2_consume_drop(bds__h2_conn *c, struct h2_stream *s) {
+    if (s->consume_pending == 0) return;
+    uint64_t k = s->consume_pending;
+    s->consume_pending = 0;
+    s->cprev->cnext = s->cnext;
+    s->cnext->cprev = s->cprev;
+    s->cprev = s->cnext = NULL;
+    if (!c->cfg.conn_credit_on_receipt && !c->fatal && c->ng != NULL)
+        h2_check(c, nghttp2_session_consume_connection(c->ng, (size_t)k));
 }
 
 static int h2_grpc_code(bds_status st) {
@@ -194,6 +252,11 @@ static void h2_stream_free(bds__h2_conn *c, struct h2_stream *s) {
     BDS_ASSERT(s->consumed_bytes <= s->recv_bytes);
     s->prev->next = s->next;
     s->next->prev = s->prev;
+    h2_consume_drop(c, s);
+    if (c->last_s == s) {
+        c->last_id = 0;
+        c->last_s = NULL;
+    }
     h2_queue_free_from(c, s->q_head);
     if (s->deframer_live) bds__grpc_deframer_deinit(&s->deframer);
     c->alloc->free_fn(s->grpc_msg, c->alloc->ctx);
@@ -253,6 +316,8 @@ static void h2_submit_trailers_only(bds__h2_conn *c, struct h2_stream *s, int ht
 }
 
 static void h2_resume(bds__h2_conn *c, struct h2_stream *s) {
+    if (!s->deferred) return; /* nghttp2 will ask our read callback again */
+    s->deferred = false;
     int rv = nghttp2_session_resume_data(c->ng, s->id);
     if (rv != NGHTTP2_ERR_INVALID_ARGUMENT) h2_check(c, rv); /* INVALID_ARGUMENT: gone */
 }
@@ -472,6 +537,8 @@ static int h2_on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t str
                                            : nghttp2_session_consume(ng, stream_id, len));
         return c->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
     }
+    c->last_id = stream_id; /* the app credits and answers this stream next */
+    c->last_s = s;
     s->recv_bytes += len;
     if (s->state == H2S_OPEN) h2_stream_deframe(c, s, data, len);
     if (s->state != H2S_OPEN) h2_stream_settle(c, s);
@@ -492,6 +559,7 @@ static int h2_on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t e
     }
     /* Settle the ledger against the connection only: the stream is going away,
      * and a WINDOW_UPDATE for it would be wasted. */
+    h2_consume_drop(c, s);
     uint64_t k = s->recv_bytes - s->consumed_bytes;
     if (!h2_conn_credit_auto(c) && k > 0)
         h2_check(c, nghttp2_session_consume_connection(ng, (size_t)k));
@@ -568,10 +636,11 @@ static ssize_t h2_on_send(nghttp2_session *ng, const uint8_t *data, size_t lengt
 /* Copies queued bytes into a DATA frame payload; finishes with trailers. */
 static ssize_t h2_on_read(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, size_t length,
                           uint32_t *data_flags, nghttp2_data_source *source, void *ud) {
-    (void)source;
     bds__h2_conn *c = ud;
-    struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, stream_id);
-    if (s == NULL) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    /* The record rides in the provider: nghttp2 reads only live streams, and
+     * the record lives as long as its nghttp2 stream. */
+    struct h2_stream *s = source->ptr;
+    BDS_ASSERT(s != NULL && s->id == stream_id);
     size_t n = 0;
     while (n < length && s->q_head != NULL) {
         bds__h2_msg *m = s->q_head;
@@ -605,7 +674,9 @@ static ssize_t h2_on_read(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, 
                                                  : NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         return (ssize_t)n;
     }
-    return n > 0 ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
+    if (n > 0) return (ssize_t)n;
+    s->deferred = true;
+    return NGHTTP2_ERR_DEFERRED;
 }
 
 static int h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
@@ -730,6 +801,7 @@ bds_status bds__h2_create(bds__h2_conn **out, const bds__h2_config *cfg,
     c->cbs = *cbs;
     c->ctx = ctx;
     c->live.next = c->live.prev = &c->live;
+    c->consume.cnext = c->consume.cprev = &c->consume;
     c->out_cap = cfg->out_buf_bytes;
     c->out = a->malloc_fn(c->out_cap, a->ctx);
     int rv = c->out != NULL ? h2_session_start(c) : NGHTTP2_ERR_NOMEM;
@@ -777,6 +849,7 @@ bds_status bds__h2_recv(bds__h2_conn *c, const uint8_t *in, size_t len, uint64_t
 bds_status bds__h2_output(bds__h2_conn *c, const uint8_t **data, size_t *len) {
     BDS_ASSERT(c != NULL && data != NULL && len != NULL);
     BDS_ASSERT(!c->in_recv && !c->in_output);
+    h2_consume_flush(c);
     if (!c->fatal) {
         c->in_output = true;
         int rv = nghttp2_session_send(c->ng);
@@ -809,8 +882,8 @@ bool bds__h2_is_done(const bds__h2_conn *c) {
 /* ---- calls from the application ---------------------------------------------- */
 
 /* Looks up a call the app may act on; BDS_OK with |*sp| set, else why not. */
-static bds_status h2_app_stream(const bds__h2_conn *c, int32_t id, struct h2_stream **sp) {
-    struct h2_stream *s = h2_stream_get(c, id);
+static bds_status h2_app_stream(bds__h2_conn *c, int32_t id, struct h2_stream **sp) {
+    struct h2_stream *s = h2_stream_find(c, id);
     *sp = s;
     if (s == NULL || s->state == H2S_HEADERS || s->state == H2S_REJECTED) return BDS_E_SESSION_CLOSED;
     if (s->state == H2S_DONE)
@@ -847,7 +920,7 @@ static bds_status h2_queue_push(bds__h2_conn *c, struct h2_stream *s, bds__h2_ms
     }
     BDS_ASSERT(s->q_head == m); /* nothing is queued before the response starts */
     nghttp2_nv nv[2] = {h2_nv(":status", "200", 3), h2_nv("content-type", "application/grpc", 16)};
-    nghttp2_data_provider prd = {.source = {.ptr = NULL}, .read_callback = h2_on_read};
+    nghttp2_data_provider prd = {.source = {.ptr = s}, .read_callback = h2_on_read};
     int rv = nghttp2_submit_response(c->ng, s->id, nv, 2, &prd);
     h2_check(c, rv);
     if (rv != 0) {
@@ -910,16 +983,22 @@ bds_status bds__h2_finish(bds__h2_conn *c, int32_t id, bds_status status, const 
 
 size_t bds__h2_consume(bds__h2_conn *c, int32_t id, size_t n) {
     BDS_ASSERT(c != NULL && !c->in_output);
-    struct h2_stream *s = h2_stream_get(c, id);
+    struct h2_stream *s = h2_stream_find(c, id);
     if (s == NULL || n == 0 || c->fatal) return 0;
     BDS_ASSERT(s->consumed_bytes <= s->recv_bytes);
     uint64_t k = s->recv_bytes - s->consumed_bytes;
     if (k > n) k = n;
     if (k == 0) return 0;
-    int rv = h2_conn_credit_auto(c) ? nghttp2_session_consume_stream(c->ng, id, (size_t)k)
-                                    : nghttp2_session_consume(c->ng, id, (size_t)k);
-    h2_check(c, rv);
+    /* Counted now, told to nghttp2 once per stream before the next send
+     * (h2_consume_flush): its WINDOW_UPDATEs only leave with a send anyway. */
     s->consumed_bytes += k;
+    if (s->consume_pending == 0) {
+        s->cnext = &c->consume;
+        s->cprev = c->consume.cprev;
+        c->consume.cprev->cnext = s;
+        c->consume.cprev = s;
+    }
+    s->consume_pending += k;
     return (size_t)k;
 }
 

@@ -566,6 +566,62 @@ Test(h2_server, connection_window_never_leaks_with_credit_on_consume, .fini = fi
     leak_scenario(false);
 }
 
+/* Credit given with bds__h2_consume reaches nghttp2 once per stream before
+ * the next send; a stream closed in between (client reset read first) must
+ * still give its connection share back, exactly once. */
+static void pending_credit_scenario(bool credit_on_receipt) {
+    bds__h2_config cfg;
+    bds__h2_config_default(&cfg);
+    cfg.conn_credit_on_receipt = credit_on_receipt;
+    h_init(&H, &cfg);
+    H.app.auto_consume = false;
+    static uint8_t m[30000];
+    for (int i = 0; i < 80; i++) { /* 80 x 30 KB = 2.4 MB: a leak would stall */
+        struct cstream *c = h_call(&H, PIPE, NULL, 0);
+        h_send_msg(&H, c, m, sizeof m);
+        h_pump(&H);
+        struct app_call *a = app_call_by_id(&H.app, c->id);
+        cr_assert_eq(a->msgs, 1, "stream %d got its message (connection window open)", i);
+        cr_assert_eq(bds__h2_consume(H.app.h2, c->id, sizeof m + 5), sizeof m + 5);
+        cr_assert_eq(bds__h2_unconsumed(H.app.h2, c->id), 0, "counted at once");
+        nghttp2_submit_rst_stream(H.cli, NGHTTP2_FLAG_NONE, c->id, NGHTTP2_CANCEL);
+        const uint8_t *d;
+        ssize_t n;
+        while ((n = nghttp2_session_mem_send(H.cli, &d)) > 0)
+            cr_assert_eq(bds__h2_recv(H.app.h2, d, (size_t)n, 0), BDS_OK);
+        h_pump(&H);
+        cr_assert_eq(H.last_recv, BDS_OK, "no FLOW_CONTROL_ERROR from over-crediting");
+    }
+    cr_assert_geq(nghttp2_session_get_remote_window_size(H.cli), 512 * 1024,
+                  "connection window as seen by the client: %d",
+                  nghttp2_session_get_remote_window_size(H.cli));
+}
+
+Test(h2_server, pending_credit_of_a_reset_stream_returns_with_credit_on_receipt, .fini = fini) {
+    pending_credit_scenario(true);
+}
+
+Test(h2_server, pending_credit_of_a_reset_stream_returns_with_credit_on_consume, .fini = fini) {
+    pending_credit_scenario(false);
+}
+
+Test(h2_server, credit_for_many_messages_reopens_the_stream_window_in_one_send, .fini = fini) {
+    h_init(&H, NULL);
+    H.app.auto_consume = false;
+    struct cstream *c = h_call(&H, PIPE, NULL, 0);
+    static uint8_t m[1000];
+    for (int i = 0; i < 60; i++) h_send_msg(&H, c, m, sizeof m);
+    h_pump(&H);
+    cr_assert_eq(H.app.calls[0].msgs, 60);
+    int32_t before = nghttp2_session_get_stream_remote_window_size(H.cli, c->id);
+    cr_assert_eq(before, 65536 - 60 * 1005, "our SETTINGS window (64 KiB) less what was sent");
+    for (int i = 0; i < 60; i++) cr_assert_eq(bds__h2_consume(H.app.h2, c->id, 1005), 1005);
+    h_pump(&H);
+    cr_assert_geq(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 65536 - 1005,
+                  "the stream window reopened");
+    cr_assert_eq(bds__h2_unconsumed(H.app.h2, c->id), 0);
+}
+
 Test(h2_server, data_after_session_answer_is_consumed_by_session, .fini = fini) {
     bds__h2_config cfg;
     bds__h2_config_default(&cfg);
