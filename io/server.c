@@ -48,6 +48,7 @@ struct srv_conn {
     bds_conn *c;
     bds__h2_conn *h2;
     srv_call *calls;
+    srv_call *waiting;        /* calls with blocked replies (call->wprev/wnext) */
     srv_conn *prev, *next;
     bds_flusher flusher;
     bool closing;
@@ -264,9 +265,10 @@ static void call_move_blocked(srv_call *call);
 static void conn_flush(bds_flusher *f) {
     srv_conn *sc = BDS_CONTAINER_OF(f, srv_conn, flusher);
     if (!sc->c || sc->closing) return;
-    for (srv_call *call = sc->calls, *next; call; call = next) {
-        next = call->next; /* a call whose trailers were pending is freed */
-        if (call->blocked || call->finish_pending) call_move_blocked(call);
+    /* Only calls with replies waiting: a flush costs nothing per idle stream. */
+    for (srv_call *call = sc->waiting, *next; call; call = next) {
+        next = call->wnext; /* a call whose trailers were pending is freed */
+        call_move_blocked(call);
     }
     for (;;) {
         const uint8_t *data;
@@ -299,9 +301,32 @@ static void conn_flush(bds_flusher *f) {
 
 /* ---- calls --------------------------------------------------------------------------------- */
 
+/* The call has blocked replies (or pending trailers): conn_flush visits it. */
+static void call_wait(srv_call *call) {
+    srv_conn *sc = call->conn;
+    if (!sc || call->waiting) return;
+    call->waiting = true;
+    call->wprev = NULL;
+    call->wnext = sc->waiting;
+    if (sc->waiting) sc->waiting->wprev = call;
+    sc->waiting = call;
+}
+
+static void call_unwait(srv_call *call) {
+    srv_conn *sc = call->conn;
+    if (!call->waiting) return;
+    BDS_ASSERT(sc != NULL);
+    if (call->wprev) call->wprev->wnext = call->wnext;
+    else sc->waiting = call->wnext;
+    if (call->wnext) call->wnext->wprev = call->wprev;
+    call->wprev = call->wnext = NULL;
+    call->waiting = false;
+}
+
 static void call_unlink(srv_call *call) {
     srv_conn *sc = call->conn;
     if (!sc) return;
+    call_unwait(call);
     if (call->prev) call->prev->next = call->next;
     else sc->calls = call->next;
     if (call->next) call->next->prev = call->prev;
@@ -345,6 +370,7 @@ static void call_move_blocked(srv_call *call) {
         if (call->session) bds_session_reply_written(call->session, &r->reply);
         msg_unhold(r, SRV_MSG_OUT);
     }
+    if (!call->blocked) call_unwait(call);
     if (call->finish_pending && !call->blocked) {
         srv_conn *sc = call->conn;
         if (sc && !call->h2_done) {
@@ -368,6 +394,7 @@ static void op_write(bds_session *s, bds_reply *reply, void *ctx) {
     if (call->blocked_tail) call->blocked_tail->next = r;
     else call->blocked = r;
     call->blocked_tail = r;
+    call_wait(call);
 }
 
 static void op_drop(bds_session *s, bds_reply *reply, void *ctx) {

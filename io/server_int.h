@@ -109,6 +109,8 @@ struct srv_call {
     srv_call *prev, *next;    /* the connection's calls */
     srv_msg *parked, *parked_tail;   /* received, not admitted: window not credited */
     srv_msg *blocked, *blocked_tail; /* replies waiting for the stream's queue to drain */
+    srv_call *wprev, *wnext;  /* the connection's waiting list, while `waiting` */
+    bool waiting;             /* blocked is not empty (finish_pending implies it) */
     bool h2_done;             /* the HTTP/2 stream is over (finished, reset or failed) */
     bool half_close_pending;  /* END_STREAM arrived behind parked messages */
     uint64_t aggregate;       /* per-stream handler state (interop StreamingInputCall) */
