@@ -5,6 +5,10 @@
  * key's shard, or from a foreign thread. Checks: every message answered
  * exactly once, a key's calls start in arrival order, sessions end OK after
  * the half-close, nothing leaks, and the shards then stop cleanly.
+ * A shutdown variant stops every session halfway with work in flight, some of
+ * it longer than the grace period: every admitted message is still answered
+ * or reported (released once, counted once), replies are written or dropped,
+ * sessions end OK or UNAVAILABLE, and nothing leaks.
  * BDS_TEST_TSAN */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -45,18 +49,26 @@ typedef struct tshard {
     uint64_t order_errors;
     bool half_closed, done;
     unsigned seed;
+    uint64_t replies_made, replies_dropped;
+    bds_status close_status[SESSIONS];
+    bds_session_stats stats[SESSIONS];
 } tshard;
 
 static tshard shards[SHARDS];
 static bds_group *group;
 static bds_shard *_Atomic shard_ptr[SHARDS]; /* for the last shard done to stop them all */
 static _Atomic int shards_done;
+static bool shutdown_mode; /* shut sessions down halfway instead of half-closing at the end */
+#define SLOW_WORK_NS (50u * 1000 * 1000) /* longer than the shutdown variant's grace period */
+#define GRACE_NS (10u * 1000 * 1000)
 
 /* foreign completions */
 static pthread_mutex_t fmu = PTHREAD_MUTEX_INITIALIZER;
 static bds_call **fq;
 static size_t fq_n, fq_cap;
 static _Atomic int fstop;
+
+static _Atomic uint64_t replies_made_total;
 
 struct work {
     bds_timer t;
@@ -65,6 +77,8 @@ struct work {
 
 static void reply_and_done(bds_call *call) {
     bds_reply *r = calloc(1, sizeof *r);
+    /* counted where the reply is made: the home shard counts what it gets back */
+    atomic_fetch_add_explicit(&replies_made_total, 1, memory_order_relaxed);
     bds_call_reply(call, r);
     bds_call_done(call, BDS_OK, NULL);
 }
@@ -90,7 +104,10 @@ static void handler(bds_call *call, void *ctx) {
         struct work *w = malloc(sizeof *w);
         w->call = call;
         bds__timer_init(&w->t, work_fired, w);
-        bds__timer_arm(bds__shard_timers(me), &w->t, bds__shard_now(me) + (m->seq % 50) * 1000);
+        /* slow work only at the end, so it is in flight when the shutdown comes */
+        bool slow = shutdown_mode && m->seq % 8 == 1 && m->seq + 64 >= MSGS / 2;
+        uint64_t ns = slow ? SLOW_WORK_NS : (m->seq % 50) * 1000;
+        bds__timer_arm(bds__shard_timers(me), &w->t, bds__shard_now(me) + ns);
         break;
     }
     case 2:
@@ -130,7 +147,8 @@ static void op_write(bds_session *s, bds_reply *r, void *ctx) {
     free(r);
 }
 static void op_drop(bds_session *s, bds_reply *r, void *ctx) {
-    (void)s, (void)ctx;
+    (void)ctx;
+    ts_of(s)->replies_dropped++;
     free(r);
 }
 static void op_release(bds_session *s, void *p, void *ctx) {
@@ -142,7 +160,10 @@ static void op_closed(bds_session *s, bds_status st, const char *msg, void *ctx)
     (void)msg, (void)ctx;
     tshard *ts = ts_of(s);
     for (int i = 0; i < SESSIONS; i++) {
-        if (ts->s[i] == s) ts->closed[i] = st == BDS_OK ? 1 : -1;
+        if (ts->s[i] == s) {
+            ts->closed[i] = st == BDS_OK ? 1 : -1;
+            ts->close_status[i] = st;
+        }
     }
 }
 static const bds_session_ops ops = {.write = op_write, .drop = op_drop, .release = op_release, .closed = op_closed};
@@ -152,8 +173,9 @@ static bool hook_run(bds_shard *sh, void *ctx) {
     bool more = bds__pipe_run(ts->pipe, 512);
     if (ts->done) return more;
     bool all_sent = true;
+    uint64_t quota = shutdown_mode ? MSGS / 2 : MSGS;
     for (int i = 0; i < SESSIONS; i++) {
-        for (int k = 0; k < 64 && ts->sent[i] < MSGS; k++) {
+        for (int k = 0; k < 64 && ts->sent[i] < quota; k++) {
             if (bds_session_inbound_room(ts->s[i]) == 0) break; /* a transport stops reading */
             tmsg *m = calloc(1, sizeof *m);
             m->session = bds__shard_id(sh) * SESSIONS + (uint32_t)i;
@@ -165,16 +187,29 @@ static bool hook_run(bds_shard *sh, void *ctx) {
             ts->expected_replies += m->seq % 4 != 3;
             cr_assert_eq(bds_session_receive(ts->s[i], m, sizeof *m, m->kb, 3, m->seq), BDS_OK);
         }
-        all_sent &= ts->sent[i] == MSGS;
+        all_sent &= ts->sent[i] == quota;
     }
     if (all_sent && !ts->half_closed) {
         ts->half_closed = true;
-        for (int i = 0; i < SESSIONS; i++) bds_session_client_close(ts->s[i]);
+        for (int i = 0; i < SESSIONS; i++) {
+            if (shutdown_mode)
+                bds_session_shutdown(ts->s[i]);
+            else
+                bds_session_client_close(ts->s[i]);
+        }
     }
     int open = 0;
-    for (int i = 0; i < SESSIONS; i++) open += ts->closed[i] == 0;
-    if (ts->half_closed && open == 0) {
-        for (int i = 0; i < SESSIONS; i++) bds_session_release(ts->s[i]);
+    uint64_t sent = 0;
+    for (int i = 0; i < SESSIONS; i++) {
+        open += ts->closed[i] == 0;
+        sent += ts->sent[i];
+    }
+    /* Work outlives a forced close: wait until every payload came back. */
+    if (ts->half_closed && open == 0 && ts->released == sent) {
+        for (int i = 0; i < SESSIONS; i++) {
+            bds_session_get_stats(ts->s[i], &ts->stats[i]);
+            bds_session_release(ts->s[i]);
+        }
         ts->done = true;
         if (atomic_fetch_add(&shards_done, 1) + 1 == SHARDS) {
             for (int i = 0; i < SHARDS; i++) bds__shard_request_stop(atomic_load(&shard_ptr[i]));
@@ -214,6 +249,7 @@ static bds_status on_start(bds_shard *s, void *ctx) {
     cr_assert_eq(bds__pipe_attach(pg, s, &ts->pipe), BDS_OK);
     bds_options o = bds_default_options();
     o.inbound.backpressure.capacity = 8;
+    o.shutdown.grace_period_ns = GRACE_NS;
     bds_session_config sc;
     bds_session_config_default(&sc);
     sc.options = &o;
@@ -240,7 +276,9 @@ static void on_exit_shard(bds_shard *s, void *ctx) {
      * may still be finishing a push into it. */
 }
 
-static void run(bds_bell_mode bell) {
+static void run(bds_bell_mode bell, bool shutdown) {
+    shutdown_mode = shutdown;
+    atomic_store(&replies_made_total, 0);
     memset(shards, 0, sizeof shards);
     atomic_store(&shards_done, 0);
     atomic_store(&fstop, 0);
@@ -261,21 +299,52 @@ static void run(bds_bell_mode bell) {
     atomic_store(&fstop, 1);
     pthread_join(f, NULL);
     bds__pipe_group_destroy(pg);
-    uint64_t replies = 0, expected = 0, released = 0;
+    uint64_t replies = 0, expected = 0, released = 0, dropped_replies = 0, unavailable = 0;
     for (int i = 0; i < SHARDS; i++) {
         cr_assert_eq(shards[i].order_errors, 0, "a key's calls started out of order");
-        for (int k = 0; k < SESSIONS; k++) cr_assert_eq(shards[i].closed[k], 1, "every session ends OK");
+        for (int k = 0; k < SESSIONS; k++) {
+            const bds_session_stats *st = &shards[i].stats[k];
+            if (shutdown) {
+                bds_status cs = shards[i].close_status[k];
+                cr_assert(cs == BDS_OK || bds_status_grpc(cs) == 14, "shutdown ends OK or UNAVAILABLE, not %s",
+                          bds_status_name(cs));
+                unavailable += cs != BDS_OK;
+            } else {
+                cr_assert_eq(shards[i].closed[k], 1, "every session ends OK");
+            }
+            /* every admitted message is reported exactly once */
+            cr_assert_eq(st->admitted, shards[i].sent[k]);
+            cr_assert_eq(st->completed + st->failed + st->nonterminal_failures + st->panics + st->dropped,
+                         st->admitted, "admitted %lu, completed %lu, dropped %lu", (unsigned long)st->admitted,
+                         (unsigned long)st->completed, (unsigned long)st->dropped);
+        }
         replies += shards[i].replies;
         expected += shards[i].expected_replies;
         released += shards[i].released;
+        dropped_replies += shards[i].replies_dropped;
     }
-    cr_assert_eq(released, (uint64_t)SHARDS * SESSIONS * MSGS, "every message answered exactly once");
-    cr_assert_eq(replies, expected, "every reply written exactly once");
+    uint64_t quota = shutdown ? MSGS / 2 : MSGS;
+    cr_assert_eq(released, (uint64_t)SHARDS * SESSIONS * quota, "every message answered exactly once");
+    if (shutdown) {
+        /* work longer than the grace period was in flight: the grace expired */
+        cr_assert_gt(unavailable, 0);
+        cr_assert_eq(replies + dropped_replies, atomic_load(&replies_made_total),
+                     "every reply made is written or dropped, once");
+        cr_log_info("shutdown: %lu replies written, %lu dropped, %lu of %d sessions UNAVAILABLE",
+                    (unsigned long)replies, (unsigned long)dropped_replies, (unsigned long)unavailable,
+                    SHARDS * SESSIONS);
+    } else {
+        cr_assert_eq(replies, expected, "every reply written exactly once");
+    }
     free(fq);
     fq = NULL;
     fq_n = fq_cap = 0;
 }
 
-Test(io_pipe, keyed_fifo_across_two_shards_with_msg_ring_bells, .timeout = 300) { run(BDS_BELL_MSG_RING); }
+Test(io_pipe, keyed_fifo_across_two_shards_with_msg_ring_bells, .timeout = 300) { run(BDS_BELL_MSG_RING, false); }
 
-Test(io_pipe, keyed_fifo_across_two_shards_with_eventfd_bells, .timeout = 300) { run(BDS_BELL_EVENTFD); }
+Test(io_pipe, keyed_fifo_across_two_shards_with_eventfd_bells, .timeout = 300) { run(BDS_BELL_EVENTFD, false); }
+
+Test(io_pipe, shutdown_with_work_in_flight_answers_or_reports_everything_and_leaks_nothing, .timeout = 300) {
+    run(BDS_BELL_MSG_RING, true);
+}
