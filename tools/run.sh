@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/deps.sh
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DBDS_BUILD_TESTS=OFF -DBDS_BUILD_BENCH=OFF >/dev/null
-cmake --build build/release -j"$(nproc)" --target bidistreamd
+cmake --build build/release -j"$(nproc)" --target bidistreamd bds
 exec build/release/tools/bidistreamd "$@"

@@ -256,25 +256,7 @@ class Pipeline(unittest.TestCase):
 
 
 class Cli(unittest.TestCase):
-    """tools/bds, the one-line way in for a new user, against the real server."""
-
-    def test_bds_process_and_health(self):
-        bds = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'tools', 'bds')
-        srv = Server('--shards', '1')
-        try:
-            out = subprocess.run([bds, 'process', '--addr', srv.addr, '--keys', '2', '--count', '4'],
-                                 capture_output=True, text=True, timeout=60)
-            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
-            self.assertEqual(out.stdout.count('reply key='), 4)
-            self.assertIn('status OK', out.stdout)
-            out = subprocess.run([bds, 'process', '--addr', srv.addr, '--fail', '--count', '1'],
-                                 capture_output=True, text=True, timeout=60)
-            self.assertEqual(out.returncode, 1)
-            self.assertIn('status INTERNAL', out.stdout)
-            out = subprocess.run([bds, 'health', '--addr', srv.addr], capture_output=True, text=True, timeout=60)
-            self.assertEqual(out.stdout.strip(), 'SERVING')
-        finally:
-            self.assertEqual(srv.stop(), 0)
+    """bidistreamd's command line (the bds client has test_bds_client.py)."""
 
     def test_bidistreamd_bad_flags_exit_2_with_one_line(self):
         for args in (['--bogus'], ['--inbound-capacity', '-1'], ['--inbound-policy', 'nope'],

@@ -9,6 +9,12 @@ if(TARGET bidistreamd)
   # grpc.testing.TestService beyond the interop client's cases (test_interop.py).
   add_test(NAME e2e.interop
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_interop.py $<TARGET_FILE:bidistreamd>)
+  # The bds client (tools/bds.c) against the real server.
+  add_test(NAME e2e.bds_client
+    COMMAND ${CMAKE_COMMAND} -E env BDS_CLIENT=$<TARGET_FILE:bds>
+            /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_bds_client.py $<TARGET_FILE:bidistreamd>)
+  set_tests_properties(e2e.bds_client PROPERTIES LABELS "e2e" TIMEOUT 600
+    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
   set_tests_properties(e2e.interop PROPERTIES LABELS "e2e;tsan" TIMEOUT 600
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
 endif()
