@@ -413,7 +413,7 @@ def perf_section(md, by, env):
     md.append("## server-side cost per message (perf stat)\n")
     scens = [s for s in ("perf-pingpong", "perf-stream") if s in by]
     if not scens:
-        md.append(f"No perf runs: {env.get('perf', 'perf unavailable')}.\n")
+        md.append(f"No perf runs in these results ({env.get('perf', 'a suite without perf runs')}).\n")
         return
     md.append(f"`perf stat -p <server>` over the measured window of a separate run with the shape of "
               f"`pingpong` / `stream` (so perf never touches the other scenarios' figures), divided "
