@@ -50,7 +50,8 @@ struct srv_conn {
     srv_call *calls;
     srv_call *waiting;        /* calls with blocked replies (call->wprev/wnext) */
     srv_conn *prev, *next;
-    bds_flusher flusher;
+    srv_conn *dprev, *dnext;  /* the shard's dirty list, while `dirty` */
+    bool dirty;               /* output to produce: flushed by shard_flush_dirty */
     bool closing;
 };
 
@@ -254,16 +255,55 @@ bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len) {
 
 /* ---- connection output ------------------------------------------------------------------- */
 
-static void conn_flush(bds_flusher *f);
+static void conn_flush(srv_conn *sc);
 
+/* Output is due on sc. Dirty connections are flushed at the end of the
+ * pipeline's run (hook_run), so the socket writes they make are sent by the
+ * same tick's flushers (a flusher queued while the shard runs flushers waits
+ * for the next tick: one more io_uring_enter per round trip); the shard
+ * flusher catches what timers and late callbacks dirty after it. */
 static void conn_kick(srv_conn *sc) {
-    if (sc->c && !sc->closing) bds__shard_defer_flush(sc->sh->shard, &sc->flusher);
+    if (!sc->c || sc->closing) return;
+    srv_shard *sh = sc->sh;
+    if (!sc->dirty) {
+        sc->dirty = true;
+        sc->dprev = NULL;
+        sc->dnext = sh->dirty;
+        if (sh->dirty) sh->dirty->dprev = sc;
+        sh->dirty = sc;
+    }
+    bds__shard_defer_flush(sh->shard, &sh->flusher);
 }
+
+static void conn_undirty(srv_conn *sc) {
+    if (!sc->dirty) return;
+    srv_shard *sh = sc->sh;
+    if (sc->dprev) sc->dprev->dnext = sc->dnext;
+    else sh->dirty = sc->dnext;
+    if (sc->dnext) sc->dnext->dprev = sc->dprev;
+    sc->dprev = sc->dnext = NULL;
+    sc->dirty = false;
+}
+
+/* Flushes every dirty connection. A kick from inside conn_flush (a blocked
+ * reply moving on) finds its connection still marked and adds nothing: that
+ * flush produces the output anyway. */
+static void shard_flush_dirty(srv_shard *sh) {
+    while (sh->dirty) {
+        srv_conn *sc = sh->dirty;
+        sh->dirty = sc->dnext;
+        if (sh->dirty) sh->dirty->dprev = NULL;
+        sc->dprev = sc->dnext = NULL;
+        conn_flush(sc);
+        sc->dirty = false;
+    }
+}
+
+static void shard_flusher(bds_flusher *f) { shard_flush_dirty(BDS_CONTAINER_OF(f, srv_shard, flusher)); }
 
 static void call_move_blocked(srv_call *call);
 
-static void conn_flush(bds_flusher *f) {
-    srv_conn *sc = BDS_CONTAINER_OF(f, srv_conn, flusher);
+static void conn_flush(srv_conn *sc) {
     if (!sc->c || sc->closing) return;
     /* Only calls with replies waiting: a flush costs nothing per idle stream. */
     for (srv_call *call = sc->waiting, *next; call; call = next) {
@@ -622,7 +662,7 @@ static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ct
             fprintf(stderr, "bidistreamd: closing a connection: HTTP/2 %s (nghttp2 error %d, %lu glitches)\n",
                     hs->calmed ? "flood limit" : "fatal error", hs->nghttp2_fatal, (unsigned long)hs->glitches);
         }
-        conn_flush(&sc->flusher);
+        conn_flush(sc);
         if (!sc->closing) {
             bds__conn_close_after_flush(sc->c);
             sc->closing = true;
@@ -646,6 +686,7 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
     }
     srv_shard *sh = sc->sh;
     bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
+    conn_undirty(sc);
     sc->c = NULL;
     sc->closing = true;
     bds__h2_abort_calls(sc->h2, BDS_CANCELLED); /* on_reset for each live call */
@@ -685,7 +726,6 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     }
     sc->sh = sh;
     sc->c = c;
-    sc->flusher.fn = conn_flush;
     sc->next = sh->conns;
     if (sh->conns) sh->conns->prev = sc;
     sh->conns = sc;
@@ -702,7 +742,10 @@ static bool hook_drain(bds_shard *s, void *ctx) {
 
 static bool hook_run(bds_shard *s, void *ctx) {
     (void)s;
-    return bds__pipe_run(((srv_shard *)ctx)->pipe, RUN_BUDGET);
+    srv_shard *sh = ctx;
+    bool more = bds__pipe_run(sh->pipe, RUN_BUDGET);
+    shard_flush_dirty(sh); /* this tick's replies, sent by this tick's flushers */
+    return more;
 }
 
 static bool hook_prepare_sleep(bds_shard *s, void *ctx) {
@@ -837,6 +880,7 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     sh->shard = s;
     srv->shards[id] = sh;
     msg_pools_init(sh);
+    sh->flusher.fn = shard_flusher;
     tls_shard = sh;
     bds_status st = bds__pipe_attach(srv->pipes, s, &sh->pipe);
     if (st != BDS_OK) return st;

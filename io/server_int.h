@@ -93,6 +93,8 @@ struct srv_shard {
     bds_net *net;
     bds_listener *listener;
     srv_conn *conns;
+    srv_conn *dirty;          /* connections with output due (conn_kick) */
+    bds_flusher flusher;      /* flushes `dirty` at the end of a tick */
     srv_watch *watches;
     bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
     uint64_t stop_deadline_ns; /* hard close of what is left after the grace */
