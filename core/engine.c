@@ -33,8 +33,7 @@ static bds__exec_key *exec_key_get(bds_pipeline *p, bds_call *call) {
     BDS_ASSERT(ek != NULL); /* out of memory on the exec side: no way to hand the call back */
     ek->node.hash = h;
     ek->node.session = s;
-    ek->node.key = call->key;
-    ek->node.key_len = call->key_len;
+    bds__kmap_node_set_key(&ek->node, call->key, call->key_len);
     (void)bds__kmap_insert(&p->exec_keys, &ek->node);
     ek->session = s;
     ek->s_next = s->exec[p->index].first;
@@ -60,7 +59,7 @@ static bds_call *exec_pop_head(bds_pipeline *p, bds__exec_key *ek) {
     bds_call *next = call->k_next;
     ek->head = next;
     if (!next) ek->tail = NULL;
-    else ek->node.key = next->key; /* the old head's bytes die with it at home */
+    else if (bds__kmap_node_key_borrowed(&ek->node)) ek->node.key = next->key; /* the old head's bytes die with it at home */
     call->token_passed = next != NULL;
     call->ekey = NULL;
     /* Free the key first: it links into the session, which home may free as

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 void *bds__alloc_aligned(size_t size, size_t align); /* zeroed; NULL on failure */
 void bds__free(void *p);
@@ -33,15 +34,34 @@ void *bds__pool_get(bds__pool *pool); /* zeroed object, NULL when memory is out 
 void bds__pool_put(bds__pool *pool, void *obj);
 
 /* Chained hash map keyed by (session pointer, key bytes). Nodes are embedded
- * in their owners; the key bytes belong to the owner too (they point into a
- * live call's payload and are re-pointed when that call leaves). */
+ * in their owners. A short key is copied into the node; a longer one is
+ * pointed to in a live call's payload and re-pointed when that call leaves.
+ * The copy matters under load: with thousands of calls queued, the next
+ * call's payload is cold, and touching it on every lookup and every DONE
+ * cost a cache miss each (most of a saturated shard's time). */
+#define BDS_KMAP_KEY_INLINE 24u
 typedef struct bds__kmap_node {
     struct bds__kmap_node *next;
     uint64_t hash;
     const void *session;
     const uint8_t *key;
     uint32_t key_len;
+    uint8_t key_inline[BDS_KMAP_KEY_INLINE];
 } bds__kmap_node;
+
+/* Sets the key of a node at its final address. */
+static inline void bds__kmap_node_set_key(bds__kmap_node *n, const void *key, uint32_t key_len) {
+    n->key_len = key_len;
+    if (key_len <= BDS_KMAP_KEY_INLINE) {
+        if (key_len) memcpy(n->key_inline, key, key_len);
+        n->key = n->key_inline;
+    } else {
+        n->key = key;
+    }
+}
+
+/* True when the node's key bytes point into a call (they must follow it). */
+static inline bool bds__kmap_node_key_borrowed(const bds__kmap_node *n) { return n->key != n->key_inline; }
 
 typedef struct bds__kmap {
     bds__kmap_node **_buckets;

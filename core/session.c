@@ -373,7 +373,8 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
             bds__pool_put(&p->hkeys, hk);
             return receive_reject(p, s, call, "inbound backpressure capacity exhausted");
         }
-        hk->node = (bds__kmap_node){.hash = h, .session = s, .key = key, .key_len = key_len};
+        hk->node = (bds__kmap_node){.hash = h, .session = s};
+        bds__kmap_node_set_key(&hk->node, key, key_len);
         hk->token = token;
         (void)bds__kmap_insert(&p->home_keys, &hk->node);
         if (token == BDS_TOKEN_NONE) {
@@ -473,7 +474,8 @@ static bool home_key_unlink(bds__home_key *hk, bds_call *call) {
     *pp = call->c_next;
     if (hk->tail == call) hk->tail = prev;
     hk->count--;
-    if (hk->head) hk->node.key = hk->head->key; /* call's bytes are about to be released */
+    if (hk->head && bds__kmap_node_key_borrowed(&hk->node))
+        hk->node.key = hk->head->key; /* call's bytes are about to be released */
     return in_order;
 }
 

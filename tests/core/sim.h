@@ -33,7 +33,7 @@ enum sim_behave {
 };
 
 typedef struct sim_msg {
-    char key[16];
+    char key[48];
     uint32_t key_len;
     uint64_t seq;
     int behave;
@@ -308,6 +308,7 @@ static inline sim_msg *sim_msg_new(int session, const char *key, uint64_t seq, i
     sim_msg *m = calloc(1, sizeof *m);
     m->session = session;
     m->key_len = (uint32_t)strlen(key);
+    BDS_ASSERT(m->key_len < sizeof m->key);
     memcpy(m->key, key, m->key_len);
     m->seq = seq;
     m->behave = behave;
