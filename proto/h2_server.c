@@ -18,8 +18,9 @@
  *                       client has not ended its side (gRPC early trailers)
  *
  * Output: the first message submits the response HEADERS with a data provider
- * whose read callback copies queued, framed messages into DATA frames (several
- * per frame) and, once the queue is empty and the call is finishing, ends the
+ * whose read callback packs queued, framed messages into DATA frames (several
+ * per frame; NO_COPY: the send_data callback writes them straight into the
+ * output buffer) and, once the queue is empty and the call is finishing, ends the
  * data with EOF|NO_END_STREAM and submits the trailers. An empty queue defers
  * the provider; a new message resumes it (INVALID_ARGUMENT = stream gone, ignored).
  * Frames are serialized only by bds__h2_output (nghttp2_session_send with a
@@ -59,6 +60,7 @@ enum h2s_end { H2S_END_NONE = 0, H2S_END_APP, H2S_END_SESSION, H2S_END_PEER };
 #define H2_GRPC_MESSAGE_RAW_MAX 1024u  /* longer grpc-message texts are cut     */
 #define H2_SMALL_WINDOW_UPDATE 1024u   /* a WINDOW_UPDATE below this is a glitch */
 #define H2_OUT_BUF_MIN 1024u
+#define H2_FRAME_HD_BYTES 9u           /* RFC 9113 §4.1 */
 
 BDS_STATIC_ASSERT(sizeof(((bds__h2_msg *)0)->_prefix) == BDS_GRPC_PREFIX_BYTES, "gRPC prefix size");
 
@@ -633,25 +635,22 @@ static ssize_t h2_on_send(nghttp2_session *ng, const uint8_t *data, size_t lengt
     return (ssize_t)n;
 }
 
-/* Copies queued bytes into a DATA frame payload; finishes with trailers. */
-static ssize_t h2_on_read(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, size_t length,
-                          uint32_t *data_flags, nghttp2_data_source *source, void *ud) {
-    bds__h2_conn *c = ud;
-    /* The record rides in the provider: nghttp2 reads only live streams, and
-     * the record lives as long as its nghttp2 stream. */
-    struct h2_stream *s = source->ptr;
-    BDS_ASSERT(s != NULL && s->id == stream_id);
+/* Moves the next |len| queued bytes (prefixes and payloads) of |s| into |buf|,
+ * releasing every message whose last byte has left. len <= q_bytes. */
+static void h2_queue_take(bds__h2_conn *c, struct h2_stream *s, uint8_t *buf, size_t len) {
+    BDS_ASSERT(len <= s->q_bytes);
     size_t n = 0;
-    while (n < length && s->q_head != NULL) {
+    while (n < len) {
         bds__h2_msg *m = s->q_head;
+        BDS_ASSERT(m != NULL);
         size_t k;
         if (m->_off < BDS_GRPC_PREFIX_BYTES) { /* the prefix, or what is left of it */
             k = BDS_GRPC_PREFIX_BYTES - m->_off;
-            if (k > length - n) k = length - n;
-            memcpy(buf + n, m->_prefix + m->_off, k);
+            if (k > len - n) k = len - n;
+            for (size_t i = 0; i < k; i++) buf[n + i] = m->_prefix[m->_off + i];
         } else {
             k = m->_len + BDS_GRPC_PREFIX_BYTES - m->_off;
-            if (k > length - n) k = length - n;
+            if (k > len - n) k = len - n;
             memcpy(buf + n, m->_data + (m->_off - BDS_GRPC_PREFIX_BYTES), k);
         }
         n += k;
@@ -664,7 +663,31 @@ static ssize_t h2_on_read(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, 
         }
     }
     BDS_ASSERT((s->q_head == NULL) == (s->q_bytes == 0));
-    if (s->q_head == NULL && s->finishing) {
+}
+
+/* Sizes a DATA frame from the queue; finishes with trailers. When the output
+ * buffer has room for the whole frame the payload is not copied here
+ * (NO_COPY): h2_on_send_data writes the frame header and the queued bytes
+ * straight into the output buffer. nghttp2 calls it at once, in the same
+ * nghttp2_session_send, after every earlier frame went through h2_on_send,
+ * so the room seen here is still there and it never has to wait (a wait
+ * would leave promised bytes exposed to a stream failure in between). */
+static ssize_t h2_on_read(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, size_t length,
+                          uint32_t *data_flags, nghttp2_data_source *source, void *ud) {
+    bds__h2_conn *c = ud;
+    /* The record rides in the provider: nghttp2 reads only live streams, and
+     * the record lives as long as its nghttp2 stream. */
+    struct h2_stream *s = source->ptr;
+    BDS_ASSERT(s != NULL && s->id == stream_id);
+    BDS_ASSERT(c->in_output);
+    size_t n = s->q_bytes < length ? s->q_bytes : length;
+    bool drained = n == s->q_bytes;
+    if (n > 0 && c->out_cap - c->out_len >= H2_FRAME_HD_BYTES + n) {
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    } else {
+        h2_queue_take(c, s, buf, n);
+    }
+    if (drained && s->finishing) {
         char code_buf[4];
         nghttp2_nv nv[2];
         size_t nvlen = h2_status_nv(s, nv, code_buf);
@@ -677,6 +700,22 @@ static ssize_t h2_on_read(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, 
     if (n > 0) return (ssize_t)n;
     s->deferred = true;
     return NGHTTP2_ERR_DEFERRED;
+}
+
+/* A NO_COPY DATA frame: its header, then |length| queued bytes, into the
+ * output buffer (h2_on_read made sure they fit). */
+static int h2_on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd,
+                           size_t length, nghttp2_data_source *source, void *ud) {
+    (void)ng;
+    (void)frame;
+    bds__h2_conn *c = ud;
+    struct h2_stream *s = source->ptr;
+    BDS_ASSERT(c->in_output && s != NULL);
+    BDS_ASSERT(c->out_cap - c->out_len >= H2_FRAME_HD_BYTES + length && length <= s->q_bytes);
+    memcpy(c->out + c->out_len, framehd, H2_FRAME_HD_BYTES);
+    h2_queue_take(c, s, c->out + c->out_len + H2_FRAME_HD_BYTES, length);
+    c->out_len += H2_FRAME_HD_BYTES + length;
+    return 0;
 }
 
 static int h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
@@ -733,6 +772,7 @@ static nghttp2_session_callbacks *h2_callbacks_new(void) {
     nghttp2_session_callbacks *cb;
     if (nghttp2_session_callbacks_new(&cb) != 0) return NULL;
     nghttp2_session_callbacks_set_send_callback(cb, h2_on_send);
+    nghttp2_session_callbacks_set_send_data_callback(cb, h2_on_send_data);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cb, h2_on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cb, h2_on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, h2_on_frame_recv);
