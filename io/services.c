@@ -22,7 +22,7 @@
 
 /* ---- protobuf wire reading ------------------------------------------------------ */
 
-static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+static bool wire_varint_long(const uint8_t **p, const uint8_t *end, uint64_t *v) {
     uint64_t x = 0;
     for (int shift = 0; shift < 64 && *p < end; shift += 7) {
         uint8_t b = *(*p)++;
@@ -33,6 +33,15 @@ static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
         }
     }
     return false;
+}
+
+/* Most varints here (tags, small lengths) are one byte. */
+static inline bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+    if (*p < end && **p < 0x80) {
+        *v = *(*p)++;
+        return true;
+    }
+    return wire_varint_long(p, end, v);
 }
 
 typedef struct frame_view {

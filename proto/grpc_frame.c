@@ -131,9 +131,30 @@ static bool deframe_reserve(bds__grpc_deframer *d) {
     return d->_buf != NULL;
 }
 
+/* The common case, at a message boundary: an uncompressed message whose
+ * prefix and body both lie in |in|. Handed out in place without touching the
+ * deframer's state; everything else (a cut prefix or body, the compressed
+ * flag, an error, an oversized buffer to release) takes the general path. */
+static bool deframe_whole(const bds__grpc_deframer *d, const uint8_t *in, size_t len,
+                          bds__grpc_ev *ev, size_t *used) {
+    if (d->_hdr_have != 0 || d->_failed || len < BDS_GRPC_PREFIX_BYTES || in[0] != 0 ||
+        d->_buf_cap > DEFRAME_KEEP_BYTES)
+        return false;
+    uint32_t mlen = (uint32_t)in[1] << 24 | (uint32_t)in[2] << 16 | (uint32_t)in[3] << 8 | in[4];
+    if (mlen > d->_msg_bytes_max || len - BDS_GRPC_PREFIX_BYTES < mlen) return false;
+    *ev = (bds__grpc_ev){.kind = BDS__GRPC_EV_MESSAGE,
+                         .data = mlen > 0 ? in + BDS_GRPC_PREFIX_BYTES : deframe_empty,
+                         .len = mlen,
+                         .status = BDS_OK};
+    *used = BDS_GRPC_PREFIX_BYTES + (size_t)mlen;
+    return true;
+}
+
 size_t bds__grpc_deframe(bds__grpc_deframer *d, const uint8_t *in, size_t len, bds__grpc_ev *ev) {
     BDS_ASSERT(d != NULL && ev != NULL);
     BDS_ASSERT(in != NULL && len > 0);
+    size_t whole;
+    if (deframe_whole(d, in, len, ev, &whole)) return whole;
     memset(ev, 0, sizeof *ev);
     ev->status = BDS_OK;
     if (d->_failed) {
