@@ -172,6 +172,9 @@ bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv
 
 /* ---- message buffers ----------------------------------------------------------------------- */
 
+BDS_STATIC_ASSERT(offsetof(srv_msg, data) == offsetof(srv_msg, prefix) + sizeof(((srv_msg *)0)->prefix),
+                  "the prefix room sits right before the payload");
+
 static void msg_pools_init(srv_shard *sh) {
     for (uint32_t i = 0; i < SRV_MSG_CLASSES; i++) bds__pool_init(&sh->msg_pools[i], (size_t)SRV_MSG_CLASS_MIN << i);
 }
@@ -395,7 +398,7 @@ static bool call_try_send(srv_call *call, srv_msg *r) {
     srv_conn *sc = call->conn;
     if (!sc || call->h2_done) return true; /* nobody to send to: written = dropped */
     /* E_AGAIN: the stream holds REPLY_HIGH_WATER unsent bytes (its send bound). */
-    bds_status st = bds__h2_send_ref(sc->h2, call->stream, &r->h2, r->data, r->len);
+    bds_status st = bds__h2_send_framed(sc->h2, call->stream, &r->h2, r->prefix, r->len);
     if (st == BDS_E_AGAIN) return false;
     if (st == BDS_OK) r->holds |= SRV_MSG_H2; /* released by h2_on_msg_release */
     conn_kick(sc);

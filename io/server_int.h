@@ -76,6 +76,7 @@ typedef struct srv_msg {
     uint32_t hint;            /* srv_method.key_hint's note for the handler; 0 = none */
     const uint8_t *key;
     uint32_t key_len;
+    uint8_t prefix[5];        /* room for the gRPC prefix, right before data (bds__h2_send_framed) */
     uint8_t data[];
 } srv_msg;
 

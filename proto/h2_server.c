@@ -644,7 +644,11 @@ static void h2_queue_take(bds__h2_conn *c, struct h2_stream *s, uint8_t *buf, si
         bds__h2_msg *m = s->q_head;
         BDS_ASSERT(m != NULL);
         size_t k;
-        if (m->_off < BDS_GRPC_PREFIX_BYTES) { /* the prefix, or what is left of it */
+        if (m->_framed) { /* prefix and payload in one block */
+            k = m->_len + BDS_GRPC_PREFIX_BYTES - m->_off;
+            if (k > len - n) k = len - n;
+            memcpy(buf + n, m->_data + m->_off, k);
+        } else if (m->_off < BDS_GRPC_PREFIX_BYTES) { /* the prefix, or what is left of it */
             k = BDS_GRPC_PREFIX_BYTES - m->_off;
             if (k > len - n) k = len - n;
             for (size_t i = 0; i < k; i++) buf[n + i] = m->_prefix[m->_off + i];
@@ -999,6 +1003,23 @@ bds_status bds__h2_send_ref(bds__h2_conn *c, int32_t id, bds__h2_msg *m, const v
     if (st != BDS_OK) return st;
     *m = (bds__h2_msg){._data = data, ._len = (uint32_t)len, ._owned = false};
     bds__grpc_frame_prefix(m->_prefix, false, (uint32_t)len);
+    return h2_queue_push(c, s, m);
+}
+
+bds_status bds__h2_send_framed(bds__h2_conn *c, int32_t id, bds__h2_msg *m, uint8_t *wire,
+                               size_t len) {
+    BDS_ASSERT(c != NULL && !c->in_output && m != NULL && wire != NULL);
+    BDS_ASSERT(c->cbs.on_msg_release != NULL);
+    struct h2_stream *s;
+    bds_status st = h2_send_check(c, id, len, &s);
+    if (st != BDS_OK) return st;
+    /* gRPC PROTOCOL-HTTP2: Compressed-Flag 0, Message-Length big-endian. */
+    wire[0] = 0;
+    wire[1] = (uint8_t)(len >> 24);
+    wire[2] = (uint8_t)(len >> 16);
+    wire[3] = (uint8_t)(len >> 8);
+    wire[4] = (uint8_t)len;
+    *m = (bds__h2_msg){._data = wire, ._len = (uint32_t)len, ._owned = false, ._framed = true};
     return h2_queue_push(c, s, m);
 }
 

@@ -48,11 +48,14 @@ typedef struct bds__h2_conn bds__h2_conn;
  * bds__h2_send_ref until on_msg_release hands it back. */
 typedef struct bds__h2_msg {
     struct bds__h2_msg *_next;
-    const uint8_t *_data;   /* the payload, borrowed until on_msg_release */
+    const uint8_t *_data;   /* the payload (with _framed: prefix + payload),
+                               borrowed until on_msg_release                */
     uint32_t _len;          /* payload bytes                                */
     uint32_t _off;          /* bytes of prefix + payload already serialized */
     uint8_t _prefix[5];     /* gRPC Length-Prefixed-Message prefix          */
     bool _owned;            /* allocated by the session (bds__h2_send_msg)  */
+    bool _framed;           /* the prefix sits in the caller's buffer, right
+                               before the payload: one copy per message     */
 } bds__h2_msg;
 
 /* HTTP/2 error codes used in this API (RFC 9113 §7). */
@@ -206,6 +209,11 @@ bds_status bds__h2_send_msg(bds__h2_conn *conn, int32_t stream_id, const void *m
  * than BDS_OK the session did not take |msg| (no on_msg_release follows). */
 bds_status bds__h2_send_ref(bds__h2_conn *conn, int32_t stream_id, bds__h2_msg *msg,
                             const void *data, size_t len);
+/* The same for a payload with room for the prefix before it: |wire| is 5 +
+ * |len| bytes; the session writes the prefix into wire[0..4] (the caller's
+ * bytes there are overwritten) and sends the whole as one block. */
+bds_status bds__h2_send_framed(bds__h2_conn *conn, int32_t stream_id, bds__h2_msg *msg,
+                               uint8_t *wire, size_t len);
 
 /* Ends a call: after the queued messages, trailers with grpc-status and the
  * percent-encoded grpc-message (|message| NULL = the status's own text; ignored

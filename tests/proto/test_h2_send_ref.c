@@ -165,3 +165,30 @@ Test(h2_send_ref, over_the_stream_bound_returns_again_and_is_not_taken, .fini = 
     cr_assert_eq(H.app.msgs_released, 2);
     cr_assert_eq(h_count_msgs(c), 2);
 }
+
+Test(h2_send_ref, framed_message_gets_its_prefix_written_in_place_and_is_sent_whole, .fini = fini) {
+    h_init(&H, NULL);
+    nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 4}};
+    nghttp2_submit_settings(H.cli, NGHTTP2_FLAG_NONE, iv, 1);
+    struct cstream *c = open_call();
+    static struct {
+        bds__h2_msg node;
+        uint8_t wire[5 + 7];
+    } f[2];
+    for (int i = 0; i < 2; i++) {
+        memset(f[i].wire, 0xee, 5); /* the caller's bytes there are overwritten */
+        memcpy(f[i].wire + 5, i ? "framed2" : "framed1", 7);
+        cr_assert_eq(bds__h2_send_framed(H.app.h2, c->id, &f[i].node, f[i].wire, 7), BDS_OK);
+    }
+    static struct ref r;
+    memcpy(r.data, "ref", 3);
+    cr_assert_eq(bds__h2_send_ref(H.app.h2, c->id, &r.node, r.data, 3), BDS_OK);
+    cr_assert_eq(bds__h2_queued_bytes(H.app.h2, c->id), 12 + 12 + 8);
+    h_pump(&H); /* 32 bytes through a 4-byte window: cut anywhere */
+    cr_assert_eq(H.app.msgs_released, 3);
+    static const uint8_t want[] = {0, 0, 0, 0, 7, 'f', 'r', 'a', 'm', 'e', 'd', '1',
+                                   0, 0, 0, 0, 7, 'f', 'r', 'a', 'm', 'e', 'd', '2',
+                                   0, 0, 0, 0, 3, 'r', 'e', 'f'};
+    cr_assert_eq(c->in.len, sizeof want);
+    cr_assert(memcmp(c->in.p, want, sizeof want) == 0);
+}
