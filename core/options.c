@@ -21,6 +21,7 @@ bds_options bds_default_options(void) {
     o.inbound.backpressure.queue_capacity = 4096;
     o.inbound.drain_on_client_close = true;
     o.inbound.failures_terminal = true;
+    o.inbound.outstanding_bytes_max = 4u << 20; /* a default max-size gRPC message */
     o.outbound.ordering.mode = BDS_ORDERING_FIFO;
     o.outbound.ordering.capacity = 0;
     o.outbound.backpressure.policy = BDS_BP_QUEUE;

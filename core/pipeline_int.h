@@ -124,6 +124,7 @@ struct bds_session {
     void *ops_ctx;
     /* Inbound, HOME only. */
     uint32_t outstanding;             /* calls admitted and not yet DONE */
+    uint64_t outstanding_bytes;       /* their payload bytes */
     uint32_t waiting;                 /* calls behind their key's head (ordering) */
     uint32_t tokens_free, tokens_held, soft_in_use;
     uint32_t n_wait;                  /* keys waiting for a token (QUEUE) */

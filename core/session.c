@@ -274,6 +274,11 @@ static uint32_t room_sub(uint32_t cap, uint32_t used) {
     return cap == 0 ? UINT32_MAX : (used >= cap ? 0 : cap - used);
 }
 
+static bool inbound_bytes_full(const bds_session *s) {
+    uint32_t max = s->opts.inbound.outstanding_bytes_max;
+    return max != 0 && s->outstanding_bytes >= max;
+}
+
 uint32_t bds_session_inbound_room(bds_session *s) {
     ASSERT_HOME(s);
     bds_session_state st = session_state(s);
@@ -287,6 +292,7 @@ uint32_t bds_session_inbound_room(bds_session *s) {
         tok = q > UINT32_MAX - s->tokens_free ? UINT32_MAX : q + s->tokens_free;
     }
     uint32_t room = ord < tok ? ord : tok;
+    if (inbound_bytes_full(s)) room = 0;
     if (room == 0) s->room_was_zero = true;
     return room;
 }
@@ -356,6 +362,7 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
     uint64_t key_hash = key_len ? bds__hash(&p->seed, key, key_len) : 0;
     bds_call *call = bds__pool_get(&p->calls);
     if (!call) return BDS_E_NOMEM;
+    if (inbound_bytes_full(s)) return receive_reject(p, s, call, "inbound outstanding bytes exhausted");
     uint64_t h = bds__kmap_hash(key_hash, s);
     bds__kmap_node *n = bds__kmap_find(&p->home_keys, h, s, key, key_len);
     bds__home_key *hk = n ? BDS_CONTAINER_OF(n, bds__home_key, node) : NULL;
@@ -404,6 +411,7 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
     }
     hk->tail = call;
     s->outstanding++;
+    s->outstanding_bytes += bytes;
     s->stats.admitted++;
     if (s->opts.metrics.payload_sizes) s->stats.bytes_in += bytes;
     hw(&s->stats.executing_hw, s->tokens_held + s->soft_in_use);
@@ -509,6 +517,7 @@ void bds__home_on_done(bds_pipeline *p, bds_call *call) {
     bds__home_key *hk = call->hkey;
     bool in_order = home_key_unlink(hk, call);
     s->outstanding--;
+    s->outstanding_bytes -= call->bytes;
     s->exec[call->exec].home_out--;
     if (hk->count) s->waiting--;
     if (!in_order) session_close(p, s, BDS_E_ORDERING_BROKEN, "ordering broken: calls of a key finished out of order", false);

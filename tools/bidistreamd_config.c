@@ -72,6 +72,8 @@ static const opt opts[] = {
      "concurrent executions per stream, 0 = no limit"},
     {"inbound-queue-capacity", K_U32, FIELD(uint32_t, options.inbound.backpressure.queue_capacity), 0, UINT32_MAX,
      "waiters for capacity, queue policy only (0 = no limit; other policies: 0)"},
+    {"inbound-bytes-max", K_BYTES, FIELD(uint32_t, options.inbound.outstanding_bytes_max), 0, UINT32_MAX,
+     "payload bytes admitted and unfinished per stream before the server stops reading it, 0 = no limit"},
     {"outbound-ordering", K_ORDERING, FIELD(bds_ordering_mode, options.outbound.ordering.mode), 0, 0,
      "fifo or keyed"},
     {"outbound-ordering-capacity", K_U32, FIELD(uint32_t, options.outbound.ordering.capacity), 0, UINT32_MAX,

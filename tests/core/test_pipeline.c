@@ -325,6 +325,59 @@ Test(pipeline, nonterminal_failure_is_confined_to_the_message) {
     sim_free(S);
 }
 
+/* Receives a message of `bytes` payload bytes on the session's home. */
+static bds_status send_sized(sim *S, int session, const char *key, uint64_t seq, uint32_t bytes) {
+    sim_msg *m = sim_msg_new(session, key, seq, SIM_ASYNC);
+    bds_session *ses = S->sessions[session].s;
+    int saved = sim_switch(S, (int)ses->home->index);
+    bds_status st = bds_session_receive(ses, m, bytes, m->key, m->key_len, seq);
+    sim_switch(S, saved);
+    if (st != BDS_OK) free(m);
+    return st;
+}
+
+static uint32_t room_of(sim *S, int session) {
+    bds_session *ses = S->sessions[session].s;
+    int saved = sim_switch(S, (int)ses->home->index);
+    uint32_t room = bds_session_inbound_room(ses);
+    sim_switch(S, saved);
+    return room;
+}
+
+Test(pipeline, outstanding_bytes_bound_shuts_room_until_work_finishes) {
+    sim *S = sim_new(1, 17);
+    bds_options o = bds_default_options();
+    o.inbound.outstanding_bytes_max = 100;
+    int s = sim_open(S, 0, &o);
+    cr_assert_eq(send_sized(S, s, "a", 1, 60), BDS_OK);
+    cr_assert_gt(room_of(S, s), 0, "60 of 100 bytes: room left");
+    cr_assert_eq(send_sized(S, s, "b", 2, 60), BDS_OK, "one message may overshoot the bound");
+    cr_assert_eq(room_of(S, s), 0, "120 of 100 bytes: no room");
+    sim_settle(S);
+    int ready = S->sessions[s].ready_calls;
+    complete_seq(S, 1, BDS_OK);
+    cr_assert_gt(room_of(S, s), 0, "60 bytes again: room");
+    cr_assert_eq(S->sessions[s].ready_calls, ready + 1, "the transport is told to read again");
+    complete_seq(S, 2, BDS_OK);
+    cr_assert_not(S->sessions[s].closed);
+    sim_free(S);
+}
+
+Test(pipeline, outstanding_bytes_bound_lets_a_large_message_run_alone_then_rejects) {
+    sim *S = sim_new(1, 18);
+    bds_options o = bds_default_options();
+    o.inbound.outstanding_bytes_max = 100;
+    int s = sim_open(S, 0, &o);
+    cr_assert_eq(send_sized(S, s, "a", 1, 1000), BDS_OK, "larger than the bound, but alone");
+    cr_assert_eq(room_of(S, s), 0);
+    /* A transport that ignores the room is refused, like any exhausted capacity. */
+    cr_assert_eq(send_sized(S, s, "b", 2, 1), BDS_E_INBOUND_REJECTED);
+    sim_settle(S);
+    cr_assert(S->sessions[s].closed);
+    cr_assert_eq(bds_status_grpc(S->sessions[s].close_status), 8 /* RESOURCE_EXHAUSTED */);
+    sim_free(S);
+}
+
 /* A handler may itself answer CANCELLED (a status echo does): that is its
  * result, a failure that ends the session with that status, not a drop. */
 Test(pipeline, handler_cancelled_status_is_a_failure_not_a_drop) {

@@ -443,6 +443,39 @@ class NeverReads(unittest.TestCase):
             self.assertEqual(srv.stop(), 0)
 
 
+class FastSender(unittest.TestCase):
+    """A client that sends much faster than its work finishes is stopped at
+    its socket: the stream's window is credited only while the admitted,
+    unfinished payload is under --inbound-bytes-max (4 MiB by default)."""
+
+    def test_sender_faster_than_the_work_is_stopped_at_the_socket(self):
+        srv = Server('--shards', '1')
+        try:
+            # 300 messages of 256 KiB (75 MiB), all on one key, 100 ms of
+            # work each: 30 s of work. grpcio takes the next message from the
+            # iterator only when the last one went out (flow control).
+            taken = [0]
+            payload = b'p' * (256 * 1024)
+
+            def requests():
+                for i in range(300):
+                    taken[0] += 1
+                    yield frame('k', i + 1, payload, work_us=100000)
+
+            with srv.channel() as ch:
+                call = process(ch)(requests(), timeout=3)
+                time.sleep(2)
+                took = taken[0]
+                call.cancel()
+            # Bounded by the 4 MiB of admitted bytes, one stream window and
+            # the sockets' buffers; without the bound all 300 would be taken.
+            self.assertLess(took * len(payload), 32 << 20, 'the server read %d messages it cannot start' % took)
+            with srv.channel() as ch:
+                self.assertEqual(len(list(process(ch)(iter([frame('w', 1, b'ok')]), timeout=10))), 1)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
 def h2frame(ftype, flags, stream, payload):
     return len(payload).to_bytes(3, 'big') + bytes([ftype, flags]) + stream.to_bytes(4, 'big') + payload
 

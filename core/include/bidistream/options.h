@@ -51,6 +51,11 @@ typedef struct bds_options {
         bds_backpressure_options backpressure;
         bool drain_on_client_close;  /* finish in-flight work after the client half-closes */
         bool failures_terminal;      /* a handler failure (retries spent) ends the session */
+        /* Payload bytes admitted and not yet finished. At or past it the
+         * session has no inbound room (a transport stops reading: the peer
+         * waits at its socket) and a receive is rejected; one message may
+         * overshoot it, so a message of any size can run alone. 0 = no limit. */
+        uint32_t outstanding_bytes_max;
     } inbound;
     struct {
         bds_ordering_options ordering;
@@ -76,7 +81,7 @@ typedef struct bds_options {
 
 /* Safe defaults (SPEC §2): inbound KEYED_FIFO with QUEUE backpressure (a fast
  * client is slowed, not rejected: the transport stops reading when the queue is
- * full), outbound FIFO with QUEUE, fail_fast on, no retries, a 5 s grace period,
+ * full, or when 4 MiB of payload is admitted and unfinished), outbound FIFO with QUEUE, fail_fast on, no retries, a 5 s grace period,
  * drain on shutdown and on client close, terminal handler failures. */
 BDS_API bds_options bds_default_options(void);
 
