@@ -906,6 +906,10 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
 
 static void on_shard_exit(bds_shard *s, void *vctx) {
     struct start_ctx *sc = vctx;
+    /* No stop call may reach the group once a shard goes: unpublish it and
+     * let the calls already inside finish while every shard is alive. */
+    atomic_store(&sc->srv->live_group, NULL);
+    while (atomic_load(&sc->srv->stoppers) != 0) sched_yield();
     srv_shard *sh = sc->srv->shards[bds__shard_id(s)];
     if (!sh) return;
     if (sh->net) bds__net_destroy(sh->net);
@@ -969,6 +973,8 @@ bds_status bds_server_run(bds_server *srv) {
         parse_listen(srv->listen, host, sizeof host, &port);
         fprintf(stderr, "bidistreamd: listening on %s:%u with %u shard%s\n", host, srv->port, n, n == 1 ? "" : "s");
     }
+    atomic_store(&srv->live_group, srv->group);
+    if (atomic_load(&srv->stop_requested)) bds__group_stop(srv->group); /* stopped before it ran */
     bds__group_run(srv->group);
     bds__group_destroy(srv->group);
     srv->group = NULL;
@@ -979,7 +985,11 @@ bds_status bds_server_run(bds_server *srv) {
 }
 
 void bds_server_stop(bds_server *srv) {
-    if (srv->group) bds__group_stop(srv->group);
+    atomic_fetch_add(&srv->stoppers, 1);
+    atomic_store(&srv->stop_requested, true);
+    bds_group *g = atomic_load(&srv->live_group);
+    if (g) bds__group_stop(g);
+    atomic_fetch_sub(&srv->stoppers, 1);
 }
 
 uint16_t bds_server_port(const bds_server *srv) { return srv->port; }

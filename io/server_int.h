@@ -44,7 +44,15 @@ struct bds_server {
     srv_shard *shards[BDS_SHARDS_MAX];
     _Atomic int serving;      /* health: 1 SERVING until shutdown begins */
     bool running;
-    uint16_t port;            /* the bound port (for listen ":0") */
+    _Atomic uint16_t port;    /* the bound port (for listen ":0"); read by any thread */
+    /* bds_server_stop from any thread: the group it may stop (NULL before the
+     * shards run and once the first shard exits), the stop calls in progress
+     * (a shard exiting waits for them: the group's shards stay alive under
+     * them), and a stop that came before the group was published. seq_cst
+     * all three: stop's increment-then-load against exit's clear-then-load. */
+    _Atomic(bds_group *) live_group;
+    _Atomic uint32_t stoppers;
+    _Atomic bool stop_requested;
 };
 
 /* Who still holds a srv_msg (srv_msg.holds); it is freed when the last lets go. */
