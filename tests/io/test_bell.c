@@ -6,7 +6,11 @@
  * a shard blocks with NO timeout, and only a bell can wake it. A lost wake-up
  * hangs the test and the test's own .timeout reports it. Variants: MSG_RING
  * between shards, eventfd between shards, and a non-shard thread ringing the
- * eventfd. BDS_TEST_TSAN */
+ * eventfd. Each plays ROUNDS rounds or for ROUND_BUDGET_NS, whichever ends
+ * first: on 2 loaded cores every wake-up may wait a scheduler slice, and
+ * 20,000 of them once took longer than the timeout without any bell being
+ * lost. A lost bell still hangs, since nothing but a bell ends a sleep.
+ * BDS_TEST_TSAN */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -16,6 +20,8 @@
 #include "group.h"
 
 #define ROUNDS 20000
+#define ROUND_BUDGET_NS (30ull * 1000 * 1000 * 1000)
+#define ROUNDS_MIN 1000 /* fewer in the budget would say little */
 
 typedef struct inbox {
     _Atomic uint64_t posted;    /* seq_cst RMW by producers; seq_cst load by the consumer */
@@ -29,6 +35,13 @@ static inbox boxes[2];
 static bds_group *grp;
 static _Atomic uint64_t pongs; /* messages shard 0 received */
 static bool foreign_mode;
+static uint64_t started_ns;
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 static void reset(void) {
     for (int i = 0; i < 2; i++) {
@@ -65,7 +78,7 @@ static bool drain(bds_shard *s, void *ctx) {
         if (foreign_mode)
             continue; /* the foreign thread is the only producer */
         if (me == 0) {
-            if (atomic_fetch_add(&pongs, 1) + 1 >= ROUNDS) {
+            if (atomic_fetch_add(&pongs, 1) + 1 >= ROUNDS || now_ns() - started_ns > ROUND_BUDGET_NS) {
                 bds__group_stop(grp);
                 continue;
             }
@@ -132,20 +145,23 @@ static void ping_pong(bds_bell_mode mode) {
     cr_assert_eq(bds__group_start(&grp, &cfg, on_start, on_exit_hook, NULL, err, sizeof(err)), BDS_OK, "%s",
                  err);
     /* The first ball, from outside: through shard 1's eventfd. */
+    started_ns = now_ns();
     post(NULL, 1);
     bds__group_run(grp);
-    cr_assert_geq(atomic_load(&pongs), ROUNDS);
+    uint64_t rounds = atomic_load(&pongs);
+    cr_assert_geq(rounds, ROUNDS_MIN);
     bds__group_destroy(grp);
-    cr_log_info("%s: sleeps %llu, MSG_RING bells sent %llu received %llu, eventfd wakes %llu",
-                mode == BDS_BELL_MSG_RING ? "msg_ring" : "eventfd", (unsigned long long)atomic_load(&sleeps),
+    cr_log_info("%s: %llu rounds, sleeps %llu, MSG_RING bells sent %llu received %llu, eventfd wakes %llu",
+                mode == BDS_BELL_MSG_RING ? "msg_ring" : "eventfd", (unsigned long long)rounds,
+                (unsigned long long)atomic_load(&sleeps),
                 (unsigned long long)atomic_load(&bells_sent), (unsigned long long)atomic_load(&bells_received),
                 (unsigned long long)atomic_load(&eventfd_wakes));
     /* The test means something only if the shards really slept and were rung. */
-    cr_assert_gt(atomic_load(&sleeps), ROUNDS / 4);
+    cr_assert_gt(atomic_load(&sleeps), rounds / 4);
     if (mode == BDS_BELL_MSG_RING)
-        cr_assert_gt(atomic_load(&bells_received), ROUNDS / 4);
+        cr_assert_gt(atomic_load(&bells_received), rounds / 4);
     else
-        cr_assert_gt(atomic_load(&eventfd_wakes), ROUNDS / 4);
+        cr_assert_gt(atomic_load(&eventfd_wakes), rounds / 4);
 }
 
 Test(io_bell, msg_ring_ping_pong_with_sleeping_shards_never_loses_a_wakeup, .timeout = 120) {
@@ -168,11 +184,14 @@ Test(io_bell, foreign_thread_posts_to_sleeping_shard_never_loses_a_wakeup, .time
     cr_assert_eq(bds__group_start(&grp, &cfg, on_start, NULL, NULL, err, sizeof(err)), BDS_OK, "%s", err);
     /* One at a time, each after the previous was consumed: the shard is asleep
      * (or about to be) for nearly every post. */
-    for (uint64_t i = 1; i <= ROUNDS; i++) {
+    uint64_t start = now_ns(), i;
+    for (i = 1; i <= ROUNDS && now_ns() - start < ROUND_BUDGET_NS; i++) {
         post(NULL, 0);
         while (atomic_load(&boxes[0].consumed) < i)
             sched_yield(); /* a bare spin starves the shard thread on 2 loaded cores (TSan) */
     }
+    cr_assert_geq(i - 1, ROUNDS_MIN);
+    cr_log_info("foreign: %llu rounds", (unsigned long long)(i - 1));
     bds__group_stop(grp);
     bds__group_run(grp);
     bds__group_destroy(grp);
