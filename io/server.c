@@ -52,6 +52,9 @@ struct srv_conn {
     srv_conn *prev, *next;
     srv_conn *dprev, *dnext;  /* the shard's dirty list, while `dirty` */
     bool dirty;               /* output to produce: flushed by shard_flush_dirty */
+    bool h2_failed;           /* the session failed on input: no more reading; its
+                                 last output (ending in a GOAWAY) is flushed, then
+                                 the connection closes */
     bool closing;
 };
 
@@ -323,7 +326,12 @@ static void conn_flush(srv_conn *sc) {
             bds__h2_output_advance(sc->h2, len);
         }
         if (st != BDS_OK) {
-            if (sc->sh->srv->cfg.log_level >= 1) fprintf(stderr, "bidistreamd: closing a connection: HTTP/2 output failed\n");
+            /* A failed session still says why: its GOAWAY waits for room in
+             * the output buffer, which the bytes just written made. */
+            if (len && bds__h2_want_write(sc->h2)) continue;
+            if (!sc->h2_failed && sc->sh->srv->cfg.log_level >= 1)
+                fprintf(stderr, "bidistreamd: closing a connection: HTTP/2 output failed (nghttp2 error %d)\n",
+                        bds__h2_get_stats(sc->h2)->nghttp2_fatal);
             bds__conn_close_after_flush(sc->c);
             sc->closing = true;
             return;
@@ -657,7 +665,7 @@ static const bds__h2_callbacks h2_cbs = {
 static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ctx) {
     (void)c;
     srv_conn *sc = ctx;
-    if (sc->closing) return;
+    if (sc->closing || sc->h2_failed) return;
     bds__pipeline_set_current(bds__pipe_pipeline(sc->sh->pipe));
     if (bds__h2_recv(sc->h2, bytes, len, bds__shard_now(sc->sh->shard)) != BDS_OK) {
         if (sc->sh->srv->cfg.log_level >= 1) {
@@ -665,11 +673,11 @@ static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ct
             fprintf(stderr, "bidistreamd: closing a connection: HTTP/2 %s (nghttp2 error %d, %lu glitches)\n",
                     hs->calmed ? "flood limit" : "fatal error", hs->nghttp2_fatal, (unsigned long)hs->glitches);
         }
+        /* Stop reading; the flush sends what is buffered and the session's
+         * GOAWAY and closes (on a full socket: the rest after on_drain). */
+        sc->h2_failed = true;
+        bds__conn_recv_pause(sc->c);
         conn_flush(sc);
-        if (!sc->closing) {
-            bds__conn_close_after_flush(sc->c);
-            sc->closing = true;
-        }
         return;
     }
     conn_kick(sc);

@@ -24,8 +24,18 @@
  * data with EOF|NO_END_STREAM and submits the trailers. An empty queue defers
  * the provider; a new message resumes it (INVALID_ARGUMENT = stream gone, ignored).
  * Frames are serialized only by bds__h2_output (nghttp2_session_send with a
- * send callback appending to a bounded buffer, WOULDBLOCK when full), never
- * from inside a callback.
+ * send callback appending whole frames to a bounded buffer, WOULDBLOCK when
+ * one does not fit), never from inside a callback.
+ *
+ * Fatal errors. Once nghttp2 returns a fatal error (a flood its own limits
+ * caught — too many CONTINUATIONs, unsent ACKs —, a bad client preface, out
+ * of memory) the session is only destroyed: nghttp2 is never called again, so
+ * it cannot write the connection error itself. The client still gets a clear
+ * one (SPEC §5): bds__h2_output appends a GOAWAY written here, after the frames
+ * already in the buffer (ENHANCE_YOUR_CALM for floods, PROTOCOL_ERROR for a
+ * bad preface, INTERNAL_ERROR otherwise; last-stream-id as nghttp2 had it).
+ * That is why the buffer holds whole frames: a frame is cut only when it is
+ * larger than the whole buffer, and then no GOAWAY can follow it.
  *
  * Stream record state (the app's view of the call; nghttp2 owns the HTTP/2 state):
  *
@@ -61,6 +71,7 @@ enum h2s_end { H2S_END_NONE = 0, H2S_END_APP, H2S_END_SESSION, H2S_END_PEER };
 #define H2_SMALL_WINDOW_UPDATE 1024u   /* a WINDOW_UPDATE below this is a glitch */
 #define H2_OUT_BUF_MIN 1024u
 #define H2_FRAME_HD_BYTES 9u           /* RFC 9113 §4.1 */
+#define H2_GOAWAY_BYTES 17u            /* header + last-stream-id + error code */
 
 BDS_STATIC_ASSERT(sizeof(((bds__h2_msg *)0)->_prefix) == BDS_GRPC_PREFIX_BYTES, "gRPC prefix size");
 
@@ -108,6 +119,10 @@ struct bds__h2_conn {
     bool in_recv;                  /* inside nghttp2_session_mem_recv            */
     bool in_output;                /* inside nghttp2_session_send                */
     bool fatal;                    /* nghttp2 failed fatally: only destroy/flush */
+    bool out_cut;                  /* out ends inside a frame (larger than out) */
+    bool goaway_due;               /* fatal: our own GOAWAY is still to be written */
+    uint32_t goaway_code;          /* its error code                             */
+    int32_t goaway_last_id;        /* its last-stream-id                         */
     uint64_t glitch_tat_ns;        /* GCRA theoretical arrival time              */
     uint64_t wu_allowance;         /* small WINDOW_UPDATEs and PINGs our DATA frames justify */
     bds__h2_stats stats;
@@ -117,10 +132,50 @@ struct bds__h2_conn {
 
 static bool h2_conn_credit_auto(const bds__h2_conn *c) { return c->cfg.conn_credit_on_receipt; }
 
+/* The GOAWAY error code for a session that failed with nghttp2 error |rv|. */
+static uint32_t h2_fatal_code(const bds__h2_conn *c, int rv) {
+    switch (rv) {
+    case NGHTTP2_ERR_FLOODED: /* unsent SETTINGS/PING ACKs over max_outbound_ack */
+#if defined(BDS_HAVE_NGHTTP2_MAX_CONTINUATIONS)
+    case NGHTTP2_ERR_TOO_MANY_CONTINUATIONS:
+#endif
+        return NGHTTP2_ENHANCE_YOUR_CALM;
+    case NGHTTP2_ERR_BAD_CLIENT_MAGIC:
+        return NGHTTP2_PROTOCOL_ERROR;
+    default: /* out of memory, or a callback failed on one of those */
+        return c->stats.calmed ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_INTERNAL_ERROR;
+    }
+}
+
+/* nghttp2 failed fatally: from here on only bds__h2_destroy touches it. The
+ * first cause names the GOAWAY that bds__h2_output writes by hand (none when
+ * the buffer ends inside a frame: nothing can follow it). */
 static void h2_fatal(bds__h2_conn *c, int rv) {
     BDS_ASSERT(rv < 0);
+    if (!c->fatal) {
+        c->goaway_code = h2_fatal_code(c, rv);
+        c->goaway_last_id = nghttp2_session_get_last_proc_stream_id(c->ng); /* a field read */
+        c->goaway_due = !c->out_cut;
+    }
     c->fatal = true;
     c->stats.nghttp2_fatal = rv;
+}
+
+/* Appends the fatal session's GOAWAY (RFC 9113 §6.8) once the buffer has room. */
+static void h2_fatal_goaway(bds__h2_conn *c) {
+    BDS_ASSERT(c->fatal);
+    if (!c->goaway_due || c->out_cap - c->out_len < H2_GOAWAY_BYTES) return;
+    BDS_ASSERT(!c->out_cut);
+    uint8_t *p = c->out + c->out_len;
+    uint32_t last = (uint32_t)c->goaway_last_id & 0x7fffffffu, code = c->goaway_code;
+    const uint8_t f[H2_GOAWAY_BYTES] = {
+        0, 0, 8, NGHTTP2_GOAWAY, 0, 0, 0, 0, 0, /* length 8, no flags, stream 0 */
+        (uint8_t)(last >> 24), (uint8_t)(last >> 16), (uint8_t)(last >> 8), (uint8_t)last,
+        (uint8_t)(code >> 24), (uint8_t)(code >> 16), (uint8_t)(code >> 8), (uint8_t)code,
+    };
+    memcpy(p, f, sizeof f);
+    c->out_len += H2_GOAWAY_BYTES;
+    c->goaway_due = false;
 }
 
 /* Records a non-OK nghttp2 result from a call we make; fatal ones end the session. */
@@ -627,11 +682,14 @@ static ssize_t h2_on_send(nghttp2_session *ng, const uint8_t *data, size_t lengt
     bds__h2_conn *c = ud;
     BDS_ASSERT(c->in_output);
     BDS_ASSERT(c->out_len <= c->out_cap);
+    /* |data| is (the rest of) one frame. It goes whole, or waits for room; it
+     * is cut only when the buffer is empty and still too small for it. */
     size_t n = c->out_cap - c->out_len;
-    if (n == 0) return NGHTTP2_ERR_WOULDBLOCK;
+    if (n == 0 || (n < length && c->out_len > 0)) return NGHTTP2_ERR_WOULDBLOCK;
     if (n > length) n = length;
     memcpy(c->out + c->out_len, data, n);
     c->out_len += n;
+    c->out_cut = n < length;
     return (ssize_t)n;
 }
 
@@ -719,6 +777,7 @@ static int h2_on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint
     memcpy(c->out + c->out_len, framehd, H2_FRAME_HD_BYTES);
     h2_queue_take(c, s, c->out + c->out_len + H2_FRAME_HD_BYTES, length);
     c->out_len += H2_FRAME_HD_BYTES + length;
+    c->out_cut = false;
     return 0;
 }
 
@@ -900,6 +959,7 @@ bds_status bds__h2_output(bds__h2_conn *c, const uint8_t **data, size_t *len) {
         c->in_output = false;
         if (rv != 0) h2_fatal(c, rv);
     }
+    if (c->fatal) h2_fatal_goaway(c);
     *data = c->out;
     *len = c->out_len;
     return c->fatal ? BDS_UNAVAILABLE : BDS_OK;
@@ -914,12 +974,12 @@ void bds__h2_output_advance(bds__h2_conn *c, size_t n) {
 
 bool bds__h2_want_write(const bds__h2_conn *c) {
     BDS_ASSERT(c != NULL);
-    return c->out_len > 0 || (!c->fatal && nghttp2_session_want_write(c->ng));
+    return c->out_len > 0 || c->goaway_due || (!c->fatal && nghttp2_session_want_write(c->ng));
 }
 
 bool bds__h2_is_done(const bds__h2_conn *c) {
     BDS_ASSERT(c != NULL);
-    if (c->out_len > 0) return false;
+    if (c->out_len > 0 || c->goaway_due) return false;
     return c->fatal || (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng));
 }
 

@@ -177,20 +177,25 @@ void bds__h2_destroy(bds__h2_conn *conn);
  * monotonic clock (deadlines, glitch bucket). Returns BDS_OK (everything was
  * processed, possibly by ignoring it because the session is ending), or
  * BDS_UNAVAILABLE when the session hit a fatal error (flood detected by
- * nghttp2, bad client magic, out of memory): flush bds__h2_output if you like
- * and close the connection. Borrowed: |in| only for the call. */
+ * nghttp2, bad client magic, out of memory): flush bds__h2_output until
+ * bds__h2_want_write is false (its last bytes are a GOAWAY saying why), then
+ * close the connection. Borrowed: |in| only for the call. */
 bds_status bds__h2_recv(bds__h2_conn *conn, const uint8_t *in, size_t len, uint64_t now_ns);
 
 /* Serializes pending frames into the output buffer (up to its bound) and
  * points |*data|/|*len| at all unsent bytes (len 0: nothing to send). The
  * pointer stays valid, and the bytes unchanged, until bds__h2_output_advance.
- * Returns BDS_OK, or BDS_UNAVAILABLE when serialization failed fatally (the
- * bytes already buffered are still valid to send). */
+ * Returns BDS_OK, or BDS_UNAVAILABLE once the session has failed fatally
+ * (here or in bds__h2_recv): the bytes buffered are still valid to send, and
+ * the GOAWAY(ENHANCE_YOUR_CALM / PROTOCOL_ERROR / INTERNAL_ERROR) that ends
+ * them is appended as soon as the buffer has room for it, so keep flushing
+ * while bds__h2_want_write is true. */
 bds_status bds__h2_output(bds__h2_conn *conn, const uint8_t **data, size_t *len);
 /* Drops the first |n| bytes of output (the socket took them). n <= len. */
 void bds__h2_output_advance(bds__h2_conn *conn, size_t n);
 
-/* True when there is output to produce or flush. */
+/* True when there is output to produce or flush (after a fatal error: the
+ * buffered bytes, or the final GOAWAY still waiting for room). */
 bool bds__h2_want_write(const bds__h2_conn *conn);
 /* True when the connection has nothing left to do: GOAWAY exchanged and no
  * stream active, or terminated, or fatal, and the output buffer is empty. */

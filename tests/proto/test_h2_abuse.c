@@ -89,8 +89,46 @@ Test(h2_abuse, rapid_reset_stopped_by_nghttp2_reset_limit_alone, .fini = fini) {
 
 /* ---- CONTINUATION ---------------------------------------------------------------- */
 
-/* A request header block with a 3000-byte header, cut into |pieces| frames. */
-static void continuation_request(int pieces) {
+/* The last frame of the server's output must be a GOAWAY with |code| and
+ * |last_id|, ending the bytes exactly (nothing may follow a connection error). */
+static void assert_last_frame_goaway(uint32_t code, int32_t last_id) {
+    const struct tbuf *out = &H.raw_out;
+    size_t off = 0, last = SIZE_MAX;
+    while (out->len - off >= 9) {
+        size_t len = (size_t)out->p[off] << 16 | (size_t)out->p[off + 1] << 8 | out->p[off + 2];
+        cr_assert_leq(9 + len, out->len - off, "a cut frame at %zu", off);
+        last = off;
+        off += 9 + len;
+    }
+    cr_assert_eq(off, out->len, "stray bytes after the last frame");
+    cr_assert_neq(last, SIZE_MAX, "no output at all");
+    const uint8_t want[17] = {0, 0, 8, NGHTTP2_GOAWAY, 0, 0, 0, 0, 0,
+                              (uint8_t)(last_id >> 24), (uint8_t)(last_id >> 16),
+                              (uint8_t)(last_id >> 8), (uint8_t)last_id,
+                              (uint8_t)(code >> 24), (uint8_t)(code >> 16), (uint8_t)(code >> 8),
+                              (uint8_t)code};
+    cr_assert_eq(out->len - last, sizeof want, "last frame type %u, %zu bytes", out->p[last + 3],
+                 out->len - last);
+    cr_assert_arr_eq(out->p + last, want, sizeof want, "GOAWAY(code %u, last id %d) expected",
+                     code, last_id);
+}
+
+/* Drains the server's output into H.raw_out until it has nothing more. */
+static void drain_output(void) {
+    for (int i = 0; i < 100; i++) {
+        const uint8_t *o;
+        size_t olen;
+        bds__h2_output(H.app.h2, &o, &olen);
+        if (olen == 0) return;
+        tbuf_put(&H.raw_out, o, olen);
+        bds__h2_output_advance(H.app.h2, olen);
+    }
+    cr_assert_fail("output never ran dry");
+}
+
+/* A request header block with a 3000-byte header, cut into |pieces| frames,
+ * on stream |sid|. */
+static void continuation_request_on(int pieces, int32_t sid) {
     nghttp2_hd_deflater *d;
     nghttp2_hd_deflate_new(&d, 4096);
     static char pad[3000];
@@ -111,10 +149,12 @@ static void continuation_request(int pieces) {
         size_t k = (size_t)n - off < per ? (size_t)n - off : per;
         bool last = off + k == (size_t)n;
         uint8_t type = i == 0 ? NGHTTP2_HEADERS : NGHTTP2_CONTINUATION;
-        raw_frame(&IN, type, last ? NGHTTP2_FLAG_END_HEADERS : 0, 1, block + off, k);
+        raw_frame(&IN, type, last ? NGHTTP2_FLAG_END_HEADERS : 0, sid, block + off, k);
         off += k;
     }
 }
+
+static void continuation_request(int pieces) { continuation_request_on(pieces, 1); }
 
 Test(h2_abuse, continuation_flood_is_cut_off, .fini = fini) {
     if (!(bds__h2_nghttp2_features() & BDS_H2_FEAT_MAX_CONTINUATIONS))
@@ -127,6 +167,96 @@ Test(h2_abuse, continuation_flood_is_cut_off, .fini = fini) {
     cr_assert_eq(H.last_recv, BDS_UNAVAILABLE, "nghttp2: too many CONTINUATIONs is fatal");
     cr_assert_neq(bds__h2_get_stats(H.app.h2)->nghttp2_fatal, 0);
     cr_assert(bds__h2_is_done(H.app.h2));
+    /* nghttp2 writes nothing after a fatal error: the session's own GOAWAY
+     * tells the client why (SPEC §5), naming stream 1, whose headers began. */
+    assert_last_frame_goaway(NGHTTP2_ENHANCE_YOUR_CALM, 1);
+    cr_assert_not(bds__h2_want_write(H.app.h2));
+}
+
+/* A call with |msg_len| bytes echoed on stream 1, then a CONTINUATION flood on
+ * stream 3, fed without any output in between; the server's output buffer
+ * holds |cap| bytes. */
+static void echo_then_continuation_flood(uint32_t cap, size_t msg_len, bool flood) {
+    bds__h2_config cfg;
+    bds__h2_config_default(&cfg);
+    cfg.out_buf_bytes = cap;
+    h_init(&H, &cfg);
+    H.app.echo = true;
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    headers_frame(d, 1, 0);
+    nghttp2_hd_deflate_del(d);
+    static uint8_t msg[5 + 8192];
+    cr_assert_leq(msg_len, 8192);
+    msg[1] = (uint8_t)(msg_len >> 24), msg[2] = (uint8_t)(msg_len >> 16);
+    msg[3] = (uint8_t)(msg_len >> 8), msg[4] = (uint8_t)msg_len;
+    raw_frame(&IN, NGHTTP2_DATA, 0, 1, msg, 5 + msg_len);
+    cr_assert_eq(bds__h2_recv(H.app.h2, IN.p, IN.len, 0), BDS_OK);
+    tbuf_free(&IN);
+    if (!flood) return;
+    continuation_request_on(40, 3);
+}
+
+/* The GOAWAY of a failed session waits for room in a full output buffer and
+ * comes after the frames already there. */
+Test(h2_abuse, fatal_goaway_waits_for_room_in_a_full_output_buffer, .fini = fini) {
+    if (!(bds__h2_nghttp2_features() & BDS_H2_FEAT_MAX_CONTINUATIONS))
+        cr_skip_test("nghttp2 lacks nghttp2_option_set_max_continuations");
+    /* Where the reply's DATA frame starts in the output, with a roomy buffer. */
+    echo_then_continuation_flood(256u * 1024u, 1000, false);
+    const uint8_t *o;
+    size_t olen;
+    bds__h2_output(H.app.h2, &o, &olen);
+    size_t off = 0, data_at = SIZE_MAX;
+    while (olen - off >= 9 && data_at == SIZE_MAX) {
+        if (o[off + 3] == NGHTTP2_DATA) data_at = off;
+        off += 9 + ((size_t)o[off] << 16 | (size_t)o[off + 1] << 8 | o[off + 2]);
+    }
+    cr_assert_neq(data_at, SIZE_MAX);
+    fini();
+    memset(&H, 0, sizeof H);
+    /* Again with a buffer that the same frames leave 10 bytes short of full. */
+    uint32_t cap = (uint32_t)(data_at + 9 + 5 + 1000 + 10);
+    echo_then_continuation_flood(cap, 1000, true);
+    bds__h2_output(H.app.h2, &o, &olen);
+    cr_assert_eq(olen, cap - 10u, "the reply's frames fill the buffer");
+    cr_assert_eq(bds__h2_recv(H.app.h2, IN.p, IN.len, 0), BDS_UNAVAILABLE);
+    cr_assert_eq(bds__h2_output(H.app.h2, &o, &olen), BDS_UNAVAILABLE);
+    cr_assert_eq(olen, cap - 10u, "no room for the GOAWAY yet");
+    cr_assert(bds__h2_want_write(H.app.h2));
+    tbuf_put(&H.raw_out, o, olen);
+    bds__h2_output_advance(H.app.h2, olen);
+    cr_assert(bds__h2_want_write(H.app.h2), "the GOAWAY is still due");
+    cr_assert_not(bds__h2_is_done(H.app.h2));
+    drain_output();
+    assert_last_frame_goaway(NGHTTP2_ENHANCE_YOUR_CALM, 3);
+    cr_assert_eq(raw_count(&H.raw_out, NGHTTP2_DATA), 1, "the reply went first");
+    cr_assert(bds__h2_is_done(H.app.h2));
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
+/* A frame larger than the whole output buffer leaves it cut: no GOAWAY can
+ * follow, and the session is done once the cut bytes are out. */
+Test(h2_abuse, no_goaway_after_a_cut_frame, .fini = fini) {
+    if (!(bds__h2_nghttp2_features() & BDS_H2_FEAT_MAX_CONTINUATIONS))
+        cr_skip_test("nghttp2 lacks nghttp2_option_set_max_continuations");
+    echo_then_continuation_flood(1024, 5000, true);
+    const uint8_t *o;
+    size_t olen;
+    bds__h2_output(H.app.h2, &o, &olen); /* SETTINGS, WINDOW_UPDATE, HEADERS */
+    tbuf_put(&H.raw_out, o, olen);
+    bds__h2_output_advance(H.app.h2, olen);
+    bds__h2_output(H.app.h2, &o, &olen); /* the first 1024 bytes of the DATA frame */
+    cr_assert_eq(olen, 1024u);
+    cr_assert_eq(o[3], NGHTTP2_DATA);
+    cr_assert_eq(bds__h2_recv(H.app.h2, IN.p, IN.len, 0), BDS_UNAVAILABLE);
+    bds__h2_output(H.app.h2, &o, &olen);
+    cr_assert_eq(olen, 1024u, "the cut frame's bytes, nothing after them");
+    bds__h2_output_advance(H.app.h2, olen);
+    cr_assert_not(bds__h2_want_write(H.app.h2));
+    cr_assert(bds__h2_is_done(H.app.h2));
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
 }
 
 Test(h2_abuse, a_few_continuations_are_fine, .fini = fini) {
@@ -287,6 +417,8 @@ Test(h2_abuse, bad_client_preface_is_fatal_and_done, .fini = fini) {
     h_feed_raw(&H, &IN, IN.len);
     cr_assert_eq(H.last_recv, BDS_UNAVAILABLE);
     cr_assert(bds__h2_is_done(H.app.h2));
+    /* After our SETTINGS: GOAWAY(PROTOCOL_ERROR), no stream processed. */
+    assert_last_frame_goaway(NGHTTP2_PROTOCOL_ERROR, 0);
     cr_assert_eq(bds__h2_recv(H.app.h2, (const uint8_t *)"x", 1, 0), BDS_UNAVAILABLE,
                  "stays failed");
 }
