@@ -53,6 +53,12 @@
  * caller's node, and on_msg_release gives it back once its bytes are in the
  * output buffer or dropped, so a reply costs no allocation and one copy here.
  *
+ * Metadata: request headers named in cfg.capture_names are copied, while their
+ * header block is decoded, into one buffer per connection (header blocks never
+ * interleave) and shown to on_call_start; custom response metadata
+ * (bds__h2_add_metadata) is kept per stream, allocated only when there is some,
+ * and joins the response HEADERS or the trailers when they are submitted.
+ *
  * Elsewhere: request validation and timeouts (grpc_wire.c), framing
  * (grpc_frame.c), sockets and clocks (io/). */
 #include "h2_server.h"
@@ -83,6 +89,11 @@ struct h2_stream {
     bool response_submitted;       /* HEADERS with a data provider submitted      */
     bool finishing;                /* trailers follow once the queue is empty     */
     bool remote_closed;            /* client END_STREAM seen                      */
+    uint8_t md_n;                  /* response metadata entries in md             */
+    uint16_t md_len;               /* bytes of md                                 */
+    uint8_t *md;                   /* response metadata (bds__h2_add_metadata), or
+                                      NULL; entries: trailer flag, name length,
+                                      value length (2, big-endian), name, value   */
     void *call_ctx;
     uint64_t recv_bytes;           /* DATA payload delivered to us                */
     uint32_t precredited;       /* window already credited for the message in progress */
@@ -119,6 +130,11 @@ struct bds__h2_conn {
     bool in_recv;                  /* inside nghttp2_session_mem_recv            */
     bool in_output;                /* inside nghttp2_session_send                */
     bool fatal;                    /* nghttp2 failed fatally: only destroy/flush */
+    uint8_t cap_name_len[BDS_H2_CAPTURE_MAX]; /* strlen of cfg.capture_names   */
+    uint8_t *cap;                  /* captures of the header block being decoded
+                                      (capture_bytes_max bytes), or NULL          */
+    uint32_t cap_len;
+    int32_t cap_id;                /* the stream they belong to                  */
     bool out_cut;                  /* out ends inside a frame (larger than out) */
     bool goaway_due;               /* fatal: our own GOAWAY is still to be written */
     uint32_t goaway_code;          /* its error code                             */
@@ -316,6 +332,7 @@ static void h2_stream_free(bds__h2_conn *c, struct h2_stream *s) {
     }
     h2_queue_free_from(c, s->q_head);
     if (s->deframer_live) bds__grpc_deframer_deinit(&s->deframer);
+    c->alloc->free_fn(s->md, c->alloc->ctx);
     c->alloc->free_fn(s->grpc_msg, c->alloc->ctx);
     c->alloc->free_fn(s, c->alloc->ctx);
 }
@@ -357,17 +374,41 @@ static size_t h2_status_nv(const struct h2_stream *s, nghttp2_nv *nv, char code_
     return n;
 }
 
+/* Fills |nv| with |s|'s response metadata for its HEADERS (|trailer| false)
+ * or its trailers; returns the count (<= BDS_H2_METADATA_MAX). */
+static size_t h2_md_nv(const struct h2_stream *s, bool trailer, nghttp2_nv *nv) {
+    size_t n = 0;
+    for (size_t off = 0; off < s->md_len;) {
+        const uint8_t *e = s->md + off;
+        size_t nl = e[1], vl = (size_t)e[2] << 8 | e[3];
+        if ((e[0] != 0) == trailer)
+            nv[n++] = (nghttp2_nv){(uint8_t *)(uintptr_t)(e + 4), (uint8_t *)(uintptr_t)(e + 4 + nl),
+                                   nl, vl, NGHTTP2_NV_FLAG_NONE};
+        off += 4 + nl + vl;
+    }
+    BDS_ASSERT(n <= BDS_H2_METADATA_MAX);
+    return n;
+}
+
+/* Response HEADERS advertise the message encodings we accept: identity only
+ * (a compressed request is answered UNIMPLEMENTED at its grpc-encoding). */
+#define H2_ACCEPT_ENCODING_NV h2_nv("grpc-accept-encoding", "identity", 8)
+
 /* Trailers-Only (PROTOCOL-HTTP2): one HEADERS with END_STREAM carrying the
- * status; with an HTTP error status for requests that are not gRPC at all. */
+ * status (and all the call's metadata); with an HTTP error status for
+ * requests that are not gRPC at all. */
 static void h2_submit_trailers_only(bds__h2_conn *c, struct h2_stream *s, int http_status) {
     char status_buf[4], code_buf[4];
-    nghttp2_nv nv[5];
+    nghttp2_nv nv[5 + BDS_H2_METADATA_MAX];
     size_t n = 0;
     nv[n++] = h2_nv(":status", status_buf, h2_fmt_u(status_buf, (unsigned)http_status));
     nv[n++] = h2_nv("content-type", "application/grpc", 16);
-    if (s->grpc_code == BDS_UNIMPLEMENTED)
-        nv[n++] = h2_nv("grpc-accept-encoding", "identity", 8);
+    nv[n++] = H2_ACCEPT_ENCODING_NV;
     n += h2_status_nv(s, nv + n, code_buf);
+    if (s->md != NULL) {
+        n += h2_md_nv(s, false, nv + n);
+        n += h2_md_nv(s, true, nv + n);
+    }
     s->response_submitted = true;
     h2_check(c, nghttp2_submit_response(c->ng, s->id, nv, n, NULL));
 }
@@ -431,6 +472,57 @@ static void h2_stream_fail(bds__h2_conn *c, struct h2_stream *s, bds_status stat
         c->cbs.on_call_error(c->ctx, s->call_ctx, s->id, status, 200);
 }
 
+/* ---- captured request headers ---------------------------------------------------- */
+
+/* Drops the captures of the last header block; the next belong to stream |id|. */
+static void h2_capture_reset(bds__h2_conn *c, int32_t id) {
+    c->alloc->free_fn(c->cap, c->alloc->ctx);
+    c->cap = NULL;
+    c->cap_len = 0;
+    c->cap_id = id;
+}
+
+/* Keeps the header if its name is one of cfg.capture_names: entries are the
+ * name's index, the value's length (2 bytes, big-endian), the value. */
+static void h2_capture(bds__h2_conn *c, int32_t id, const uint8_t *name, size_t namelen,
+                       const uint8_t *value, size_t valuelen) {
+    BDS_ASSERT(c->cap_id == id);
+    for (uint32_t i = 0; i < c->cfg.capture_count; i++) {
+        if (c->cap_name_len[i] != namelen || memcmp(c->cfg.capture_names[i], name, namelen) != 0)
+            continue;
+        size_t need = 3 + valuelen;
+        if (valuelen > UINT16_MAX || need > c->cfg.capture_bytes_max - c->cap_len) return;
+        if (c->cap == NULL) {
+            c->cap = c->alloc->malloc_fn(c->cfg.capture_bytes_max, c->alloc->ctx);
+            if (c->cap == NULL) return; /* the call just goes without it */
+        }
+        uint8_t *p = c->cap + c->cap_len;
+        p[0] = (uint8_t)i;
+        p[1] = (uint8_t)(valuelen >> 8);
+        p[2] = (uint8_t)valuelen;
+        memcpy(p + 3, value, valuelen);
+        c->cap_len += (uint32_t)need;
+        return;
+    }
+}
+
+const uint8_t *bds__h2_captured(const uint8_t *captured, size_t captured_len, uint32_t index,
+                                size_t *len) {
+    BDS_ASSERT(len != NULL);
+    for (size_t off = 0; captured != NULL && captured_len - off >= 3;) {
+        const uint8_t *e = captured + off;
+        size_t vl = (size_t)e[1] << 8 | e[2];
+        BDS_ASSERT(vl <= captured_len - off - 3);
+        if (e[0] == index) {
+            *len = vl;
+            return e + 3;
+        }
+        off += 3 + vl;
+    }
+    *len = 0;
+    return NULL;
+}
+
 /* ---- nghttp2 callbacks: input ------------------------------------------------ */
 
 static int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
@@ -438,6 +530,7 @@ static int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, 
     BDS_ASSERT(c->in_recv);
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
+    h2_capture_reset(c, frame->hd.stream_id);
     struct h2_stream *s = c->alloc->calloc_fn(1, sizeof *s, c->alloc->ctx);
     if (s == NULL) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* RST INTERNAL_ERROR */
     s->id = frame->hd.stream_id;
@@ -456,14 +549,15 @@ static int h2_on_header(nghttp2_session *ng, const nghttp2_frame *frame, const u
                         size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
                         void *ud) {
     (void)flags;
-    (void)ud;
+    bds__h2_conn *c = ud;
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0; /* client trailers: nothing in them concerns us */
     struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
     if (s == NULL || s->state != H2S_HEADERS) return 0;
     /* Past the bound we keep returning 0: HPACK state must still be updated,
      * and the verdict (431) is given once the block ends. */
-    (void)bds__grpc_req_header(&s->req, name, namelen, value, valuelen);
+    if (bds__grpc_req_header(&s->req, name, namelen, value, valuelen) && c->cfg.capture_count > 0)
+        h2_capture(c, s->id, name, namelen, value, valuelen);
     return 0;
 }
 
@@ -497,6 +591,10 @@ static void h2_stream_request(bds__h2_conn *c, struct h2_stream *s, bool end_str
         .timeout_ns = bds__grpc_req_timeout_ns(&s->req),
         .end_stream = end_stream,
     };
+    if (c->cap != NULL && c->cap_id == s->id) {
+        info.captured = c->cap;
+        info.captured_len = c->cap_len;
+    }
     if (info.timeout_ns != 0)
         info.deadline_ns = info.timeout_ns > UINT64_MAX - c->now_ns ? UINT64_MAX
                                                                    : c->now_ns + info.timeout_ns;
@@ -523,9 +621,10 @@ static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, voi
     case NGHTTP2_HEADERS:
         s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
         if (s == NULL) break;
-        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST && s->state == H2S_HEADERS)
+        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST && s->state == H2S_HEADERS) {
             h2_stream_request(c, s, end);
-        else if (end)
+            h2_capture_reset(c, 0); /* on_call_start has seen them */
+        } else if (end)
             h2_stream_remote_end(c, s);
         break;
     case NGHTTP2_DATA:
@@ -751,8 +850,9 @@ static ssize_t h2_on_read(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, 
     }
     if (drained && s->finishing) {
         char code_buf[4];
-        nghttp2_nv nv[2];
+        nghttp2_nv nv[2 + BDS_H2_METADATA_MAX];
         size_t nvlen = h2_status_nv(s, nv, code_buf);
+        if (s->md != NULL) nvlen += h2_md_nv(s, true, nv + nvlen);
         *data_flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
         int rv = nghttp2_submit_trailer(ng, stream_id, nv, nvlen);
         if (rv != 0) return nghttp2_is_fatal(rv) ? NGHTTP2_ERR_CALLBACK_FAILURE
@@ -819,6 +919,7 @@ void bds__h2_config_default(bds__h2_config *cfg) {
     cfg->max_continuations = 8;
     cfg->max_outbound_ack = 1000;
     cfg->max_settings = 32;
+    cfg->capture_bytes_max = 4096;
     BDS_ASSERT(cfg->stream_window_bytes <= NGHTTP2_MAX_WINDOW_SIZE);
 }
 
@@ -828,7 +929,9 @@ static bool h2_config_valid(const bds__h2_config *cfg) {
            cfg->conn_window_bytes >= NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE &&
            cfg->conn_window_bytes <= NGHTTP2_MAX_WINDOW_SIZE && cfg->msg_bytes_max > 0 &&
            cfg->out_buf_bytes >= H2_OUT_BUF_MIN && cfg->stream_send_bytes_max > 0 &&
-           cfg->header_list_bytes_max > 0 && cfg->glitch_burst > 0 && cfg->max_settings > 0;
+           cfg->header_list_bytes_max > 0 && cfg->glitch_burst > 0 && cfg->max_settings > 0 &&
+           cfg->capture_count <= BDS_H2_CAPTURE_MAX &&
+           (cfg->capture_count == 0 || (cfg->capture_names != NULL && cfg->capture_bytes_max > 0));
 }
 
 static nghttp2_session_callbacks *h2_callbacks_new(void) {
@@ -903,6 +1006,10 @@ bds_status bds__h2_create(bds__h2_conn **out, const bds__h2_config *cfg,
     c->mem = (nghttp2_mem){a->ctx, a->malloc_fn, a->free_fn, a->calloc_fn, a->realloc_fn};
     c->cbs = *cbs;
     c->ctx = ctx;
+    for (uint32_t i = 0; i < cfg->capture_count; i++) {
+        size_t n = strlen(cfg->capture_names[i]);
+        c->cap_name_len[i] = (uint8_t)(n > UINT8_MAX ? 0 : n); /* 0 never matches */
+    }
     c->live.next = c->live.prev = &c->live;
     c->consume.cnext = c->consume.cprev = &c->consume;
     c->out_cap = cfg->out_buf_bytes;
@@ -927,6 +1034,7 @@ void bds__h2_destroy(bds__h2_conn *c) {
         s->consumed_bytes = s->recv_bytes;
         h2_stream_free(c, s);
     }
+    c->alloc->free_fn(c->cap, c->alloc->ctx);
     c->alloc->free_fn(c->out, c->alloc->ctx);
     c->alloc->free_fn(c, c->alloc->ctx);
 }
@@ -1023,9 +1131,13 @@ static bds_status h2_queue_push(bds__h2_conn *c, struct h2_stream *s, bds__h2_ms
         return BDS_OK;
     }
     BDS_ASSERT(s->q_head == m); /* nothing is queued before the response starts */
-    nghttp2_nv nv[2] = {h2_nv(":status", "200", 3), h2_nv("content-type", "application/grpc", 16)};
+    nghttp2_nv nv[3 + BDS_H2_METADATA_MAX] = {h2_nv(":status", "200", 3),
+                                              h2_nv("content-type", "application/grpc", 16),
+                                              H2_ACCEPT_ENCODING_NV};
+    size_t nvlen = 3;
+    if (s->md != NULL) nvlen += h2_md_nv(s, false, nv + nvlen);
     nghttp2_data_provider prd = {.source = {.ptr = s}, .read_callback = h2_on_read};
-    int rv = nghttp2_submit_response(c->ng, s->id, nv, 2, &prd);
+    int rv = nghttp2_submit_response(c->ng, s->id, nv, nvlen, &prd);
     h2_check(c, rv);
     if (rv != 0) {
         s->q_head = s->q_tail = NULL;
@@ -1099,6 +1211,61 @@ bds_status bds__h2_finish(bds__h2_conn *c, int32_t id, bds_status status, const 
         h2_stream_answer(c, s, 200, code, message);
     }
     h2_stream_settle(c, s);
+    return BDS_OK;
+}
+
+/* A custom metadata name: lower-case token characters, not one gRPC or HTTP/2
+ * reserves (grpc-*, the connection-specific ones, those we set ourselves). */
+static bool h2_md_name_ok(const char *name, size_t n) {
+    if (n == 0 || n > UINT8_MAX) return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = name[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' ||
+              ch == '.'))
+            return false;
+    }
+    if (n >= 5 && memcmp(name, "grpc-", 5) == 0) return false;
+    static const char *const reserved[] = {"content-type", "te", "connection", "keep-alive",
+                                           "proxy-connection", "transfer-encoding", "upgrade",
+                                           "content-length"};
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+        if (strlen(reserved[i]) == n && memcmp(reserved[i], name, n) == 0) return false;
+    return true;
+}
+
+/* A field value: visible ASCII and inner spaces (RFC 9113 §8.2.1). */
+static bool h2_md_value_ok(const uint8_t *v, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < 0x20 || v[i] > 0x7e) return false;
+    return n == 0 || (v[0] != ' ' && v[n - 1] != ' ');
+}
+
+bds_status bds__h2_add_metadata(bds__h2_conn *c, int32_t id, bool trailer, const char *name,
+                                const uint8_t *value, size_t len) {
+    BDS_ASSERT(c != NULL && !c->in_output && name != NULL);
+    BDS_ASSERT(value != NULL || len == 0);
+    struct h2_stream *s;
+    bds_status st = h2_app_stream(c, id, &s);
+    if (st != BDS_OK) return st;
+    if (c->fatal) return BDS_E_SESSION_CLOSED;
+    if (!trailer && s->response_submitted) return BDS_FAILED_PRECONDITION;
+    size_t nl = strnlen(name, UINT8_MAX + 1u);
+    if (!h2_md_name_ok(name, nl) || !h2_md_value_ok(value, len)) return BDS_E_INVALID;
+    size_t need = 4 + nl + len;
+    if (s->md_n >= BDS_H2_METADATA_MAX || need > BDS_H2_METADATA_BYTES_MAX - s->md_len)
+        return BDS_E_INVALID;
+    uint8_t *md = c->alloc->realloc_fn(s->md, s->md_len + need, c->alloc->ctx);
+    if (md == NULL) return BDS_E_NOMEM;
+    s->md = md;
+    uint8_t *e = md + s->md_len;
+    e[0] = trailer ? 1 : 0;
+    e[1] = (uint8_t)nl;
+    e[2] = (uint8_t)(len >> 8);
+    e[3] = (uint8_t)len;
+    memcpy(e + 4, name, nl);
+    if (len > 0) memcpy(e + 4 + nl, value, len);
+    s->md_len = (uint16_t)(s->md_len + need);
+    s->md_n++;
     return BDS_OK;
 }
 

@@ -98,7 +98,21 @@ typedef struct bds__h2_config {
     uint32_t max_settings;            /* entries per SETTINGS frame (32)            */
     const bds__grpc_methods *methods; /* borrowed; :path → method index             */
     const bds__palloc *alloc;         /* NULL = libc; nghttp2 and every record      */
+    /* Request headers handed to on_call_start (bds__h2_captured), e.g. the
+     * interop service's echo metadata: lower-case names, borrowed. Nothing is
+     * kept per stream: a header block is never interleaved with another, so one
+     * buffer per connection holds the block's captures (allocated only when a
+     * request carries one) until on_call_start returns. Values past
+     * capture_bytes_max per request are dropped. */
+    const char *const *capture_names; /* NULL = capture nothing                     */
+    uint32_t capture_count;           /* <= BDS_H2_CAPTURE_MAX                      */
+    uint32_t capture_bytes_max;       /* 4 KiB                                      */
 } bds__h2_config;
+
+#define BDS_H2_CAPTURE_MAX 8u
+/* Response metadata per call (bds__h2_add_metadata): entries and bytes. */
+#define BDS_H2_METADATA_MAX 8u
+#define BDS_H2_METADATA_BYTES_MAX 4096u
 
 /* Fills |cfg| with the defaults above (methods NULL: every path is unknown). */
 void bds__h2_config_default(bds__h2_config *cfg);
@@ -109,7 +123,17 @@ typedef struct bds__h2_call_info {
     uint64_t timeout_ns;    /* grpc-timeout, 0 = none                       */
     uint64_t deadline_ns;   /* now_ns of the recv + timeout (saturating), 0 = none */
     bool end_stream;        /* the request HEADERS already ended the stream */
+    const uint8_t *captured; /* config.capture_names headers the request carried, in
+                                the form bds__h2_captured reads; valid only during
+                                on_call_start (copy it to keep it)          */
+    uint32_t captured_len;
 } bds__h2_call_info;
+
+/* The first value of request header capture_names[|index|] in a capture blob
+ * (bds__h2_call_info.captured, or a copy of it); NULL when the request had none.
+ * The value is as received (a -bin header's is still base64). */
+const uint8_t *bds__h2_captured(const uint8_t *captured, size_t captured_len, uint32_t index,
+                                size_t *len);
 
 /* Event callbacks; |ctx| is the one given to bds__h2_create. Every callback
  * may call bds__h2_send_msg, bds__h2_finish, bds__h2_consume and the GOAWAY
@@ -232,6 +256,17 @@ bds_status bds__h2_send_framed(bds__h2_conn *conn, int32_t stream_id, bds__h2_ms
  * BDS_E_SESSION_CLOSED (no such call: reset, failed by the session, unknown). */
 bds_status bds__h2_finish(bds__h2_conn *conn, int32_t stream_id, bds_status status,
                           const char *message);
+
+/* Adds custom metadata to a call's response: to its HEADERS (|trailer| false;
+ * they leave with the first message or with a trailers-only answer) or to its
+ * trailers. |name| is lower case [a-z0-9-_.], not grpc-* nor a header gRPC
+ * itself sets; |value| is printable ASCII (a -bin header's value base64, as
+ * on the wire). Copied. Returns BDS_OK; BDS_E_INVALID (a bad or reserved name
+ * or value, or past BDS_H2_METADATA_MAX / _BYTES_MAX); BDS_FAILED_PRECONDITION
+ * (too late: the HEADERS went, or the app already finished); BDS_E_SESSION_CLOSED
+ * (no such call); BDS_E_NOMEM. */
+bds_status bds__h2_add_metadata(bds__h2_conn *conn, int32_t stream_id, bool trailer,
+                                const char *name, const uint8_t *value, size_t len);
 
 /* Credits the stream's receive window (and, with conn_credit_on_receipt off,
  * the connection's) with up to |n| bytes: the amount is clamped to the

@@ -52,6 +52,7 @@ struct app_call {
     bds_status reset_status;
     bool errored;
     bds_status error_status;
+    struct tbuf captured;    /* bds__h2_call_info.captured, copied */
 };
 
 #define APP_CALLS_MAX 4096
@@ -83,6 +84,7 @@ static __attribute__((unused)) bds_status app_on_call_start(void *ctx, const bds
     c->method = info->method_index;
     c->timeout_ns = info->timeout_ns;
     c->deadline_ns = info->deadline_ns;
+    if (info->captured_len > 0) tbuf_put(&c->captured, info->captured, info->captured_len);
     *call_ctx = c;
     return BDS_OK;
 }
@@ -179,6 +181,8 @@ struct cstream {
     uint32_t close_code;
     bool rst_recv;
     uint32_t rst_code;
+    struct tbuf md;      /* other header fields, "R name: value\n" from the response
+                            HEADERS, "T ..." from trailers (NUL-terminated) */
 };
 
 #define CLI_STREAMS_MAX 4096
@@ -235,6 +239,16 @@ static __attribute__((unused)) int cli_on_header(nghttp2_session *s, const nghtt
         memcpy(tmp, value, vlen < 15 ? vlen : 15);
         c->grpc_status = atoi(tmp);
         c->status_in_response_headers = f->headers.cat == NGHTTP2_HCAT_RESPONSE;
+    }
+    if (nlen > 0 && name[0] != ':' && !(nlen == 11 && memcmp(name, "grpc-status", 11) == 0) &&
+        !(nlen == 12 && memcmp(name, "grpc-message", 12) == 0) &&
+        !(nlen == 12 && memcmp(name, "content-type", 12) == 0)) {
+        if (c->md.len > 0) c->md.len--; /* the NUL */
+        tbuf_put(&c->md, f->headers.cat == NGHTTP2_HCAT_HEADERS ? "T " : "R ", 2);
+        tbuf_put(&c->md, name, nlen);
+        tbuf_put(&c->md, ": ", 2);
+        tbuf_put(&c->md, value, vlen);
+        tbuf_put(&c->md, "\n", 2); /* with the NUL */
     }
     if (nlen == 12 && memcmp(name, "grpc-message", 12) == 0) {
         size_t n = vlen < sizeof c->grpc_message - 1 ? vlen : sizeof c->grpc_message - 1;
@@ -321,9 +335,13 @@ static __attribute__((unused)) void h_fini(struct h *h) {
     for (int i = 0; i < h->ncs; i++) {
         tbuf_free(&h->cs[i]->out);
         tbuf_free(&h->cs[i]->in);
+        tbuf_free(&h->cs[i]->md);
         free(h->cs[i]);
     }
-    for (int i = 0; i < h->app.ncalls; i++) tbuf_free(&h->app.calls[i].data);
+    for (int i = 0; i < h->app.ncalls; i++) {
+        tbuf_free(&h->app.calls[i].data);
+        tbuf_free(&h->app.calls[i].captured);
+    }
     tbuf_free(&h->raw_out);
 }
 

@@ -704,3 +704,126 @@ Test(h2_server, create_rejects_bad_config) {
     cfg.stream_window_bytes = 0x80000000u;
     cr_assert_eq(bds__h2_create(&c, &cfg, &app_callbacks, &a), BDS_E_INVALID);
 }
+
+/* ---- metadata: captured request headers, custom response metadata ------------------- */
+
+static const char *const cap_names[] = {"x-a", "x-b-bin"};
+
+static void capture_init(uint32_t bytes_max) {
+    bds__h2_config cfg;
+    bds__h2_config_default(&cfg);
+    cfg.capture_names = cap_names;
+    cfg.capture_count = 2;
+    cfg.capture_bytes_max = bytes_max;
+    h_init(&H, &cfg);
+}
+
+static bool captured_is(const struct app_call *a, uint32_t index, const char *want) {
+    size_t n;
+    const uint8_t *v = bds__h2_captured(a->captured.p, a->captured.len, index, &n);
+    if (want == NULL) return v == NULL;
+    return v != NULL && n == strlen(want) && memcmp(v, want, n) == 0;
+}
+
+Test(h2_server, named_request_headers_reach_on_call_start, .fini = fini) {
+    capture_init(4096);
+    nghttp2_nv extra[] = {NV("x-other", "zzz"), NV("x-b-bin", "AAEC"), NV("x-a", "one")};
+    h_call(&H, PIPE, extra, 3);
+    h_call(&H, PIPE, NULL, 0);
+    nghttp2_nv only_a[] = {NV("x-a", "two")};
+    h_call(&H, PIPE, only_a, 1);
+    h_pump(&H);
+    cr_assert_eq(H.app.ncalls, 3);
+    cr_assert(captured_is(&H.app.calls[0], 0, "one"));
+    cr_assert(captured_is(&H.app.calls[0], 1, "AAEC"), "a -bin value as received");
+    cr_assert_eq(H.app.calls[0].captured.len, 3 + 3 + 3 + 4, "x-other is not kept");
+    cr_assert_eq(H.app.calls[1].captured.len, 0, "no such headers: nothing");
+    cr_assert(captured_is(&H.app.calls[2], 0, "two"), "each block has its own");
+    cr_assert(captured_is(&H.app.calls[2], 1, NULL));
+}
+
+Test(h2_server, captures_past_the_bound_are_dropped_and_the_call_goes_on, .fini = fini) {
+    capture_init(16);
+    nghttp2_nv extra[] = {NV("x-a", "0123456789"), NV("x-b-bin", "0123456789")};
+    h_call(&H, PIPE, extra, 2);
+    h_pump(&H);
+    cr_assert_eq(H.app.ncalls, 1);
+    cr_assert(captured_is(&H.app.calls[0], 0, "0123456789"));
+    cr_assert(captured_is(&H.app.calls[0], 1, NULL), "13 + 13 > 16 bytes");
+}
+
+static bool md_has(const struct cstream *c, const char *line) {
+    return c->md.len > 0 && strstr((const char *)c->md.p, line) != NULL;
+}
+
+Test(h2_server, custom_metadata_joins_the_response_headers_and_trailers, .fini = fini) {
+    h_init(&H, NULL);
+    struct cstream *c = h_call(&H, PIPE, NULL, 0);
+    h_pump(&H);
+    int32_t id = H.app.calls[0].id;
+    cr_assert_eq(bds__h2_add_metadata(H.app.h2, id, false, "x-init", (const uint8_t *)"v 1", 3), BDS_OK);
+    cr_assert_eq(bds__h2_add_metadata(H.app.h2, id, true, "x-tr-bin", (const uint8_t *)"q6ur", 4), BDS_OK);
+    cr_assert_eq(bds__h2_send_msg(H.app.h2, id, "hi", 2), BDS_OK);
+    cr_assert_eq(bds__h2_add_metadata(H.app.h2, id, false, "x-late", (const uint8_t *)"x", 1),
+                 BDS_FAILED_PRECONDITION, "the HEADERS are submitted");
+    cr_assert_eq(bds__h2_add_metadata(H.app.h2, id, true, "x-tr2", (const uint8_t *)"", 0), BDS_OK);
+    cr_assert_eq(bds__h2_finish(H.app.h2, id, BDS_OK, NULL), BDS_OK);
+    cr_assert_eq(bds__h2_add_metadata(H.app.h2, id, true, "x-after", (const uint8_t *)"x", 1),
+                 BDS_FAILED_PRECONDITION);
+    h_end(&H, c);
+    h_pump(&H);
+    cr_assert_eq(c->grpc_status, 0);
+    cr_assert_eq(h_count_msgs(c), 1);
+    const char *md = (const char *)c->md.p;
+    cr_assert(md_has(c, "R grpc-accept-encoding: identity\n"), "%s", md);
+    cr_assert(md_has(c, "R x-init: v 1\n"), "%s", md);
+    cr_assert(md_has(c, "T x-tr-bin: q6ur\n"), "%s", md);
+    cr_assert(md_has(c, "T x-tr2: \n"), "%s", md);
+    cr_assert_not(md_has(c, "x-late") || md_has(c, "x-after") || md_has(c, "T x-init") ||
+                  md_has(c, "R x-tr"), "%s", md);
+}
+
+Test(h2_server, custom_metadata_in_a_trailers_only_answer, .fini = fini) {
+    h_init(&H, NULL);
+    struct cstream *c = h_call(&H, PIPE, NULL, 0);
+    h_end(&H, c);
+    h_pump(&H);
+    int32_t id = H.app.calls[0].id;
+    cr_assert_eq(bds__h2_add_metadata(H.app.h2, id, false, "x-init", (const uint8_t *)"a", 1), BDS_OK);
+    cr_assert_eq(bds__h2_add_metadata(H.app.h2, id, true, "x-tr", (const uint8_t *)"b", 1), BDS_OK);
+    cr_assert_eq(bds__h2_finish(H.app.h2, id, BDS_NOT_FOUND, "gone"), BDS_OK);
+    h_pump(&H);
+    cr_assert_eq(c->grpc_status, BDS_NOT_FOUND);
+    cr_assert(c->status_in_response_headers, "trailers-only");
+    cr_assert_eq(c->header_blocks, 1);
+    cr_assert(md_has(c, "R x-init: a\n") && md_has(c, "R x-tr: b\n"), "%s", (const char *)c->md.p);
+}
+
+Test(h2_server, custom_metadata_rejects_reserved_and_malformed_fields, .fini = fini) {
+    h_init(&H, NULL);
+    h_call(&H, PIPE, NULL, 0);
+    h_pump(&H);
+    int32_t id = H.app.calls[0].id;
+    const uint8_t *v = (const uint8_t *)"v";
+    const char *bad_names[] = {"", "X-Upper", "grpc-status", "grpc-x", "te", "content-type",
+                               ":path", "connection", "a b", "x\n"};
+    for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++)
+        cr_assert_eq(bds__h2_add_metadata(H.app.h2, id, false, bad_names[i], v, 1), BDS_E_INVALID,
+                     "name \"%s\"", bad_names[i]);
+    const char *bad_values[] = {"a\nb", "a\rb", " lead", "trail ", "nul\0x", "\x80"};
+    size_t bad_len[] = {3, 3, 5, 6, 5, 1};
+    for (size_t i = 0; i < sizeof bad_values / sizeof bad_values[0]; i++)
+        cr_assert_eq(bds__h2_add_metadata(H.app.h2, id, true, "x-v", (const uint8_t *)bad_values[i],
+                                          bad_len[i]),
+                     BDS_E_INVALID, "value %zu", i);
+    static uint8_t big[BDS_H2_METADATA_BYTES_MAX];
+    memset(big, 'v', sizeof big);
+    cr_assert_eq(bds__h2_add_metadata(H.app.h2, id, true, "x-big", big, sizeof big), BDS_E_INVALID);
+    for (uint32_t i = 0; i < BDS_H2_METADATA_MAX; i++)
+        cr_assert_eq(bds__h2_add_metadata(H.app.h2, id, true, "x-n", v, 1), BDS_OK);
+    cr_assert_eq(bds__h2_add_metadata(H.app.h2, id, true, "x-n", v, 1), BDS_E_INVALID, "entries bound");
+    cr_assert_eq(bds__h2_add_metadata(H.app.h2, 99, true, "x-n", v, 1), BDS_E_SESSION_CLOSED);
+    cr_assert_eq(bds__h2_finish(H.app.h2, id, BDS_OK, NULL), BDS_OK);
+    h_pump(&H);
+    cr_assert_eq(H.cs[0]->grpc_status, 0, "the call itself is fine");
+}
