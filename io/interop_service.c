@@ -12,7 +12,20 @@
  *   FullDuplexCall, HalfDuplexCall each request answered as StreamingOutputCall
  *
  * UnimplementedCall is not registered, so it is answered UNIMPLEMENTED like
- * any unknown method. Custom metadata echo is not supported yet. */
+ * any unknown method.
+ *
+ * The interop client's custom_metadata case: UnaryCall and FullDuplexCall echo
+ * the request's x-grpc-test-echo-initial in the response HEADERS and its
+ * x-grpc-test-echo-trailing-bin (its wire value, base64) in the trailers; only
+ * those two headers are kept, and only by calls that carry them.
+ *
+ * Compression: the server accepts identity only (every response says so in
+ * grpc-accept-encoding). A request with grpc-encoding gzip is answered
+ * UNIMPLEMENTED at its headers, a compressed-flag message without one INTERNAL
+ * (proto/grpc_wire.c, grpc_frame.c), so every message reaching a handler was
+ * sent uncompressed: expect_compressed = true (the client_compressed_* probe)
+ * is answered INVALID_ARGUMENT. response_compressed is ignored: sending
+ * uncompressed is always allowed. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +35,34 @@
 #include "server_int.h"
 
 #define INTEROP_PAYLOAD_MAX (4u << 20)
+
+/* The request headers the custom_metadata case echoes (bds__server_set_capture). */
+enum { MD_ECHO_INITIAL, MD_ECHO_TRAILING };
+static const char *const md_names[] = {"x-grpc-test-echo-initial", "x-grpc-test-echo-trailing-bin"};
+
+/* Echoes the call's captured headers, once: the first message does it, before
+ * any reply (a later one would be too late for the HEADERS). */
+static void echo_metadata(bds_call *call) {
+    srv_call *sc = bds_call_session_ctx(call);
+    if (!sc->req_md) return;
+    size_t n;
+    const uint8_t *v = bds__server_call_header(sc, MD_ECHO_INITIAL, &n);
+    if (v) (void)bds__server_call_add_metadata(sc, false, md_names[MD_ECHO_INITIAL], v, n);
+    v = bds__server_call_header(sc, MD_ECHO_TRAILING, &n);
+    if (v) (void)bds__server_call_add_metadata(sc, true, md_names[MD_ECHO_TRAILING], v, n);
+    free(sc->req_md);
+    sc->req_md = NULL;
+    sc->req_md_len = 0;
+}
+
+/* client_compressed_*: a handler only ever sees uncompressed messages (see
+ * above), so a request expecting compression is refused. True when it was. */
+static bool refuse_expect_compressed(bds_call *call, const Grpc__Testing__BoolValue *expect) {
+    if (!expect || !expect->value) return false;
+    bds_call_done(call, BDS_INVALID_ARGUMENT,
+                  "expect_compressed: the request was not compressed (this server accepts identity only)");
+    return true;
+}
 
 static void reply_message(bds_call *call, const ProtobufCMessage *m) {
     size_t n = protobuf_c_message_get_packed_size(m);
@@ -75,7 +116,8 @@ static void unary_call(bds_call *call, void *ctx) {
         bds_call_done(call, BDS_INTERNAL, "malformed grpc.testing.SimpleRequest");
         return;
     }
-    if (!echo_status(call, r->response_status)) {
+    echo_metadata(call);
+    if (!refuse_expect_compressed(call, r->expect_compressed) && !echo_status(call, r->response_status)) {
         Grpc__Testing__SimpleResponse resp = GRPC__TESTING__SIMPLE_RESPONSE__INIT;
         Grpc__Testing__Payload payload;
         uint8_t *zeros = NULL;
@@ -150,6 +192,7 @@ static void streaming_output(bds_call *call, void *ctx) {
         bds_call_done(call, BDS_INTERNAL, "malformed grpc.testing.StreamingOutputCallRequest");
         return;
     }
+    echo_metadata(call);
     if (o->req->n_response_parameters && o->req->response_parameters[0]->interval_us > 0) {
         bds_shard *s = bds__shard_self();
         bds__timer_init(&o->t, out_stream_step, o);
@@ -177,9 +220,11 @@ static void streaming_input(bds_call *call, void *ctx) {
         bds_call_done(call, BDS_INTERNAL, "malformed grpc.testing.StreamingInputCallRequest");
         return;
     }
-    if (r->payload) sc->aggregate += r->payload->body.len;
+    if (!refuse_expect_compressed(call, r->expect_compressed)) {
+        if (r->payload) sc->aggregate += r->payload->body.len;
+        bds_call_done(call, BDS_OK, NULL);
+    }
     grpc__testing__streaming_input_call_request__free_unpacked(r, NULL);
-    bds_call_done(call, BDS_OK, NULL);
 }
 
 bds_status bds__interop_register(bds_server *srv) {
@@ -189,18 +234,20 @@ bds_status bds__interop_register(bds_server *srv) {
         const char *path;
         bds_handler_fn fn;
         bool end_marker;
+        bool capture; /* echoes custom metadata */
     } methods[] = {
-        {"/grpc.testing.TestService/EmptyCall", empty_call, false},
-        {"/grpc.testing.TestService/UnaryCall", unary_call, false},
-        {"/grpc.testing.TestService/StreamingOutputCall", streaming_output, false},
-        {"/grpc.testing.TestService/StreamingInputCall", streaming_input, true},
-        {"/grpc.testing.TestService/FullDuplexCall", streaming_output, false},
-        {"/grpc.testing.TestService/HalfDuplexCall", streaming_output, false},
+        {"/grpc.testing.TestService/EmptyCall", empty_call, false, false},
+        {"/grpc.testing.TestService/UnaryCall", unary_call, false, true},
+        {"/grpc.testing.TestService/StreamingOutputCall", streaming_output, false, false},
+        {"/grpc.testing.TestService/StreamingInputCall", streaming_input, true, false},
+        {"/grpc.testing.TestService/FullDuplexCall", streaming_output, false, true},
+        {"/grpc.testing.TestService/HalfDuplexCall", streaming_output, false, false},
     };
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+    bds_status st = bds__server_set_capture(srv, md_names, sizeof md_names / sizeof md_names[0]);
+    for (size_t i = 0; st == BDS_OK && i < sizeof methods / sizeof methods[0]; i++) {
         bds_method m = {.size = sizeof m, .path = methods[i].path, .handler = methods[i].fn, .options = &fifo};
-        bds_status st = bds__server_add_method_ex(srv, &m, methods[i].end_marker);
-        if (st != BDS_OK) return st;
+        st = methods[i].capture ? bds__server_add_method_capture(srv, &m, methods[i].end_marker)
+                                : bds__server_add_method_ex(srv, &m, methods[i].end_marker);
     }
-    return BDS_OK;
+    return st;
 }

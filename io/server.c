@@ -167,6 +167,31 @@ bds_status bds__server_add_method_ex(bds_server *srv, const bds_method *m, bool 
     return st;
 }
 
+bds_status bds__server_set_capture(bds_server *srv, const char *const *names, uint32_t count) {
+    if (srv->running || count > BDS_H2_CAPTURE_MAX || (count > 0 && !names)) return BDS_E_INVALID;
+    srv->capture_names = names;
+    srv->capture_count = count;
+    return BDS_OK;
+}
+
+bds_status bds__server_add_method_capture(bds_server *srv, const bds_method *m, bool end_marker) {
+    bds_status st = bds__server_add_method_ex(srv, m, end_marker);
+    if (st == BDS_OK) srv->methods[srv->n_methods - 1].capture = true;
+    return st;
+}
+
+const uint8_t *bds__server_call_header(const srv_call *call, uint32_t index, size_t *len) {
+    return bds__h2_captured(call->req_md, call->req_md_len, index, len);
+}
+
+bds_status bds__server_call_add_metadata(srv_call *call, bool trailer, const char *name, const uint8_t *value,
+                                         size_t len) {
+    srv_conn *sc = call->conn;
+    if (!sc || call->h2_done || call->finish_pending) return BDS_E_SESSION_CLOSED;
+    BDS_ASSERT(sc->sh == tls_shard);
+    return bds__h2_add_metadata(sc->h2, call->stream, trailer, name, value, len);
+}
+
 bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv_key_hint_fn key_hint) {
     bds_status st = bds_server_add_method(srv, m);
     if (st == BDS_OK) srv->methods[srv->n_methods - 1].key_hint = key_hint;
@@ -397,6 +422,7 @@ static void call_free(srv_call *call) {
     call_unlink(call);
     msg_list_free(call->parked, SRV_MSG_IN);
     msg_list_free(call->blocked, SRV_MSG_OUT);
+    free(call->req_md);
     free(call);
 }
 
@@ -554,6 +580,16 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     call->conn = sc;
     call->stream = info->stream_id;
     call->m = m;
+    if (m->capture && info->captured_len > 0) {
+        /* Only calls whose request carried such headers pay for them. */
+        call->req_md = malloc(info->captured_len);
+        if (!call->req_md) {
+            free(call);
+            return BDS_RESOURCE_EXHAUSTED;
+        }
+        memcpy(call->req_md, info->captured, info->captured_len);
+        call->req_md_len = info->captured_len;
+    }
     bds_session_config cfg;
     bds_session_config_default(&cfg);
     cfg.options = &m->opts;
@@ -563,6 +599,7 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     cfg.ops_ctx = call;
     bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
     if (bds_session_create(&call->session, bds__pipe_pipeline(sh->pipe), &cfg, NULL) != BDS_OK) {
+        free(call->req_md);
         free(call);
         return BDS_RESOURCE_EXHAUSTED;
     }
@@ -729,6 +766,8 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     hc.stream_send_bytes_max = REPLY_HIGH_WATER; /* past it replies wait here, keeping their tokens */
     hc.methods = &sh->srv->table;
     hc.credit_partial_messages = true; /* messages larger than the stream window */
+    hc.capture_names = sh->srv->capture_names;
+    hc.capture_count = sh->srv->capture_count;
     if (!sc || bds__h2_create(&sc->h2, &hc, &h2_cbs, sc) != BDS_OK || sh->stopping) {
         if (sc && sc->h2) bds__h2_destroy(sc->h2);
         free(sc);

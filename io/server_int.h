@@ -25,6 +25,8 @@ typedef struct srv_method {
     bds_options opts;
     bool end_marker;          /* the handler also gets an empty message flagged `end`
                                  after the client's last one (it answers at half-close) */
+    bool capture;             /* its calls keep the request headers named in
+                                 bds_server.capture_names (srv_call.req_md) */
 } srv_method;
 
 typedef struct srv_shard srv_shard;
@@ -38,6 +40,8 @@ struct bds_server {
     const char *paths[BDS_SERVER_METHODS_MAX];
     bds__grpc_methods table;
     uint32_t n_methods;
+    const char *const *capture_names; /* request headers methods may ask for (static) */
+    uint32_t capture_count;
     uint32_t n_shards;
     bds_group *group;
     bds_pipe_group *pipes;
@@ -125,6 +129,8 @@ struct srv_call {
     bool h2_done;             /* the HTTP/2 stream is over (finished, reset or failed) */
     bool half_close_pending;  /* END_STREAM arrived behind parked messages */
     uint64_t aggregate;       /* per-stream handler state (interop StreamingInputCall) */
+    uint8_t *req_md;          /* captured request headers (srv_method.capture), or NULL */
+    uint32_t req_md_len;
     /* The session ended cleanly while replies still waited here: the trailers
      * go out once they have left (the session is released meanwhile). */
     bool finish_pending;
@@ -140,6 +146,21 @@ void bds__services_on_stop(srv_shard *sh);
 bds_status bds__interop_register(bds_server *srv);
 /* Adds a method whose handler also sees the end-of-stream marker. */
 bds_status bds__server_add_method_ex(bds_server *srv, const bds_method *m, bool end_marker);
+/* The request headers (lower-case names, static storage, at most
+ * BDS_H2_CAPTURE_MAX) that methods added with capture may read; before the
+ * server runs. Returns BDS_OK or BDS_E_INVALID. */
+bds_status bds__server_set_capture(bds_server *srv, const char *const *names, uint32_t count);
+/* Adds a method whose calls keep the captured request headers. */
+bds_status bds__server_add_method_capture(bds_server *srv, const bds_method *m, bool end_marker);
+/* The first value of request header capture_names[|index|] that |call| carried
+ * (as received: a -bin value is base64), or NULL. */
+const uint8_t *bds__server_call_header(const srv_call *call, uint32_t index, size_t *len);
+/* Adds custom metadata to the call's response HEADERS (|trailer| false: before
+ * its first reply leaves) or trailers. On the call's connection shard (FIFO
+ * handlers run there). Returns bds__h2_add_metadata's codes, or
+ * BDS_E_SESSION_CLOSED when the stream is gone. */
+bds_status bds__server_call_add_metadata(srv_call *call, bool trailer, const char *name, const uint8_t *value,
+                                         size_t len);
 /* Adds a method whose keys come from key_hint (m->key is ignored). */
 bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv_key_hint_fn key_hint);
 /* The srv_shard of the calling shard thread. */

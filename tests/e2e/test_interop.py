@@ -8,8 +8,13 @@ with what it leaves out: HalfDuplexCall, interval_us timing (and that waiting
 never blocks a core), status echo on every method that has it, every status
 code and special_status_message, malformed protobuf -> INTERNAL on each
 method, an empty client stream, concurrent client streams, true ping-pong,
-cancel_after_begin / cancel_after_first_response, unimplemented_service and
-large payloads both ways.
+cancel_after_begin / cancel_after_first_response, unimplemented_service,
+large payloads both ways, custom_metadata, the client_compressed_* probe
+(expect_compressed on an uncompressed request -> INVALID_ARGUMENT; this
+server accepts identity only, so a gzip request is UNIMPLEMENTED and a
+compressed-flag message without grpc-encoding INTERNAL, on the TestService
+and on Pipeline/Process alike) and server_compressed_* (response_compressed
+ignored: the response comes uncompressed).
 
 The client is Debian's python3-grpcio (/usr/bin/python3); messages are
 encoded by hand with the field numbers of grpc-proto's
@@ -18,8 +23,11 @@ Prints "N passed, N failed" last.
 
 usage: test_interop.py PATH/TO/bidistreamd [test-name-substring]
 """
+import ctypes
+import ctypes.util
 import os
 import queue
+import struct
 import sys
 import threading
 import time
@@ -29,6 +37,7 @@ import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_grpcio as g  # noqa: E402  (Server, varint, parse_fields, ...)
+import test_h2_floods as f  # noqa: E402  (raw HTTP/2 frames)
 
 T = '/grpc.testing.TestService/'
 fld, fvar, parse_fields, payload_len = g.fld, g.fvar, g.parse_fields, g.payload_len
@@ -74,6 +83,85 @@ def body(msg):
 
 def ident(x):
     return x
+
+
+def bool_value(v):
+    """grpc.testing.BoolValue{value: v}."""
+    return fvar(1, 1 if v else 0)
+
+
+ECHO_INITIAL = ('x-grpc-test-echo-initial', 'test_initial_metadata_value')
+ECHO_TRAILING = ('x-grpc-test-echo-trailing-bin', b'\xab\xab\xab')
+
+
+class _Nv(ctypes.Structure):
+    _fields_ = [('name', ctypes.c_void_p), ('value', ctypes.c_void_p), ('namelen', ctypes.c_size_t),
+                ('valuelen', ctypes.c_size_t), ('flags', ctypes.c_uint8)]
+
+
+class Hpack:
+    """HPACK decoding through libnghttp2 (ctypes): the server's header blocks
+    use Huffman codes and its dynamic table."""
+
+    def __init__(self):
+        self.lib = ctypes.CDLL(ctypes.util.find_library('nghttp2') or 'libnghttp2.so.14')
+        self.lib.nghttp2_hd_inflate_hd2.restype = ctypes.c_ssize_t
+        self.lib.nghttp2_hd_inflate_hd2.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Nv),
+                                                    ctypes.POINTER(ctypes.c_int), ctypes.c_char_p,
+                                                    ctypes.c_size_t, ctypes.c_int]
+        self.inf = ctypes.c_void_p()
+        assert self.lib.nghttp2_hd_inflate_new(ctypes.byref(self.inf)) == 0
+
+    def decode(self, block):
+        out, nv, flags = [], _Nv(), ctypes.c_int()
+        while True:
+            n = self.lib.nghttp2_hd_inflate_hd2(self.inf, ctypes.byref(nv), ctypes.byref(flags), block,
+                                                len(block), 1)
+            assert n >= 0, 'HPACK error %d' % n
+            block = block[n:]
+            if flags.value & 0x02:  # NGHTTP2_HD_INFLATE_EMIT
+                out.append((ctypes.string_at(nv.name, nv.namelen).decode(),
+                            ctypes.string_at(nv.value, nv.valuelen).decode()))
+            if flags.value & 0x01:  # NGHTTP2_HD_INFLATE_FINAL
+                self.lib.nghttp2_hd_inflate_end_headers(self.inf)
+                return out
+            if n == 0 and not block:
+                return out
+
+    def close(self):
+        self.lib.nghttp2_hd_inflate_del(self.inf)
+
+
+def raw_call(addr, path, grpc_msg, extra_headers=()):
+    """One request over a raw HTTP/2 connection: HEADERS, one DATA with END_STREAM
+    carrying |grpc_msg| (prefix included). Returns every header field the
+    server sent on the stream, the DATA bytes, and whether it ended the stream."""
+    c = f.Conn(addr)
+    c.start()
+    c.send(f.h2frame(f.HEADERS, f.END_HEADERS, 1, f.request_headers(path.encode(), extra_headers)) +
+           f.h2frame(f.DATA, f.END_STREAM, 1, grpc_msg))
+    hp, fields, data, ended, buf = Hpack(), [], b'', False, b''
+    deadline = time.monotonic() + 10
+    while not ended and time.monotonic() < deadline:
+        chunk = c.s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], 'big'):
+            n = int.from_bytes(buf[:3], 'big')
+            ftype, flags, sid, payload = buf[3], buf[4], int.from_bytes(buf[5:9], 'big') & 0x7FFFFFFF, buf[9:9 + n]
+            buf = buf[9 + n:]
+            if ftype == f.HEADERS:  # every block, in order: HPACK's table (the server sends no CONTINUATION here)
+                block = hp.decode(payload)
+                if sid == 1:
+                    fields += block
+            if ftype == f.DATA and sid == 1:
+                data += payload
+            if sid == 1 and ftype in (f.HEADERS, f.DATA) and flags & f.END_STREAM:
+                ended = True
+    c.close()
+    hp.close()
+    return dict(fields), fields, data, ended
 
 
 class TestService(unittest.TestCase):
@@ -342,6 +430,117 @@ class TestService(unittest.TestCase):
         self.assertStatus(lambda: list(self.bidi('HalfDuplexCall')(
             iter([out_request([(1, 0)], status=echo_status(3, 'half'))]), timeout=10)),
             grpc.StatusCode.INVALID_ARGUMENT, 'half')
+
+    # ---- custom_metadata ----------------------------------------------------------------------
+
+    def test_custom_metadata_unary(self):
+        # The interop client's custom_metadata case, UnaryCall half.
+        resp, call = self.unary('UnaryCall').with_call(simple_request(314159, payload_size=271828),
+                                                       metadata=(ECHO_INITIAL, ECHO_TRAILING), timeout=30)
+        self.assertEqual(body(resp), bytes(314159))
+        self.assertIn(ECHO_INITIAL, call.initial_metadata())
+        self.assertIn(ECHO_TRAILING, call.trailing_metadata())
+        self.assertNotIn(ECHO_TRAILING[0], dict(call.initial_metadata()))
+        self.assertNotIn(ECHO_INITIAL[0], dict(call.trailing_metadata()))
+
+    def test_custom_metadata_full_duplex(self):
+        # ... and the FullDuplexCall half: echoed once, whatever the number of requests.
+        reqs = [out_request([(314159, 0)], payload_size=271828), out_request([(5, 0)])]
+        call = self.bidi('FullDuplexCall')(iter(reqs), metadata=(ECHO_INITIAL, ECHO_TRAILING), timeout=30)
+        self.assertEqual([len(body(r)) for r in call], [314159, 5])
+        self.assertEqual(call.code(), grpc.StatusCode.OK)
+        self.assertEqual([m for m in call.initial_metadata() if m[0].startswith('x-grpc-test')], [ECHO_INITIAL])
+        self.assertEqual([m for m in call.trailing_metadata() if m[0].startswith('x-grpc-test')], [ECHO_TRAILING])
+
+    def test_custom_metadata_with_an_error_status_is_still_echoed(self):
+        # No response message: one trailers-only HEADERS carries both.
+        req = simple_request(10, status=echo_status(9, 'precondition'))
+        e = self.assertStatus(lambda: self.unary('UnaryCall')(req, metadata=(ECHO_INITIAL, ECHO_TRAILING), timeout=10),
+                              grpc.StatusCode.FAILED_PRECONDITION, 'precondition')
+        md = dict(e.initial_metadata()) | dict(e.trailing_metadata())
+        self.assertEqual(md.get(ECHO_INITIAL[0]), ECHO_INITIAL[1])
+        self.assertEqual(md.get(ECHO_TRAILING[0]), ECHO_TRAILING[1])
+
+    def test_custom_metadata_only_the_echo_headers_and_only_where_asked(self):
+        # Other request headers are not echoed; methods outside the case echo nothing.
+        resp, call = self.unary('UnaryCall').with_call(simple_request(1), metadata=(('x-other', 'v'),), timeout=10)
+        self.assertEqual([m for m in call.initial_metadata() + call.trailing_metadata() if m[0].startswith('x-')], [])
+        resp, call = self.unary('EmptyCall').with_call(b'', metadata=(ECHO_INITIAL, ECHO_TRAILING), timeout=10)
+        self.assertEqual([m for m in call.initial_metadata() + call.trailing_metadata() if m[0].startswith('x-')], [])
+        # A long value (near the 4 KiB capture bound) still makes the round trip.
+        long_value = ('x-grpc-test-echo-initial', 'v' * 3000)
+        resp, call = self.unary('UnaryCall').with_call(simple_request(1), metadata=(long_value,), timeout=10)
+        self.assertIn(long_value, call.initial_metadata())
+
+    # ---- compression ---------------------------------------------------------------------------
+
+    def test_client_compressed_probe_uncompressed_expecting_compression_is_invalid_argument(self):
+        # client_compressed_unary's feature probe: expect_compressed on an uncompressed request.
+        req = simple_request(314159, payload_size=271828, extra=fld(8, bool_value(True)))
+        self.assertStatus(lambda: self.unary('UnaryCall')(req, timeout=30), grpc.StatusCode.INVALID_ARGUMENT)
+        # expect_compressed false (explicitly) is an ordinary call
+        req = simple_request(314159, payload_size=271828, extra=fld(8, bool_value(False)))
+        self.assertEqual(body(self.unary('UnaryCall')(req, timeout=30)), bytes(314159))
+        # client_compressed_streaming's probe: StreamingInputCallRequest.expect_compressed (field 2)
+        probe = in_request(27182) + fld(2, bool_value(True))
+        self.assertStatus(lambda: self.client_stream('StreamingInputCall')(iter([probe]), timeout=30),
+                          grpc.StatusCode.INVALID_ARGUMENT)
+        ok = [in_request(27182) + fld(2, bool_value(False)), in_request(45904)]
+        self.assertEqual(self.aggregated(self.client_stream('StreamingInputCall')(iter(ok), timeout=30)), 73086)
+
+    def test_gzip_request_is_unimplemented_and_identity_is_advertised(self):
+        # grpcio compresses with grpc-encoding: gzip; this server accepts identity only.
+        req = simple_request(10, payload_size=1000, extra=fld(8, bool_value(True)))
+        e = self.assertStatus(lambda: self.unary('UnaryCall')(req, compression=grpc.Compression.Gzip, timeout=10),
+                              grpc.StatusCode.UNIMPLEMENTED)
+        self.assertIn('grpc-encoding', e.details())
+        self.assertStatus(lambda: list(g.process(self.ch)(iter([g.frame('k', 1, b'x')]),
+                                                          compression=grpc.Compression.Gzip, timeout=10)),
+                          grpc.StatusCode.UNIMPLEMENTED)
+        # on the wire: trailers-only, with grpc-accept-encoding: identity
+        msg = simple_request(1)
+        h, _, _, ended = raw_call(self.srv.addr, T + 'UnaryCall', b'\1' + struct.pack('>I', len(msg)) + msg,
+                                  [(b'grpc-encoding', b'gzip')])
+        self.assertTrue(ended)
+        self.assertEqual((h.get(':status'), h.get('grpc-status'), h.get('grpc-accept-encoding')),
+                         ('200', '12', 'identity'), h)
+        self.assertEqual(body(self.unary('UnaryCall')(simple_request(3), timeout=10)), bytes(3))
+
+    def test_compressed_flag_without_grpc_encoding_is_internal_everywhere(self):
+        # A compressed-flag message with no grpc-encoding: a clear INTERNAL, never a misparse.
+        for path, msg in ((T + 'UnaryCall', simple_request(1)), (T + 'FullDuplexCall', out_request([(1, 0)])),
+                          (g.PROCESS, g.frame('k', 1, b'x'))):
+            h, fields, data, ended = raw_call(self.srv.addr, path, b'\1' + struct.pack('>I', len(msg)) + msg)
+            self.assertTrue(ended, path)
+            self.assertEqual(data, b'', '%s: no response message' % path)
+            self.assertEqual(h.get('grpc-status'), '13', '%s: %r' % (path, fields))
+            self.assertIn('compressed', h.get('grpc-message', ''))
+            self.assertEqual(h.get('grpc-accept-encoding'), 'identity', fields)
+        self.assertEqual(body(self.unary('UnaryCall')(simple_request(3), timeout=10)), bytes(3))
+        self.assertIsNone(self.srv.proc.poll(), 'the server died')
+
+    def test_uncompressed_raw_call_has_the_echo_and_identity_headers(self):
+        # The same raw client on an ordinary call: the response HEADERS carry
+        # grpc-accept-encoding and the echoed metadata, the trailers the -bin echo.
+        msg = simple_request(2)
+        h, fields, data, ended = raw_call(self.srv.addr, T + 'UnaryCall', b'\0' + struct.pack('>I', len(msg)) + msg,
+                                          [(b'x-grpc-test-echo-initial', b'abc'),
+                                           (b'x-grpc-test-echo-trailing-bin', b'q6ur')])
+        self.assertTrue(ended)
+        self.assertEqual(body(data[5:]), bytes(2))
+        self.assertEqual(h.get('grpc-status'), '0', fields)
+        self.assertEqual(h.get('grpc-accept-encoding'), 'identity', fields)
+        self.assertEqual(h.get('x-grpc-test-echo-initial'), 'abc')
+        self.assertEqual(h.get('x-grpc-test-echo-trailing-bin'), 'q6ur', 'the wire value, as is')
+
+    def test_server_compressed_response_compressed_is_ignored(self):
+        # server_compressed_unary / _streaming: sending uncompressed is allowed.
+        req = simple_request(314159, extra=fld(6, bool_value(True)))
+        self.assertEqual(body(self.unary('UnaryCall')(req, timeout=30)), bytes(314159))
+        # ResponseParameters{size, compressed: true}
+        req = b''.join(fld(2, fvar(1, n) + fld(3, bool_value(True))) for n in (31415, 92653))
+        got = list(self.server_stream('StreamingOutputCall')(req, timeout=30))
+        self.assertEqual([len(body(r)) for r in got], [31415, 92653])
 
     # ---- unimplemented -------------------------------------------------------------------------
 
