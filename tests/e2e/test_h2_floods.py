@@ -30,8 +30,7 @@ END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
 PROTOCOL_ERROR, ENHANCE_YOUR_CALM = 0x1, 0xb
 
 
-def h2frame(ftype, flags, sid, payload=b''):
-    return struct.pack('>I', len(payload))[1:] + bytes([ftype, flags]) + struct.pack('>I', sid) + payload
+h2frame = g.h2frame
 
 
 def hpack_int(x, prefix_bits, first=0):
@@ -76,7 +75,7 @@ class Conn:
             return False
 
     def start(self):
-        self.send(PREFACE + h2frame(SETTINGS, 0, 0))
+        self.send(PREFACE + h2frame(SETTINGS, 0, 0, b''))
 
     def frames_until_close(self, deadline_s=10):
         """Every frame the server sends until it closes (or the deadline)."""
@@ -155,7 +154,7 @@ class Floods(unittest.TestCase):
                    (ENHANCE_YOUR_CALM, PROTOCOL_ERROR))
 
     def test_settings_flood_gets_enhance_your_calm(self):
-        self.flood(b''.join(h2frame(SETTINGS, 0, 0) for _ in range(20000)), (ENHANCE_YOUR_CALM,))
+        self.flood(b''.join(h2frame(SETTINGS, 0, 0, b'') for _ in range(20000)), (ENHANCE_YOUR_CALM,))
 
     def test_ping_flood_gets_enhance_your_calm(self):
         self.flood(b''.join(h2frame(PING, 0, 0, b'12345678') for _ in range(20000)), (ENHANCE_YOUR_CALM,))
@@ -201,15 +200,4 @@ class Floods(unittest.TestCase):
 
 
 if __name__ == '__main__':
-    if len(sys.argv) < 2:
-        print(__doc__)
-        sys.exit(2)
-    g.SERVER = os.path.abspath(sys.argv[1])
-    loader = unittest.TestLoader()
-    if len(sys.argv) > 2:
-        loader.testNamePatterns = ['*%s*' % sys.argv[2]]
-    suite = loader.loadTestsFromModule(sys.modules[__name__])
-    result = unittest.TextTestRunner(verbosity=2).run(suite)
-    failed = len(result.failures) + len(result.errors)
-    print('%d passed, %d failed' % (result.testsRun - failed, failed))
-    sys.exit(0 if failed == 0 and result.testsRun > 0 else 1)
+    g.run_main(sys.modules[__name__], __doc__)

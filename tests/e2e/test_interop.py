@@ -551,15 +551,4 @@ class TestService(unittest.TestCase):
 
 
 if __name__ == '__main__':
-    if len(sys.argv) < 2:
-        print(__doc__)
-        sys.exit(2)
-    g.SERVER = os.path.abspath(sys.argv[1])
-    loader = unittest.TestLoader()
-    if len(sys.argv) > 2:
-        loader.testNamePatterns = ['*%s*' % sys.argv[2]]
-    suite = loader.loadTestsFromModule(sys.modules[__name__])
-    result = unittest.TextTestRunner(verbosity=2).run(suite)
-    failed = len(result.failures) + len(result.errors)
-    print('%d passed, %d failed' % (result.testsRun - failed, failed))
-    sys.exit(1 if failed else 0)
+    g.run_main(sys.modules[__name__], __doc__)
