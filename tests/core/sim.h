@@ -316,14 +316,19 @@ static inline sim_msg *sim_msg_new(int session, const char *key, uint64_t seq, i
 }
 
 /* Receive on the session's home pipeline. On error the message is freed. */
-static inline bds_status sim_send(sim *S, int session, const char *key, uint64_t seq, int behave) {
+static inline bds_status sim_send_bytes(sim *S, int session, const char *key, uint64_t seq, int behave,
+                                        uint32_t bytes) {
     sim_msg *m = sim_msg_new(session, key, seq, behave);
     bds_session *s = S->sessions[session].s;
     int saved = sim_switch(S, (int)s->home->index);
-    bds_status st = bds_session_receive(s, m, 8, m->key, m->key_len, seq);
+    bds_status st = bds_session_receive(s, m, bytes, m->key, m->key_len, seq);
     sim_switch(S, saved);
     if (st != BDS_OK) free(m);
     return st;
+}
+
+static inline bds_status sim_send(sim *S, int session, const char *key, uint64_t seq, int behave) {
+    return sim_send_bytes(S, session, key, seq, behave, 8);
 }
 
 static inline sim_msg *sim_send_msg(sim *S, sim_msg *m, bds_status *st_out) {

@@ -325,17 +325,6 @@ Test(pipeline, nonterminal_failure_is_confined_to_the_message) {
     sim_free(S);
 }
 
-/* Receives a message of `bytes` payload bytes on the session's home. */
-static bds_status send_sized(sim *S, int session, const char *key, uint64_t seq, uint32_t bytes) {
-    sim_msg *m = sim_msg_new(session, key, seq, SIM_ASYNC);
-    bds_session *ses = S->sessions[session].s;
-    int saved = sim_switch(S, (int)ses->home->index);
-    bds_status st = bds_session_receive(ses, m, bytes, m->key, m->key_len, seq);
-    sim_switch(S, saved);
-    if (st != BDS_OK) free(m);
-    return st;
-}
-
 static uint32_t room_of(sim *S, int session) {
     bds_session *ses = S->sessions[session].s;
     int saved = sim_switch(S, (int)ses->home->index);
@@ -349,9 +338,9 @@ Test(pipeline, outstanding_bytes_bound_shuts_room_until_work_finishes) {
     bds_options o = bds_default_options();
     o.inbound.outstanding_bytes_max = 100;
     int s = sim_open(S, 0, &o);
-    cr_assert_eq(send_sized(S, s, "a", 1, 60), BDS_OK);
+    cr_assert_eq(sim_send_bytes(S, s, "a", 1, SIM_ASYNC, 60), BDS_OK);
     cr_assert_gt(room_of(S, s), 0, "60 of 100 bytes: room left");
-    cr_assert_eq(send_sized(S, s, "b", 2, 60), BDS_OK, "one message may overshoot the bound");
+    cr_assert_eq(sim_send_bytes(S, s, "b", 2, SIM_ASYNC, 60), BDS_OK, "one message may overshoot the bound");
     cr_assert_eq(room_of(S, s), 0, "120 of 100 bytes: no room");
     sim_settle(S);
     int ready = S->sessions[s].ready_calls;
@@ -368,10 +357,10 @@ Test(pipeline, outstanding_bytes_bound_lets_a_large_message_run_alone_then_rejec
     bds_options o = bds_default_options();
     o.inbound.outstanding_bytes_max = 100;
     int s = sim_open(S, 0, &o);
-    cr_assert_eq(send_sized(S, s, "a", 1, 1000), BDS_OK, "larger than the bound, but alone");
+    cr_assert_eq(sim_send_bytes(S, s, "a", 1, SIM_ASYNC, 1000), BDS_OK, "larger than the bound, but alone");
     cr_assert_eq(room_of(S, s), 0);
     /* A transport that ignores the room is refused, like any exhausted capacity. */
-    cr_assert_eq(send_sized(S, s, "b", 2, 1), BDS_E_INBOUND_REJECTED);
+    cr_assert_eq(sim_send_bytes(S, s, "b", 2, SIM_ASYNC, 1), BDS_E_INBOUND_REJECTED);
     sim_settle(S);
     cr_assert(S->sessions[s].closed);
     cr_assert_eq(bds_status_grpc(S->sessions[s].close_status), 8 /* RESOURCE_EXHAUSTED */);
