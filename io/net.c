@@ -66,6 +66,7 @@ struct bds_conn {
     uint32_t seg_head, seg_n;
     net_chunk *tail_chunk;   /* last segment's chunk while it has room */
     size_t out_bytes;
+    uint64_t sent_bytes;     /* every byte a send CQE reported: progress, for timers */
     struct msghdr msg;
     struct iovec iov[NET_IOV_MAX];
     bds_conn_callbacks cb;
@@ -245,6 +246,7 @@ bds_status bds__conn_write_ref(bds_conn *c, const void *base, size_t len, void *
 }
 
 size_t bds__conn_out_bytes(const bds_conn *c) { return c->out_bytes; }
+uint64_t bds__conn_sent_bytes(const bds_conn *c) { return c->sent_bytes; }
 
 static void conn_send(bds_conn *c) {
     if (bds__op_busy(&c->send_op) || c->seg_n == 0 || c->state != CONN_OPEN)
@@ -480,6 +482,7 @@ static void conn_on_send(bds_op *op, int32_t res, uint32_t flags, void *ctx) {
         if ((size_t)res < asked)
             n->stats.short_sends++;
         n->stats.send_bytes += (uint64_t)res;
+        c->sent_bytes += (uint64_t)res;
         if (c->state == CONN_OPEN)
             conn_consume(c, (size_t)res);
     } else if (res < 0 && conn_send_fatal(-res)) {

@@ -103,6 +103,8 @@ bds_status bds__conn_write(bds_conn *c, const void *bytes, size_t len);
 bds_status bds__conn_write_ref(bds_conn *c, const void *base, size_t len, void *tag);
 /* Bytes queued and not yet acknowledged by a send CQE. */
 size_t bds__conn_out_bytes(const bds_conn *c);
+/* Bytes the kernel has taken so far (send progress, for a stall timer). */
+uint64_t bds__conn_sent_bytes(const bds_conn *c);
 /* Stops receiving (cancels the multishot recv; CQEs already produced still
  * deliver their data) / starts again. */
 void bds__conn_recv_pause(bds_conn *c);

@@ -30,6 +30,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,9 +58,17 @@ struct srv_conn {
                                  last output (ending in a GOAWAY) is flushed, then
                                  the connection closes */
     bool closing;
+    /* Connection timers (conn_timer_fired): one heap entry per connection,
+     * armed for the earliest of its deadlines and re-armed when it fires. */
+    bds_timer timer;
+    uint64_t born_ns;         /* accepted */
+    uint64_t last_recv_ns;    /* bytes last arrived (keepalive) */
+    uint64_t idle_since_ns;   /* the last call ended (0 while calls are open) */
+    uint64_t ping_sent_ns;    /* our keepalive PING left (while outstanding) */
+    uint64_t sent_mark;       /* bds__conn_sent_bytes at sent_mark_ns: send progress */
+    uint64_t sent_mark_ns;
+    bool idle_goaway;         /* idle: GOAWAY sent, closing once it is written */
 };
-
-
 
 static _Thread_local srv_shard *tls_shard;
 
@@ -78,6 +88,14 @@ void bds_server_config_default(bds_server_config *c) {
     c->stream_window_bytes = 64u << 10;
     c->options = bds_default_options();
     c->log_level = 2;
+    c->handshake_timeout_ns = 10ull * 1000000000ull;
+    c->idle_timeout_ns = 5ull * 60 * 1000000000ull;
+    c->keepalive_time_ns = 2ull * 60 * 1000000000ull;
+    c->keepalive_timeout_ns = 20ull * 1000000000ull;
+    c->ping_min_interval_ns = 5ull * 60 * 1000000000ull;
+    c->ping_without_streams = false;
+    c->send_timeout_ns = 30ull * 1000000000ull;
+    c->tcp_user_timeout_ms = 30000;
 }
 
 static bool parse_listen(const char *s, char *host, size_t hostcap, uint16_t *port) {
@@ -116,6 +134,15 @@ bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, con
     if (cfg->max_message_bytes < 16 || cfg->max_concurrent_streams == 0 || cfg->stream_window_bytes < 1024 ||
         cfg->max_header_list_bytes < 1024 || cfg->shards > 64) {
         if (why) *why = "server limits: message >= 16 B, streams >= 1, window >= 1 KiB, headers >= 1 KiB, shards <= 64";
+        return BDS_E_INVALID;
+    }
+    /* Deadlines are sums of a clock reading and these: a year keeps them far
+     * from wrapping, and no real timer wants more. */
+    const uint64_t year_ns = 366ull * 24 * 3600 * 1000000000ull;
+    if (cfg->handshake_timeout_ns > year_ns || cfg->idle_timeout_ns > year_ns || cfg->keepalive_time_ns > year_ns ||
+        cfg->keepalive_timeout_ns > year_ns || cfg->ping_min_interval_ns > year_ns || cfg->send_timeout_ns > year_ns ||
+        cfg->tcp_user_timeout_ms > (uint32_t)INT32_MAX) {
+        if (why) *why = "connection timers: at most a year each (tcp_user_timeout_ms at most 2^31 - 1)";
         return BDS_E_INVALID;
     }
     bds_server *srv = calloc(1, sizeof *srv);
@@ -408,6 +435,7 @@ static void call_unlink(srv_call *call) {
     if (call->next) call->next->prev = call->prev;
     call->prev = call->next = NULL;
     call->conn = NULL;
+    if (!sc->calls) sc->idle_since_ns = bds__shard_now(sc->sh->shard);
 }
 
 static void msg_list_free(srv_msg *m, uint8_t hold) {
@@ -608,6 +636,7 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     call->next = sc->calls;
     if (sc->calls) sc->calls->prev = call;
     sc->calls = call;
+    sc->idle_since_ns = 0;
     *call_ctx = call;
     return BDS_OK;
 }
@@ -704,7 +733,8 @@ static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ct
     srv_conn *sc = ctx;
     if (sc->closing || sc->h2_failed) return;
     bds__pipeline_set_current(bds__pipe_pipeline(sc->sh->pipe));
-    if (bds__h2_recv(sc->h2, bytes, len, bds__shard_now(sc->sh->shard)) != BDS_OK) {
+    sc->last_recv_ns = bds__shard_now(sc->sh->shard);
+    if (bds__h2_recv(sc->h2, bytes, len, sc->last_recv_ns) != BDS_OK) {
         if (sc->sh->srv->cfg.log_level >= 1) {
             const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
             fprintf(stderr, "bidistreamd: closing a connection: HTTP/2 %s (nghttp2 error %d, %lu glitches)\n",
@@ -734,6 +764,7 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
     }
     srv_shard *sh = sc->sh;
     bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
+    bds__timer_cancel(bds__shard_timers(sh->shard), &sc->timer);
     conn_undirty(sc);
     sc->c = NULL;
     sc->closing = true;
@@ -753,6 +784,94 @@ static const bds_conn_callbacks conn_cbs = {
     .on_data = conn_on_data, .on_drain = conn_on_drain, .on_close = conn_on_close,
 };
 
+/* ---- connection timers -------------------------------------------------------------------------- */
+
+static uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
+/* Closes a connection a timer gave up on. Handshake timeouts are what port
+ * scanners cause: those log only at debug level. */
+static void conn_timeout(srv_conn *sc, const char *why, uint64_t after_ns, int level) {
+    if (sc->sh->srv->cfg.log_level >= level)
+        fprintf(stderr, "bidistreamd: closing a connection: %s (%.3f s)\n", why, (double)after_ns / 1e9);
+    sc->closing = true;
+    bds__conn_close(sc->c, ETIMEDOUT);
+}
+
+/* Checks every connection timer, acts on those due, and re-arms for the
+ * earliest one left. Keepalive and send progress are measured from marks
+ * (last bytes received, sent bytes at the last check), so no hot path
+ * touches the timer; a send stall is caught between T and 2T after it began. */
+static void conn_timer_fired(bds_timer *t, void *ctx) {
+    (void)t;
+    srv_conn *sc = ctx;
+    if (!sc->c || sc->closing) return;
+    const bds_server_config *cfg = &sc->sh->srv->cfg;
+    uint64_t now = bds__shard_now(sc->sh->shard), next = UINT64_MAX, due;
+    if (cfg->handshake_timeout_ns && !bds__h2_peer_ready(sc->h2)) {
+        due = sat_add(sc->born_ns, cfg->handshake_timeout_ns);
+        if (now >= due) {
+            conn_timeout(sc, "no HTTP/2 preface and SETTINGS in time", now - sc->born_ns, 3);
+            return;
+        }
+        next = due;
+    }
+    if (cfg->keepalive_time_ns) {
+        if (bds__h2_ping_outstanding(sc->h2)) {
+            if (cfg->keepalive_timeout_ns) {
+                due = sat_add(sc->ping_sent_ns, cfg->keepalive_timeout_ns);
+                if (now >= due) {
+                    conn_timeout(sc, "keepalive PING unanswered", now - sc->ping_sent_ns, 2);
+                    return;
+                }
+                if (due < next) next = due;
+            }
+        } else {
+            due = sat_add(sc->last_recv_ns, cfg->keepalive_time_ns);
+            if (now >= due && bds__h2_ping(sc->h2) == BDS_OK) {
+                sc->ping_sent_ns = now;
+                conn_kick(sc);
+                due = sat_add(now, cfg->keepalive_timeout_ns ? cfg->keepalive_timeout_ns : cfg->keepalive_time_ns);
+            }
+            if (due < next) next = due;
+        }
+    }
+    if (cfg->idle_timeout_ns && !sc->calls && !sc->idle_goaway) {
+        due = sat_add(sc->idle_since_ns, cfg->idle_timeout_ns);
+        if (now >= due) {
+            /* The connection closes once the GOAWAY is out and no stream
+             * raced it (bds__h2_is_done). */
+            sc->idle_goaway = true;
+            if (cfg->log_level >= 3) fprintf(stderr, "bidistreamd: idle connection: GOAWAY\n");
+            bds__h2_goaway(sc->h2, BDS_H2_NO_ERROR);
+            conn_kick(sc);
+        } else if (due < next) {
+            next = due;
+        }
+    }
+    if (cfg->send_timeout_ns) {
+        uint64_t sent = bds__conn_sent_bytes(sc->c);
+        if (sent != sc->sent_mark || bds__conn_out_bytes(sc->c) == 0) {
+            sc->sent_mark = sent;
+            sc->sent_mark_ns = now;
+        } else if (now - sc->sent_mark_ns >= cfg->send_timeout_ns) {
+            conn_timeout(sc, "no send progress: the peer stopped reading", now - sc->sent_mark_ns, 2);
+            return;
+        }
+        due = sat_add(sc->sent_mark_ns, cfg->send_timeout_ns);
+        if (due < next) next = due;
+    }
+    if (next != UINT64_MAX) bds__timer_arm(bds__shard_timers(sc->sh->shard), &sc->timer, next);
+}
+
+static void conn_timers_start(srv_conn *sc) {
+    uint64_t now = bds__shard_now(sc->sh->shard);
+    sc->born_ns = sc->last_recv_ns = sc->idle_since_ns = sc->sent_mark_ns = now;
+    bds__timer_init(&sc->timer, conn_timer_fired, sc);
+    uint32_t ms = sc->sh->srv->cfg.tcp_user_timeout_ms;
+    if (ms) (void)setsockopt(bds__conn_fd(sc->c), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms); /* best effort */
+    conn_timer_fired(&sc->timer, sc); /* arms the first deadline */
+}
+
 static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     (void)l;
     srv_shard *sh = ctx;
@@ -768,6 +887,14 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     hc.credit_partial_messages = true; /* messages larger than the stream window */
     hc.capture_names = sh->srv->capture_names;
     hc.capture_count = sh->srv->capture_count;
+    const bds_server_config *cfg = &sh->srv->cfg;
+    hc.ping_min_interval_ns = cfg->ping_min_interval_ns;
+    /* grpc-go: with no stream open and keepalive without streams not
+     * permitted, a client PING less than 2 h after the last is a strike. */
+    const uint64_t two_hours = 2ull * 3600 * 1000000000ull;
+    hc.ping_idle_min_interval_ns = cfg->ping_without_streams || cfg->ping_min_interval_ns > two_hours
+                                       ? cfg->ping_min_interval_ns
+                                       : two_hours;
     if (!sc || bds__h2_create(&sc->h2, &hc, &h2_cbs, sc) != BDS_OK || sh->stopping) {
         if (sc && sc->h2) bds__h2_destroy(sc->h2);
         free(sc);
@@ -780,6 +907,7 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     if (sh->conns) sh->conns->prev = sc;
     sh->conns = sc;
     bds__conn_set_callbacks(c, &conn_cbs, sc);
+    conn_timers_start(sc);
     conn_kick(sc); /* our SETTINGS */
 }
 

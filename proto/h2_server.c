@@ -141,6 +141,14 @@ struct bds__h2_conn {
     int32_t goaway_last_id;        /* its last-stream-id                         */
     uint64_t glitch_tat_ns;        /* GCRA theoretical arrival time              */
     uint64_t wu_allowance;         /* small WINDOW_UPDATEs and PINGs our DATA frames justify */
+    uint64_t ping_last_ns;         /* the client's last PING (ping_seen)         */
+    uint32_t ping_strikes;         /* client PINGs against the policy            */
+    bool ping_seen;
+    bool ping_strikes_reset;       /* we sent DATA or HEADERS since its last PING */
+    bool ping_outstanding;         /* our keepalive PING awaits its ACK          */
+    bool peer_ready;               /* the client's first SETTINGS arrived        */
+    bool close_on_goaway;          /* too_many_pings: done once the GOAWAY left  */
+    bool goaway_left;
     bds__h2_stats stats;
 };
 
@@ -612,6 +620,32 @@ static void h2_stream_request(bds__h2_conn *c, struct h2_stream *s, bool end_str
     if (end_stream) h2_stream_remote_end(c, s);
 }
 
+/* Our keepalive PING's opaque data: an ACK carrying it answers ours. */
+static const uint8_t h2_keepalive_opaque[8] = {'b', 'd', 's', '-', 'k', 'a', 'l', 'v'};
+
+/* A client PING, judged as grpc-go's keepalive enforcement does: too close to
+ * the previous one with nothing sent by us in between is a strike. */
+static void h2_client_ping(bds__h2_conn *c) {
+    if (c->cfg.ping_min_interval_ns == 0 || c->close_on_goaway) return;
+    bool first = !c->ping_seen;
+    uint64_t last = c->ping_last_ns;
+    c->ping_seen = true;
+    c->ping_last_ns = c->now_ns;
+    if (c->ping_strikes_reset) {
+        c->ping_strikes_reset = false;
+        c->ping_strikes = 0;
+        return;
+    }
+    uint64_t min = c->live.next == &c->live ? c->cfg.ping_idle_min_interval_ns : c->cfg.ping_min_interval_ns;
+    if (!first && c->now_ns - last < min) c->ping_strikes++;
+    if (c->ping_strikes <= c->cfg.ping_strikes_max) return;
+    static const char why[] = "too_many_pings";
+    c->stats.calmed = c->stats.too_many_pings = true;
+    c->close_on_goaway = true;
+    h2_check(c, nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->ng),
+                                      NGHTTP2_ENHANCE_YOUR_CALM, (const uint8_t *)why, sizeof why - 1));
+}
+
 static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
     bds__h2_conn *c = ud;
     BDS_ASSERT(c->in_recv);
@@ -630,6 +664,18 @@ static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, voi
     case NGHTTP2_DATA:
         s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
         if (s != NULL && end) h2_stream_remote_end(c, s);
+        break;
+    case NGHTTP2_SETTINGS:
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) c->peer_ready = true;
+        break;
+    case NGHTTP2_PING:
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
+            h2_client_ping(c);
+        } else if (c->ping_outstanding &&
+                   memcmp(frame->ping.opaque_data, h2_keepalive_opaque, sizeof h2_keepalive_opaque) == 0) {
+            c->ping_outstanding = false;
+            c->stats.ping_acks++;
+        }
         break;
     case NGHTTP2_WINDOW_UPDATE:
         /* A client returns window for the DATA it read, often in small steps
@@ -885,10 +931,13 @@ static int h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, voi
     bds__h2_conn *c = ud;
     if (frame->hd.type == NGHTTP2_DATA) {
         c->wu_allowance += 3; /* a stream and a connection WINDOW_UPDATE, a BDP PING */
+        c->ping_strikes_reset = true;
         return 0;
     }
-    if (frame->hd.type != NGHTTP2_HEADERS || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
-        return 0;
+    if (frame->hd.type == NGHTTP2_GOAWAY && c->close_on_goaway) c->goaway_left = true;
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+    c->ping_strikes_reset = true;
+    if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
     /* gRPC: trailers sent before the client's END_STREAM are followed by
      * RST_STREAM(NO_ERROR), so the client stops sending and the stream closes. */
     if (nghttp2_session_get_stream_remote_close(ng, frame->hd.stream_id) == 0) {
@@ -920,6 +969,7 @@ void bds__h2_config_default(bds__h2_config *cfg) {
     cfg->max_outbound_ack = 1000;
     cfg->max_settings = 32;
     cfg->capture_bytes_max = 4096;
+    cfg->ping_strikes_max = 2;
     BDS_ASSERT(cfg->stream_window_bytes <= NGHTTP2_MAX_WINDOW_SIZE);
 }
 
@@ -1045,6 +1095,7 @@ bds_status bds__h2_recv(bds__h2_conn *c, const uint8_t *in, size_t len, uint64_t
     BDS_ASSERT(c != NULL && (in != NULL || len == 0));
     BDS_ASSERT(!c->in_recv && !c->in_output);
     if (c->fatal) return BDS_UNAVAILABLE;
+    if (c->close_on_goaway) return BDS_OK; /* ending: what follows is not read */
     if (now_ns > c->now_ns) c->now_ns = now_ns;
     c->in_recv = true;
     ssize_t rv = nghttp2_session_mem_recv(c->ng, in, len);
@@ -1088,7 +1139,7 @@ bool bds__h2_want_write(const bds__h2_conn *c) {
 bool bds__h2_is_done(const bds__h2_conn *c) {
     BDS_ASSERT(c != NULL);
     if (c->out_len > 0 || c->goaway_due) return false;
-    return c->fatal || (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng));
+    return c->fatal || c->goaway_left || (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng));
 }
 
 /* ---- calls from the application ---------------------------------------------- */
@@ -1323,6 +1374,22 @@ bds_status bds__h2_terminate(bds__h2_conn *c, uint32_t h2_error) {
     if (c->fatal) return BDS_E_INVALID;
     return h2_status_of(nghttp2_session_terminate_session(c->ng, h2_error));
 }
+
+bds_status bds__h2_ping(bds__h2_conn *c) {
+    BDS_ASSERT(c != NULL && !c->in_output && !c->in_recv);
+    if (c->fatal || c->close_on_goaway) return BDS_E_INVALID;
+    if (c->ping_outstanding) return BDS_OK;
+    bds_status st = h2_status_of(nghttp2_submit_ping(c->ng, NGHTTP2_FLAG_NONE, h2_keepalive_opaque));
+    if (st == BDS_OK) {
+        c->ping_outstanding = true;
+        c->stats.pings_sent++;
+    }
+    return st;
+}
+
+bool bds__h2_ping_outstanding(const bds__h2_conn *c) { return c->ping_outstanding; }
+
+bool bds__h2_peer_ready(const bds__h2_conn *c) { return c->peer_ready; }
 
 void bds__h2_abort_calls(bds__h2_conn *c, bds_status status) {
     BDS_ASSERT(c != NULL);

@@ -107,6 +107,15 @@ typedef struct bds__h2_config {
     const char *const *capture_names; /* NULL = capture nothing                     */
     uint32_t capture_count;           /* <= BDS_H2_CAPTURE_MAX                      */
     uint32_t capture_bytes_max;       /* 4 KiB                                      */
+    /* The client PING policy (grpc-go's keepalive EnforcementPolicy): a PING
+     * closer than ping_min_interval_ns to the previous one (ping_idle_min_
+     * interval_ns while no stream is open) is a strike, unless we sent DATA or
+     * HEADERS since; past ping_strikes_max strikes the session sends
+     * GOAWAY(ENHANCE_YOUR_CALM, debug data "too_many_pings") and is done once
+     * it is written. 0 = no policy (the default here; the server sets it). */
+    uint64_t ping_min_interval_ns;
+    uint64_t ping_idle_min_interval_ns;
+    uint32_t ping_strikes_max;        /* 2                                          */
 } bds__h2_config;
 
 #define BDS_H2_CAPTURE_MAX 8u
@@ -184,6 +193,9 @@ typedef struct bds__h2_stats {
     uint64_t calls_reset;     /* on_reset delivered                   */
     uint64_t glitches;        /* suspicious frames counted            */
     bool calmed;              /* terminated with ENHANCE_YOUR_CALM    */
+    bool too_many_pings;      /* ... by the client PING policy         */
+    uint64_t pings_sent;      /* our own PINGs (bds__h2_ping)          */
+    uint64_t ping_acks;       /* ACKs of them                          */
     int nghttp2_fatal;        /* last fatal nghttp2 error, 0 if none  */
 } bds__h2_stats;
 
@@ -285,6 +297,14 @@ bds_status bds__h2_shutdown_notice(bds__h2_conn *conn);
 bds_status bds__h2_goaway(bds__h2_conn *conn, uint32_t h2_error);
 /* Ends the connection now: GOAWAY(|h2_error|), then nothing more is read. */
 bds_status bds__h2_terminate(bds__h2_conn *conn, uint32_t h2_error);
+
+/* Keepalive: sends a PING of our own unless one is still unanswered.
+ * Returns BDS_OK, or BDS_E_INVALID once the session is ending. */
+bds_status bds__h2_ping(bds__h2_conn *conn);
+/* True while our last PING has not been acknowledged. */
+bool bds__h2_ping_outstanding(const bds__h2_conn *conn);
+/* True once the client's preface and first SETTINGS frame have arrived. */
+bool bds__h2_peer_ready(const bds__h2_conn *conn);
 
 /* Tells the app every live call is gone (on_reset with |status|, h2_error
  * CANCEL), e.g. when the socket closed. The calls are then over for the app. */

@@ -53,6 +53,7 @@ typedef struct opt {
 #define NS_PER_MS 1000000ULL
 #define NS_PER_S 1000000000ULL
 #define NS_PER_HOUR (3600ULL * NS_PER_S)
+#define NS_PER_DAY (24ULL * NS_PER_HOUR)
 /* bds_options_validate() refuses more; the table says so at the flag instead. */
 #define MAX_ATTEMPTS 1000u
 /* Protobuf messages are limited to 2 GiB - 1; RFC 9113 §6.9.2 caps the window there too. */
@@ -114,6 +115,23 @@ static const opt opts[] = {
     /* Spinning longer than a second before sleeping is a unit mistake, not a choice. */
     {"idle-spin-us", K_U32, FIELD(uint32_t, idle_spin_us), 0, 1000000, "spin this long before sleeping, 0 = never"},
     {"log-level", K_LOGLEVEL, FIELD(int, log_level), 0, 0, "error, warn, info or debug"},
+    /* Connection timers: 0 turns one off; a day is already far past any use. */
+    {"handshake-timeout", K_DURATION, FIELD(uint64_t, handshake_timeout_ns), 0, NS_PER_DAY,
+     "close a connection without HTTP/2 preface and SETTINGS this long after accept, 0 = never"},
+    {"idle-timeout", K_DURATION, FIELD(uint64_t, idle_timeout_ns), 0, NS_PER_DAY,
+     "GOAWAY(NO_ERROR) a connection with no open stream for this long, 0 = never"},
+    {"keepalive-time", K_DURATION, FIELD(uint64_t, keepalive_time_ns), 0, NS_PER_DAY,
+     "PING a connection that sent nothing for this long, 0 = never"},
+    {"keepalive-timeout", K_DURATION, FIELD(uint64_t, keepalive_timeout_ns), 0, NS_PER_DAY,
+     "close a connection whose keepalive PING is unanswered this long, 0 = never"},
+    {"ping-min-interval", K_DURATION, FIELD(uint64_t, ping_min_interval_ns), 0, NS_PER_DAY,
+     "client PINGs closer than this are strikes; the third: GOAWAY(ENHANCE_YOUR_CALM, too_many_pings); 0 = no policy"},
+    {"ping-without-streams", K_BOOL, FIELD(bool, ping_without_streams), 0, 0,
+     "permit client keepalive PINGs while no stream is open"},
+    {"send-timeout", K_DURATION, FIELD(uint64_t, send_timeout_ns), 0, NS_PER_DAY,
+     "close a connection whose queued output made no progress for this long, 0 = never"},
+    {"tcp-user-timeout-ms", K_U32, FIELD(uint32_t, tcp_user_timeout_ms), 0, INT31_MAX,
+     "TCP_USER_TIMEOUT of accepted sockets in ms, 0 = the kernel's default"},
 };
 
 #define N_OPTS (sizeof opts / sizeof opts[0])

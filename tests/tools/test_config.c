@@ -103,6 +103,14 @@ static void assert_same_config(const bds_server_config *a, const bds_server_conf
     cr_assert_eq(a->stream_window_bytes, b->stream_window_bytes);
     cr_assert_eq(a->idle_spin_us, b->idle_spin_us);
     cr_assert_eq(a->log_level, b->log_level);
+    cr_assert_eq(a->handshake_timeout_ns, b->handshake_timeout_ns);
+    cr_assert_eq(a->idle_timeout_ns, b->idle_timeout_ns);
+    cr_assert_eq(a->keepalive_time_ns, b->keepalive_time_ns);
+    cr_assert_eq(a->keepalive_timeout_ns, b->keepalive_timeout_ns);
+    cr_assert_eq(a->ping_min_interval_ns, b->ping_min_interval_ns);
+    cr_assert_eq(a->ping_without_streams, b->ping_without_streams);
+    cr_assert_eq(a->send_timeout_ns, b->send_timeout_ns);
+    cr_assert_eq(a->tcp_user_timeout_ms, b->tcp_user_timeout_ms);
     const bds_options *x = &a->options, *y = &b->options;
     cr_assert_eq(x->size, y->size);
     cr_assert_eq(x->inbound.ordering.mode, y->inbound.ordering.mode);
@@ -704,11 +712,14 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--max-attempts", "4", "--backoff", "1.5ms", "--grace", "1m30s", "--drain-outbound", "no",
                     "--metrics-payload-sizes", "--max-message-bytes", "1MiB", "--max-concurrent-streams", "10",
                     "--max-header-list-bytes", "2048", "--stream-window-bytes", "1GiB", "--idle-spin-us", "50",
-                    "--log-level", "warn", NULL};
+                    "--log-level", "warn", "--idle-timeout", "90s", "--keepalive-timeout", "0",
+                    "--ping-without-streams", "--tcp-user-timeout-ms", "1234", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 30, "%s", out); /* a comment and 29 keys */
+    cr_assert_eq(count_lines(out), 38, "%s", out); /* a comment and 37 keys */
+    cr_assert_not_null(strstr(out, "\nidle-timeout = 90s\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\nkeepalive-timeout = 0\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninbound-bytes-max = 65536\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nbackoff = 1500us\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ngrace = 90s\n"), "%s", out);

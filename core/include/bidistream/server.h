@@ -37,6 +37,26 @@ typedef struct bds_server_config {
     uint32_t idle_spin_us;          /* spin this long before sleeping; 0 = never (default) */
     bds_options options;            /* pipeline options for methods that bring none */
     int log_level;                  /* 0 errors, 1 warnings, 2 info (default), 3 debug */
+    /* Connection timers (0 = off). Each closes what a silent, dead or stuck
+     * peer would otherwise hold for ever; the README says what each sends. */
+    uint64_t handshake_timeout_ns;  /* client preface + SETTINGS within this after accept;
+                                       else closed. Default 10 s */
+    uint64_t idle_timeout_ns;       /* no open stream for this long: GOAWAY(NO_ERROR), then
+                                       closed (grpc-go MaxConnectionIdle). Default 5 min */
+    uint64_t keepalive_time_ns;     /* nothing received for this long: the server PINGs.
+                                       Default 2 min */
+    uint64_t keepalive_timeout_ns;  /* that PING unanswered this long: closed. Default 20 s */
+    uint64_t ping_min_interval_ns;  /* client PINGs closer than this (with no reply DATA or
+                                       HEADERS between) are strikes; the third strike is
+                                       GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings"), as
+                                       grpc-go's EnforcementPolicy.MinTime. Default 5 min */
+    bool ping_without_streams;      /* permit client keepalive PINGs while no stream is open
+                                       (else those closer than 2 h are strikes). Default false */
+    uint64_t send_timeout_ns;       /* output queued and not one byte written for this long:
+                                       closed. Default 30 s */
+    uint32_t tcp_user_timeout_ms;   /* TCP_USER_TIMEOUT of accepted sockets: sent data
+                                       unacknowledged this long ends the connection in the
+                                       kernel. Default 30 000 */
 } bds_server_config;
 
 BDS_API void bds_server_config_default(bds_server_config *config);
