@@ -26,6 +26,12 @@ if(TARGET bidistreamd)
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_conn_timers.py $<TARGET_FILE:bidistreamd>)
   set_tests_properties(e2e.conn_timers PROPERTIES LABELS "e2e" TIMEOUT 600
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
+  # A short soak (tools/soak.sh runs the long one): mixed load, then RSS,
+  # descriptors, every buffer and session accounted for.
+  add_test(NAME e2e.soak
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/soak.py $<TARGET_FILE:bidistreamd> 45 --shards 2)
+  set_tests_properties(e2e.soak PROPERTIES LABELS "e2e" TIMEOUT 400
+    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
   set_tests_properties(e2e.interop PROPERTIES LABELS "e2e;tsan" TIMEOUT 600
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
 endif()
