@@ -78,6 +78,10 @@ enum h2s_end { H2S_END_NONE = 0, H2S_END_APP, H2S_END_SESSION, H2S_END_PEER };
 #define H2_OUT_BUF_MIN 1024u
 #define H2_FRAME_HD_BYTES 9u           /* RFC 9113 §4.1 */
 #define H2_GOAWAY_BYTES 17u            /* header + last-stream-id + error code */
+/* HPACK bomb bound: name + value bytes one header block may decode to. */
+#define H2_HPACK_LIST_FACTOR 4u        /* x header_list_bytes_max, plus           */
+#define H2_HPACK_WIRE_FACTOR 2u        /* x the block's bytes on the wire (Huffman
+                                          decodes at most 8/5 of its input)        */
 
 BDS_STATIC_ASSERT(sizeof(((bds__h2_msg *)0)->_prefix) == BDS_GRPC_PREFIX_BYTES, "gRPC prefix size");
 
@@ -135,6 +139,9 @@ struct bds__h2_conn {
                                       (capture_bytes_max bytes), or NULL          */
     uint32_t cap_len;
     int32_t cap_id;                /* the stream they belong to                  */
+    uint64_t hb_decoded;           /* name + value bytes the header block being
+                                      received decoded to (HPACK bomb bound)      */
+    uint64_t hb_list_bytes;        /* its RFC 7541 size (trailers' list bound)   */
     bool out_cut;                  /* out ends inside a frame (larger than out) */
     bool goaway_due;               /* fatal: our own GOAWAY is still to be written */
     uint32_t goaway_code;          /* its error code                             */
@@ -528,6 +535,8 @@ const uint8_t *bds__h2_captured(const uint8_t *captured, size_t captured_len, ui
 static int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
     bds__h2_conn *c = ud;
     BDS_ASSERT(c->in_recv);
+    c->hb_decoded = 0; /* every block with header callbacks begins here */
+    c->hb_list_bytes = 0;
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
     h2_capture_reset(c, frame->hd.stream_id);
@@ -545,17 +554,53 @@ static int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, 
     return 0;
 }
 
+/* An HPACK bomb: a header block that decodes to far more than it carries
+ * (one-byte references to a 4 KiB dynamic table entry). nghttp2 validates every
+ * decoded byte before our header callback sees it, whatever we answer, so
+ * the bound is on what the block decodes to: H2_HPACK_LIST_FACTOR header lists
+ * plus H2_HPACK_WIRE_FACTOR times its own size on the wire (|wire|: HEADERS and
+ * CONTINUATIONs so far), which an honest block of literals never reaches. No
+ * client needs it, so the connection ends at once with ENHANCE_YOUR_CALM, as
+ * gRPC's C core does; nghttp2 then skips the rest of the input, so a bomb
+ * costs at most that bound plus one header per connection. */
+static bool h2_hpack_bomb(bds__h2_conn *c, size_t wire) {
+    uint64_t budget = (uint64_t)H2_HPACK_LIST_FACTOR * c->cfg.header_list_bytes_max +
+                      (uint64_t)H2_HPACK_WIRE_FACTOR * wire;
+    if (c->hb_decoded <= budget) return false;
+    c->stats.calmed = true;
+    c->stats.hpack_bombs++;
+    h2_check(c, nghttp2_session_terminate_session(c->ng, NGHTTP2_ENHANCE_YOUR_CALM));
+    return true;
+}
+
+/* A header of client trailers (HEADERS after the request's): nothing in them
+ * concerns us, but they are held to the request's header-list bound (RFC 7541
+ * size): past it the call fails with RESOURCE_EXHAUSTED. */
+static void h2_trailer_header(bds__h2_conn *c, struct h2_stream *s, size_t namelen,
+                              size_t valuelen) {
+    c->hb_list_bytes += namelen + valuelen + 32u;
+    if (c->hb_list_bytes > c->cfg.header_list_bytes_max && s != NULL && s->state == H2S_OPEN)
+        h2_stream_fail(c, s, BDS_RESOURCE_EXHAUSTED, "request trailers too large");
+}
+
 static int h2_on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name,
                         size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
                         void *ud) {
     (void)flags;
     bds__h2_conn *c = ud;
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
-        return 0; /* client trailers: nothing in them concerns us */
+    c->hb_decoded += namelen + valuelen;
+    c->stats.header_bytes_decoded += namelen + valuelen;
+    if (h2_hpack_bomb(c, frame->hd.length)) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        h2_trailer_header(c, s, namelen, valuelen);
+        return c->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+    }
     if (s == NULL || s->state != H2S_HEADERS) return 0;
-    /* Past the bound we keep returning 0: HPACK state must still be updated,
-     * and the verdict (431) is given once the block ends. */
+    /* Past the list bound we keep returning 0: HPACK state must still be
+     * updated, and the verdict (431) is given once the block ends; the bomb
+     * bound above ends what that costs. */
     if (bds__grpc_req_header(&s->req, name, namelen, value, valuelen) && c->cfg.capture_count > 0)
         h2_capture(c, s->id, name, namelen, value, valuelen);
     return 0;

@@ -70,7 +70,10 @@ typedef struct bds__h2_config {
     uint32_t stream_window_bytes;     /* SETTINGS_INITIAL_WINDOW_SIZE (64 KiB)      */
     uint32_t conn_window_bytes;       /* connection receive window (1 MiB)          */
     uint32_t header_list_bytes_max;   /* SETTINGS_MAX_HEADER_LIST_SIZE, enforced by
-                                         us per request (16 KiB)                    */
+                                         us per request and client trailers (16 KiB).
+                                         A header block that decodes to more than 4x
+                                         this plus 2x its wire size is an HPACK bomb:
+                                         GOAWAY(ENHANCE_YOUR_CALM)                  */
     uint32_t msg_bytes_max;           /* inbound message limit (4 MiB)              */
     uint32_t out_buf_bytes;           /* output buffer bound (256 KiB)              */
     uint32_t stream_send_bytes_max;   /* queued, unsent bytes per stream (8 MiB)    */
@@ -183,6 +186,9 @@ typedef struct bds__h2_stats {
     uint64_t calls_failed;    /* answered on bad input after starting */
     uint64_t calls_reset;     /* on_reset delivered                   */
     uint64_t glitches;        /* suspicious frames counted            */
+    uint64_t header_bytes_decoded; /* names + values of every header
+                                 block the header callback saw        */
+    uint64_t hpack_bombs;     /* header blocks over the decoded bound */
     bool calmed;              /* terminated with ENHANCE_YOUR_CALM    */
     int nghttp2_fatal;        /* last fatal nghttp2 error, 0 if none  */
 } bds__h2_stats;

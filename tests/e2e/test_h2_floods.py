@@ -54,6 +54,18 @@ def hpack(headers):
     return bytes(out)
 
 
+def hpack_indexed_literal(name, value):
+    """A literal field with a new name, added to the decoder's dynamic table."""
+    return b'\x40' + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds (/proc/PID/stat fields 14 and 15)."""
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
 def request_headers(path=b'/bidistream.v1.Pipeline/Process', extra=()):
     return hpack([(b':method', b'POST'), (b':scheme', b'http'), (b':path', path), (b':authority', b'localhost'),
                   (b'content-type', b'application/grpc'), (b'te', b'trailers'), *extra])
@@ -66,6 +78,7 @@ class Conn:
         host, port = addr.rsplit(':', 1)
         self.s = socket.create_connection((host, int(port)), timeout=10)
         self.buf = b''
+        self.closed = False  # the server closed the connection (frames_until_close)
 
     def send(self, data):
         try:
@@ -88,6 +101,7 @@ class Conn:
             except OSError:
                 break
             if not chunk:
+                self.closed = True
                 break
             self.buf += chunk
             while len(self.buf) >= 9:
@@ -179,6 +193,30 @@ class Floods(unittest.TestCase):
         self.assertIsNone(goaway_code(frames), 'the connection survives a refused stream')
         replies = b''.join(f[3] for f in frames if f[2] == 3 and f[0] == DATA)
         self.assertEqual(g.unframe(replies[5:])['seq'], 7)
+        self.assert_still_serving()
+
+    def test_hpack_bomb_gets_enhance_your_calm_at_once(self):
+        # 40 streams of 12,000 one-byte references to one 4 KiB dynamic table
+        # entry: ~470 KiB on the wire that would decode to ~1.9 GB of header
+        # values. The server stops at the first block's decoded bound.
+        entry = hpack_indexed_literal(b'x-b', b'b' * (4096 - 32 - 3))  # fills the 4 KiB table
+        refs = b'\xbe' * 12000  # index 62: the newest dynamic entry
+        bomb = b''.join(h2frame(HEADERS, END_HEADERS | END_STREAM, sid,
+                                request_headers() + (entry if sid == 1 else b'') + refs)
+                        for sid in range(1, 81, 2))
+        pid = self.srv.proc.pid
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        c = Conn(self.srv.addr)
+        c.start()
+        c.send(bomb)
+        frames = c.frames_until_close()
+        elapsed, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+        c.close()
+        sys.stderr.write('hpack bomb: %d bytes sent, connection ended after %.3f s, server CPU %.3f s\n'
+                         % (len(PREFACE) + 9 + len(bomb), elapsed, cpu))
+        self.assertEqual(goaway_code(frames), ENHANCE_YOUR_CALM, [f[0] for f in frames][:20])
+        self.assertTrue(c.closed, 'the server closed the connection')
+        self.assertFalse([f for f in frames if f[0] == HEADERS], 'no call was answered')
         self.assert_still_serving()
 
     def test_bad_preface_is_closed(self):

@@ -451,3 +451,190 @@ Test(h2_abuse, random_garbage_after_preface_never_crashes, .fini = fini) {
         memset(&H, 0, sizeof H);
     }
 }
+
+/* ---- HPACK bombs and client trailers ------------------------------------------------ */
+
+/* HPACK integer with a |bits|-bit prefix (RFC 7541 §5.1). */
+static void hp_int(struct tbuf *b, uint8_t first, unsigned bits, size_t x) {
+    size_t top = ((size_t)1 << bits) - 1;
+    if (x < top) {
+        uint8_t v = (uint8_t)(first | x);
+        tbuf_put(b, &v, 1);
+        return;
+    }
+    uint8_t v = (uint8_t)(first | top);
+    tbuf_put(b, &v, 1);
+    for (x -= top; x >= 128; x /= 128) {
+        v = (uint8_t)(x % 128 + 128);
+        tbuf_put(b, &v, 1);
+    }
+    v = (uint8_t)x;
+    tbuf_put(b, &v, 1);
+}
+
+/* A literal field with a new name: without indexing (0x00) or added to the
+ * decoder's dynamic table (0x40). No Huffman. */
+static void hp_literal(struct tbuf *b, uint8_t kind, const char *name, const void *value,
+                       size_t vlen) {
+    hp_int(b, kind, kind == 0x40 ? 6 : 4, 0);
+    hp_int(b, 0, 7, strlen(name));
+    tbuf_put(b, name, strlen(name));
+    hp_int(b, 0, 7, vlen);
+    tbuf_put(b, value, vlen);
+}
+
+/* A gRPC request's headers as literals that leave the dynamic table alone. */
+static void hp_request(struct tbuf *b) {
+    static const char *const nv[][2] = {{":method", "POST"}, {":scheme", "http"}, {":path", PIPE},
+                                        {":authority", "localhost"},
+                                        {"content-type", "application/grpc"}, {"te", "trailers"}};
+    for (size_t i = 0; i < sizeof nv / sizeof nv[0]; i++)
+        hp_literal(b, 0x00, nv[i][0], nv[i][1], strlen(nv[i][1]));
+}
+
+#define BOMB_ENTRY_VALUE (4096u - 32u - 3u) /* "x-b" + value + 32 fills a 4 KiB table */
+
+/* |streams| request blocks of |refs| one-byte references to a 4 KiB dynamic
+ * table entry (index 62, added by the first block); returns the first block's
+ * length on the wire. */
+static size_t hpack_bomb(int streams, int refs) {
+    static uint8_t big[BOMB_ENTRY_VALUE];
+    memset(big, 'b', sizeof big);
+    size_t first = 0;
+    for (int i = 0; i < streams; i++) {
+        struct tbuf blk = {0};
+        hp_request(&blk);
+        if (i == 0) hp_literal(&blk, 0x40, "x-b", big, sizeof big);
+        for (int r = 0; r < refs; r++) hp_int(&blk, 0x80, 7, 62);
+        cr_assert_leq(blk.len, 16384u, "one frame");
+        raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | NGHTTP2_FLAG_END_STREAM,
+                  1 + 2 * i, blk.p, blk.len);
+        if (i == 0) first = blk.len + 9;
+        tbuf_free(&blk);
+    }
+    return first;
+}
+
+/* ~50 KB on the wire would make nghttp2 validate ~200 MB of header values:
+ * the connection ends at the first block, once it has decoded 4 header lists
+ * plus twice its own size, with ENHANCE_YOUR_CALM. */
+Test(h2_abuse, hpack_bomb_ends_the_connection_within_the_decoded_bound, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    size_t first = hpack_bomb(4, 12000);
+    size_t wire = IN.len;
+    h_feed_raw(&H, &IN, 16384);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    uint64_t bound = 4ull * H.cfg.header_list_bytes_max + 2 * first + BOMB_ENTRY_VALUE + 3;
+    cr_assert_leq(st->header_bytes_decoded, bound,
+                  "decoded %llu header bytes from %zu bytes on the wire (bound %llu)",
+                  (unsigned long long)st->header_bytes_decoded, wire, (unsigned long long)bound);
+    cr_assert_eq(st->hpack_bombs, 1);
+    cr_assert(st->calmed);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert_eq(H.app.ncalls, 0, "no call started from a bomb");
+    cr_assert(bds__h2_is_done(H.app.h2));
+}
+
+/* A big header list of literals is no bomb: 431 on its stream, and the
+ * connection goes on (its decoded size is about its size on the wire). */
+Test(h2_abuse, a_large_literal_header_list_is_431_not_a_bomb, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    static char v[4000];
+    memset(v, 'v', sizeof v);
+    struct tbuf blk = {0};
+    hp_request(&blk);
+    for (int i = 0; i < 24; i++) hp_literal(&blk, 0x00, "x-big", v, sizeof v); /* ~96 KB */
+    for (size_t off = 0; off < blk.len; off += 16000) {
+        size_t n = blk.len - off < 16000 ? blk.len - off : 16000;
+        uint8_t flags = (uint8_t)((off + n == blk.len ? NGHTTP2_FLAG_END_HEADERS : 0) |
+                                  (off == 0 ? NGHTTP2_FLAG_END_STREAM : 0));
+        raw_frame(&IN, off == 0 ? NGHTTP2_HEADERS : NGHTTP2_CONTINUATION, flags, 1, blk.p + off, n);
+    }
+    tbuf_free(&blk);
+    blk = (struct tbuf){0};
+    hp_request(&blk);
+    raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | NGHTTP2_FLAG_END_STREAM, 3, blk.p,
+              blk.len);
+    tbuf_free(&blk);
+    h_feed_raw(&H, &IN, 16384);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert_eq(st->hpack_bombs, 0);
+    cr_assert_not(st->calmed);
+    cr_assert_eq(raw_find_goaway(&H.raw_out), -1);
+    cr_assert_eq(H.app.last_refused_http, 431);
+    cr_assert_eq(H.app.ncalls, 1, "the next request is served");
+    cr_assert_eq(H.app.calls[0].id, 3);
+}
+
+/* A call, one message, then trailers (HEADERS with END_STREAM) made of |block|. */
+static void call_then_trailers(const struct tbuf *block) {
+    struct tbuf req = {0};
+    hp_request(&req);
+    raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, 1, req.p, req.len);
+    tbuf_free(&req);
+    uint8_t msg[5 + 3] = {0, 0, 0, 0, 3, 'a', 'b', 'c'};
+    raw_frame(&IN, NGHTTP2_DATA, 0, 1, msg, sizeof msg);
+    raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | NGHTTP2_FLAG_END_STREAM, 1,
+              block->p, block->len);
+}
+
+/* Client trailers are held to the header-list bound: past it the call fails
+ * with RESOURCE_EXHAUSTED, and the connection goes on. */
+Test(h2_abuse, client_trailers_over_the_header_list_bound_fail_the_call, .fini = fini) {
+    bds__h2_config cfg;
+    bds__h2_config_default(&cfg);
+    cfg.header_list_bytes_max = 4096;
+    h_init(&H, &cfg);
+    raw_preface(&IN);
+    static char v[1000];
+    memset(v, 't', sizeof v);
+    struct tbuf tr = {0};
+    for (int i = 0; i < 6; i++) hp_literal(&tr, 0x00, "x-trailer", v, sizeof v);
+    call_then_trailers(&tr);
+    tbuf_free(&tr);
+    h_feed_raw(&H, &IN, IN.len);
+    cr_assert_eq(H.app.ncalls, 1);
+    cr_assert_eq(H.app.calls[0].msgs, 1);
+    cr_assert(H.app.calls[0].errored, "the call failed on its trailers");
+    cr_assert_eq(H.app.calls[0].error_status, BDS_RESOURCE_EXHAUSTED);
+    cr_assert_not(H.app.calls[0].half_closed);
+    cr_assert_not(bds__h2_get_stats(H.app.h2)->calmed);
+    cr_assert_eq(raw_find_goaway(&H.raw_out), -1);
+}
+
+Test(h2_abuse, small_client_trailers_are_fine, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    struct tbuf tr = {0};
+    hp_literal(&tr, 0x00, "x-trailer", "ok", 2);
+    call_then_trailers(&tr);
+    tbuf_free(&tr);
+    h_feed_raw(&H, &IN, IN.len);
+    cr_assert_eq(H.app.ncalls, 1);
+    cr_assert_not(H.app.calls[0].errored);
+    cr_assert(H.app.calls[0].half_closed);
+}
+
+/* A bomb in client trailers ends the connection like one in a request. */
+Test(h2_abuse, hpack_bomb_in_client_trailers_ends_the_connection, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    static uint8_t big[BOMB_ENTRY_VALUE];
+    memset(big, 'b', sizeof big);
+    struct tbuf tr = {0};
+    hp_literal(&tr, 0x40, "x-b", big, sizeof big);
+    for (int r = 0; r < 12000; r++) hp_int(&tr, 0x80, 7, 62);
+    call_then_trailers(&tr);
+    size_t wire = tr.len + 9;
+    tbuf_free(&tr);
+    h_feed_raw(&H, &IN, IN.len);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    uint64_t bound = 4ull * H.cfg.header_list_bytes_max + 2 * wire + BOMB_ENTRY_VALUE + 3 + 200;
+    cr_assert_leq(st->header_bytes_decoded, bound, "decoded %llu",
+                  (unsigned long long)st->header_bytes_decoded);
+    cr_assert_eq(st->hpack_bombs, 1);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
