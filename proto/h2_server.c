@@ -457,6 +457,7 @@ static void h2_stream_reject(bds__h2_conn *c, struct h2_stream *s, int http_stat
     if (code < 0) code = BDS_UNAVAILABLE;
     h2_stream_answer(c, s, http_status, code, msg != NULL ? msg : bds_status_str(status));
     h2_stream_settle(c, s);
+    h2_glitch(c, 1); /* a stream the client had us end at once: a provoked reset */
 }
 
 /* A started call failed on its input: answered by us, the app is told. */
@@ -477,6 +478,9 @@ static void h2_stream_fail(bds__h2_conn *c, struct h2_stream *s, bds_status stat
     h2_stream_settle(c, s);
     if (c->cbs.on_call_error != NULL)
         c->cbs.on_call_error(c->ctx, s->call_ctx, s->id, status, 200);
+    /* The cheapest provoked reset: a message, then a bad prefix; the call's
+     * slot is free again while its handler may still be working. */
+    h2_glitch(c, 1);
 }
 
 /* ---- captured request headers ---------------------------------------------------- */
@@ -930,6 +934,18 @@ static int h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, voi
     bds__h2_conn *c = ud;
     if (frame->hd.type == NGHTTP2_DATA) {
         c->wu_allowance += 3; /* a stream and a connection WINDOW_UPDATE, a BDP PING */
+        return 0;
+    }
+    if (frame->hd.type == NGHTTP2_RST_STREAM) {
+        /* A reset the client provoked ("MadeYouReset"): content-length
+         * mismatch, DATA past the window, an INITIAL_WINDOW_SIZE that overflows
+         * a stream, a refused stream; nghttp2 resets those without telling us,
+         * so they are counted as they leave. RST_STREAM(NO_ERROR) after early
+         * trailers is gRPC's normal end of a call. */
+        if (frame->rst_stream.error_code != NGHTTP2_NO_ERROR) {
+            c->stats.resets_sent++;
+            h2_glitch(c, 1);
+        }
         return 0;
     }
     if (frame->hd.type != NGHTTP2_HEADERS || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))

@@ -87,8 +87,11 @@ typedef struct bds__h2_config {
     /* Flood limits. The glitch bucket: every suspicious frame (PING, SETTINGS,
      * PRIORITY, empty DATA without END_STREAM, WINDOW_UPDATE < 1 KiB, invalid
      * frames, RST_STREAM of a started call — every RST_STREAM when nghttp2
-     * lacks its own reset limiter) takes a
-     * token; an empty bucket ends the connection with GOAWAY(ENHANCE_YOUR_CALM).
+     * lacks its own reset limiter) takes a token, and so does every stream
+     * the client makes us end: an RST_STREAM we send with a code other than
+     * NO_ERROR, a call failed on its input, a request refused at its headers
+     * ("MadeYouReset"). An empty bucket ends the connection with
+     * GOAWAY(ENHANCE_YOUR_CALM).
      * 0 rate = no refill. The burst stays below max_outbound_ack so that a
      * PING/SETTINGS flood from a client that never reads is calmed with a
      * GOAWAY before nghttp2's ACK-queue limit kills the session outright. */
@@ -186,6 +189,7 @@ typedef struct bds__h2_stats {
     uint64_t calls_failed;    /* answered on bad input after starting */
     uint64_t calls_reset;     /* on_reset delivered                   */
     uint64_t glitches;        /* suspicious frames counted            */
+    uint64_t resets_sent;     /* RST_STREAM other than NO_ERROR sent  */
     uint64_t header_bytes_decoded; /* names + values of every header
                                  block the header callback saw        */
     uint64_t hpack_bombs;     /* header blocks over the decoded bound */

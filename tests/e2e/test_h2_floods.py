@@ -92,8 +92,12 @@ class Conn:
 
     def frames_until_close(self, deadline_s=10):
         """Every frame the server sends until it closes (or the deadline)."""
+        return self.frames_until(lambda frames: False, deadline_s)
+
+    def frames_until(self, done, deadline_s=10):
+        """Frames the server sends until done(frames so far), it closes, or the deadline."""
         frames, end = [], time.monotonic() + deadline_s
-        while time.monotonic() < end:
+        while time.monotonic() < end and not done(frames):
             try:
                 chunk = self.s.recv(65536)
             except socket.timeout:
@@ -217,6 +221,35 @@ class Floods(unittest.TestCase):
         self.assertEqual(goaway_code(frames), ENHANCE_YOUR_CALM, [f[0] for f in frames][:20])
         self.assertTrue(c.closed, 'the server closed the connection')
         self.assertFalse([f for f in frames if f[0] == HEADERS], 'no call was answered')
+        self.assert_still_serving()
+
+    def test_provoked_resets_get_enhance_your_calm(self):
+        # "MadeYouReset": each stream carries a message, then a prefix with the
+        # compressed flag and no grpc-encoding, so the server ends it with
+        # INTERNAL at once and the client opens the next one.
+        # Batches stay under MAX_CONCURRENT_STREAMS and each waits for its
+        # answers, so no stream is refused and no frame is invalid: only the
+        # resets count.
+        hdr = request_headers()
+        msg = g.frame('k', 1, b'w')
+        good = b'\0' + struct.pack('>I', len(msg)) + msg
+        bad = b'\1' + struct.pack('>I', 1) + b'z'
+        c = Conn(self.srv.addr)
+        c.start()
+        frames, sid, batch = [], 1, 100
+        while sid < 2 * 3000 and goaway_code(frames) is None and not c.closed:
+            sids = range(sid, sid + 2 * batch, 2)
+            sid += 2 * batch
+            c.send(b''.join(h2frame(HEADERS, END_HEADERS, s, hdr) + h2frame(DATA, 0, s, good) +
+                            h2frame(DATA, 0, s, bad) for s in sids))
+            last = sids[-1]
+            frames += c.frames_until(lambda fs: any(f[0] == GOAWAY or (f[0] == RST_STREAM and f[2] == last)
+                                                    for f in fs))
+        frames += c.frames_until_close()
+        c.close()
+        answered = sum(1 for f in frames if f[0] == RST_STREAM)
+        self.assertEqual(goaway_code(frames), ENHANCE_YOUR_CALM, '%d streams answered' % answered)
+        self.assertLess(answered, 1000)
         self.assert_still_serving()
 
     def test_bad_preface_is_closed(self):

@@ -638,3 +638,106 @@ Test(h2_abuse, hpack_bomb_in_client_trailers_ends_the_connection, .fini = fini) 
     assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
     bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
 }
+
+/* ---- resets the client makes us send ("MadeYouReset") ------------------------------ */
+
+/* |n| streams, each made to fail by |provoke|; fed in 16 KiB reads with the
+ * output drained in between, as a socket would. */
+static void provoked_resets(int n, void (*provoke)(int32_t sid)) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    for (int i = 0; i < n; i++) provoke(1 + 2 * i);
+    h_feed_raw(&H, &IN, 16384);
+}
+
+/* The cheapest: a message, then a prefix with the compressed flag (no
+ * grpc-encoding): INTERNAL, and the call's slot is free again. */
+static void provoke_compressed_flag(int32_t sid) {
+    struct tbuf req = {0};
+    hp_request(&req);
+    raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, sid, req.p, req.len);
+    tbuf_free(&req);
+    uint8_t msg[5 + 3] = {0, 0, 0, 0, 3, 'a', 'b', 'c'};
+    raw_frame(&IN, NGHTTP2_DATA, 0, sid, msg, sizeof msg);
+    uint8_t bad[5 + 1] = {1, 0, 0, 0, 1, 'z'};
+    raw_frame(&IN, NGHTTP2_DATA, 0, sid, bad, sizeof bad);
+}
+
+Test(h2_abuse, calls_failed_on_their_input_count_against_the_connection, .fini = fini) {
+    provoked_resets(3000, provoke_compressed_flag);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert(st->calmed, "%llu calls failed, no GOAWAY", (unsigned long long)st->calls_failed);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert_leq(st->calls_failed, 501, "failed %llu", (unsigned long long)st->calls_failed);
+    cr_assert(H.app.calls[0].errored);
+    cr_assert_eq(H.app.calls[0].error_status, BDS_INTERNAL);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
+/* nghttp2 resets a stream whose DATA exceeds its content-length without a
+ * callback: the RST_STREAM(PROTOCOL_ERROR) it sends is counted as it leaves. */
+static void provoke_content_length(int32_t sid) {
+    struct tbuf req = {0};
+    hp_request(&req);
+    hp_literal(&req, 0x00, "content-length", "1", 1);
+    raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, sid, req.p, req.len);
+    tbuf_free(&req);
+    uint8_t msg[5 + 3] = {0, 0, 0, 0, 3, 'a', 'b', 'c'};
+    raw_frame(&IN, NGHTTP2_DATA, NGHTTP2_FLAG_END_STREAM, sid, msg, sizeof msg);
+}
+
+Test(h2_abuse, resets_nghttp2_sends_by_itself_count_against_the_connection, .fini = fini) {
+    provoked_resets(3000, provoke_content_length);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert(st->calmed, "%d RST_STREAM sent, no GOAWAY", raw_count(&H.raw_out, NGHTTP2_RST_STREAM));
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert_gt(st->resets_sent, 0);
+    cr_assert_leq(raw_count(&H.raw_out, NGHTTP2_RST_STREAM), 502);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
+/* Requests refused at their headers (here an unknown method) count too. */
+static void provoke_unknown_method(int32_t sid) {
+    struct tbuf req = {0};
+    hp_literal(&req, 0x00, ":method", "POST", 4);
+    hp_literal(&req, 0x00, ":scheme", "http", 4);
+    hp_literal(&req, 0x00, ":path", "/no.Such/Method", 15);
+    hp_literal(&req, 0x00, ":authority", "localhost", 9);
+    hp_literal(&req, 0x00, "content-type", "application/grpc", 16);
+    hp_literal(&req, 0x00, "te", "trailers", 8);
+    raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, sid, req.p, req.len);
+    tbuf_free(&req);
+}
+
+Test(h2_abuse, requests_refused_at_their_headers_count_against_the_connection, .fini = fini) {
+    provoked_resets(3000, provoke_unknown_method);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert(st->calmed, "%llu refused, no GOAWAY", (unsigned long long)st->calls_refused);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert_leq(st->calls_refused, 501);
+}
+
+/* A well-behaved connection that ends its calls normally, early trailers
+ * (RST_STREAM(NO_ERROR)) included, is never counted. */
+Test(h2_abuse, calls_ended_normally_are_not_counted, .fini = fini) {
+    h_init(&H, NULL);
+    H.app.echo = true;
+    H.app.finish_on_half_close = true;
+    for (int i = 0; i < 600; i++) {
+        struct cstream *c = h_call(&H, PIPE, NULL, 0);
+        h_send_msg(&H, c, "hi", 2);
+        if (i % 2 == 0) { /* the server ends first: trailers, then RST_STREAM(NO_ERROR) */
+            h_pump(&H);
+            cr_assert_eq(bds__h2_finish(H.app.h2, c->id, BDS_OK, NULL), BDS_OK);
+        } else {
+            h_end(&H, c);
+        }
+        h_pump(&H);
+        cr_assert_eq(c->grpc_status, 0);
+        cr_assert(i % 2 == 1 || (c->rst_recv && c->rst_code == NGHTTP2_NO_ERROR));
+    }
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert_eq(st->resets_sent, 0);
+    cr_assert_not(st->calmed);
+    cr_assert_leq(st->glitches, 2, "glitches %llu", (unsigned long long)st->glitches);
+}
