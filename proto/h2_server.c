@@ -75,6 +75,9 @@ enum h2s_end { H2S_END_NONE = 0, H2S_END_APP, H2S_END_SESSION, H2S_END_PEER };
 
 #define H2_GRPC_MESSAGE_RAW_MAX 1024u  /* longer grpc-message texts are cut     */
 #define H2_SMALL_WINDOW_UPDATE 1024u   /* a WINDOW_UPDATE below this is a glitch */
+#define H2_EARNED_PER_DATA 3u          /* a stream and a connection WINDOW_UPDATE
+                                          and a BDP PING per DATA frame we send   */
+#define H2_EARNED_MAX (H2_EARNED_PER_DATA * 1024u) /* for the last 1024 of them  */
 #define H2_OUT_BUF_MIN 1024u
 #define H2_FRAME_HD_BYTES 9u           /* RFC 9113 §4.1 */
 #define H2_GOAWAY_BYTES 17u            /* header + last-stream-id + error code */
@@ -677,6 +680,10 @@ static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, voi
             h2_stream_remote_end(c, s);
         break;
     case NGHTTP2_DATA:
+        /* Only padding and no END_STREAM: an empty DATA frame in disguise
+         * (on_begin_frame counts the plain ones; padlen is known only now). */
+        if (frame->hd.length > 0 && frame->data.padlen == frame->hd.length && !end)
+            h2_glitch(c, 1);
         s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
         if (s != NULL && end) h2_stream_remote_end(c, s);
         break;
@@ -933,7 +940,10 @@ static int h2_on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint
 static int h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
     bds__h2_conn *c = ud;
     if (frame->hd.type == NGHTTP2_DATA) {
-        c->wu_allowance += 3; /* a stream and a connection WINDOW_UPDATE, a BDP PING */
+        /* Capped: a client that read a long download must not bank a free
+         * flood of PINGs for later, only answer what it is reading now. */
+        c->wu_allowance += H2_EARNED_PER_DATA;
+        if (c->wu_allowance > H2_EARNED_MAX) c->wu_allowance = H2_EARNED_MAX;
         return 0;
     }
     if (frame->hd.type == NGHTTP2_RST_STREAM) {

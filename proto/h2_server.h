@@ -85,7 +85,8 @@ typedef struct bds__h2_config {
                                          wire_bytes then reports only the rest.
                                          Default false: the app credits everything */
     /* Flood limits. The glitch bucket: every suspicious frame (PING, SETTINGS,
-     * PRIORITY, empty DATA without END_STREAM, WINDOW_UPDATE < 1 KiB, invalid
+     * PRIORITY, empty or padding-only DATA without END_STREAM, WINDOW_UPDATE
+     * < 1 KiB and PING beyond 3 per DATA frame we sent (at most 3072 banked), invalid
      * frames, RST_STREAM of a started call — every RST_STREAM when nghttp2
      * lacks its own reset limiter) takes a token, and so does every stream
      * the client makes us end: an RST_STREAM we send with a code other than

@@ -741,3 +741,66 @@ Test(h2_abuse, calls_ended_normally_are_not_counted, .fini = fini) {
     cr_assert_not(st->calmed);
     cr_assert_leq(st->glitches, 2, "glitches %llu", (unsigned long long)st->glitches);
 }
+
+/* ---- frames that used to escape the glitch bucket ----------------------------------- */
+
+/* DATA frames with only padding are empty DATA frames in disguise. */
+Test(h2_abuse, padding_only_data_flood_terminates, .fini = fini) {
+    h_init(&H, NULL);
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    headers_frame(d, 1, 0);
+    nghttp2_hd_deflate_del(d);
+    uint8_t padded[1 + 4] = {4, 0, 0, 0, 0}; /* Pad Length 4, no data */
+    flood(NGHTTP2_DATA, NGHTTP2_FLAG_PADDED, 1, padded, sizeof padded, 5000);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert_eq(H.app.ncalls, 1);
+    cr_assert(bds__h2_get_stats(H.app.h2)->calmed, "glitches %llu",
+              (unsigned long long)bds__h2_get_stats(H.app.h2)->glitches);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
+/* Padding around real data is fine. */
+Test(h2_abuse, padded_data_with_a_message_is_fine, .fini = fini) {
+    h_init(&H, NULL);
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    headers_frame(d, 1, 0);
+    nghttp2_hd_deflate_del(d);
+    uint8_t padded[1 + 8 + 4] = {4, 0, 0, 0, 0, 3, 'a', 'b', 'c', 0, 0, 0, 0};
+    flood(NGHTTP2_DATA, NGHTTP2_FLAG_PADDED, 1, padded, sizeof padded, 1000);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert_not(bds__h2_get_stats(H.app.h2)->calmed);
+    cr_assert_eq(H.app.calls[0].msgs, 1000);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
+/* The allowance our DATA frames earn is capped: a client that read a long
+ * download cannot bank it for a PING flood later. */
+Test(h2_abuse, pings_earned_by_our_data_are_capped, .fini = fini) {
+    h_init(&H, NULL);
+    H.app.echo = true;
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    headers_frame(d, 1, 0);
+    nghttp2_hd_deflate_del(d);
+    h_feed_raw(&H, &IN, IN.len);
+    tbuf_free(&IN);
+    uint8_t msg[5 + 8] = {0, 0, 0, 0, 8, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'};
+    for (int i = 0; i < 3000; i++) raw_frame(&IN, NGHTTP2_DATA, 0, 1, msg, sizeof msg);
+    h_feed_raw(&H, &IN, 9 + sizeof msg); /* one reply, one DATA frame per read */
+    int data_frames = raw_count(&H.raw_out, NGHTTP2_DATA);
+    cr_assert_geq(data_frames, 3000, "reply DATA frames: %d", data_frames);
+    tbuf_free(&IN);
+    uint8_t opaque[8] = {0};
+    flood(NGHTTP2_PING, 0, 0, opaque, 8, 3 * 1024 + 600); /* the cap, then over the burst */
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert(bds__h2_get_stats(H.app.h2)->calmed, "glitches %llu",
+              (unsigned long long)bds__h2_get_stats(H.app.h2)->glitches);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
