@@ -177,6 +177,11 @@ class Floods(unittest.TestCase):
     def test_ping_flood_gets_enhance_your_calm(self):
         self.flood(b''.join(h2frame(PING, 0, 0, b'12345678') for _ in range(20000)), (ENHANCE_YOUR_CALM,))
 
+    def test_padding_only_data_flood_gets_enhance_your_calm(self):
+        padded = b'\x04' + b'\0' * 4  # Pad Length 4, no data
+        self.flood(h2frame(HEADERS, END_HEADERS, 1, request_headers()) +
+                   b''.join(h2frame(DATA, 0x8, 1, padded) for _ in range(5000)), (ENHANCE_YOUR_CALM,))
+
     def test_huge_header_list_gets_431_and_the_connection_keeps_working(self):
         big = request_headers(extra=[(b'x-big-%d' % i, b'v' * 4000) for i in range(24)])  # ~96 KB
         chunks = [big[i:i + 16000] for i in range(0, len(big), 16000)]
