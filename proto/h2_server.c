@@ -64,6 +64,7 @@
 #include "h2_server.h"
 
 #include <nghttp2/nghttp2.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "base.h"
@@ -1438,4 +1439,38 @@ unsigned bds__h2_nghttp2_features(void) {
     f |= BDS_H2_FEAT_MAX_SETTINGS;
 #endif
     return f;
+}
+
+bool bds__h2_nghttp2_describe(char *buf, size_t cap, const char *loaded, int loaded_num,
+                              const char *built, int built_num, unsigned features) {
+    BDS_ASSERT(buf != NULL && cap > 0 && loaded != NULL && built != NULL);
+    static const struct { unsigned bit; const char *name; } prot[] = {
+        {BDS_H2_FEAT_STREAM_RESET_RATE_LIMIT, "stream reset rate limit (rapid reset)"},
+        {BDS_H2_FEAT_MAX_CONTINUATIONS, "CONTINUATION limit"},
+        {BDS_H2_FEAT_MAX_OUTBOUND_ACK, "outbound ACK limit"},
+        {BDS_H2_FEAT_MAX_SETTINGS, "SETTINGS entries limit"},
+    };
+    bool older = loaded_num < built_num, missing = (features & BDS_H2_FEAT_ALL) != BDS_H2_FEAT_ALL;
+    size_t n = 0;
+    int k = snprintf(buf, cap, "libnghttp2 %s loaded, built against %s%s", loaded, built,
+                     older ? " (older)" : "");
+    n = k < 0 ? 0 : (size_t)k < cap ? (size_t)k : cap - 1;
+    for (int pass = 0; pass < 2; pass++) {
+        bool first = true;
+        for (size_t i = 0; i < sizeof prot / sizeof prot[0]; i++) {
+            if (((features & prot[i].bit) != 0) != (pass == 0)) continue;
+            k = snprintf(buf + n, cap - n, "%s%s", first ? (pass == 0 ? "; uses: " : "; LACKS: ") : ", ",
+                         prot[i].name);
+            first = false;
+            n = k < 0 ? n : (size_t)k < cap - n ? n + (size_t)k : cap - 1;
+        }
+    }
+    return older || missing;
+}
+
+bool bds__h2_nghttp2_report(char *buf, size_t cap) {
+    const nghttp2_info *info = nghttp2_version(0);
+    return bds__h2_nghttp2_describe(buf, cap, info->version_str, info->version_num,
+                                    NGHTTP2_VERSION, NGHTTP2_VERSION_NUM,
+                                    bds__h2_nghttp2_features());
 }

@@ -313,5 +313,18 @@ const bds__h2_stats *bds__h2_get_stats(const bds__h2_conn *conn);
 #define BDS_H2_FEAT_MAX_OUTBOUND_ACK (1u << 2)
 #define BDS_H2_FEAT_MAX_SETTINGS (1u << 3)
 unsigned bds__h2_nghttp2_features(void);
+#define BDS_H2_FEAT_ALL 0xfu
+
+/* Describes the libnghttp2 this process loaded into |buf| (NUL-terminated,
+ * cut to |cap|): its version, the one built against, and the flood
+ * protections this build uses or lacks. Returns true when that deserves a
+ * warning at start: a protection is missing (nghttp2 older than 1.52.0-1+deb12u3
+ * at build time: no rapid-reset or CONTINUATION limit of its own), or the
+ * library loaded is older than the one built against. Debian's backports keep
+ * the version string "1.52.0", so only what the build detected names them. */
+bool bds__h2_nghttp2_report(char *buf, size_t cap);
+/* The same over given facts (versions as NGHTTP2_VERSION_NUM, 0xMMmmpp). */
+bool bds__h2_nghttp2_describe(char *buf, size_t cap, const char *loaded, int loaded_num,
+                              const char *built, int built_num, unsigned features);
 
 #endif
