@@ -7,7 +7,9 @@
  * and freed at on_stream_close) and turns nghttp2's callbacks into call events:
  *
  *   on_begin_headers  → record in H2S_HEADERS; request checker started
- *   on_header         → bds__grpc_req_header (validation, our header-size bound)
+ *   on_header         → bds__grpc_req_header (validation, our header-size bound);
+ *                       every block's decoded bytes → HPACK bomb bound (GOAWAY);
+ *                       client trailers → the same header-size bound
  *   on_frame_recv     → HEADERS: verdict → on_call_start, or answered at once;
  *                       END_STREAM: truncation check → on_half_close
  *   on_data_chunk_recv→ ledger; gRPC deframer → on_message / answered error
@@ -15,7 +17,9 @@
  *   on_begin_frame, on_invalid_frame_recv, on_frame_recv(WINDOW_UPDATE)
  *                     → glitch bucket → terminate with ENHANCE_YOUR_CALM
  *   on_frame_send     → RST_STREAM(NO_ERROR) after our END_STREAM when the
- *                       client has not ended its side (gRPC early trailers)
+ *                       client has not ended its side (gRPC early trailers);
+ *                       an RST_STREAM we send with an error → glitch bucket
+ *                       (as are calls we fail or refuse: provoked resets)
  *
  * Output: the first message submits the response HEADERS with a data provider
  * whose read callback packs queued, framed messages into DATA frames (several

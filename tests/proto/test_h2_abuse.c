@@ -804,3 +804,29 @@ Test(h2_abuse, pings_earned_by_our_data_are_capped, .fini = fini) {
     assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
     bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
 }
+
+/* An INITIAL_WINDOW_SIZE that overflows the send window of every stream:
+ * nghttp2 resets them all (FLOW_CONTROL_ERROR) without a callback, so one
+ * SETTINGS frame provokes a thousand resets. They are counted as they leave. */
+Test(h2_abuse, initial_window_size_overflow_resets_count_against_the_connection, .fini = fini) {
+    h_init(&H, NULL);
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    uint32_t inc = 0x7fffffffu - 65535u; /* the stream's send window to the maximum */
+    uint8_t wu[4] = {(uint8_t)(inc >> 24), (uint8_t)(inc >> 16), (uint8_t)(inc >> 8), (uint8_t)inc};
+    for (int i = 0; i < 1000; i++) {
+        headers_frame(d, 1 + 2 * i, 0);
+        raw_frame(&IN, NGHTTP2_WINDOW_UPDATE, 0, 1 + 2 * i, wu, 4);
+    }
+    nghttp2_hd_deflate_del(d);
+    uint8_t iws[6] = {0, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 0, 1, 0, 0}; /* 65536: +1 */
+    raw_frame(&IN, NGHTTP2_SETTINGS, 0, 0, iws, sizeof iws);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert_eq(H.app.ncalls, 1000);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert(st->calmed, "%llu resets sent, glitches %llu", (unsigned long long)st->resets_sent,
+              (unsigned long long)st->glitches);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
