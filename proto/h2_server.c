@@ -86,6 +86,7 @@ enum h2s_end { H2S_END_NONE = 0, H2S_END_APP, H2S_END_SESSION, H2S_END_PEER };
 #define H2_OUT_BUF_MIN 1024u
 #define H2_FRAME_HD_BYTES 9u           /* RFC 9113 §4.1 */
 #define H2_GOAWAY_BYTES 17u            /* header + last-stream-id + error code */
+#define H2_FIELD_OVERHEAD 32u          /* RFC 7541 §4.1: a field's size adds 32 */
 /* HPACK bomb bound: name + value bytes one header block may decode to. */
 #define H2_HPACK_LIST_FACTOR 4u        /* x header_list_bytes_max, plus           */
 #define H2_HPACK_WIRE_FACTOR 2u        /* x the block's bytes on the wire (Huffman
@@ -590,7 +591,7 @@ static bool h2_hpack_bomb(bds__h2_conn *c, size_t wire) {
  * size): past it the call fails with RESOURCE_EXHAUSTED. */
 static void h2_trailer_header(bds__h2_conn *c, struct h2_stream *s, size_t namelen,
                               size_t valuelen) {
-    c->hb_list_bytes += namelen + valuelen + 32u;
+    c->hb_list_bytes += namelen + valuelen + H2_FIELD_OVERHEAD;
     if (c->hb_list_bytes > c->cfg.header_list_bytes_max && s != NULL && s->state == H2S_OPEN)
         h2_stream_fail(c, s, BDS_RESOURCE_EXHAUSTED, "request trailers too large");
 }
@@ -607,7 +608,9 @@ static int h2_on_header(nghttp2_session *ng, const nghttp2_frame *frame, const u
     struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
     if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
         h2_trailer_header(c, s, namelen, valuelen);
-        return c->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+        /* Calmed (the failed call was the last straw): skip the rest of the block. */
+        if (c->fatal) return NGHTTP2_ERR_CALLBACK_FAILURE;
+        return c->stats.calmed ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
     }
     if (s == NULL || s->state != H2S_HEADERS) return 0;
     /* Past the list bound we keep returning 0: HPACK state must still be
@@ -1454,18 +1457,19 @@ bool bds__h2_nghttp2_describe(char *buf, size_t cap, const char *loaded, int loa
         {BDS_H2_FEAT_MAX_OUTBOUND_ACK, "outbound ACK limit"},
         {BDS_H2_FEAT_MAX_SETTINGS, "SETTINGS entries limit"},
     };
-    bool older = loaded_num < built_num, missing = (features & BDS_H2_FEAT_ALL) != BDS_H2_FEAT_ALL;
-    size_t n = 0;
+    bool older = loaded_num < built_num;
+    bool missing = (features & BDS_H2_FEAT_ALL) != BDS_H2_FEAT_ALL;
+    buf[0] = '\0';
     int k = snprintf(buf, cap, "libnghttp2 %s loaded, built against %s%s", loaded, built,
                      older ? " (older)" : "");
-    n = k < 0 ? 0 : (size_t)k < cap ? (size_t)k : cap - 1;
+    size_t n = k < 0 ? 0 : (size_t)k < cap ? (size_t)k : cap - 1;
+    /* Pass 0 lists what the build uses, pass 1 what it lacks. */
     for (int pass = 0; pass < 2; pass++) {
-        bool first = true;
+        const char *sep = pass == 0 ? "; uses: " : "; LACKS: ";
         for (size_t i = 0; i < sizeof prot / sizeof prot[0]; i++) {
             if (((features & prot[i].bit) != 0) != (pass == 0)) continue;
-            k = snprintf(buf + n, cap - n, "%s%s", first ? (pass == 0 ? "; uses: " : "; LACKS: ") : ", ",
-                         prot[i].name);
-            first = false;
+            k = snprintf(buf + n, cap - n, "%s%s", sep, prot[i].name);
+            sep = ", ";
             n = k < 0 ? n : (size_t)k < cap - n ? n + (size_t)k : cap - 1;
         }
     }

@@ -66,6 +66,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
+def peak_rss_kib(pid):
+    """VmHWM of a process (its peak resident set so far), in KiB."""
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    return -1
+
+
 def request_headers(path=b'/bidistream.v1.Pipeline/Process', extra=()):
     return hpack([(b':method', b'POST'), (b':scheme', b'http'), (b':path', path), (b':authority', b'localhost'),
                   (b'content-type', b'application/grpc'), (b'te', b'trailers'), *extra])
@@ -221,8 +230,8 @@ class Floods(unittest.TestCase):
         frames = c.frames_until_close()
         elapsed, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
         c.close()
-        sys.stderr.write('hpack bomb: %d bytes sent, connection ended after %.3f s, server CPU %.3f s\n'
-                         % (len(PREFACE) + 9 + len(bomb), elapsed, cpu))
+        sys.stderr.write('hpack bomb: %d bytes sent, connection ended after %.3f s, server CPU %.3f s, '
+                         'server peak RSS %d KiB\n' % (len(PREFACE) + 9 + len(bomb), elapsed, cpu, peak_rss_kib(pid)))
         self.assertEqual(goaway_code(frames), ENHANCE_YOUR_CALM, [f[0] for f in frames][:20])
         self.assertTrue(c.closed, 'the server closed the connection')
         self.assertFalse([f for f in frames if f[0] == HEADERS], 'no call was answered')
@@ -253,6 +262,8 @@ class Floods(unittest.TestCase):
         frames += c.frames_until_close()
         c.close()
         answered = sum(1 for f in frames if f[0] == RST_STREAM)
+        sys.stderr.write('provoked resets: %d streams answered before GOAWAY %r, server peak RSS %d KiB\n'
+                         % (answered, goaway_code(frames), peak_rss_kib(self.srv.proc.pid)))
         self.assertEqual(goaway_code(frames), ENHANCE_YOUR_CALM, '%d streams answered' % answered)
         self.assertLess(answered, 1000)
         self.assert_still_serving()

@@ -689,7 +689,8 @@ static void provoke_content_length(int32_t sid) {
 Test(h2_abuse, resets_nghttp2_sends_by_itself_count_against_the_connection, .fini = fini) {
     provoked_resets(3000, provoke_content_length);
     const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
-    cr_assert(st->calmed, "%d RST_STREAM sent, no GOAWAY", raw_count(&H.raw_out, NGHTTP2_RST_STREAM));
+    cr_assert(st->calmed, "%d RST_STREAM sent, no GOAWAY",
+              raw_count(&H.raw_out, NGHTTP2_RST_STREAM));
     assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
     cr_assert_gt(st->resets_sent, 0);
     cr_assert_leq(raw_count(&H.raw_out, NGHTTP2_RST_STREAM), 502);
