@@ -169,8 +169,9 @@ typedef struct bds__h2_callbacks {
                      uint32_t h2_error);
     /* The session answered a call by itself. |call_ctx| NULL: a request refused
      * at its headers (never started; informational). Non-NULL: a started call
-     * failed on its input (message over the limit → RESOURCE_EXHAUSTED,
-     * compressed flag without grpc-encoding or truncated message → INTERNAL);
+     * failed on its input (message or client trailers over the limit →
+     * RESOURCE_EXHAUSTED, compressed flag without grpc-encoding or truncated
+     * message → INTERNAL);
      * trailers are on their way and the call is over for the app. Optional. */
     void (*on_call_error)(void *ctx, void *call_ctx, int32_t stream_id, bds_status status,
                           int http_status);
