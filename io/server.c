@@ -1148,6 +1148,9 @@ bds_status bds_server_run(bds_server *srv) {
         parse_listen(srv->listen, host, sizeof host, &port);
         fprintf(stderr, "bidistreamd: listening on %s:%u with %u shard%s\n", host, srv->port, n, n == 1 ? "" : "s");
     }
+    char ng[320]; /* which libnghttp2 and flood protections: a warning when one is missing or it is older */
+    bool ng_warn = bds__h2_nghttp2_report(ng, sizeof ng);
+    if (srv->cfg.log_level >= (ng_warn ? 1 : 3)) fprintf(stderr, "bidistreamd: %s%s\n", ng_warn ? "warning: " : "", ng);
     atomic_store(&srv->live_group, srv->group);
     if (atomic_load(&srv->stop_requested)) bds__group_stop(srv->group); /* stopped before it ran */
     bds__group_run(srv->group);

@@ -7,10 +7,12 @@
  * (gRPC PROTOCOL-HTTP2: "Compressed-Flag ... 1 ... MUST be accompanied by a
  * grpc-encoding"), and the length must not exceed _msg_bytes_max. Phase two
  * hands the body out in place when it lies wholly in the rest of the chunk,
- * else copies it into _buf, sized to exactly that message.
+ * else copies it into _buf, which grows (doubling, up to that message's
+ * length) as its bytes arrive.
  *
  * Invariants: _hdr_have <= 5; _msg_have <= _msg_len <= _msg_bytes_max;
- * _msg_have > 0 implies _hdr_have == 5 and _buf holds _msg_have bytes;
+ * _msg_have > 0 implies _hdr_have == 5 and _buf holds _msg_have bytes
+ * (_msg_have <= _buf_cap);
  * _failed is sticky.
  *
  * Memory: _buf comes from the caller's bds__palloc and is kept between
@@ -26,6 +28,7 @@
 #include "base.h"
 
 #define DEFRAME_KEEP_BYTES (64u * 1024u)
+#define DEFRAME_MIN_BYTES 4096u /* the first buffer of a split message */
 
 /* A zero-length message still gets a non-NULL body pointer. */
 static const uint8_t deframe_empty[1] = {0};
@@ -120,15 +123,31 @@ static bool deframe_check_prefix(bds__grpc_deframer *d, bds__grpc_ev *ev) {
     return true;
 }
 
-/* Makes _buf at least _msg_len bytes. Only called before the first body byte
- * is buffered, so nothing needs to be carried over. */
-static bool deframe_reserve(bds__grpc_deframer *d) {
-    BDS_ASSERT(d->_msg_have == 0);
-    if (d->_buf_cap >= d->_msg_len) return true;
-    if (d->_buf != NULL) d->_alloc->free_fn(d->_buf, d->_alloc->ctx);
-    d->_buf = d->_alloc->malloc_fn(d->_msg_len, d->_alloc->ctx);
-    d->_buf_cap = d->_buf != NULL ? d->_msg_len : 0;
-    return d->_buf != NULL;
+/* Makes room in _buf for |n| more body bytes. The buffer grows geometrically
+ * as bytes arrive, never past the message, so memory follows what the client
+ * sent (at most twice that, or DEFRAME_MIN_BYTES), not what its prefix
+ * announced: six bytes in, 4 MiB allocated was a cheap way to pin memory.
+ * Before the first body byte nothing needs to be carried over. */
+static bool deframe_grow(bds__grpc_deframer *d, size_t n) {
+    size_t need = (size_t)d->_msg_have + n;
+    BDS_ASSERT(need <= d->_msg_len);
+    if (need <= d->_buf_cap) return true;
+    size_t cap = d->_buf_cap < DEFRAME_MIN_BYTES ? DEFRAME_MIN_BYTES : (size_t)d->_buf_cap * 2;
+    if (cap < need) cap = need;
+    if (cap > d->_msg_len) cap = d->_msg_len;
+    uint8_t *p;
+    if (d->_msg_have == 0) {
+        d->_alloc->free_fn(d->_buf, d->_alloc->ctx);
+        d->_buf = NULL;
+        d->_buf_cap = 0;
+        p = d->_alloc->malloc_fn(cap, d->_alloc->ctx);
+    } else {
+        p = d->_alloc->realloc_fn(d->_buf, cap, d->_alloc->ctx); /* NULL: _buf still ours */
+    }
+    if (p == NULL) return false;
+    d->_buf = p;
+    d->_buf_cap = (uint32_t)cap;
+    return true;
 }
 
 /* The common case, at a message boundary: an uncompressed message whose
@@ -190,11 +209,12 @@ size_t bds__grpc_deframe(bds__grpc_deframer *d, const uint8_t *in, size_t len, b
         deframe_deliver(d, ev, in + used, false);
         return used + missing;
     }
-    if (d->_msg_have == 0 && !deframe_reserve(d)) {
+    size_t n = avail < missing ? avail : missing;
+    if (n == 0) return used; /* the chunk ended with the prefix */
+    if (!deframe_grow(d, n)) {
         deframe_fail(d, ev, BDS_E_NOMEM, "out of memory buffering a message", d->_msg_len);
         return used;
     }
-    size_t n = avail < missing ? avail : missing;
     memcpy(d->_buf + d->_msg_have, in + used, n);
     d->_msg_have += (uint32_t)n;
     used += n;

@@ -17,8 +17,10 @@
  * The 5-byte prefix is checked (flag, length against the limit) BEFORE a single
  * body byte is buffered: an oversized message costs nothing but its prefix.
  * A message lying wholly inside the current chunk is handed out in place (no
- * copy); a message split across chunks is copied once into a buffer sized
- * exactly to it from the caller's allocator.
+ * copy); a message split across chunks is copied into a buffer from the
+ * caller's allocator that grows as its bytes arrive (doubling from 4 KiB, never
+ * past the message), so memory follows the bytes received, not the length
+ * announced.
  *
  * Thread/Shard: a deframer belongs to one stream; no internal locking. */
 #ifndef BDS_PROTO_GRPC_FRAME_H

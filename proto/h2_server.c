@@ -7,7 +7,9 @@
  * and freed at on_stream_close) and turns nghttp2's callbacks into call events:
  *
  *   on_begin_headers  → record in H2S_HEADERS; request checker started
- *   on_header         → bds__grpc_req_header (validation, our header-size bound)
+ *   on_header         → bds__grpc_req_header (validation, our header-size bound);
+ *                       every block's decoded bytes → HPACK bomb bound (GOAWAY);
+ *                       client trailers → the same header-size bound
  *   on_frame_recv     → HEADERS: verdict → on_call_start, or answered at once;
  *                       END_STREAM: truncation check → on_half_close
  *   on_data_chunk_recv→ ledger; gRPC deframer → on_message / answered error
@@ -15,7 +17,9 @@
  *   on_begin_frame, on_invalid_frame_recv, on_frame_recv(WINDOW_UPDATE)
  *                     → glitch bucket → terminate with ENHANCE_YOUR_CALM
  *   on_frame_send     → RST_STREAM(NO_ERROR) after our END_STREAM when the
- *                       client has not ended its side (gRPC early trailers)
+ *                       client has not ended its side (gRPC early trailers);
+ *                       an RST_STREAM we send with an error → glitch bucket
+ *                       (as are calls we fail or refuse: provoked resets)
  *
  * Output: the first message submits the response HEADERS with a data provider
  * whose read callback packs queued, framed messages into DATA frames (several
@@ -64,6 +68,7 @@
 #include "h2_server.h"
 
 #include <nghttp2/nghttp2.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "base.h"
@@ -75,9 +80,17 @@ enum h2s_end { H2S_END_NONE = 0, H2S_END_APP, H2S_END_SESSION, H2S_END_PEER };
 
 #define H2_GRPC_MESSAGE_RAW_MAX 1024u  /* longer grpc-message texts are cut     */
 #define H2_SMALL_WINDOW_UPDATE 1024u   /* a WINDOW_UPDATE below this is a glitch */
+#define H2_EARNED_PER_DATA 3u          /* a stream and a connection WINDOW_UPDATE
+                                          and a BDP PING per DATA frame we send   */
+#define H2_EARNED_MAX (H2_EARNED_PER_DATA * 1024u) /* for the last 1024 of them  */
 #define H2_OUT_BUF_MIN 1024u
 #define H2_FRAME_HD_BYTES 9u           /* RFC 9113 §4.1 */
 #define H2_GOAWAY_BYTES 17u            /* header + last-stream-id + error code */
+#define H2_FIELD_OVERHEAD 32u          /* RFC 7541 §4.1: a field's size adds 32 */
+/* HPACK bomb bound: name + value bytes one header block may decode to. */
+#define H2_HPACK_LIST_FACTOR 4u        /* x header_list_bytes_max, plus           */
+#define H2_HPACK_WIRE_FACTOR 2u        /* x the block's bytes on the wire (Huffman
+                                          decodes at most 8/5 of its input)        */
 
 BDS_STATIC_ASSERT(sizeof(((bds__h2_msg *)0)->_prefix) == BDS_GRPC_PREFIX_BYTES, "gRPC prefix size");
 
@@ -135,6 +148,9 @@ struct bds__h2_conn {
                                       (capture_bytes_max bytes), or NULL          */
     uint32_t cap_len;
     int32_t cap_id;                /* the stream they belong to                  */
+    uint64_t hb_decoded;           /* name + value bytes the header block being
+                                      received decoded to (HPACK bomb bound)      */
+    uint64_t hb_list_bytes;        /* its RFC 7541 size (trailers' list bound)   */
     bool out_cut;                  /* out ends inside a frame (larger than out) */
     bool goaway_due;               /* fatal: our own GOAWAY is still to be written */
     uint32_t goaway_code;          /* its error code                             */
@@ -458,6 +474,7 @@ static void h2_stream_reject(bds__h2_conn *c, struct h2_stream *s, int http_stat
     if (code < 0) code = BDS_UNAVAILABLE;
     h2_stream_answer(c, s, http_status, code, msg != NULL ? msg : bds_status_str(status));
     h2_stream_settle(c, s);
+    h2_glitch(c, 1); /* a stream the client had us end at once: a provoked reset */
 }
 
 /* A started call failed on its input: answered by us, the app is told. */
@@ -478,6 +495,9 @@ static void h2_stream_fail(bds__h2_conn *c, struct h2_stream *s, bds_status stat
     h2_stream_settle(c, s);
     if (c->cbs.on_call_error != NULL)
         c->cbs.on_call_error(c->ctx, s->call_ctx, s->id, status, 200);
+    /* The cheapest provoked reset: a message, then a bad prefix; the call's
+     * slot is free again while its handler may still be working. */
+    h2_glitch(c, 1);
 }
 
 /* ---- captured request headers ---------------------------------------------------- */
@@ -536,6 +556,8 @@ const uint8_t *bds__h2_captured(const uint8_t *captured, size_t captured_len, ui
 static int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
     bds__h2_conn *c = ud;
     BDS_ASSERT(c->in_recv);
+    c->hb_decoded = 0; /* every block with header callbacks begins here */
+    c->hb_list_bytes = 0;
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
     h2_capture_reset(c, frame->hd.stream_id);
@@ -553,17 +575,55 @@ static int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, 
     return 0;
 }
 
+/* An HPACK bomb: a header block that decodes to far more than it carries
+ * (one-byte references to a 4 KiB dynamic table entry). nghttp2 validates every
+ * decoded byte before our header callback sees it, whatever we answer, so
+ * the bound is on what the block decodes to: H2_HPACK_LIST_FACTOR header lists
+ * plus H2_HPACK_WIRE_FACTOR times its own size on the wire (|wire|: HEADERS and
+ * CONTINUATIONs so far), which an honest block of literals never reaches. No
+ * client needs it, so the connection ends at once with ENHANCE_YOUR_CALM, as
+ * gRPC's C core does; nghttp2 then skips the rest of the input, so a bomb
+ * costs at most that bound plus one header per connection. */
+static bool h2_hpack_bomb(bds__h2_conn *c, size_t wire) {
+    uint64_t budget = (uint64_t)H2_HPACK_LIST_FACTOR * c->cfg.header_list_bytes_max +
+                      (uint64_t)H2_HPACK_WIRE_FACTOR * wire;
+    if (c->hb_decoded <= budget) return false;
+    c->stats.calmed = true;
+    c->stats.hpack_bombs++;
+    h2_check(c, nghttp2_session_terminate_session(c->ng, NGHTTP2_ENHANCE_YOUR_CALM));
+    return true;
+}
+
+/* A header of client trailers (HEADERS after the request's): nothing in them
+ * concerns us, but they are held to the request's header-list bound (RFC 7541
+ * size): past it the call fails with RESOURCE_EXHAUSTED. */
+static void h2_trailer_header(bds__h2_conn *c, struct h2_stream *s, size_t namelen,
+                              size_t valuelen) {
+    c->hb_list_bytes += namelen + valuelen + H2_FIELD_OVERHEAD;
+    if (c->hb_list_bytes > c->cfg.header_list_bytes_max && s != NULL && s->state == H2S_OPEN)
+        h2_stream_fail(c, s, BDS_RESOURCE_EXHAUSTED, "request trailers too large");
+}
+
 static int h2_on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name,
                         size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
                         void *ud) {
     (void)flags;
     bds__h2_conn *c = ud;
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
-        return 0; /* client trailers: nothing in them concerns us */
+    c->hb_decoded += namelen + valuelen;
+    c->stats.header_bytes_decoded += namelen + valuelen;
+    if (h2_hpack_bomb(c, frame->hd.length)) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        h2_trailer_header(c, s, namelen, valuelen);
+        /* Calmed (the failed call was the last straw): skip the rest of the block. */
+        if (c->fatal) return NGHTTP2_ERR_CALLBACK_FAILURE;
+        return c->stats.calmed ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+    }
     if (s == NULL || s->state != H2S_HEADERS) return 0;
-    /* Past the bound we keep returning 0: HPACK state must still be updated,
-     * and the verdict (431) is given once the block ends. */
+    /* Past the list bound we keep returning 0: HPACK state must still be
+     * updated, and the verdict (431) is given once the block ends; the bomb
+     * bound above ends what that costs. */
     if (bds__grpc_req_header(&s->req, name, namelen, value, valuelen) && c->cfg.capture_count > 0)
         h2_capture(c, s->id, name, namelen, value, valuelen);
     return 0;
@@ -662,6 +722,10 @@ static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, voi
             h2_stream_remote_end(c, s);
         break;
     case NGHTTP2_DATA:
+        /* Only padding and no END_STREAM: an empty DATA frame in disguise
+         * (on_begin_frame counts the plain ones; padlen is known only now). */
+        if (frame->hd.length > 0 && frame->data.padlen == frame->hd.length && !end)
+            h2_glitch(c, 1);
         s = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
         if (s != NULL && end) h2_stream_remote_end(c, s);
         break;
@@ -930,8 +994,23 @@ static int h2_on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint
 static int h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
     bds__h2_conn *c = ud;
     if (frame->hd.type == NGHTTP2_DATA) {
-        c->wu_allowance += 3; /* a stream and a connection WINDOW_UPDATE, a BDP PING */
+        /* Capped: a client that read a long download must not bank a free
+         * flood of PINGs for later, only answer what it is reading now. */
+        c->wu_allowance += H2_EARNED_PER_DATA;
+        if (c->wu_allowance > H2_EARNED_MAX) c->wu_allowance = H2_EARNED_MAX;
         c->ping_strikes_reset = true;
+        return 0;
+    }
+    if (frame->hd.type == NGHTTP2_RST_STREAM) {
+        /* A reset the client provoked ("MadeYouReset"): content-length
+         * mismatch, DATA past the window, an INITIAL_WINDOW_SIZE that overflows
+         * a stream, a refused stream; nghttp2 resets those without telling us,
+         * so they are counted as they leave. RST_STREAM(NO_ERROR) after early
+         * trailers is gRPC's normal end of a call. */
+        if (frame->rst_stream.error_code != NGHTTP2_NO_ERROR) {
+            c->stats.resets_sent++;
+            h2_glitch(c, 1);
+        }
         return 0;
     }
     if (frame->hd.type == NGHTTP2_GOAWAY && c->close_on_goaway) c->goaway_left = true;
@@ -1434,4 +1513,39 @@ unsigned bds__h2_nghttp2_features(void) {
     f |= BDS_H2_FEAT_MAX_SETTINGS;
 #endif
     return f;
+}
+
+bool bds__h2_nghttp2_describe(char *buf, size_t cap, const char *loaded, int loaded_num,
+                              const char *built, int built_num, unsigned features) {
+    BDS_ASSERT(buf != NULL && cap > 0 && loaded != NULL && built != NULL);
+    static const struct { unsigned bit; const char *name; } prot[] = {
+        {BDS_H2_FEAT_STREAM_RESET_RATE_LIMIT, "stream reset rate limit (rapid reset)"},
+        {BDS_H2_FEAT_MAX_CONTINUATIONS, "CONTINUATION limit"},
+        {BDS_H2_FEAT_MAX_OUTBOUND_ACK, "outbound ACK limit"},
+        {BDS_H2_FEAT_MAX_SETTINGS, "SETTINGS entries limit"},
+    };
+    bool older = loaded_num < built_num;
+    bool missing = (features & BDS_H2_FEAT_ALL) != BDS_H2_FEAT_ALL;
+    buf[0] = '\0';
+    int k = snprintf(buf, cap, "libnghttp2 %s loaded, built against %s%s", loaded, built,
+                     older ? " (older)" : "");
+    size_t n = k < 0 ? 0 : (size_t)k < cap ? (size_t)k : cap - 1;
+    /* Pass 0 lists what the build uses, pass 1 what it lacks. */
+    for (int pass = 0; pass < 2; pass++) {
+        const char *sep = pass == 0 ? "; uses: " : "; LACKS: ";
+        for (size_t i = 0; i < sizeof prot / sizeof prot[0]; i++) {
+            if (((features & prot[i].bit) != 0) != (pass == 0)) continue;
+            k = snprintf(buf + n, cap - n, "%s%s", sep, prot[i].name);
+            sep = ", ";
+            n = k < 0 ? n : (size_t)k < cap - n ? n + (size_t)k : cap - 1;
+        }
+    }
+    return older || missing;
+}
+
+bool bds__h2_nghttp2_report(char *buf, size_t cap) {
+    const nghttp2_info *info = nghttp2_version(0);
+    return bds__h2_nghttp2_describe(buf, cap, info->version_str, info->version_num,
+                                    NGHTTP2_VERSION, NGHTTP2_VERSION_NUM,
+                                    bds__h2_nghttp2_features());
 }

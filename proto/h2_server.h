@@ -70,7 +70,10 @@ typedef struct bds__h2_config {
     uint32_t stream_window_bytes;     /* SETTINGS_INITIAL_WINDOW_SIZE (64 KiB)      */
     uint32_t conn_window_bytes;       /* connection receive window (1 MiB)          */
     uint32_t header_list_bytes_max;   /* SETTINGS_MAX_HEADER_LIST_SIZE, enforced by
-                                         us per request (16 KiB)                    */
+                                         us per request and client trailers (16 KiB).
+                                         A header block that decodes to more than 4x
+                                         this plus 2x its wire size is an HPACK bomb:
+                                         GOAWAY(ENHANCE_YOUR_CALM)                  */
     uint32_t msg_bytes_max;           /* inbound message limit (4 MiB)              */
     uint32_t out_buf_bytes;           /* output buffer bound (256 KiB)              */
     uint32_t stream_send_bytes_max;   /* queued, unsent bytes per stream (8 MiB)    */
@@ -82,10 +85,14 @@ typedef struct bds__h2_config {
                                          wire_bytes then reports only the rest.
                                          Default false: the app credits everything */
     /* Flood limits. The glitch bucket: every suspicious frame (PING, SETTINGS,
-     * PRIORITY, empty DATA without END_STREAM, WINDOW_UPDATE < 1 KiB, invalid
+     * PRIORITY, empty or padding-only DATA without END_STREAM, WINDOW_UPDATE
+     * < 1 KiB and PING beyond 3 per DATA frame we sent (at most 3072 banked), invalid
      * frames, RST_STREAM of a started call — every RST_STREAM when nghttp2
-     * lacks its own reset limiter) takes a
-     * token; an empty bucket ends the connection with GOAWAY(ENHANCE_YOUR_CALM).
+     * lacks its own reset limiter) takes a token, and so does every stream
+     * the client makes us end: an RST_STREAM we send with a code other than
+     * NO_ERROR, a call failed on its input, a request refused at its headers
+     * ("MadeYouReset"). An empty bucket ends the connection with
+     * GOAWAY(ENHANCE_YOUR_CALM).
      * 0 rate = no refill. The burst stays below max_outbound_ack so that a
      * PING/SETTINGS flood from a client that never reads is calmed with a
      * GOAWAY before nghttp2's ACK-queue limit kills the session outright. */
@@ -171,8 +178,9 @@ typedef struct bds__h2_callbacks {
                      uint32_t h2_error);
     /* The session answered a call by itself. |call_ctx| NULL: a request refused
      * at its headers (never started; informational). Non-NULL: a started call
-     * failed on its input (message over the limit → RESOURCE_EXHAUSTED,
-     * compressed flag without grpc-encoding or truncated message → INTERNAL);
+     * failed on its input (message or client trailers over the limit →
+     * RESOURCE_EXHAUSTED, compressed flag without grpc-encoding or truncated
+     * message → INTERNAL);
      * trailers are on their way and the call is over for the app. Optional. */
     void (*on_call_error)(void *ctx, void *call_ctx, int32_t stream_id, bds_status status,
                           int http_status);
@@ -192,6 +200,10 @@ typedef struct bds__h2_stats {
     uint64_t calls_failed;    /* answered on bad input after starting */
     uint64_t calls_reset;     /* on_reset delivered                   */
     uint64_t glitches;        /* suspicious frames counted            */
+    uint64_t resets_sent;     /* RST_STREAM other than NO_ERROR sent  */
+    uint64_t header_bytes_decoded; /* names + values of every header
+                                 block the header callback saw        */
+    uint64_t hpack_bombs;     /* header blocks over the decoded bound */
     bool calmed;              /* terminated with ENHANCE_YOUR_CALM    */
     bool too_many_pings;      /* ... by the client PING policy         */
     uint64_t pings_sent;      /* our own PINGs (bds__h2_ping)          */
@@ -322,5 +334,18 @@ const bds__h2_stats *bds__h2_get_stats(const bds__h2_conn *conn);
 #define BDS_H2_FEAT_MAX_OUTBOUND_ACK (1u << 2)
 #define BDS_H2_FEAT_MAX_SETTINGS (1u << 3)
 unsigned bds__h2_nghttp2_features(void);
+#define BDS_H2_FEAT_ALL 0xfu
+
+/* Describes the libnghttp2 this process loaded into |buf| (NUL-terminated,
+ * cut to |cap|): its version, the one built against, and the flood
+ * protections this build uses or lacks. Returns true when that deserves a
+ * warning at start: a protection is missing (nghttp2 older than 1.52.0-1+deb12u3
+ * at build time: no rapid-reset or CONTINUATION limit of its own), or the
+ * library loaded is older than the one built against. Debian's backports keep
+ * the version string "1.52.0", so only what the build detected names them. */
+bool bds__h2_nghttp2_report(char *buf, size_t cap);
+/* The same over given facts (versions as NGHTTP2_VERSION_NUM, 0xMMmmpp). */
+bool bds__h2_nghttp2_describe(char *buf, size_t cap, const char *loaded, int loaded_num,
+                              const char *built, int built_num, unsigned features);
 
 #endif

@@ -54,6 +54,27 @@ def hpack(headers):
     return bytes(out)
 
 
+def hpack_indexed_literal(name, value):
+    """A literal field with a new name, added to the decoder's dynamic table."""
+    return b'\x40' + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds (/proc/PID/stat fields 14 and 15)."""
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def peak_rss_kib(pid):
+    """VmHWM of a process (its peak resident set so far), in KiB."""
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    return -1
+
+
 def request_headers(path=b'/bidistream.v1.Pipeline/Process', extra=()):
     return hpack([(b':method', b'POST'), (b':scheme', b'http'), (b':path', path), (b':authority', b'localhost'),
                   (b'content-type', b'application/grpc'), (b'te', b'trailers'), *extra])
@@ -66,6 +87,7 @@ class Conn:
         host, port = addr.rsplit(':', 1)
         self.s = socket.create_connection((host, int(port)), timeout=10)
         self.buf = b''
+        self.closed = False  # the server closed the connection (frames_until_close)
 
     def send(self, data):
         try:
@@ -79,8 +101,12 @@ class Conn:
 
     def frames_until_close(self, deadline_s=10):
         """Every frame the server sends until it closes (or the deadline)."""
+        return self.frames_until(lambda frames: False, deadline_s)
+
+    def frames_until(self, done, deadline_s=10):
+        """Frames the server sends until done(frames so far), it closes, or the deadline."""
         frames, end = [], time.monotonic() + deadline_s
-        while time.monotonic() < end:
+        while time.monotonic() < end and not done(frames):
             try:
                 chunk = self.s.recv(65536)
             except socket.timeout:
@@ -88,6 +114,7 @@ class Conn:
             except OSError:
                 break
             if not chunk:
+                self.closed = True
                 break
             self.buf += chunk
             while len(self.buf) >= 9:
@@ -159,6 +186,11 @@ class Floods(unittest.TestCase):
     def test_ping_flood_gets_enhance_your_calm(self):
         self.flood(b''.join(h2frame(PING, 0, 0, b'12345678') for _ in range(20000)), (ENHANCE_YOUR_CALM,))
 
+    def test_padding_only_data_flood_gets_enhance_your_calm(self):
+        padded = b'\x04' + b'\0' * 4  # Pad Length 4, no data
+        self.flood(h2frame(HEADERS, END_HEADERS, 1, request_headers()) +
+                   b''.join(h2frame(DATA, 0x8, 1, padded) for _ in range(5000)), (ENHANCE_YOUR_CALM,))
+
     def test_huge_header_list_gets_431_and_the_connection_keeps_working(self):
         big = request_headers(extra=[(b'x-big-%d' % i, b'v' * 4000) for i in range(24)])  # ~96 KB
         chunks = [big[i:i + 16000] for i in range(0, len(big), 16000)]
@@ -179,6 +211,64 @@ class Floods(unittest.TestCase):
         self.assertIsNone(goaway_code(frames), 'the connection survives a refused stream')
         replies = b''.join(f[3] for f in frames if f[2] == 3 and f[0] == DATA)
         self.assertEqual(g.unframe(replies[5:])['seq'], 7)
+        self.assert_still_serving()
+
+    def test_hpack_bomb_gets_enhance_your_calm_at_once(self):
+        # 40 streams of 12,000 one-byte references to one 4 KiB dynamic table
+        # entry: ~470 KiB on the wire that would decode to ~1.9 GB of header
+        # values. The server stops at the first block's decoded bound.
+        entry = hpack_indexed_literal(b'x-b', b'b' * (4096 - 32 - 3))  # fills the 4 KiB table
+        refs = b'\xbe' * 12000  # index 62: the newest dynamic entry
+        bomb = b''.join(h2frame(HEADERS, END_HEADERS | END_STREAM, sid,
+                                request_headers() + (entry if sid == 1 else b'') + refs)
+                        for sid in range(1, 81, 2))
+        pid = self.srv.proc.pid
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        c = Conn(self.srv.addr)
+        c.start()
+        c.send(bomb)
+        frames = c.frames_until_close()
+        elapsed, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+        c.close()
+        sys.stderr.write('hpack bomb: %d bytes sent, connection ended after %.3f s, server CPU %.3f s, '
+                         'server peak RSS %d KiB\n' % (len(PREFACE) + 9 + len(bomb), elapsed, cpu, peak_rss_kib(pid)))
+        self.assertEqual(goaway_code(frames), ENHANCE_YOUR_CALM, [f[0] for f in frames][:20])
+        self.assertTrue(c.closed, 'the server closed the connection')
+        self.assertFalse([f for f in frames if f[0] == HEADERS], 'no call was answered')
+        self.assert_still_serving()
+
+    def test_provoked_resets_get_enhance_your_calm(self):
+        # "MadeYouReset": each stream carries a message, then a prefix with the
+        # compressed flag and no grpc-encoding, so the server ends it with
+        # INTERNAL at once and the client opens the next one.
+        # Batches stay under MAX_CONCURRENT_STREAMS and each waits for its
+        # answers, so no stream is refused and no frame is invalid: only the
+        # resets count.
+        hdr = request_headers()
+        msg = g.frame('k', 1, b'w')
+        good = b'\0' + struct.pack('>I', len(msg)) + msg
+        bad = b'\1' + struct.pack('>I', 1) + b'z'
+        c = Conn(self.srv.addr)
+        c.start()
+        frames, sid, batch = [], 1, 100
+        while sid < 2 * 3000 and goaway_code(frames) is None and not c.closed:
+            sids = range(sid, sid + 2 * batch, 2)
+            sid += 2 * batch
+            c.send(b''.join(h2frame(HEADERS, END_HEADERS, s, hdr) + h2frame(DATA, 0, s, good) +
+                            h2frame(DATA, 0, s, bad) for s in sids))
+            last = sids[-1]
+            got = c.frames_until(lambda fs: any(f[0] == GOAWAY or (f[0] == RST_STREAM and f[2] == last)
+                                                for f in fs))
+            frames += got
+            if not any(f[2] == last or f[0] == GOAWAY for f in got):
+                break  # no answer within the deadline: the assertions below say so
+        frames += c.frames_until_close()
+        c.close()
+        answered = sum(1 for f in frames if f[0] == RST_STREAM)
+        sys.stderr.write('provoked resets: %d streams answered before GOAWAY %r, server peak RSS %d KiB\n'
+                         % (answered, goaway_code(frames), peak_rss_kib(self.srv.proc.pid)))
+        self.assertEqual(goaway_code(frames), ENHANCE_YOUR_CALM, '%d streams answered' % answered)
+        self.assertLess(answered, 1000)
         self.assert_still_serving()
 
     def test_bad_preface_is_closed(self):

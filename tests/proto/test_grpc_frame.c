@@ -11,7 +11,8 @@
 /* ---- a counting allocator that can be told to fail ------------------------------ */
 
 struct count_alloc {
-    int mallocs, frees;
+    int mallocs, frees, reallocs;
+    size_t largest; /* the largest block asked for (malloc or realloc) */
     int fail_after; /* -1 = never */
 };
 
@@ -20,6 +21,7 @@ static void *ca_malloc(size_t n, void *ctx) {
     if (c->fail_after == 0) return NULL;
     if (c->fail_after > 0) c->fail_after--;
     c->mallocs++;
+    if (n > c->largest) c->largest = n;
     return malloc(n);
 }
 static void ca_free(void *p, void *ctx) {
@@ -32,7 +34,12 @@ static void *ca_calloc(size_t a, size_t b, void *ctx) {
     return calloc(a, b);
 }
 static void *ca_realloc(void *p, size_t n, void *ctx) {
-    (void)ctx;
+    struct count_alloc *c = ctx;
+    if (c->fail_after == 0) return NULL;
+    if (c->fail_after > 0) c->fail_after--;
+    if (p == NULL) c->mallocs++;
+    c->reallocs++;
+    if (n > c->largest) c->largest = n;
     return realloc(p, n);
 }
 
@@ -434,4 +441,56 @@ Test(grpc_frame, deframe_random_chunking_matches_reference) {
         cr_assert_eq(bds__grpc_deframer_finish(&d), BDS_OK);
         bds__grpc_deframer_deinit(&d);
     }
+}
+
+/* Memory follows the bytes that arrived, not the length a prefix announced:
+ * a 4 MiB message's first body byte costs a small buffer, and the buffer
+ * stays within twice what was received as the rest trickles in. */
+Test(grpc_frame, deframe_buffer_grows_with_the_bytes_received, .init = setup) {
+    const uint32_t len = 4u * 1024u * 1024u;
+    uint8_t *buf = malloc(5 + (size_t)len);
+    cr_assert_not_null(buf);
+    put_msg(buf, 0, len, 9);
+    bds__grpc_deframer d;
+    bds__grpc_deframer_init(&d, 0, false, &g_alloc);
+    bds__grpc_ev ev;
+    cr_assert_eq(bds__grpc_deframe(&d, buf, 6, &ev), 6);
+    cr_assert_eq(ev.kind, BDS__GRPC_EV_NONE);
+    cr_assert_leq(g_ca.largest, 4096, "6 bytes in, %zu allocated", g_ca.largest);
+    size_t off = 6, end = 5 + (size_t)len;
+    while (off < end) {
+        size_t n = end - off < 16384 ? end - off : 16384;
+        size_t got = bds__grpc_deframe(&d, buf + off, n, &ev);
+        cr_assert_eq(got, n);
+        off += n;
+        size_t received = off - 5;
+        cr_assert_leq(g_ca.largest, 2 * received, "%zu received, %zu allocated", received,
+                      g_ca.largest);
+        if (off < end) cr_assert_eq(ev.kind, BDS__GRPC_EV_NONE);
+    }
+    cr_assert_eq(ev.kind, BDS__GRPC_EV_MESSAGE);
+    cr_assert_eq(ev.len, len);
+    cr_assert(ev.copied);
+    cr_assert(body_ok(ev.data, len, 9));
+    cr_assert_eq(g_ca.largest, len, "never more than the message");
+    cr_assert_leq(g_ca.reallocs, 12, "geometric growth: %d reallocs", g_ca.reallocs);
+    bds__grpc_deframer_deinit(&d);
+    cr_assert_eq(g_ca.mallocs, g_ca.frees);
+    free(buf);
+}
+
+/* A failed growth keeps what was buffered and reports NOMEM, leak-free. */
+Test(grpc_frame, deframe_growth_failure_returns_nomem_error, .init = setup) {
+    static uint8_t buf[5 + 20000];
+    put_msg(buf, 0, 20000, 3);
+    bds__grpc_deframer d;
+    bds__grpc_deframer_init(&d, 0, false, &g_alloc);
+    bds__grpc_ev ev;
+    cr_assert_eq(bds__grpc_deframe(&d, buf, 1005, &ev), 1005);
+    g_ca.fail_after = 0;
+    cr_assert_eq(bds__grpc_deframe(&d, buf + 1005, 10000, &ev), 0);
+    cr_assert_eq(ev.kind, BDS__GRPC_EV_ERROR);
+    cr_assert_eq(ev.status, BDS_E_NOMEM);
+    bds__grpc_deframer_deinit(&d);
+    cr_assert_eq(g_ca.mallocs, g_ca.frees);
 }

@@ -451,3 +451,383 @@ Test(h2_abuse, random_garbage_after_preface_never_crashes, .fini = fini) {
         memset(&H, 0, sizeof H);
     }
 }
+
+/* ---- HPACK bombs and client trailers ------------------------------------------------ */
+
+/* HPACK integer with a |bits|-bit prefix (RFC 7541 §5.1). */
+static void hp_int(struct tbuf *b, uint8_t first, unsigned bits, size_t x) {
+    size_t top = ((size_t)1 << bits) - 1;
+    if (x < top) {
+        uint8_t v = (uint8_t)(first | x);
+        tbuf_put(b, &v, 1);
+        return;
+    }
+    uint8_t v = (uint8_t)(first | top);
+    tbuf_put(b, &v, 1);
+    for (x -= top; x >= 128; x /= 128) {
+        v = (uint8_t)(x % 128 + 128);
+        tbuf_put(b, &v, 1);
+    }
+    v = (uint8_t)x;
+    tbuf_put(b, &v, 1);
+}
+
+/* A literal field with a new name: without indexing (0x00) or added to the
+ * decoder's dynamic table (0x40). No Huffman. */
+static void hp_literal(struct tbuf *b, uint8_t kind, const char *name, const void *value,
+                       size_t vlen) {
+    hp_int(b, kind, kind == 0x40 ? 6 : 4, 0);
+    hp_int(b, 0, 7, strlen(name));
+    tbuf_put(b, name, strlen(name));
+    hp_int(b, 0, 7, vlen);
+    tbuf_put(b, value, vlen);
+}
+
+/* A gRPC request's headers as literals that leave the dynamic table alone. */
+static void hp_request(struct tbuf *b) {
+    static const char *const nv[][2] = {{":method", "POST"}, {":scheme", "http"}, {":path", PIPE},
+                                        {":authority", "localhost"},
+                                        {"content-type", "application/grpc"}, {"te", "trailers"}};
+    for (size_t i = 0; i < sizeof nv / sizeof nv[0]; i++)
+        hp_literal(b, 0x00, nv[i][0], nv[i][1], strlen(nv[i][1]));
+}
+
+#define BOMB_ENTRY_VALUE (4096u - 32u - 3u) /* "x-b" + value + 32 fills a 4 KiB table */
+
+/* |streams| request blocks of |refs| one-byte references to a 4 KiB dynamic
+ * table entry (index 62, added by the first block); returns the first block's
+ * length on the wire. */
+static size_t hpack_bomb(int streams, int refs) {
+    static uint8_t big[BOMB_ENTRY_VALUE];
+    memset(big, 'b', sizeof big);
+    size_t first = 0;
+    for (int i = 0; i < streams; i++) {
+        struct tbuf blk = {0};
+        hp_request(&blk);
+        if (i == 0) hp_literal(&blk, 0x40, "x-b", big, sizeof big);
+        for (int r = 0; r < refs; r++) hp_int(&blk, 0x80, 7, 62);
+        cr_assert_leq(blk.len, 16384u, "one frame");
+        raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | NGHTTP2_FLAG_END_STREAM,
+                  1 + 2 * i, blk.p, blk.len);
+        if (i == 0) first = blk.len + 9;
+        tbuf_free(&blk);
+    }
+    return first;
+}
+
+/* ~50 KB on the wire would make nghttp2 validate ~200 MB of header values:
+ * the connection ends at the first block, once it has decoded 4 header lists
+ * plus twice its own size, with ENHANCE_YOUR_CALM. */
+Test(h2_abuse, hpack_bomb_ends_the_connection_within_the_decoded_bound, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    size_t first = hpack_bomb(4, 12000);
+    size_t wire = IN.len;
+    h_feed_raw(&H, &IN, 16384);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    uint64_t bound = 4ull * H.cfg.header_list_bytes_max + 2 * first + BOMB_ENTRY_VALUE + 3;
+    cr_assert_leq(st->header_bytes_decoded, bound,
+                  "decoded %llu header bytes from %zu bytes on the wire (bound %llu)",
+                  (unsigned long long)st->header_bytes_decoded, wire, (unsigned long long)bound);
+    cr_assert_eq(st->hpack_bombs, 1);
+    cr_assert(st->calmed);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert_eq(H.app.ncalls, 0, "no call started from a bomb");
+    cr_assert(bds__h2_is_done(H.app.h2));
+}
+
+/* A big header list of literals is no bomb: 431 on its stream, and the
+ * connection goes on (its decoded size is about its size on the wire). */
+Test(h2_abuse, a_large_literal_header_list_is_431_not_a_bomb, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    static char v[4000];
+    memset(v, 'v', sizeof v);
+    struct tbuf blk = {0};
+    hp_request(&blk);
+    for (int i = 0; i < 24; i++) hp_literal(&blk, 0x00, "x-big", v, sizeof v); /* ~96 KB */
+    for (size_t off = 0; off < blk.len; off += 16000) {
+        size_t n = blk.len - off < 16000 ? blk.len - off : 16000;
+        uint8_t flags = (uint8_t)((off + n == blk.len ? NGHTTP2_FLAG_END_HEADERS : 0) |
+                                  (off == 0 ? NGHTTP2_FLAG_END_STREAM : 0));
+        raw_frame(&IN, off == 0 ? NGHTTP2_HEADERS : NGHTTP2_CONTINUATION, flags, 1, blk.p + off, n);
+    }
+    tbuf_free(&blk);
+    blk = (struct tbuf){0};
+    hp_request(&blk);
+    raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | NGHTTP2_FLAG_END_STREAM, 3, blk.p,
+              blk.len);
+    tbuf_free(&blk);
+    h_feed_raw(&H, &IN, 16384);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert_eq(st->hpack_bombs, 0);
+    cr_assert_not(st->calmed);
+    cr_assert_eq(raw_find_goaway(&H.raw_out), -1);
+    cr_assert_eq(H.app.last_refused_http, 431);
+    cr_assert_eq(H.app.ncalls, 1, "the next request is served");
+    cr_assert_eq(H.app.calls[0].id, 3);
+}
+
+/* A call, one message, then trailers (HEADERS with END_STREAM) made of |block|. */
+static void call_then_trailers(const struct tbuf *block) {
+    struct tbuf req = {0};
+    hp_request(&req);
+    raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, 1, req.p, req.len);
+    tbuf_free(&req);
+    uint8_t msg[5 + 3] = {0, 0, 0, 0, 3, 'a', 'b', 'c'};
+    raw_frame(&IN, NGHTTP2_DATA, 0, 1, msg, sizeof msg);
+    raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS | NGHTTP2_FLAG_END_STREAM, 1,
+              block->p, block->len);
+}
+
+/* Client trailers are held to the header-list bound: past it the call fails
+ * with RESOURCE_EXHAUSTED, and the connection goes on. */
+Test(h2_abuse, client_trailers_over_the_header_list_bound_fail_the_call, .fini = fini) {
+    bds__h2_config cfg;
+    bds__h2_config_default(&cfg);
+    cfg.header_list_bytes_max = 4096;
+    h_init(&H, &cfg);
+    raw_preface(&IN);
+    static char v[1000];
+    memset(v, 't', sizeof v);
+    struct tbuf tr = {0};
+    for (int i = 0; i < 6; i++) hp_literal(&tr, 0x00, "x-trailer", v, sizeof v);
+    call_then_trailers(&tr);
+    tbuf_free(&tr);
+    h_feed_raw(&H, &IN, IN.len);
+    cr_assert_eq(H.app.ncalls, 1);
+    cr_assert_eq(H.app.calls[0].msgs, 1);
+    cr_assert(H.app.calls[0].errored, "the call failed on its trailers");
+    cr_assert_eq(H.app.calls[0].error_status, BDS_RESOURCE_EXHAUSTED);
+    cr_assert_not(H.app.calls[0].half_closed);
+    cr_assert_not(bds__h2_get_stats(H.app.h2)->calmed);
+    cr_assert_eq(raw_find_goaway(&H.raw_out), -1);
+}
+
+Test(h2_abuse, small_client_trailers_are_fine, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    struct tbuf tr = {0};
+    hp_literal(&tr, 0x00, "x-trailer", "ok", 2);
+    call_then_trailers(&tr);
+    tbuf_free(&tr);
+    h_feed_raw(&H, &IN, IN.len);
+    cr_assert_eq(H.app.ncalls, 1);
+    cr_assert_not(H.app.calls[0].errored);
+    cr_assert(H.app.calls[0].half_closed);
+}
+
+/* A bomb in client trailers ends the connection like one in a request. */
+Test(h2_abuse, hpack_bomb_in_client_trailers_ends_the_connection, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    static uint8_t big[BOMB_ENTRY_VALUE];
+    memset(big, 'b', sizeof big);
+    struct tbuf tr = {0};
+    hp_literal(&tr, 0x40, "x-b", big, sizeof big);
+    for (int r = 0; r < 12000; r++) hp_int(&tr, 0x80, 7, 62);
+    call_then_trailers(&tr);
+    size_t wire = tr.len + 9;
+    tbuf_free(&tr);
+    h_feed_raw(&H, &IN, IN.len);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    uint64_t bound = 4ull * H.cfg.header_list_bytes_max + 2 * wire + BOMB_ENTRY_VALUE + 3 + 200;
+    cr_assert_leq(st->header_bytes_decoded, bound, "decoded %llu",
+                  (unsigned long long)st->header_bytes_decoded);
+    cr_assert_eq(st->hpack_bombs, 1);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
+/* ---- resets the client makes us send ("MadeYouReset") ------------------------------ */
+
+/* |n| streams, each made to fail by |provoke|; fed in 16 KiB reads with the
+ * output drained in between, as a socket would. */
+static void provoked_resets(int n, void (*provoke)(int32_t sid)) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    for (int i = 0; i < n; i++) provoke(1 + 2 * i);
+    h_feed_raw(&H, &IN, 16384);
+}
+
+/* The cheapest: a message, then a prefix with the compressed flag (no
+ * grpc-encoding): INTERNAL, and the call's slot is free again. */
+static void provoke_compressed_flag(int32_t sid) {
+    struct tbuf req = {0};
+    hp_request(&req);
+    raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, sid, req.p, req.len);
+    tbuf_free(&req);
+    uint8_t msg[5 + 3] = {0, 0, 0, 0, 3, 'a', 'b', 'c'};
+    raw_frame(&IN, NGHTTP2_DATA, 0, sid, msg, sizeof msg);
+    uint8_t bad[5 + 1] = {1, 0, 0, 0, 1, 'z'};
+    raw_frame(&IN, NGHTTP2_DATA, 0, sid, bad, sizeof bad);
+}
+
+Test(h2_abuse, calls_failed_on_their_input_count_against_the_connection, .fini = fini) {
+    provoked_resets(3000, provoke_compressed_flag);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert(st->calmed, "%llu calls failed, no GOAWAY", (unsigned long long)st->calls_failed);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert_leq(st->calls_failed, 501, "failed %llu", (unsigned long long)st->calls_failed);
+    cr_assert(H.app.calls[0].errored);
+    cr_assert_eq(H.app.calls[0].error_status, BDS_INTERNAL);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
+/* nghttp2 resets a stream whose DATA exceeds its content-length without a
+ * callback: the RST_STREAM(PROTOCOL_ERROR) it sends is counted as it leaves. */
+static void provoke_content_length(int32_t sid) {
+    struct tbuf req = {0};
+    hp_request(&req);
+    hp_literal(&req, 0x00, "content-length", "1", 1);
+    raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, sid, req.p, req.len);
+    tbuf_free(&req);
+    uint8_t msg[5 + 3] = {0, 0, 0, 0, 3, 'a', 'b', 'c'};
+    raw_frame(&IN, NGHTTP2_DATA, NGHTTP2_FLAG_END_STREAM, sid, msg, sizeof msg);
+}
+
+Test(h2_abuse, resets_nghttp2_sends_by_itself_count_against_the_connection, .fini = fini) {
+    provoked_resets(3000, provoke_content_length);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert(st->calmed, "%d RST_STREAM sent, no GOAWAY",
+              raw_count(&H.raw_out, NGHTTP2_RST_STREAM));
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert_gt(st->resets_sent, 0);
+    cr_assert_leq(raw_count(&H.raw_out, NGHTTP2_RST_STREAM), 502);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
+/* Requests refused at their headers (here an unknown method) count too. */
+static void provoke_unknown_method(int32_t sid) {
+    struct tbuf req = {0};
+    hp_literal(&req, 0x00, ":method", "POST", 4);
+    hp_literal(&req, 0x00, ":scheme", "http", 4);
+    hp_literal(&req, 0x00, ":path", "/no.Such/Method", 15);
+    hp_literal(&req, 0x00, ":authority", "localhost", 9);
+    hp_literal(&req, 0x00, "content-type", "application/grpc", 16);
+    hp_literal(&req, 0x00, "te", "trailers", 8);
+    raw_frame(&IN, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_HEADERS, sid, req.p, req.len);
+    tbuf_free(&req);
+}
+
+Test(h2_abuse, requests_refused_at_their_headers_count_against_the_connection, .fini = fini) {
+    provoked_resets(3000, provoke_unknown_method);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert(st->calmed, "%llu refused, no GOAWAY", (unsigned long long)st->calls_refused);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    cr_assert_leq(st->calls_refused, 501);
+}
+
+/* A well-behaved connection that ends its calls normally, early trailers
+ * (RST_STREAM(NO_ERROR)) included, is never counted. */
+Test(h2_abuse, calls_ended_normally_are_not_counted, .fini = fini) {
+    h_init(&H, NULL);
+    H.app.echo = true;
+    H.app.finish_on_half_close = true;
+    for (int i = 0; i < 600; i++) {
+        struct cstream *c = h_call(&H, PIPE, NULL, 0);
+        h_send_msg(&H, c, "hi", 2);
+        if (i % 2 == 0) { /* the server ends first: trailers, then RST_STREAM(NO_ERROR) */
+            h_pump(&H);
+            cr_assert_eq(bds__h2_finish(H.app.h2, c->id, BDS_OK, NULL), BDS_OK);
+        } else {
+            h_end(&H, c);
+        }
+        h_pump(&H);
+        cr_assert_eq(c->grpc_status, 0);
+        cr_assert(i % 2 == 1 || (c->rst_recv && c->rst_code == NGHTTP2_NO_ERROR));
+    }
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert_eq(st->resets_sent, 0);
+    cr_assert_not(st->calmed);
+    cr_assert_leq(st->glitches, 2, "glitches %llu", (unsigned long long)st->glitches);
+}
+
+/* ---- frames that used to escape the glitch bucket ----------------------------------- */
+
+/* DATA frames with only padding are empty DATA frames in disguise. */
+Test(h2_abuse, padding_only_data_flood_terminates, .fini = fini) {
+    h_init(&H, NULL);
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    headers_frame(d, 1, 0);
+    nghttp2_hd_deflate_del(d);
+    uint8_t padded[1 + 4] = {4, 0, 0, 0, 0}; /* Pad Length 4, no data */
+    flood(NGHTTP2_DATA, NGHTTP2_FLAG_PADDED, 1, padded, sizeof padded, 5000);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert_eq(H.app.ncalls, 1);
+    cr_assert(bds__h2_get_stats(H.app.h2)->calmed, "glitches %llu",
+              (unsigned long long)bds__h2_get_stats(H.app.h2)->glitches);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
+/* Padding around real data is fine. */
+Test(h2_abuse, padded_data_with_a_message_is_fine, .fini = fini) {
+    h_init(&H, NULL);
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    headers_frame(d, 1, 0);
+    nghttp2_hd_deflate_del(d);
+    uint8_t padded[1 + 8 + 4] = {4, 0, 0, 0, 0, 3, 'a', 'b', 'c', 0, 0, 0, 0};
+    flood(NGHTTP2_DATA, NGHTTP2_FLAG_PADDED, 1, padded, sizeof padded, 1000);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert_not(bds__h2_get_stats(H.app.h2)->calmed);
+    cr_assert_eq(H.app.calls[0].msgs, 1000);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
+/* The allowance our DATA frames earn is capped: a client that read a long
+ * download cannot bank it for a PING flood later. */
+Test(h2_abuse, pings_earned_by_our_data_are_capped, .fini = fini) {
+    h_init(&H, NULL);
+    H.app.echo = true;
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    headers_frame(d, 1, 0);
+    nghttp2_hd_deflate_del(d);
+    h_feed_raw(&H, &IN, IN.len);
+    tbuf_free(&IN);
+    uint8_t msg[5 + 8] = {0, 0, 0, 0, 8, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'};
+    for (int i = 0; i < 3000; i++) raw_frame(&IN, NGHTTP2_DATA, 0, 1, msg, sizeof msg);
+    h_feed_raw(&H, &IN, 9 + sizeof msg); /* one reply, one DATA frame per read */
+    int data_frames = raw_count(&H.raw_out, NGHTTP2_DATA);
+    cr_assert_geq(data_frames, 3000, "reply DATA frames: %d", data_frames);
+    tbuf_free(&IN);
+    uint8_t opaque[8] = {0};
+    flood(NGHTTP2_PING, 0, 0, opaque, 8, 3 * 1024 + 600); /* the cap, then over the burst */
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert(bds__h2_get_stats(H.app.h2)->calmed, "glitches %llu",
+              (unsigned long long)bds__h2_get_stats(H.app.h2)->glitches);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
+/* An INITIAL_WINDOW_SIZE that overflows the send window of every stream:
+ * nghttp2 resets them all (FLOW_CONTROL_ERROR) without a callback, so one
+ * SETTINGS frame provokes a thousand resets. They are counted as they leave. */
+Test(h2_abuse, initial_window_size_overflow_resets_count_against_the_connection, .fini = fini) {
+    h_init(&H, NULL);
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    raw_preface(&IN);
+    uint32_t inc = 0x7fffffffu - 65535u; /* the stream's send window to the maximum */
+    uint8_t wu[4] = {(uint8_t)(inc >> 24), (uint8_t)(inc >> 16), (uint8_t)(inc >> 8), (uint8_t)inc};
+    for (int i = 0; i < 1000; i++) {
+        headers_frame(d, 1 + 2 * i, 0);
+        raw_frame(&IN, NGHTTP2_WINDOW_UPDATE, 0, 1 + 2 * i, wu, 4);
+    }
+    nghttp2_hd_deflate_del(d);
+    uint8_t iws[6] = {0, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 0, 1, 0, 0}; /* 65536: +1 */
+    raw_frame(&IN, NGHTTP2_SETTINGS, 0, 0, iws, sizeof iws);
+    h_feed_raw(&H, &IN, 16384);
+    cr_assert_eq(H.app.ncalls, 1000);
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert(st->calmed, "%llu resets sent, glitches %llu", (unsigned long long)st->resets_sent,
+              (unsigned long long)st->glitches);
+    assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}

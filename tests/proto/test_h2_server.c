@@ -827,3 +827,39 @@ Test(h2_server, custom_metadata_rejects_reserved_and_malformed_fields, .fini = f
     h_pump(&H);
     cr_assert_eq(H.cs[0]->grpc_status, 0, "the call itself is fine");
 }
+
+/* ---- which libnghttp2, which protections ------------------------------------------- */
+
+Test(h2_server, nghttp2_report_names_the_loaded_library_and_the_protections) {
+    char buf[512];
+    bool warn = bds__h2_nghttp2_report(buf, sizeof buf);
+    const nghttp2_info *info = nghttp2_version(0);
+    cr_assert_not_null(strstr(buf, info->version_str), "%s", buf);
+    cr_assert_not_null(strstr(buf, "built against " NGHTTP2_VERSION), "%s", buf);
+    bool complete = bds__h2_nghttp2_features() == BDS_H2_FEAT_ALL;
+    cr_assert_eq(warn, !complete || info->version_num < NGHTTP2_VERSION_NUM, "%s", buf);
+    cr_assert_eq(strstr(buf, "LACKS") != NULL, !complete, "%s", buf);
+}
+
+Test(h2_server, nghttp2_report_warns_when_protections_are_missing_or_the_library_is_older) {
+    char buf[512];
+    cr_assert_not(bds__h2_nghttp2_describe(buf, sizeof buf, "1.52.0", 0x013400, "1.52.0", 0x013400,
+                                           BDS_H2_FEAT_ALL));
+    cr_assert_str_eq(buf, "libnghttp2 1.52.0 loaded, built against 1.52.0; uses: stream reset rate "
+                          "limit (rapid reset), CONTINUATION limit, outbound ACK limit, SETTINGS "
+                          "entries limit");
+    cr_assert(bds__h2_nghttp2_describe(buf, sizeof buf, "1.52.0", 0x013400, "1.52.0", 0x013400,
+                                       BDS_H2_FEAT_MAX_OUTBOUND_ACK | BDS_H2_FEAT_MAX_SETTINGS));
+    cr_assert_not_null(strstr(buf, "; LACKS: stream reset rate limit (rapid reset), CONTINUATION "
+                                   "limit"), "%s", buf);
+    cr_assert(bds__h2_nghttp2_describe(buf, sizeof buf, "1.43.0", 0x012b00, "1.52.0", 0x013400,
+                                       BDS_H2_FEAT_ALL));
+    cr_assert_not_null(strstr(buf, "libnghttp2 1.43.0 loaded, built against 1.52.0 (older)"), "%s",
+                       buf);
+    cr_assert_not(bds__h2_nghttp2_describe(buf, sizeof buf, "1.61.0", 0x013d00, "1.52.0", 0x013400,
+                                           BDS_H2_FEAT_ALL), "newer is fine");
+    char tiny[12];
+    memset(tiny, 'x', sizeof tiny);
+    cr_assert(bds__h2_nghttp2_describe(tiny, sizeof tiny, "1.43.0", 0x012b00, "1.52.0", 0x013400, 0));
+    cr_assert_eq(strlen(tiny), sizeof tiny - 1, "cut, NUL-terminated");
+}
