@@ -1,6 +1,8 @@
 /* interop_service.c — grpc.testing.TestService, the standard gRPC interop
  * service (SPEC §4), so any gRPC implementation's interop client can test the
- * server. Messages are grpc-proto's own (protobuf-c code generated at build
+ * server. Opt-in: registered only when bds_server_config.interop_service is
+ * set (bidistreamd --interop), since a test service has no place on a
+ * production server. Messages are grpc-proto's own (protobuf-c code generated at build
  * time). Every method runs through the pipeline as a FIFO session:
  *
  *   EmptyCall, UnaryCall          one request, one response (response_size zero

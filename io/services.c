@@ -320,6 +320,6 @@ bds_status bds__services_register(bds_server *srv) {
     m.path = "/grpc.health.v1.Health/Watch";
     m.handler = health_watch;
     if (st == BDS_OK) st = bds_server_add_method(srv, &m);
-    if (st == BDS_OK) st = bds__interop_register(srv);
+    if (st == BDS_OK && srv->cfg.interop_service) st = bds__interop_register(srv);
     return st;
 }

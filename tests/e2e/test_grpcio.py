@@ -219,6 +219,14 @@ class Pipeline(unittest.TestCase):
                 list(raw(self.ch, path)(iter([b'']), timeout=10))
             self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED, path)
 
+    def test_interop_test_service_is_unimplemented_without_the_flag(self):
+        # grpc.testing.TestService is opt-in (--interop): this server has no flag.
+        for method in ('EmptyCall', 'UnaryCall', 'StreamingOutputCall', 'FullDuplexCall'):
+            with self.assertRaises(grpc.RpcError) as e:
+                list(raw(self.ch, '/grpc.testing.TestService/' + method)(iter([b'']), timeout=10))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED, method)
+        self.assertEqual(len(list(process(self.ch)(iter([frame('a', 1, b'ok')]), timeout=10))), 1)
+
     def test_deadline_exceeded(self):
         with self.assertRaises(grpc.RpcError) as e:
             list(process(self.ch)(iter([frame('a', 1, b'x', work_us=3000000)]), timeout=0.3))
@@ -329,7 +337,7 @@ class Interop(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.srv = Server('--shards', '2')
+        cls.srv = Server('--shards', '2', '--interop')
         cls.ch = cls.srv.channel()
 
     @classmethod

@@ -167,7 +167,7 @@ def raw_call(addr, path, grpc_msg, extra_headers=()):
 class TestService(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.srv = g.Server('--shards', '2')
+        cls.srv = g.Server('--shards', '2', '--interop')
         cls.ch = cls.srv.channel()
 
     @classmethod
@@ -261,7 +261,7 @@ class TestService(unittest.TestCase):
         self.assertEqual(list(self.server_stream('StreamingOutputCall')(b'', timeout=10)), [])
 
     def test_server_streaming_intervals_are_honoured_and_block_nothing(self):
-        srv = g.Server('--shards', '1')
+        srv = g.Server('--shards', '1', '--interop')
         try:
             with srv.channel() as ch:
                 slow = ch.unary_stream(T + 'StreamingOutputCall', request_serializer=ident,

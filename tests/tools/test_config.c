@@ -102,6 +102,7 @@ static void assert_same_config(const bds_server_config *a, const bds_server_conf
     cr_assert_eq(a->max_header_list_bytes, b->max_header_list_bytes);
     cr_assert_eq(a->stream_window_bytes, b->stream_window_bytes);
     cr_assert_eq(a->idle_spin_us, b->idle_spin_us);
+    cr_assert_eq(a->interop_service, b->interop_service);
     cr_assert_eq(a->log_level, b->log_level);
     const bds_options *x = &a->options, *y = &b->options;
     cr_assert_eq(x->size, y->size);
@@ -139,6 +140,7 @@ Test(tool_config, no_args_gives_the_server_defaults_and_run) {
     cr_assert_eq(cfg.action, BDS_TOOL_RUN);
     cr_assert_str_eq(cfg.server.listen, "127.0.0.1:50051");
     cr_assert_eq(cfg.server.size, sizeof(bds_server_config));
+    cr_assert_not(cfg.server.interop_service, "the interop test service is opt-in");
     assert_same_config(&cfg.server, &def);
     cr_assert_eq(bds_options_validate(&cfg.server.options, NULL), BDS_OK);
 }
@@ -316,6 +318,7 @@ static const bool_flag bool_flags[] = {
     {"--drain-outbound", offsetof(bds_server_config, options.shutdown.drain_outbound)},
     {"--metrics", offsetof(bds_server_config, options.metrics.enabled)},
     {"--metrics-payload-sizes", offsetof(bds_server_config, options.metrics.payload_sizes)},
+    {"--interop", offsetof(bds_server_config, interop_service)},
 };
 
 static bool bool_at(const bds_tool_config *cfg, size_t off) {
@@ -675,7 +678,7 @@ Test(tool_config, help_lists_every_flag_with_its_default) {
         "--drain-on-client-close [BOOL]", "--failures-terminal [BOOL]", "--max-attempts N", "--backoff DURATION",
         "--grace DURATION", "--drain-inbound [BOOL]", "--drain-outbound [BOOL]", "--metrics [BOOL]",
         "--metrics-payload-sizes [BOOL]", "--max-message-bytes SIZE", "--max-concurrent-streams N",
-        "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--idle-spin-us N", "--log-level LEVEL",
+        "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--idle-spin-us N", "--interop [BOOL]", "--log-level LEVEL",
         "--config FILE", "--check-config", "--help", "--version",
     };
     bds_tool_config cfg;
@@ -704,11 +707,12 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--max-attempts", "4", "--backoff", "1.5ms", "--grace", "1m30s", "--drain-outbound", "no",
                     "--metrics-payload-sizes", "--max-message-bytes", "1MiB", "--max-concurrent-streams", "10",
                     "--max-header-list-bytes", "2048", "--stream-window-bytes", "1GiB", "--idle-spin-us", "50",
-                    "--log-level", "warn", NULL};
+                    "--interop", "--log-level", "warn", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 30, "%s", out); /* a comment and 29 keys */
+    cr_assert_eq(count_lines(out), 31, "%s", out); /* a comment and 30 keys */
+    cr_assert_not_null(strstr(out, "\ninterop = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninbound-bytes-max = 65536\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nbackoff = 1500us\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ngrace = 90s\n"), "%s", out);

@@ -8,7 +8,9 @@
  * the request, backpressure, the handler on the key's shard, the Sender.
  *
  * Built in: bidistream.v1.Pipeline/Process (SPEC §4) and grpc.health.v1.Health
- * (Check, Watch). */
+ * (Check, Watch); grpc.testing.TestService, the gRPC interop service, only
+ * when bds_server_config.interop_service asks for it (off by default: a test
+ * service has no place on a production server). */
 #ifndef BIDISTREAM_SERVER_H
 #define BIDISTREAM_SERVER_H
 
@@ -35,6 +37,7 @@ typedef struct bds_server_config {
     uint32_t max_header_list_bytes; /* default 16 KiB */
     uint32_t stream_window_bytes;   /* HTTP/2 initial stream window, default 64 KiB */
     uint32_t idle_spin_us;          /* spin this long before sleeping; 0 = never (default) */
+    bool interop_service;           /* also serve grpc.testing.TestService; default false */
     bds_options options;            /* pipeline options for methods that bring none */
     int log_level;                  /* 0 errors, 1 warnings, 2 info (default), 3 debug */
 } bds_server_config;
