@@ -107,6 +107,8 @@ static const opt opts[] = {
      "larger messages end the stream with RESOURCE_EXHAUSTED"},
     {"max-concurrent-streams", K_U32, FIELD(uint32_t, max_concurrent_streams), 1, INT31_MAX,
      "per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)"},
+    {"max-lingering-streams", K_U32, FIELD(uint32_t, max_lingering_streams), 1, INT31_MAX,
+     "per connection: streams over whose handlers still run; past it new streams get RESOURCE_EXHAUSTED"},
     {"max-header-list-bytes", K_BYTES, FIELD(uint32_t, max_header_list_bytes), 1024, UINT32_MAX,
      "HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE"},
     {"stream-window-bytes", K_BYTES, FIELD(uint32_t, stream_window_bytes), 1024, INT31_MAX,

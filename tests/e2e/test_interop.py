@@ -550,5 +550,81 @@ class TestService(unittest.TestCase):
             b'', timeout=10), grpc.StatusCode.UNIMPLEMENTED)
 
 
+
+def vm_hwm_kib(pid):
+    """The process's peak resident set (VmHWM) in KiB."""
+    with open('/proc/%d/status' % pid) as st:
+        for line in st:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    return 0
+
+
+class Amplification(unittest.TestCase):
+    """A few KB of StreamingOutputCallRequest must not make the server hold
+    GBs: each request may ask for at most 1000 responses and 64 MiB
+    (RESOURCE_EXHAUSTED past either), and the responses are made one at a
+    time, the next once the previous has left, so a client that never reads
+    holds about one response in the server. Peak RSS (VmHWM) is measured
+    around each attack and printed; another connection is served meanwhile."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = g.Server('--shards', '1', '--interop')
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.srv.stop() == 0
+
+    def served_elsewhere(self):
+        with self.srv.channel() as ch:
+            fast = ch.unary_unary(T + 'UnaryCall', request_serializer=ident, response_deserializer=ident)
+            self.assertEqual(body(fast(simple_request(3), timeout=10)), bytes(3))
+
+    def assertRefused(self, call, details):
+        with self.assertRaises(grpc.RpcError) as e:
+            list(call)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, e.exception.details())
+        self.assertIn(details, e.exception.details())
+
+    def test_thousand_entries_of_4_mib_are_refused_without_memory(self):
+        req = out_request([(4 << 20, 0)] * 1000)  # ~7 KB asking for ~4 GiB
+        self.assertLess(len(req), 8192)
+        hwm0 = vm_hwm_kib(self.srv.proc.pid)
+        with self.srv.channel() as ch:
+            server_stream = ch.unary_stream(T + 'StreamingOutputCall', request_serializer=ident,
+                                            response_deserializer=ident)
+            self.assertRefused(server_stream(req, timeout=30), '64 MiB')
+            self.assertRefused(g.raw(ch, T + 'FullDuplexCall')(iter([req]), timeout=30), '64 MiB')
+            self.assertRefused(server_stream(out_request([(0, 0)] * 1001), timeout=30), '1000 responses')
+            # at the bounds: served
+            self.assertEqual(len(list(server_stream(out_request([(0, 0)] * 1000), timeout=30))), 1000)
+            self.served_elsewhere()
+        grew = vm_hwm_kib(self.srv.proc.pid) - hwm0
+        sys.stderr.write('\n  1000 x 4 MiB request: RESOURCE_EXHAUSTED, VmHWM %d -> %d KiB (+%d KiB)\n'
+                         % (hwm0, hwm0 + grew, grew))
+        self.assertLess(grew, 32 << 10, 'peak RSS grew by %d KiB' % grew)
+
+    def test_client_that_never_reads_holds_about_one_response(self):
+        # 16 x 4 MiB = 64 MiB, within the bounds; the client grants no window,
+        # so not one response byte can leave.
+        req = out_request([(4 << 20, 0)] * 16)
+        msg = b'\0' + struct.pack('>I', len(req)) + req
+        hwm0 = vm_hwm_kib(self.srv.proc.pid)
+        c = f.Conn(self.srv.addr)
+        c.send(f.PREFACE + f.h2frame(f.SETTINGS, 0, 0, struct.pack('>HI', 4, 0)))  # INITIAL_WINDOW_SIZE 0
+        c.send(f.h2frame(f.SETTINGS, f.ACK, 0, b''))
+        c.send(f.h2frame(f.HEADERS, f.END_HEADERS, 1, f.request_headers((T + 'StreamingOutputCall').encode())) +
+               f.h2frame(f.DATA, f.END_STREAM, 1, msg))
+        time.sleep(1.5)  # what it would make, it makes now: nothing waits for a timer
+        self.served_elsewhere()
+        grew = vm_hwm_kib(self.srv.proc.pid) - hwm0
+        c.close()
+        sys.stderr.write('\n  16 x 4 MiB to a client that never reads: VmHWM %d -> %d KiB (+%d KiB)\n'
+                         % (hwm0, hwm0 + grew, grew))
+        self.assertLess(grew, 32 << 10, 'peak RSS grew by %d KiB: responses made ahead of the client' % grew)
+        self.served_elsewhere()
+
+
 if __name__ == '__main__':
     g.run_main(sys.modules[__name__], __doc__)

@@ -99,6 +99,7 @@ static void assert_same_config(const bds_server_config *a, const bds_server_conf
     cr_assert_eq(a->shards, b->shards);
     cr_assert_eq(a->max_message_bytes, b->max_message_bytes);
     cr_assert_eq(a->max_concurrent_streams, b->max_concurrent_streams);
+    cr_assert_eq(a->max_lingering_streams, b->max_lingering_streams);
     cr_assert_eq(a->max_header_list_bytes, b->max_header_list_bytes);
     cr_assert_eq(a->stream_window_bytes, b->stream_window_bytes);
     cr_assert_eq(a->idle_spin_us, b->idle_spin_us);
@@ -191,6 +192,7 @@ static const u32_flag u32_flags[] = {
      UINT32_MAX},
     {"--max-attempts", offsetof(bds_server_config, options.retry.max_attempts), 0, 1000},
     {"--max-concurrent-streams", offsetof(bds_server_config, max_concurrent_streams), 1, 0x7fffffff},
+    {"--max-lingering-streams", offsetof(bds_server_config, max_lingering_streams), 1, 0x7fffffff},
     {"--idle-spin-us", offsetof(bds_server_config, idle_spin_us), 0, 1000000},
     {"--max-message-bytes", offsetof(bds_server_config, max_message_bytes), 16, 0x7fffffff},
     {"--max-header-list-bytes", offsetof(bds_server_config, max_header_list_bytes), 1024, UINT32_MAX},
@@ -247,6 +249,7 @@ Test(tool_config, numbers_past_their_range_are_refused_with_the_range) {
     parse_bad("--max-attempts", "--max-attempts", "1001", NULL);
     parse_bad("--idle-spin-us", "--idle-spin-us", "1000001", NULL);
     parse_bad("--max-concurrent-streams", "--max-concurrent-streams", "0", NULL);
+    parse_bad("--max-lingering-streams", "--max-lingering-streams", "0", NULL);
     parse_bad("--max-message-bytes", "--max-message-bytes", "15", NULL);
     parse_bad("--max-message-bytes", "--max-message-bytes", "2147483648", NULL);
     parse_bad("--stream-window-bytes", "--stream-window-bytes", "1023", NULL);
@@ -678,6 +681,7 @@ Test(tool_config, help_lists_every_flag_with_its_default) {
         "--drain-on-client-close [BOOL]", "--failures-terminal [BOOL]", "--max-attempts N", "--backoff DURATION",
         "--grace DURATION", "--drain-inbound [BOOL]", "--drain-outbound [BOOL]", "--metrics [BOOL]",
         "--metrics-payload-sizes [BOOL]", "--max-message-bytes SIZE", "--max-concurrent-streams N",
+        "--max-lingering-streams N",
         "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--idle-spin-us N", "--interop [BOOL]", "--log-level LEVEL",
         "--config FILE", "--check-config", "--help", "--version",
     };
@@ -705,13 +709,14 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--outbound-ordering", "keyed",
                     "--outbound-capacity", "3", "--outbound-queue-capacity", "9", "--fail-fast=false",
                     "--max-attempts", "4", "--backoff", "1.5ms", "--grace", "1m30s", "--drain-outbound", "no",
-                    "--metrics-payload-sizes", "--max-message-bytes", "1MiB", "--max-concurrent-streams", "10",
+                    "--metrics-payload-sizes", "--max-message-bytes", "1MiB", "--max-concurrent-streams", "10", "--max-lingering-streams", "5",
                     "--max-header-list-bytes", "2048", "--stream-window-bytes", "1GiB", "--idle-spin-us", "50",
                     "--interop", "--log-level", "warn", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 31, "%s", out); /* a comment and 30 keys */
+    cr_assert_eq(count_lines(out), 32, "%s", out); /* a comment and 31 keys */
+    cr_assert_not_null(strstr(out, "\nmax-lingering-streams = 5\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninterop = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninbound-bytes-max = 65536\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nbackoff = 1500us\n"), "%s", out);

@@ -34,6 +34,12 @@ typedef struct bds_server_config {
     uint32_t shards;                /* 0 = one per CPU in the affinity mask */
     uint32_t max_message_bytes;     /* default 4 MiB; larger -> RESOURCE_EXHAUSTED */
     uint32_t max_concurrent_streams;/* per connection, default 1024 */
+    /* Per connection, default 128: streams that are over (reset, cancelled,
+     * failed) while their handlers still run. At the bound, new streams on
+     * that connection are refused with RESOURCE_EXHAUSTED until some of that
+     * work ends; the built-in handlers end theirs as soon as their stream is
+     * gone, so only handlers that finish late count for long. */
+    uint32_t max_lingering_streams;
     uint32_t max_header_list_bytes; /* default 16 KiB */
     uint32_t stream_window_bytes;   /* HTTP/2 initial stream window, default 64 KiB */
     uint32_t idle_spin_us;          /* spin this long before sleeping; 0 = never (default) */
@@ -65,7 +71,15 @@ BDS_API bds_status bds_server_create(bds_server **out, const bds_server_config *
  * options) or BDS_ALREADY_EXISTS. */
 BDS_API bds_status bds_server_add_method(bds_server *server, const bds_method *method);
 /* Serves until bds_server_stop() or SIGTERM/SIGINT, then drains gracefully
- * (GOAWAY, in-flight work finishes within the grace period). */
+ * (GOAWAY, in-flight work finishes within the grace period: the longest of the
+ * server's and its methods'). What the grace period leaves ends UNAVAILABLE;
+ * one second after it, connections still open are closed; one more second
+ * later (a hard stop, at most grace + 2 s after the stop) handlers that still
+ * have not finished their calls are abandoned and bds_server_run returns
+ * BDS_DEADLINE_EXCEEDED: their calls' memory stays allocated, and they must
+ * never touch those calls again (no bds_call_done). Returns BDS_OK after a
+ * clean stop. A second SIGTERM/SIGINT while stopping ends the process at once
+ * (_exit(128 + signal number)). */
 BDS_API bds_status bds_server_run(bds_server *server);
 /* Thread: any; async-signal-safe. */
 BDS_API void bds_server_stop(bds_server *server);
