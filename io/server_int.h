@@ -115,6 +115,7 @@ struct srv_shard {
     srv_conn *dirty;          /* connections with output due (conn_kick) */
     bds_flusher flusher;      /* flushes `dirty` at the end of a tick */
     srv_watch *watches;
+    _Atomic uint32_t n_watches; /* on `watches`; read by bds__server_watches (any thread) */
     bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
     uint64_t stop_deadline_ns; /* hard close of what is left after the grace */
     bds_timer stop_timer;
@@ -188,6 +189,9 @@ bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_
                                         void *ctx);
 /* Adds a method whose keys come from key_hint (m->key is ignored). */
 bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv_key_hint_fn key_hint);
+/* Health.Watch calls waiting on every shard, for tests; UINT32_MAX before the
+ * server runs. Thread: any. */
+uint32_t bds__server_watches(bds_server *srv);
 /* The srv_shard of the calling shard thread. */
 srv_shard *bds__server_shard_self(void);
 

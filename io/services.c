@@ -291,6 +291,7 @@ static void watch_unlink(srv_shard *sh, srv_watch *w) {
     if (w->prev) w->prev->next = w->next;
     else sh->watches = w->next;
     if (w->next) w->next->prev = w->prev;
+    atomic_fetch_sub_explicit(&sh->n_watches, 1, memory_order_relaxed);
 }
 
 /* The Watch's stream is gone: it leaves the shard's list at once. */
@@ -318,7 +319,17 @@ static void health_watch(bds_call *call, void *ctx) {
     w->next = sh->watches;
     if (sh->watches) sh->watches->prev = w;
     sh->watches = w;
+    atomic_fetch_add_explicit(&sh->n_watches, 1, memory_order_relaxed);
     bds__call_on_cancel(call, watch_cancel, w);
+}
+
+uint32_t bds__server_watches(bds_server *srv) {
+    /* Published once every shard started: their srv_shards are there. */
+    if (!atomic_load(&srv->live_group)) return UINT32_MAX;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < srv->n_shards; i++)
+        if (srv->shards[i]) n += atomic_load_explicit(&srv->shards[i]->n_watches, memory_order_relaxed);
+    return n;
 }
 
 /* Shutdown: every Watch hears NOT_SERVING, then ends OK. */

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "bidistream/server.h"
+#include "server_int.h" /* bds__server_watches */
 
 #define PATH "/bidistream.v1.Pipeline/Process"
 #define MSGS 300
@@ -517,4 +518,41 @@ Test(server, stop_returns_after_grace_and_hard_stop_margin_despite_a_hung_handle
     /* grace 0.5 s + 2 s; joined with room for a loaded machine, never forever */
     cr_assert_eq(srv_stop_within(&v, 30), BDS_DEADLINE_EXCEEDED, "a hard stop is reported as such");
     cli_fini(&c);
+}
+
+/* ---- Health.Watch ---------------------------------------------------------------------- */
+
+static bool all_answered(struct cli *c) {
+    for (int i = 0; i < c->n; i++)
+        if (c->s[i].in_bytes == 0) return false;
+    return true;
+}
+
+/* 10,000 Watches opened and cancelled, 16 at a time (a connection each
+ * time: so many resets on one would be a rapid-reset flood): each leaves its
+ * shard's list the moment its stream is gone (before: it stayed until the
+ * next Watch swept the list, which every new Watch walked). */
+Test(server, cancelled_watches_are_freed_at_once) {
+    struct srv v;
+    srv_start(&v, 2);
+    struct cli c;
+    for (int round = 0; round < 625; round++) {
+        cli_init(&c, srv_connect(&v));
+        for (int i = 0; i < 16; i++) {
+            uint8_t *out = calloc(1, 5); /* an empty HealthCheckRequest: the server's status */
+            cli_open(&c, "/grpc.health.v1.Health/Watch", out, 5, true);
+        }
+        cli_pump(&c, all_answered);
+        for (int i = 0; i < 16; i++) nghttp2_submit_rst_stream(c.ng, NGHTTP2_FLAG_NONE, c.s[i].id, NGHTTP2_CANCEL);
+        cli_sync(&c);
+        cli_fini(&c);
+    }
+    uint32_t n = bds__server_watches(v.s);
+    for (int i = 0; i < 500 && n != 0; i++) { /* the cancels run on the shards: bounded wait */
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        n = bds__server_watches(v.s);
+    }
+    cr_assert_eq(n, 0, "%u cancelled Watch calls still held", n);
+    srv_stop(&v);
 }
