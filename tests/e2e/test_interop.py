@@ -626,5 +626,33 @@ class Amplification(unittest.TestCase):
         self.served_elsewhere()
 
 
+class CancelledWork(unittest.TestCase):
+    """An interop response stream waiting on a long interval ends with its
+    stream: once the client cancels, the stop finds nothing in flight and
+    exits 0 (before: the stop waited for the interval, or, with the hard
+    stop, abandoned the call and exited 1)."""
+
+    def test_cancelled_interval_leaves_nothing_to_wait_for(self):
+        srv = g.Server('--shards', '2', '--grace', '3s', '--interop')
+        with srv.channel() as ch:
+            req = out_request([(1, 0), (2, 2000000000)])  # the second response 33 min later (int32 µs)
+            call = ch.unary_stream(T + 'StreamingOutputCall', request_serializer=ident,
+                                   response_deserializer=ident)(req, timeout=60)
+            self.assertEqual(body(next(call)), b'\x00')
+            call.cancel()
+            hold = threading.Event()
+
+            def reqs():
+                yield req
+                hold.wait(20)
+            duplex = g.raw(ch, T + 'FullDuplexCall')(reqs(), timeout=60)
+            self.assertEqual(body(next(duplex)), b'\x00')
+            duplex.cancel()
+            hold.set()
+            fast = ch.unary_unary(T + 'UnaryCall', request_serializer=ident, response_deserializer=ident)
+            self.assertEqual(body(fast(simple_request(2), timeout=10)), bytes(2))
+        self.assertEqual(srv.stop(), 0, 'the stop had work left:\n' + ''.join(srv.err))
+
+
 if __name__ == '__main__':
     g.run_main(sys.modules[__name__], __doc__)
