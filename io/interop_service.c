@@ -10,7 +10,8 @@
  *   StreamingOutputCall           one request, a response per response_parameters
  *                                 entry, each after its interval_us (a shard timer)
  *                                 and after the previous one left (at most 1000
- *                                 entries, 64 MiB per request: RESOURCE_EXHAUSTED)
+ *                                 entries, 64 MiB per request by default:
+ *                                 RESOURCE_EXHAUSTED)
  *   StreamingInputCall            the sum of the request payload sizes, answered at
  *                                 the client's half-close (the end-of-stream marker)
  *   FullDuplexCall, HalfDuplexCall each request answered as StreamingOutputCall
@@ -30,6 +31,7 @@
  * sent uncompressed: expect_compressed = true (the client_compressed_* probe)
  * is answered INVALID_ARGUMENT. response_compressed is ignored: sending
  * uncompressed is always allowed. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,9 +41,6 @@
 #include "server_int.h"
 
 #define INTEROP_PAYLOAD_MAX (4u << 20)
-/* Per StreamingOutputCallRequest: ~7 KB of request must not ask for 4 GiB. */
-#define INTEROP_RESPONSES_MAX 1000u
-#define INTEROP_RESPONSE_BYTES_MAX (64ull << 20)
 
 /* The request headers the custom_metadata case echoes (bds__server_set_capture). */
 enum { MD_ECHO_INITIAL, MD_ECHO_TRAILING };
@@ -144,9 +143,9 @@ static void unary_call(bds_call *call, void *ctx) {
  * interval, then finishes the call (with the echoed status if any). Paced:
  * the next response is made only once the previous one's buffer is freed
  * (its bytes are in the HTTP/2 output), so a call holds about one response
- * whatever its client reads; a request asking for more than
- * INTEROP_RESPONSES_MAX responses or INTEROP_RESPONSE_BYTES_MAX bytes is
- * refused before anything is made. The state lives until both the call has
+ * whatever its client reads; a request asking for more responses or bytes
+ * than the server's interop_responses_max / interop_response_bytes_max (~7 KB
+ * of request must not ask for 4 GiB) is refused before anything is made. The state lives until both the call has
  * finished and its last response was freed (refs). */
 struct out_stream {
     bds_timer t;
@@ -231,8 +230,12 @@ static void out_stream_freed(void *ctx) {
 
 /* Checks the request against the per-call bounds; false when it finished the call. */
 static bool out_request_bounded(bds_call *call, const Grpc__Testing__StreamingOutputCallRequest *r) {
-    if (r->n_response_parameters > INTEROP_RESPONSES_MAX) {
-        bds_call_done(call, BDS_RESOURCE_EXHAUSTED, "response_parameters: more than 1000 responses asked for");
+    const bds_server_config *cfg = &bds__server_shard_self()->srv->cfg;
+    char why[96];
+    if (r->n_response_parameters > cfg->interop_responses_max) {
+        snprintf(why, sizeof why, "response_parameters: more than %u responses asked for",
+                 cfg->interop_responses_max);
+        bds_call_done(call, BDS_RESOURCE_EXHAUSTED, why);
         return false;
     }
     uint64_t total = 0;
@@ -244,8 +247,10 @@ static bool out_request_bounded(bds_call *call, const Grpc__Testing__StreamingOu
         }
         total += (uint64_t)size;
     }
-    if (total > INTEROP_RESPONSE_BYTES_MAX) {
-        bds_call_done(call, BDS_RESOURCE_EXHAUSTED, "response_parameters: more than 64 MiB of responses asked for");
+    if (total > cfg->interop_response_bytes_max) {
+        snprintf(why, sizeof why, "response_parameters: more than %u bytes of responses asked for",
+                 cfg->interop_response_bytes_max);
+        bds_call_done(call, BDS_RESOURCE_EXHAUSTED, why);
         return false;
     }
     return true;

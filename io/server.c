@@ -82,6 +82,8 @@ void bds_server_config_default(bds_server_config *c) {
     c->max_message_bytes = 4u << 20;
     c->max_concurrent_streams = 1024;
     c->max_lingering_streams = 128;
+    c->interop_responses_max = 1000;
+    c->interop_response_bytes_max = 64u << 20;
     c->max_header_list_bytes = 16u << 10;
     c->stream_window_bytes = 64u << 10;
     c->options = bds_default_options();

@@ -562,8 +562,9 @@ def vm_hwm_kib(pid):
 
 class Amplification(unittest.TestCase):
     """A few KB of StreamingOutputCallRequest must not make the server hold
-    GBs: each request may ask for at most 1000 responses and 64 MiB
-    (RESOURCE_EXHAUSTED past either), and the responses are made one at a
+    GBs: each request may ask for at most 1000 responses and 64 MiB by default
+    (--interop-responses-max, --interop-response-bytes-max; RESOURCE_EXHAUSTED
+    past either), and the responses are made one at a
     time, the next once the previous has left, so a client that never reads
     holds about one response in the server. Peak RSS (VmHWM) is measured
     around each attack and printed; another connection is served meanwhile."""
@@ -594,16 +595,32 @@ class Amplification(unittest.TestCase):
         with self.srv.channel() as ch:
             server_stream = ch.unary_stream(T + 'StreamingOutputCall', request_serializer=ident,
                                             response_deserializer=ident)
-            self.assertRefused(server_stream(req, timeout=30), '64 MiB')
-            self.assertRefused(g.raw(ch, T + 'FullDuplexCall')(iter([req]), timeout=30), '64 MiB')
-            self.assertRefused(server_stream(out_request([(0, 0)] * 1001), timeout=30), '1000 responses')
-            # at the bounds: served
+            self.assertRefused(server_stream(req, timeout=30), 'more than 67108864 bytes')
+            self.assertRefused(g.raw(ch, T + 'FullDuplexCall')(iter([req]), timeout=30), 'more than 67108864 bytes')
+            self.assertRefused(server_stream(out_request([(0, 0)] * 1001), timeout=30), 'more than 1000 responses')
+            # at the bounds (the defaults): served
             self.assertEqual(len(list(server_stream(out_request([(0, 0)] * 1000), timeout=30))), 1000)
             self.served_elsewhere()
-        grew = vm_hwm_kib(self.srv.proc.pid) - hwm0
-        sys.stderr.write('\n  1000 x 4 MiB request: RESOURCE_EXHAUSTED, VmHWM %d -> %d KiB (+%d KiB)\n'
-                         % (hwm0, hwm0 + grew, grew))
-        self.assertLess(grew, 32 << 10, 'peak RSS grew by %d KiB' % grew)
+            grew = vm_hwm_kib(self.srv.proc.pid) - hwm0
+            sys.stderr.write('\n  1000 x 4 MiB request: RESOURCE_EXHAUSTED, VmHWM %d -> %d KiB (+%d KiB)\n'
+                             % (hwm0, hwm0 + grew, grew))
+            self.assertLess(grew, 32 << 10, 'peak RSS grew by %d KiB' % grew)
+            # 16 x 4 MB, near the bytes bound (grpcio takes at most 4 MiB per message)
+            self.assertEqual(len(list(server_stream(out_request([(4000000, 0)] * 16), timeout=60))), 16)
+
+    def test_lower_bounds_from_the_flags(self):
+        srv = g.Server('--shards', '1', '--interop', '--interop-responses-max', '2',
+                       '--interop-response-bytes-max', '1KiB')
+        try:
+            with srv.channel() as ch:
+                server_stream = ch.unary_stream(T + 'StreamingOutputCall', request_serializer=ident,
+                                                response_deserializer=ident)
+                self.assertRefused(server_stream(out_request([(1, 0)] * 3), timeout=10), 'more than 2 responses')
+                self.assertRefused(server_stream(out_request([(600, 0)] * 2), timeout=10), 'more than 1024 bytes')
+                self.assertEqual([len(body(r)) for r in server_stream(out_request([(512, 0)] * 2), timeout=10)],
+                                 [512, 512])
+        finally:
+            self.assertEqual(srv.stop(), 0)
 
     def test_client_that_never_reads_holds_about_one_response(self):
         # 16 x 4 MiB = 64 MiB, within the bounds; the client grants no window,

@@ -104,6 +104,8 @@ static void assert_same_config(const bds_server_config *a, const bds_server_conf
     cr_assert_eq(a->stream_window_bytes, b->stream_window_bytes);
     cr_assert_eq(a->idle_spin_us, b->idle_spin_us);
     cr_assert_eq(a->interop_service, b->interop_service);
+    cr_assert_eq(a->interop_responses_max, b->interop_responses_max);
+    cr_assert_eq(a->interop_response_bytes_max, b->interop_response_bytes_max);
     cr_assert_eq(a->log_level, b->log_level);
     const bds_options *x = &a->options, *y = &b->options;
     cr_assert_eq(x->size, y->size);
@@ -193,6 +195,8 @@ static const u32_flag u32_flags[] = {
     {"--max-attempts", offsetof(bds_server_config, options.retry.max_attempts), 0, 1000},
     {"--max-concurrent-streams", offsetof(bds_server_config, max_concurrent_streams), 1, 0x7fffffff},
     {"--max-lingering-streams", offsetof(bds_server_config, max_lingering_streams), 1, 0x7fffffff},
+    {"--interop-responses-max", offsetof(bds_server_config, interop_responses_max), 0, UINT32_MAX},
+    {"--interop-response-bytes-max", offsetof(bds_server_config, interop_response_bytes_max), 0, UINT32_MAX},
     {"--idle-spin-us", offsetof(bds_server_config, idle_spin_us), 0, 1000000},
     {"--max-message-bytes", offsetof(bds_server_config, max_message_bytes), 16, 0x7fffffff},
     {"--max-header-list-bytes", offsetof(bds_server_config, max_header_list_bytes), 1024, UINT32_MAX},
@@ -682,7 +686,8 @@ Test(tool_config, help_lists_every_flag_with_its_default) {
         "--grace DURATION", "--drain-inbound [BOOL]", "--drain-outbound [BOOL]", "--metrics [BOOL]",
         "--metrics-payload-sizes [BOOL]", "--max-message-bytes SIZE", "--max-concurrent-streams N",
         "--max-lingering-streams N",
-        "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--idle-spin-us N", "--interop [BOOL]", "--log-level LEVEL",
+        "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--idle-spin-us N", "--interop [BOOL]", "--interop-responses-max N",
+        "--interop-response-bytes-max SIZE", "--log-level LEVEL",
         "--config FILE", "--check-config", "--help", "--version",
     };
     bds_tool_config cfg;
@@ -711,11 +716,13 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--max-attempts", "4", "--backoff", "1.5ms", "--grace", "1m30s", "--drain-outbound", "no",
                     "--metrics-payload-sizes", "--max-message-bytes", "1MiB", "--max-concurrent-streams", "10", "--max-lingering-streams", "5",
                     "--max-header-list-bytes", "2048", "--stream-window-bytes", "1GiB", "--idle-spin-us", "50",
-                    "--interop", "--log-level", "warn", NULL};
+                    "--interop", "--interop-responses-max", "10", "--interop-response-bytes-max", "1MiB",
+                    "--log-level", "warn", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 32, "%s", out); /* a comment and 31 keys */
+    cr_assert_eq(count_lines(out), 34, "%s", out); /* a comment and 33 keys */
+    cr_assert_not_null(strstr(out, "\ninterop-response-bytes-max = 1048576\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nmax-lingering-streams = 5\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninterop = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninbound-bytes-max = 65536\n"), "%s", out);

@@ -44,6 +44,11 @@ typedef struct bds_server_config {
     uint32_t stream_window_bytes;   /* HTTP/2 initial stream window, default 64 KiB */
     uint32_t idle_spin_us;          /* spin this long before sleeping; 0 = never (default) */
     bool interop_service;           /* also serve grpc.testing.TestService; default false */
+    /* Per StreamingOutputCallRequest of the interop service: responses asked
+     * for (default 1000) and their total bytes (default 64 MiB); past either
+     * the call ends RESOURCE_EXHAUSTED before any response is made. */
+    uint32_t interop_responses_max;
+    uint32_t interop_response_bytes_max;
     bds_options options;            /* pipeline options for methods that bring none */
     int log_level;                  /* 0 errors, 1 warnings, 2 info (default), 3 debug */
 } bds_server_config;
