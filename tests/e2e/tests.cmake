@@ -21,6 +21,8 @@ if(TARGET bidistreamd)
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_h2_floods.py $<TARGET_FILE:bidistreamd>)
   set_tests_properties(e2e.h2_floods PROPERTIES LABELS "e2e" TIMEOUT 600
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
+  # BDS_SANITIZE: peak-RSS bounds allow for TSan's shadow memory (~4x the heap).
   set_tests_properties(e2e.interop PROPERTIES LABELS "e2e;tsan" TIMEOUT 600
+    ENVIRONMENT "BDS_SANITIZE=${BDS_SANITIZE}"
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
 endif()
