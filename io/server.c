@@ -924,7 +924,10 @@ static void hook_on_stop(bds_shard *s, void *ctx) {
         if (sc->closing) continue;
         bds__h2_shutdown_notice(sc->h2);
         bds__h2_goaway(sc->h2, BDS_H2_NO_ERROR);
-        for (srv_call *call = sc->calls; call; call = call->next) bds_session_shutdown(call->session);
+        for (srv_call *call = sc->calls; call; call = call->next) {
+            /* A finished call waiting to send its trailers has no session left. */
+            if (call->session) bds_session_shutdown(call->session);
+        }
         conn_kick(sc);
     }
     /* What the grace period did not end is closed one second after it, and

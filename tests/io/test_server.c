@@ -556,3 +556,56 @@ Test(server, cancelled_watches_are_freed_at_once) {
     cr_assert_eq(n, 0, "%u cancelled Watch calls still held", n);
     srv_stop(&v);
 }
+
+/* ---- shutdown with trailers still waiting ------------------------------------------------ */
+
+static bool first_stream_sent(struct cli *c) {
+    return c->s[0].out_off == c->s[0].out_len && !nghttp2_session_want_write(c->ng);
+}
+
+/* A stream that ended OK while its replies still wait for the client's window
+ * (its session is gone, its trailers pending) when the server stops: the stop
+ * must pass it by (before: bds_session_shutdown on its NULL session). */
+Test(server, stop_with_a_finished_stream_whose_replies_wait_for_window) {
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.options.shutdown.grace_period_ns = 200 * 1000 * 1000ULL;
+    struct srv v;
+    srv_create(&v, &cfg);
+    srv_run(&v);
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    /* Our window for the server's DATA: 1 byte. */
+    nghttp2_settings_entry iw = {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1};
+    cr_assert_eq(nghttp2_submit_settings(c.ng, NGHTTP2_FLAG_NONE, &iw, 1), 0);
+    /* 64 frames of 8 KiB: 512 KiB of echoes, past the 256 KiB the server
+     * queues per stream, so replies wait in the server after the session ends. */
+    enum { N = 64, BODY = 8192 };
+    uint8_t *out = malloc(N * (BODY + 32));
+    size_t len = 0;
+    for (int i = 0; i < N; i++) {
+        uint8_t *p = out + len + 5;
+        *p++ = 0x0a; /* key "b" */
+        *p++ = 1;
+        *p++ = 'b';
+        *p++ = 0x1a; /* payload, 8192 = varint 0x80 0x40 */
+        *p++ = 0x80;
+        *p++ = 0x40;
+        memset(p, 'z', BODY);
+        p += BODY;
+        uint32_t n = (uint32_t)(p - (out + len) - 5);
+        out[len] = 0;
+        out[len + 1] = (uint8_t)(n >> 24);
+        out[len + 2] = (uint8_t)(n >> 16);
+        out[len + 3] = (uint8_t)(n >> 8);
+        out[len + 4] = (uint8_t)n;
+        len += 5 + n;
+    }
+    cli_open(&c, PATH, out, len, true);
+    cli_pump(&c, first_stream_sent); /* every message and the half-close */
+    cli_sync(&c);
+    cli_sync(&c); /* the echoes ran and the session ended: the trailers wait */
+    cr_assert_not(c.s[0].closed, "the trailers cannot have left: the replies wait for window");
+    cr_assert_eq(srv_stop_within(&v, 20), BDS_OK);
+    cli_fini(&c);
+}
