@@ -14,7 +14,12 @@ large payloads both ways, custom_metadata, the client_compressed_* probe
 server accepts identity only, so a gzip request is UNIMPLEMENTED and a
 compressed-flag message without grpc-encoding INTERNAL, on the TestService
 and on Pipeline/Process alike) and server_compressed_* (response_compressed
-ignored: the response comes uncompressed).
+ignored: the response comes uncompressed). Then what a hostile client must not
+get (issue 8): a few KB of request asking for GBs of responses (refused past
+the per-request bounds; paced, so a client that never reads makes the server
+hold about one response; peak RSS measured and printed), and response streams
+whose wait outlives a cancelled call. Every server here runs with --interop:
+without it TestService is UNIMPLEMENTED (test_grpcio.py).
 
 The client is Debian's python3-grpcio (/usr/bin/python3); messages are
 encoded by hand with the field numbers of grpc-proto's
