@@ -22,8 +22,8 @@
  * Shutdown: on stop every shard stops accepting, marks health NOT_SERVING,
  * sends GOAWAY (notice, then final), and starts the pipeline's graceful
  * shutdown on each session; the grace period ends what is left with
- * UNAVAILABLE, one second later any connection still open is closed, and one
- * more second later handlers still running are abandoned (a hard stop: no
+ * UNAVAILABLE, one second later any connection still open is closed, and four
+ * seconds after that handlers still running are abandoned (a hard stop: no
  * handler can hold the process). A second signal exits at once.
  *
  * Ownership: everything here belongs to its shard's thread. A srv_msg lives
@@ -44,9 +44,13 @@
 
 #define REPLY_HIGH_WATER (256u * 1024u) /* unsent bytes per stream before replies wait here */
 #define RUN_BUDGET 512u
-/* After the grace period: connections close after one margin, work still
- * running is abandoned after a second (bds_server_run returns). */
-#define HARD_STOP_MARGIN_NS 1000000000ULL
+/* After the grace period: connections still open close after CLOSE_AFTER;
+ * work still running ABANDON_AFTER later is abandoned (bds_server_run
+ * returns). The second margin leaves a loaded machine time to unwind what
+ * the closes cancel (the cancels cross shards), so only handlers that ignore
+ * their cancel are left behind. */
+#define STOP_CLOSE_AFTER_NS 1000000000ULL
+#define STOP_ABANDON_AFTER_NS 4000000000ULL
 
 struct srv_conn {
     srv_shard *sh;
@@ -886,7 +890,7 @@ static void hook_on_signal(bds_shard *s, int signo, void *ctx) {
 }
 
 /* Grace + 1 s: connections still open are closed (their calls cancelled,
- * which ends every built-in handler). Grace + 2 s: handlers that still run
+ * which ends every built-in handler). Grace + 5 s: handlers that still run
  * are abandoned (a hard stop), so no handler can hold the process. */
 static void stop_timer_fired(bds_timer *t, void *ctx) {
     srv_shard *sh = ctx;
@@ -907,7 +911,7 @@ static void stop_timer_fired(bds_timer *t, void *ctx) {
             bds__conn_close(sc->c, 0);
         }
     }
-    bds__timer_arm(bds__shard_timers(sh->shard), t, bds__shard_now(sh->shard) + HARD_STOP_MARGIN_NS);
+    bds__timer_arm(bds__shard_timers(sh->shard), t, bds__shard_now(sh->shard) + STOP_ABANDON_AFTER_NS);
 }
 
 static void hook_on_stop(bds_shard *s, void *ctx) {
@@ -931,13 +935,13 @@ static void hook_on_stop(bds_shard *s, void *ctx) {
         conn_kick(sc);
     }
     /* What the grace period did not end is closed one second after it, and
-     * abandoned one more second later (stop_timer_fired). */
+     * abandoned four seconds later (stop_timer_fired). */
     uint64_t grace = sh->srv->cfg.options.shutdown.grace_period_ns;
     for (uint32_t i = 0; i < sh->srv->n_methods; i++) {
         if (sh->srv->methods[i].opts.shutdown.grace_period_ns > grace) grace = sh->srv->methods[i].opts.shutdown.grace_period_ns;
     }
     bds__timer_init(&sh->stop_timer, stop_timer_fired, sh);
-    bds__timer_arm(bds__shard_timers(s), &sh->stop_timer, bds__shard_now(s) + grace + HARD_STOP_MARGIN_NS);
+    bds__timer_arm(bds__shard_timers(s), &sh->stop_timer, bds__shard_now(s) + grace + STOP_CLOSE_AFTER_NS);
 }
 
 static bool hook_quiescent(bds_shard *s, void *ctx) {

@@ -4,7 +4,7 @@
  * (tested without a server); this file creates the server, runs it until
  * SIGTERM/SIGINT (the server drains gracefully) and maps the outcome onto the
  * exit status: 0 clean shutdown, 1 the server failed while running or had to
- * abandon work at the hard stop (grace period + 2 s), 2 bad flags or a config
+ * abandon work at the hard stop (grace period + 5 s), 2 bad flags or a config
  * the server refused; a second SIGTERM/SIGINT while stopping exits at once
  * with 128 + the signal's number (the server's doing). The "listening on"
  * line is the server's, printed once its listeners are up. */

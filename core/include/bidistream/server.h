@@ -78,8 +78,8 @@ BDS_API bds_status bds_server_add_method(bds_server *server, const bds_method *m
 /* Serves until bds_server_stop() or SIGTERM/SIGINT, then drains gracefully
  * (GOAWAY, in-flight work finishes within the grace period: the longest of the
  * server's and its methods'). What the grace period leaves ends UNAVAILABLE;
- * one second after it, connections still open are closed; one more second
- * later (a hard stop, at most grace + 2 s after the stop) handlers that still
+ * one second after it, connections still open are closed; four seconds
+ * later (a hard stop, at most grace + 5 s after the stop) handlers that still
  * have not finished their calls are abandoned and bds_server_run returns
  * BDS_DEADLINE_EXCEEDED: their calls' memory stays allocated, and they must
  * never touch those calls again (no bds_call_done). Returns BDS_OK after a
