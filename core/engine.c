@@ -91,6 +91,7 @@ static void exec_handler_run(bds_call *call) {
     call->attempt++;
     call->exec_state = BDS_EXEC_RUNNING;
     call->done_in_handler = false;
+    call->on_cancel = NULL;
     call->in_handler = true;
     call->guard = &guard;
     if (setjmp(guard) == 0) {
@@ -197,6 +198,14 @@ void bds__exec_on_cancel(bds_pipeline *p, bds_session *s, bool running_too) {
         if (head->exec_state == BDS_EXEC_RUNNING ||
             (head->exec_state == BDS_EXEC_RETRY_WAIT && !running_too)) {
             ek->drop_rest = true; /* the active head finishes, the rest follow it out */
+            if (running_too && head->exec_state == BDS_EXEC_RUNNING && head->on_cancel) {
+                /* Its work would outlive the stream (a timer up to an hour
+                 * out): stop it now. Its bds_call_done posts COMPLETE, so ek
+                 * is still there for the loop. */
+                bds__call_cancel_fn fn = head->on_cancel;
+                head->on_cancel = NULL;
+                fn(head, head->on_cancel_ctx);
+            }
         } else {
             if (head->exec_state == BDS_EXEC_RETRY_WAIT) {
                 bds__timer_cancel(p->timers, &head->retry_timer);
@@ -235,7 +244,24 @@ void bds_call_reply(bds_call *call, bds_reply *reply) {
     bds__post_any(call->session->home, call->home, BDS_XK_REPLY, reply);
 }
 
+/* Whether the calling thread runs the call's EXEC pipeline (of any shard
+ * group member: on_exec_thread also asks for home's own port). */
+static bool on_exec_pipeline(const bds_call *call) {
+    const bds_pipeline *cur = bds__pipeline_current();
+    const bds_pipeline *home = call->session->home;
+    return cur && cur->index == call->exec && cur->count == home->count && cur->port.post == home->port.post;
+}
+
+void bds__call_on_cancel(bds_call *call, bds__call_cancel_fn fn, void *ctx) {
+    BDS_ASSERT(on_exec_pipeline(call) && call->exec_state == BDS_EXEC_RUNNING);
+    call->on_cancel = fn;
+    call->on_cancel_ctx = ctx;
+}
+
 void bds_call_done(bds_call *call, bds_status status, const char *message) {
+    /* Only a call on its EXEC thread can have a cancel hook; a foreign
+     * thread's completion must not write what EXEC reads. */
+    if (on_exec_pipeline(call)) call->on_cancel = NULL;
     call->status = status;
     if (message) {
         strncpy(call->msg, message, sizeof call->msg - 1);

@@ -59,6 +59,9 @@ static inline enum bds__xkind bds__xmsg_kind(const void *msg) {
 static inline void *bds__xmsg_obj(const void *msg) { return (void *)((uintptr_t)msg & ~BDS_XK_MASK); }
 
 enum bds__token { BDS_TOKEN_NONE = 0, BDS_TOKEN_REAL, BDS_TOKEN_SOFT };
+
+/* Stops a running call's work once its session has closed (bds__call_on_cancel). */
+typedef void (*bds__call_cancel_fn)(bds_call *call, void *ctx);
 enum bds__exec_state { BDS_EXEC_QUEUED = 0, BDS_EXEC_RUNNING, BDS_EXEC_RETRY_WAIT };
 
 /* HOME side, per (session, key) with outstanding calls. The key's token (if
@@ -105,6 +108,8 @@ struct bds_call {
     bool in_handler;                  /* inside the synchronous handler run */
     bool done_in_handler;             /* bds_call_done() came before the handler returned */
     jmp_buf *guard;                   /* bds_call_panic() lands here */
+    bds__call_cancel_fn on_cancel;    /* bds__call_on_cancel; cleared by bds_call_done */
+    void *on_cancel_ctx;
     /* Result: written by EXEC (or by a foreign thread before COMPLETE), read by
      * HOME after DONE; the message channel's release/acquire orders them. */
     bds_status status;
@@ -189,6 +194,14 @@ void bds__exec_on_exec(bds_pipeline *p, bds_call *call);
 void bds__exec_on_grant(bds_pipeline *p, bds_call *call);
 void bds__exec_on_cancel(bds_pipeline *p, bds_session *s, bool running_too);
 void bds__exec_on_complete(bds_pipeline *p, bds_call *call);
+/* For a handler whose call finishes later from a timer or other work on the
+ * call's EXEC pipeline (the built-in services): when the session closes first
+ * (client cancel, failure, deadline, grace over), fn runs once on that
+ * pipeline's thread, outside the handler; it stops the work, frees what the
+ * work holds and finishes the call (bds_call_done). bds_call_done clears it,
+ * and each attempt starts without one. Thread: the call's EXEC pipeline only
+ * (handlers that complete from other threads cannot use it). */
+void bds__call_on_cancel(bds_call *call, bds__call_cancel_fn fn, void *ctx);
 
 /* session_fsm.c: the state table (STYLE §5). */
 enum bds__fsm_event {

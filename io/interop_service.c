@@ -1,12 +1,17 @@
 /* interop_service.c — grpc.testing.TestService, the standard gRPC interop
  * service (SPEC §4), so any gRPC implementation's interop client can test the
- * server. Messages are grpc-proto's own (protobuf-c code generated at build
+ * server. Opt-in: registered only when bds_server_config.interop_service is
+ * set (bidistreamd --interop), since a test service has no place on a
+ * production server. Messages are grpc-proto's own (protobuf-c code generated at build
  * time). Every method runs through the pipeline as a FIFO session:
  *
  *   EmptyCall, UnaryCall          one request, one response (response_size zero
  *                                 bytes; response_status is echoed as the call's status)
  *   StreamingOutputCall           one request, a response per response_parameters
  *                                 entry, each after its interval_us (a shard timer)
+ *                                 and after the previous one left (at most 1000
+ *                                 entries, 64 MiB per request by default:
+ *                                 RESOURCE_EXHAUSTED)
  *   StreamingInputCall            the sum of the request payload sizes, answered at
  *                                 the client's half-close (the end-of-stream marker)
  *   FullDuplexCall, HalfDuplexCall each request answered as StreamingOutputCall
@@ -26,6 +31,7 @@
  * sent uncompressed: expect_compressed = true (the client_compressed_* probe)
  * is answered INVALID_ARGUMENT. response_compressed is ignored: sending
  * uncompressed is always allowed. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -134,41 +140,68 @@ static void unary_call(bds_call *call, void *ctx) {
 }
 
 /* Streams the responses of one StreamingOutputCallRequest, each after its
- * interval, then finishes the call (with the echoed status if any). */
+ * interval, then finishes the call (with the echoed status if any). Paced:
+ * the next response is made only once the previous one's buffer is freed
+ * (its bytes are in the HTTP/2 output), so a call holds about one response
+ * whatever its client reads; a request asking for more responses or bytes
+ * than the server's interop_responses_max / interop_response_bytes_max (~7 KB
+ * of request must not ask for 4 GiB) is refused before anything is made. The state lives until both the call has
+ * finished and its last response was freed (refs). */
 struct out_stream {
     bds_timer t;
-    bds_call *call;
+    bds_call *call;            /* NULL once finished */
     Grpc__Testing__StreamingOutputCallRequest *req;
     size_t next;
+    uint32_t refs;             /* the running call + its response not yet freed */
 };
 
-static void out_stream_step(bds_timer *t, void *ctx);
-
-static void out_stream_send(struct out_stream *o) {
-    while (o->next < o->req->n_response_parameters) {
-        const Grpc__Testing__ResponseParameters *rp = o->req->response_parameters[o->next];
-        Grpc__Testing__StreamingOutputCallResponse resp = GRPC__TESTING__STREAMING_OUTPUT_CALL_RESPONSE__INIT;
-        Grpc__Testing__Payload payload;
-        uint8_t *zeros = NULL;
-        if (!make_payload(&payload, rp->size, &zeros)) {
-            bds_call_done(o->call, BDS_INVALID_ARGUMENT, "response size out of range");
-            goto out;
-        }
-        resp.payload = &payload;
-        reply_message(o->call, &resp.base);
-        free(zeros);
-        o->next++;
-        if (o->next < o->req->n_response_parameters && o->req->response_parameters[o->next]->interval_us > 0) {
-            bds_shard *s = bds__shard_self();
-            uint64_t us = (uint64_t)o->req->response_parameters[o->next]->interval_us;
-            bds__timer_init(&o->t, out_stream_step, o);
-            if (s && bds__timer_arm(bds__shard_timers(s), &o->t, bds__shard_now(s) + us * 1000ULL) == 0) return;
-        }
-    }
-    if (!echo_status(o->call, o->req->response_status)) bds_call_done(o->call, BDS_OK, NULL);
-out:
+static void out_stream_unref(struct out_stream *o) {
+    if (--o->refs) return;
     grpc__testing__streaming_output_call_request__free_unpacked(o->req, NULL);
     free(o);
+}
+
+static void out_stream_finish(struct out_stream *o, bds_status st, const char *msg) {
+    bds_call *call = o->call;
+    o->call = NULL;
+    if (st != BDS_OK || !echo_status(call, o->req->response_status)) bds_call_done(call, st, msg);
+    out_stream_unref(o);
+}
+
+/* The call's stream is gone: stop waiting (timer or response) and finish. */
+static void out_stream_cancel(bds_call *call, void *ctx) {
+    (void)call;
+    struct out_stream *o = ctx;
+    bds__timer_cancel(bds__shard_timers(bds__shard_self()), &o->t);
+    out_stream_finish(o, BDS_CANCELLED, NULL);
+}
+
+static void out_stream_freed(void *ctx);
+
+/* Makes response `next`; the last one finishes the call (its trailers follow it). */
+static void out_stream_send(struct out_stream *o) {
+    const Grpc__Testing__ResponseParameters *rp = o->req->response_parameters[o->next];
+    Grpc__Testing__StreamingOutputCallResponse resp = GRPC__TESTING__STREAMING_OUTPUT_CALL_RESPONSE__INIT;
+    Grpc__Testing__Payload payload;
+    uint8_t *zeros = NULL, *buf = NULL;
+    bds_status st = BDS_E_NOMEM;
+    if (make_payload(&payload, rp->size, &zeros)) {
+        resp.payload = &payload;
+        size_t n = protobuf_c_message_get_packed_size(&resp.base);
+        buf = malloc(n ? n : 1);
+        if (buf) {
+            protobuf_c_message_pack(&resp.base, buf);
+            st = bds__server_call_reply_paced(o->call, buf, n, out_stream_freed, o);
+        }
+    }
+    free(buf);
+    free(zeros);
+    if (st != BDS_OK) {
+        out_stream_finish(o, BDS_RESOURCE_EXHAUSTED, "server out of memory");
+        return;
+    }
+    o->refs++;
+    if (++o->next == o->req->n_response_parameters) out_stream_finish(o, BDS_OK, NULL);
 }
 
 static void out_stream_step(bds_timer *t, void *ctx) {
@@ -176,30 +209,80 @@ static void out_stream_step(bds_timer *t, void *ctx) {
     out_stream_send(ctx);
 }
 
+/* Response `next` is due: after its interval, or now. */
+static void out_stream_schedule(struct out_stream *o) {
+    int32_t us = o->req->response_parameters[o->next]->interval_us;
+    if (us > 0) {
+        bds_shard *s = bds__shard_self();
+        bds__timer_init(&o->t, out_stream_step, o);
+        if (bds__timer_arm(bds__shard_timers(s), &o->t, bds__shard_now(s) + (uint64_t)us * 1000ULL) == 0) return;
+    }
+    out_stream_send(o);
+}
+
+/* The last response's buffer was freed: its bytes left (or the stream is gone,
+ * and the cancel hook finishes the call). */
+static void out_stream_freed(void *ctx) {
+    struct out_stream *o = ctx;
+    if (o->call && bds_session_get_state(o->call->session) != BDS_STATE_CLOSED) out_stream_schedule(o);
+    out_stream_unref(o);
+}
+
+/* Checks the request against the per-call bounds; false when it finished the call. */
+static bool out_request_bounded(bds_call *call, const Grpc__Testing__StreamingOutputCallRequest *r) {
+    const bds_server_config *cfg = &bds__server_shard_self()->srv->cfg;
+    char why[96];
+    if (r->n_response_parameters > cfg->interop_responses_max) {
+        snprintf(why, sizeof why, "response_parameters: more than %u responses asked for",
+                 cfg->interop_responses_max);
+        bds_call_done(call, BDS_RESOURCE_EXHAUSTED, why);
+        return false;
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < r->n_response_parameters; i++) {
+        int32_t size = r->response_parameters[i]->size;
+        if (size < 0 || (uint32_t)size > INTEROP_PAYLOAD_MAX) {
+            bds_call_done(call, BDS_INVALID_ARGUMENT, "response size out of range");
+            return false;
+        }
+        total += (uint64_t)size;
+    }
+    if (total > cfg->interop_response_bytes_max) {
+        snprintf(why, sizeof why, "response_parameters: more than %u bytes of responses asked for",
+                 cfg->interop_response_bytes_max);
+        bds_call_done(call, BDS_RESOURCE_EXHAUSTED, why);
+        return false;
+    }
+    return true;
+}
+
 static void streaming_output(bds_call *call, void *ctx) {
     (void)ctx;
     uint32_t len;
     const uint8_t *req = bds_call_request(call, &len);
-    struct out_stream *o = calloc(1, sizeof *o);
-    if (!o) {
-        bds_call_done(call, BDS_RESOURCE_EXHAUSTED, "server out of memory");
-        return;
-    }
-    o->call = call;
-    o->req = grpc__testing__streaming_output_call_request__unpack(NULL, len, req);
-    if (!o->req) {
-        free(o);
+    Grpc__Testing__StreamingOutputCallRequest *r = grpc__testing__streaming_output_call_request__unpack(NULL, len, req);
+    if (!r) {
         bds_call_done(call, BDS_INTERNAL, "malformed grpc.testing.StreamingOutputCallRequest");
         return;
     }
     echo_metadata(call);
-    if (o->req->n_response_parameters && o->req->response_parameters[0]->interval_us > 0) {
-        bds_shard *s = bds__shard_self();
-        bds__timer_init(&o->t, out_stream_step, o);
-        uint64_t us = (uint64_t)o->req->response_parameters[0]->interval_us;
-        if (s && bds__timer_arm(bds__shard_timers(s), &o->t, bds__shard_now(s) + us * 1000ULL) == 0) return;
+    struct out_stream *o = NULL;
+    if (!out_request_bounded(call, r)) {
+        grpc__testing__streaming_output_call_request__free_unpacked(r, NULL);
+        return;
     }
-    out_stream_send(o);
+    if (r->n_response_parameters == 0 || !(o = calloc(1, sizeof *o))) {
+        if (r->n_response_parameters != 0) bds_call_done(call, BDS_RESOURCE_EXHAUSTED, "server out of memory");
+        else if (!echo_status(call, r->response_status)) bds_call_done(call, BDS_OK, NULL);
+        grpc__testing__streaming_output_call_request__free_unpacked(r, NULL);
+        return;
+    }
+    o->call = call;
+    o->req = r;
+    o->refs = 1;
+    bds__timer_init(&o->t, out_stream_step, o);
+    bds__call_on_cancel(call, out_stream_cancel, o);
+    out_stream_schedule(o);
 }
 
 /* Runs on the stream's home shard (FIFO): per-stream state lives on its srv_call. */

@@ -22,7 +22,9 @@
  * Shutdown: on stop every shard stops accepting, marks health NOT_SERVING,
  * sends GOAWAY (notice, then final), and starts the pipeline's graceful
  * shutdown on each session; the grace period ends what is left with
- * UNAVAILABLE, and one second later any connection still open is closed.
+ * UNAVAILABLE, one second later any connection still open is closed, and four
+ * seconds after that handlers still running are abandoned (a hard stop: no
+ * handler can hold the process). A second signal exits at once.
  *
  * Ownership: everything here belongs to its shard's thread. A srv_msg lives
  * until every holder (SRV_MSG_IN/OUT/H2) has let go; all of them let go on
@@ -44,6 +46,13 @@
 
 #define REPLY_HIGH_WATER (256u * 1024u) /* unsent bytes per stream before replies wait here */
 #define RUN_BUDGET 512u
+/* After the grace period: connections still open close after CLOSE_AFTER;
+ * work still running ABANDON_AFTER later is abandoned (bds_server_run
+ * returns). The second margin leaves a loaded machine time to unwind what
+ * the closes cancel (the cancels cross shards), so only handlers that ignore
+ * their cancel are left behind. */
+#define STOP_CLOSE_AFTER_NS 1000000000ULL
+#define STOP_ABANDON_AFTER_NS 4000000000ULL
 
 struct srv_conn {
     srv_shard *sh;
@@ -51,6 +60,8 @@ struct srv_conn {
     bds__h2_conn *h2;
     srv_call *calls;
     srv_call *waiting;        /* calls with blocked replies (call->wprev/wnext) */
+    srv_call *lingering;      /* streams over, handlers still running (call_free) */
+    uint32_t n_lingering;     /* bounded by max_lingering_streams */
     srv_conn *prev, *next;
     srv_conn *dprev, *dnext;  /* the shard's dirty list, while `dirty` */
     bool dirty;               /* output to produce: flushed by shard_flush_dirty */
@@ -84,6 +95,9 @@ void bds_server_config_default(bds_server_config *c) {
     c->listen = "127.0.0.1:50051";
     c->max_message_bytes = 4u << 20;
     c->max_concurrent_streams = 1024;
+    c->max_lingering_streams = 128;
+    c->interop_responses_max = 1000;
+    c->interop_response_bytes_max = 64u << 20;
     c->max_header_list_bytes = 16u << 10;
     c->stream_window_bytes = 64u << 10;
     c->options = bds_default_options();
@@ -132,8 +146,9 @@ bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, con
         return BDS_E_INVALID;
     }
     if (cfg->max_message_bytes < 16 || cfg->max_concurrent_streams == 0 || cfg->stream_window_bytes < 1024 ||
-        cfg->max_header_list_bytes < 1024 || cfg->shards > 64) {
-        if (why) *why = "server limits: message >= 16 B, streams >= 1, window >= 1 KiB, headers >= 1 KiB, shards <= 64";
+        cfg->max_header_list_bytes < 1024 || cfg->shards > 64 || cfg->max_lingering_streams == 0) {
+        if (why) *why = "server limits: message >= 16 B, streams >= 1, lingering streams >= 1, window >= 1 KiB, "
+                        "headers >= 1 KiB, shards <= 64";
         return BDS_E_INVALID;
     }
     /* Deadlines are sums of a clock reading and these: a year keeps them far
@@ -270,6 +285,7 @@ static void msg_unhold(srv_msg *m, uint8_t hold) {
     BDS_ASSERT(m->holds & hold);
     m->holds &= (uint8_t)~hold;
     if (m->holds) return;
+    if (m->on_free) m->on_free(m->on_free_ctx);
     if (m->cls == SRV_MSG_HEAP) {
         free(m);
         return;
@@ -291,11 +307,17 @@ const uint8_t *bds_call_request(const bds_call *call, uint32_t *len) {
  * Elsewhere (the key's shard, a handler's thread) it is malloc'ed: the reply
  * is freed at home, which no other shard's pool may be. */
 bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len) {
+    return bds__server_call_reply_paced(call, bytes, len, NULL, NULL);
+}
+
+bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_t len, void (*on_free)(void *ctx),
+                                        void *ctx) {
     if (len > UINT32_MAX - 64) return BDS_E_INVALID;
     srv_msg *req = bds_call_payload(call);
     srv_shard *here = tls_shard != NULL && req->home == tls_shard ? tls_shard : NULL;
     srv_msg *r;
-    if (here && !req->reply_used && bytes == req->data && len == req->len) {
+    BDS_ASSERT(!on_free || here); /* freed at home: on_free must run on the handler's thread */
+    if (here && !on_free && !req->reply_used && bytes == req->data && len == req->len) {
         /* Only home's thread touches holds, and the request is lent to us. */
         r = req;
         r->reply_used = true;
@@ -305,6 +327,8 @@ bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len) {
         if (!r) return BDS_E_NOMEM;
         if (len) memcpy(r->data, bytes, len);
     }
+    r->on_free = on_free;
+    r->on_free_ctx = ctx;
     r->reply.data = r;
     r->reply.bytes = (uint32_t)len;
     bds_call_reply(call, &r->reply);
@@ -446,11 +470,41 @@ static void msg_list_free(srv_msg *m, uint8_t hold) {
     }
 }
 
+/* The call is over for its connection. While the pipeline still holds some
+ * of its messages (a handler that has not finished) it lingers: on its
+ * connection's lingering list, which max_lingering_streams bounds, or on no
+ * list once the connection is gone; op_release frees it with the last. */
 static void call_free(srv_call *call) {
+    srv_conn *sc = call->conn;
     call_unlink(call);
     msg_list_free(call->parked, SRV_MSG_IN);
     msg_list_free(call->blocked, SRV_MSG_OUT);
+    call->parked = call->parked_tail = call->blocked = call->blocked_tail = NULL;
     free(call->req_md);
+    call->req_md = NULL;
+    if (call->in_pipeline == 0) {
+        free(call);
+        return;
+    }
+    call->lingering = true;
+    if (sc && !sc->closing) {
+        call->conn = sc;
+        call->next = sc->lingering;
+        if (sc->lingering) sc->lingering->prev = call;
+        sc->lingering = call;
+        sc->n_lingering++;
+    }
+}
+
+/* A lingering call's last message came back. */
+static void call_linger_end(srv_call *call) {
+    srv_conn *sc = call->conn;
+    if (sc) {
+        if (call->prev) call->prev->next = call->next;
+        else sc->lingering = call->next;
+        if (call->next) call->next->prev = call->prev;
+        sc->n_lingering--;
+    }
     free(call);
 }
 
@@ -510,8 +564,10 @@ static void op_drop(bds_session *s, bds_reply *reply, void *ctx) {
 
 static void op_release(bds_session *s, void *payload, void *ctx) {
     (void)s;
-    (void)ctx;
+    srv_call *call = ctx;
     msg_unhold(payload, SRV_MSG_IN);
+    BDS_ASSERT(call->in_pipeline > 0);
+    if (--call->in_pipeline == 0 && call->lingering) call_linger_end(call);
 }
 
 
@@ -589,6 +645,7 @@ static bool call_admit(srv_call *call, srv_msg *m) {
         msg_unhold(m, SRV_MSG_IN);
         return false;
     }
+    call->in_pipeline++;
     if (call->conn && !call->h2_done) {
         bds__h2_consume(call->conn->h2, call->stream, wire);
         conn_kick(call->conn);
@@ -602,6 +659,9 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     srv_conn *sc = ctx;
     srv_shard *sh = sc->sh;
     if (sh->stopping) return BDS_UNAVAILABLE;
+    /* Streams over whose handlers still run are outside MAX_CONCURRENT_STREAMS:
+     * past their bound the connection gets no more until some finish. */
+    if (sc->n_lingering >= sh->srv->cfg.max_lingering_streams) return BDS_RESOURCE_EXHAUSTED;
     const srv_method *m = &sh->srv->methods[info->method_index];
     srv_call *call = calloc(1, sizeof *call);
     if (!call) return BDS_RESOURCE_EXHAUSTED;
@@ -773,6 +833,13 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
         if (sc->calls->finish_pending) call_free(sc->calls); /* its session is gone already */
         else call_unlink(sc->calls);                          /* their sessions close later, without us */
     }
+    while (sc->lingering) { /* they end on their own, on no list */
+        srv_call *call = sc->lingering;
+        sc->lingering = call->next;
+        call->conn = NULL;
+        call->prev = call->next = NULL;
+    }
+    sc->n_lingering = 0;
     bds__h2_destroy(sc->h2);
     if (sc->prev) sc->prev->next = sc->next;
     else sh->conns = sc->next;
@@ -939,21 +1006,40 @@ static void hook_woken(bds_shard *s, void *ctx) {
 static void hook_on_signal(bds_shard *s, int signo, void *ctx) {
     (void)s;
     srv_shard *sh = ctx;
+    if (atomic_load(&sh->srv->stop_requested)) {
+        /* Asked twice: whoever sends it wants the process gone, not drained. */
+        if (sh->srv->cfg.log_level >= 1) fprintf(stderr, "bidistreamd: signal %d while stopping: exiting now\n", signo);
+        _exit(128 + signo);
+    }
     if (sh->srv->cfg.log_level >= 2) {
         fprintf(stderr, "bidistreamd: signal %d: shutting down gracefully\n", signo);
     }
     bds_server_stop(sh->srv);
 }
 
+/* Grace + 1 s: connections still open are closed (their calls cancelled,
+ * which ends every built-in handler). Grace + 5 s: handlers that still run
+ * are abandoned (a hard stop), so no handler can hold the process. */
 static void stop_timer_fired(bds_timer *t, void *ctx) {
-    (void)t;
     srv_shard *sh = ctx;
+    if (sh->conns_closed) {
+        bds_pipeline_stats st;
+        bds_pipeline_get_stats(bds__pipe_pipeline(sh->pipe), &st);
+        if (sh->srv->cfg.log_level >= 1)
+            fprintf(stderr, "bidistreamd: hard stop: abandoning %lu session%s whose handlers did not finish\n",
+                    (unsigned long)st.sessions_live, st.sessions_live == 1 ? "" : "s");
+        sh->abandoned = true;
+        atomic_store(&sh->srv->abandoned, true);
+        return;
+    }
+    sh->conns_closed = true;
     for (srv_conn *sc = sh->conns; sc; sc = sc->next) {
         if (sc->c && !sc->closing) {
             sc->closing = true;
             bds__conn_close(sc->c, 0);
         }
     }
+    bds__timer_arm(bds__shard_timers(sh->shard), t, bds__shard_now(sh->shard) + STOP_ABANDON_AFTER_NS);
 }
 
 static void hook_on_stop(bds_shard *s, void *ctx) {
@@ -970,22 +1056,34 @@ static void hook_on_stop(bds_shard *s, void *ctx) {
         if (sc->closing) continue;
         bds__h2_shutdown_notice(sc->h2);
         bds__h2_goaway(sc->h2, BDS_H2_NO_ERROR);
-        for (srv_call *call = sc->calls; call; call = call->next) bds_session_shutdown(call->session);
+        for (srv_call *call = sc->calls; call; call = call->next) {
+            /* A finished call waiting to send its trailers has no session left. */
+            if (call->session) bds_session_shutdown(call->session);
+        }
         conn_kick(sc);
     }
-    /* What the grace period did not end is closed one second after it. */
+    /* What the grace period did not end is closed one second after it, and
+     * abandoned four seconds later (stop_timer_fired). */
     uint64_t grace = sh->srv->cfg.options.shutdown.grace_period_ns;
     for (uint32_t i = 0; i < sh->srv->n_methods; i++) {
         if (sh->srv->methods[i].opts.shutdown.grace_period_ns > grace) grace = sh->srv->methods[i].opts.shutdown.grace_period_ns;
     }
     bds__timer_init(&sh->stop_timer, stop_timer_fired, sh);
-    bds__timer_arm(bds__shard_timers(s), &sh->stop_timer, bds__shard_now(s) + grace + 1000000000ULL);
+    bds__timer_arm(bds__shard_timers(s), &sh->stop_timer, bds__shard_now(s) + grace + STOP_CLOSE_AFTER_NS);
 }
 
 static bool hook_quiescent(bds_shard *s, void *ctx) {
     srv_shard *sh = ctx;
-    bool idle = sh->conns == NULL && sh->watches == NULL && bds__pipe_idle(sh->pipe);
-    if (idle) bds__timer_cancel(bds__shard_timers(s), &sh->stop_timer);
+    bool idle = sh->conns == NULL && (sh->abandoned || (sh->watches == NULL && bds__pipe_idle(sh->pipe)));
+    if (idle && !sh->quiesced) {
+        sh->quiesced = true;
+        bds__timer_cancel(bds__shard_timers(s), &sh->stop_timer);
+        if (atomic_fetch_sub(&sh->srv->shards_busy, 1) == 1 && bds__shard_id(s) != 0)
+            bds__shard_wake(sh->srv->shards[0]->shard); /* it may sleep, waiting for us */
+    }
+    /* Shard 0 reads SIGTERM/SIGINT: it stays while any shard drains, so a
+     * second signal is heard until the end. */
+    if (idle && bds__shard_id(s) == 0 && atomic_load(&sh->srv->shards_busy) > 0) return false;
     return idle;
 }
 
@@ -1087,10 +1185,36 @@ static void on_shard_exit(bds_shard *s, void *vctx) {
     while (atomic_load(&sc->srv->stoppers) != 0) sched_yield();
     srv_shard *sh = sc->srv->shards[bds__shard_id(s)];
     if (!sh) return;
+    if (sh->abandoned) { /* timers of what was abandoned never fire */
+        bds_timer_heap *h = bds__shard_timers(s);
+        while (bds__timer_count(h)) bds__timer_cancel(h, h->_v[0]);
+    }
     if (sh->net) bds__net_destroy(sh->net);
     sh->net = NULL;
     tls_shard = NULL;
     /* The pipe outlives the shard until every shard has stopped (pipe.h). */
+}
+
+/* What hard stops abandoned: handlers may still hold its calls, so it is
+ * never freed, and kept reachable on purpose (no leak report either). */
+struct srv_abandoned {
+    struct srv_abandoned *next;
+    bds_pipe_group *pipes;
+    srv_shard *shards[BDS_SHARDS_MAX];
+};
+static _Atomic(struct srv_abandoned *) srv_graveyard;
+
+static void server_abandon_shards(bds_server *srv) {
+    struct srv_abandoned *a = calloc(1, sizeof *a);
+    if (a) {
+        a->pipes = srv->pipes;
+        memcpy(a->shards, srv->shards, sizeof a->shards);
+        a->next = atomic_load(&srv_graveyard);
+        while (!atomic_compare_exchange_weak(&srv_graveyard, &a->next, a)) {
+        }
+    }
+    memset(srv->shards, 0, sizeof srv->shards);
+    srv->pipes = NULL;
 }
 
 static void server_free_shards(bds_server *srv) {
@@ -1123,6 +1247,7 @@ bds_status bds_server_run(bds_server *srv) {
         gc.shards = n;
     }
     srv->n_shards = n;
+    atomic_store(&srv->shards_busy, n);
     srv->pipes = bds__pipe_group_create(n, NULL);
     if (!srv->pipes) return BDS_E_NOMEM;
     struct start_ctx sc = {.srv = srv};
@@ -1156,6 +1281,10 @@ bds_status bds_server_run(bds_server *srv) {
     bds__group_run(srv->group);
     bds__group_destroy(srv->group);
     srv->group = NULL;
+    if (atomic_load(&srv->abandoned)) {
+        server_abandon_shards(srv);
+        return BDS_DEADLINE_EXCEEDED;
+    }
     server_free_shards(srv);
     bds__pipe_group_destroy(srv->pipes);
     srv->pipes = NULL;

@@ -57,6 +57,9 @@ struct bds_server {
     _Atomic(bds_group *) live_group;
     _Atomic uint32_t stoppers;
     _Atomic bool stop_requested;
+    _Atomic bool abandoned;   /* a shard hard-stopped with work left (bds_server_run) */
+    _Atomic uint32_t shards_busy; /* shards not quiesced yet: shard 0, which reads the
+                                 signals, stays until it is 0 */
 };
 
 /* Who still holds a srv_msg (srv_msg.holds); it is freed when the last lets go. */
@@ -86,6 +89,8 @@ typedef struct srv_msg {
     bool end;                 /* the end-of-stream marker (srv_method.end_marker) */
     bool reply_used;          /* the embedded reply was handed out (echo) */
     uint32_t hint;            /* srv_method.key_hint's note for the handler; 0 = none */
+    void (*on_free)(void *ctx); /* a paced reply's (bds__server_call_reply_paced) */
+    void *on_free_ctx;
     const uint8_t *key;
     uint32_t key_len;
     uint8_t prefix[5];        /* room for the gRPC prefix, right before data (bds__h2_send_framed) */
@@ -93,10 +98,11 @@ typedef struct srv_msg {
 } srv_msg;
 
 /* Health.Watch calls waiting for the serving status to change (home == exec:
- * Watch is FIFO, so it runs on its connection's shard). */
+ * Watch is FIFO, so it runs on its connection's shard). Removed in O(1) when
+ * the call is cancelled. */
 typedef struct srv_watch {
     bds_call *call;
-    struct srv_watch *next;
+    struct srv_watch *prev, *next;
 } srv_watch;
 
 struct srv_shard {
@@ -109,10 +115,14 @@ struct srv_shard {
     srv_conn *dirty;          /* connections with output due (conn_kick) */
     bds_flusher flusher;      /* flushes `dirty` at the end of a tick */
     srv_watch *watches;
+    _Atomic uint32_t n_watches; /* on `watches`; read by bds__server_watches (any thread) */
     bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
     uint64_t stop_deadline_ns; /* hard close of what is left after the grace */
     bds_timer stop_timer;
     bool stopping;
+    bool conns_closed;        /* the stop timer closed what the grace period left */
+    bool quiesced;            /* stopping, and nothing of ours is left (counted in shards_busy) */
+    bool abandoned;           /* hard stop: handlers still running are left behind */
 };
 
 uint64_t bds__server_now(void);
@@ -128,6 +138,12 @@ struct srv_call {
     bool waiting;             /* blocked is not empty (finish_pending implies it) */
     bool h2_done;             /* the HTTP/2 stream is over (finished, reset or failed) */
     bool half_close_pending;  /* END_STREAM arrived behind parked messages */
+    /* Messages admitted to the pipeline and not released yet. A call whose
+     * stream is over while some are out (a handler still running) lingers,
+     * counted by its connection (srv_conn.n_lingering), until the last one
+     * comes back. */
+    uint32_t in_pipeline;
+    bool lingering;
     uint64_t aggregate;       /* per-stream handler state (interop StreamingInputCall) */
     uint8_t *req_md;          /* captured request headers (srv_method.capture), or NULL */
     uint32_t req_md_len;
@@ -161,8 +177,21 @@ const uint8_t *bds__server_call_header(const srv_call *call, uint32_t index, siz
  * BDS_E_SESSION_CLOSED when the stream is gone. */
 bds_status bds__server_call_add_metadata(srv_call *call, bool trailer, const char *name, const uint8_t *value,
                                          size_t len);
+/* bds_call_reply_bytes for a handler that paces its replies: on_free(ctx)
+ * runs when the reply's buffer is freed (its bytes are in the HTTP/2 output,
+ * or it was dropped), so the next reply can be made only then and a call
+ * holds about one reply however slowly its client reads. On the call's
+ * connection shard only (FIFO handlers run there); on_free runs there too,
+ * wherever the buffer is let go, even from inside the HTTP/2 session (a
+ * message release): it may reply, finish the call and arm timers, which only
+ * queue work, but never call into the session itself. */
+bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_t len, void (*on_free)(void *ctx),
+                                        void *ctx);
 /* Adds a method whose keys come from key_hint (m->key is ignored). */
 bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv_key_hint_fn key_hint);
+/* Health.Watch calls waiting on every shard, for tests; UINT32_MAX before the
+ * server runs. Thread: any. */
+uint32_t bds__server_watches(bds_server *srv);
 /* The srv_shard of the calling shard thread. */
 srv_shard *bds__server_shard_self(void);
 

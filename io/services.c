@@ -13,7 +13,11 @@
  * grpc.health.v1.Health: Check answers SERVING (NOT_SERVING once shutdown has
  * begun; NOT_FOUND for an unknown service); Watch sends the current status and
  * then NOT_SERVING when shutdown begins, then ends. Both run through the same
- * pipeline as one-message FIFO sessions. */
+ * pipeline as one-message FIFO sessions. A waiting Watch is on its shard's
+ * doubly linked list, and leaves it the moment its stream is gone.
+ *
+ * Work never outlives its stream: a Process timer or a waiting Watch is
+ * stopped and freed as soon as the session closes (bds__call_on_cancel). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -166,6 +170,15 @@ static void work_done(bds_timer *t, void *ctx) {
     free(w);
 }
 
+/* The stream is gone (reset, failed, past its deadline or the grace period):
+ * the work ends with it instead of holding its session up to an hour. */
+static void work_cancel(bds_call *call, void *ctx) {
+    struct work_timer *w = ctx;
+    bds__timer_cancel(bds__shard_timers(bds__shard_self()), &w->t);
+    free(w);
+    bds_call_done(call, BDS_CANCELLED, NULL);
+}
+
 static void process_handler(bds_call *call, void *ctx) {
     (void)ctx;
     const srv_msg *m = bds_call_payload(call);
@@ -205,7 +218,9 @@ static void process_handler(bds_call *call, void *ctx) {
     if (bds__timer_arm(bds__shard_timers(s), &w->t, bds__shard_now(s) + us * 1000ULL) != 0) {
         free(w);
         bds_call_done(call, BDS_RESOURCE_EXHAUSTED, "server out of memory");
+        return;
     }
+    bds__call_on_cancel(call, work_cancel, w);
 }
 
 /* ---- grpc.health.v1.Health --------------------------------------------------------- */
@@ -272,21 +287,19 @@ static void health_check(bds_call *call, void *ctx) {
     bds_call_done(call, BDS_OK, NULL);
 }
 
-/* Ends Watch calls whose stream is gone (they would pin their session). */
-static void watch_sweep(srv_shard *sh, bool all) {
-    srv_watch **pp = &sh->watches;
-    while (*pp) {
-        srv_watch *w = *pp;
-        bds_session *s = w->call->session;
-        if (all || bds_session_get_state(s) == BDS_STATE_CLOSED) {
-            *pp = w->next;
-            if (all) health_reply(w->call, HEALTH_NOT_SERVING);
-            bds_call_done(w->call, BDS_OK, NULL);
-            free(w);
-        } else {
-            pp = &w->next;
-        }
-    }
+static void watch_unlink(srv_shard *sh, srv_watch *w) {
+    if (w->prev) w->prev->next = w->next;
+    else sh->watches = w->next;
+    if (w->next) w->next->prev = w->prev;
+    atomic_fetch_sub_explicit(&sh->n_watches, 1, memory_order_relaxed);
+}
+
+/* The Watch's stream is gone: it leaves the shard's list at once. */
+static void watch_cancel(bds_call *call, void *ctx) {
+    srv_watch *w = ctx;
+    watch_unlink(bds__server_shard_self(), w);
+    free(w);
+    bds_call_done(call, BDS_CANCELLED, NULL);
 }
 
 static void health_watch(bds_call *call, void *ctx) {
@@ -301,13 +314,34 @@ static void health_watch(bds_call *call, void *ctx) {
         bds_call_done(call, BDS_OK, NULL);
         return;
     }
-    watch_sweep(sh, false);
     w->call = call;
+    w->prev = NULL;
     w->next = sh->watches;
+    if (sh->watches) sh->watches->prev = w;
     sh->watches = w;
+    atomic_fetch_add_explicit(&sh->n_watches, 1, memory_order_relaxed);
+    bds__call_on_cancel(call, watch_cancel, w);
 }
 
-void bds__services_on_stop(srv_shard *sh) { watch_sweep(sh, true); }
+uint32_t bds__server_watches(bds_server *srv) {
+    /* Published once every shard started: their srv_shards are there. */
+    if (!atomic_load(&srv->live_group)) return UINT32_MAX;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < srv->n_shards; i++)
+        if (srv->shards[i]) n += atomic_load_explicit(&srv->shards[i]->n_watches, memory_order_relaxed);
+    return n;
+}
+
+/* Shutdown: every Watch hears NOT_SERVING, then ends OK. */
+void bds__services_on_stop(srv_shard *sh) {
+    while (sh->watches) {
+        srv_watch *w = sh->watches;
+        watch_unlink(sh, w);
+        health_reply(w->call, HEALTH_NOT_SERVING);
+        bds_call_done(w->call, BDS_OK, NULL);
+        free(w);
+    }
+}
 
 bds_status bds__services_register(bds_server *srv) {
     bds_options fifo = srv->cfg.options;
@@ -320,6 +354,6 @@ bds_status bds__services_register(bds_server *srv) {
     m.path = "/grpc.health.v1.Health/Watch";
     m.handler = health_watch;
     if (st == BDS_OK) st = bds_server_add_method(srv, &m);
-    if (st == BDS_OK) st = bds__interop_register(srv);
+    if (st == BDS_OK && srv->cfg.interop_service) st = bds__interop_register(srv);
     return st;
 }

@@ -3,9 +3,11 @@
  * Everything about flags and the config file lives in bidistreamd_config.c
  * (tested without a server); this file creates the server, runs it until
  * SIGTERM/SIGINT (the server drains gracefully) and maps the outcome onto the
- * exit status: 0 clean shutdown, 1 the server failed while running, 2 bad
- * flags or a config the server refused. The "listening on" line is the
- * server's, printed once its listeners are up. */
+ * exit status: 0 clean shutdown, 1 the server failed while running or had to
+ * abandon work at the hard stop (grace period + 5 s), 2 bad flags or a config
+ * the server refused; a second SIGTERM/SIGINT while stopping exits at once
+ * with 128 + the signal's number (the server's doing). The "listening on"
+ * line is the server's, printed once its listeners are up. */
 #include <stdio.h>
 
 #include <bidistream/bidistream.h>
@@ -26,6 +28,7 @@ int main(int argc, char **argv) {
     }
     st = bds_server_run(srv);
     bds_server_destroy(srv);
+    if (st == BDS_DEADLINE_EXCEEDED) fprintf(stderr, "bidistreamd: stopped hard: work was still running\n");
     if (st != BDS_OK) return BDS_TOOL_EXIT_FAILURE;
     if (cfg.server.log_level >= 2) fprintf(stderr, "bidistreamd: stopped\n");
     return BDS_TOOL_EXIT_OK;

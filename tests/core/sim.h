@@ -30,6 +30,7 @@ enum sim_behave {
     SIM_FAIL,          /* done(INTERNAL) for the first `fails` attempts, then OK */
     SIM_PANIC,         /* bds_call_panic() */
     SIM_NONTERMINAL,   /* done(E_NONTERMINAL_FAILURE) */
+    SIM_HOOKED,        /* SIM_ASYNC with a cancel hook (bds__call_on_cancel) that finishes it */
 };
 
 typedef struct sim_msg {
@@ -81,6 +82,7 @@ typedef struct sim {
     int n_sessions;
     bds_call *pending[8192];
     uint32_t n_pending;
+    uint32_t cancel_hooks; /* SIM_HOOKED calls finished by their cancel hook */
     sim_event starts[SIM_MAX_LOG];
     uint32_t n_starts;
     uint64_t released;
@@ -344,6 +346,19 @@ static inline sim_msg *sim_send_msg(sim *S, sim_msg *m, bds_status *st_out) {
     return m;
 }
 
+/* SIM_HOOKED: the session closed under the pending call. */
+static void sim_on_cancel(bds_call *call, void *ctx) {
+    sim *S = ctx;
+    S->cancel_hooks++;
+    for (uint32_t k = 0; k < S->n_pending; k++) {
+        if (S->pending[k] == call) {
+            S->pending[k] = S->pending[--S->n_pending];
+            break;
+        }
+    }
+    bds_call_done(call, BDS_CANCELLED, NULL);
+}
+
 static void sim_handler(bds_call *call, void *ctx) {
     sim *S = ctx;
     sim_msg *m = bds_call_payload(call);
@@ -359,6 +374,10 @@ static void sim_handler(bds_call *call, void *ctx) {
     switch (m->behave) {
     case SIM_OK: bds_call_done(call, BDS_OK, NULL); return;
     case SIM_ASYNC: S->pending[S->n_pending++] = call; return;
+    case SIM_HOOKED:
+        S->pending[S->n_pending++] = call;
+        bds__call_on_cancel(call, sim_on_cancel, S);
+        return;
     case SIM_FAIL:
         if (bds_call_attempt(call) <= m->fails) bds_call_done(call, BDS_INTERNAL, "scripted failure");
         else bds_call_done(call, BDS_OK, NULL);

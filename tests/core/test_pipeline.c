@@ -528,6 +528,48 @@ Test(pipeline, cancel_closes_at_once_and_drops_everything) {
     sim_free(S);
 }
 
+/* Work that would outlive its stream (a timer, a Watch) is told when the
+ * session closes, on the key's pipeline, and finishes at once: the session is
+ * freed without waiting for it (sim_free asserts nothing is left). */
+Test(pipeline, cancel_runs_the_running_calls_cancel_hook_once_on_its_exec_pipeline) {
+    sim *S = sim_new(2, 23);
+    int s = sim_open(S, 0, NULL);
+    char key[8];
+    for (int i = 0; i < 4; i++) { /* keys on both pipelines */
+        snprintf(key, sizeof key, "h%d", i);
+        sim_send(S, s, key, (uint64_t)i, SIM_HOOKED);
+    }
+    sim_settle(S);
+    cr_assert_eq(S->n_pending, 4);
+    bds_session_cancel(S->sessions[s].s);
+    sim_settle(S);
+    cr_assert_eq(S->cancel_hooks, 4, "every running call heard of the cancel");
+    cr_assert_eq(S->n_pending, 0);
+    for (uint32_t i = 0; i < S->n_starts; i++) cr_assert_eq(S->starts[i].attempt, 1);
+    bds_pipeline_stats st;
+    bds_pipeline_get_stats(S->pipes[1], &st);
+    cr_assert_eq(st.keys_exec_live, 0, "the exec side let go of the session");
+    sim_free(S);
+}
+
+Test(pipeline, a_finished_call_or_a_plain_close_runs_no_cancel_hook) {
+    sim *S = sim_new(2, 24);
+    int s = sim_open(S, 0, NULL);
+    sim_send(S, s, "a", 1, SIM_HOOKED);
+    sim_send(S, s, "b", 2, SIM_HOOKED);
+    sim_settle(S);
+    cr_assert_eq(S->n_pending, 2);
+    sim_complete(S, 0, BDS_OK, false); /* finished: its hook is gone */
+    sim_settle(S);
+    cr_assert_eq(bds_session_client_close(S->sessions[s].s), BDS_OK); /* drains: no cancel */
+    sim_settle(S);
+    cr_assert_eq(S->cancel_hooks, 0);
+    bds_session_cancel(S->sessions[s].s);
+    sim_settle(S);
+    cr_assert_eq(S->cancel_hooks, 1, "only the call still running");
+    sim_free(S);
+}
+
 Test(pipeline, deadline_closes_with_deadline_exceeded) {
     sim *S = sim_new(1, 23);
     int s = sim_open(S, 0, NULL);

@@ -11,7 +11,6 @@ usage: test_bds_client.py PATH/TO/bidistreamd [test-name-substring]
 """
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -124,7 +123,7 @@ class Watch(unittest.TestCase):
                              text=True)
         try:
             self.assertEqual(p.stdout.readline(), 'SERVING\n')
-            srv.proc.send_signal(signal.SIGTERM)
+            srv.sigterm()
             rest, err = p.communicate(timeout=30)
         finally:
             if p.poll() is None:

@@ -98,6 +98,7 @@ class Server:
         self.proc = subprocess.Popen(argv,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.err = []
+        self.signalled = False
         line = self.proc.stderr.readline()
         self.err.append(line)
         m = re.search(r'listening on ([0-9.]+):(\d+) with (\d+) shard', line)
@@ -115,10 +116,16 @@ class Server:
     def channel(self):
         return grpc.insecure_channel(self.addr)
 
-    def stop(self, timeout=30):
-        """SIGTERM; returns the exit code. Fails the caller on a sanitizer report."""
-        if self.proc.poll() is None:
+    def sigterm(self):
+        """The one SIGTERM a graceful stop takes: a second one ends the server at once."""
+        if not self.signalled and self.proc.poll() is None:
+            self.signalled = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout=30):
+        """SIGTERM (unless sent already); returns the exit code. Fails the
+        caller on a sanitizer report."""
+        self.sigterm()
         rc = self.proc.wait(timeout)
         self.reader.join(5)
         text = ''.join(self.err)
@@ -218,6 +225,14 @@ class Pipeline(unittest.TestCase):
             with self.assertRaises(grpc.RpcError) as e:
                 list(raw(self.ch, path)(iter([b'']), timeout=10))
             self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED, path)
+
+    def test_interop_test_service_is_unimplemented_without_the_flag(self):
+        # grpc.testing.TestService is opt-in (--interop): this server has no flag.
+        for method in ('EmptyCall', 'UnaryCall', 'StreamingOutputCall', 'FullDuplexCall'):
+            with self.assertRaises(grpc.RpcError) as e:
+                list(raw(self.ch, '/grpc.testing.TestService/' + method)(iter([b'']), timeout=10))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED, method)
+        self.assertEqual(len(list(process(self.ch)(iter([frame('a', 1, b'ok')]), timeout=10))), 1)
 
     def test_deadline_exceeded(self):
         with self.assertRaises(grpc.RpcError) as e:
@@ -329,7 +344,7 @@ class Interop(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.srv = Server('--shards', '2')
+        cls.srv = Server('--shards', '2', '--interop')
         cls.ch = cls.srv.channel()
 
     @classmethod
@@ -537,7 +552,7 @@ class Shutdown(unittest.TestCase):
         self.assertTrue(first_status.wait(20), 'Watch answered')
         got = [unframe(next(call))['seq']]
         self.assertEqual(got, [5])
-        srv.proc.send_signal(signal.SIGTERM)
+        srv.sigterm()
         try:
             for r in call:
                 got.append(unframe(r)['seq'])
@@ -552,6 +567,59 @@ class Shutdown(unittest.TestCase):
         self.assertIn(b'\x08\x02', statuses, 'Watch saw NOT_SERVING')
         ch.close()
         self.assertEqual(srv.stop(), 0)
+
+    def test_reset_stream_with_an_hour_of_work_leaves_nothing_to_wait_for(self):
+        # The hour of work comes first on the stream; the plain frame's reply
+        # proves its handler runs. Once the stream is cancelled its timer and
+        # session go with it: the stop finds nothing in flight and exits 0
+        # (before: the stop waited for the hour, or was cut at the hard stop).
+        srv = Server('--shards', '2', '--grace', '3s')
+        with srv.channel() as ch:
+            hold = threading.Event()
+
+            def reqs():
+                yield frame('slow', 1, b'x', work_us=3600 * 1000000)
+                yield frame('fast', 2, b'y')
+                hold.wait(20)
+            call = process(ch)(reqs(), timeout=30)
+            self.assertEqual(unframe(next(call))['seq'], 2)
+            call.cancel()
+            hold.set()
+            # the cancel is a RST_STREAM: a later call on the same channel is behind it
+            self.assertEqual(len(list(process(ch)(iter([frame('w', 3, b'ok')]), timeout=10))), 1)
+        self.assertEqual(srv.stop(), 0, 'the stop had work left:\n' + ''.join(srv.err))
+
+    def test_second_sigterm_exits_at_once(self):
+        if SERVER.endswith('.py'):
+            self.skipTest('the reference server drains through further signals')
+        srv = Server('--shards', '2', '--grace', '60s')
+        ch = srv.channel()
+        hold = threading.Event()
+
+        def reqs():
+            yield frame('slow', 1, b'x', work_us=30 * 1000000)  # in flight through the grace period
+            yield frame('fast', 2, b'y')
+            hold.wait(30)
+        call = process(ch)(reqs(), timeout=60)
+        try:
+            self.assertEqual(unframe(next(call))['seq'], 2)
+            srv.sigterm()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any('shutting down' in l for l in srv.err):
+                time.sleep(0.05)
+            self.assertTrue(any('shutting down' in l for l in srv.err), 'the first SIGTERM was not seen')
+            srv.proc.send_signal(signal.SIGTERM)  # the second, by hand
+            try:
+                rc = srv.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                srv.proc.kill()
+                self.fail('a second SIGTERM did not end bidistreamd within 10 s (the work has 30 s left)')
+            self.assertEqual(rc, 128 + signal.SIGTERM)
+        finally:
+            hold.set()
+            call.cancel()
+            ch.close()
+            srv.stop()
 
 
 def run_main(module, doc):

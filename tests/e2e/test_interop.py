@@ -14,7 +14,12 @@ large payloads both ways, custom_metadata, the client_compressed_* probe
 server accepts identity only, so a gzip request is UNIMPLEMENTED and a
 compressed-flag message without grpc-encoding INTERNAL, on the TestService
 and on Pipeline/Process alike) and server_compressed_* (response_compressed
-ignored: the response comes uncompressed).
+ignored: the response comes uncompressed). Then what a hostile client must not
+get (issue 8): a few KB of request asking for GBs of responses (refused past
+the per-request bounds; paced, so a client that never reads makes the server
+hold about one response; peak RSS measured and printed), and response streams
+whose wait outlives a cancelled call. Every server here runs with --interop:
+without it TestService is UNIMPLEMENTED (test_grpcio.py).
 
 The client is Debian's python3-grpcio (/usr/bin/python3); messages are
 encoded by hand with the field numbers of grpc-proto's
@@ -167,7 +172,7 @@ def raw_call(addr, path, grpc_msg, extra_headers=()):
 class TestService(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.srv = g.Server('--shards', '2')
+        cls.srv = g.Server('--shards', '2', '--interop')
         cls.ch = cls.srv.channel()
 
     @classmethod
@@ -261,7 +266,7 @@ class TestService(unittest.TestCase):
         self.assertEqual(list(self.server_stream('StreamingOutputCall')(b'', timeout=10)), [])
 
     def test_server_streaming_intervals_are_honoured_and_block_nothing(self):
-        srv = g.Server('--shards', '1')
+        srv = g.Server('--shards', '1', '--interop')
         try:
             with srv.channel() as ch:
                 slow = ch.unary_stream(T + 'StreamingOutputCall', request_serializer=ident,
@@ -548,6 +553,133 @@ class TestService(unittest.TestCase):
         self.assertStatus(lambda: self.unary('UnimplementedCall')(b'', timeout=10), grpc.StatusCode.UNIMPLEMENTED)
         self.assertStatus(lambda: self.unary(None, '/grpc.testing.UnimplementedService/UnimplementedCall')(
             b'', timeout=10), grpc.StatusCode.UNIMPLEMENTED)
+
+
+
+# TSan keeps ~4 bytes of shadow per heap byte: peak-RSS bounds scale with it.
+RSS_SCALE = 5 if os.environ.get('BDS_SANITIZE') == 'tsan' else 1
+
+
+def vm_hwm_kib(pid):
+    """The process's peak resident set (VmHWM) in KiB."""
+    with open('/proc/%d/status' % pid) as st:
+        for line in st:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    return 0
+
+
+class Amplification(unittest.TestCase):
+    """A few KB of StreamingOutputCallRequest must not make the server hold
+    GBs: each request may ask for at most 1000 responses and 64 MiB by default
+    (--interop-responses-max, --interop-response-bytes-max; RESOURCE_EXHAUSTED
+    past either), and the responses are made one at a
+    time, the next once the previous has left, so a client that never reads
+    holds about one response in the server. Peak RSS (VmHWM) is measured
+    around each attack and printed; another connection is served meanwhile."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = g.Server('--shards', '1', '--interop')
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.srv.stop() == 0
+
+    def served_elsewhere(self):
+        with self.srv.channel() as ch:
+            fast = ch.unary_unary(T + 'UnaryCall', request_serializer=ident, response_deserializer=ident)
+            self.assertEqual(body(fast(simple_request(3), timeout=10)), bytes(3))
+
+    def assertRefused(self, call, details):
+        with self.assertRaises(grpc.RpcError) as e:
+            list(call)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, e.exception.details())
+        self.assertIn(details, e.exception.details())
+
+    def test_thousand_entries_of_4_mib_are_refused_without_memory(self):
+        req = out_request([(4 << 20, 0)] * 1000)  # ~7 KB asking for ~4 GiB
+        self.assertLess(len(req), 8192)
+        hwm0 = vm_hwm_kib(self.srv.proc.pid)
+        with self.srv.channel() as ch:
+            server_stream = ch.unary_stream(T + 'StreamingOutputCall', request_serializer=ident,
+                                            response_deserializer=ident)
+            self.assertRefused(server_stream(req, timeout=30), 'more than 67108864 bytes')
+            self.assertRefused(g.raw(ch, T + 'FullDuplexCall')(iter([req]), timeout=30), 'more than 67108864 bytes')
+            self.assertRefused(server_stream(out_request([(0, 0)] * 1001), timeout=30), 'more than 1000 responses')
+            # at the bounds (the defaults): served
+            self.assertEqual(len(list(server_stream(out_request([(0, 0)] * 1000), timeout=30))), 1000)
+            self.served_elsewhere()
+            grew = vm_hwm_kib(self.srv.proc.pid) - hwm0
+            sys.stderr.write('\n  1000 x 4 MiB request: RESOURCE_EXHAUSTED, VmHWM %d -> %d KiB (+%d KiB)\n'
+                             % (hwm0, hwm0 + grew, grew))
+            self.assertLess(grew, RSS_SCALE * (32 << 10), 'peak RSS grew by %d KiB' % grew)
+            # 16 x 4 MB, near the bytes bound (grpcio takes at most 4 MiB per message)
+            self.assertEqual(len(list(server_stream(out_request([(4000000, 0)] * 16), timeout=60))), 16)
+
+    def test_lower_bounds_from_the_flags(self):
+        srv = g.Server('--shards', '1', '--interop', '--interop-responses-max', '2',
+                       '--interop-response-bytes-max', '1KiB')
+        try:
+            with srv.channel() as ch:
+                server_stream = ch.unary_stream(T + 'StreamingOutputCall', request_serializer=ident,
+                                                response_deserializer=ident)
+                self.assertRefused(server_stream(out_request([(1, 0)] * 3), timeout=10), 'more than 2 responses')
+                self.assertRefused(server_stream(out_request([(600, 0)] * 2), timeout=10), 'more than 1024 bytes')
+                self.assertEqual([len(body(r)) for r in server_stream(out_request([(512, 0)] * 2), timeout=10)],
+                                 [512, 512])
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_client_that_never_reads_holds_about_one_response(self):
+        # 16 x 4 MiB = 64 MiB, within the bounds; the client grants no window,
+        # so not one response byte can leave.
+        req = out_request([(4 << 20, 0)] * 16)
+        msg = b'\0' + struct.pack('>I', len(req)) + req
+        hwm0 = vm_hwm_kib(self.srv.proc.pid)
+        c = f.Conn(self.srv.addr)
+        c.send(f.PREFACE + f.h2frame(f.SETTINGS, 0, 0, struct.pack('>HI', 4, 0)))  # INITIAL_WINDOW_SIZE 0
+        c.send(f.h2frame(f.SETTINGS, f.ACK, 0, b''))
+        c.send(f.h2frame(f.HEADERS, f.END_HEADERS, 1, f.request_headers((T + 'StreamingOutputCall').encode())) +
+               f.h2frame(f.DATA, f.END_STREAM, 1, msg))
+        time.sleep(1.5)  # what it would make, it makes now: nothing waits for a timer
+        self.served_elsewhere()
+        grew = vm_hwm_kib(self.srv.proc.pid) - hwm0
+        c.close()
+        sys.stderr.write('\n  16 x 4 MiB to a client that never reads: VmHWM %d -> %d KiB (+%d KiB)\n'
+                         % (hwm0, hwm0 + grew, grew))
+        # all 16 responses held would be 64 MiB and more (146 MiB measured under ASan before the pacing)
+        self.assertLess(grew, RSS_SCALE * (32 << 10),
+                        'peak RSS grew by %d KiB: responses made ahead of the client' % grew)
+        self.served_elsewhere()
+
+
+class CancelledWork(unittest.TestCase):
+    """An interop response stream waiting on a long interval ends with its
+    stream: once the client cancels, the stop finds nothing in flight and
+    exits 0 (before: the stop waited for the interval, or, with the hard
+    stop, abandoned the call and exited 1)."""
+
+    def test_cancelled_interval_leaves_nothing_to_wait_for(self):
+        srv = g.Server('--shards', '2', '--grace', '3s', '--interop')
+        with srv.channel() as ch:
+            req = out_request([(1, 0), (2, 2000000000)])  # the second response 33 min later (int32 µs)
+            call = ch.unary_stream(T + 'StreamingOutputCall', request_serializer=ident,
+                                   response_deserializer=ident)(req, timeout=60)
+            self.assertEqual(body(next(call)), b'\x00')
+            call.cancel()
+            hold = threading.Event()
+
+            def reqs():
+                yield req
+                hold.wait(20)
+            duplex = g.raw(ch, T + 'FullDuplexCall')(reqs(), timeout=60)
+            self.assertEqual(body(next(duplex)), b'\x00')
+            duplex.cancel()
+            hold.set()
+            fast = ch.unary_unary(T + 'UnaryCall', request_serializer=ident, response_deserializer=ident)
+            self.assertEqual(body(fast(simple_request(2), timeout=10)), bytes(2))
+        self.assertEqual(srv.stop(), 0, 'the stop had work left:\n' + ''.join(srv.err))
 
 
 if __name__ == '__main__':

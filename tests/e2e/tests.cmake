@@ -32,6 +32,8 @@ if(TARGET bidistreamd)
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/soak.py $<TARGET_FILE:bidistreamd> 45 --shards 2)
   set_tests_properties(e2e.soak PROPERTIES LABELS "e2e" TIMEOUT 400
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
+  # BDS_SANITIZE: peak-RSS bounds allow for TSan's shadow memory (~4x the heap).
   set_tests_properties(e2e.interop PROPERTIES LABELS "e2e;tsan" TIMEOUT 600
+    ENVIRONMENT "BDS_SANITIZE=${BDS_SANITIZE}"
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
 endif()

@@ -6,6 +6,7 @@
  * the pools assert at shutdown that none is left (BDS_ASSERT aborts the test
  * process), so a clean bds_server_run() return is the leak check. Two shards
  * hand messages between threads: also run under TSan. BDS_TEST_TSAN */
+#define _GNU_SOURCE /* pthread_timedjoin_np: a bounded wait for the server thread */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <nghttp2/nghttp2.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include "bidistream/server.h"
+#include "server_int.h" /* bds__server_watches */
 
 #define PATH "/bidistream.v1.Pipeline/Process"
 #define MSGS 300
@@ -38,22 +40,44 @@ static void *srv_main(void *arg) {
     return NULL;
 }
 
+static void srv_config(bds_server_config *cfg, uint32_t shards) {
+    bds_server_config_default(cfg);
+    cfg->listen = "127.0.0.1:0";
+    cfg->shards = shards;
+    cfg->log_level = 0;
+}
+
+static void srv_create(struct srv *v, const bds_server_config *cfg) {
+    const char *why = NULL;
+    cr_assert_eq(bds_server_create(&v->s, cfg, &why), BDS_OK, "%s", why ? why : "");
+}
+
+static void srv_run(struct srv *v) { cr_assert_eq(pthread_create(&v->t, NULL, srv_main, v), 0); }
+
 static void srv_start(struct srv *v, uint32_t shards) {
     bds_server_config cfg;
-    bds_server_config_default(&cfg);
-    cfg.listen = "127.0.0.1:0";
-    cfg.shards = shards;
-    cfg.log_level = 0;
-    const char *why = NULL;
-    cr_assert_eq(bds_server_create(&v->s, &cfg, &why), BDS_OK, "%s", why ? why : "");
-    cr_assert_eq(pthread_create(&v->t, NULL, srv_main, v), 0);
+    srv_config(&cfg, shards);
+    srv_create(v, &cfg);
+    srv_run(v);
+}
+
+/* Stops the server and waits at most `within_s` seconds for bds_server_run. */
+static bds_status srv_stop_within(struct srv *v, int within_s) {
+    bds_server_stop(v->s);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += within_s;
+    int rc = pthread_timedjoin_np(v->t, NULL, &until);
+    cr_assert_eq(rc, 0, "bds_server_run did not return within %d s of bds_server_stop", within_s);
+    bds_status st = v->rc;
+    bds_server_destroy(v->s);
+    return st;
 }
 
 static void srv_stop(struct srv *v) {
-    bds_server_stop(v->s);
-    cr_assert_eq(pthread_join(v->t, NULL), 0);
-    cr_assert_eq(v->rc, BDS_OK, "the server shut down cleanly (pools empty)");
-    bds_server_destroy(v->s);
+    bds_status st = srv_stop_within(v, 60);
+    /* DEADLINE_EXCEEDED: work was still in flight 5 s after the grace period (a hard stop) */
+    cr_assert_eq(st, BDS_OK, "the server shut down cleanly (pools empty): %s", bds_status_name(st));
 }
 
 /* Connects once the server listens (bounded: about 5 s). */
@@ -91,6 +115,7 @@ struct cli {
     nghttp2_session *ng;
     struct cs s[16];
     int n;
+    int ping_acks;
 };
 
 static ssize_t cli_send(nghttp2_session *ng, const uint8_t *d, size_t len, int flags, void *ud) {
@@ -135,6 +160,13 @@ static int cli_on_close(nghttp2_session *ng, int32_t id, uint32_t code, void *ud
     return 0;
 }
 
+static int cli_on_frame(nghttp2_session *ng, const nghttp2_frame *f, void *ud) {
+    (void)ng;
+    struct cli *c = ud;
+    if (f->hd.type == NGHTTP2_PING && (f->hd.flags & NGHTTP2_FLAG_ACK)) c->ping_acks++;
+    return 0;
+}
+
 static ssize_t cli_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length, uint32_t *flags,
                         nghttp2_data_source *src, void *ud) {
     (void)ng;
@@ -152,7 +184,8 @@ static ssize_t cli_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t le
     return (ssize_t)n;
 }
 
-static void cli_init(struct cli *c, int fd) {
+/* grant_window false: the client never returns window for the server's DATA. */
+static void cli_init_with(struct cli *c, int fd, bool grant_window) {
     memset(c, 0, sizeof *c);
     c->fd = fd;
     nghttp2_session_callbacks *cb;
@@ -161,10 +194,17 @@ static void cli_init(struct cli *c, int fd) {
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, cli_on_data);
     nghttp2_session_callbacks_set_on_header_callback(cb, cli_on_header);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, cli_on_close);
-    cr_assert_eq(nghttp2_session_client_new(&c->ng, cb, c), 0);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, cli_on_frame);
+    nghttp2_option *opt;
+    cr_assert_eq(nghttp2_option_new(&opt), 0);
+    nghttp2_option_set_no_auto_window_update(opt, grant_window ? 0 : 1);
+    cr_assert_eq(nghttp2_session_client_new2(&c->ng, cb, c, opt), 0);
+    nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
     nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, NULL, 0);
 }
+
+static void cli_init(struct cli *c, int fd) { cli_init_with(c, fd, true); }
 
 static void cli_fini(struct cli *c) {
     nghttp2_session_del(c->ng);
@@ -198,23 +238,33 @@ static size_t frame_put(uint8_t *out, const char *key, uint32_t seq) {
     return (size_t)(p - out);
 }
 
-/* Opens a Process stream carrying MSGS frames of one key; eof: half-close after. */
-static struct cs *cli_call(struct cli *c, const char *key, bool eof) {
+/* Opens a stream on path sending out (len bytes of gRPC-framed messages,
+ * taken over); eof: half-close after. */
+static struct cs *cli_open(struct cli *c, const char *path, uint8_t *out, size_t len, bool eof) {
     cr_assert_lt(c->n, 16);
     struct cs *s = &c->s[c->n++];
     memset(s, 0, sizeof *s);
     s->grpc_status = -1;
     s->eof = eof;
-    s->out = malloc(MSGS * (5 + 16 + 8 + PAYLOAD));
-    for (uint32_t i = 0; i < MSGS; i++) s->out_len += frame_put(s->out + s->out_len, key, i);
+    s->out = out;
+    s->out_len = len;
 #define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1, NGHTTP2_NV_FLAG_NONE}
-    nghttp2_nv nv[] = {NV(":method", "POST"), NV(":scheme", "http"), NV(":path", PATH),
+    nghttp2_nv nv[] = {NV(":method", "POST"), NV(":scheme", "http"),
+                       {(uint8_t *)":path", (uint8_t *)path, 5, strlen(path), NGHTTP2_NV_FLAG_NONE},
                        NV(":authority", "localhost"), NV("content-type", "application/grpc"),
                        NV("te", "trailers")};
     nghttp2_data_provider prd = {.source = {.ptr = s}, .read_callback = cli_read};
     s->id = nghttp2_submit_request(c->ng, NULL, nv, sizeof nv / sizeof nv[0], &prd, NULL);
     cr_assert_gt(s->id, 0);
     return s;
+}
+
+/* Opens a Process stream carrying MSGS frames of one key; eof: half-close after. */
+static struct cs *cli_call(struct cli *c, const char *key, bool eof) {
+    uint8_t *out = malloc(MSGS * (5 + 16 + 8 + PAYLOAD));
+    size_t len = 0;
+    for (uint32_t i = 0; i < MSGS; i++) len += frame_put(out + len, key, i);
+    return cli_open(c, PATH, out, len, eof);
 }
 
 /* Sends and receives until done(c) or about 20 s pass. */
@@ -295,4 +345,274 @@ Test(server, reset_stream_and_dropped_connection_return_every_buffer) {
     cr_assert_eq(c.s[0].grpc_status, 0);
     cli_fini(&c);
     srv_stop(&v);
+}
+
+/* ---- work that outlives its stream -------------------------------------------------- */
+
+/* gRPC-framed bidistream.v1.Frame{key, seq 1, work_us} (work_us 0: none). */
+static size_t work_frame_put(uint8_t *out, const char *key, uint64_t work_us) {
+    uint8_t *p = out + 5;
+    size_t klen = strlen(key);
+    *p++ = 0x0a;
+    *p++ = (uint8_t)klen;
+    memcpy(p, key, klen);
+    p += klen;
+    *p++ = 0x10;
+    *p++ = 1;
+    if (work_us) {
+        *p++ = 0x20;
+        do {
+            *p++ = (uint8_t)((work_us & 0x7f) | (work_us > 0x7f ? 0x80 : 0));
+            work_us >>= 7;
+        } while (work_us);
+    }
+    uint32_t len = (uint32_t)(p - out - 5);
+    memset(out, 0, 5);
+    out[3] = (uint8_t)(len >> 8);
+    out[4] = (uint8_t)len;
+    return (size_t)(p - out);
+}
+
+static bool first_stream_replied(struct cli *c) { return c->s[0].in_bytes > 0; }
+
+/* Waits for a PING's ACK: the server has read everything sent before it and
+ * run the work that reading queued. */
+static void cli_sync(struct cli *c) {
+    int want = c->ping_acks + 1;
+    cr_assert_eq(nghttp2_submit_ping(c->ng, NGHTTP2_FLAG_NONE, NULL), 0);
+    uint8_t buf[16384];
+    for (int i = 0; i < 2000 && c->ping_acks < want; i++) {
+        cr_assert_eq(nghttp2_session_send(c->ng), 0);
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        if (poll(&p, 1, 10) <= 0) continue;
+        ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+        cr_assert_gt(n, 0, "the server closed the connection");
+        cr_assert_eq(nghttp2_session_mem_recv(c->ng, buf, (size_t)n), n);
+    }
+    cr_assert_geq(c->ping_acks, want, "no PING ACK within about 20 s");
+}
+
+/* A Process message with an hour of work, its stream reset once the work
+ * runs: the work's timer and its session go with the stream, so the server
+ * stops at once (before: the stop waited for the hour, or, with the hard
+ * stop, abandoned the session). */
+Test(server, reset_stream_ends_its_hour_of_process_work_at_once) {
+    bds_server_config cfg;
+    srv_config(&cfg, 2);
+    cfg.options.shutdown.grace_period_ns = 200 * 1000 * 1000ULL;
+    struct srv v;
+    srv_create(&v, &cfg);
+    srv_run(&v);
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    /* The hour comes first on the stream; the plain frame's reply proves its
+     * handler already runs (one stream keeps its order on the home shard). */
+    uint8_t *out = malloc(128);
+    size_t len = work_frame_put(out, "slow", 3600ULL * 1000000ULL);
+    len += work_frame_put(out + len, "fast", 0);
+    cli_open(&c, PATH, out, len, false);
+    cli_pump(&c, first_stream_replied);
+    nghttp2_submit_rst_stream(c.ng, NGHTTP2_FLAG_NONE, c.s[0].id, NGHTTP2_CANCEL);
+    cli_sync(&c);
+    cli_fini(&c);
+    /* grace 0.2 s + 5 s to the hard stop: a clean stop well before. */
+    cr_assert_eq(srv_stop_within(&v, 20), BDS_OK, "the hour of work was still running at the stop");
+}
+
+/* A library handler that never finishes its calls. */
+#define HANG_PATH "/test.Hang/Forever"
+static pthread_mutex_t hang_mu = PTHREAD_MUTEX_INITIALIZER;
+static bds_call *hang_calls[64];
+static int hang_n;
+
+static void hang_handler(bds_call *call, void *ctx) {
+    (void)ctx;
+    pthread_mutex_lock(&hang_mu);
+    if (hang_n < 64) hang_calls[hang_n++] = call;
+    pthread_mutex_unlock(&hang_mu);
+}
+
+static int hang_count(void) {
+    pthread_mutex_lock(&hang_mu);
+    int n = hang_n;
+    pthread_mutex_unlock(&hang_mu);
+    return n;
+}
+
+static void hang_wait(int n) {
+    for (int i = 0; i < 2000 && hang_count() < n; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_eq(hang_count(), n, "waiting for %d calls to reach the hanging handler", n);
+}
+
+static void hang_add(struct srv *v) {
+    bds_method m = {.size = sizeof m, .path = HANG_PATH, .handler = hang_handler};
+    cr_assert_eq(bds_server_add_method(v->s, &m), BDS_OK);
+}
+
+static uint8_t *one_message(size_t *len) {
+    uint8_t *out = malloc(16);
+    *len = work_frame_put(out, "h", 0);
+    return out;
+}
+
+static bool stream_closed(struct cli *c) { return c->s[c->n - 1].closed; }
+
+/* Streams reset while their handlers still run are outside
+ * MAX_CONCURRENT_STREAMS; past max_lingering_streams the connection's new
+ * streams are refused with RESOURCE_EXHAUSTED until that work ends, while
+ * another connection is served. */
+Test(server, lingering_streams_are_bounded_per_connection) {
+    hang_n = 0;
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.max_lingering_streams = 3;
+    struct srv v;
+    srv_create(&v, &cfg);
+    hang_add(&v);
+    srv_run(&v);
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    size_t len;
+    for (int i = 0; i < 3; i++) {
+        uint8_t *out = one_message(&len);
+        cli_open(&c, HANG_PATH, out, len, false);
+    }
+    cr_assert_eq(nghttp2_session_send(c.ng), 0);
+    hang_wait(3);
+    for (int i = 0; i < 3; i++) nghttp2_submit_rst_stream(c.ng, NGHTTP2_FLAG_NONE, c.s[i].id, NGHTTP2_CANCEL);
+    cli_sync(&c);
+    uint8_t *out = one_message(&len);
+    cli_open(&c, PATH, out, len, true);
+    cli_pump(&c, stream_closed);
+    cr_assert_eq(c.s[3].grpc_status, 8, "a stream past the bound is refused RESOURCE_EXHAUSTED");
+    /* Another connection is served meanwhile. */
+    struct cli d;
+    cli_init(&d, srv_connect(&v));
+    cli_call(&d, "w", true);
+    cli_pump(&d, all_closed);
+    cr_assert_eq(d.s[0].grpc_status, 0);
+    cli_fini(&d);
+    /* The work ends (from this thread: bds_call_done is for any thread), and
+     * the first connection opens streams again. */
+    for (int i = 0; i < 3; i++) bds_call_done(hang_calls[i], BDS_OK, NULL);
+    cli_sync(&c);
+    cli_call(&c, "x", true);
+    cli_pump(&c, stream_closed);
+    cr_assert_eq(c.s[4].grpc_status, 0, "served again once the lingering work ended");
+    cli_fini(&c);
+    srv_stop(&v);
+}
+
+/* A handler that never finishes cannot hold the server: the stop ends within
+ * the grace period + 5 s (the hard stop), and says so. */
+Test(server, stop_returns_after_grace_and_hard_stop_margin_despite_a_hung_handler) {
+    hang_n = 0;
+    bds_server_config cfg;
+    srv_config(&cfg, 2);
+    cfg.options.shutdown.grace_period_ns = 500 * 1000 * 1000ULL;
+    struct srv v;
+    srv_create(&v, &cfg);
+    hang_add(&v);
+    srv_run(&v);
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    size_t len;
+    uint8_t *out = one_message(&len);
+    cli_open(&c, HANG_PATH, out, len, true);
+    cr_assert_eq(nghttp2_session_send(c.ng), 0);
+    hang_wait(1);
+    /* grace 0.5 s + 5 s; joined with room for a loaded machine, never forever */
+    cr_assert_eq(srv_stop_within(&v, 30), BDS_DEADLINE_EXCEEDED, "a hard stop is reported as such");
+    cli_fini(&c);
+}
+
+/* ---- Health.Watch ---------------------------------------------------------------------- */
+
+static bool all_answered(struct cli *c) {
+    for (int i = 0; i < c->n; i++)
+        if (c->s[i].in_bytes == 0) return false;
+    return true;
+}
+
+/* 10,000 Watches opened and cancelled, 16 at a time (a connection each
+ * time: so many resets on one would be a rapid-reset flood): each leaves its
+ * shard's list the moment its stream is gone (before: it stayed until the
+ * next Watch swept the list, which every new Watch walked). */
+Test(server, cancelled_watches_are_freed_at_once) {
+    struct srv v;
+    srv_start(&v, 2);
+    struct cli c;
+    for (int round = 0; round < 625; round++) {
+        cli_init(&c, srv_connect(&v));
+        for (int i = 0; i < 16; i++) {
+            uint8_t *out = calloc(1, 5); /* an empty HealthCheckRequest: the server's status */
+            cli_open(&c, "/grpc.health.v1.Health/Watch", out, 5, true);
+        }
+        cli_pump(&c, all_answered);
+        for (int i = 0; i < 16; i++) nghttp2_submit_rst_stream(c.ng, NGHTTP2_FLAG_NONE, c.s[i].id, NGHTTP2_CANCEL);
+        cli_sync(&c);
+        cli_fini(&c);
+    }
+    uint32_t n = bds__server_watches(v.s);
+    for (int i = 0; i < 500 && n != 0; i++) { /* the cancels run on the shards: bounded wait */
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        n = bds__server_watches(v.s);
+    }
+    cr_assert_eq(n, 0, "%u cancelled Watch calls still held", n);
+    srv_stop(&v);
+}
+
+/* ---- shutdown with trailers still waiting ------------------------------------------------ */
+
+static bool first_stream_sent(struct cli *c) { return c->s[0].out_off == c->s[0].out_len; }
+
+/* A stream that ended OK while its replies still wait for the client's window
+ * (its session is gone, its trailers pending) when the server stops: the stop
+ * must pass it by (before: bds_session_shutdown on its NULL session). */
+Test(server, stop_with_a_finished_stream_whose_replies_wait_for_window) {
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.options.shutdown.grace_period_ns = 200 * 1000 * 1000ULL;
+    struct srv v;
+    srv_create(&v, &cfg);
+    srv_run(&v);
+    struct cli c;
+    cli_init_with(&c, srv_connect(&v), false);
+    /* Our window for the server's DATA: 1 byte, never returned. */
+    nghttp2_settings_entry iw = {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1};
+    cr_assert_eq(nghttp2_submit_settings(c.ng, NGHTTP2_FLAG_NONE, &iw, 1), 0);
+    /* 64 frames of 8 KiB: 512 KiB of echoes, past the 256 KiB the server
+     * queues per stream, so replies wait in the server after the session ends. */
+    enum { N = 64, BODY = 8192 };
+    uint8_t *out = malloc(N * (BODY + 32));
+    size_t len = 0;
+    for (int i = 0; i < N; i++) {
+        uint8_t *p = out + len + 5;
+        *p++ = 0x0a; /* key "b" */
+        *p++ = 1;
+        *p++ = 'b';
+        *p++ = 0x1a; /* payload, 8192 = varint 0x80 0x40 */
+        *p++ = 0x80;
+        *p++ = 0x40;
+        memset(p, 'z', BODY);
+        p += BODY;
+        uint32_t n = (uint32_t)(p - (out + len) - 5);
+        out[len] = 0;
+        out[len + 1] = (uint8_t)(n >> 24);
+        out[len + 2] = (uint8_t)(n >> 16);
+        out[len + 3] = (uint8_t)(n >> 8);
+        out[len + 4] = (uint8_t)n;
+        len += 5 + n;
+    }
+    cli_open(&c, PATH, out, len, true);
+    cli_pump(&c, first_stream_sent); /* every message and the half-close, handed to nghttp2 */
+    cli_sync(&c);                     /* ... and sent: the PING goes after them */
+    cli_sync(&c); /* the echoes ran and the session ended: the trailers wait */
+    cr_assert_not(c.s[0].closed, "the trailers cannot have left: the replies wait for window");
+    cr_assert_eq(srv_stop_within(&v, 20), BDS_OK);
+    cli_fini(&c);
 }

@@ -99,9 +99,13 @@ static void assert_same_config(const bds_server_config *a, const bds_server_conf
     cr_assert_eq(a->shards, b->shards);
     cr_assert_eq(a->max_message_bytes, b->max_message_bytes);
     cr_assert_eq(a->max_concurrent_streams, b->max_concurrent_streams);
+    cr_assert_eq(a->max_lingering_streams, b->max_lingering_streams);
     cr_assert_eq(a->max_header_list_bytes, b->max_header_list_bytes);
     cr_assert_eq(a->stream_window_bytes, b->stream_window_bytes);
     cr_assert_eq(a->idle_spin_us, b->idle_spin_us);
+    cr_assert_eq(a->interop_service, b->interop_service);
+    cr_assert_eq(a->interop_responses_max, b->interop_responses_max);
+    cr_assert_eq(a->interop_response_bytes_max, b->interop_response_bytes_max);
     cr_assert_eq(a->log_level, b->log_level);
     cr_assert_eq(a->handshake_timeout_ns, b->handshake_timeout_ns);
     cr_assert_eq(a->idle_timeout_ns, b->idle_timeout_ns);
@@ -147,6 +151,7 @@ Test(tool_config, no_args_gives_the_server_defaults_and_run) {
     cr_assert_eq(cfg.action, BDS_TOOL_RUN);
     cr_assert_str_eq(cfg.server.listen, "127.0.0.1:50051");
     cr_assert_eq(cfg.server.size, sizeof(bds_server_config));
+    cr_assert_not(cfg.server.interop_service, "the interop test service is opt-in");
     assert_same_config(&cfg.server, &def);
     cr_assert_eq(bds_options_validate(&cfg.server.options, NULL), BDS_OK);
 }
@@ -197,6 +202,9 @@ static const u32_flag u32_flags[] = {
      UINT32_MAX},
     {"--max-attempts", offsetof(bds_server_config, options.retry.max_attempts), 0, 1000},
     {"--max-concurrent-streams", offsetof(bds_server_config, max_concurrent_streams), 1, 0x7fffffff},
+    {"--max-lingering-streams", offsetof(bds_server_config, max_lingering_streams), 1, 0x7fffffff},
+    {"--interop-responses-max", offsetof(bds_server_config, interop_responses_max), 0, UINT32_MAX},
+    {"--interop-response-bytes-max", offsetof(bds_server_config, interop_response_bytes_max), 0, UINT32_MAX},
     {"--idle-spin-us", offsetof(bds_server_config, idle_spin_us), 0, 1000000},
     {"--max-message-bytes", offsetof(bds_server_config, max_message_bytes), 16, 0x7fffffff},
     {"--max-header-list-bytes", offsetof(bds_server_config, max_header_list_bytes), 1024, UINT32_MAX},
@@ -253,6 +261,7 @@ Test(tool_config, numbers_past_their_range_are_refused_with_the_range) {
     parse_bad("--max-attempts", "--max-attempts", "1001", NULL);
     parse_bad("--idle-spin-us", "--idle-spin-us", "1000001", NULL);
     parse_bad("--max-concurrent-streams", "--max-concurrent-streams", "0", NULL);
+    parse_bad("--max-lingering-streams", "--max-lingering-streams", "0", NULL);
     parse_bad("--max-message-bytes", "--max-message-bytes", "15", NULL);
     parse_bad("--max-message-bytes", "--max-message-bytes", "2147483648", NULL);
     parse_bad("--stream-window-bytes", "--stream-window-bytes", "1023", NULL);
@@ -324,6 +333,7 @@ static const bool_flag bool_flags[] = {
     {"--drain-outbound", offsetof(bds_server_config, options.shutdown.drain_outbound)},
     {"--metrics", offsetof(bds_server_config, options.metrics.enabled)},
     {"--metrics-payload-sizes", offsetof(bds_server_config, options.metrics.payload_sizes)},
+    {"--interop", offsetof(bds_server_config, interop_service)},
 };
 
 static bool bool_at(const bds_tool_config *cfg, size_t off) {
@@ -683,7 +693,9 @@ Test(tool_config, help_lists_every_flag_with_its_default) {
         "--drain-on-client-close [BOOL]", "--failures-terminal [BOOL]", "--max-attempts N", "--backoff DURATION",
         "--grace DURATION", "--drain-inbound [BOOL]", "--drain-outbound [BOOL]", "--metrics [BOOL]",
         "--metrics-payload-sizes [BOOL]", "--max-message-bytes SIZE", "--max-concurrent-streams N",
-        "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--idle-spin-us N", "--log-level LEVEL",
+        "--max-lingering-streams N",
+        "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--idle-spin-us N", "--interop [BOOL]", "--interop-responses-max N",
+        "--interop-response-bytes-max SIZE", "--log-level LEVEL",
         "--config FILE", "--check-config", "--help", "--version",
     };
     bds_tool_config cfg;
@@ -710,16 +722,20 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--outbound-ordering", "keyed",
                     "--outbound-capacity", "3", "--outbound-queue-capacity", "9", "--fail-fast=false",
                     "--max-attempts", "4", "--backoff", "1.5ms", "--grace", "1m30s", "--drain-outbound", "no",
-                    "--metrics-payload-sizes", "--max-message-bytes", "1MiB", "--max-concurrent-streams", "10",
+                    "--metrics-payload-sizes", "--max-message-bytes", "1MiB", "--max-concurrent-streams", "10", "--max-lingering-streams", "5",
                     "--max-header-list-bytes", "2048", "--stream-window-bytes", "1GiB", "--idle-spin-us", "50",
+                    "--interop", "--interop-responses-max", "10", "--interop-response-bytes-max", "1MiB",
                     "--log-level", "warn", "--idle-timeout", "90s", "--keepalive-timeout", "0",
                     "--ping-without-streams", "--tcp-user-timeout-ms", "1234", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 38, "%s", out); /* a comment and 37 keys */
+    cr_assert_eq(count_lines(out), 42, "%s", out); /* a comment and 41 keys */
     cr_assert_not_null(strstr(out, "\nidle-timeout = 90s\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nkeepalive-timeout = 0\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\ninterop-response-bytes-max = 1048576\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\nmax-lingering-streams = 5\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\ninterop = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninbound-bytes-max = 65536\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nbackoff = 1500us\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ngrace = 90s\n"), "%s", out);

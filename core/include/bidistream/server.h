@@ -8,7 +8,9 @@
  * the request, backpressure, the handler on the key's shard, the Sender.
  *
  * Built in: bidistream.v1.Pipeline/Process (SPEC §4) and grpc.health.v1.Health
- * (Check, Watch). */
+ * (Check, Watch); grpc.testing.TestService, the gRPC interop service, only
+ * when bds_server_config.interop_service asks for it (off by default: a test
+ * service has no place on a production server). */
 #ifndef BIDISTREAM_SERVER_H
 #define BIDISTREAM_SERVER_H
 
@@ -32,9 +34,21 @@ typedef struct bds_server_config {
     uint32_t shards;                /* 0 = one per CPU in the affinity mask */
     uint32_t max_message_bytes;     /* default 4 MiB; larger -> RESOURCE_EXHAUSTED */
     uint32_t max_concurrent_streams;/* per connection, default 1024 */
+    /* Per connection, default 128: streams that are over (reset, cancelled,
+     * failed) while their handlers still run. At the bound, new streams on
+     * that connection are refused with RESOURCE_EXHAUSTED until some of that
+     * work ends; the built-in handlers end theirs as soon as their stream is
+     * gone, so only handlers that finish late count for long. */
+    uint32_t max_lingering_streams;
     uint32_t max_header_list_bytes; /* default 16 KiB */
     uint32_t stream_window_bytes;   /* HTTP/2 initial stream window, default 64 KiB */
     uint32_t idle_spin_us;          /* spin this long before sleeping; 0 = never (default) */
+    bool interop_service;           /* also serve grpc.testing.TestService; default false */
+    /* Per StreamingOutputCallRequest of the interop service: responses asked
+     * for (default 1000) and their total bytes (default 64 MiB); past either
+     * the call ends RESOURCE_EXHAUSTED before any response is made. */
+    uint32_t interop_responses_max;
+    uint32_t interop_response_bytes_max;
     bds_options options;            /* pipeline options for methods that bring none */
     int log_level;                  /* 0 errors, 1 warnings, 2 info (default), 3 debug */
     /* Connection timers (0 = off). Each closes what a silent, dead or stuck
@@ -82,7 +96,15 @@ BDS_API bds_status bds_server_create(bds_server **out, const bds_server_config *
  * options) or BDS_ALREADY_EXISTS. */
 BDS_API bds_status bds_server_add_method(bds_server *server, const bds_method *method);
 /* Serves until bds_server_stop() or SIGTERM/SIGINT, then drains gracefully
- * (GOAWAY, in-flight work finishes within the grace period). */
+ * (GOAWAY, in-flight work finishes within the grace period: the longest of the
+ * server's and its methods'). What the grace period leaves ends UNAVAILABLE;
+ * one second after it, connections still open are closed; four seconds
+ * later (a hard stop, at most grace + 5 s after the stop) handlers that still
+ * have not finished their calls are abandoned and bds_server_run returns
+ * BDS_DEADLINE_EXCEEDED: their calls' memory stays allocated, and they must
+ * never touch those calls again (no bds_call_done). Returns BDS_OK after a
+ * clean stop. A second SIGTERM/SIGINT while stopping ends the process at once
+ * (_exit(128 + signal number)). */
 BDS_API bds_status bds_server_run(bds_server *server);
 /* Thread: any; async-signal-safe. */
 BDS_API void bds_server_stop(bds_server *server);
