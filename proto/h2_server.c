@@ -647,6 +647,19 @@ static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, voi
     return c->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
 }
 
+/* A message larger than the stream window could never complete if its bytes
+ * waited for the app's consume: the part received so far (bounded by
+ * msg_bytes_max, already checked from the prefix) is credited now, and the
+ * message's wire_bytes later report only the rest (DESIGN §7). */
+static void h2_stream_credit_partial(bds__h2_conn *c, struct h2_stream *s, bool ask) {
+    uint32_t msg_len, have;
+    if (!bds__grpc_deframer_partial(&s->deframer, &msg_len, &have)) return;
+    uint32_t sofar = have + BDS_GRPC_PREFIX_BYTES;
+    if (sofar <= s->precredited) return;
+    if (ask && c->cbs.may_credit_partial != NULL && !c->cbs.may_credit_partial(c->ctx, s->call_ctx)) return;
+    s->precredited += (uint32_t)bds__h2_consume(c, s->id, sofar - s->precredited);
+}
+
 /* Runs the deframer over one DATA chunk of an open call. */
 static void h2_stream_deframe(bds__h2_conn *c, struct h2_stream *s, const uint8_t *data,
                               size_t len) {
@@ -666,18 +679,7 @@ static void h2_stream_deframe(bds__h2_conn *c, struct h2_stream *s, const uint8_
             h2_stream_fail(c, s, st, ev.reason);
         }
     }
-    /* A message larger than the stream window could never complete if its
-     * bytes waited for the app's consume: the part received so far (bounded by
-     * msg_bytes_max, already checked from the prefix) is credited now, and the
-     * message's wire_bytes later report only the rest (DESIGN §7). */
-    uint32_t msg_len, have;
-    if (c->cfg.credit_partial_messages && s->state == H2S_OPEN &&
-        bds__grpc_deframer_partial(&s->deframer, &msg_len, &have)) {
-        uint32_t sofar = have + BDS_GRPC_PREFIX_BYTES;
-        if (sofar > s->precredited) {
-            s->precredited += (uint32_t)bds__h2_consume(c, s->id, sofar - s->precredited);
-        }
-    }
+    if (c->cfg.credit_partial_messages && s->state == H2S_OPEN) h2_stream_credit_partial(c, s, true);
 }
 
 static int h2_on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t stream_id,
@@ -1288,6 +1290,13 @@ size_t bds__h2_consume(bds__h2_conn *c, int32_t id, size_t n) {
     }
     s->consume_pending += k;
     return (size_t)k;
+}
+
+void bds__h2_credit_partial(bds__h2_conn *c, int32_t id) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    struct h2_stream *s = h2_stream_find(c, id);
+    if (s == NULL || c->fatal || !c->cfg.credit_partial_messages || s->state != H2S_OPEN) return;
+    h2_stream_credit_partial(c, s, false);
 }
 
 size_t bds__h2_unconsumed(const bds__h2_conn *c, int32_t id) {

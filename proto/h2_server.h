@@ -174,6 +174,13 @@ typedef struct bds__h2_callbacks {
      * message's memory, never call into the session. Required to use
      * bds__h2_send_ref. */
     void (*on_msg_release)(void *ctx, bds__h2_msg *msg);
+    /* With credit_partial_messages: may the bytes of the call's message in
+     * progress be credited now? false leaves them uncredited, so the client
+     * stops at the stream window, until the app calls bds__h2_credit_partial
+     * (it has room again). Without partial credit, a client that sends each
+     * message but its last byte makes the app hold messages without bound.
+     * Only reads app state. Optional (NULL: always). */
+    bool (*may_credit_partial)(void *ctx, void *call_ctx);
 } bds__h2_callbacks;
 
 /* Counters, for metrics and tests. */
@@ -273,6 +280,10 @@ bds_status bds__h2_add_metadata(bds__h2_conn *conn, int32_t stream_id, bool trai
  * stream's received − consumed, because the session may have settled the
  * stream itself. Returns the bytes actually credited (0 for a closed stream). */
 size_t bds__h2_consume(bds__h2_conn *conn, int32_t stream_id, size_t n);
+/* With credit_partial_messages: credits the bytes of the stream's message in
+ * progress received so far, which may_credit_partial held back (the app has
+ * room again). No-op for a closed or unknown stream, or when none is held. */
+void bds__h2_credit_partial(bds__h2_conn *conn, int32_t stream_id);
 /* received − consumed for a stream (0 when unknown). */
 size_t bds__h2_unconsumed(const bds__h2_conn *conn, int32_t stream_id);
 /* Unsent queued bytes on a stream (0 when unknown). */
