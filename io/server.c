@@ -212,6 +212,26 @@ static void msg_pools_deinit(srv_shard *sh) {
     for (uint32_t i = 0; i < SRV_MSG_CLASSES; i++) bds__pool_deinit(&sh->msg_pools[i]);
 }
 
+/* The memory a message takes from its home shard. */
+static size_t msg_size(const srv_msg *m) {
+    return m->cls == SRV_MSG_HEAP ? sizeof(srv_msg) + m->len : (size_t)SRV_MSG_CLASS_MIN << m->cls;
+}
+
+static void msg_account(srv_shard *sh, size_t size) {
+    sh->msg_bytes += size;
+    if (sh->msg_bytes <= sh->msg_bytes_hw) return;
+    sh->msg_bytes_hw = sh->msg_bytes;
+    uint64_t hw = atomic_load_explicit(&sh->srv->msg_bytes_hw, memory_order_relaxed);
+    while (hw < sh->msg_bytes_hw &&
+           !atomic_compare_exchange_weak_explicit(&sh->srv->msg_bytes_hw, &hw, sh->msg_bytes_hw,
+                                                  memory_order_relaxed, memory_order_relaxed)) {
+    }
+}
+
+uint64_t bds__server_msg_bytes_hw(const bds_server *srv) {
+    return atomic_load_explicit(&((bds_server *)srv)->msg_bytes_hw, memory_order_relaxed);
+}
+
 /* A zeroed message for len payload bytes, held by |holds|. From sh's pools
  * when sh is given (it must be the calling shard) and the size fits; else
  * from malloc. NULL when memory is out. */
@@ -235,6 +255,7 @@ static srv_msg *msg_new(srv_shard *sh, size_t len, uint8_t holds) {
     }
     m->len = (uint32_t)len;
     m->holds = holds;
+    if (sh) msg_account(sh, msg_size(m));
     return m;
 }
 
@@ -243,6 +264,10 @@ static void msg_unhold(srv_msg *m, uint8_t hold) {
     BDS_ASSERT(m->holds & hold);
     m->holds &= (uint8_t)~hold;
     if (m->holds) return;
+    if (m->home) {
+        BDS_ASSERT(m->home == tls_shard);
+        m->home->msg_bytes -= msg_size(m);
+    }
     if (m->cls == SRV_MSG_HEAP) {
         free(m);
         return;
@@ -530,6 +555,18 @@ static void call_client_close(srv_call *call) {
     bds_session_client_close(call->session);
 }
 
+/* May the bytes of a message still arriving be credited? Only while the
+ * session could take it: nothing parked and inbound room. Otherwise they wait
+ * uncredited and the client stops at the stream window; crediting them
+ * regardless let a client park messages without bound (each sent but its last
+ * byte, a message's last chunk the only part ever withheld). Under HARD_REJECT
+ * a message is never parked: it completes, and is admitted or rejected. */
+static bool call_may_credit_partial(srv_call *call) {
+    if (call->finish_pending) return false; /* its messages are dropped anyway */
+    if (call->m->opts.inbound.backpressure.policy == BDS_BP_HARD_REJECT) return true;
+    return !call->parked && bds_session_inbound_room(call->session) > 0;
+}
+
 static void call_drain_parked(srv_call *call) {
     while (call->parked && bds_session_inbound_room(call->session) > 0) {
         srv_msg *m = call->parked;
@@ -540,6 +577,11 @@ static void call_drain_parked(srv_call *call) {
     if (!call->parked && call->half_close_pending) {
         call->half_close_pending = false;
         call_client_close(call);
+    }
+    /* Room again: the message in progress, held back at the window, moves on. */
+    if (call->conn && !call->h2_done && call_may_credit_partial(call)) {
+        bds__h2_credit_partial(call->conn->h2, call->stream);
+        conn_kick(call->conn);
     }
 }
 
@@ -682,6 +724,11 @@ static void h2_on_call_error(void *ctx, void *call_ctx, int32_t stream_id, bds_s
     bds_session_fail(call->session, status, "request rejected");
 }
 
+static bool h2_may_credit_partial(void *ctx, void *call_ctx) {
+    (void)ctx;
+    return call_may_credit_partial(call_ctx);
+}
+
 /* A reply queued by reference left the HTTP/2 session (serialized or dropped). */
 static void h2_on_msg_release(void *ctx, bds__h2_msg *hm) {
     (void)ctx;
@@ -695,6 +742,7 @@ static const bds__h2_callbacks h2_cbs = {
     .on_reset = h2_on_reset,
     .on_call_error = h2_on_call_error,
     .on_msg_release = h2_on_msg_release,
+    .may_credit_partial = h2_may_credit_partial,
 };
 
 /* ---- connections ----------------------------------------------------------------------------------- */

@@ -57,6 +57,7 @@ struct bds_server {
     _Atomic(bds_group *) live_group;
     _Atomic uint32_t stoppers;
     _Atomic bool stop_requested;
+    _Atomic uint64_t msg_bytes_hw; /* the most message memory one shard held (tests) */
 };
 
 /* Who still holds a srv_msg (srv_msg.holds); it is freed when the last lets go. */
@@ -110,6 +111,8 @@ struct srv_shard {
     bds_flusher flusher;      /* flushes `dirty` at the end of a tick */
     srv_watch *watches;
     bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
+    uint64_t msg_bytes;       /* memory of the srv_msg buffers made here and alive */
+    uint64_t msg_bytes_hw;    /* its high-water mark */
     uint64_t stop_deadline_ns; /* hard close of what is left after the grace */
     bds_timer stop_timer;
     bool stopping;
@@ -163,6 +166,10 @@ bds_status bds__server_call_add_metadata(srv_call *call, bool trailer, const cha
                                          size_t len);
 /* Adds a method whose keys come from key_hint (m->key is ignored). */
 bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv_key_hint_fn key_hint);
+/* The most memory in message buffers (inbound payloads, parked messages,
+ * replies made at home) that one shard held at once, since the server ran.
+ * Thread: any. For tests. */
+uint64_t bds__server_msg_bytes_hw(const bds_server *srv);
 /* The srv_shard of the calling shard thread. */
 srv_shard *bds__server_shard_self(void);
 

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "bidistream/server.h"
+#include "server_int.h"
 
 #define PATH "/bidistream.v1.Pipeline/Process"
 #define MSGS 300
@@ -38,15 +39,59 @@ static void *srv_main(void *arg) {
     return NULL;
 }
 
+/* /test.Hold/Hold: raw bytes, one key per stream. The first message to run
+ * is kept (hold_take hands it to the test, which finishes it); every other
+ * one is echoed at once. */
+#define HOLD_PATH "/test.Hold/Hold"
+static _Atomic(bds_call *) held;
+static _Atomic bool holding;
+
+static void hold_handler(bds_call *call, void *ctx) {
+    (void)ctx;
+    bool no = false;
+    if (atomic_compare_exchange_strong(&holding, &no, true)) {
+        atomic_store(&held, call);
+        return;
+    }
+    uint32_t len;
+    const uint8_t *req = bds_call_request(call, &len);
+    cr_assert_eq(bds_call_reply_bytes(call, req, len), BDS_OK);
+    bds_call_done(call, BDS_OK, NULL);
+}
+
+/* The held call, once it runs (bounded: about 5 s). */
+static bds_call *hold_take(void) {
+    for (int i = 0; i < 500; i++) {
+        bds_call *c = atomic_exchange(&held, NULL);
+        if (c) return c;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_fail("the held message never ran");
+    return NULL;
+}
+
+static void srv_start_cfg(struct srv *v, const bds_server_config *cfg) {
+    const char *why = NULL;
+    cr_assert_eq(bds_server_create(&v->s, cfg, &why), BDS_OK, "%s", why ? why : "");
+    atomic_store(&held, NULL);
+    atomic_store(&holding, false);
+    bds_method hm = {.size = sizeof hm, .path = HOLD_PATH, .handler = hold_handler};
+    cr_assert_eq(bds_server_add_method(v->s, &hm), BDS_OK);
+    cr_assert_eq(pthread_create(&v->t, NULL, srv_main, v), 0);
+}
+
+static void srv_config(bds_server_config *cfg, uint32_t shards) {
+    bds_server_config_default(cfg);
+    cfg->listen = "127.0.0.1:0";
+    cfg->shards = shards;
+    cfg->log_level = 0;
+}
+
 static void srv_start(struct srv *v, uint32_t shards) {
     bds_server_config cfg;
-    bds_server_config_default(&cfg);
-    cfg.listen = "127.0.0.1:0";
-    cfg.shards = shards;
-    cfg.log_level = 0;
-    const char *why = NULL;
-    cr_assert_eq(bds_server_create(&v->s, &cfg, &why), BDS_OK, "%s", why ? why : "");
-    cr_assert_eq(pthread_create(&v->t, NULL, srv_main, v), 0);
+    srv_config(&cfg, shards);
+    srv_start_cfg(v, &cfg);
 }
 
 static void srv_stop(struct srv *v) {
@@ -80,6 +125,7 @@ struct cs {
     int32_t id;
     uint8_t *out;
     size_t out_len, out_off;
+    size_t cut_every, cut_at; /* DATA frames end at k * cut_every and k * cut_every + cut_at */
     bool eof;         /* half-close once out is sent */
     size_t in_bytes;  /* response DATA bytes */
     int grpc_status;  /* -1 until the trailers */
@@ -143,6 +189,11 @@ static ssize_t cli_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t le
     struct cs *s = src->ptr;
     size_t n = s->out_len - s->out_off;
     if (n > length) n = length;
+    if (s->cut_every) {
+        size_t in = s->out_off % s->cut_every;
+        size_t to_cut = in < s->cut_at ? s->cut_at - in : s->cut_every - in;
+        if (n > to_cut) n = to_cut;
+    }
     memcpy(buf, s->out + s->out_off, n);
     s->out_off += n;
     if (s->out_off == s->out_len) {
@@ -198,17 +249,19 @@ static size_t frame_put(uint8_t *out, const char *key, uint32_t seq) {
     return (size_t)(p - out);
 }
 
-/* Opens a Process stream carrying MSGS frames of one key; eof: half-close after. */
-static struct cs *cli_call(struct cli *c, const char *key, bool eof) {
+/* Opens a stream on |path| that sends out[0, len) (taken over); eof:
+ * half-close after. */
+static struct cs *cli_call_bytes(struct cli *c, const char *path, uint8_t *out, size_t len, bool eof) {
     cr_assert_lt(c->n, 16);
     struct cs *s = &c->s[c->n++];
     memset(s, 0, sizeof *s);
     s->grpc_status = -1;
     s->eof = eof;
-    s->out = malloc(MSGS * (5 + 16 + 8 + PAYLOAD));
-    for (uint32_t i = 0; i < MSGS; i++) s->out_len += frame_put(s->out + s->out_len, key, i);
+    s->out = out;
+    s->out_len = len;
 #define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, sizeof(v) - 1, NGHTTP2_NV_FLAG_NONE}
-    nghttp2_nv nv[] = {NV(":method", "POST"), NV(":scheme", "http"), NV(":path", PATH),
+    nghttp2_nv nv[] = {NV(":method", "POST"), NV(":scheme", "http"),
+                       {(uint8_t *)":path", (uint8_t *)(uintptr_t)path, 5, strlen(path), NGHTTP2_NV_FLAG_NONE},
                        NV(":authority", "localhost"), NV("content-type", "application/grpc"),
                        NV("te", "trailers")};
     nghttp2_data_provider prd = {.source = {.ptr = s}, .read_callback = cli_read};
@@ -217,10 +270,25 @@ static struct cs *cli_call(struct cli *c, const char *key, bool eof) {
     return s;
 }
 
-/* Sends and receives until done(c) or about 20 s pass. */
+/* Opens a Process stream carrying MSGS frames of one key; eof: half-close after. */
+static struct cs *cli_call(struct cli *c, const char *key, bool eof) {
+    uint8_t *out = malloc(MSGS * (5 + 16 + 8 + PAYLOAD));
+    size_t len = 0;
+    for (uint32_t i = 0; i < MSGS; i++) len += frame_put(out + len, key, i);
+    return cli_call_bytes(c, PATH, out, len, eof);
+}
+
+static uint64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Sends and receives until done(c) or 30 s pass. */
 static void cli_pump(struct cli *c, bool (*done)(struct cli *c)) {
     uint8_t buf[16384];
-    for (int i = 0; i < 2000 && !done(c); i++) {
+    uint64_t end = mono_ms() + 30000;
+    while (!done(c) && mono_ms() < end) {
         cr_assert_eq(nghttp2_session_send(c->ng), 0);
         struct pollfd p = {.fd = c->fd, .events = POLLIN};
         if (poll(&p, 1, 10) <= 0) continue;
@@ -228,7 +296,39 @@ static void cli_pump(struct cli *c, bool (*done)(struct cli *c)) {
         cr_assert_gt(n, 0, "the server closed the connection");
         cr_assert_eq(nghttp2_session_mem_recv(c->ng, buf, (size_t)n), n);
     }
+    for (int i = 0; i < c->n && !done(c); i++)
+        cr_log_error("stream %d: sent %zu of %zu, received %zu, status %d, closed %d", c->s[i].id, c->s[i].out_off,
+                     c->s[i].out_len, c->s[i].in_bytes, c->s[i].grpc_status, c->s[i].closed);
     cr_assert(done(c), "the exchange did not finish in time");
+}
+
+/* Sends and receives until nothing moved, either way, for about half a
+ * second (the server holds the client at its windows), or until the client
+ * has sent everything (bounded: about 20 s). */
+static void cli_pump_until_stalled(struct cli *c) {
+    uint8_t buf[16384];
+    int quiet = 0;
+    for (int i = 0; i < 2000 && quiet < 50; i++) {
+        bool sent_all = true;
+        size_t before = 0;
+        for (int k = 0; k < c->n; k++) {
+            before += c->s[k].out_off;
+            if (c->s[k].out_off < c->s[k].out_len) sent_all = false;
+        }
+        if (sent_all) return;
+        cr_assert_eq(nghttp2_session_send(c->ng), 0);
+        size_t after = 0;
+        for (int k = 0; k < c->n; k++) after += c->s[k].out_off;
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        bool got = false;
+        if (poll(&p, 1, 10) > 0) {
+            ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+            cr_assert_gt(n, 0, "the server closed the connection");
+            cr_assert_eq(nghttp2_session_mem_recv(c->ng, buf, (size_t)n), n);
+            got = true;
+        }
+        quiet = after == before && !got ? quiet + 1 : 0;
+    }
 }
 
 static size_t reply_bytes(const struct cs *s) { return s->out_len; } /* an echo: the same frames */
@@ -293,6 +393,59 @@ Test(server, reset_stream_and_dropped_connection_return_every_buffer) {
     cli_pump(&c, all_replied);
     cli_pump(&c, all_closed);
     cr_assert_eq(c.s[0].grpc_status, 0);
+    cli_fini(&c);
+    srv_stop(&v);
+}
+
+/* Issue 8, finding 2. Each 256 KiB message is sent as all but its last byte,
+ * then 1 byte, on one key behind a message that does not finish. Past the
+ * 1 MiB the session may hold (inbound.outstanding_bytes_max), messages are parked and
+ * their window withheld; the bytes of a message still arriving were credited
+ * regardless, so only each message's last byte was withheld and the client
+ * could park all 12 MiB. Now the message in progress waits at the stream
+ * window while nothing can be admitted, and completes once room returns.
+ * Meanwhile another connection is served. */
+Test(server, messages_sent_but_their_last_byte_do_not_park_without_bound) {
+    enum { N = 48, BODY = 256u << 10, WIRE = BODY + 5 };
+    struct srv v;
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.options.inbound.outstanding_bytes_max = 1u << 20;
+    srv_start_cfg(&v, &cfg);
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    uint8_t *out = malloc((size_t)N * WIRE);
+    for (size_t i = 0; i < N; i++) {
+        uint8_t *m = out + i * WIRE;
+        m[0] = 0;
+        m[1] = (uint8_t)(BODY >> 24);
+        m[2] = (uint8_t)(BODY >> 16);
+        m[3] = (uint8_t)(BODY >> 8);
+        m[4] = (uint8_t)BODY;
+        memset(m + 5, (int)('a' + i % 26), BODY);
+    }
+    struct cs *s = cli_call_bytes(&c, HOLD_PATH, out, (size_t)N * WIRE, true);
+    s->cut_every = WIRE;
+    s->cut_at = WIRE - 1;
+    cli_pump_until_stalled(&c);
+    bds_call *first = hold_take();
+    uint64_t hw = bds__server_msg_bytes_hw(v.s);
+    cr_assert_lt(s->out_off, s->out_len, "the client sent all %zu bytes: nothing held it back", s->out_len);
+    /* 1 MiB admitted, one message over it, one parked, one stream window. */
+    cr_assert_lt(hw, 8u * WIRE, "the server held %lu bytes of messages", (unsigned long)hw);
+
+    struct cli w;
+    cli_init(&w, srv_connect(&v));
+    cli_call(&w, "w", true);
+    cli_pump(&w, all_closed);
+    cr_assert_eq(w.s[0].grpc_status, 0, "another connection is served");
+    cli_fini(&w);
+
+    /* The work finishes: everything moves, each message completes. */
+    bds_call_done(first, BDS_OK, NULL);
+    cli_pump(&c, all_closed);
+    cr_assert_eq(s->grpc_status, 0);
+    cr_assert_eq(s->in_bytes, (size_t)(N - 1) * WIRE, "every message but the held one echoed");
     cli_fini(&c);
     srv_stop(&v);
 }
