@@ -476,6 +476,122 @@ class FastSender(unittest.TestCase):
             self.assertEqual(srv.stop(), 0)
 
 
+class PartialMessages(unittest.TestCase):
+    """Issue 8, finding 2: a client that sends each message but its last byte,
+    then that byte, queued on one key behind a message whose work takes 8 s.
+    The server used to credit the bytes of a message in progress whether or
+    not it could take the message, so only each last byte was withheld and
+    the stream parked messages without bound (256 MiB in 6 s). Now the client
+    stops at the stream window once the session has no room."""
+
+    def test_messages_cut_before_their_last_byte_do_not_park_without_bound(self):
+        srv = Server('--shards', '1')
+        try:
+            port = int(srv.addr.split(':')[1])
+            s = socket.create_connection(('127.0.0.1', port))
+            h2 = FlowSender(s)
+            h2.send(h2frame(1, 4, 1, hpack_request(PROCESS)))
+            work = frame('k', 1, b'', work_us=8000000)
+            h2.data(1, b'\x00' + len(work).to_bytes(4, 'big') + work)
+            body = frame('k', 2, b'p' * (1 << 20))
+            msg = b'\x00' + len(body).to_bytes(4, 'big') + body
+            sent = 0
+            end = time.monotonic() + 6
+            while time.monotonic() < end and sent < (256 << 20):
+                if not h2.data(1, msg[:-1], until=end) or not h2.data(1, msg[-1:], until=end):
+                    break
+                sent += len(msg)
+            hwm = vm_hwm_kib(srv.proc.pid)
+            sys.stderr.write('partial messages: sent %d MiB in 6 s, server VmHWM %d MiB\n'
+                             % (sent >> 20, hwm >> 10))
+            # 4 MiB admitted (--inbound-bytes-max), one message over it, one
+            # parked, one stream window: the client is stopped well before 16 MiB.
+            self.assertLess(sent, 16 << 20, 'the server took %d MiB it cannot start' % (sent >> 20))
+            with srv.channel() as ch:
+                self.assertEqual(len(list(process(ch)(iter([frame('w', 1, b'ok')]), timeout=10))), 1)
+            s.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
+class FlowSender:
+    """Raw HTTP/2 client side that sends DATA only within the windows the
+    server grants (RFC 9113 §6.9), reading its frames as they come."""
+
+    def __init__(self, sock):
+        self.s = sock
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms Nagle/delayed-ACK stalls
+        self.buf = b''
+        self.conn = 65535
+        self.initial = 65535
+        self.streams = {}
+        self.s.sendall(b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' + h2frame(4, 0, 0, b''))
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def _read(self, timeout):
+        self.s.settimeout(timeout)
+        try:
+            b = self.s.recv(65536)
+        except socket.timeout:
+            return True
+        if not b:
+            return False
+        self.buf += b
+        while len(self.buf) >= 9:
+            n = int.from_bytes(self.buf[:3], 'big')
+            if len(self.buf) < 9 + n:
+                break
+            ftype, flags, sid = self.buf[3], self.buf[4], int.from_bytes(self.buf[5:9], 'big') & 0x7fffffff
+            payload = self.buf[9:9 + n]
+            self.buf = self.buf[9 + n:]
+            if ftype == 4 and not flags & 1:
+                for i in range(0, len(payload), 6):
+                    if int.from_bytes(payload[i:i + 2], 'big') == 4:
+                        v = int.from_bytes(payload[i + 2:i + 6], 'big')
+                        for k in self.streams:
+                            self.streams[k] += v - self.initial
+                        self.initial = v
+                self.s.sendall(h2frame(4, 1, 0, b''))
+            elif ftype == 8:
+                inc = int.from_bytes(payload[:4], 'big') & 0x7fffffff
+                if sid == 0:
+                    self.conn += inc
+                else:
+                    self.streams[sid] = self.streams.get(sid, self.initial) + inc
+            elif ftype in (3, 7):  # RST_STREAM, GOAWAY
+                return False
+        return True
+
+    def data(self, sid, payload, until=None):
+        """Sends payload as DATA on sid within the windows; False if the
+        connection ended or `until` (monotonic) passed first."""
+        self.streams.setdefault(sid, self.initial)
+        off = 0
+        while off < len(payload):
+            room = min(self.conn, self.streams[sid], 16384, len(payload) - off)
+            if room <= 0:
+                if until is not None and time.monotonic() >= until:
+                    return False
+                if not self._read(0.05):
+                    return False
+                continue
+            self.s.sendall(h2frame(0, 0, sid, payload[off:off + room]))
+            self.conn -= room
+            self.streams[sid] -= room
+            off += room
+        return True
+
+
+def vm_hwm_kib(pid):
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    return 0
+
+
 def h2frame(ftype, flags, stream, payload):
     return len(payload).to_bytes(3, 'big') + bytes([ftype, flags]) + stream.to_bytes(4, 'big') + payload
 

@@ -7,6 +7,7 @@
  * process), so a clean bds_server_run() return is the leak check. Two shards
  * hand messages between threads: also run under TSan. BDS_TEST_TSAN */
 #include <arpa/inet.h>
+#include <netinet/tcp.h>
 #include <criterion/criterion.h>
 #include <nghttp2/nghttp2.h>
 #include <poll.h>
@@ -109,6 +110,8 @@ static int srv_connect(struct srv *v) {
             int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
             struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
             a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            int one = 1; /* no 40 ms Nagle/delayed-ACK stalls between our frames */
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) return fd;
             close(fd);
         }
