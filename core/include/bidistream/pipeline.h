@@ -105,7 +105,8 @@ typedef struct __attribute__((aligned(16))) bds_reply {
     struct bds_reply *_next;
     bds_session *_session;
     void *data;     /* the transport's */
-    uint32_t bytes; /* payload size, for metrics */
+    uint32_t bytes; /* payload size: metrics and outbound.unsent_bytes_max;
+                       unchanged until written or dropped */
 } bds_reply;
 
 /* Runs one admitted inbound message on the key's pipeline thread. It finishes
@@ -190,7 +191,8 @@ BDS_API void bds_session_set_deadline(bds_session *session, uint64_t deadline_ns
  * queued), BDS_E_OUTBOUND_BACKPRESSURE (rejected: dropped; with fail_fast the
  * session is closing), BDS_E_OUTBOUND_CLOSED or BDS_E_SESSION_CLOSED (dropped). */
 BDS_API bds_status bds_session_send(bds_session *session, bds_reply *reply);
-/* A reply handed to ops->write is on the wire: releases its outbound token. */
+/* A reply handed to ops->write is on the wire: releases its outbound token
+ * and its bytes (the same reply, its bytes unchanged). */
 BDS_API void bds_session_reply_written(bds_session *session, bds_reply *reply);
 
 BDS_API bds_session_state bds_session_get_state(const bds_session *session); /* any thread */
