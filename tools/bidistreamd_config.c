@@ -84,6 +84,8 @@ static const opt opts[] = {
      "unwritten replies per stream, 0 = no limit"},
     {"outbound-queue-capacity", K_U32, FIELD(uint32_t, options.outbound.backpressure.queue_capacity), 0,
      UINT32_MAX, "waiters for capacity, queue policy only"},
+    {"outbound-bytes-max", K_BYTES, FIELD(uint32_t, options.outbound.unsent_bytes_max), 0, UINT32_MAX,
+     "reply bytes per stream the client has not taken before the server stops reading the stream (hard-reject: RESOURCE_EXHAUSTED), 0 = no limit"},
     {"fail-fast", K_BOOL, FIELD(bool, options.outbound.fail_fast), 0, 0, "an outbound error ends the stream"},
     {"drain-on-client-close", K_BOOL, FIELD(bool, options.inbound.drain_on_client_close), 0, 0,
      "after the client half-closes, finish in-flight work before OK"},

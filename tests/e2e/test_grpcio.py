@@ -514,18 +514,99 @@ class PartialMessages(unittest.TestCase):
             self.assertEqual(srv.stop(), 0)
 
 
+class NeverReadsDefaults(unittest.TestCase):
+    """Issue 8, finding 7, with the default caps: 8 streams whose client never
+    grants the server any window for replies (INITIAL_WINDOW_SIZE 0) and sends
+    64 KiB messages as fast as the server's windows allow. Counts used to be
+    the only bound (1,024 unwritten + 8,192 queued replies per stream, ~576
+    MiB at 64 KiB): the server read on. Now each stream holds at most
+    --outbound-bytes-max (4 MiB) of replies, then the server stops reading it
+    (QUEUE: no error, the client waits at its socket); another connection is
+    served meanwhile."""
+
+    def test_client_that_never_reads_is_stopped_by_bytes_with_default_caps(self):
+        srv = Server('--shards', '1')
+        try:
+            port = int(srv.addr.split(':')[1])
+            s = socket.create_connection(('127.0.0.1', port))
+            h2 = FlowSender(s, settings=b'\x00\x04\x00\x00\x00\x00')
+            streams = [1 + 2 * i for i in range(8)]
+            pending = {}
+            for i, sid in enumerate(streams):
+                h2.send(h2frame(1, 4, sid, hpack_request(PROCESS)))
+                pending[sid] = b''
+            payload = b'q' * (64 * 1024)
+            seq = [0]
+
+            def next_msg(sid):
+                seq[0] += 1
+                m = frame('k%d' % sid, seq[0], payload)
+                return b'\x00' + len(m).to_bytes(4, 'big') + m
+
+            sent = 0
+            end = time.monotonic() + 8
+            idle_since = None
+            while time.monotonic() < end and sent < (512 << 20):
+                moved = 0
+                for sid in streams:
+                    if not pending[sid]:
+                        pending[sid] = next_msg(sid)
+                    n = h2.data_some(sid, pending[sid])
+                    pending[sid] = pending[sid][n:]
+                    moved += n
+                sent += moved
+                if moved:
+                    idle_since = None
+                    continue
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > 1.0:
+                    break  # every stream waits for a window the server does not give
+                self.assertTrue(h2.poll(0.05), 'the server ended the connection or a stream')
+            hwm = vm_hwm_kib(srv.proc.pid)
+            sys.stderr.write('never reads: sent %d MiB on 8 streams, server VmHWM %d MiB\n'
+                             % (sent >> 20, hwm >> 10))
+            # Per stream: 4 MiB of replies, one message over it, one parked,
+            # a stream window, the socket buffers.
+            self.assertLess(sent, 8 * (8 << 20), 'the server read %d MiB it cannot answer' % (sent >> 20))
+            with srv.channel() as ch:
+                for i in range(5):
+                    self.assertEqual(len(list(process(ch)(iter([frame('w', i + 1, b'ok')]), timeout=10))), 1)
+            s.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
 class FlowSender:
     """Raw HTTP/2 client side that sends DATA only within the windows the
     server grants (RFC 9113 §6.9), reading its frames as they come."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, settings=b''):
         self.s = sock
         self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms Nagle/delayed-ACK stalls
         self.buf = b''
         self.conn = 65535
         self.initial = 65535
         self.streams = {}
-        self.s.sendall(b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' + h2frame(4, 0, 0, b''))
+        self.s.sendall(b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' + h2frame(4, 0, 0, settings))
+
+    def poll(self, timeout):
+        """Reads what the server sent within timeout; False once it ended the
+        connection or reset a stream."""
+        return self._read(timeout)
+
+    def data_some(self, sid, payload):
+        """Sends as much of payload as the windows allow now; returns how much."""
+        self.streams.setdefault(sid, self.initial)
+        off = 0
+        while off < len(payload):
+            room = min(self.conn, self.streams[sid], 16384, len(payload) - off)
+            if room <= 0:
+                break
+            self.s.sendall(h2frame(0, 0, sid, payload[off:off + room]))
+            self.conn -= room
+            self.streams[sid] -= room
+            off += room
+        return off
 
     def send(self, data):
         self.s.sendall(data)
