@@ -140,6 +140,8 @@ struct bds__h2_conn {
     uint32_t goaway_code;          /* its error code                             */
     int32_t goaway_last_id;        /* its last-stream-id                         */
     uint64_t glitch_tat_ns;        /* GCRA theoretical arrival time              */
+    bool conn_credit_held;         /* bds__h2_hold_conn_credit: receipts are owed */
+    uint64_t conn_credit_owed;     /* connection credit held back (< its window) */
     uint64_t wu_allowance;         /* small WINDOW_UPDATEs and PINGs our DATA frames justify */
     bds__h2_stats stats;
 };
@@ -600,6 +602,13 @@ static void h2_stream_request(bds__h2_conn *c, struct h2_stream *s, bool end_str
                                                                    : c->now_ns + info.timeout_ns;
     void *call_ctx = NULL;
     bds_status st = c->cbs.on_call_start(c->ctx, &info, &call_ctx);
+    if (st == BDS_E_AGAIN) { /* not now: the client may retry it elsewhere or later */
+        s->state = H2S_REJECTED;
+        c->stats.calls_refused++;
+        h2_check(c, nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_REFUSED_STREAM));
+        h2_stream_settle(c, s);
+        return;
+    }
     if (st != BDS_OK) {
         h2_stream_reject(c, s, 200, st, NULL);
         return;
@@ -687,7 +696,10 @@ static int h2_on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t str
     (void)flags;
     bds__h2_conn *c = ud;
     BDS_ASSERT(c->in_recv);
-    if (h2_conn_credit_auto(c)) h2_check(c, nghttp2_session_consume_connection(ng, len));
+    if (h2_conn_credit_auto(c)) {
+        if (c->conn_credit_held) c->conn_credit_owed += len;
+        else h2_check(c, nghttp2_session_consume_connection(ng, len));
+    }
     struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, stream_id);
     if (s == NULL) {
         /* No record (its allocation failed): nobody will consume, so we do. */
@@ -1290,6 +1302,15 @@ size_t bds__h2_consume(bds__h2_conn *c, int32_t id, size_t n) {
     }
     s->consume_pending += k;
     return (size_t)k;
+}
+
+void bds__h2_hold_conn_credit(bds__h2_conn *c, bool hold) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    c->conn_credit_held = hold;
+    if (hold || c->conn_credit_owed == 0 || c->fatal) return;
+    size_t k = (size_t)c->conn_credit_owed;
+    c->conn_credit_owed = 0;
+    h2_check(c, nghttp2_session_consume_connection(c->ng, k));
 }
 
 void bds__h2_credit_partial(bds__h2_conn *c, int32_t id) {

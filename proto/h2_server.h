@@ -142,7 +142,9 @@ typedef struct bds__h2_callbacks {
     /* A request passed validation. Store the app's per-call context in
      * |*call_ctx| and return BDS_OK, or return a status to refuse it (the
      * session answers trailers-only with that status: e.g. UNAVAILABLE while
-     * draining, RESOURCE_EXHAUSTED when out of call slots). The call exists
+     * draining, RESOURCE_EXHAUSTED when out of call slots; BDS_E_AGAIN resets
+     * the stream with REFUSED_STREAM instead: nothing was processed, so a
+     * client may retry it, e.g. once memory is back under budget). The call exists
      * once this returns BDS_OK: calls on its stream from inside this callback
      * get BDS_E_SESSION_CLOSED. Required. */
     bds_status (*on_call_start)(void *ctx, const bds__h2_call_info *info, void **call_ctx);
@@ -280,6 +282,11 @@ bds_status bds__h2_add_metadata(bds__h2_conn *conn, int32_t stream_id, bool trai
  * stream's received − consumed, because the session may have settled the
  * stream itself. Returns the bytes actually credited (0 for a closed stream). */
 size_t bds__h2_consume(bds__h2_conn *conn, int32_t stream_id, size_t n);
+/* With conn_credit_on_receipt: |hold| true stops crediting the connection
+ * window (received bytes are owed instead, so the client may send at most one
+ * connection window more on all its streams together); false credits what is
+ * owed and resumes (e.g. the app's memory budget). */
+void bds__h2_hold_conn_credit(bds__h2_conn *conn, bool hold);
 /* With credit_partial_messages: credits the bytes of the stream's message in
  * progress received so far, which may_credit_partial held back (the app has
  * room again). No-op for a closed or unknown stream, or when none is held. */
