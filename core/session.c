@@ -664,6 +664,11 @@ bds_status bds_session_reason(const bds_session *s) {
 
 void *bds_session_ctx(const bds_session *s) { return s->ops_ctx; }
 
+uint64_t bds_session_held_bytes(const bds_session *s) {
+    ASSERT_HOME(s);
+    return s->outstanding_bytes + s->out_flight_bytes + s->sq_bytes;
+}
+
 void bds_session_get_stats(const bds_session *s, bds_session_stats *out) {
     *out = s->stats;
     out->executing = s->tokens_held + s->soft_in_use;

@@ -619,6 +619,23 @@ Test(pipeline, sender_byte_bound_queues_and_shuts_inbound_room_until_the_client_
     sim_free(S);
 }
 
+Test(pipeline, held_bytes_count_admitted_payload_and_untaken_replies) {
+    sim *S = sim_new(1, 35);
+    int s = sim_open(S, 0, NULL);
+    S->auto_ack_replies = false;
+    bds_session *ses = S->sessions[s].s;
+    cr_assert_eq(sim_send_bytes(S, s, "a", 1, SIM_ASYNC, 70), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(bds_session_held_bytes(ses), 70);
+    send_replies(S, s, 2, 3, 10);
+    cr_assert_eq(bds_session_held_bytes(ses), 70 + 30, "70 unfinished, 3 replies of 10 written");
+    ack_all(S, s);
+    cr_assert_eq(bds_session_held_bytes(ses), 70, "the replies were taken; the message finished");
+    complete_seq(S, 1, BDS_OK);
+    cr_assert_eq(bds_session_held_bytes(ses), 0);
+    sim_free(S);
+}
+
 Test(pipeline, sender_byte_bound_lets_a_large_reply_go_alone) {
     sim *S = sim_new(1, 32);
     bds_options o = bds_default_options();

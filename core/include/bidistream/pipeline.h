@@ -211,6 +211,11 @@ typedef struct bds_session_stats {
     uint32_t tokens_free, tokens_held;      /* inbound: free + held == capacity (when capacity > 0) */
 } bds_session_stats;
 BDS_API void bds_session_get_stats(const bds_session *session, bds_session_stats *out);
+/* Payload bytes the session holds now: admitted and unfinished (inbound), and
+ * replies queued or written but not yet reply_written (outbound). A transport
+ * adds what it holds itself, e.g. to find its largest stream under a memory
+ * budget. Home only. */
+BDS_API uint64_t bds_session_held_bytes(const bds_session *session);
 
 /* ---- calls (inside a handler) --------------------------------------------- */
 
