@@ -29,6 +29,7 @@
  * its home shard. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <sched.h>
 #include <stdio.h>
@@ -47,6 +48,11 @@ struct srv_conn {
     srv_shard *sh;
     bds_conn *c;
     bds__h2_conn *h2;
+    srv_acct *acct;           /* its bytes, for the budgets */
+    bds__palloc alloc;        /* its HTTP/2 session's memory, counted in acct */
+    bool over;                /* at conn_bytes_max: not read */
+    bool credit_held;         /* not read: its windows are not credited */
+    srv_call *victim;         /* failed for its budget, not yet gone */
     srv_call *calls;
     srv_call *waiting;        /* calls with blocked replies (call->wprev/wnext) */
     srv_conn *prev, *next;
@@ -61,6 +67,9 @@ struct srv_conn {
 
 
 static _Thread_local srv_shard *tls_shard;
+
+/* At its own or its shard's memory budget: the connection is not read. */
+static bool conn_blocked(const srv_conn *sc) { return sc->sh->over || sc->over; }
 
 srv_shard *bds__server_shard_self(void) { return tls_shard; }
 
@@ -78,6 +87,11 @@ void bds_server_config_default(bds_server_config *c) {
     c->stream_window_bytes = 64u << 10;
     c->options = bds_default_options();
     c->log_level = 2;
+    /* A 2-core machine runs 2 shards: 2 GiB of buffers at most, under any
+     * mix of clients, leaves a 24 GiB machine most of its memory; a
+     * connection may take a quarter of its shard's. */
+    c->conn_bytes_max = 256u << 20;
+    c->shard_bytes_max = 1u << 30;
 }
 
 static bool parse_listen(const char *s, char *host, size_t hostcap, uint16_t *port) {
@@ -217,6 +231,78 @@ static size_t msg_size(const srv_msg *m) {
     return m->cls == SRV_MSG_HEAP ? sizeof(srv_msg) + m->len : (size_t)SRV_MSG_CLASS_MIN << m->cls;
 }
 
+/* ---- memory budgets ------------------------------------------------------------------------ */
+
+/* Under budget again below 7/8 of it: reading does not flap at the mark. */
+static uint64_t budget_low(uint64_t max) { return max - max / 8; }
+
+static void shard_budget_due(srv_shard *sh) {
+    if (sh->budget_due) return;
+    sh->budget_due = true;
+    bds__shard_defer_flush(sh->shard, &sh->flusher);
+}
+
+/* Bytes were added to sh (and a): a budget reached, or a victim to pick. */
+static void budget_check_up(srv_shard *sh, const srv_acct *a) {
+    const bds_server_config *cfg = &sh->srv->cfg;
+    if (cfg->shard_bytes_max && sh->msg_bytes + sh->h2_bytes >= cfg->shard_bytes_max && (!sh->over || !sh->victim))
+        shard_budget_due(sh);
+    else if (a && a->conn && cfg->conn_bytes_max && a->bytes >= cfg->conn_bytes_max &&
+             (!a->conn->over || !a->conn->victim))
+        shard_budget_due(sh);
+}
+
+/* Bytes were given back: a budget may be under its low mark again. */
+static void budget_check_down(srv_shard *sh, const srv_acct *a) {
+    const bds_server_config *cfg = &sh->srv->cfg;
+    if (sh->over && sh->msg_bytes + sh->h2_bytes < budget_low(cfg->shard_bytes_max)) shard_budget_due(sh);
+    else if (a && a->conn && a->conn->over && a->bytes < budget_low(cfg->conn_bytes_max)) shard_budget_due(sh);
+}
+
+static void acct_unref(srv_acct *a) {
+    if (--a->refs == 0) free(a);
+}
+
+/* The HTTP/2 session's allocator: libc, counted in its connection's acct. */
+static void acct_h2_add(srv_acct *a, size_t n) {
+    a->bytes += n;
+    a->sh->h2_bytes += n;
+    budget_check_up(a->sh, a);
+}
+
+static void acct_h2_sub(srv_acct *a, size_t n) {
+    a->bytes -= n;
+    a->sh->h2_bytes -= n;
+    budget_check_down(a->sh, a);
+}
+
+static void *acct_malloc(size_t size, void *ctx) {
+    void *p = malloc(size);
+    if (p) acct_h2_add(ctx, malloc_usable_size(p));
+    return p;
+}
+
+static void acct_free(void *p, void *ctx) {
+    if (!p) return;
+    acct_h2_sub(ctx, malloc_usable_size(p));
+    free(p);
+}
+
+static void *acct_calloc(size_t nmemb, size_t size, void *ctx) {
+    void *p = calloc(nmemb, size);
+    if (p) acct_h2_add(ctx, malloc_usable_size(p));
+    return p;
+}
+
+static void *acct_realloc(void *p, size_t size, void *ctx) {
+    size_t old = p ? malloc_usable_size(p) : 0;
+    void *q = realloc(p, size);
+    if (!q) return NULL; /* p is untouched */
+    acct_h2_sub(ctx, old);
+    acct_h2_add(ctx, malloc_usable_size(q));
+    return q;
+}
+
 static void msg_account(srv_shard *sh, size_t size) {
     sh->msg_bytes += size;
     if (sh->msg_bytes <= sh->msg_bytes_hw) return;
@@ -232,10 +318,11 @@ uint64_t bds__server_msg_bytes_hw(const bds_server *srv) {
     return atomic_load_explicit(&((bds_server *)srv)->msg_bytes_hw, memory_order_relaxed);
 }
 
-/* A zeroed message for len payload bytes, held by |holds|. From sh's pools
- * when sh is given (it must be the calling shard) and the size fits; else
- * from malloc. NULL when memory is out. */
-static srv_msg *msg_new(srv_shard *sh, size_t len, uint8_t holds) {
+/* A zeroed message for len payload bytes, held by |holds|, accounted to |a|
+ * (or to no connection yet). From sh's pools when sh is given (it must be
+ * the calling shard) and the size fits; else from malloc. NULL when memory
+ * is out. */
+static srv_msg *msg_new(srv_shard *sh, srv_acct *a, size_t len, uint8_t holds) {
     BDS_ASSERT(sh == NULL || sh == tls_shard);
     size_t need = sizeof(srv_msg) + len;
     srv_msg *m = NULL;
@@ -255,8 +342,35 @@ static srv_msg *msg_new(srv_shard *sh, size_t len, uint8_t holds) {
     }
     m->len = (uint32_t)len;
     m->holds = holds;
-    if (sh) msg_account(sh, msg_size(m));
+    if (sh) {
+        msg_account(sh, msg_size(m));
+        if (a) {
+            m->acct = a;
+            a->refs++;
+            a->bytes += msg_size(m);
+        }
+        budget_check_up(sh, a);
+    }
     return m;
+}
+
+/* A reply reaches its call's shard (ops->write): from now on it counts there
+ * and against the call's connection, wherever it was made. */
+static void msg_attach(srv_msg *r, srv_call *call) {
+    srv_shard *sh = tls_shard;
+    size_t size = msg_size(r);
+    if (!r->home) {
+        r->home = sh;
+        msg_account(sh, size);
+    }
+    BDS_ASSERT(r->home == sh);
+    srv_conn *sc = call->conn;
+    if (!r->acct && sc) {
+        r->acct = sc->acct;
+        r->acct->refs++;
+        r->acct->bytes += size;
+    }
+    budget_check_up(sh, r->acct);
 }
 
 /* |hold| lets go of m; the last holder frees it (on its home shard). */
@@ -266,8 +380,12 @@ static void msg_unhold(srv_msg *m, uint8_t hold) {
     if (m->holds) return;
     if (m->home) {
         BDS_ASSERT(m->home == tls_shard);
-        m->home->msg_bytes -= msg_size(m);
+        size_t size = msg_size(m);
+        m->home->msg_bytes -= size;
+        if (m->acct) m->acct->bytes -= size;
+        budget_check_down(m->home, m->acct);
     }
+    if (m->acct) acct_unref(m->acct);
     if (m->cls == SRV_MSG_HEAP) {
         free(m);
         return;
@@ -299,7 +417,7 @@ bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len) {
         r->reply_used = true;
         r->holds |= SRV_MSG_OUT;
     } else {
-        r = msg_new(here, len, SRV_MSG_OUT);
+        r = msg_new(here, NULL, len, SRV_MSG_OUT);
         if (!r) return BDS_E_NOMEM;
         if (len) memcpy(r->data, bytes, len);
     }
@@ -344,7 +462,10 @@ static void conn_undirty(srv_conn *sc) {
 /* Flushes every dirty connection. A kick from inside conn_flush (a blocked
  * reply moving on) finds its connection still marked and adds nothing: that
  * flush produces the output anyway. */
+static void shard_budget_pass(srv_shard *sh);
+
 static void shard_flush_dirty(srv_shard *sh) {
+    shard_budget_pass(sh);
     while (sh->dirty) {
         srv_conn *sc = sh->dirty;
         sh->dirty = sc->dnext;
@@ -428,6 +549,12 @@ static void call_unlink(srv_call *call) {
     srv_conn *sc = call->conn;
     if (!sc) return;
     call_unwait(call);
+    if (sc->victim == call || sc->sh->victim == call) {
+        /* Its memory goes as its session ends; a next victim may be due. */
+        if (sc->victim == call) sc->victim = NULL;
+        if (sc->sh->victim == call) sc->sh->victim = NULL;
+        shard_budget_due(sc->sh);
+    }
     if (call->prev) call->prev->next = call->next;
     else sc->calls = call->next;
     if (call->next) call->next->prev = call->prev;
@@ -445,6 +572,7 @@ static void msg_list_free(srv_msg *m, uint8_t hold) {
 
 static void call_free(srv_call *call) {
     call_unlink(call);
+    call->parked_bytes = 0;
     msg_list_free(call->parked, SRV_MSG_IN);
     msg_list_free(call->blocked, SRV_MSG_OUT);
     free(call->req_md);
@@ -487,6 +615,7 @@ static void call_move_blocked(srv_call *call) {
 static void op_write(bds_session *s, bds_reply *reply, void *ctx) {
     srv_call *call = ctx;
     srv_msg *r = reply->data;
+    msg_attach(r, call);
     if (!call->blocked && call_try_send(call, r)) {
         bds_session_reply_written(s, reply);
         msg_unhold(r, SRV_MSG_OUT);
@@ -524,6 +653,7 @@ static void op_closed(bds_session *s, bds_status status, const char *message, vo
         snprintf(call->fin_msg, sizeof call->fin_msg, "%s", message ? message : "");
         msg_list_free(call->parked, SRV_MSG_IN);
         call->parked = call->parked_tail = NULL;
+        call->parked_bytes = 0;
         call->session = NULL;
         bds_session_release(s);
         conn_kick(sc);
@@ -546,7 +676,7 @@ static bool call_admit(srv_call *call, srv_msg *m);
  * at half-close first get an empty message flagged `end`, in stream order. */
 static void call_client_close(srv_call *call) {
     if (call->m->end_marker) {
-        srv_msg *marker = msg_new(call->conn ? call->conn->sh : NULL, 0, SRV_MSG_IN);
+        srv_msg *marker = msg_new(call->conn ? call->conn->sh : NULL, call->conn ? call->conn->acct : NULL, 0, SRV_MSG_IN);
         if (marker) {
             marker->end = true;
             call_admit(call, marker);
@@ -563,15 +693,25 @@ static void call_client_close(srv_call *call) {
  * a message is never parked: it completes, and is admitted or rejected. */
 static bool call_may_credit_partial(srv_call *call) {
     if (call->finish_pending) return false; /* its messages are dropped anyway */
+    if (call->conn && conn_blocked(call->conn)) return false;
     if (call->m->opts.inbound.backpressure.policy == BDS_BP_HARD_REJECT) return true;
     return !call->parked && bds_session_inbound_room(call->session) > 0;
 }
 
+/* May the first parked message be admitted now? (HARD_REJECT messages park
+ * only for a budget: admitted once it allows, whatever the room.) */
+static bool call_may_admit(srv_call *call) {
+    if (call->conn && conn_blocked(call->conn)) return false;
+    return call->m->opts.inbound.backpressure.policy == BDS_BP_HARD_REJECT ||
+           bds_session_inbound_room(call->session) > 0;
+}
+
 static void call_drain_parked(srv_call *call) {
-    while (call->parked && bds_session_inbound_room(call->session) > 0) {
+    while (call->parked && call_may_admit(call)) {
         srv_msg *m = call->parked;
         call->parked = m->next;
         if (!call->parked) call->parked_tail = NULL;
+        call->parked_bytes -= m->len;
         if (!call_admit(call, m)) break;
     }
     if (!call->parked && call->half_close_pending) {
@@ -616,6 +756,7 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     srv_conn *sc = ctx;
     srv_shard *sh = sc->sh;
     if (sh->stopping) return BDS_UNAVAILABLE;
+    if (conn_blocked(sc)) return BDS_E_AGAIN; /* REFUSED_STREAM: at a memory budget */
     const srv_method *m = &sh->srv->methods[info->method_index];
     srv_call *call = calloc(1, sizeof *call);
     if (!call) return BDS_RESOURCE_EXHAUSTED;
@@ -660,7 +801,7 @@ static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const ui
     srv_call *call = call_ctx;
     if (call->finish_pending) return; /* the stream's session already ended */
     srv_conn *sc = ctx;
-    srv_msg *m = msg_new(sc->sh, len, SRV_MSG_IN);
+    srv_msg *m = msg_new(sc->sh, sc->acct, len, SRV_MSG_IN);
     if (!m) {
         bds_session_fail(call->session, BDS_RESOURCE_EXHAUSTED, "server out of memory");
         return;
@@ -677,11 +818,12 @@ static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const ui
         return;
     }
     bool may_wait = call->m->opts.inbound.backpressure.policy != BDS_BP_HARD_REJECT;
-    if (call->parked || (may_wait && bds_session_inbound_room(call->session) == 0)) {
+    if (call->parked || conn_blocked(sc) || (may_wait && bds_session_inbound_room(call->session) == 0)) {
         m->next = NULL;
         if (call->parked_tail) call->parked_tail->next = m;
         else call->parked = m;
         call->parked_tail = m;
+        call->parked_bytes += m->len;
         return;
     }
     call_admit(call, m);
@@ -745,6 +887,82 @@ static const bds__h2_callbacks h2_cbs = {
     .may_credit_partial = h2_may_credit_partial,
 };
 
+/* ---- the budget pass ------------------------------------------------------------------------------- */
+
+/* What a stream holds: parked, admitted and unfinished, replies not taken. */
+static uint64_t call_held(const srv_call *call) {
+    return call->parked_bytes + (call->session ? bds_session_held_bytes(call->session) : 0);
+}
+
+/* The connection's stream holding most, if larger than *best_bytes. */
+static srv_call *conn_largest(srv_conn *sc, srv_call *best, uint64_t *best_bytes) {
+    for (srv_call *call = sc->calls; call; call = call->next) {
+        if (!call->session || call->finish_pending || call->h2_done) continue;
+        uint64_t b = call_held(call);
+        if (b > *best_bytes) {
+            best = call;
+            *best_bytes = b;
+        }
+    }
+    return best;
+}
+
+static void call_fail_budget(srv_call *call) {
+    bds_session_fail(call->session, BDS_RESOURCE_EXHAUSTED, "server memory budget exhausted: the largest stream ends");
+}
+
+/* Starts or stops reading sc as its budgets say. Resumed, its parked
+ * messages and the messages in progress held at the window move on. */
+static void conn_budget_apply(srv_conn *sc) {
+    bool hold = conn_blocked(sc);
+    if (!sc->c || sc->closing || hold == sc->credit_held) return;
+    sc->credit_held = hold;
+    bds__h2_hold_conn_credit(sc->h2, hold);
+    if (!hold) {
+        for (srv_call *call = sc->calls, *next; call; call = next) {
+            next = call->next;
+            if (call->session && !call->finish_pending) call_drain_parked(call);
+        }
+    }
+    conn_kick(sc);
+}
+
+/* A budget crossed a mark (budget_check_up/down) or a victim went: at a
+ * budget the shard (or the connection) is not read and its new streams are
+ * refused; if it is still at its budget, the stream holding most ends with
+ * RESOURCE_EXHAUSTED, one at a time. Under the low mark reading resumes. */
+static void shard_budget_pass(srv_shard *sh) {
+    if (!sh->budget_due) return;
+    sh->budget_due = false;
+    bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
+    const bds_server_config *cfg = &sh->srv->cfg;
+    uint64_t held = sh->msg_bytes + sh->h2_bytes;
+    sh->over = cfg->shard_bytes_max &&
+               held >= (sh->over ? budget_low(cfg->shard_bytes_max) : cfg->shard_bytes_max);
+    if (sh->over && !sh->victim && held >= cfg->shard_bytes_max) {
+        srv_call *best = NULL;
+        uint64_t best_bytes = 0;
+        for (srv_conn *sc = sh->conns; sc; sc = sc->next) best = conn_largest(sc, best, &best_bytes);
+        if (best) {
+            sh->victim = best;
+            call_fail_budget(best);
+        }
+    }
+    for (srv_conn *sc = sh->conns; sc; sc = sc->next) {
+        uint64_t b = sc->acct->bytes;
+        sc->over = cfg->conn_bytes_max && b >= (sc->over ? budget_low(cfg->conn_bytes_max) : cfg->conn_bytes_max);
+        if (sc->over && !sc->victim && b >= cfg->conn_bytes_max) {
+            uint64_t best_bytes = 0;
+            srv_call *best = conn_largest(sc, NULL, &best_bytes);
+            if (best) {
+                sc->victim = best;
+                if (best != sh->victim) call_fail_budget(best);
+            }
+        }
+        conn_budget_apply(sc);
+    }
+}
+
 /* ---- connections ----------------------------------------------------------------------------------- */
 
 static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ctx) {
@@ -791,6 +1009,8 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
         else call_unlink(sc->calls);                          /* their sessions close later, without us */
     }
     bds__h2_destroy(sc->h2);
+    sc->acct->conn = NULL;
+    acct_unref(sc->acct);
     if (sc->prev) sc->prev->next = sc->next;
     else sh->conns = sc->next;
     if (sc->next) sc->next->prev = sc->prev;
@@ -805,6 +1025,17 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     (void)l;
     srv_shard *sh = ctx;
     srv_conn *sc = calloc(1, sizeof *sc);
+    srv_acct *acct = calloc(1, sizeof *acct);
+    if (!sc || !acct) {
+        free(sc);
+        free(acct);
+        bds__conn_close(c, 0);
+        return;
+    }
+    *acct = (srv_acct){.sh = sh, .conn = sc, .refs = 1};
+    sc->acct = acct;
+    sc->sh = sh;
+    sc->alloc = (bds__palloc){acct_malloc, acct_free, acct_calloc, acct_realloc, acct};
     bds__h2_config hc;
     bds__h2_config_default(&hc);
     hc.max_concurrent_streams = sh->srv->cfg.max_concurrent_streams;
@@ -816,19 +1047,21 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     hc.credit_partial_messages = true; /* messages larger than the stream window */
     hc.capture_names = sh->srv->capture_names;
     hc.capture_count = sh->srv->capture_count;
-    if (!sc || bds__h2_create(&sc->h2, &hc, &h2_cbs, sc) != BDS_OK || sh->stopping) {
-        if (sc && sc->h2) bds__h2_destroy(sc->h2);
+    hc.alloc = &sc->alloc;
+    if (bds__h2_create(&sc->h2, &hc, &h2_cbs, sc) != BDS_OK || sh->stopping) {
+        if (sc->h2) bds__h2_destroy(sc->h2);
         free(sc);
+        acct_unref(acct);
         bds__conn_close(c, 0);
         return;
     }
-    sc->sh = sh;
     sc->c = c;
     sc->next = sh->conns;
     if (sh->conns) sh->conns->prev = sc;
     sh->conns = sc;
     bds__conn_set_callbacks(c, &conn_cbs, sc);
     conn_kick(sc); /* our SETTINGS */
+    if (sh->over) shard_budget_due(sh); /* not read either, until under budget */
 }
 
 /* ---- shard hooks ------------------------------------------------------------------------------------ */

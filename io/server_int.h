@@ -33,6 +33,16 @@ typedef struct srv_shard srv_shard;
 typedef struct srv_conn srv_conn;
 typedef struct srv_call srv_call;
 
+/* The bytes a connection makes its shard hold (srv_msg buffers, and its
+ * HTTP/2 session's memory through the session's allocator), for the memory
+ * budgets. Outlives the connection while messages still point at it. */
+typedef struct srv_acct {
+    srv_shard *sh;
+    srv_conn *conn;           /* NULL once the connection is gone */
+    uint64_t bytes;
+    uint32_t refs;            /* messages accounted here, + 1 while conn lives */
+} srv_acct;
+
 struct bds_server {
     bds_server_config cfg;
     char *listen;
@@ -80,7 +90,9 @@ typedef struct srv_msg {
     bds_reply reply;          /* used when the buffer is a reply */
     bds__h2_msg h2;           /* its link in the HTTP/2 stream's queue (SRV_MSG_H2) */
     struct srv_msg *next;     /* parked / blocked FIFO link */
-    srv_shard *home;          /* the shard that made it (NULL: made off any shard) */
+    srv_shard *home;          /* the shard that made it or, for a reply made
+                                 elsewhere, took it (NULL: neither yet) */
+    srv_acct *acct;           /* the connection it is accounted to, or NULL */
     uint32_t len, wire;
     uint8_t cls;              /* pool class in home's pools, or SRV_MSG_HEAP */
     uint8_t holds;            /* SRV_MSG_IN | SRV_MSG_OUT | SRV_MSG_H2 */
@@ -113,6 +125,10 @@ struct srv_shard {
     bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
     uint64_t msg_bytes;       /* memory of the srv_msg buffers made here and alive */
     uint64_t msg_bytes_hw;    /* its high-water mark */
+    uint64_t h2_bytes;        /* memory of its connections' HTTP/2 sessions */
+    bool over;                /* at shard_bytes_max: no connection is read */
+    bool budget_due;          /* a budget crossed a mark: shard_budget_pass */
+    srv_call *victim;         /* failed for the budget, not yet gone */
     uint64_t stop_deadline_ns; /* hard close of what is left after the grace */
     bds_timer stop_timer;
     bool stopping;
@@ -131,6 +147,7 @@ struct srv_call {
     bool waiting;             /* blocked is not empty (finish_pending implies it) */
     bool h2_done;             /* the HTTP/2 stream is over (finished, reset or failed) */
     bool half_close_pending;  /* END_STREAM arrived behind parked messages */
+    uint64_t parked_bytes;    /* payload bytes of `parked` */
     uint64_t aggregate;       /* per-stream handler state (interop StreamingInputCall) */
     uint8_t *req_md;          /* captured request headers (srv_method.capture), or NULL */
     uint32_t req_md_len;

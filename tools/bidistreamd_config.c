@@ -113,6 +113,10 @@ static const opt opts[] = {
      "HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE"},
     {"stream-window-bytes", K_BYTES, FIELD(uint32_t, stream_window_bytes), 1024, INT31_MAX,
      "HTTP/2 initial stream window"},
+    {"conn-bytes-max", K_BYTES, FIELD(uint32_t, conn_bytes_max), 0, UINT32_MAX,
+     "memory per connection (messages, HTTP/2 state) before it is not read, its new streams are refused and its largest ends RESOURCE_EXHAUSTED, 0 = no limit"},
+    {"shard-bytes-max", K_BYTES, FIELD(uint32_t, shard_bytes_max), 0, UINT32_MAX,
+     "memory per shard before no connection of it is read, new streams are refused and its largest ends RESOURCE_EXHAUSTED, 0 = no limit"},
     /* Spinning longer than a second before sleeping is a unit mistake, not a choice. */
     {"idle-spin-us", K_U32, FIELD(uint32_t, idle_spin_us), 0, 1000000, "spin this long before sleeping, 0 = never"},
     {"log-level", K_LOGLEVEL, FIELD(int, log_level), 0, 0, "error, warn, info or debug"},

@@ -72,13 +72,44 @@ static bds_call *hold_take(void) {
     return NULL;
 }
 
+/* /test.Hold/All: raw bytes keyed by their first 8 bytes; every message's
+ * handler keeps it (and its payload) until the test finishes them all. */
+#define HOLD_ALL_PATH "/test.Hold/All"
+#define HOLD_ALL_MAX 256
+static _Atomic(bds_call *) all_held[HOLD_ALL_MAX];
+static _Atomic uint32_t all_n;
+
+static bool hold_all_key(const uint8_t *req, uint32_t len, const uint8_t **key, uint32_t *key_len, void *ctx) {
+    (void)ctx;
+    *key = req;
+    *key_len = len < 8 ? len : 8;
+    return true;
+}
+
+static void hold_all_handler(bds_call *call, void *ctx) {
+    (void)ctx;
+    uint32_t i = atomic_fetch_add(&all_n, 1);
+    cr_assert_lt(i, HOLD_ALL_MAX);
+    atomic_store(&all_held[i], call);
+}
+
+/* Finishes every call /test.Hold/All holds; returns how many. */
+static uint32_t hold_all_release(void) {
+    uint32_t n = atomic_load(&all_n);
+    for (uint32_t i = 0; i < n; i++) bds_call_done(atomic_exchange(&all_held[i], NULL), BDS_OK, NULL);
+    return n;
+}
+
 static void srv_start_cfg(struct srv *v, const bds_server_config *cfg) {
     const char *why = NULL;
     cr_assert_eq(bds_server_create(&v->s, cfg, &why), BDS_OK, "%s", why ? why : "");
     atomic_store(&held, NULL);
     atomic_store(&holding, false);
+    atomic_store(&all_n, 0);
     bds_method hm = {.size = sizeof hm, .path = HOLD_PATH, .handler = hold_handler};
     cr_assert_eq(bds_server_add_method(v->s, &hm), BDS_OK);
+    bds_method am = {.size = sizeof am, .path = HOLD_ALL_PATH, .handler = hold_all_handler, .key = hold_all_key};
+    cr_assert_eq(bds_server_add_method(v->s, &am), BDS_OK);
     cr_assert_eq(pthread_create(&v->t, NULL, srv_main, v), 0);
 }
 
@@ -133,6 +164,7 @@ struct cs {
     size_t in_bytes;  /* response DATA bytes */
     int grpc_status;  /* -1 until the trailers */
     bool closed;
+    uint32_t rst;     /* the server's RST_STREAM code, if it reset the stream */
 };
 
 struct cli {
@@ -178,9 +210,11 @@ static int cli_on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint
 
 static int cli_on_close(nghttp2_session *ng, int32_t id, uint32_t code, void *ud) {
     (void)ng;
-    (void)code;
     struct cs *s = cli_stream(ud, id);
-    if (s) s->closed = true;
+    if (s) {
+        s->closed = true;
+        s->rst = code;
+    }
     return 0;
 }
 
@@ -450,5 +484,110 @@ Test(server, messages_sent_but_their_last_byte_do_not_park_without_bound) {
     cr_assert_eq(s->grpc_status, 0);
     cr_assert_eq(s->in_bytes, (size_t)(N - 1) * WIRE, "every message but the held one echoed");
     cli_fini(&c);
+    srv_stop(&v);
+}
+
+/* Messages of |size| bytes for /test.Hold/All, each with its own key. */
+static uint8_t *hold_all_msgs(uint32_t n, uint32_t size, size_t *len) {
+    *len = (size_t)n * (5 + size);
+    uint8_t *out = malloc(*len);
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *m = out + (size_t)i * (5 + size);
+        m[0] = 0;
+        m[1] = (uint8_t)(size >> 24);
+        m[2] = (uint8_t)(size >> 16);
+        m[3] = (uint8_t)(size >> 8);
+        m[4] = (uint8_t)size;
+        memset(m + 5, 'x', size);
+        for (int d = 7; d >= 0; d--) m[5 + 7 - d] = (uint8_t)('0' + (i >> (3 * d)) % 8); /* its key */
+    }
+    return out;
+}
+
+static bool first_closed(struct cli *c) { return c->s[0].closed; }
+static bool last_closed(struct cli *c) { return c->s[c->n - 1].closed; }
+
+/* Opens Process streams on c until one is served (a stream refused while
+ * memory comes back is retried, as REFUSED_STREAM allows; bounded). */
+static void cli_served_eventually(struct cli *c) {
+    for (int i = 0; i < 10; i++) {
+        cli_call(c, "w", true);
+        cli_pump(c, last_closed);
+        if (c->s[c->n - 1].grpc_status == 0) return;
+        cr_assert_eq(c->s[c->n - 1].rst, NGHTTP2_REFUSED_STREAM, "only refused, never failed");
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_fail("never served again once memory came back");
+}
+
+/* Issue 8, the memory budget per shard. A client whose handlers keep 32 KiB
+ * messages, on their own keys, fills the shard past shard_bytes_max (2 MiB):
+ * its stream, the largest, ends RESOURCE_EXHAUSTED; the memory its handlers
+ * still hold keeps the shard at its budget, so a new stream, on another
+ * connection too, is refused (REFUSED_STREAM) and the shard reads nothing
+ * more. Once the handlers let go, streams are served again. */
+Test(server, shard_memory_budget_refuses_streams_and_fails_the_largest) {
+    struct srv v;
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.shard_bytes_max = 2u << 20;
+    cfg.conn_bytes_max = 0;
+    srv_start_cfg(&v, &cfg);
+    struct cli a;
+    cli_init(&a, srv_connect(&v));
+    size_t len;
+    uint8_t *out = hold_all_msgs(128, 32u << 10, &len);
+    struct cs *s = cli_call_bytes(&a, HOLD_ALL_PATH, out, len, false);
+    cli_pump(&a, first_closed);
+    cr_assert_eq(s->grpc_status, 8, "the largest stream: RESOURCE_EXHAUSTED (got %d, rst %u)", s->grpc_status, s->rst);
+    cr_assert_lt(s->out_off, len, "the shard stopped reading before the 4 MiB were sent");
+
+    struct cli w;
+    cli_init(&w, srv_connect(&v));
+    cli_call(&w, "w", true);
+    cli_pump(&w, all_closed);
+    cr_assert_eq(w.s[0].rst, NGHTTP2_REFUSED_STREAM, "at the budget a new stream is refused (status %d, rst %u)",
+                 w.s[0].grpc_status, w.s[0].rst);
+
+    cr_assert_gt(hold_all_release(), 0);
+    cli_served_eventually(&w);
+    cli_fini(&w);
+    cli_fini(&a);
+    srv_stop(&v);
+}
+
+/* The memory budget per connection (1 MiB): the same client is stopped the
+ * same way, its own new streams are refused, and a client on another
+ * connection is served meanwhile. */
+Test(server, conn_memory_budget_stops_one_connection_and_serves_the_others) {
+    struct srv v;
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.conn_bytes_max = 1u << 20;
+    srv_start_cfg(&v, &cfg);
+    struct cli a;
+    cli_init(&a, srv_connect(&v));
+    size_t len;
+    uint8_t *out = hold_all_msgs(128, 32u << 10, &len);
+    struct cs *s = cli_call_bytes(&a, HOLD_ALL_PATH, out, len, false);
+    cli_pump(&a, first_closed);
+    cr_assert_eq(s->grpc_status, 8, "the largest stream: RESOURCE_EXHAUSTED (got %d, rst %u)", s->grpc_status, s->rst);
+    cli_call(&a, "a", true);
+    cli_pump(&a, all_closed);
+    cr_assert_eq(a.s[1].rst, NGHTTP2_REFUSED_STREAM, "its connection's new stream is refused (status %d, rst %u)",
+                 a.s[1].grpc_status, a.s[1].rst);
+
+    struct cli w;
+    cli_init(&w, srv_connect(&v));
+    cli_call(&w, "w", true);
+    cli_pump(&w, all_closed);
+    cr_assert_eq(w.s[0].grpc_status, 0, "another connection is served");
+    cr_assert_eq(w.s[0].in_bytes, reply_bytes(&w.s[0]));
+
+    cr_assert_gt(hold_all_release(), 0);
+    cli_served_eventually(&a);
+    cli_fini(&w);
+    cli_fini(&a);
     srv_stop(&v);
 }

@@ -675,7 +675,8 @@ Test(tool_config, help_lists_every_flag_with_its_default) {
         "--drain-on-client-close [BOOL]", "--failures-terminal [BOOL]", "--max-attempts N", "--backoff DURATION",
         "--grace DURATION", "--drain-inbound [BOOL]", "--drain-outbound [BOOL]", "--metrics [BOOL]",
         "--metrics-payload-sizes [BOOL]", "--max-message-bytes SIZE", "--max-concurrent-streams N",
-        "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--idle-spin-us N", "--log-level LEVEL",
+        "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--conn-bytes-max SIZE", "--shard-bytes-max SIZE",
+        "--idle-spin-us N", "--log-level LEVEL",
         "--config FILE", "--check-config", "--help", "--version",
     };
     bds_tool_config cfg;
@@ -701,6 +702,7 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "fifo", "--inbound-policy", "soft-allow-signal", "--inbound-bytes-max", "64KiB",
                     "--outbound-ordering", "keyed",
                     "--outbound-capacity", "3", "--outbound-queue-capacity", "9", "--outbound-bytes-max", "1MiB",
+                    "--conn-bytes-max", "64MiB", "--shard-bytes-max", "2GiB",
                     "--fail-fast=false",
                     "--max-attempts", "4", "--backoff", "1.5ms", "--grace", "1m30s", "--drain-outbound", "no",
                     "--metrics-payload-sizes", "--max-message-bytes", "1MiB", "--max-concurrent-streams", "10",
@@ -709,7 +711,9 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 31, "%s", out); /* a comment and 30 keys */
+    cr_assert_eq(count_lines(out), 33, "%s", out); /* a comment and 32 keys */
+    cr_assert_not_null(strstr(out, "\nconn-bytes-max = 67108864\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\nshard-bytes-max = 2147483648\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninbound-bytes-max = 65536\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\noutbound-bytes-max = 1048576\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nbackoff = 1500us\n"), "%s", out);
