@@ -1320,6 +1320,13 @@ void bds__h2_credit_partial(bds__h2_conn *c, int32_t id) {
     h2_stream_credit_partial(c, s, false);
 }
 
+size_t bds__h2_partial_bytes(const bds__h2_conn *c, int32_t id) {
+    const struct h2_stream *s = h2_stream_get(c, id);
+    uint32_t have = 0;
+    if (s == NULL || !s->deframer_live || !bds__grpc_deframer_partial(&s->deframer, NULL, &have)) return 0;
+    return have;
+}
+
 size_t bds__h2_unconsumed(const bds__h2_conn *c, int32_t id) {
     const struct h2_stream *s = h2_stream_get(c, id);
     return s == NULL ? 0 : (size_t)(s->recv_bytes - s->consumed_bytes);

@@ -291,6 +291,9 @@ void bds__h2_hold_conn_credit(bds__h2_conn *conn, bool hold);
  * progress received so far, which may_credit_partial held back (the app has
  * room again). No-op for a closed or unknown stream, or when none is held. */
 void bds__h2_credit_partial(bds__h2_conn *conn, int32_t stream_id);
+/* Body bytes of the stream's message in progress the session holds (0 when
+ * none or unknown): what a memory budget can pin on the stream. */
+size_t bds__h2_partial_bytes(const bds__h2_conn *conn, int32_t stream_id);
 /* received − consumed for a stream (0 when unknown). */
 size_t bds__h2_unconsumed(const bds__h2_conn *conn, int32_t stream_id);
 /* Unsent queued bytes on a stream (0 when unknown). */
