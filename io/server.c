@@ -889,9 +889,12 @@ static const bds__h2_callbacks h2_cbs = {
 
 /* ---- the budget pass ------------------------------------------------------------------------------- */
 
-/* What a stream holds: parked, admitted and unfinished, replies not taken. */
+/* What a stream holds: parked, admitted and unfinished, replies not taken,
+ * and the message still arriving. */
 static uint64_t call_held(const srv_call *call) {
-    return call->parked_bytes + (call->session ? bds_session_held_bytes(call->session) : 0);
+    uint64_t b = call->parked_bytes + (call->session ? bds_session_held_bytes(call->session) : 0);
+    if (call->conn && !call->h2_done) b += bds__h2_partial_bytes(call->conn->h2, call->stream);
+    return b;
 }
 
 /* The connection's stream holding most, if larger than *best_bytes. */

@@ -591,3 +591,31 @@ Test(server, conn_memory_budget_stops_one_connection_and_serves_the_others) {
     cli_fini(&a);
     srv_stop(&v);
 }
+
+/* A message still arriving is memory its stream holds: a 3 MiB message of
+ * which 2.5 MiB came (the deframer holds them) puts the shard past its 2 MiB
+ * budget; nothing is parked or admitted, yet its stream is the largest and
+ * ends RESOURCE_EXHAUSTED, instead of the shard reading nothing forever. */
+Test(server, shard_memory_budget_counts_the_message_still_arriving) {
+    struct srv v;
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.shard_bytes_max = 2u << 20;
+    cfg.conn_bytes_max = 0;
+    srv_start_cfg(&v, &cfg);
+    struct cli a;
+    cli_init(&a, srv_connect(&v));
+    uint32_t announced = 3u << 20;
+    size_t len = 5 + (5u << 19);
+    uint8_t *out = calloc(1, len);
+    out[1] = (uint8_t)(announced >> 24);
+    out[2] = (uint8_t)(announced >> 16);
+    out[3] = (uint8_t)(announced >> 8);
+    out[4] = (uint8_t)announced;
+    struct cs *s = cli_call_bytes(&a, HOLD_PATH, out, len, false);
+    cli_pump(&a, first_closed);
+    cr_assert_eq(s->grpc_status, 8, "RESOURCE_EXHAUSTED (got %d, rst %u)", s->grpc_status, s->rst);
+    cli_served_eventually(&a);
+    cli_fini(&a);
+    srv_stop(&v);
+}
