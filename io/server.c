@@ -217,8 +217,15 @@ bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv
 BDS_STATIC_ASSERT(offsetof(srv_msg, data) == offsetof(srv_msg, prefix) + sizeof(((srv_msg *)0)->prefix),
                   "the prefix room sits right before the payload");
 
+/* Each class keeps at most SRV_MSG_POOL_KEEP bytes of free buffers: enough
+ * for a busy shard's steady state, while a burst's buffers go back to malloc. */
+#define SRV_MSG_POOL_KEEP (4u << 20)
+
 static void msg_pools_init(srv_shard *sh) {
-    for (uint32_t i = 0; i < SRV_MSG_CLASSES; i++) bds__pool_init(&sh->msg_pools[i], (size_t)SRV_MSG_CLASS_MIN << i);
+    for (uint32_t i = 0; i < SRV_MSG_CLASSES; i++) {
+        size_t size = (size_t)SRV_MSG_CLASS_MIN << i;
+        bds__pool_init_trimmed(&sh->msg_pools[i], size, (uint32_t)(SRV_MSG_POOL_KEEP / size));
+    }
 }
 
 /* Asserts every buffer came back (a leak trips here at shutdown). */
