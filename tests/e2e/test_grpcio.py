@@ -576,6 +576,43 @@ class NeverReadsDefaults(unittest.TestCase):
             self.assertEqual(srv.stop(), 0)
 
 
+class ConnBudget(unittest.TestCase):
+    """Issue 8, the memory budget per connection (--conn-bytes-max 2MiB): one
+    stream's messages, each on its own key with 3 s of work, hold their
+    payloads; at the budget the connection is no longer read and its largest
+    stream ends RESOURCE_EXHAUSTED, while a client on another connection is
+    served."""
+
+    def test_connection_at_its_memory_budget_loses_its_largest_stream_and_others_are_served(self):
+        srv = Server('--shards', '1', '--conn-bytes-max', '2MiB')
+        try:
+            port = int(srv.addr.split(':')[1])
+            s = socket.create_connection(('127.0.0.1', port))
+            h2 = FlowSender(s)
+            h2.send(h2frame(1, 4, 1, hpack_request(PROCESS)))
+            payload = b'b' * (64 * 1024)
+            pending = b''
+            i = 0
+            end = time.monotonic() + 10
+            while 1 not in h2.ended and time.monotonic() < end and i < 256:
+                if not pending:
+                    i += 1
+                    m = frame('k%d' % i, i, payload, work_us=3000000)
+                    pending = b'\x00' + len(m).to_bytes(4, 'big') + m
+                n = h2.data_some(1, pending)
+                pending = pending[n:]
+                if not n:
+                    h2.poll(0.05)
+            self.assertIn(1, h2.ended, 'the stream was not ended after %d messages' % i)
+            self.assertLess(i, 64, 'the connection was read past its budget')
+            self.assertEqual(dict(h2.header_fields(1)).get('grpc-status'), '8', 'RESOURCE_EXHAUSTED')
+            with srv.channel() as ch:
+                self.assertEqual(len(list(process(ch)(iter([frame('w', 1, b'ok')]), timeout=10))), 1)
+            s.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
 class FlowSender:
     """Raw HTTP/2 client side that sends DATA only within the windows the
     server grants (RFC 9113 §6.9), reading its frames as they come."""
@@ -587,7 +624,21 @@ class FlowSender:
         self.conn = 65535
         self.initial = 65535
         self.streams = {}
+        self.blocks = {}    # stream -> the header blocks the server sent
+        self.ended = set()  # streams the server ended (END_STREAM on HEADERS)
         self.s.sendall(b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' + h2frame(4, 0, 0, settings))
+
+    def header_fields(self, sid):
+        """The server's header fields on sid, decoded (HPACK via libnghttp2)."""
+        import test_interop  # Hpack; imported here, test_interop imports us
+        h = test_interop.Hpack()
+        try:
+            out = []
+            for block in self.blocks.get(sid, []):
+                out += h.decode(block)
+            return out
+        finally:
+            h.close()
 
     def poll(self, timeout):
         """Reads what the server sent within timeout; False once it ended the
@@ -641,6 +692,12 @@ class FlowSender:
                     self.conn += inc
                 else:
                     self.streams[sid] = self.streams.get(sid, self.initial) + inc
+            elif ftype == 1:  # HEADERS (no padding or priority from this server)
+                self.blocks.setdefault(sid, []).append(payload)
+                if flags & 1:
+                    self.ended.add(sid)
+            elif ftype == 3 and sid in self.ended:
+                pass  # RST_STREAM after the server's own END_STREAM (gRPC early trailers)
             elif ftype in (3, 7):  # RST_STREAM, GOAWAY
                 return False
         return True
