@@ -13,11 +13,18 @@
  * end to end (DESIGN §7): a message's bytes are credited to the stream's
  * window only when the pipeline admitted it; while the session has no room
  * (QUEUE policy), messages wait parked here and the window stays shut, so a
- * fast client is slowed at its socket, never rejected. Replies go to the
+ * fast client is slowed at its socket, never rejected. A message larger than
+ * the window is credited as it arrives, but only while the session could take
+ * it (nothing parked, room): otherwise it waits at the window. Replies go to the
  * HTTP/2 session's stream queue; past a high-water mark of unsent bytes they
  * wait here and keep their outbound token, so a client that never reads fills
- * the Sender and meets its policy (fail_fast: RESOURCE_EXHAUSTED), never
+ * the Sender (outbound.unsent_bytes_max) and meets its policy, never
  * unbounded memory.
+ *
+ * Memory budgets: message buffers and each connection's HTTP/2 memory are
+ * counted per connection (srv_acct) and per shard. At a budget the connection
+ * (or the whole shard) is not read, new streams are refused (REFUSED_STREAM),
+ * and the stream holding most ends RESOURCE_EXHAUSTED (shard_budget_pass).
  *
  * Shutdown: on stop every shard stops accepting, marks health NOT_SERVING,
  * sends GOAWAY (notice, then final), and starts the pipeline's graceful
