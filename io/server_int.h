@@ -39,7 +39,9 @@ typedef struct srv_call srv_call;
 typedef struct srv_acct {
     srv_shard *sh;
     srv_conn *conn;           /* NULL once the connection is gone */
-    uint64_t bytes;
+    uint64_t bytes;           /* counted against the budgets */
+    uint64_t h2;              /* its HTTP/2 session's memory (bytes counts
+                                 what exceeds the fixed part) */
     uint32_t refs;            /* messages accounted here, + 1 while conn lives */
 } srv_acct;
 
@@ -125,7 +127,7 @@ struct srv_shard {
     bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
     uint64_t msg_bytes;       /* memory of the srv_msg buffers made here and alive */
     uint64_t msg_bytes_hw;    /* its high-water mark */
-    uint64_t h2_bytes;        /* memory of its connections' HTTP/2 sessions */
+    uint64_t h2_bytes;        /* its connections' HTTP/2 memory past the fixed part */
     bool over;                /* at shard_bytes_max: no connection is read */
     bool budget_due;          /* a budget crossed a mark: shard_budget_pass */
     srv_call *victim;         /* failed for the budget, not yet gone */

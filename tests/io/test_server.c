@@ -619,3 +619,27 @@ Test(server, shard_memory_budget_counts_the_message_still_arriving) {
     cli_fini(&a);
     srv_stop(&v);
 }
+
+/* A connection's fixed cost (output buffer, nghttp2 session, ~285 KiB) is the
+ * connection limit's business: twelve idle connections (3.4 MiB of it) do
+ * not put a 2 MiB shard budget out of reach, and a stream is served. */
+Test(server, idle_connections_do_not_spend_the_memory_budget) {
+    struct srv v;
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.shard_bytes_max = 2u << 20;
+    srv_start_cfg(&v, &cfg);
+    struct cli idle[12];
+    for (int i = 0; i < 12; i++) {
+        cli_init(&idle[i], srv_connect(&v));
+        cr_assert_eq(nghttp2_session_send(idle[i].ng), 0);
+    }
+    struct cli w;
+    cli_init(&w, srv_connect(&v));
+    cli_call(&w, "w", true);
+    cli_pump(&w, all_closed);
+    cr_assert_eq(w.s[0].grpc_status, 0, "served (status %d, rst %u)", w.s[0].grpc_status, w.s[0].rst);
+    cli_fini(&w);
+    for (int i = 0; i < 12; i++) cli_fini(&idle[i]);
+    srv_stop(&v);
+}

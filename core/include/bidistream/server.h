@@ -38,8 +38,8 @@ typedef struct bds_server_config {
     bds_options options;            /* pipeline options for methods that bring none */
     int log_level;                  /* 0 errors, 1 warnings, 2 info (default), 3 debug */
     /* Memory budgets, in bytes of message buffers (payloads admitted or
-     * parked, replies) and HTTP/2 session memory (nghttp2, partial messages,
-     * output). At a connection's budget (default 256 MiB) it is no longer
+     * parked, replies) and HTTP/2 session memory (nghttp2, partial messages)
+     * past a connection's fixed ~300 KiB. At a connection's budget (default 256 MiB) it is no longer
      * read: its window and its streams' windows are no longer credited, new
      * streams are refused (RST_STREAM REFUSED_STREAM), and its largest stream
      * ends RESOURCE_EXHAUSTED. At a shard's budget (default 1 GiB) the same
