@@ -334,8 +334,8 @@ static void cli_pump(struct cli *c, bool (*done)(struct cli *c)) {
         cr_assert_eq(nghttp2_session_mem_recv(c->ng, buf, (size_t)n), n);
     }
     for (int i = 0; i < c->n && !done(c); i++)
-        cr_log_error("stream %d: sent %zu of %zu, received %zu, status %d, closed %d", c->s[i].id, c->s[i].out_off,
-                     c->s[i].out_len, c->s[i].in_bytes, c->s[i].grpc_status, c->s[i].closed);
+        fprintf(stderr, "stream %d: sent %zu of %zu, received %zu, status %d, closed %d\n", c->s[i].id,
+                c->s[i].out_off, c->s[i].out_len, c->s[i].in_bytes, c->s[i].grpc_status, c->s[i].closed);
     cr_assert(done(c), "the exchange did not finish in time");
 }
 
