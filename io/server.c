@@ -259,10 +259,10 @@ static void shard_budget_due(srv_shard *sh) {
 /* Bytes were added to sh (and a): a budget reached, or a victim to pick. */
 static void budget_check_up(srv_shard *sh, const srv_acct *a) {
     const bds_server_config *cfg = &sh->srv->cfg;
-    if (cfg->shard_bytes_max && sh->msg_bytes + sh->h2_bytes >= cfg->shard_bytes_max && (!sh->over || !sh->victim))
+    if (sh->over ? !sh->victim : cfg->shard_bytes_max && sh->msg_bytes + sh->h2_bytes >= cfg->shard_bytes_max)
         shard_budget_due(sh);
-    else if (a && a->conn && cfg->conn_bytes_max && a->bytes >= cfg->conn_bytes_max &&
-             (!a->conn->over || !a->conn->victim))
+    else if (a && a->conn &&
+             (a->conn->over ? !a->conn->victim : cfg->conn_bytes_max && a->bytes >= cfg->conn_bytes_max))
         shard_budget_due(sh);
 }
 
@@ -961,8 +961,10 @@ static void conn_budget_apply(srv_conn *sc) {
 
 /* A budget crossed a mark (budget_check_up/down) or a victim went: at a
  * budget the shard (or the connection) is not read and its new streams are
- * refused; if it is still at its budget, the stream holding most ends with
- * RESOURCE_EXHAUSTED, one at a time. Under the low mark reading resumes. */
+ * refused, and the stream holding most ends with RESOURCE_EXHAUSTED, one at a
+ * time, until the memory is under the low mark again and reading resumes.
+ * (Stopping only at the budget itself left a shard whose clients never read
+ * between the marks: nothing read, every stream refused, for good.) */
 static void shard_budget_pass(srv_shard *sh) {
     if (!sh->budget_due) return;
     sh->budget_due = false;
@@ -971,7 +973,7 @@ static void shard_budget_pass(srv_shard *sh) {
     uint64_t held = sh->msg_bytes + sh->h2_bytes;
     sh->over = cfg->shard_bytes_max &&
                held >= (sh->over ? budget_low(cfg->shard_bytes_max) : cfg->shard_bytes_max);
-    if (sh->over && !sh->victim && held >= cfg->shard_bytes_max) {
+    if (sh->over && !sh->victim) {
         srv_call *best = NULL;
         uint64_t best_bytes = 0;
         for (srv_conn *sc = sh->conns; sc; sc = sc->next) best = conn_largest(sc, best, &best_bytes);
@@ -983,7 +985,7 @@ static void shard_budget_pass(srv_shard *sh) {
     for (srv_conn *sc = sh->conns; sc; sc = sc->next) {
         uint64_t b = sc->acct->bytes;
         sc->over = cfg->conn_bytes_max && b >= (sc->over ? budget_low(cfg->conn_bytes_max) : cfg->conn_bytes_max);
-        if (sc->over && !sc->victim && b >= cfg->conn_bytes_max) {
+        if (sc->over && !sc->victim) {
             uint64_t best_bytes = 0;
             srv_call *best = conn_largest(sc, NULL, &best_bytes);
             if (best) {

@@ -666,7 +666,7 @@ class FlowSender:
         self.s.settimeout(timeout)
         try:
             b = self.s.recv(65536)
-        except socket.timeout:
+        except (socket.timeout, BlockingIOError):  # timeout 0: nothing there now
             return True
         if not b:
             return False
