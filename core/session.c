@@ -669,6 +669,11 @@ uint64_t bds_session_held_bytes(const bds_session *s) {
     return s->outstanding_bytes + s->out_flight_bytes + s->sq_bytes;
 }
 
+uint64_t bds_session_unsent_bytes(const bds_session *s) {
+    ASSERT_HOME(s);
+    return s->out_flight_bytes + s->sq_bytes;
+}
+
 void bds_session_get_stats(const bds_session *s, bds_session_stats *out) {
     *out = s->stats;
     out->executing = s->tokens_held + s->soft_in_use;

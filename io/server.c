@@ -60,6 +60,7 @@ struct srv_conn {
     bool over;                /* at conn_bytes_max: not read */
     bool credit_held;         /* not read: its windows are not credited */
     srv_call *victim;         /* failed for its budget, not yet gone */
+    bool ended;               /* a stream ended since it went over */
     srv_call *calls;
     srv_call *waiting;        /* calls with blocked replies (call->wprev/wnext) */
     srv_conn *prev, *next;
@@ -919,18 +920,21 @@ static const bds__h2_callbacks h2_cbs = {
 /* ---- the budget pass ------------------------------------------------------------------------------- */
 
 /* What a stream holds: parked, admitted and unfinished, replies not taken,
- * and the message still arriving. */
-static uint64_t call_held(const srv_call *call) {
-    uint64_t b = call->parked_bytes + (call->session ? bds_session_held_bytes(call->session) : 0);
+ * and the message still arriving. |freeable|: only what ending it gives back
+ * at once (not the payloads its handlers are running on). */
+static uint64_t call_held(const srv_call *call, bool freeable) {
+    uint64_t b = call->parked_bytes;
+    if (call->session)
+        b += freeable ? bds_session_unsent_bytes(call->session) : bds_session_held_bytes(call->session);
     if (call->conn && !call->h2_done) b += bds__h2_partial_bytes(call->conn->h2, call->stream);
     return b;
 }
 
 /* The connection's stream holding most, if larger than *best_bytes. */
-static srv_call *conn_largest(srv_conn *sc, srv_call *best, uint64_t *best_bytes) {
+static srv_call *conn_largest(srv_conn *sc, bool freeable, srv_call *best, uint64_t *best_bytes) {
     for (srv_call *call = sc->calls; call; call = call->next) {
         if (!call->session || call->finish_pending || call->h2_done) continue;
-        uint64_t b = call_held(call);
+        uint64_t b = call_held(call, freeable);
         if (b > *best_bytes) {
             best = call;
             *best_bytes = b;
@@ -961,10 +965,13 @@ static void conn_budget_apply(srv_conn *sc) {
 
 /* A budget crossed a mark (budget_check_up/down) or a victim went: at a
  * budget the shard (or the connection) is not read and its new streams are
- * refused, and the stream holding most ends with RESOURCE_EXHAUSTED, one at a
- * time, until the memory is under the low mark again and reading resumes.
- * (Stopping only at the budget itself left a shard whose clients never read
- * between the marks: nothing read, every stream refused, for good.) */
+ * refused, and the stream holding most ends with RESOURCE_EXHAUSTED. Then,
+ * one at a time until the memory is under the low mark and reading resumes,
+ * streams end largest first by what ending them gives back at once (replies
+ * not taken, parked and arriving messages): clients that never read otherwise
+ * held a shard between the marks, reading nothing and refusing every stream,
+ * for good; while a stream whose memory is all in running handlers (the first
+ * victim's, say) would end for nothing. */
 static void shard_budget_pass(srv_shard *sh) {
     if (!sh->budget_due) return;
     sh->budget_due = false;
@@ -973,23 +980,28 @@ static void shard_budget_pass(srv_shard *sh) {
     uint64_t held = sh->msg_bytes + sh->h2_bytes;
     sh->over = cfg->shard_bytes_max &&
                held >= (sh->over ? budget_low(cfg->shard_bytes_max) : cfg->shard_bytes_max);
+    if (!sh->over) sh->ended = false;
     if (sh->over && !sh->victim) {
         srv_call *best = NULL;
         uint64_t best_bytes = 0;
-        for (srv_conn *sc = sh->conns; sc; sc = sc->next) best = conn_largest(sc, best, &best_bytes);
+        bool freeable = sh->ended || held < cfg->shard_bytes_max;
+        for (srv_conn *sc = sh->conns; sc; sc = sc->next) best = conn_largest(sc, freeable, best, &best_bytes);
         if (best) {
             sh->victim = best;
+            sh->ended = true;
             call_fail_budget(best);
         }
     }
     for (srv_conn *sc = sh->conns; sc; sc = sc->next) {
         uint64_t b = sc->acct->bytes;
         sc->over = cfg->conn_bytes_max && b >= (sc->over ? budget_low(cfg->conn_bytes_max) : cfg->conn_bytes_max);
+        if (!sc->over) sc->ended = false;
         if (sc->over && !sc->victim) {
             uint64_t best_bytes = 0;
-            srv_call *best = conn_largest(sc, NULL, &best_bytes);
+            srv_call *best = conn_largest(sc, sc->ended || b < cfg->conn_bytes_max, NULL, &best_bytes);
             if (best) {
                 sc->victim = best;
+                sc->ended = true;
                 if (best != sh->victim) call_fail_budget(best);
             }
         }

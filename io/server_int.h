@@ -131,6 +131,7 @@ struct srv_shard {
     bool over;                /* at shard_bytes_max: no connection is read */
     bool budget_due;          /* a budget crossed a mark: shard_budget_pass */
     srv_call *victim;         /* failed for the budget, not yet gone */
+    bool ended;               /* a stream ended since it went over */
     uint64_t stop_deadline_ns; /* hard close of what is left after the grace */
     bds_timer stop_timer;
     bool stopping;

@@ -629,8 +629,10 @@ Test(pipeline, held_bytes_count_admitted_payload_and_untaken_replies) {
     cr_assert_eq(bds_session_held_bytes(ses), 70);
     send_replies(S, s, 2, 3, 10);
     cr_assert_eq(bds_session_held_bytes(ses), 70 + 30, "70 unfinished, 3 replies of 10 written");
+    cr_assert_eq(bds_session_unsent_bytes(ses), 30);
     ack_all(S, s);
     cr_assert_eq(bds_session_held_bytes(ses), 70, "the replies were taken; the message finished");
+    cr_assert_eq(bds_session_unsent_bytes(ses), 0);
     complete_seq(S, 1, BDS_OK);
     cr_assert_eq(bds_session_held_bytes(ses), 0);
     sim_free(S);

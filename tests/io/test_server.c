@@ -643,3 +643,35 @@ Test(server, idle_connections_do_not_spend_the_memory_budget) {
     for (int i = 0; i < 12; i++) cli_fini(&idle[i]);
     srv_stop(&v);
 }
+
+static bool second_closed(struct cli *c) { return c->s[1].closed; }
+
+/* At the budget the stream holding most ends, not the first one found: a
+ * small stream (4 held messages) opened first survives the large one (up to
+ * 128) on the same connection, and ends OK once its work is done. */
+Test(server, memory_budget_ends_the_largest_stream_first) {
+    struct srv v;
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.conn_bytes_max = 1u << 20;
+    srv_start_cfg(&v, &cfg);
+    struct cli a;
+    cli_init(&a, srv_connect(&v));
+    size_t len;
+    uint8_t *small = hold_all_msgs(4, 32u << 10, &len);
+    struct cs *s = cli_call_bytes(&a, HOLD_ALL_PATH, small, len, true);
+    for (int i = 0; i < 500 && atomic_load(&all_n) < 4; i++) {
+        cli_pump_until_stalled(&a);
+    }
+    cr_assert_eq(atomic_load(&all_n), 4, "the small stream's messages run");
+    uint8_t *large = hold_all_msgs(128, 32u << 10, &len);
+    struct cs *l = cli_call_bytes(&a, HOLD_ALL_PATH, large, len, false);
+    cli_pump(&a, second_closed);
+    cr_assert_eq(l->grpc_status, 8, "the largest stream: RESOURCE_EXHAUSTED (got %d, rst %u)", l->grpc_status, l->rst);
+    cr_assert_not(s->closed, "the small stream lives on");
+    hold_all_release();
+    cli_pump(&a, first_closed);
+    cr_assert_eq(s->grpc_status, 0, "status %d, rst %u", s->grpc_status, s->rst);
+    cli_fini(&a);
+    srv_stop(&v);
+}

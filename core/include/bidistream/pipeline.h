@@ -216,6 +216,10 @@ BDS_API void bds_session_get_stats(const bds_session *session, bds_session_stats
  * adds what it holds itself, e.g. to find its largest stream under a memory
  * budget. Home only. */
 BDS_API uint64_t bds_session_held_bytes(const bds_session *session);
+/* Of those, the replies (queued, or written and not yet reply_written): what
+ * ending the session gives back at once, while admitted payloads wait for
+ * their handlers. Home only. */
+BDS_API uint64_t bds_session_unsent_bytes(const bds_session *session);
 
 /* ---- calls (inside a handler) --------------------------------------------- */
 
