@@ -34,7 +34,15 @@ void bds__pool_init(bds__pool *pool, size_t obj_size) {
     pool->_free = NULL;
     pool->_chunks = NULL;
     pool->_obj_size = (obj_size + BDS_CACHELINE - 1) / BDS_CACHELINE * BDS_CACHELINE;
+    pool->_free_max = 0;
+    pool->free_n = 0;
     pool->live = 0;
+}
+
+void bds__pool_init_trimmed(bds__pool *pool, size_t obj_size, uint32_t free_max) {
+    BDS_ASSERT(free_max > 0);
+    bds__pool_init(pool, obj_size);
+    pool->_free_max = free_max;
 }
 
 void bds__pool_deinit(bds__pool *pool) {
@@ -45,11 +53,26 @@ void bds__pool_deinit(bds__pool *pool) {
         bds__free(c);
         c = next;
     }
+    if (pool->_free_max) { /* objects of their own */
+        for (void *o = pool->_free, *next; o; o = next) {
+            next = *(void **)o;
+            bds__free(o);
+        }
+    }
     pool->_chunks = NULL;
     pool->_free = NULL;
+    pool->free_n = 0;
 }
 
 static bool pool_grow(bds__pool *pool) {
+    if (pool->_free_max) { /* one object, freed again past free_max */
+        void **obj = bds__alloc_aligned(pool->_obj_size, BDS_CACHELINE);
+        if (!obj) return false;
+        *obj = NULL;
+        pool->_free = obj;
+        pool->free_n = 1;
+        return true;
+    }
     /* The chunk header takes one cache line so objects stay 64-byte aligned. */
     char *mem = bds__alloc_aligned(BDS_CACHELINE + pool->_obj_size * POOL_CHUNK_OBJS, BDS_CACHELINE);
     if (!mem) return false;
@@ -61,6 +84,7 @@ static bool pool_grow(bds__pool *pool) {
         *obj = pool->_free;
         pool->_free = obj;
     }
+    pool->free_n += POOL_CHUNK_OBJS;
     return true;
 }
 
@@ -68,6 +92,7 @@ void *bds__pool_get(bds__pool *pool) {
     if (!pool->_free && !pool_grow(pool)) return NULL;
     void **obj = pool->_free;
     pool->_free = *obj;
+    pool->free_n--;
     memset(obj, 0, pool->_obj_size);
     pool->live++;
     return obj;
@@ -75,9 +100,14 @@ void *bds__pool_get(bds__pool *pool) {
 
 void bds__pool_put(bds__pool *pool, void *obj) {
     BDS_ASSERT(obj && pool->live > 0);
+    pool->live--;
+    if (pool->_free_max && pool->free_n >= pool->_free_max) {
+        bds__free(obj);
+        return;
+    }
     *(void **)obj = pool->_free;
     pool->_free = obj;
-    pool->live--;
+    pool->free_n++;
 }
 
 /* ---- kmap ------------------------------------------------------------------ */

@@ -19,15 +19,21 @@ void bds__free(void *p);
 uint64_t bds__alloc_count(void);
 
 /* A free list of equal-size objects, grown 64 at a time and never shrunk
- * before deinit. Shard: owner only. */
+ * before deinit; or, made with bds__pool_init_trimmed, one object at a time
+ * with at most free_max kept free: past that a put gives the object back to
+ * the allocator, so a burst does not keep its memory for good. Shard: owner only. */
 typedef struct bds__pool {
     void *_free;        /* singly linked through the first word of each object */
     void *_chunks;      /* chunk list, for deinit */
     size_t _obj_size;
+    uint32_t _free_max; /* 0: chunked, never trimmed */
+    uint32_t free_n;    /* objects on the free list */
     uint64_t live;      /* objects handed out and not yet put back */
 } bds__pool;
 
 void bds__pool_init(bds__pool *pool, size_t obj_size);
+/* A pool that keeps at most |free_max| (> 0) free objects. */
+void bds__pool_init_trimmed(bds__pool *pool, size_t obj_size, uint32_t free_max);
 /* Asserts live == 0. */
 void bds__pool_deinit(bds__pool *pool);
 void *bds__pool_get(bds__pool *pool); /* zeroed object, NULL when memory is out */

@@ -28,6 +28,7 @@ bds_options bds_default_options(void) {
     o.outbound.backpressure.capacity = 1024;
     o.outbound.backpressure.queue_capacity = 8192;
     o.outbound.fail_fast = true;
+    o.outbound.unsent_bytes_max = 4u << 20; /* a default max-size gRPC message */
     o.retry.max_attempts = 0;
     o.retry.backoff_ns = 0;
     o.shutdown.grace_period_ns = 5000 * MS;

@@ -139,6 +139,8 @@ struct bds_session {
     /* Outbound, HOME only. */
     bds_reply *sq_head, *sq_tail;     /* replies waiting for an outbound token */
     uint32_t sq_len, out_in_flight;
+    uint64_t sq_bytes;                /* payload bytes of the queued replies */
+    uint64_t out_flight_bytes;        /* ... of those written, not yet reply_written */
     /* Timers, HOME only. */
     bds_timer deadline_timer, grace_timer;
     bds_status close_status;

@@ -105,6 +105,7 @@ static void session_drop_queued_replies(bds_session *s) {
     }
     s->sq_tail = NULL;
     s->sq_len = 0;
+    s->sq_bytes = 0;
 }
 
 /* Moves the session to CLOSED (through DRAINED when it ended cleanly) and
@@ -279,6 +280,13 @@ static bool inbound_bytes_full(const bds_session *s) {
     return max != 0 && s->outstanding_bytes >= max;
 }
 
+/* The Sender holds outbound.unsent_bytes_max: admitting more messages would
+ * only make more replies, so the session takes none until the client reads. */
+static bool outbound_bytes_full(const bds_session *s) {
+    uint32_t max = s->opts.outbound.unsent_bytes_max;
+    return max != 0 && s->out_flight_bytes + s->sq_bytes >= max;
+}
+
 uint32_t bds_session_inbound_room(bds_session *s) {
     ASSERT_HOME(s);
     bds_session_state st = session_state(s);
@@ -292,9 +300,17 @@ uint32_t bds_session_inbound_room(bds_session *s) {
         tok = q > UINT32_MAX - s->tokens_free ? UINT32_MAX : q + s->tokens_free;
     }
     uint32_t room = ord < tok ? ord : tok;
-    if (inbound_bytes_full(s)) room = 0;
+    if (inbound_bytes_full(s) || outbound_bytes_full(s)) room = 0;
     if (room == 0) s->room_was_zero = true;
     return room;
+}
+
+/* Tells the transport that inbound room reopened, if it once saw none. */
+static void inbound_maybe_ready(bds_session *s) {
+    if (s->room_was_zero && !s->released && s->ops->inbound_ready && bds_session_inbound_room(s) > 0) {
+        s->room_was_zero = false;
+        s->ops->inbound_ready(s, s->ops_ctx);
+    }
 }
 
 static bds_status receive_state_check(const bds_session *s) {
@@ -531,10 +547,7 @@ void bds__home_on_done(bds_pipeline *p, bds_call *call) {
     }
     s->ops->release(s, call->payload, s->ops_ctx);
     bds__pool_put(&p->calls, call);
-    if (s->room_was_zero && !s->released && s->ops->inbound_ready && bds_session_inbound_room(s) > 0) {
-        s->room_was_zero = false;
-        s->ops->inbound_ready(s, s->ops_ctx);
-    }
+    inbound_maybe_ready(s);
     session_check_drained(p, s);
     session_maybe_free(p, s);
 }
@@ -543,9 +556,26 @@ void bds__home_on_done(bds_pipeline *p, bds_call *call) {
 
 static void sender_write(bds_session *s, bds_reply *r) {
     s->out_in_flight++;
+    s->out_flight_bytes += r->bytes;
     s->stats.replies_written++;
     if (s->opts.metrics.payload_sizes) s->stats.bytes_out += r->bytes;
     s->ops->write(s, r, s->ops_ctx);
+}
+
+/* May one more reply go to the transport, as far as bytes go? One may
+ * overshoot outbound.unsent_bytes_max, so any size goes out alone. */
+static bool sender_bytes_room(const bds_session *s) {
+    uint32_t max = s->opts.outbound.unsent_bytes_max;
+    return max == 0 || s->out_flight_bytes < max;
+}
+
+static void sender_enqueue(bds_session *s, bds_reply *r) {
+    r->_next = NULL;
+    if (s->sq_tail) s->sq_tail->_next = r;
+    else s->sq_head = r;
+    s->sq_tail = r;
+    s->sq_bytes += r->bytes;
+    hw(&s->stats.send_queue_hw, ++s->sq_len);
 }
 
 static bds_status sender_reject(bds_pipeline *p, bds_session *s, bds_reply *r) {
@@ -566,7 +596,7 @@ static bds_status sender_admit(bds_pipeline *p, bds_session *s, bds_reply *r) {
     }
     const bds_backpressure_options *bp = &s->opts.outbound.backpressure;
     uint32_t ord_cap = s->opts.outbound.ordering.capacity;
-    if (!s->sq_len && (bp->capacity == 0 || s->out_in_flight < bp->capacity)) {
+    if (!s->sq_len && sender_bytes_room(s) && (bp->capacity == 0 || s->out_in_flight < bp->capacity)) {
         sender_write(s, r);
         return BDS_OK;
     }
@@ -576,16 +606,19 @@ static bds_status sender_admit(bds_pipeline *p, bds_session *s, bds_reply *r) {
         if ((bp->queue_capacity && s->sq_len >= bp->queue_capacity) || (ord_cap && s->sq_len >= ord_cap)) {
             return sender_reject(p, s, r);
         }
-        r->_next = NULL;
-        if (s->sq_tail) s->sq_tail->_next = r;
-        else s->sq_head = r;
-        s->sq_tail = r;
-        hw(&s->stats.send_queue_hw, ++s->sq_len);
+        sender_enqueue(s, r);
         return BDS_OK;
     case BDS_BP_SOFT_ALLOW_SIGNAL:
-        pressure_signal(s, BDS_OUTBOUND, s->out_in_flight + 1, bp->capacity);
-        /* continues */ __attribute__((fallthrough));
-    case BDS_BP_SOFT_ALLOW: sender_write(s, r); return BDS_OK;
+    case BDS_BP_SOFT_ALLOW:
+        /* Over the count capacity it runs anyway; over the byte bound it
+         * waits in the queue like QUEUE (the queue then only holds those). */
+        if (s->sq_len || !sender_bytes_room(s)) {
+            sender_enqueue(s, r);
+            return BDS_OK;
+        }
+        if (bp->policy == BDS_BP_SOFT_ALLOW_SIGNAL) pressure_signal(s, BDS_OUTBOUND, s->out_in_flight + 1, bp->capacity);
+        sender_write(s, r);
+        return BDS_OK;
     }
     BDS_UNREACHABLE();
 }
@@ -602,17 +635,21 @@ bds_status bds_session_send(bds_session *s, bds_reply *reply) {
 void bds_session_reply_written(bds_session *s, bds_reply *reply) {
     ASSERT_HOME(s);
     (void)reply;
-    BDS_ASSERT(s->out_in_flight > 0);
+    BDS_ASSERT(s->out_in_flight > 0 && s->out_flight_bytes >= reply->bytes);
     s->out_in_flight--;
+    s->out_flight_bytes -= reply->bytes;
     if (session_state(s) == BDS_STATE_CLOSED) return;
     const bds_backpressure_options *bp = &s->opts.outbound.backpressure;
-    while (s->sq_head && (bp->capacity == 0 || s->out_in_flight < bp->capacity)) {
+    bool soft = bp->policy == BDS_BP_SOFT_ALLOW || bp->policy == BDS_BP_SOFT_ALLOW_SIGNAL;
+    while (s->sq_head && sender_bytes_room(s) && (soft || bp->capacity == 0 || s->out_in_flight < bp->capacity)) {
         bds_reply *r = s->sq_head;
         s->sq_head = r->_next;
         if (!s->sq_head) s->sq_tail = NULL;
         s->sq_len--;
+        s->sq_bytes -= r->bytes;
         sender_write(s, r);
     }
+    inbound_maybe_ready(s);
     session_check_drained(s->home, s);
 }
 
@@ -626,6 +663,16 @@ bds_status bds_session_reason(const bds_session *s) {
 }
 
 void *bds_session_ctx(const bds_session *s) { return s->ops_ctx; }
+
+uint64_t bds_session_held_bytes(const bds_session *s) {
+    ASSERT_HOME(s);
+    return s->outstanding_bytes + s->out_flight_bytes + s->sq_bytes;
+}
+
+uint64_t bds_session_unsent_bytes(const bds_session *s) {
+    ASSERT_HOME(s);
+    return s->out_flight_bytes + s->sq_bytes;
+}
 
 void bds_session_get_stats(const bds_session *s, bds_session_stats *out) {
     *out = s->stats;

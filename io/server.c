@@ -13,11 +13,18 @@
  * end to end (DESIGN §7): a message's bytes are credited to the stream's
  * window only when the pipeline admitted it; while the session has no room
  * (QUEUE policy), messages wait parked here and the window stays shut, so a
- * fast client is slowed at its socket, never rejected. Replies go to the
+ * fast client is slowed at its socket, never rejected. A message larger than
+ * the window is credited as it arrives, but only while the session could take
+ * it (nothing parked, room): otherwise it waits at the window. Replies go to the
  * HTTP/2 session's stream queue; past a high-water mark of unsent bytes they
  * wait here and keep their outbound token, so a client that never reads fills
- * the Sender and meets its policy (fail_fast: RESOURCE_EXHAUSTED), never
+ * the Sender (outbound.unsent_bytes_max) and meets its policy, never
  * unbounded memory.
+ *
+ * Memory budgets: message buffers and each connection's HTTP/2 memory are
+ * counted per connection (srv_acct) and per shard. At a budget the connection
+ * (or the whole shard) is not read, new streams are refused (REFUSED_STREAM),
+ * and the stream holding most ends RESOURCE_EXHAUSTED (shard_budget_pass).
  *
  * Shutdown: on stop every shard stops accepting, marks health NOT_SERVING,
  * sends GOAWAY (notice, then final), and starts the pipeline's graceful
@@ -31,6 +38,7 @@
  * its home shard. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -58,6 +66,12 @@ struct srv_conn {
     srv_shard *sh;
     bds_conn *c;
     bds__h2_conn *h2;
+    srv_acct *acct;           /* its bytes, for the budgets */
+    bds__palloc alloc;        /* its HTTP/2 session's memory, counted in acct */
+    bool over;                /* at conn_bytes_max: not read */
+    bool credit_held;         /* not read: its windows are not credited */
+    srv_call *victim;         /* failed for its budget, not yet gone */
+    bool ended;               /* a stream ended since it went over */
     srv_call *calls;
     srv_call *waiting;        /* calls with blocked replies (call->wprev/wnext) */
     srv_call *lingering;      /* streams over, handlers still running (call_free) */
@@ -82,6 +96,9 @@ struct srv_conn {
 };
 
 static _Thread_local srv_shard *tls_shard;
+
+/* At its own or its shard's memory budget: the connection is not read. */
+static bool conn_blocked(const srv_conn *sc) { return sc->sh->over || sc->over; }
 
 srv_shard *bds__server_shard_self(void) { return tls_shard; }
 
@@ -110,6 +127,11 @@ void bds_server_config_default(bds_server_config *c) {
     c->ping_without_streams = false;
     c->send_timeout_ns = 30ull * 1000000000ull;
     c->tcp_user_timeout_ms = 30000;
+    /* A 2-core machine runs 2 shards: 2 GiB of buffers at most, under any
+     * mix of clients, leaves a 24 GiB machine most of its memory; a
+     * connection may take a quarter of its shard's. */
+    c->conn_bytes_max = 256u << 20;
+    c->shard_bytes_max = 1u << 30;
 }
 
 static bool parse_listen(const char *s, char *host, size_t hostcap, uint16_t *port) {
@@ -245,8 +267,15 @@ bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv
 BDS_STATIC_ASSERT(offsetof(srv_msg, data) == offsetof(srv_msg, prefix) + sizeof(((srv_msg *)0)->prefix),
                   "the prefix room sits right before the payload");
 
+/* Each class keeps at most SRV_MSG_POOL_KEEP bytes of free buffers: enough
+ * for a busy shard's steady state, while a burst's buffers go back to malloc. */
+#define SRV_MSG_POOL_KEEP (4u << 20)
+
 static void msg_pools_init(srv_shard *sh) {
-    for (uint32_t i = 0; i < SRV_MSG_CLASSES; i++) bds__pool_init(&sh->msg_pools[i], (size_t)SRV_MSG_CLASS_MIN << i);
+    for (uint32_t i = 0; i < SRV_MSG_CLASSES; i++) {
+        size_t size = (size_t)SRV_MSG_CLASS_MIN << i;
+        bds__pool_init_trimmed(&sh->msg_pools[i], size, (uint32_t)(SRV_MSG_POOL_KEEP / size));
+    }
 }
 
 /* Asserts every buffer came back (a leak trips here at shutdown). */
@@ -254,10 +283,118 @@ static void msg_pools_deinit(srv_shard *sh) {
     for (uint32_t i = 0; i < SRV_MSG_CLASSES; i++) bds__pool_deinit(&sh->msg_pools[i]);
 }
 
-/* A zeroed message for len payload bytes, held by |holds|. From sh's pools
- * when sh is given (it must be the calling shard) and the size fits; else
- * from malloc. NULL when memory is out. */
-static srv_msg *msg_new(srv_shard *sh, size_t len, uint8_t holds) {
+/* The memory a message takes from its home shard. */
+static size_t msg_size(const srv_msg *m) {
+    return m->cls == SRV_MSG_HEAP ? sizeof(srv_msg) + m->len : (size_t)SRV_MSG_CLASS_MIN << m->cls;
+}
+
+/* ---- memory budgets ------------------------------------------------------------------------ */
+
+/* Under budget again below 7/8 of it: reading does not flap at the mark. */
+static uint64_t budget_low(uint64_t max) { return max - max / 8; }
+
+static void shard_budget_due(srv_shard *sh) {
+    if (sh->budget_due) return;
+    sh->budget_due = true;
+    bds__shard_defer_flush(sh->shard, &sh->flusher);
+}
+
+/* Bytes were added to sh (and a): a budget reached, or a victim to pick. */
+static void budget_check_up(srv_shard *sh, const srv_acct *a) {
+    const bds_server_config *cfg = &sh->srv->cfg;
+    if (sh->over ? !sh->victim : cfg->shard_bytes_max && sh->msg_bytes + sh->h2_bytes >= cfg->shard_bytes_max)
+        shard_budget_due(sh);
+    else if (a && a->conn &&
+             (a->conn->over ? !a->conn->victim : cfg->conn_bytes_max && a->bytes >= cfg->conn_bytes_max))
+        shard_budget_due(sh);
+}
+
+/* Bytes were given back: a budget may be under its low mark again. */
+static void budget_check_down(srv_shard *sh, const srv_acct *a) {
+    const bds_server_config *cfg = &sh->srv->cfg;
+    if (sh->over && sh->msg_bytes + sh->h2_bytes < budget_low(cfg->shard_bytes_max)) shard_budget_due(sh);
+    else if (a && a->conn && a->conn->over && a->bytes < budget_low(cfg->conn_bytes_max)) shard_budget_due(sh);
+}
+
+static void acct_unref(srv_acct *a) {
+    if (--a->refs == 0) free(a);
+}
+
+/* A connection's fixed HTTP/2 cost (its 256 KiB output buffer, nghttp2's
+ * session: ~285 KiB measured) is bounded by the number of connections, not
+ * by the budgets; what it grows past that (streams, partial messages, HPACK
+ * state) counts. Counting it all, ~3,700 idle connections would hold a 1 GiB
+ * shard at its budget, with no stream to end. */
+#define H2_CONN_FIXED_BYTES (320u << 10)
+
+static uint64_t h2_counted(uint64_t h2) { return h2 > H2_CONN_FIXED_BYTES ? h2 - H2_CONN_FIXED_BYTES : 0; }
+
+/* The HTTP/2 session's allocator: libc, counted in its connection's acct. */
+static void acct_h2_add(srv_acct *a, size_t n) {
+    uint64_t before = h2_counted(a->h2);
+    a->h2 += n;
+    uint64_t d = h2_counted(a->h2) - before;
+    a->bytes += d;
+    a->sh->h2_bytes += d;
+    budget_check_up(a->sh, a);
+}
+
+static void acct_h2_sub(srv_acct *a, size_t n) {
+    uint64_t before = h2_counted(a->h2);
+    a->h2 -= n;
+    uint64_t d = before - h2_counted(a->h2);
+    a->bytes -= d;
+    a->sh->h2_bytes -= d;
+    budget_check_down(a->sh, a);
+}
+
+static void *acct_malloc(size_t size, void *ctx) {
+    void *p = malloc(size);
+    if (p) acct_h2_add(ctx, malloc_usable_size(p));
+    return p;
+}
+
+static void acct_free(void *p, void *ctx) {
+    if (!p) return;
+    acct_h2_sub(ctx, malloc_usable_size(p));
+    free(p);
+}
+
+static void *acct_calloc(size_t nmemb, size_t size, void *ctx) {
+    void *p = calloc(nmemb, size);
+    if (p) acct_h2_add(ctx, malloc_usable_size(p));
+    return p;
+}
+
+static void *acct_realloc(void *p, size_t size, void *ctx) {
+    size_t old = p ? malloc_usable_size(p) : 0;
+    void *q = realloc(p, size);
+    if (!q) return NULL; /* p is untouched */
+    acct_h2_sub(ctx, old);
+    acct_h2_add(ctx, malloc_usable_size(q));
+    return q;
+}
+
+static void msg_account(srv_shard *sh, size_t size) {
+    sh->msg_bytes += size;
+    if (sh->msg_bytes <= sh->msg_bytes_hw) return;
+    sh->msg_bytes_hw = sh->msg_bytes;
+    uint64_t hw = atomic_load_explicit(&sh->srv->msg_bytes_hw, memory_order_relaxed);
+    while (hw < sh->msg_bytes_hw &&
+           !atomic_compare_exchange_weak_explicit(&sh->srv->msg_bytes_hw, &hw, sh->msg_bytes_hw,
+                                                  memory_order_relaxed, memory_order_relaxed)) {
+    }
+}
+
+uint64_t bds__server_msg_bytes_hw(const bds_server *srv) {
+    return atomic_load_explicit(&((bds_server *)srv)->msg_bytes_hw, memory_order_relaxed);
+}
+
+/* A zeroed message for len payload bytes, held by |holds|, accounted to |a|
+ * (or to no connection yet). From sh's pools when sh is given (it must be
+ * the calling shard) and the size fits; else from malloc. NULL when memory
+ * is out. */
+static srv_msg *msg_new(srv_shard *sh, srv_acct *a, size_t len, uint8_t holds) {
     BDS_ASSERT(sh == NULL || sh == tls_shard);
     size_t need = sizeof(srv_msg) + len;
     srv_msg *m = NULL;
@@ -277,7 +414,35 @@ static srv_msg *msg_new(srv_shard *sh, size_t len, uint8_t holds) {
     }
     m->len = (uint32_t)len;
     m->holds = holds;
+    if (sh) {
+        msg_account(sh, msg_size(m));
+        if (a) {
+            m->acct = a;
+            a->refs++;
+            a->bytes += msg_size(m);
+        }
+        budget_check_up(sh, a);
+    }
     return m;
+}
+
+/* A reply reaches its call's shard (ops->write): from now on it counts there
+ * and against the call's connection, wherever it was made. */
+static void msg_attach(srv_msg *r, srv_call *call) {
+    srv_shard *sh = tls_shard;
+    size_t size = msg_size(r);
+    if (!r->home) {
+        r->home = sh;
+        msg_account(sh, size);
+    }
+    BDS_ASSERT(r->home == sh);
+    srv_conn *sc = call->conn;
+    if (!r->acct && sc) {
+        r->acct = sc->acct;
+        r->acct->refs++;
+        r->acct->bytes += size;
+    }
+    budget_check_up(sh, r->acct);
 }
 
 /* |hold| lets go of m; the last holder frees it (on its home shard). */
@@ -285,6 +450,14 @@ static void msg_unhold(srv_msg *m, uint8_t hold) {
     BDS_ASSERT(m->holds & hold);
     m->holds &= (uint8_t)~hold;
     if (m->holds) return;
+    if (m->home) {
+        BDS_ASSERT(m->home == tls_shard);
+        size_t size = msg_size(m);
+        m->home->msg_bytes -= size;
+        if (m->acct) m->acct->bytes -= size;
+        budget_check_down(m->home, m->acct);
+    }
+    if (m->acct) acct_unref(m->acct);
     if (m->on_free) m->on_free(m->on_free_ctx);
     if (m->cls == SRV_MSG_HEAP) {
         free(m);
@@ -323,7 +496,7 @@ bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_
         r->reply_used = true;
         r->holds |= SRV_MSG_OUT;
     } else {
-        r = msg_new(here, len, SRV_MSG_OUT);
+        r = msg_new(here, NULL, len, SRV_MSG_OUT);
         if (!r) return BDS_E_NOMEM;
         if (len) memcpy(r->data, bytes, len);
     }
@@ -370,7 +543,10 @@ static void conn_undirty(srv_conn *sc) {
 /* Flushes every dirty connection. A kick from inside conn_flush (a blocked
  * reply moving on) finds its connection still marked and adds nothing: that
  * flush produces the output anyway. */
+static void shard_budget_pass(srv_shard *sh);
+
 static void shard_flush_dirty(srv_shard *sh) {
+    shard_budget_pass(sh);
     while (sh->dirty) {
         srv_conn *sc = sh->dirty;
         sh->dirty = sc->dnext;
@@ -454,6 +630,12 @@ static void call_unlink(srv_call *call) {
     srv_conn *sc = call->conn;
     if (!sc) return;
     call_unwait(call);
+    if (sc->victim == call || sc->sh->victim == call) {
+        /* Its memory goes as its session ends; a next victim may be due. */
+        if (sc->victim == call) sc->victim = NULL;
+        if (sc->sh->victim == call) sc->sh->victim = NULL;
+        shard_budget_due(sc->sh);
+    }
     if (call->prev) call->prev->next = call->next;
     else sc->calls = call->next;
     if (call->next) call->next->prev = call->prev;
@@ -477,6 +659,7 @@ static void msg_list_free(srv_msg *m, uint8_t hold) {
 static void call_free(srv_call *call) {
     srv_conn *sc = call->conn;
     call_unlink(call);
+    call->parked_bytes = 0;
     msg_list_free(call->parked, SRV_MSG_IN);
     msg_list_free(call->blocked, SRV_MSG_OUT);
     call->parked = call->parked_tail = call->blocked = call->blocked_tail = NULL;
@@ -544,6 +727,7 @@ static void call_move_blocked(srv_call *call) {
 static void op_write(bds_session *s, bds_reply *reply, void *ctx) {
     srv_call *call = ctx;
     srv_msg *r = reply->data;
+    msg_attach(r, call);
     if (!call->blocked && call_try_send(call, r)) {
         bds_session_reply_written(s, reply);
         msg_unhold(r, SRV_MSG_OUT);
@@ -583,6 +767,7 @@ static void op_closed(bds_session *s, bds_status status, const char *message, vo
         snprintf(call->fin_msg, sizeof call->fin_msg, "%s", message ? message : "");
         msg_list_free(call->parked, SRV_MSG_IN);
         call->parked = call->parked_tail = NULL;
+        call->parked_bytes = 0;
         call->session = NULL;
         bds_session_release(s);
         conn_kick(sc);
@@ -605,7 +790,7 @@ static bool call_admit(srv_call *call, srv_msg *m);
  * at half-close first get an empty message flagged `end`, in stream order. */
 static void call_client_close(srv_call *call) {
     if (call->m->end_marker) {
-        srv_msg *marker = msg_new(call->conn ? call->conn->sh : NULL, 0, SRV_MSG_IN);
+        srv_msg *marker = msg_new(call->conn ? call->conn->sh : NULL, call->conn ? call->conn->acct : NULL, 0, SRV_MSG_IN);
         if (marker) {
             marker->end = true;
             call_admit(call, marker);
@@ -614,16 +799,43 @@ static void call_client_close(srv_call *call) {
     bds_session_client_close(call->session);
 }
 
+/* May the bytes of a message still arriving be credited? Only while the
+ * session could take it: nothing parked and inbound room. Otherwise they wait
+ * uncredited and the client stops at the stream window; crediting them
+ * regardless let a client park messages without bound (each sent but its last
+ * byte, a message's last chunk the only part ever withheld). Under HARD_REJECT
+ * a message is never parked: it completes, and is admitted or rejected. */
+static bool call_may_credit_partial(srv_call *call) {
+    if (call->finish_pending) return false; /* its messages are dropped anyway */
+    if (call->conn && conn_blocked(call->conn)) return false;
+    if (call->m->opts.inbound.backpressure.policy == BDS_BP_HARD_REJECT) return true;
+    return !call->parked && bds_session_inbound_room(call->session) > 0;
+}
+
+/* May the first parked message be admitted now? (HARD_REJECT messages park
+ * only for a budget: admitted once it allows, whatever the room.) */
+static bool call_may_admit(srv_call *call) {
+    if (call->conn && conn_blocked(call->conn)) return false;
+    return call->m->opts.inbound.backpressure.policy == BDS_BP_HARD_REJECT ||
+           bds_session_inbound_room(call->session) > 0;
+}
+
 static void call_drain_parked(srv_call *call) {
-    while (call->parked && bds_session_inbound_room(call->session) > 0) {
+    while (call->parked && call_may_admit(call)) {
         srv_msg *m = call->parked;
         call->parked = m->next;
         if (!call->parked) call->parked_tail = NULL;
+        call->parked_bytes -= m->len;
         if (!call_admit(call, m)) break;
     }
     if (!call->parked && call->half_close_pending) {
         call->half_close_pending = false;
         call_client_close(call);
+    }
+    /* Room again: the message in progress, held back at the window, moves on. */
+    if (call->conn && !call->h2_done && call_may_credit_partial(call)) {
+        bds__h2_credit_partial(call->conn->h2, call->stream);
+        conn_kick(call->conn);
     }
 }
 
@@ -662,6 +874,7 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     /* Streams over whose handlers still run are outside MAX_CONCURRENT_STREAMS:
      * past their bound the connection gets no more until some finish. */
     if (sc->n_lingering >= sh->srv->cfg.max_lingering_streams) return BDS_RESOURCE_EXHAUSTED;
+    if (conn_blocked(sc)) return BDS_E_AGAIN; /* REFUSED_STREAM: at a memory budget */
     const srv_method *m = &sh->srv->methods[info->method_index];
     srv_call *call = calloc(1, sizeof *call);
     if (!call) return BDS_RESOURCE_EXHAUSTED;
@@ -707,7 +920,7 @@ static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const ui
     srv_call *call = call_ctx;
     if (call->finish_pending) return; /* the stream's session already ended */
     srv_conn *sc = ctx;
-    srv_msg *m = msg_new(sc->sh, len, SRV_MSG_IN);
+    srv_msg *m = msg_new(sc->sh, sc->acct, len, SRV_MSG_IN);
     if (!m) {
         bds_session_fail(call->session, BDS_RESOURCE_EXHAUSTED, "server out of memory");
         return;
@@ -724,11 +937,12 @@ static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const ui
         return;
     }
     bool may_wait = call->m->opts.inbound.backpressure.policy != BDS_BP_HARD_REJECT;
-    if (call->parked || (may_wait && bds_session_inbound_room(call->session) == 0)) {
+    if (call->parked || conn_blocked(sc) || (may_wait && bds_session_inbound_room(call->session) == 0)) {
         m->next = NULL;
         if (call->parked_tail) call->parked_tail->next = m;
         else call->parked = m;
         call->parked_tail = m;
+        call->parked_bytes += m->len;
         return;
     }
     call_admit(call, m);
@@ -771,6 +985,11 @@ static void h2_on_call_error(void *ctx, void *call_ctx, int32_t stream_id, bds_s
     bds_session_fail(call->session, status, "request rejected");
 }
 
+static bool h2_may_credit_partial(void *ctx, void *call_ctx) {
+    (void)ctx;
+    return call_may_credit_partial(call_ctx);
+}
+
 /* A reply queued by reference left the HTTP/2 session (serialized or dropped). */
 static void h2_on_msg_release(void *ctx, bds__h2_msg *hm) {
     (void)ctx;
@@ -784,7 +1003,100 @@ static const bds__h2_callbacks h2_cbs = {
     .on_reset = h2_on_reset,
     .on_call_error = h2_on_call_error,
     .on_msg_release = h2_on_msg_release,
+    .may_credit_partial = h2_may_credit_partial,
 };
+
+/* ---- the budget pass ------------------------------------------------------------------------------- */
+
+/* What a stream holds: parked, admitted and unfinished, replies not taken,
+ * and the message still arriving. |freeable|: only what ending it gives back
+ * at once (not the payloads its handlers are running on). */
+static uint64_t call_held(const srv_call *call, bool freeable) {
+    uint64_t b = call->parked_bytes;
+    if (call->session)
+        b += freeable ? bds_session_unsent_bytes(call->session) : bds_session_held_bytes(call->session);
+    if (call->conn && !call->h2_done) b += bds__h2_partial_bytes(call->conn->h2, call->stream);
+    return b;
+}
+
+/* The connection's stream holding most, if larger than *best_bytes. */
+static srv_call *conn_largest(srv_conn *sc, bool freeable, srv_call *best, uint64_t *best_bytes) {
+    for (srv_call *call = sc->calls; call; call = call->next) {
+        if (!call->session || call->finish_pending || call->h2_done) continue;
+        uint64_t b = call_held(call, freeable);
+        if (b > *best_bytes) {
+            best = call;
+            *best_bytes = b;
+        }
+    }
+    return best;
+}
+
+static void call_fail_budget(srv_call *call) {
+    bds_session_fail(call->session, BDS_RESOURCE_EXHAUSTED, "server memory budget exhausted: the largest stream ends");
+}
+
+/* Starts or stops reading sc as its budgets say. Resumed, its parked
+ * messages and the messages in progress held at the window move on. */
+static void conn_budget_apply(srv_conn *sc) {
+    bool hold = conn_blocked(sc);
+    if (!sc->c || sc->closing || hold == sc->credit_held) return;
+    sc->credit_held = hold;
+    bds__h2_hold_conn_credit(sc->h2, hold);
+    if (!hold) {
+        for (srv_call *call = sc->calls, *next; call; call = next) {
+            next = call->next;
+            if (call->session && !call->finish_pending) call_drain_parked(call);
+        }
+    }
+    conn_kick(sc);
+}
+
+/* A budget crossed a mark (budget_check_up/down) or a victim went: at a
+ * budget the shard (or the connection) is not read and its new streams are
+ * refused, and the stream holding most ends with RESOURCE_EXHAUSTED. Then,
+ * one at a time until the memory is under the low mark and reading resumes,
+ * streams end largest first by what ending them gives back at once (replies
+ * not taken, parked and arriving messages): clients that never read otherwise
+ * held a shard between the marks, reading nothing and refusing every stream,
+ * for good; while a stream whose memory is all in running handlers (the first
+ * victim's, say) would end for nothing. */
+static void shard_budget_pass(srv_shard *sh) {
+    if (!sh->budget_due) return;
+    sh->budget_due = false;
+    bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
+    const bds_server_config *cfg = &sh->srv->cfg;
+    uint64_t held = sh->msg_bytes + sh->h2_bytes;
+    sh->over = cfg->shard_bytes_max &&
+               held >= (sh->over ? budget_low(cfg->shard_bytes_max) : cfg->shard_bytes_max);
+    if (!sh->over) sh->ended = false;
+    if (sh->over && !sh->victim) {
+        srv_call *best = NULL;
+        uint64_t best_bytes = 0;
+        bool freeable = sh->ended || held < cfg->shard_bytes_max;
+        for (srv_conn *sc = sh->conns; sc; sc = sc->next) best = conn_largest(sc, freeable, best, &best_bytes);
+        if (best) {
+            sh->victim = best;
+            sh->ended = true;
+            call_fail_budget(best);
+        }
+    }
+    for (srv_conn *sc = sh->conns; sc; sc = sc->next) {
+        uint64_t b = sc->acct->bytes;
+        sc->over = cfg->conn_bytes_max && b >= (sc->over ? budget_low(cfg->conn_bytes_max) : cfg->conn_bytes_max);
+        if (!sc->over) sc->ended = false;
+        if (sc->over && !sc->victim) {
+            uint64_t best_bytes = 0;
+            srv_call *best = conn_largest(sc, sc->ended || b < cfg->conn_bytes_max, NULL, &best_bytes);
+            if (best) {
+                sc->victim = best;
+                sc->ended = true;
+                if (best != sh->victim) call_fail_budget(best);
+            }
+        }
+        conn_budget_apply(sc);
+    }
+}
 
 /* ---- connections ----------------------------------------------------------------------------------- */
 
@@ -841,6 +1153,8 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
     }
     sc->n_lingering = 0;
     bds__h2_destroy(sc->h2);
+    sc->acct->conn = NULL;
+    acct_unref(sc->acct);
     if (sc->prev) sc->prev->next = sc->next;
     else sh->conns = sc->next;
     if (sc->next) sc->next->prev = sc->prev;
@@ -943,6 +1257,17 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     (void)l;
     srv_shard *sh = ctx;
     srv_conn *sc = calloc(1, sizeof *sc);
+    srv_acct *acct = calloc(1, sizeof *acct);
+    if (!sc || !acct) {
+        free(sc);
+        free(acct);
+        bds__conn_close(c, 0);
+        return;
+    }
+    *acct = (srv_acct){.sh = sh, .conn = sc, .refs = 1};
+    sc->acct = acct;
+    sc->sh = sh;
+    sc->alloc = (bds__palloc){acct_malloc, acct_free, acct_calloc, acct_realloc, acct};
     bds__h2_config hc;
     bds__h2_config_default(&hc);
     hc.max_concurrent_streams = sh->srv->cfg.max_concurrent_streams;
@@ -962,13 +1287,14 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     hc.ping_idle_min_interval_ns = cfg->ping_without_streams || cfg->ping_min_interval_ns > two_hours
                                        ? cfg->ping_min_interval_ns
                                        : two_hours;
-    if (!sc || bds__h2_create(&sc->h2, &hc, &h2_cbs, sc) != BDS_OK || sh->stopping) {
-        if (sc && sc->h2) bds__h2_destroy(sc->h2);
+    hc.alloc = &sc->alloc;
+    if (bds__h2_create(&sc->h2, &hc, &h2_cbs, sc) != BDS_OK || sh->stopping) {
+        if (sc->h2) bds__h2_destroy(sc->h2);
         free(sc);
+        acct_unref(acct);
         bds__conn_close(c, 0);
         return;
     }
-    sc->sh = sh;
     sc->c = c;
     sc->next = sh->conns;
     if (sh->conns) sh->conns->prev = sc;
@@ -976,6 +1302,7 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     bds__conn_set_callbacks(c, &conn_cbs, sc);
     conn_timers_start(sc);
     conn_kick(sc); /* our SETTINGS */
+    if (sh->over) shard_budget_due(sh); /* not read either, until under budget */
 }
 
 /* ---- shard hooks ------------------------------------------------------------------------------------ */

@@ -33,6 +33,18 @@ typedef struct srv_shard srv_shard;
 typedef struct srv_conn srv_conn;
 typedef struct srv_call srv_call;
 
+/* The bytes a connection makes its shard hold (srv_msg buffers, and its
+ * HTTP/2 session's memory through the session's allocator), for the memory
+ * budgets. Outlives the connection while messages still point at it. */
+typedef struct srv_acct {
+    srv_shard *sh;
+    srv_conn *conn;           /* NULL once the connection is gone */
+    uint64_t bytes;           /* counted against the budgets */
+    uint64_t h2;              /* its HTTP/2 session's memory (bytes counts
+                                 what exceeds the fixed part) */
+    uint32_t refs;            /* messages accounted here, + 1 while conn lives */
+} srv_acct;
+
 struct bds_server {
     bds_server_config cfg;
     char *listen;
@@ -60,6 +72,7 @@ struct bds_server {
     _Atomic bool abandoned;   /* a shard hard-stopped with work left (bds_server_run) */
     _Atomic uint32_t shards_busy; /* shards not quiesced yet: shard 0, which reads the
                                  signals, stays until it is 0 */
+    _Atomic uint64_t msg_bytes_hw; /* the most message memory one shard held (tests) */
 };
 
 /* Who still holds a srv_msg (srv_msg.holds); it is freed when the last lets go. */
@@ -82,7 +95,9 @@ typedef struct srv_msg {
     bds_reply reply;          /* used when the buffer is a reply */
     bds__h2_msg h2;           /* its link in the HTTP/2 stream's queue (SRV_MSG_H2) */
     struct srv_msg *next;     /* parked / blocked FIFO link */
-    srv_shard *home;          /* the shard that made it (NULL: made off any shard) */
+    srv_shard *home;          /* the shard that made it or, for a reply made
+                                 elsewhere, took it (NULL: neither yet) */
+    srv_acct *acct;           /* the connection it is accounted to, or NULL */
     uint32_t len, wire;
     uint8_t cls;              /* pool class in home's pools, or SRV_MSG_HEAP */
     uint8_t holds;            /* SRV_MSG_IN | SRV_MSG_OUT | SRV_MSG_H2 */
@@ -117,6 +132,13 @@ struct srv_shard {
     srv_watch *watches;
     _Atomic uint32_t n_watches; /* on `watches`; read by bds__server_watches (any thread) */
     bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
+    uint64_t msg_bytes;       /* memory of the srv_msg buffers made here and alive */
+    uint64_t msg_bytes_hw;    /* its high-water mark */
+    uint64_t h2_bytes;        /* its connections' HTTP/2 memory past the fixed part */
+    bool over;                /* at shard_bytes_max: no connection is read */
+    bool budget_due;          /* a budget crossed a mark: shard_budget_pass */
+    srv_call *victim;         /* failed for the budget, not yet gone */
+    bool ended;               /* a stream ended since it went over */
     uint64_t stop_deadline_ns; /* hard close of what is left after the grace */
     bds_timer stop_timer;
     bool stopping;
@@ -144,6 +166,7 @@ struct srv_call {
      * comes back. */
     uint32_t in_pipeline;
     bool lingering;
+    uint64_t parked_bytes;    /* payload bytes of `parked` */
     uint64_t aggregate;       /* per-stream handler state (interop StreamingInputCall) */
     uint8_t *req_md;          /* captured request headers (srv_method.capture), or NULL */
     uint32_t req_md_len;
@@ -192,6 +215,10 @@ bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv
 /* Health.Watch calls waiting on every shard, for tests; UINT32_MAX before the
  * server runs. Thread: any. */
 uint32_t bds__server_watches(bds_server *srv);
+/* The most memory in message buffers (inbound payloads, parked messages,
+ * replies made at home) that one shard held at once, since the server ran.
+ * Thread: any. For tests. */
+uint64_t bds__server_msg_bytes_hw(const bds_server *srv);
 /* The srv_shard of the calling shard thread. */
 srv_shard *bds__server_shard_self(void);
 

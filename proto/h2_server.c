@@ -156,6 +156,8 @@ struct bds__h2_conn {
     uint32_t goaway_code;          /* its error code                             */
     int32_t goaway_last_id;        /* its last-stream-id                         */
     uint64_t glitch_tat_ns;        /* GCRA theoretical arrival time              */
+    bool conn_credit_held;         /* bds__h2_hold_conn_credit: receipts are owed */
+    uint64_t conn_credit_owed;     /* connection credit held back (< its window) */
     uint64_t wu_allowance;         /* small WINDOW_UPDATEs and PINGs our DATA frames justify */
     uint64_t ping_last_ns;         /* the client's last PING (ping_seen)         */
     uint32_t ping_strikes;         /* client PINGs against the policy            */
@@ -668,6 +670,13 @@ static void h2_stream_request(bds__h2_conn *c, struct h2_stream *s, bool end_str
                                                                    : c->now_ns + info.timeout_ns;
     void *call_ctx = NULL;
     bds_status st = c->cbs.on_call_start(c->ctx, &info, &call_ctx);
+    if (st == BDS_E_AGAIN) { /* not now: the client may retry it elsewhere or later */
+        s->state = H2S_REJECTED;
+        c->stats.calls_refused++;
+        h2_check(c, nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_REFUSED_STREAM));
+        h2_stream_settle(c, s);
+        return;
+    }
     if (st != BDS_OK) {
         h2_stream_reject(c, s, 200, st, NULL);
         return;
@@ -757,6 +766,19 @@ static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, voi
     return c->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
 }
 
+/* A message larger than the stream window could never complete if its bytes
+ * waited for the app's consume: the part received so far (bounded by
+ * msg_bytes_max, already checked from the prefix) is credited now, and the
+ * message's wire_bytes later report only the rest (DESIGN §7). */
+static void h2_stream_credit_partial(bds__h2_conn *c, struct h2_stream *s, bool ask) {
+    uint32_t msg_len, have;
+    if (!bds__grpc_deframer_partial(&s->deframer, &msg_len, &have)) return;
+    uint32_t sofar = have + BDS_GRPC_PREFIX_BYTES;
+    if (sofar <= s->precredited) return;
+    if (ask && c->cbs.may_credit_partial != NULL && !c->cbs.may_credit_partial(c->ctx, s->call_ctx)) return;
+    s->precredited += (uint32_t)bds__h2_consume(c, s->id, sofar - s->precredited);
+}
+
 /* Runs the deframer over one DATA chunk of an open call. */
 static void h2_stream_deframe(bds__h2_conn *c, struct h2_stream *s, const uint8_t *data,
                               size_t len) {
@@ -776,18 +798,7 @@ static void h2_stream_deframe(bds__h2_conn *c, struct h2_stream *s, const uint8_
             h2_stream_fail(c, s, st, ev.reason);
         }
     }
-    /* A message larger than the stream window could never complete if its
-     * bytes waited for the app's consume: the part received so far (bounded by
-     * msg_bytes_max, already checked from the prefix) is credited now, and the
-     * message's wire_bytes later report only the rest (DESIGN §7). */
-    uint32_t msg_len, have;
-    if (c->cfg.credit_partial_messages && s->state == H2S_OPEN &&
-        bds__grpc_deframer_partial(&s->deframer, &msg_len, &have)) {
-        uint32_t sofar = have + BDS_GRPC_PREFIX_BYTES;
-        if (sofar > s->precredited) {
-            s->precredited += (uint32_t)bds__h2_consume(c, s->id, sofar - s->precredited);
-        }
-    }
+    if (c->cfg.credit_partial_messages && s->state == H2S_OPEN) h2_stream_credit_partial(c, s, true);
 }
 
 static int h2_on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t stream_id,
@@ -795,7 +806,10 @@ static int h2_on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t str
     (void)flags;
     bds__h2_conn *c = ud;
     BDS_ASSERT(c->in_recv);
-    if (h2_conn_credit_auto(c)) h2_check(c, nghttp2_session_consume_connection(ng, len));
+    if (h2_conn_credit_auto(c)) {
+        if (c->conn_credit_held) c->conn_credit_owed += len;
+        else h2_check(c, nghttp2_session_consume_connection(ng, len));
+    }
     struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, stream_id);
     if (s == NULL) {
         /* No record (its allocation failed): nobody will consume, so we do. */
@@ -1418,6 +1432,29 @@ size_t bds__h2_consume(bds__h2_conn *c, int32_t id, size_t n) {
     }
     s->consume_pending += k;
     return (size_t)k;
+}
+
+void bds__h2_hold_conn_credit(bds__h2_conn *c, bool hold) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    c->conn_credit_held = hold;
+    if (hold || c->conn_credit_owed == 0 || c->fatal) return;
+    size_t k = (size_t)c->conn_credit_owed;
+    c->conn_credit_owed = 0;
+    h2_check(c, nghttp2_session_consume_connection(c->ng, k));
+}
+
+void bds__h2_credit_partial(bds__h2_conn *c, int32_t id) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    struct h2_stream *s = h2_stream_find(c, id);
+    if (s == NULL || c->fatal || !c->cfg.credit_partial_messages || s->state != H2S_OPEN) return;
+    h2_stream_credit_partial(c, s, false);
+}
+
+size_t bds__h2_partial_bytes(const bds__h2_conn *c, int32_t id) {
+    const struct h2_stream *s = h2_stream_get(c, id);
+    uint32_t have = 0;
+    if (s == NULL || !s->deframer_live || !bds__grpc_deframer_partial(&s->deframer, NULL, &have)) return 0;
+    return have;
 }
 
 size_t bds__h2_unconsumed(const bds__h2_conn *c, int32_t id) {

@@ -158,7 +158,9 @@ typedef struct bds__h2_callbacks {
     /* A request passed validation. Store the app's per-call context in
      * |*call_ctx| and return BDS_OK, or return a status to refuse it (the
      * session answers trailers-only with that status: e.g. UNAVAILABLE while
-     * draining, RESOURCE_EXHAUSTED when out of call slots). The call exists
+     * draining, RESOURCE_EXHAUSTED when out of call slots; BDS_E_AGAIN resets
+     * the stream with REFUSED_STREAM instead: nothing was processed, so a
+     * client may retry it, e.g. once memory is back under budget). The call exists
      * once this returns BDS_OK: calls on its stream from inside this callback
      * get BDS_E_SESSION_CLOSED. Required. */
     bds_status (*on_call_start)(void *ctx, const bds__h2_call_info *info, void **call_ctx);
@@ -191,6 +193,13 @@ typedef struct bds__h2_callbacks {
      * message's memory, never call into the session. Required to use
      * bds__h2_send_ref. */
     void (*on_msg_release)(void *ctx, bds__h2_msg *msg);
+    /* With credit_partial_messages: may the bytes of the call's message in
+     * progress be credited now? false leaves them uncredited, so the client
+     * stops at the stream window, until the app calls bds__h2_credit_partial
+     * (it has room again). Without partial credit, a client that sends each
+     * message but its last byte makes the app hold messages without bound.
+     * Only reads app state. Optional (NULL: always). */
+    bool (*may_credit_partial)(void *ctx, void *call_ctx);
 } bds__h2_callbacks;
 
 /* Counters, for metrics and tests. */
@@ -297,6 +306,18 @@ bds_status bds__h2_add_metadata(bds__h2_conn *conn, int32_t stream_id, bool trai
  * stream's received − consumed, because the session may have settled the
  * stream itself. Returns the bytes actually credited (0 for a closed stream). */
 size_t bds__h2_consume(bds__h2_conn *conn, int32_t stream_id, size_t n);
+/* With conn_credit_on_receipt: |hold| true stops crediting the connection
+ * window (received bytes are owed instead, so the client may send at most one
+ * connection window more on all its streams together); false credits what is
+ * owed and resumes (e.g. the app's memory budget). */
+void bds__h2_hold_conn_credit(bds__h2_conn *conn, bool hold);
+/* With credit_partial_messages: credits the bytes of the stream's message in
+ * progress received so far, which may_credit_partial held back (the app has
+ * room again). No-op for a closed or unknown stream, or when none is held. */
+void bds__h2_credit_partial(bds__h2_conn *conn, int32_t stream_id);
+/* Body bytes of the stream's message in progress the session holds (0 when
+ * none or unknown): what a memory budget can pin on the stream. */
+size_t bds__h2_partial_bytes(const bds__h2_conn *conn, int32_t stream_id);
 /* received − consumed for a stream (0 when unknown). */
 size_t bds__h2_unconsumed(const bds__h2_conn *conn, int32_t stream_id);
 /* Unsent queued bytes on a stream (0 when unknown). */

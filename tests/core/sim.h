@@ -40,6 +40,7 @@ typedef struct sim_msg {
     int behave;
     uint32_t fails;    /* SIM_FAIL: attempts that fail before one succeeds */
     uint32_t replies;  /* replies sent before done */
+    uint32_t reply_bytes; /* each one's bds_reply.bytes */
     int session;       /* index in sim->sessions */
     bool released;
 } sim_msg;
@@ -369,6 +370,7 @@ static void sim_handler(bds_call *call, void *ctx) {
         sim_reply *r = calloc(1, sizeof *r);
         r->seq = m->seq;
         r->session = m->session;
+        r->r.bytes = m->reply_bytes;
         bds_call_reply(call, &r->r);
     }
     switch (m->behave) {

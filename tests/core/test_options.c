@@ -16,6 +16,8 @@ Test(options, defaults_are_safe_and_valid) {
     cr_assert_gt(o.inbound.backpressure.capacity, 0);
     cr_assert_eq(o.outbound.ordering.mode, BDS_ORDERING_FIFO);
     cr_assert(o.outbound.fail_fast);
+    cr_assert_eq(o.inbound.outstanding_bytes_max, 4u << 20, "every stream's bytes are bounded by default");
+    cr_assert_eq(o.outbound.unsent_bytes_max, 4u << 20);
     cr_assert_eq(o.retry.max_attempts, 0);
     cr_assert(o.shutdown.grace_period_ns >= 1000000000ULL && o.shutdown.grace_period_ns <= 30000000000ULL);
     cr_assert(o.shutdown.drain_inbound && o.shutdown.drain_outbound && o.inbound.drain_on_client_close);

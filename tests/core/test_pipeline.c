@@ -5,6 +5,7 @@
  * steady state. Every test ends in sim_free(), which asserts that no session,
  * call or key leaked. */
 #include <criterion/criterion.h>
+#include <string.h>
 
 #include "mem.h"
 #include "sim.h"
@@ -601,6 +602,144 @@ Test(pipeline, sender_hard_reject_with_fail_fast_ends_session) {
     cr_assert_eq(S->sessions[s].close_status, BDS_E_OUTBOUND_BACKPRESSURE);
     cr_assert_eq(bds_status_grpc(S->sessions[s].close_status), 8);
     sim_free(S);
+}
+
+/* Acknowledges the session's oldest written reply (the client read it). */
+static void ack_oldest(sim *S, int session) {
+    sim_session *ss = &S->sessions[session];
+    cr_assert_gt(ss->n_unacked, 0);
+    sim_reply *r = ss->unacked[0];
+    memmove(ss->unacked, ss->unacked + 1, (ss->n_unacked - 1) * sizeof ss->unacked[0]);
+    ss->n_unacked--;
+    int saved = sim_switch(S, (int)ss->s->home->index);
+    bds_session_reply_written(ss->s, &r->r);
+    sim_switch(S, saved);
+    free(r);
+    sim_settle(S);
+}
+
+static void ack_all(sim *S, int session) {
+    while (S->sessions[session].n_unacked) ack_oldest(S, session);
+}
+
+/* One message whose handler makes |n| replies of |bytes| each. */
+static void send_replies(sim *S, int s, uint64_t seq, uint32_t n, uint32_t bytes) {
+    sim_msg *m = sim_msg_new(s, "k", seq, SIM_OK);
+    m->replies = n;
+    m->reply_bytes = bytes;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    cr_assert_eq(st, BDS_OK);
+    sim_settle(S);
+}
+
+/* Issue 8, finding 7: counts alone let 1,024 unwritten + 8,192 queued replies
+ * of any size wait per stream. QUEUE at the byte bound: replies wait in the
+ * queue, in order, and the session takes no message until the client reads. */
+Test(pipeline, sender_byte_bound_queues_and_shuts_inbound_room_until_the_client_reads) {
+    sim *S = sim_new(1, 31);
+    bds_options o = bds_default_options();
+    o.outbound.unsent_bytes_max = 100;
+    int s = sim_open(S, 0, &o);
+    S->auto_ack_replies = false; /* a client that does not read */
+    send_replies(S, s, 1, 4, 60);
+    sim_session *ss = &S->sessions[s];
+    cr_assert_eq(ss->n_written, 2, "60 + 60 bytes written (one overshoots), the rest waits");
+    cr_assert_eq(room_of(S, s), 0, "240 bytes of replies held: no inbound room");
+    int ready = ss->ready_calls;
+    ack_oldest(S, s);
+    cr_assert_eq(ss->n_written, 3, "60 bytes in flight: the next goes");
+    cr_assert_eq(room_of(S, s), 0, "still 180 bytes held");
+    ack_oldest(S, s);
+    ack_oldest(S, s);
+    cr_assert_eq(ss->n_written, 4);
+    cr_assert_gt(room_of(S, s), 0, "60 bytes held: room again");
+    cr_assert_eq(ss->ready_calls, ready + 1, "the transport is told to read again");
+    for (uint32_t i = 0; i < 4; i++) cr_assert_eq(ss->written[i], 1);
+    ack_all(S, s);
+    cr_assert_not(ss->closed);
+    sim_free(S);
+}
+
+Test(pipeline, held_bytes_count_admitted_payload_and_untaken_replies) {
+    sim *S = sim_new(1, 35);
+    int s = sim_open(S, 0, NULL);
+    S->auto_ack_replies = false;
+    bds_session *ses = S->sessions[s].s;
+    cr_assert_eq(sim_send_bytes(S, s, "a", 1, SIM_ASYNC, 70), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(bds_session_held_bytes(ses), 70);
+    send_replies(S, s, 2, 3, 10);
+    cr_assert_eq(bds_session_held_bytes(ses), 70 + 30, "70 unfinished, 3 replies of 10 written");
+    cr_assert_eq(bds_session_unsent_bytes(ses), 30);
+    ack_all(S, s);
+    cr_assert_eq(bds_session_held_bytes(ses), 70, "the replies were taken; the message finished");
+    cr_assert_eq(bds_session_unsent_bytes(ses), 0);
+    complete_seq(S, 1, BDS_OK);
+    cr_assert_eq(bds_session_held_bytes(ses), 0);
+    sim_free(S);
+}
+
+Test(pipeline, sender_byte_bound_lets_a_large_reply_go_alone) {
+    sim *S = sim_new(1, 32);
+    bds_options o = bds_default_options();
+    o.outbound.unsent_bytes_max = 100;
+    int s = sim_open(S, 0, &o);
+    S->auto_ack_replies = false;
+    send_replies(S, s, 1, 2, 1000);
+    cr_assert_eq(S->sessions[s].n_written, 1, "larger than the bound, but alone");
+    ack_oldest(S, s);
+    cr_assert_eq(S->sessions[s].n_written, 2);
+    ack_all(S, s);
+    cr_assert_not(S->sessions[s].closed);
+    sim_free(S);
+}
+
+/* HARD_REJECT at the byte bound, under its count capacity: RESOURCE_EXHAUSTED. */
+Test(pipeline, sender_byte_bound_hard_reject_is_resource_exhausted) {
+    sim *S = sim_new(1, 33);
+    bds_options o = bds_default_options();
+    o.outbound.backpressure.policy = BDS_BP_HARD_REJECT;
+    o.outbound.backpressure.capacity = 1000;
+    o.outbound.backpressure.queue_capacity = 0;
+    o.outbound.unsent_bytes_max = 100;
+    int s = sim_open(S, 0, &o);
+    S->auto_ack_replies = false;
+    send_replies(S, s, 1, 3, 60);
+    cr_assert_eq(S->sessions[s].n_written, 2);
+    cr_assert_eq(S->sessions[s].dropped_replies, 1);
+    cr_assert(S->sessions[s].closed);
+    cr_assert_eq(S->sessions[s].close_status, BDS_E_OUTBOUND_BACKPRESSURE);
+    cr_assert_eq(bds_status_grpc(S->sessions[s].close_status), 8 /* RESOURCE_EXHAUSTED */);
+    ack_all(S, s);
+    sim_free(S);
+}
+
+/* The soft policies run over their count capacity, not over the byte bound:
+ * there they queue like QUEUE and the session takes no message. */
+Test(pipeline, sender_byte_bound_holds_for_soft_policies) {
+    bds_backpressure_policy pols[] = {BDS_BP_SOFT_ALLOW, BDS_BP_SOFT_ALLOW_SIGNAL};
+    for (int k = 0; k < 2; k++) {
+        sim *S = sim_new(1, 34);
+        bds_options o = bds_default_options();
+        o.outbound.backpressure.policy = pols[k];
+        o.outbound.backpressure.capacity = 1;
+        o.outbound.backpressure.queue_capacity = 0;
+        o.outbound.unsent_bytes_max = 100;
+        int s = sim_open(S, 0, &o);
+        S->auto_ack_replies = false;
+        send_replies(S, s, 1, 4, 40);
+        sim_session *ss = &S->sessions[s];
+        cr_assert_eq(ss->n_written, 3, "over the count capacity (1), up to the byte bound (one overshoots)");
+        cr_assert_eq(room_of(S, s), 0);
+        if (pols[k] == BDS_BP_SOFT_ALLOW_SIGNAL) cr_assert_eq(S->pressure, 2, "a signal per reply over capacity");
+        ack_oldest(S, s);
+        cr_assert_eq(ss->n_written, 4);
+        ack_all(S, s);
+        cr_assert_gt(room_of(S, s), 0);
+        cr_assert_not(ss->closed);
+        sim_free(S);
+    }
 }
 
 Test(pipeline, sender_queue_keeps_order_until_written) {

@@ -491,6 +491,260 @@ class FastSender(unittest.TestCase):
             self.assertEqual(srv.stop(), 0)
 
 
+class PartialMessages(unittest.TestCase):
+    """Issue 8, finding 2: a client that sends each message but its last byte,
+    then that byte, queued on one key behind a message whose work takes 8 s.
+    The server used to credit the bytes of a message in progress whether or
+    not it could take the message, so only each last byte was withheld and
+    the stream parked messages without bound (256 MiB in 6 s). Now the client
+    stops at the stream window once the session has no room."""
+
+    def test_messages_cut_before_their_last_byte_do_not_park_without_bound(self):
+        srv = Server('--shards', '1')
+        try:
+            port = int(srv.addr.split(':')[1])
+            s = socket.create_connection(('127.0.0.1', port))
+            h2 = FlowSender(s)
+            h2.send(h2frame(1, 4, 1, hpack_request(PROCESS)))
+            work = frame('k', 1, b'', work_us=8000000)
+            h2.data(1, b'\x00' + len(work).to_bytes(4, 'big') + work)
+            body = frame('k', 2, b'p' * (1 << 20))
+            msg = b'\x00' + len(body).to_bytes(4, 'big') + body
+            sent = 0
+            end = time.monotonic() + 6
+            while time.monotonic() < end and sent < (256 << 20):
+                if not h2.data(1, msg[:-1], until=end) or not h2.data(1, msg[-1:], until=end):
+                    break
+                sent += len(msg)
+            hwm = vm_hwm_kib(srv.proc.pid)
+            sys.stderr.write('partial messages: sent %d MiB in 6 s, server VmHWM %d MiB\n'
+                             % (sent >> 20, hwm >> 10))
+            # 4 MiB admitted (--inbound-bytes-max), one message over it, one
+            # parked, one stream window: the client is stopped well before 16 MiB.
+            self.assertLess(sent, 16 << 20, 'the server took %d MiB it cannot start' % (sent >> 20))
+            with srv.channel() as ch:
+                self.assertEqual(len(list(process(ch)(iter([frame('w', 1, b'ok')]), timeout=10))), 1)
+            s.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
+class NeverReadsDefaults(unittest.TestCase):
+    """Issue 8, finding 7, with the default caps: 8 streams whose client never
+    grants the server any window for replies (INITIAL_WINDOW_SIZE 0) and sends
+    64 KiB messages as fast as the server's windows allow. Counts used to be
+    the only bound (1,024 unwritten + 8,192 queued replies per stream, ~576
+    MiB at 64 KiB): the server read on. Now each stream holds at most
+    --outbound-bytes-max (4 MiB) of replies, then the server stops reading it
+    (QUEUE: no error, the client waits at its socket); another connection is
+    served meanwhile."""
+
+    def test_client_that_never_reads_is_stopped_by_bytes_with_default_caps(self):
+        srv = Server('--shards', '1')
+        try:
+            port = int(srv.addr.split(':')[1])
+            s = socket.create_connection(('127.0.0.1', port))
+            h2 = FlowSender(s, settings=b'\x00\x04\x00\x00\x00\x00')
+            streams = [1 + 2 * i for i in range(8)]
+            pending = {}
+            for i, sid in enumerate(streams):
+                h2.send(h2frame(1, 4, sid, hpack_request(PROCESS)))
+                pending[sid] = b''
+            payload = b'q' * (64 * 1024)
+            seq = [0]
+
+            def next_msg(sid):
+                seq[0] += 1
+                m = frame('k%d' % sid, seq[0], payload)
+                return b'\x00' + len(m).to_bytes(4, 'big') + m
+
+            sent = 0
+            end = time.monotonic() + 8
+            idle_since = None
+            while time.monotonic() < end and sent < (512 << 20):
+                moved = 0
+                for sid in streams:
+                    if not pending[sid]:
+                        pending[sid] = next_msg(sid)
+                    n = h2.data_some(sid, pending[sid])
+                    pending[sid] = pending[sid][n:]
+                    moved += n
+                sent += moved
+                if moved:
+                    idle_since = None
+                    continue
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > 1.0:
+                    break  # every stream waits for a window the server does not give
+                self.assertTrue(h2.poll(0.05), 'the server ended the connection or a stream')
+            hwm = vm_hwm_kib(srv.proc.pid)
+            sys.stderr.write('never reads: sent %d MiB on 8 streams, server VmHWM %d MiB\n'
+                             % (sent >> 20, hwm >> 10))
+            # Per stream: 4 MiB of replies, one message over it, one parked,
+            # a stream window, the socket buffers.
+            self.assertLess(sent, 8 * (8 << 20), 'the server read %d MiB it cannot answer' % (sent >> 20))
+            with srv.channel() as ch:
+                for i in range(5):
+                    self.assertEqual(len(list(process(ch)(iter([frame('w', i + 1, b'ok')]), timeout=10))), 1)
+            s.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
+class ConnBudget(unittest.TestCase):
+    """Issue 8, the memory budget per connection (--conn-bytes-max 2MiB): one
+    stream's messages, each on its own key with 3 s of work, hold their
+    payloads; at the budget the connection is no longer read and its largest
+    stream ends RESOURCE_EXHAUSTED, while a client on another connection is
+    served."""
+
+    def test_connection_at_its_memory_budget_loses_its_largest_stream_and_others_are_served(self):
+        srv = Server('--shards', '1', '--conn-bytes-max', '2MiB')
+        try:
+            port = int(srv.addr.split(':')[1])
+            s = socket.create_connection(('127.0.0.1', port))
+            h2 = FlowSender(s)
+            h2.send(h2frame(1, 4, 1, hpack_request(PROCESS)))
+            payload = b'b' * (64 * 1024)
+            pending = b''
+            i = 0
+            end = time.monotonic() + 10
+            while 1 not in h2.ended and time.monotonic() < end and i < 256:
+                if not pending:
+                    i += 1
+                    m = frame('k%d' % i, i, payload, work_us=3000000)
+                    pending = b'\x00' + len(m).to_bytes(4, 'big') + m
+                n = h2.data_some(1, pending)
+                pending = pending[n:]
+                if not n:
+                    h2.poll(0.05)
+            self.assertIn(1, h2.ended, 'the stream was not ended after %d messages' % i)
+            self.assertLess(i, 64, 'the connection was read past its budget')
+            self.assertEqual(dict(h2.header_fields(1)).get('grpc-status'), '8', 'RESOURCE_EXHAUSTED')
+            with srv.channel() as ch:
+                self.assertEqual(len(list(process(ch)(iter([frame('w', 1, b'ok')]), timeout=10))), 1)
+            s.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
+class FlowSender:
+    """Raw HTTP/2 client side that sends DATA only within the windows the
+    server grants (RFC 9113 §6.9), reading its frames as they come."""
+
+    def __init__(self, sock, settings=b''):
+        self.s = sock
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms Nagle/delayed-ACK stalls
+        self.buf = b''
+        self.conn = 65535
+        self.initial = 65535
+        self.streams = {}
+        self.blocks = {}    # stream -> the header blocks the server sent
+        self.ended = set()  # streams the server ended (END_STREAM on HEADERS)
+        self.s.sendall(b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' + h2frame(4, 0, 0, settings))
+
+    def header_fields(self, sid):
+        """The server's header fields on sid, decoded (HPACK via libnghttp2)."""
+        import test_interop  # Hpack; imported here, test_interop imports us
+        h = test_interop.Hpack()
+        try:
+            out = []
+            for block in self.blocks.get(sid, []):
+                out += h.decode(block)
+            return out
+        finally:
+            h.close()
+
+    def poll(self, timeout):
+        """Reads what the server sent within timeout; False once it ended the
+        connection or reset a stream."""
+        return self._read(timeout)
+
+    def data_some(self, sid, payload):
+        """Sends as much of payload as the windows allow now; returns how much."""
+        self.streams.setdefault(sid, self.initial)
+        off = 0
+        while off < len(payload):
+            room = min(self.conn, self.streams[sid], 16384, len(payload) - off)
+            if room <= 0:
+                break
+            self.s.sendall(h2frame(0, 0, sid, payload[off:off + room]))
+            self.conn -= room
+            self.streams[sid] -= room
+            off += room
+        return off
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def _read(self, timeout):
+        self.s.settimeout(timeout)
+        try:
+            b = self.s.recv(65536)
+        except (socket.timeout, BlockingIOError):  # timeout 0: nothing there now
+            return True
+        if not b:
+            return False
+        self.buf += b
+        while len(self.buf) >= 9:
+            n = int.from_bytes(self.buf[:3], 'big')
+            if len(self.buf) < 9 + n:
+                break
+            ftype, flags, sid = self.buf[3], self.buf[4], int.from_bytes(self.buf[5:9], 'big') & 0x7fffffff
+            payload = self.buf[9:9 + n]
+            self.buf = self.buf[9 + n:]
+            if ftype == 4 and not flags & 1:
+                for i in range(0, len(payload), 6):
+                    if int.from_bytes(payload[i:i + 2], 'big') == 4:
+                        v = int.from_bytes(payload[i + 2:i + 6], 'big')
+                        for k in self.streams:
+                            self.streams[k] += v - self.initial
+                        self.initial = v
+                self.s.sendall(h2frame(4, 1, 0, b''))
+            elif ftype == 8:
+                inc = int.from_bytes(payload[:4], 'big') & 0x7fffffff
+                if sid == 0:
+                    self.conn += inc
+                else:
+                    self.streams[sid] = self.streams.get(sid, self.initial) + inc
+            elif ftype == 1:  # HEADERS (no padding or priority from this server)
+                self.blocks.setdefault(sid, []).append(payload)
+                if flags & 1:
+                    self.ended.add(sid)
+            elif ftype == 3 and sid in self.ended:
+                pass  # RST_STREAM after the server's own END_STREAM (gRPC early trailers)
+            elif ftype in (3, 7):  # RST_STREAM, GOAWAY
+                return False
+        return True
+
+    def data(self, sid, payload, until=None):
+        """Sends payload as DATA on sid within the windows; False if the
+        connection ended or `until` (monotonic) passed first."""
+        self.streams.setdefault(sid, self.initial)
+        off = 0
+        while off < len(payload):
+            room = min(self.conn, self.streams[sid], 16384, len(payload) - off)
+            if room <= 0:
+                if until is not None and time.monotonic() >= until:
+                    return False
+                if not self._read(0.05):
+                    return False
+                continue
+            self.s.sendall(h2frame(0, 0, sid, payload[off:off + room]))
+            self.conn -= room
+            self.streams[sid] -= room
+            off += room
+        return True
+
+
+def vm_hwm_kib(pid):
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    return 0
+
+
 def h2frame(ftype, flags, stream, payload):
     return len(payload).to_bytes(3, 'big') + bytes([ftype, flags]) + stream.to_bytes(4, 'big') + payload
 

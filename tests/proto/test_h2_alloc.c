@@ -105,7 +105,7 @@ static void mini_error(void *ctx, void *cc, int32_t id, bds_status st, int http)
     (void)cc, (void)id, (void)st, (void)http;
     ((struct mini *)ctx)->errors++;
 }
-static const bds__h2_callbacks mini_cbs = {mini_start, mini_msg, mini_half, mini_reset, mini_error, NULL};
+static const bds__h2_callbacks mini_cbs = {mini_start, mini_msg, mini_half, mini_reset, mini_error, NULL, NULL};
 
 /* Client bytes: preface, two calls with messages (one half-closes, one is left
  * open), a PING, a WINDOW_UPDATE. */

@@ -689,12 +689,13 @@ Test(tool_config, help_lists_every_flag_with_its_default) {
         "--listen HOST:PORT", "--shards N", "--inbound-ordering fifo|keyed", "--inbound-ordering-capacity N",
         "--inbound-policy POLICY", "--inbound-capacity N", "--inbound-queue-capacity N",
         "--inbound-bytes-max SIZE", "--outbound-ordering fifo|keyed", "--outbound-ordering-capacity N", "--outbound-policy POLICY",
-        "--outbound-capacity N", "--outbound-queue-capacity N", "--fail-fast [BOOL]",
+        "--outbound-capacity N", "--outbound-queue-capacity N", "--outbound-bytes-max SIZE", "--fail-fast [BOOL]",
         "--drain-on-client-close [BOOL]", "--failures-terminal [BOOL]", "--max-attempts N", "--backoff DURATION",
         "--grace DURATION", "--drain-inbound [BOOL]", "--drain-outbound [BOOL]", "--metrics [BOOL]",
         "--metrics-payload-sizes [BOOL]", "--max-message-bytes SIZE", "--max-concurrent-streams N",
         "--max-lingering-streams N",
-        "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--idle-spin-us N", "--interop [BOOL]", "--interop-responses-max N",
+        "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--conn-bytes-max SIZE", "--shard-bytes-max SIZE",
+        "--idle-spin-us N", "--interop [BOOL]", "--interop-responses-max N",
         "--interop-response-bytes-max SIZE", "--log-level LEVEL",
         "--config FILE", "--check-config", "--help", "--version",
     };
@@ -720,7 +721,9 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
     char *argv[] = {"bidistreamd", "--check-config", "--listen", "[::1]:9", "--shards", "7", "--inbound-ordering",
                     "fifo", "--inbound-policy", "soft-allow-signal", "--inbound-bytes-max", "64KiB",
                     "--outbound-ordering", "keyed",
-                    "--outbound-capacity", "3", "--outbound-queue-capacity", "9", "--fail-fast=false",
+                    "--outbound-capacity", "3", "--outbound-queue-capacity", "9", "--outbound-bytes-max", "1MiB",
+                    "--conn-bytes-max", "64MiB", "--shard-bytes-max", "2GiB",
+                    "--fail-fast=false",
                     "--max-attempts", "4", "--backoff", "1.5ms", "--grace", "1m30s", "--drain-outbound", "no",
                     "--metrics-payload-sizes", "--max-message-bytes", "1MiB", "--max-concurrent-streams", "10", "--max-lingering-streams", "5",
                     "--max-header-list-bytes", "2048", "--stream-window-bytes", "1GiB", "--idle-spin-us", "50",
@@ -730,13 +733,16 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 42, "%s", out); /* a comment and 41 keys */
+    cr_assert_eq(count_lines(out), 44, "%s", out); /* a comment and 43 keys */
     cr_assert_not_null(strstr(out, "\nidle-timeout = 90s\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nkeepalive-timeout = 0\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninterop-response-bytes-max = 1048576\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nmax-lingering-streams = 5\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninterop = true\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\nconn-bytes-max = 67108864\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\nshard-bytes-max = 2147483648\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninbound-bytes-max = 65536\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\noutbound-bytes-max = 1048576\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nbackoff = 1500us\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ngrace = 90s\n"), "%s", out);
     bds_tool_config second;

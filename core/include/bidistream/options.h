@@ -61,6 +61,14 @@ typedef struct bds_options {
         bds_ordering_options ordering;
         bds_backpressure_options backpressure;
         bool fail_fast;              /* an outbound error ends the session */
+        /* Reply payload bytes the Sender holds: queued, and written but not
+         * yet taken by the transport (bds_session_reply_written). At or past
+         * it no reply is written (one may overshoot, so a reply of any size
+         * goes out alone) and the session has no inbound room, whatever the
+         * policy: HARD_REJECT rejects the reply; QUEUE and the SOFT policies
+         * queue it (QUEUE within queue_capacity), and since no new message is
+         * admitted only the work already admitted can add more. 0 = no limit. */
+        uint32_t unsent_bytes_max;
     } outbound;
     struct {
         uint32_t max_attempts;       /* retry budget per message: 0 = one attempt, no retry */
@@ -81,7 +89,8 @@ typedef struct bds_options {
 
 /* Safe defaults (SPEC §2): inbound KEYED_FIFO with QUEUE backpressure (a fast
  * client is slowed, not rejected: the transport stops reading when the queue is
- * full, or when 4 MiB of payload is admitted and unfinished), outbound FIFO with QUEUE, fail_fast on, no retries, a 5 s grace period,
+ * full, or when 4 MiB of payload is admitted and unfinished, or 4 MiB of
+ * replies wait for the transport), outbound FIFO with QUEUE, fail_fast on, no retries, a 5 s grace period,
  * drain on shutdown and on client close, terminal handler failures. */
 BDS_API bds_options bds_default_options(void);
 

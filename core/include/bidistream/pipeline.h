@@ -105,7 +105,8 @@ typedef struct __attribute__((aligned(16))) bds_reply {
     struct bds_reply *_next;
     bds_session *_session;
     void *data;     /* the transport's */
-    uint32_t bytes; /* payload size, for metrics */
+    uint32_t bytes; /* payload size: metrics and outbound.unsent_bytes_max;
+                       unchanged until written or dropped */
 } bds_reply;
 
 /* Runs one admitted inbound message on the key's pipeline thread. It finishes
@@ -190,7 +191,8 @@ BDS_API void bds_session_set_deadline(bds_session *session, uint64_t deadline_ns
  * queued), BDS_E_OUTBOUND_BACKPRESSURE (rejected: dropped; with fail_fast the
  * session is closing), BDS_E_OUTBOUND_CLOSED or BDS_E_SESSION_CLOSED (dropped). */
 BDS_API bds_status bds_session_send(bds_session *session, bds_reply *reply);
-/* A reply handed to ops->write is on the wire: releases its outbound token. */
+/* A reply handed to ops->write is on the wire: releases its outbound token
+ * and its bytes (the same reply, its bytes unchanged). */
 BDS_API void bds_session_reply_written(bds_session *session, bds_reply *reply);
 
 BDS_API bds_session_state bds_session_get_state(const bds_session *session); /* any thread */
@@ -209,6 +211,15 @@ typedef struct bds_session_stats {
     uint32_t tokens_free, tokens_held;      /* inbound: free + held == capacity (when capacity > 0) */
 } bds_session_stats;
 BDS_API void bds_session_get_stats(const bds_session *session, bds_session_stats *out);
+/* Payload bytes the session holds now: admitted and unfinished (inbound), and
+ * replies queued or written but not yet reply_written (outbound). A transport
+ * adds what it holds itself, e.g. to find its largest stream under a memory
+ * budget. Home only. */
+BDS_API uint64_t bds_session_held_bytes(const bds_session *session);
+/* Of those, the replies (queued, or written and not yet reply_written): what
+ * ending the session gives back at once, while admitted payloads wait for
+ * their handlers. Home only. */
+BDS_API uint64_t bds_session_unsent_bytes(const bds_session *session);
 
 /* ---- calls (inside a handler) --------------------------------------------- */
 

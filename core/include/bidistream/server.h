@@ -71,6 +71,16 @@ typedef struct bds_server_config {
     uint32_t tcp_user_timeout_ms;   /* TCP_USER_TIMEOUT of accepted sockets: sent data
                                        unacknowledged this long ends the connection in the
                                        kernel. Default 30 000 */
+    /* Memory budgets, in bytes of message buffers (payloads admitted or
+     * parked, replies) and HTTP/2 session memory (nghttp2, partial messages)
+     * past a connection's fixed ~300 KiB. At a connection's budget (default 256 MiB) it is no longer
+     * read: its window and its streams' windows are no longer credited, new
+     * streams are refused (RST_STREAM REFUSED_STREAM), and its largest stream
+     * ends RESOURCE_EXHAUSTED. At a shard's budget (default 1 GiB) the same
+     * holds for every connection of the shard. Reading resumes below 7/8 of
+     * the budget. 0 = no limit. */
+    uint32_t conn_bytes_max;
+    uint32_t shard_bytes_max;
 } bds_server_config;
 
 BDS_API void bds_server_config_default(bds_server_config *config);
