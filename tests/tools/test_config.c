@@ -733,7 +733,7 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 44, "%s", out); /* a comment and 43 keys */
+    cr_assert_eq(count_lines(out), 45, "%s", out); /* a comment and 44 keys */
     cr_assert_not_null(strstr(out, "\nidle-timeout = 90s\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nkeepalive-timeout = 0\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninterop-response-bytes-max = 1048576\n"), "%s", out);
