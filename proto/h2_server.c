@@ -151,6 +151,9 @@ struct bds__h2_conn {
     uint64_t hb_decoded;           /* name + value bytes the header block being
                                       received decoded to (HPACK bomb bound)      */
     uint64_t hb_list_bytes;        /* its RFC 7541 size (trailers' list bound)   */
+    uint32_t own_refusals;         /* REFUSED_STREAMs we queued for our own want
+                                      of room (on_call_start: E_AGAIN), not yet
+                                      sent: not provoked, so not glitches        */
     bool out_cut;                  /* out ends inside a frame (larger than out) */
     bool goaway_due;               /* fatal: our own GOAWAY is still to be written */
     uint32_t goaway_code;          /* its error code                             */
@@ -673,6 +676,7 @@ static void h2_stream_request(bds__h2_conn *c, struct h2_stream *s, bool end_str
     if (st == BDS_E_AGAIN) { /* not now: the client may retry it elsewhere or later */
         s->state = H2S_REJECTED;
         c->stats.calls_refused++;
+        c->own_refusals++;
         h2_check(c, nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_REFUSED_STREAM));
         h2_stream_settle(c, s);
         return;
@@ -1021,7 +1025,9 @@ static int h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, voi
          * a stream, a refused stream; nghttp2 resets those without telling us,
          * so they are counted as they leave. RST_STREAM(NO_ERROR) after early
          * trailers is gRPC's normal end of a call. */
-        if (frame->rst_stream.error_code != NGHTTP2_NO_ERROR) {
+        if (frame->rst_stream.error_code == NGHTTP2_REFUSED_STREAM && c->own_refusals > 0) {
+            c->own_refusals--; /* the server's own want of room: the client did nothing */
+        } else if (frame->rst_stream.error_code != NGHTTP2_NO_ERROR) {
             c->stats.resets_sent++;
             h2_glitch(c, 1);
         }

@@ -831,3 +831,22 @@ Test(h2_abuse, initial_window_size_overflow_resets_count_against_the_connection,
     assert_ended(NGHTTP2_ENHANCE_YOUR_CALM);
     bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
 }
+
+/* REFUSED_STREAM for the server's own want of room (on_call_start answers
+ * BDS_E_AGAIN: a memory budget) is not provoked by the client and is never
+ * counted, however many streams it refuses; the same streams refused for a
+ * reason of the client's (an unknown method) are. */
+Test(h2_abuse, streams_refused_for_the_servers_own_want_of_room_are_not_counted, .fini = fini) {
+    h_init(&H, NULL);
+    H.app.refuse_with = BDS_E_AGAIN;
+    for (int i = 0; i < 1500; i++) {
+        struct cstream *c = h_call(&H, PIPE, NULL, 0);
+        h_end(&H, c);
+        h_pump(&H);
+        cr_assert(c->rst_recv && c->rst_code == NGHTTP2_REFUSED_STREAM, "stream %d: no REFUSED_STREAM", i);
+    }
+    const bds__h2_stats *st = bds__h2_get_stats(H.app.h2);
+    cr_assert_eq(st->calls_refused, 1500);
+    cr_assert_not(st->calmed, "%llu glitches", (unsigned long long)st->glitches);
+    cr_assert_eq(st->resets_sent, 0);
+}
