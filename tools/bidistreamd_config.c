@@ -150,12 +150,15 @@ __attribute__((format(printf, 4, 5))) static bool fail(char *err, size_t errlen,
                                                        const char *fmt, ...) {
     if (!err || errlen == 0) return false;
     int n = snprintf(err, errlen, "bidistreamd: %s: ", where);
-    if (n < 0 || (size_t)n >= errlen) return false;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
-    va_end(ap);
-    /* One line, whatever the value contained (a config file line cannot, argv can). */
+    if (n < 0) err[0] = 0;
+    if (n >= 0 && (size_t)n < errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    /* One line, whatever the value or the where contained (a config file line
+     * cannot, argv can), even when the where alone fills the buffer. */
     for (char *p = err; *p; p++) {
         if (*p == '\n' || *p == '\r') *p = ' ';
     }

@@ -494,6 +494,22 @@ Test(tool_config, a_newline_in_a_value_stays_on_one_line) {
 
 /* ---- rules across flags --------------------------------------------------------------------- */
 
+/* Found by tests/fuzz/fuzz_config: a stray argument longer than the error
+ * buffer filled it with the "where" alone, and the newline inside stayed. */
+Test(tool_config, a_newline_in_an_argument_longer_than_the_buffer_stays_on_one_line) {
+    char word[700];
+    memset(word, 'a', sizeof word - 1);
+    word[sizeof word - 1] = 0;
+    word[100] = '\n';
+    word[200] = '\r';
+    bds_tool_config cfg;
+    char err[512];
+    cr_assert_eq(parse(&cfg, err, word, NULL), BDS_TOOL_EXIT_USAGE);
+    cr_assert(strncmp(err, "bidistreamd: ", 13) == 0, "'%s' lacks the program name", err);
+    cr_assert_null(strchr(err, '\n'), "'%s' is more than one line", err);
+    cr_assert_null(strchr(err, '\r'), "'%s' has a carriage return", err);
+}
+
 Test(tool_config, non_queue_policy_drops_the_default_queue_capacity) {
     bds_tool_config cfg;
     parse_ok(&cfg, "--inbound-policy", "hard-reject", "--inbound-capacity", "1", NULL);
