@@ -228,6 +228,11 @@ static bool health_service(const uint8_t *p, uint32_t len, bool *known) {
             p += x;
         } else if ((tag & 7) == 0) {
             if (!wire_varint(&p, end, &x)) return false;
+        } else if ((tag & 7) == 1 || (tag & 7) == 5) {
+            /* Unknown fixed64 / fixed32 fields are skipped like any other. */
+            uint32_t n = (tag & 7) == 1 ? 8 : 4;
+            if ((uint64_t)(end - p) < n) return false;
+            p += n;
         } else {
             return false;
         }

@@ -255,6 +255,18 @@ class Pipeline(unittest.TestCase):
         self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
 
 
+    def test_health_check_skips_unknown_fields_of_every_wire_type(self):
+        # Found by tests/fuzz/fuzz_messages: a valid request with an unknown
+        # fixed32/fixed64 field was answered INTERNAL ("malformed").
+        check = self.ch.unary_unary('/grpc.health.v1.Health/Check', request_serializer=lambda x: x,
+                                    response_deserializer=lambda x: x)
+        svc = b'grpc.health.v1.Health'
+        unknown = b'\x11' + bytes(8) + b'\x1d' + bytes(4) + b'\x18\x07' + b'\x22\x01z'
+        self.assertEqual(check(unknown + b'\x0a' + varint(len(svc)) + svc + unknown, timeout=10), b'\x08\x01')
+        with self.assertRaises(grpc.RpcError) as e:
+            check(b'\x1d\x00\x00', timeout=10)  # a fixed32 cut short is still malformed
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INTERNAL)
+
 class Cli(unittest.TestCase):
     """bidistreamd's command line (the bds client has test_bds_client.py)."""
 
