@@ -6,8 +6,8 @@
  * static functions) and links the rest of io/ as usual. The first input byte
  * picks a mode, the rest is the message:
  *   0  bidistream.v1.Frame: frame_scan against protobuf-c. Whatever protobuf-c
- *      accepts, the scan accepts with the same key, fail and work_us (low 32
- *      bits: the field is uint32); a scanned frame's echo (frame_echo) is no
+ *      accepts, the scan accepts with the same key, and reads fail and work_us
+ *      as protobuf-c does on its canonical encoding; a scanned frame's echo (frame_echo) is no
  *      longer than the request and scans as a plain frame with the same key;
  *      frame_key's hint says "plain" exactly when nothing but key/seq/payload came.
  *   1  grpc.health.v1.HealthCheckRequest: health_service against protobuf-c,
@@ -50,6 +50,34 @@ static void b_free(void *ctx, void *ptr) {
     free(p);
 }
 
+/* protobuf-c takes a tag of field 0 written in two or more bytes (0x80 0x00)
+ * as an unknown field; field 0 is invalid, and the scanners rightly refuse it. */
+static bool has_field_zero(const ProtobufCMessage *m) {
+    for (unsigned i = 0; i < m->n_unknown_fields; i++) {
+        if (m->unknown_fields[i].tag == 0) return true;
+    }
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        const char *base = (const char *)m;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + f->quantifier_offset);
+            ProtobufCMessage *const *sub = *(ProtobufCMessage *const *const *)(base + f->offset);
+            for (size_t k = 0; k < n; k++) {
+                if (has_field_zero(sub[k])) return true;
+            }
+        } else {
+            if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) && *(const uint32_t *)(base + f->quantifier_offset) != f->id) {
+                continue;
+            }
+            const ProtobufCMessage *sub = *(ProtobufCMessage *const *)(base + f->offset);
+            if (sub && has_field_zero(sub)) return true;
+        }
+    }
+    return false;
+}
+
 /* ---- Frame ----------------------------------------------------------------------- */
 
 static void frame(const uint8_t *p, size_t len, size_t budget_bytes) {
@@ -58,14 +86,26 @@ static void frame(const uint8_t *p, size_t len, size_t budget_bytes) {
     budget b = {.left = budget_bytes};
     ProtobufCAllocator alloc = {b_alloc, b_free, &b};
     Bidistream__V1__Frame *f = bidistream__v1__frame__unpack(&alloc, len, p);
+    if (f && has_field_zero(&f->base)) {
+        bidistream__v1__frame__free_unpacked(f, &alloc);
+        f = NULL;
+    }
     if (f) {
         FUZZ_CHECK(scanned, "protobuf-c accepts a Frame the scan refuses");
         size_t klen = f->key ? strlen(f->key) : 0;
         /* A key with a NUL in it reads shorter through protobuf-c's C string. */
         FUZZ_CHECK(klen <= v.key_len && memcmp(f->key ? f->key : "", v.key, klen) == 0, "key differs");
-        FUZZ_CHECK(f->fail == v.fail, "fail %d, scan %d", f->fail, v.fail);
-        FUZZ_CHECK(f->work_us == (uint32_t)v.work_us, "work_us %u, scan %llu", f->work_us,
-                   (unsigned long long)v.work_us);
+        /* protobuf-c also takes a bool in any wire type (a fixed32 "fail"), which the
+         * scan counts as an unknown field: compare the values on protobuf-c's own
+         * canonical encoding of what it read. */
+        uint8_t canon[64];
+        Bidistream__V1__Frame c = *f;
+        c.key = "", c.payload.len = 0, c.base.n_unknown_fields = 0;
+        size_t n = bidistream__v1__frame__pack(&c, canon);
+        frame_view cv;
+        FUZZ_CHECK(n <= sizeof canon && frame_scan(canon, (uint32_t)n, &cv), "the canonical Frame does not scan");
+        FUZZ_CHECK(f->fail == cv.fail, "fail %d, scan %d", f->fail, cv.fail);
+        FUZZ_CHECK(f->work_us == cv.work_us, "work_us %u, scan %llu", f->work_us, (unsigned long long)cv.work_us);
         bidistream__v1__frame__free_unpacked(f, &alloc);
     }
     FUZZ_CHECK(b.live == 0, "%ld protobuf-c allocations left", b.live);
@@ -94,6 +134,10 @@ static void health(const uint8_t *p, size_t len, size_t budget_bytes) {
     budget b = {.left = budget_bytes};
     ProtobufCAllocator alloc = {b_alloc, b_free, &b};
     Grpc__Health__V1__HealthCheckRequest *r = grpc__health__v1__health_check_request__unpack(&alloc, len, p);
+    if (r && has_field_zero(&r->base)) {
+        grpc__health__v1__health_check_request__free_unpacked(r, &alloc);
+        r = NULL;
+    }
     if (r) {
         FUZZ_CHECK(scanned, "protobuf-c accepts a HealthCheckRequest the scan refuses");
         const char *svc = r->service ? r->service : "";
@@ -130,7 +174,8 @@ static void any(uint8_t which, const uint8_t *p, size_t len, size_t budget_bytes
     budget b = {.left = budget_bytes};
     ProtobufCAllocator alloc = {b_alloc, b_free, &b};
     ProtobufCMessage *m = protobuf_c_message_unpack(d, &alloc, len, p);
-    if (m) {
+    /* Packed again, a field 0 taken in a long tag is a one-byte 0: not a round trip. */
+    if (m && !has_field_zero(m)) {
         size_t n = protobuf_c_message_get_packed_size(m);
         uint8_t *out = malloc(n ? n : 1);
         FUZZ_CHECK(out != NULL, "oom");
@@ -142,8 +187,8 @@ static void any(uint8_t which, const uint8_t *p, size_t len, size_t budget_bytes
         protobuf_c_message_free_unpacked(again, &alloc2);
         FUZZ_CHECK(b2.live == 0, "allocations left");
         free(out);
-        protobuf_c_message_free_unpacked(m, &alloc);
     }
+    if (m) protobuf_c_message_free_unpacked(m, &alloc);
     FUZZ_CHECK(b.live == 0, "%s: %ld protobuf-c allocations left", d->name, b.live);
 }
 
