@@ -4,8 +4,8 @@
  *
  * Input: [config byte][4-byte seed][ops...]. Config bit 7 sends the client
  * connection preface first, so inputs need not rediscover it. Each op:
- *   kind 0/1  recv: the next 1..256 input bytes (length from the op), the
- *             clock stepped by 0..~4 s;
+ *   kind 0/1  recv: the next 1..64 input bytes (kind 1: 16..1024 in steps
+ *             of 16; the length from the op), then the clock steps 0..~4 s;
  *   kind 2    output: the socket takes all, some or none of it;
  *   kind 3    the app acts (consume, send, finish, GOAWAY; fuzz_h2_app.h).
  * At the end the output is flushed (bounded) and the connection closed. A
@@ -31,7 +31,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 0:
         case 1: {
             size_t n;
-            const uint8_t *p = fuzz_bytes(&in, (size_t)(op >> 1) + 1, &n);
+            size_t want = (size_t)(op >> 2) + 1;
+            const uint8_t *p = fuzz_bytes(&in, (op & 3) == 1 ? want * 16 : want, &n);
             now += (uint64_t)(fuzz_u8(&in) & 0x3f) << 26; /* 0..~4.2 s */
             if (n == 0 || a.failed) break;
             bds_status st = bds__h2_recv(a.h2, p, n, now);
