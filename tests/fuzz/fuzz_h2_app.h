@@ -292,6 +292,14 @@ static void app_tick(app *a, uint8_t what) {
 /* The connection goes away: every live call is told, then everything is freed
  * and every reference node comes back. */
 static void app_close(app *a) {
+    if (getenv("BDS_FUZZ_TRACE")) {
+        const bds__h2_stats *st = bds__h2_get_stats(a->h2);
+        fprintf(stderr, "server: started %llu, refused %llu, failed %llu, reset %llu, glitches %llu, calmed %d, "
+                        "nghttp2 fatal %d\n",
+                (unsigned long long)st->calls_started, (unsigned long long)st->calls_refused,
+                (unsigned long long)st->calls_failed, (unsigned long long)st->calls_reset,
+                (unsigned long long)st->glitches, st->calmed, st->nghttp2_fatal);
+    }
     bds__h2_abort_calls(a->h2, BDS_UNAVAILABLE);
     for (int i = 0; i < APP_CALLS; i++) FUZZ_CHECK(!a->calls[i].live, "call %d outlived abort_calls", a->calls[i].id);
     FUZZ_CHECK(a->started == a->ended, "%llu calls started, %llu ended", (unsigned long long)a->started,

@@ -96,9 +96,22 @@ static int cli_on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8
 
 static int cli_on_invalid(nghttp2_session *s, const nghttp2_frame *f, int err, void *ud) {
     (void)s;
-    (void)f;
-    (void)err;
+    if (getenv("BDS_FUZZ_TRACE")) {
+        fprintf(stderr, "client: invalid frame type %u stream %d: %s\n", f->hd.type, f->hd.stream_id,
+                nghttp2_strerror(err));
+    }
     ((cli *)ud)->bad_seen = true;
+    return 0;
+}
+
+static int cli_on_frame(nghttp2_session *s, const nghttp2_frame *f, void *ud) {
+    (void)s;
+    (void)ud;
+    if (f->hd.type == NGHTTP2_GOAWAY) {
+        fprintf(stderr, "client: GOAWAY last %d error %u\n", f->goaway.last_stream_id, f->goaway.error_code);
+    } else {
+        fprintf(stderr, "client: frame type %u stream %d flags 0x%x\n", f->hd.type, f->hd.stream_id, f->hd.flags);
+    }
     return 0;
 }
 
@@ -120,6 +133,7 @@ static void cli_init(cli *c) {
     nghttp2_session_callbacks_set_on_header_callback(cb, cli_on_header);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, cli_on_invalid);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, cli_on_close);
+    if (getenv("BDS_FUZZ_TRACE")) nghttp2_session_callbacks_set_on_frame_recv_callback(cb, cli_on_frame);
     FUZZ_CHECK(nghttp2_session_client_new(&c->ng, cb, c) == 0, "client");
     nghttp2_session_callbacks_del(cb);
     FUZZ_CHECK(nghttp2_hd_deflate_new(&c->raw_hd, 4096) == 0, "deflater");
@@ -290,7 +304,12 @@ static void op_raw_frame(cli *c, fuzz_in *in) {
 
 static void to_client(void *ctx, const uint8_t *p, size_t n) {
     cli *c = ctx;
+    if (getenv("BDS_FUZZ_TRACE")) {
+        FILE *f = fopen("/tmp/bds_fuzz_server_out", "ab");
+        if (f) fwrite(p, 1, n, f), fclose(f);
+    }
     ssize_t rv = nghttp2_session_mem_recv(c->ng, p, n);
+    if (rv < 0 && getenv("BDS_FUZZ_TRACE")) fprintf(stderr, "client: mem_recv: %s\n", nghttp2_strerror((int)rv));
     if (rv < 0) c->bad_seen = true;
 }
 
