@@ -65,7 +65,7 @@ typedef struct app {
     uint8_t *out_copy;
     size_t out_copy_cap;
     uint64_t started, ended;
-    bool failed; /* bds__h2_recv said the session failed: it is read no more */
+    bool failed; /* bds__h2_recv or _output said the session failed: it is read no more */
 } app;
 
 static app_call *app_call_check(app *a, void *call_ctx, int32_t id) {
@@ -102,7 +102,9 @@ static void app_send(app *a, app_call *c, const uint8_t *msg, size_t len) {
     } else {
         st = bds__h2_send_msg(a->h2, c->id, msg, len);
     }
-    FUZZ_CHECK(st == BDS_OK || st == BDS_E_AGAIN || st == BDS_E_NOMEM, "send on a live call: %d", (int)st);
+    /* A failed session takes no more sends; abort_calls still ends the calls. */
+    FUZZ_CHECK(st == BDS_OK || st == BDS_E_AGAIN || st == BDS_E_NOMEM || (st == BDS_E_SESSION_CLOSED && a->failed),
+               "send on a live call: %d", (int)st);
 }
 
 static void app_finish(app *a, app_call *c) {
@@ -250,6 +252,7 @@ static void app_output(app *a, size_t take, void (*sink)(void *ctx, const uint8_
     size_t len;
     bds_status st = bds__h2_output(a->h2, &p, &len);
     FUZZ_CHECK(st == BDS_OK || st == BDS_UNAVAILABLE, "output: %d", (int)st);
+    if (st != BDS_OK) a->failed = true;
     if (a->out_len > 0) {
         FUZZ_CHECK(p == a->out_p && len >= a->out_len, "unsent output moved (%zu of %zu bytes)", len, a->out_len);
     }
