@@ -61,8 +61,10 @@ static bool frame_scan(const uint8_t *p, uint32_t len, frame_view *v) {
     while (p < end) {
         uint64_t tag, x;
         if (!wire_varint(&p, end, &tag)) return false;
+        /* Field numbers are 1 to 2^29 - 1: a larger one is no field (cut to 32
+         * bits, 2^32 + 1 would pass for the key). */
+        if (tag >> 3 == 0 || tag >> 3 > 0x1fffffffu) return false;
         uint32_t field = (uint32_t)(tag >> 3), type = (uint32_t)(tag & 7);
-        if (field == 0) return false;
         switch (type) {
         case 0:
             if (!wire_varint(&p, end, &x)) return false;
