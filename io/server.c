@@ -152,6 +152,36 @@ static bool parse_listen(const char *s, char *host, size_t hostcap, uint16_t *po
     return true;
 }
 
+/* Both ends of every limit: a minimum keeps the server usable, a maximum keeps
+ * the arithmetic on it in range. Returns NULL, or why, naming the field. */
+static const char *server_limits_why(const bds_server_config *cfg) {
+    /* 2^31 - 1: protobuf's message limit, and the 5-byte gRPC prefix added to
+     * it stays far from wrapping a uint32_t. */
+    if (cfg->max_message_bytes < 16 || cfg->max_message_bytes > INT32_MAX) {
+        return "max_message_bytes: expected 16 to 2147483647";
+    }
+    /* Stream ids are 31 bits: no connection can have more streams than that. */
+    if (cfg->max_concurrent_streams == 0 || cfg->max_concurrent_streams > INT32_MAX) {
+        return "max_concurrent_streams: expected 1 to 2147483647";
+    }
+    /* RFC 9113 §6.9.2: a larger INITIAL_WINDOW_SIZE is a connection error. */
+    if (cfg->stream_window_bytes < 1024 || cfg->stream_window_bytes > INT32_MAX) {
+        return "stream_window_bytes: expected 1024 to 2147483647";
+    }
+    if (cfg->max_header_list_bytes < 1024) return "max_header_list_bytes: expected 1024 or more";
+    if (cfg->shards > 64) return "shards: expected 0 (one per CPU) to 64";
+    if (cfg->max_lingering_streams == 0) return "max_lingering_streams: expected 1 or more";
+    /* Deadlines are sums of a clock reading and these: a year keeps them far
+     * from wrapping, and no real timer wants more. */
+    const uint64_t year_ns = 366ull * 24 * 3600 * 1000000000ull;
+    if (cfg->handshake_timeout_ns > year_ns || cfg->idle_timeout_ns > year_ns || cfg->keepalive_time_ns > year_ns ||
+        cfg->keepalive_timeout_ns > year_ns || cfg->ping_min_interval_ns > year_ns || cfg->send_timeout_ns > year_ns) {
+        return "connection timers (handshake, idle, keepalive, ping, send): at most a year each";
+    }
+    if (cfg->tcp_user_timeout_ms > (uint32_t)INT32_MAX) return "tcp_user_timeout_ms: expected 0 to 2147483647";
+    return NULL;
+}
+
 bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, const char **why) {
     *out = NULL;
     if (why) *why = NULL;
@@ -167,19 +197,9 @@ bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, con
         if (why) *why = "listen: expected HOST:PORT";
         return BDS_E_INVALID;
     }
-    if (cfg->max_message_bytes < 16 || cfg->max_concurrent_streams == 0 || cfg->stream_window_bytes < 1024 ||
-        cfg->max_header_list_bytes < 1024 || cfg->shards > 64 || cfg->max_lingering_streams == 0) {
-        if (why) *why = "server limits: message >= 16 B, streams >= 1, lingering streams >= 1, window >= 1 KiB, "
-                        "headers >= 1 KiB, shards <= 64";
-        return BDS_E_INVALID;
-    }
-    /* Deadlines are sums of a clock reading and these: a year keeps them far
-     * from wrapping, and no real timer wants more. */
-    const uint64_t year_ns = 366ull * 24 * 3600 * 1000000000ull;
-    if (cfg->handshake_timeout_ns > year_ns || cfg->idle_timeout_ns > year_ns || cfg->keepalive_time_ns > year_ns ||
-        cfg->keepalive_timeout_ns > year_ns || cfg->ping_min_interval_ns > year_ns || cfg->send_timeout_ns > year_ns ||
-        cfg->tcp_user_timeout_ms > (uint32_t)INT32_MAX) {
-        if (why) *why = "connection timers: at most a year each (tcp_user_timeout_ms at most 2^31 - 1)";
+    const char *bad = server_limits_why(cfg);
+    if (bad) {
+        if (why) *why = bad;
         return BDS_E_INVALID;
     }
     bds_server *srv = calloc(1, sizeof *srv);

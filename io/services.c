@@ -65,8 +65,10 @@ static bool frame_scan(const uint8_t *p, uint32_t len, frame_view *v) {
     while (p < end) {
         uint64_t tag, x;
         if (!wire_varint(&p, end, &tag)) return false;
+        /* Field numbers are 1 to 2^29 - 1: a larger one is no field (cut to 32
+         * bits, 2^32 + 1 would pass for the key). */
+        if (tag >> 3 == 0 || tag >> 3 > 0x1fffffffu) return false;
         uint32_t field = (uint32_t)(tag >> 3), type = (uint32_t)(tag & 7);
-        if (field == 0) return false;
         switch (type) {
         case 0:
             if (!wire_varint(&p, end, &x)) return false;
@@ -243,6 +245,11 @@ static bool health_service(const uint8_t *p, uint32_t len, bool *known) {
             p += x;
         } else if ((tag & 7) == 0) {
             if (!wire_varint(&p, end, &x)) return false;
+        } else if ((tag & 7) == 1 || (tag & 7) == 5) {
+            /* Unknown fixed64 / fixed32 fields are skipped like any other. */
+            uint32_t n = (tag & 7) == 1 ? 8 : 4;
+            if ((uint64_t)(end - p) < n) return false;
+            p += n;
         } else {
             return false;
         }

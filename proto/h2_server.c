@@ -158,6 +158,8 @@ struct bds__h2_conn {
     bool goaway_due;               /* fatal: our own GOAWAY is still to be written */
     uint32_t goaway_code;          /* its error code                             */
     int32_t goaway_last_id;        /* its last-stream-id                         */
+    int32_t goaway_floor;          /* lowest last-stream-id of any GOAWAY queued
+                                      (INT32_MAX before the first): h2_goaway_last_id */
     uint64_t glitch_tat_ns;        /* GCRA theoretical arrival time              */
     bool conn_credit_held;         /* bds__h2_hold_conn_credit: receipts are owed */
     uint64_t conn_credit_owed;     /* connection credit held back (< its window) */
@@ -192,6 +194,17 @@ static uint32_t h2_fatal_code(const bds__h2_conn *c, int rv) {
     }
 }
 
+/* The last-stream-id for a GOAWAY queued now: the last stream processed, never
+ * above that of a GOAWAY queued before. nghttp2 bounds it only by the GOAWAYs
+ * it has sent, so one still queued could be overtaken (0, then 1), and RFC 9113
+ * §6.8 forbids raising it: nghttp2's own client calls that a PROTOCOL_ERROR. */
+static int32_t h2_goaway_last_id(bds__h2_conn *c) {
+    int32_t last = nghttp2_session_get_last_proc_stream_id(c->ng);
+    if (last > c->goaway_floor) last = c->goaway_floor;
+    c->goaway_floor = last;
+    return last;
+}
+
 /* nghttp2 failed fatally: from here on only bds__h2_destroy touches it. The
  * first cause names the GOAWAY that bds__h2_output writes by hand (none when
  * the buffer ends inside a frame: nothing can follow it). */
@@ -199,7 +212,7 @@ static void h2_fatal(bds__h2_conn *c, int rv) {
     BDS_ASSERT(rv < 0);
     if (!c->fatal) {
         c->goaway_code = h2_fatal_code(c, rv);
-        c->goaway_last_id = nghttp2_session_get_last_proc_stream_id(c->ng); /* a field read */
+        c->goaway_last_id = h2_goaway_last_id(c); /* a field read */
         c->goaway_due = !c->out_cut;
     }
     c->fatal = true;
@@ -326,7 +339,7 @@ static void h2_glitch(bds__h2_conn *c, uint32_t cost) {
     }
     if (!over) return;
     c->stats.calmed = true;
-    h2_check(c, nghttp2_session_terminate_session(c->ng, NGHTTP2_ENHANCE_YOUR_CALM));
+    h2_check(c, nghttp2_session_terminate_session2(c->ng, h2_goaway_last_id(c), NGHTTP2_ENHANCE_YOUR_CALM));
 }
 
 /* ---- stream records ---------------------------------------------------------- */
@@ -1161,6 +1174,7 @@ bds_status bds__h2_create(bds__h2_conn **out, const bds__h2_config *cfg,
     }
     c->live.next = c->live.prev = &c->live;
     c->consume.cnext = c->consume.cprev = &c->consume;
+    c->goaway_floor = INT32_MAX;
     c->out_cap = cfg->out_buf_bytes;
     c->out = a->malloc_fn(c->out_cap, a->ctx);
     int rv = c->out != NULL ? h2_session_start(c) : NGHTTP2_ERR_NOMEM;
@@ -1487,14 +1501,13 @@ bds_status bds__h2_shutdown_notice(bds__h2_conn *c) {
 bds_status bds__h2_goaway(bds__h2_conn *c, uint32_t h2_error) {
     BDS_ASSERT(c != NULL && !c->in_output);
     if (c->fatal) return BDS_E_INVALID;
-    int32_t last = nghttp2_session_get_last_proc_stream_id(c->ng);
-    return h2_status_of(nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, last, h2_error, NULL, 0));
+    return h2_status_of(nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, h2_goaway_last_id(c), h2_error, NULL, 0));
 }
 
 bds_status bds__h2_terminate(bds__h2_conn *c, uint32_t h2_error) {
     BDS_ASSERT(c != NULL && !c->in_output);
     if (c->fatal) return BDS_E_INVALID;
-    return h2_status_of(nghttp2_session_terminate_session(c->ng, h2_error));
+    return h2_status_of(nghttp2_session_terminate_session2(c->ng, h2_goaway_last_id(c), h2_error));
 }
 
 bds_status bds__h2_ping(bds__h2_conn *c) {

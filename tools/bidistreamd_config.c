@@ -182,12 +182,15 @@ __attribute__((format(printf, 4, 5))) static bool fail(char *err, size_t errlen,
                                                        const char *fmt, ...) {
     if (!err || errlen == 0) return false;
     int n = snprintf(err, errlen, "bidistreamd: %s: ", where);
-    if (n < 0 || (size_t)n >= errlen) return false;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
-    va_end(ap);
-    /* One line, whatever the value contained (a config file line cannot, argv can). */
+    if (n < 0) err[0] = 0;
+    if (n >= 0 && (size_t)n < errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    /* One line, whatever the value or the where contained (a config file line
+     * cannot, argv can), even when the where alone fills the buffer. */
     for (char *p = err; *p; p++) {
         if (*p == '\n' || *p == '\r') *p = ' ';
     }
@@ -197,6 +200,13 @@ __attribute__((format(printf, 4, 5))) static bool fail(char *err, size_t errlen,
 /* ---- values ---------------------------------------------------------------------------- */
 
 typedef enum parse_result { P_OK, P_SYNTAX, P_RANGE } parse_result;
+
+/* *acc += a * b, or false (and *acc undefined) when that passes UINT64_MAX.
+ * Every sum and product on a parsed number goes through here or parse_digits. */
+static bool add_product(uint64_t *acc, uint64_t a, uint64_t b) {
+    uint64_t p;
+    return !__builtin_mul_overflow(a, b, &p) && !__builtin_add_overflow(*acc, p, acc);
+}
 
 /* Digits only (at least one); P_RANGE past UINT64_MAX. *end is where the digits stop. */
 static parse_result parse_digits(const char *s, const char **end, uint64_t *out) {
@@ -231,8 +241,8 @@ static parse_result parse_bytes(const char *v, uint64_t min, uint64_t max, uint6
     if (r != P_OK) return r;
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
         if (strcmp(end, units[i].suffix) != 0) continue;
-        if (x > UINT64_MAX / units[i].mul) return P_RANGE;
-        *out = x * units[i].mul;
+        *out = 0;
+        if (!add_product(out, x, units[i].mul)) return P_RANGE;
         return *out < min || *out > max ? P_RANGE : P_OK;
     }
     return P_SYNTAX;
@@ -270,12 +280,12 @@ static parse_result parse_duration(const char *v, uint64_t max, uint64_t *out) {
         while (u < sizeof units / sizeof units[0] && strncmp(end, units[u].unit, strlen(units[u].unit)) != 0) u++;
         if (u == sizeof units / sizeof units[0]) return P_SYNTAX;
         uint64_t unit_ns = units[u].ns;
-        if (whole > (UINT64_MAX - total) / unit_ns) return P_RANGE;
-        total += whole * unit_ns;
-        /* Each fraction digit is worth a tenth of the previous one. */
+        if (!add_product(&total, whole, unit_ns)) return P_RANGE;
+        /* Each fraction digit is worth a tenth of the previous one. The sum is
+         * checked too: "5124095.6h" is 2^64 + 86 s, not 86 s. */
         uint64_t scale = unit_ns / 10;
         for (const char *f = frac; f && *f >= '0' && *f <= '9' && scale; f++, scale /= 10) {
-            total += (uint64_t)(*f - '0') * scale;
+            if (!add_product(&total, (uint64_t)(*f - '0'), scale)) return P_RANGE;
         }
         if (total > max) return P_RANGE;
         p = end + strlen(units[u].unit);

@@ -8,6 +8,7 @@ pkgs=(
   liburing-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
   libcriterion-dev spin
   python3 python3-grpcio grpc-proto nghttp2-client
+  clang libclang-rt-14-dev  # libFuzzer (tools/fuzz.sh)
 )
 [ "${BDS_DEPS_BENCH:-0}" = 1 ] && pkgs+=(gnuplot libgrpc++-dev protobuf-compiler-grpc golang-go)
 

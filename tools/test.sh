@@ -5,7 +5,9 @@
 #   2. TSan build, the concurrent tests (ctest -L tsan);
 #   3. release build, installed to a staging prefix, and an outside project
 #      built against it with find_package(bidistream) and with pkg-config;
-#   4. the layering check (core/ and proto/ never include liburing).
+#   4. the layering check (core/ and proto/ never include liburing);
+#   5. every libFuzzer target for a short while (tools/fuzz.sh, 20 s each by
+#      default: BDS_TEST_FUZZ_SECONDS, at most 30), replaying every crash found so far.
 # Usage: tools/test.sh        (BDS_TEST_SKIP_TSAN=1 skips step 2 for a quick local run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +75,24 @@ if [ "$consumer_ok" = 1 ]; then passed=$((passed + 3)); else failed=$((failed + 
 # Only bds_ symbols leave the shared library.
 leaked=$(nm -D --defined-only build/stage/lib/libbidistream.so | awk '{print $3}' | grep -v '^bds_' | grep -v '^BIDISTREAM' || true)
 if [ -n "$leaked" ]; then echo "exported non-bds symbols: $leaked"; failed=$((failed + 1)); status=1; else passed=$((passed + 1)); fi
+
+fuzz_seconds=${BDS_TEST_FUZZ_SECONDS:-20}
+[ "$fuzz_seconds" -le 30 ] || fuzz_seconds=30
+echo "== fuzzing: each libFuzzer target for $fuzz_seconds s"
+fuzz_log=$(mktemp)
+set +e
+bash tools/fuzz.sh "$fuzz_seconds" 2>&1 | tee "$fuzz_log"
+fuzz_rc=${PIPESTATUS[0]}
+set -e
+fuzz_line=$(grep -E '^fuzz: [0-9]+ passed, [0-9]+ failed' "$fuzz_log" | tail -1)
+rm -f "$fuzz_log"
+if [ -n "$fuzz_line" ]; then
+  passed=$((passed + $(sed -E 's/^fuzz: ([0-9]+) passed.*/\1/' <<<"$fuzz_line")))
+  failed=$((failed + $(sed -E 's/.*passed, ([0-9]+) failed.*/\1/' <<<"$fuzz_line")))
+else
+  failed=$((failed + 1)) # the fuzz build itself failed
+fi
+[ "$fuzz_rc" = 0 ] || status=1
 
 echo
 echo "tests: $passed passed, $failed failed"

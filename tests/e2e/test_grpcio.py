@@ -214,6 +214,19 @@ class Pipeline(unittest.TestCase):
         got = list(process(self.ch)(iter([frame('a', 7, b'ok')]), timeout=10))
         self.assertEqual(unframe(got[0])['seq'], 7)
 
+    def test_field_numbers_past_2_pow_29_are_malformed(self):
+        # Found by tests/fuzz/fuzz_messages: the scan cut a tag's field number
+        # to 32 bits, so field 2^32 + 1 was taken for the key (field 1) while
+        # the reply dropped it. Protobuf field numbers end at 2^29 - 1.
+        for field in (2**32 + 1, 2**29):
+            bogus = varint(field << 3 | 2) + b'\x01k'
+            with self.assertRaises(grpc.RpcError) as e:
+                list(process(self.ch)(iter([bogus + frame('a', 1, b'x')]), timeout=10))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.INTERNAL, 'field %d' % field)
+        unknown = varint((2**29 - 1) << 3 | 2) + b'\x01k'
+        got = list(process(self.ch)(iter([unknown + frame('a', 1, b'x', work_us=1)]), timeout=10))
+        self.assertEqual(unframe(got[0])['key'], 'a')
+
     def test_message_over_the_limit_is_resource_exhausted_and_the_channel_still_works(self):
         with self.assertRaises(grpc.RpcError) as e:
             list(process(self.ch)(iter([frame('a', 1, b'x' * 70000)]), timeout=10))
@@ -269,6 +282,18 @@ class Pipeline(unittest.TestCase):
             check(b'\x0a\x03xyz', timeout=10)
         self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
 
+
+    def test_health_check_skips_unknown_fields_of_every_wire_type(self):
+        # Found by tests/fuzz/fuzz_messages: a valid request with an unknown
+        # fixed32/fixed64 field was answered INTERNAL ("malformed").
+        check = self.ch.unary_unary('/grpc.health.v1.Health/Check', request_serializer=lambda x: x,
+                                    response_deserializer=lambda x: x)
+        svc = b'grpc.health.v1.Health'
+        unknown = b'\x11' + bytes(8) + b'\x1d' + bytes(4) + b'\x18\x07' + b'\x22\x01z'
+        self.assertEqual(check(unknown + b'\x0a' + varint(len(svc)) + svc + unknown, timeout=10), b'\x08\x01')
+        with self.assertRaises(grpc.RpcError) as e:
+            check(b'\x1d\x00\x00', timeout=10)  # a fixed32 cut short is still malformed
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INTERNAL)
 
 class Cli(unittest.TestCase):
     """bidistreamd's command line (the bds client has test_bds_client.py)."""

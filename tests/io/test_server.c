@@ -982,3 +982,75 @@ Test(server, memory_budget_ends_the_largest_stream_first) {
     cli_fini(&a);
     srv_stop(&v);
 }
+
+/* ---- bds_server_create's checks ------------------------------------------------ */
+
+/* Each limit is refused past either end with a why that names its field, so a
+ * library user who sets a wrapping value learns it at create, not from
+ * connections that close silently (window > 2^31 - 1) or wire arithmetic that
+ * wraps (message >= 2^32 - 5). */
+Test(server, create_refuses_limits_past_either_end_naming_the_field) {
+    static const struct {
+        size_t off;
+        uint32_t bad, good;
+        const char *field;
+    } cases[] = {
+        {offsetof(bds_server_config, max_message_bytes), 15, 16, "max_message_bytes"},
+        {offsetof(bds_server_config, max_message_bytes), UINT32_MAX - 4, INT32_MAX, "max_message_bytes"},
+        {offsetof(bds_server_config, max_message_bytes), (uint32_t)INT32_MAX + 1, INT32_MAX, "max_message_bytes"},
+        {offsetof(bds_server_config, max_concurrent_streams), 0, 1, "max_concurrent_streams"},
+        {offsetof(bds_server_config, max_concurrent_streams), UINT32_MAX, INT32_MAX, "max_concurrent_streams"},
+        {offsetof(bds_server_config, stream_window_bytes), 1023, 1024, "stream_window_bytes"},
+        {offsetof(bds_server_config, stream_window_bytes), (uint32_t)INT32_MAX + 1, INT32_MAX,
+         "stream_window_bytes"},
+        {offsetof(bds_server_config, stream_window_bytes), UINT32_MAX, INT32_MAX, "stream_window_bytes"},
+        {offsetof(bds_server_config, max_header_list_bytes), 1023, 1024, "max_header_list_bytes"},
+        {offsetof(bds_server_config, shards), 65, 64, "shards"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bds_server_config cfg;
+        bds_server_config_default(&cfg);
+        cfg.listen = "127.0.0.1:0";
+        memcpy((char *)&cfg + cases[i].off, &cases[i].bad, sizeof(uint32_t));
+        bds_server *s = NULL;
+        const char *why = NULL;
+        cr_assert_eq(bds_server_create(&s, &cfg, &why), BDS_E_INVALID, "%s = %u accepted", cases[i].field,
+                     cases[i].bad);
+        cr_assert_null(s);
+        cr_assert_not_null(why, "%s = %u: no why", cases[i].field, cases[i].bad);
+        cr_assert(strncmp(why, cases[i].field, strlen(cases[i].field)) == 0, "%s = %u: why '%s' names another field",
+                  cases[i].field, cases[i].bad, why);
+        memcpy((char *)&cfg + cases[i].off, &cases[i].good, sizeof(uint32_t));
+        cr_assert_eq(bds_server_create(&s, &cfg, &why), BDS_OK, "%s = %u: %s", cases[i].field, cases[i].good,
+                     why ? why : "");
+        bds_server_destroy(s);
+    }
+}
+
+/* Connection timers past a year (their deadlines are sums with the clock) and
+ * a TCP_USER_TIMEOUT past what setsockopt takes are refused, naming them. */
+Test(server, create_refuses_connection_timers_that_could_wrap) {
+    const uint64_t year_ns = 366ull * 24 * 3600 * 1000000000ull;
+    size_t offs[] = {offsetof(bds_server_config, handshake_timeout_ns), offsetof(bds_server_config, idle_timeout_ns),
+                     offsetof(bds_server_config, keepalive_time_ns), offsetof(bds_server_config, keepalive_timeout_ns),
+                     offsetof(bds_server_config, ping_min_interval_ns), offsetof(bds_server_config, send_timeout_ns)};
+    for (size_t i = 0; i < sizeof offs / sizeof offs[0]; i++) {
+        bds_server_config cfg;
+        srv_config(&cfg, 1);
+        memcpy((char *)&cfg + offs[i], &(uint64_t){UINT64_MAX - 5}, sizeof(uint64_t));
+        bds_server *s = NULL;
+        const char *why = NULL;
+        cr_assert_eq(bds_server_create(&s, &cfg, &why), BDS_E_INVALID, "timer %zu", i);
+        cr_assert(why && strstr(why, "connection timers"), "%s", why ? why : "(none)");
+        memcpy((char *)&cfg + offs[i], &year_ns, sizeof(uint64_t));
+        cr_assert_eq(bds_server_create(&s, &cfg, &why), BDS_OK, "a year is fine: %s", why ? why : "");
+        bds_server_destroy(s);
+    }
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.tcp_user_timeout_ms = 0x80000000u;
+    bds_server *s = NULL;
+    const char *why = NULL;
+    cr_assert_eq(bds_server_create(&s, &cfg, &why), BDS_E_INVALID);
+    cr_assert(why && strstr(why, "tcp_user_timeout_ms"), "%s", why ? why : "(none)");
+}

@@ -259,6 +259,84 @@ Test(h2_abuse, no_goaway_after_a_cut_frame, .fini = fini) {
     bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
 }
 
+/* The last-stream-ids of every GOAWAY in the server's output, in order. */
+static int goaway_ids(int32_t *ids, int cap) {
+    const struct tbuf *out = &H.raw_out;
+    int n = 0;
+    for (size_t off = 0; out->len - off >= 9;) {
+        size_t len = (size_t)out->p[off] << 16 | (size_t)out->p[off + 1] << 8 | out->p[off + 2];
+        cr_assert_leq(9 + len, out->len - off, "a cut frame at %zu", off);
+        if (out->p[off + 3] == NGHTTP2_GOAWAY && len >= 8) {
+            const uint8_t *p = out->p + off + 9;
+            cr_assert_lt(n, cap);
+            ids[n++] = (int32_t)((uint32_t)(p[0] & 0x7f) << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]);
+        }
+        off += 9 + len;
+    }
+    return n;
+}
+
+/* A GOAWAY queued before stream 1 arrived (last id 0), then stream 1, then
+ * |second| queues another GOAWAY before any output. */
+static void goaway_then_stream_then(void (*second)(void)) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    h_feed_raw(&H, &IN, 65536);
+    IN.len = 0;
+    cr_assert_eq(bds__h2_goaway(H.app.h2, BDS_H2_NO_ERROR), BDS_OK);
+    nghttp2_hd_deflater *d;
+    nghttp2_hd_deflate_new(&d, 4096);
+    headers_frame(d, 1, 0);
+    nghttp2_hd_deflate_del(d);
+    cr_assert_eq(bds__h2_recv(H.app.h2, IN.p, IN.len, 0), BDS_OK);
+    cr_assert_eq(H.app.ncalls, 1, "stream 1 processed: the GOAWAY has not left yet");
+    second();
+    H.raw_out.len = 0;
+    drain_output();
+    int32_t ids[8];
+    int n = goaway_ids(ids, 8);
+    cr_assert_geq(n, 1, "no GOAWAY");
+    cr_assert_eq(ids[0], 0);
+    for (int i = 1; i < n; i++) {
+        cr_assert_leq(ids[i], ids[i - 1], "GOAWAY %d raises the last stream id from %d to %d", i, ids[i - 1],
+                      ids[i]);
+    }
+    bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
+}
+
+static void second_terminate(void) { bds__h2_terminate(H.app.h2, BDS_H2_ENHANCE_YOUR_CALM); }
+static void second_goaway(void) { bds__h2_goaway(H.app.h2, BDS_H2_NO_ERROR); }
+static void second_notice(void) { bds__h2_shutdown_notice(H.app.h2); }
+
+static void second_calm(void) {
+    uint8_t ping[8] = {0};
+    IN.len = 0;
+    flood(NGHTTP2_PING, 0, 0, ping, sizeof ping, (int)H.cfg.glitch_burst + 10);
+    bds__h2_recv(H.app.h2, IN.p, IN.len, 0);
+    cr_assert(bds__h2_get_stats(H.app.h2)->calmed);
+}
+
+/* Found by tests/fuzz/fuzz_h2_client: nghttp2 bounds a GOAWAY's last-stream-id
+ * by the last one it SENT, so a GOAWAY queued after another that had not left
+ * yet could raise it (0, then 1). RFC 9113 §6.8 forbids that, and nghttp2's
+ * own client answers it with PROTOCOL_ERROR. Every way the session queues a
+ * GOAWAY: the app's terminate, goaway and notice, and the flood calm. */
+Test(h2_abuse, goaway_after_terminate_never_raises_the_last_stream_id, .fini = fini) {
+    goaway_then_stream_then(second_terminate);
+}
+
+Test(h2_abuse, goaway_after_goaway_never_raises_the_last_stream_id, .fini = fini) {
+    goaway_then_stream_then(second_goaway);
+}
+
+Test(h2_abuse, notice_after_goaway_never_raises_the_last_stream_id, .fini = fini) {
+    goaway_then_stream_then(second_notice);
+}
+
+Test(h2_abuse, calm_after_goaway_never_raises_the_last_stream_id, .fini = fini) {
+    goaway_then_stream_then(second_calm);
+}
+
 Test(h2_abuse, a_few_continuations_are_fine, .fini = fini) {
     h_init(&H, NULL);
     raw_preface(&IN);

@@ -5,6 +5,7 @@
  * line that starts with "bidistreamd: " and names the flag (or file:line and
  * key). No server is started: only the parser is linked. */
 #include <criterion/criterion.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -318,6 +319,42 @@ Test(tool_config, durations_malformed_negative_or_past_an_hour_are_refused) {
     cr_assert_str_eq(err, "bidistreamd: --grace: '2h' is out of range (0 to 1h)");
 }
 
+/* Finding 9: the fraction was added unchecked, so a value just under 2^64 ns
+ * plus its fraction wrapped to a small duration that passed the 1 h bound
+ * ("5124095.6h" became ~86 s). Each of these is 2^64 ns + a little. */
+Test(tool_config, durations_that_wrap_past_2_pow_64_ns_are_refused_not_wrapped) {
+    static const char *const wrap[] = {"5124095.6h", "307445734.6m", "18446744073.8s", "18446744073709.6ms",
+                                       "18446744073709551.7us", "5124095h36m", "18446744073s1s"};
+    for (size_t i = 0; i < sizeof wrap / sizeof wrap[0]; i++) {
+        bds_tool_config cfg;
+        char err[512] = "";
+        cr_assert_eq(parse(&cfg, err, "--grace", wrap[i], NULL), BDS_TOOL_EXIT_USAGE, "--grace %s accepted as %" PRIu64 " ns",
+                     wrap[i], cfg.server.options.shutdown.grace_period_ns);
+        cr_assert_not_null(strstr(err, "out of range (0 to 1h)"), "--grace %s: %s", wrap[i], err);
+        cr_assert_eq(parse(&cfg, err, "--max-attempts", "1", "--backoff", wrap[i], NULL), BDS_TOOL_EXIT_USAGE,
+                     "--backoff %s accepted as %" PRIu64 " ns", wrap[i], cfg.server.options.retry.backoff_ns);
+        cr_assert_not_null(strstr(err, "--backoff: "), "--backoff %s: %s", wrap[i], err);
+        char text[64];
+        snprintf(text, sizeof text, "grace = %s\n", wrap[i]);
+        file_bad(text, "grace");
+    }
+    /* The largest fractions that stay inside the bound still parse exactly. */
+    bds_tool_config cfg;
+    parse_ok(&cfg, "--grace", "0.75h", NULL);
+    cr_assert_eq(cfg.server.options.shutdown.grace_period_ns, 2700 * SEC);
+    parse_ok(&cfg, "--grace", "59m59.999999999s", NULL);
+    cr_assert_eq(cfg.server.options.shutdown.grace_period_ns, 3600 * SEC - 1);
+}
+
+Test(tool_config, sizes_that_wrap_past_2_pow_64_are_refused_not_wrapped) {
+    static const char *const wrap[] = {"17179869184GiB", "17592186044416MiB", "18014398509481984KiB",
+                                       "18446744073709551616B", "18446744073709551616"};
+    for (size_t i = 0; i < sizeof wrap / sizeof wrap[0]; i++) {
+        parse_bad("--max-message-bytes", "--max-message-bytes", wrap[i], NULL);
+        parse_bad("--inbound-bytes-max", "--inbound-bytes-max", wrap[i], NULL);
+    }
+}
+
 /* ---- booleans ------------------------------------------------------------------------------- */
 
 typedef struct bool_flag {
@@ -474,6 +511,22 @@ Test(tool_config, a_newline_in_a_value_stays_on_one_line) {
 }
 
 /* ---- rules across flags --------------------------------------------------------------------- */
+
+/* Found by tests/fuzz/fuzz_config: a stray argument longer than the error
+ * buffer filled it with the "where" alone, and the newline inside stayed. */
+Test(tool_config, a_newline_in_an_argument_longer_than_the_buffer_stays_on_one_line) {
+    char word[700];
+    memset(word, 'a', sizeof word - 1);
+    word[sizeof word - 1] = 0;
+    word[100] = '\n';
+    word[200] = '\r';
+    bds_tool_config cfg;
+    char err[512];
+    cr_assert_eq(parse(&cfg, err, word, NULL), BDS_TOOL_EXIT_USAGE);
+    cr_assert(strncmp(err, "bidistreamd: ", 13) == 0, "'%s' lacks the program name", err);
+    cr_assert_null(strchr(err, '\n'), "'%s' is more than one line", err);
+    cr_assert_null(strchr(err, '\r'), "'%s' has a carriage return", err);
+}
 
 Test(tool_config, non_queue_policy_drops_the_default_queue_capacity) {
     bds_tool_config cfg;
