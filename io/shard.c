@@ -345,6 +345,7 @@ void bds__op_submit(bds_shard *s, bds_op *op) {
     if (s->park_head || !shard_prep(s, op)) {
         op->_state = BDS_OP_PARKED;
         fifo_push(&s->park_head, &s->park_tail, op);
+        s->parked_n++;
         s->stats.parked++;
     }
 }
@@ -366,6 +367,7 @@ static void shard_unpark(bds_shard *s, bds_op *op) {
             s->park_head = p->_next;
         if (s->park_tail == p)
             s->park_tail = prev;
+        s->parked_n--;
         return;
     }
     BDS_UNREACHABLE();
@@ -406,6 +408,7 @@ static void shard_serve_parked(bds_shard *s) {
         s->park_head = op->_next;
         if (!s->park_head)
             s->park_tail = NULL;
+        s->parked_n--;
     }
 }
 
@@ -556,9 +559,10 @@ static void shard_wait(bds_shard *s) {
         return;
     if (s->hooks.prepare_sleep && !s->hooks.prepare_sleep(s, s->hooks.ctx)) {
         /* The re-check found work. A producer may have seen the sleeping flag
-         * already and rung: woken() must clear its latch here too, or that
-         * bell's CQE (reaped now, while awake) leaves the latch set and the
-         * next producer would not ring a shard that really sleeps. */
+         * already and be about to ring: its bell may land after woken() and
+         * be reaped by this very enter, leaving the latch set while we are
+         * awake. That is why prepare_sleep must reset the latch before it
+         * announces the next sleep (shard.h); woken() alone cannot. */
         if (s->hooks.woken)
             s->hooks.woken(s, s->hooks.ctx);
         shard_enter_result(s, io_uring_submit_and_get_events(&s->ring));
@@ -575,7 +579,10 @@ static void shard_wait(bds_shard *s) {
     }
     s->stats.sleeps++;
     struct io_uring_cqe *cqe = NULL;
+    /* relaxed: read only by bds__shard_dump */
+    __atomic_store_n(&s->blocked, true, __ATOMIC_RELAXED);
     shard_enter_result(s, io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, tsp, NULL));
+    __atomic_store_n(&s->blocked, false, __ATOMIC_RELAXED);
     if (s->hooks.woken)
         s->hooks.woken(s, s->hooks.ctx);
 }
@@ -646,4 +653,68 @@ void bds__shard_run(bds_shard *s) {
             break;
         bds__shard_tick(s, true);
     }
+}
+
+/* ---- diagnostics ------------------------------------------------------------------ */
+
+static const char *shard_op_state(uint8_t st) {
+    switch (st) {
+    case BDS_OP_IDLE: return "idle";
+    case BDS_OP_PARKED: return "parked";
+    case BDS_OP_INFLIGHT: return "in flight";
+    case BDS_OP_SYNTH: return "completing";
+    default: return "?";
+    }
+}
+
+/* The kernel's eventfd counter, from /proc (a read would consume it): -1 if unknown. */
+static long long shard_eventfd_count(int fd) {
+    char path[64], line[128];
+    long long v = -1;
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+    FILE *f = fd >= 0 ? fopen(path, "r") : NULL;
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "eventfd-count: %llx", &v) == 1)
+            break;
+    fclose(f);
+    return v;
+}
+
+void bds__shard_dump(const bds_shard *s, FILE *f) {
+    /* Relaxed loads of fields the owner writes plainly: this runs from another
+     * thread only when something already went wrong (a stall report). */
+#define LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+    uint64_t now = bds__clock_ns(), last = LD(s->now_ns);
+    const bds_shard_stats *st = &s->stats;
+    uint64_t next = s->timers._n ? LD(s->timers._v[0]->deadline_ns) : UINT64_MAX;
+    fprintf(f, "shard %u: tick %llu, last tick %.1f ms ago, %s, pending %d, stopping %d\n", s->id,
+            (unsigned long long)LD(st->ticks), last <= now ? (double)(now - last) / 1e6 : 0.0,
+            LD(s->blocked) ? "BLOCKED in io_uring_enter" : "running", (int)LD(s->pending), (int)LD(s->stopping));
+    fprintf(f, "  ops: %u in flight of %u (%u the shard's own reads), %u parked, synthetic %s, flushers %s\n",
+            LD(s->inflight), s->cfg.ops_max, bds__bell_internal_inflight(s), LD(s->parked_n),
+            LD(s->synth_head) ? "queued" : "none", LD(s->flush_head) ? "queued" : "none");
+    if (next == UINT64_MAX)
+        fprintf(f, "  timers: %u armed\n", LD(s->timers._n));
+    else
+        fprintf(f, "  timers: %u armed, next in %.1f ms\n", LD(s->timers._n),
+                next > now ? (double)(next - now) / 1e6 : -(double)(now - next) / 1e6);
+    if (s->ring_ok)
+        fprintf(f, "  ring: SQ %u unsubmitted, CQ %u unreaped, overflow %d; bells to send %u\n",
+                io_uring_sq_ready(&s->ring), io_uring_cq_ready(&s->ring),
+                (int)io_uring_cq_has_overflow(&s->ring), LD(s->bell_n));
+    fprintf(f, "  eventfd %d: read %s, count %lld\n", s->efd, shard_op_state(LD(s->efd_op._state)),
+            shard_eventfd_count(s->efd));
+    fprintf(f,
+            "  stats: sleeps %llu, cqes %llu, stale %llu, parked %llu, overflows %llu, ebusy %llu, "
+            "bells sent %llu received %llu retried %llu, eventfd wakes %llu\n",
+            (unsigned long long)LD(st->sleeps), (unsigned long long)LD(st->cqes),
+            (unsigned long long)LD(st->stale_cqes), (unsigned long long)LD(st->parked),
+            (unsigned long long)LD(st->overflows), (unsigned long long)LD(st->ebusy),
+            (unsigned long long)LD(st->bells_sent), (unsigned long long)LD(st->bells_received),
+            (unsigned long long)LD(st->bell_retries), (unsigned long long)LD(st->eventfd_wakes));
+#undef LD
+    if (s->hooks.dump)
+        s->hooks.dump((bds_shard *)s, f, s->hooks.ctx);
 }

@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 #include "bidistream/status.h"
@@ -108,11 +109,16 @@ typedef struct bds_shard_hooks {
     bool (*drain_inbox)(bds_shard *s, void *ctx);
     /* Run local pipeline work (budgeted). Returns true when work remains. */
     bool (*run_work)(bds_shard *s, void *ctx);
-    /* Sleep protocol (DESIGN §5.3): returns true when the shard may block. */
+    /* Sleep protocol (DESIGN §5.3): returns true when the shard may block.
+     * Must give this sleep a fresh bell latch (bell_rung = 0) BEFORE it
+     * announces sleeping: a bell rung for an earlier, aborted attempt can be
+     * reaped by any enter while the shard is awake (the submit right after an
+     * aborted attempt, a tick with work pending), and a latch left set by it
+     * would silence the bell of this sleep. bds_mpsc's prepare_sleep does it. */
     bool (*prepare_sleep)(bds_shard *s, void *ctx);
     /* Ends every sleep attempt: after the blocking wait returns (any reason),
-     * and also right after prepare_sleep returned false. Clear the sleeping
-     * flag and the bell latch here (DESIGN §5.3). */
+     * and also right after prepare_sleep returned false. Clears the sleeping
+     * flag (and the latch; not enough on its own, see prepare_sleep). */
     void (*woken)(bds_shard *s, void *ctx);
     /* A SIGTERM/SIGINT arrived (shard with signals enabled only). */
     void (*on_signal)(bds_shard *s, int signo, void *ctx);
@@ -120,6 +126,10 @@ typedef struct bds_shard_hooks {
     void (*on_stop)(bds_shard *s, void *ctx);
     /* While stopping: returns true when the upper layer has nothing left. */
     bool (*quiescent)(bds_shard *s, void *ctx);
+    /* Diagnostics, from ANY thread (a stall watchdog), while the shard may be
+     * running: prints the upper layer's state (inbox, sessions) to f. Relaxed
+     * reads only, no locks, no allocation; values may be a little stale. */
+    void (*dump)(bds_shard *s, FILE *f, void *ctx);
     void *ctx;
 } bds_shard_hooks;
 
@@ -191,6 +201,11 @@ const bds_shard_stats *bds__shard_stats(const bds_shard *s);
 const bds_shard_config *bds__shard_config(const bds_shard *s);
 /* Ops holding a slot (in flight). */
 uint32_t bds__shard_inflight(const bds_shard *s);
+/* Any thread, for a stall report: the shard's state (last tick, blocked or
+ * running, ops in flight and parked, timers, rings, eventfd, counters), then
+ * the dump hook's. Relaxed reads of state the owner keeps changing: a
+ * snapshot for a human, never for decisions. */
+void bds__shard_dump(const bds_shard *s, FILE *f);
 
 /* ---- the provided-buffer ring (one per shard, group id 0) --------------- */
 
