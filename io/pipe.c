@@ -220,3 +220,20 @@ bool bds__pipe_idle(bds_pipe *p) {
            bds__mpsc_empty(&p->inbox) && !bds_pipeline_has_work(p->p) && st.sessions_live == 0 &&
            st.calls_live == 0 && st.keys_exec_live == 0;
 }
+
+void bds__pipe_dump(bds_pipe *p, FILE *f) {
+    bds_pipeline_stats st;
+    /* a racy copy of plain counters: a snapshot for a human */
+    bds_pipeline_get_stats(p->p, &st);
+    fprintf(f, "  pipe %u: staged %u, foreign posters %u, ", p->id, __atomic_load_n(&p->staged, __ATOMIC_RELAXED),
+            atomic_load_explicit(&p->foreign_posters, memory_order_relaxed));
+    bds__mpsc_dump(&p->inbox, f);
+    fprintf(f,
+            "  pipeline %u: live sessions %llu calls %llu keys home %llu exec %llu; admitted %llu, completed %llu, "
+            "failed %llu, dropped %llu, replies written %llu, posted %llu, delivered %llu\n",
+            p->id, (unsigned long long)st.sessions_live, (unsigned long long)st.calls_live,
+            (unsigned long long)st.keys_home_live, (unsigned long long)st.keys_exec_live,
+            (unsigned long long)st.admitted, (unsigned long long)st.completed, (unsigned long long)st.failed,
+            (unsigned long long)st.dropped, (unsigned long long)st.replies_written,
+            (unsigned long long)st.msgs_posted, (unsigned long long)st.msgs_delivered);
+}
