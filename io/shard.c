@@ -14,7 +14,9 @@
  *      run the sleep protocol (prepare_sleep hook) and block in
  *      io_uring_submit_and_wait_timeout with the next timer deadline as the
  *      EXT_ARG timeout (no timeout SQE; LIBURING_UDATA_TIMEOUT CQEs ignored);
- *   2. serve parked ops (SQ was full or no slot) first, in FIFO order;
+ *   2. serve parked ops (SQ was full or no slot) first, in FIFO order, the
+ *      reserve ops' FIFO before the other (slots and SQEs held back for them:
+ *      teardown never waits behind new work);
  *   3. reap up to done_cap CQEs into done[] (no callback runs here), then run
  *      the collected callbacks, then synthetic completions (cancelled parked
  *      ops); a callback that frees its owner is safe because each done entry is
@@ -179,6 +181,12 @@ static bool shard_alloc_tables(bds_shard *s) {
     for (uint32_t i = 0; i < n; i++)
         s->slot_free[i] = n - 1 - i; /* pop order 0, 1, 2, ... */
     s->slot_free_n = n;
+    /* Held back for cancel and close: when multishot receives (one per
+     * connection) took every other slot, teardown still frees them. */
+    s->slots_held = n / 4 < 64 ? n / 4 : 64;
+    if (!s->slots_held && n > 1)
+        s->slots_held = 1;
+    s->sqes_held = s->cfg.sq_entries / 4 < 16 ? s->cfg.sq_entries / 4 : 16;
     return bds__timer_heap_init(&s->timers, 256) == 0;
 }
 
@@ -258,6 +266,7 @@ void bds__shard_set_hooks(bds_shard *s, const bds_shard_hooks *hooks) { s->hooks
 void bds__op_init(bds_op *op, bds_op_kind kind, int fd, bds_on_op_fn fn, void *ctx) {
     memset(op, 0, sizeof(*op));
     op->kind = (uint8_t)kind;
+    op->reserve = kind == BDS_OP_CANCEL || kind == BDS_OP_CLOSE;
     op->fd = fd;
     op->fn = fn;
     op->ctx = ctx;
@@ -300,9 +309,12 @@ static void shard_prep_sqe(bds_shard *s, struct io_uring_sqe *sqe, bds_op *op) {
     (void)s;
 }
 
-/* Takes a slot and an SQE for op; false when either is out (op then parks). */
+/* Takes a slot and an SQE for op; false when either is out for op's class
+ * (op then parks). */
 static bool shard_prep(bds_shard *s, bds_op *op) {
-    if (s->slot_free_n == 0)
+    if (s->slot_free_n <= (op->reserve ? 0 : s->slots_held))
+        return false;
+    if (!op->reserve && io_uring_sq_space_left(&s->ring) <= s->sqes_held)
         return false;
     struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
     if (!sqe)
@@ -341,11 +353,18 @@ static void fifo_push(bds_op **head, bds_op **tail, bds_op *op) {
 void bds__op_submit(bds_shard *s, bds_op *op) {
     BDS_ASSERT(op->_state == BDS_OP_IDLE);
     BDS_ASSERT(op->kind > BDS_OP_NONE && op->kind < BDS_OP__COUNT);
-    /* Parked ops go first: an op never overtakes one submitted before it. */
-    if (s->park_head || !shard_prep(s, op)) {
+    /* Parked ops go first: an op never overtakes one of its class submitted
+     * before it (a reserve op may overtake others: it never depends on them). */
+    bool waiting = op->reserve ? s->urgent_head != NULL : s->park_head != NULL;
+    if (waiting || !shard_prep(s, op)) {
         op->_state = BDS_OP_PARKED;
-        fifo_push(&s->park_head, &s->park_tail, op);
-        s->parked_n++;
+        if (op->reserve) {
+            fifo_push(&s->urgent_head, &s->urgent_tail, op);
+            s->urgent_n++;
+        } else {
+            fifo_push(&s->park_head, &s->park_tail, op);
+            s->parked_n++;
+        }
         s->stats.parked++;
     }
 }
@@ -357,17 +376,22 @@ static void shard_synth(bds_shard *s, bds_op *op, int32_t res) {
 }
 
 static void shard_unpark(bds_shard *s, bds_op *op) {
+    bds_op **head = op->reserve ? &s->urgent_head : &s->park_head;
+    bds_op **tail = op->reserve ? &s->urgent_tail : &s->park_tail;
     bds_op *prev = NULL;
-    for (bds_op *p = s->park_head; p; prev = p, p = p->_next) {
+    for (bds_op *p = *head; p; prev = p, p = p->_next) {
         if (p != op)
             continue;
         if (prev)
             prev->_next = p->_next;
         else
-            s->park_head = p->_next;
-        if (s->park_tail == p)
-            s->park_tail = prev;
-        s->parked_n--;
+            *head = p->_next;
+        if (*tail == p)
+            *tail = prev;
+        if (op->reserve)
+            s->urgent_n--;
+        else
+            s->parked_n--;
         return;
     }
     BDS_UNREACHABLE();
@@ -397,19 +421,32 @@ void bds__op_abandon(bds_shard *s, bds_op *op) {
     BDS_ASSERT(op->_state == BDS_OP_IDLE);
 }
 
-/* Serves parked ops in order until the SQ or the slots run out again. */
-static void shard_serve_parked(bds_shard *s) {
-    while (s->park_head) {
-        bds_op *op = s->park_head;
+/* Serves one FIFO in order until the SQ or the slots run out for its class. */
+static void shard_serve_fifo(bds_shard *s, bds_op **head, bds_op **tail, uint32_t *n) {
+    while (*head) {
+        bds_op *op = *head;
         if (!shard_prep(s, op)) {
             op->_state = BDS_OP_PARKED; /* shard_prep may not have touched it */
             return;
         }
-        s->park_head = op->_next;
-        if (!s->park_head)
-            s->park_tail = NULL;
-        s->parked_n--;
+        *head = op->_next;
+        if (!*head)
+            *tail = NULL;
+        (*n)--;
     }
+}
+
+/* Reserve ops first: they free what the others wait for. */
+static void shard_serve_parked(bds_shard *s) {
+    shard_serve_fifo(s, &s->urgent_head, &s->urgent_tail, &s->urgent_n);
+    shard_serve_fifo(s, &s->park_head, &s->park_tail, &s->parked_n);
+}
+
+/* True when a parked op waits only for SQ room, which the next submit makes:
+ * the next tick must not block. Ops waiting for a slot wait for a CQE, which
+ * a blocking wait delivers (spinning would burn the core until one comes). */
+static bool shard_parked_runnable(const bds_shard *s) {
+    return (s->urgent_head && s->slot_free_n > 0) || (s->park_head && s->slot_free_n > s->slots_held);
 }
 
 /* ---- flushers -------------------------------------------------------------- */
@@ -610,7 +647,7 @@ void bds__shard_tick(bds_shard *s, bool may_block) {
     shard_run_flushers(s);
     bds__bell_flush(s);
     bds__shard_bufs_publish(s);
-    pending |= s->park_head != NULL || s->synth_head != NULL || s->flush_head != NULL;
+    pending |= shard_parked_runnable(s) || s->synth_head != NULL || s->flush_head != NULL;
     pending |= bds__bell_pending(s);
     s->pending = pending;
 }
@@ -634,7 +671,7 @@ void bds__shard_request_stop(bds_shard *s) {
 static bool shard_upper_done(bds_shard *s) {
     if (s->hooks.quiescent && !s->hooks.quiescent(s, s->hooks.ctx))
         return false;
-    return s->inflight == bds__bell_internal_inflight(s) && !s->park_head && !s->synth_head &&
+    return s->inflight == bds__bell_internal_inflight(s) && !s->park_head && !s->urgent_head && !s->synth_head &&
            !s->flush_head && s->done_n == 0;
 }
 
@@ -692,9 +729,11 @@ void bds__shard_dump(const bds_shard *s, FILE *f) {
     fprintf(f, "shard %u: tick %llu, last tick %.1f ms ago, %s, pending %d, stopping %d\n", s->id,
             (unsigned long long)LD(st->ticks), last <= now ? (double)(now - last) / 1e6 : 0.0,
             LD(s->blocked) ? "BLOCKED in io_uring_enter" : "running", (int)LD(s->pending), (int)LD(s->stopping));
-    fprintf(f, "  ops: %u in flight of %u (%u the shard's own reads), %u parked, synthetic %s, flushers %s\n",
-            LD(s->inflight), s->cfg.ops_max, bds__bell_internal_inflight(s), LD(s->parked_n),
-            LD(s->synth_head) ? "queued" : "none", LD(s->flush_head) ? "queued" : "none");
+    fprintf(f,
+            "  ops: %u in flight of %u (%u held for reserve ops, %u the shard's own reads), parked %u + %u reserve, "
+            "synthetic %s, flushers %s\n",
+            LD(s->inflight), s->cfg.ops_max, s->slots_held, bds__bell_internal_inflight(s), LD(s->parked_n),
+            LD(s->urgent_n), LD(s->synth_head) ? "queued" : "none", LD(s->flush_head) ? "queued" : "none");
     if (next == UINT64_MAX)
         fprintf(f, "  timers: %u armed\n", LD(s->timers._n));
     else

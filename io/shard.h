@@ -8,7 +8,10 @@
  *
  * Ops are caller-owned (embedded in their owner, TigerBeetle's Completion):
  * bds__op_submit() never fails. Without an SQE or a free slot the op is parked
- * on a FIFO served first in the next tick. Callbacks never run inside the call
+ * on a FIFO served first in the next tick. A few slots and SQEs are held back
+ * for reserve ops (cancel, close, the shard's own wake-up reads), which park
+ * on a FIFO of their own served before the others: when multishot receives
+ * hold every other slot, teardown still runs and frees them. Callbacks never run inside the call
  * that submitted the op, nor inside the CQE reap loop: the tick collects
  * completions first and runs them afterwards.
  *
@@ -40,7 +43,8 @@ typedef enum bds_bell_mode {
 typedef struct bds_shard_config {
     uint32_t sq_entries;   /* power of two; default 1024                                 */
     uint32_t cq_entries;   /* 0 = 4 x sq_entries                                         */
-    uint32_t ops_max;      /* op slots in flight at once; default 16384                   */
+    uint32_t ops_max;      /* op slots in flight at once; default 16384; ops_max / 4 (at
+                              most 64) of them are reserve-only (bds_op.reserve)          */
     uint32_t bufs;         /* provided recv buffers, power of two; default 256; 0 = none */
     uint32_t buf_bytes;    /* bytes per provided buffer; default 16 KiB                   */
     uint32_t idle_spin_us; /* poll this long before sleeping; default 0 (off)             */
@@ -74,6 +78,9 @@ enum { BDS_OP_IDLE = 0, BDS_OP_PARKED, BDS_OP_INFLIGHT, BDS_OP_SYNTH };
 struct bds_op {
     uint8_t kind;      /* bds_op_kind */
     uint8_t _state;    /* BDS_OP_IDLE / PARKED / INFLIGHT / SYNTH */
+    bool reserve;      /* may take the slots and SQEs held back for teardown: set by
+                          op_init for CANCEL and CLOSE; set it only on ops that must
+                          run for the shard to make progress and never pile up */
     int fd;
     uint32_t _slot;    /* valid while INFLIGHT */
     uint32_t _gen;     /* generation of _slot at submission */
@@ -88,7 +95,8 @@ struct bds_op {
     void *ctx;
 };
 
-/* Prepares op (kind, fd, callback); arguments go in op->a afterwards. */
+/* Prepares op (kind, fd, callback; reserve for CANCEL and CLOSE); arguments go
+ * in op->a afterwards. */
 void bds__op_init(bds_op *op, bds_op_kind kind, int fd, bds_on_op_fn fn, void *ctx);
 static inline bool bds__op_busy(const bds_op *op) { return op->_state != BDS_OP_IDLE; }
 /* Queues op for submission at the end of this tick. op must be idle. */

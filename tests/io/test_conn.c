@@ -382,3 +382,42 @@ Test(io_conn, echo_with_idle_spin_enabled_spins_and_returns_every_byte, .timeout
     cr_assert_gt(bds__shard_stats(h.s)->spins, 0, "the idle spin never ran");
     h_stop(&h);
 }
+
+/* Ticks without blocking until the echo saw n connections closed; fails with
+ * the shard's state when that takes more than `ticks` ticks. */
+static void tick_until_closed_bounded(harness *h, uint64_t n, int ticks) {
+    for (int i = 0; i < ticks && h->echo.conns_closed < n; i++)
+        bds__shard_tick(h->s, false);
+    if (h->echo.conns_closed < n)
+        bds__shard_dump(h->s, stderr);
+    cr_assert_eq(h->echo.conns_closed, n, "closed %llu of %llu connections in %d ticks (state above)",
+                 (unsigned long long)h->echo.conns_closed, (unsigned long long)n, ticks);
+}
+
+Test(io_conn, idle_receives_holding_every_op_slot_still_let_every_connection_close, .timeout = 30) {
+    /* Finding 10 of issue 8: each connection's multishot recv holds an op
+     * slot. With more idle connections than slots, the last receives park;
+     * closing must still cancel every recv and close every socket (cancels
+     * and closes used to park behind new ops, and nothing ever freed a slot). */
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    sc.ops_max = 16;
+    h_start(&h, &sc, &nc);
+    enum { CONNS = 24 };
+    int fds[CONNS];
+    for (int i = 0; i < CONNS; i++)
+        fds[i] = client_connect(h.port);
+    for (int i = 0; i < 100000 && h.echo.conns_accepted < CONNS; i++)
+        bds__shard_tick(h.s, false);
+    cr_assert_eq(h.echo.conns_accepted, CONNS);
+    cr_assert_geq(bds__shard_inflight(h.s), 16 - 4, "every slot (but the reserved ones) holds an op");
+    cr_assert_gt(bds__shard_stats(h.s)->parked, 0, "some receives wait for a slot");
+    bds__net_close_all(h.net);
+    tick_until_closed_bounded(&h, CONNS, 100000);
+    cr_assert_eq(h.echo.last_close_err, 0);
+    for (int i = 0; i < CONNS; i++)
+        close(fds[i]);
+    h_stop(&h);
+}
