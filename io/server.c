@@ -808,6 +808,17 @@ static void hook_woken(bds_shard *s, void *ctx) {
     bds__pipe_woken(((srv_shard *)ctx)->pipe);
 }
 
+/* Any thread, for a stall report: relaxed reads of plain counters. */
+static void hook_dump(bds_shard *s, FILE *f, void *ctx) {
+    (void)s;
+    srv_shard *sh = ctx;
+    bds__pipe_dump(sh->pipe, f);
+    const bds_net_stats *ns = bds__net_stats(sh->net);
+    fprintf(f, "  net: %u listeners + connections live, %llu accepted, %llu closed, stopping %d\n",
+            bds__net_live(sh->net), (unsigned long long)ns->accepted, (unsigned long long)ns->closed,
+            (int)sh->stopping);
+}
+
 static void hook_on_signal(bds_shard *s, int signo, void *ctx) {
     (void)s;
     srv_shard *sh = ctx;
@@ -945,7 +956,8 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     if (st != BDS_OK) return st;
     bds_shard_hooks hooks = {
         .drain_inbox = hook_drain, .run_work = hook_run, .prepare_sleep = hook_prepare_sleep, .woken = hook_woken,
-        .on_signal = hook_on_signal, .on_stop = hook_on_stop, .quiescent = hook_quiescent, .ctx = sh,
+        .on_signal = hook_on_signal, .on_stop = hook_on_stop, .quiescent = hook_quiescent, .dump = hook_dump,
+        .ctx = sh,
     };
     bds__shard_set_hooks(s, &hooks);
     return BDS_OK;
@@ -1040,3 +1052,14 @@ void bds_server_stop(bds_server *srv) {
 }
 
 uint16_t bds_server_port(const bds_server *srv) { return srv->port; }
+
+void bds__server_dump(bds_server *srv, FILE *f) {
+    /* The stop calls' protocol: a shard that exits waits for us. */
+    atomic_fetch_add(&srv->stoppers, 1);
+    bds_group *g = atomic_load(&srv->live_group);
+    if (g)
+        bds__group_dump(g, f);
+    else
+        fprintf(f, "server: no shard is running\n");
+    atomic_fetch_sub(&srv->stoppers, 1);
+}

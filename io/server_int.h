@@ -166,4 +166,8 @@ bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv
 /* The srv_shard of the calling shard thread. */
 srv_shard *bds__server_shard_self(void);
 
+/* Any thread, for a stall report: every running shard (bds__group_dump), with
+ * its pipe and connection counts. Safe while bds_server_run runs. */
+void bds__server_dump(bds_server *srv, FILE *f);
+
 #endif

@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "bidistream/server.h"
+#include "server_int.h"
+#include "watchdog.h"
 
 #define PATH "/bidistream.v1.Pipeline/Process"
 #define MSGS 300
@@ -30,7 +32,12 @@ struct srv {
     bds_server *s;
     pthread_t t;
     bds_status rc;
+    watchdog wd;
 };
+
+static struct srv *current; /* the running server, for stall reports */
+
+static void srv_dump(FILE *f, void *ctx) { bds__server_dump(((struct srv *)ctx)->s, f); }
 
 static void *srv_main(void *arg) {
     struct srv *v = arg;
@@ -46,12 +53,18 @@ static void srv_start(struct srv *v, uint32_t shards) {
     cfg.log_level = 0;
     const char *why = NULL;
     cr_assert_eq(bds_server_create(&v->s, &cfg, &why), BDS_OK, "%s", why ? why : "");
+    current = v;
+    /* Every wait below is bounded (~20 s each) except the server's own
+     * shutdown: the deadline covers that one too. */
+    watchdog_start(&v->wd, "the test's exchanges and the server's shutdown", 0, 150, NULL, srv_dump, v);
     cr_assert_eq(pthread_create(&v->t, NULL, srv_main, v), 0);
 }
 
 static void srv_stop(struct srv *v) {
     bds_server_stop(v->s);
     cr_assert_eq(pthread_join(v->t, NULL), 0);
+    watchdog_stop(&v->wd);
+    current = NULL;
     cr_assert_eq(v->rc, BDS_OK, "the server shut down cleanly (pools empty)");
     bds_server_destroy(v->s);
 }
@@ -227,6 +240,10 @@ static void cli_pump(struct cli *c, bool (*done)(struct cli *c)) {
         ssize_t n = recv(c->fd, buf, sizeof buf, 0);
         cr_assert_gt(n, 0, "the server closed the connection");
         cr_assert_eq(nghttp2_session_mem_recv(c->ng, buf, (size_t)n), n);
+    }
+    if (!done(c) && current) {
+        fprintf(stderr, "the exchange did not finish in time; the server:\n");
+        bds__server_dump(current->s, stderr);
     }
     cr_assert(done(c), "the exchange did not finish in time");
 }
