@@ -8,12 +8,15 @@
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -419,5 +422,134 @@ Test(io_conn, idle_receives_holding_every_op_slot_still_let_every_connection_clo
     cr_assert_eq(h.echo.last_close_err, 0);
     for (int i = 0; i < CONNS; i++)
         close(fds[i]);
+    h_stop(&h);
+}
+
+/* ---- shedding: conns_max and the spare descriptor ------------------------------------ */
+
+static int client_socket(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+    return fd;
+}
+
+static void client_connect_fd(int fd, uint16_t port) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s", strerror(errno));
+}
+
+/* One framed message through the echo on fd, ticking the shard meanwhile;
+ * fails (with the shard's state) when it does not come back in ~5 s. */
+static void client_echo_once(harness *h, int fd, uint8_t tag) {
+    uint8_t msg[BDS_FRAME_PREFIX + 32], got[sizeof msg];
+    bds__frame_prefix(msg, 0, 32);
+    memset(msg + BDS_FRAME_PREFIX, tag, 32);
+    cr_assert_eq(write(fd, msg, sizeof msg), (ssize_t)sizeof msg);
+    size_t have = 0;
+    for (int i = 0; i < 500 && have < sizeof got; i++) {
+        bds__shard_tick(h->s, false);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 10) != 1)
+            continue;
+        ssize_t r = recv(fd, got + have, sizeof got - have, 0);
+        cr_assert_gt(r, 0, "the served connection was closed: %s", r < 0 ? strerror(errno) : "EOF");
+        have += (size_t)r;
+    }
+    if (have < sizeof got)
+        bds__shard_dump(h->s, stderr);
+    cr_assert_eq(have, sizeof got, "echo: %zu of %zu bytes back in ~5 s", have, sizeof got);
+    cr_assert_eq(memcmp(msg, got, sizeof got), 0);
+}
+
+/* Ticks the shard until fd sees the server close it (EOF or reset); fails
+ * after ~5 s with the shard's state. */
+static void client_expect_closed(harness *h, int fd, const char *why) {
+    for (int i = 0; i < 500; i++) {
+        bds__shard_tick(h->s, false);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 10) != 1)
+            continue;
+        char b;
+        ssize_t r = recv(fd, &b, 1, 0);
+        cr_assert(r == 0 || (r < 0 && errno == ECONNRESET), "expected the server to close: got %zd (%s)", r,
+                  r < 0 ? strerror(errno) : "a byte");
+        return;
+    }
+    bds__shard_dump(h->s, stderr);
+    cr_assert_fail("%s: the connection was not closed in ~5 s", why);
+}
+
+/* Ticks until the server has accepted (or shed) `want` connections in all. */
+static void tick_until_seen(harness *h, uint64_t want) {
+    const bds_net_stats *st = bds__net_stats(h->net);
+    for (int i = 0; i < 100000 && st->accepted + st->shed_conns_max + st->shed_fd_limit < want; i++)
+        bds__shard_tick(h->s, false);
+    cr_assert_eq(st->accepted + st->shed_conns_max + st->shed_fd_limit, want);
+}
+
+Test(io_conn, connections_past_conns_max_close_at_once_while_open_ones_are_served, .timeout = 30) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    nc.conns_max = 2;
+    h_start(&h, &sc, &nc);
+    int a = client_connect(h.port), b = client_connect(h.port);
+    tick_until_seen(&h, 2);
+    int over = client_connect(h.port);
+    client_expect_closed(&h, over, "the third connection past conns_max = 2");
+    cr_assert_eq(bds__net_stats(h.net)->shed_conns_max, 1);
+    client_echo_once(&h, a, 1); /* the open ones are still served */
+    client_echo_once(&h, b, 2);
+    /* A slot freed is a slot taken again. */
+    close(b);
+    tick_until_closed(&h, 1);
+    int c = client_connect(h.port);
+    client_echo_once(&h, c, 3);
+    cr_assert_eq(bds__net_stats(h.net)->accepted, 3);
+    close(a);
+    close(c);
+    close(over);
+    h_stop(&h);
+}
+
+/* Lowers the soft RLIMIT_NOFILE so that exactly `free` descriptor numbers
+ * are left (the lowest free numbers are handed out first). */
+static void leave_free_fds(int free) {
+    int n = 0, fd = 0;
+    for (; n <= free; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF)
+            n++;
+    /* fd - 1 is the (free + 1)-th free number: a limit there leaves `free` below it */
+    struct rlimit r;
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &r), 0);
+    r.rlim_cur = (rlim_t)(fd - 1);
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &r), 0, "setrlimit: %s", strerror(errno));
+}
+
+Test(io_conn, out_of_descriptors_sheds_the_newest_connection_and_keeps_serving, .timeout = 30) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    h_start(&h, &sc, &nc);
+    /* Every client socket exists first: from here on only the server takes
+     * descriptors, and there is room for one connection. */
+    int a = client_socket(), over = client_socket(), next = client_socket();
+    leave_free_fds(1);
+    client_connect_fd(a, h.port);
+    tick_until_seen(&h, 1);
+    client_connect_fd(over, h.port); /* EMFILE for the server */
+    client_expect_closed(&h, over, "a connection the server has no descriptor for");
+    cr_assert_eq(bds__net_stats(h.net)->shed_fd_limit, 1);
+    client_echo_once(&h, a, 1);
+    /* The listener keeps serving: a descriptor freed is a connection taken. */
+    close(a);
+    tick_until_closed(&h, 1);
+    client_connect_fd(next, h.port);
+    client_echo_once(&h, next, 2);
+    cr_assert_eq(bds__net_stats(h.net)->accepted, 2);
+    close(next);
+    close(over);
     h_stop(&h);
 }
