@@ -78,6 +78,7 @@ void bds_server_config_default(bds_server_config *c) {
     c->stream_window_bytes = 64u << 10;
     c->options = bds_default_options();
     c->log_level = 2;
+    c->max_connections = 10000;
 }
 
 static bool parse_listen(const char *s, char *host, size_t hostcap, uint16_t *port) {
@@ -947,6 +948,10 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     if (st != BDS_OK) return st;
     bds_net_config nc;
     bds__net_config_default(&nc);
+    /* each shard enforces its share: SO_REUSEPORT spreads connections evenly */
+    uint32_t cmax = srv->cfg.max_connections;
+    nc.conns_max = cmax ? cmax / srv->n_shards + (cmax % srv->n_shards != 0) : 0;
+    nc.log_level = srv->cfg.log_level;
     sh->net = bds__net_create(s, &nc);
     if (!sh->net) return BDS_E_NOMEM;
     /* The port was reserved before any shard started (server_reserve_port). */
@@ -1007,6 +1012,11 @@ bds_status bds_server_run(bds_server *srv) {
         gc.shards = n;
     }
     srv->n_shards = n;
+    /* Every connection costs a descriptor: take all the hard limit allows. */
+    uint64_t fds = bds__fd_limit_raise();
+    if (fds && srv->cfg.max_connections && fds < (uint64_t)srv->cfg.max_connections + 64 && srv->cfg.log_level >= 1)
+        fprintf(stderr, "bidistreamd: warning: %llu file descriptors for up to %u connections: past the "
+                "descriptors, new connections are closed at once\n", (unsigned long long)fds, srv->cfg.max_connections);
     srv->pipes = bds__pipe_group_create(n, NULL);
     if (!srv->pipes) return BDS_E_NOMEM;
     struct start_ctx sc = {.srv = srv};

@@ -113,6 +113,8 @@ static const opt opts[] = {
      "HTTP/2 initial stream window"},
     /* Spinning longer than a second before sleeping is a unit mistake, not a choice. */
     {"idle-spin-us", K_U32, FIELD(uint32_t, idle_spin_us), 0, 1000000, "spin this long before sleeping, 0 = never"},
+    {"max-connections", K_U32, FIELD(uint32_t, max_connections), 0, UINT32_MAX,
+     "open connections, split across shards; past it new ones are closed at once, 0 = no limit"},
     {"log-level", K_LOGLEVEL, FIELD(int, log_level), 0, 0, "error, warn, info or debug"},
 };
 

@@ -8,6 +8,7 @@
  * hand messages between threads: also run under TSan. BDS_TEST_TSAN */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <nghttp2/nghttp2.h>
 #include <poll.h>
 #include <pthread.h>
@@ -32,10 +33,10 @@ struct srv {
     bds_server *s;
     pthread_t t;
     bds_status rc;
-    watchdog wd;
 };
 
 static struct srv *current; /* the running server, for stall reports */
+static watchdog wd;         /* static: a failed assert leaves the test with it running */
 
 static void srv_dump(FILE *f, void *ctx) { bds__server_dump(((struct srv *)ctx)->s, f); }
 
@@ -45,25 +46,30 @@ static void *srv_main(void *arg) {
     return NULL;
 }
 
-static void srv_start(struct srv *v, uint32_t shards) {
-    bds_server_config cfg;
-    bds_server_config_default(&cfg);
+static void srv_start_cfg(struct srv *v, const bds_server_config *cfgp) {
+    bds_server_config cfg = *cfgp;
     cfg.listen = "127.0.0.1:0";
-    cfg.shards = shards;
     cfg.log_level = 0;
     const char *why = NULL;
     cr_assert_eq(bds_server_create(&v->s, &cfg, &why), BDS_OK, "%s", why ? why : "");
     current = v;
     /* Every wait below is bounded (~20 s each) except the server's own
      * shutdown: the deadline covers that one too. */
-    watchdog_start(&v->wd, "the test's exchanges and the server's shutdown", 0, 150, NULL, srv_dump, v);
+    watchdog_start(&wd, "the test's exchanges and the server's shutdown", 0, 150, NULL, srv_dump, v);
     cr_assert_eq(pthread_create(&v->t, NULL, srv_main, v), 0);
+}
+
+static void srv_start(struct srv *v, uint32_t shards) {
+    bds_server_config cfg;
+    bds_server_config_default(&cfg);
+    cfg.shards = shards;
+    srv_start_cfg(v, &cfg);
 }
 
 static void srv_stop(struct srv *v) {
     bds_server_stop(v->s);
     cr_assert_eq(pthread_join(v->t, NULL), 0);
-    watchdog_stop(&v->wd);
+    watchdog_stop(&wd);
     current = NULL;
     cr_assert_eq(v->rc, BDS_OK, "the server shut down cleanly (pools empty)");
     bds_server_destroy(v->s);
@@ -308,6 +314,64 @@ Test(server, reset_stream_and_dropped_connection_return_every_buffer) {
     cli_init(&c, srv_connect(&v));
     cli_call(&c, "d", true);
     cli_pump(&c, all_replied);
+    cli_pump(&c, all_closed);
+    cr_assert_eq(c.s[0].grpc_status, 0);
+    cli_fini(&c);
+    srv_stop(&v);
+}
+
+/* Reads until the server closes fd (EOF or reset); false after ~5 s. Bytes
+ * the server sent first (its SETTINGS) are skipped. */
+static bool closed_by_server(int fd) {
+    char buf[512];
+    for (int i = 0; i < 500; i++) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 10) != 1) continue;
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n == 0 || (n < 0 && errno == ECONNRESET)) return true;
+    }
+    return false;
+}
+
+/* Connects until the server answers with its SETTINGS (peeked, left for the
+ * client): a connection the server still counts may be closing meanwhile, so
+ * a connect may be shed until it is gone (bounded: about 5 s). */
+static int connect_served(struct srv *v) {
+    for (int i = 0; i < 50; i++) {
+        int fd = srv_connect(v);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        char b;
+        if (poll(&p, 1, 100) == 1 && recv(fd, &b, 1, MSG_PEEK) == 1) return fd;
+        close(fd);
+    }
+    bds__server_dump(v->s, stderr);
+    cr_assert_fail("no connection was served in ~5 s");
+    return -1;
+}
+
+/* max_connections = 1: a second connection is closed at once, the first one
+ * keeps being served, and once it is gone the next one is served. */
+Test(server, connection_past_max_connections_is_closed_while_the_first_is_served) {
+    struct srv v;
+    bds_server_config cfg;
+    bds_server_config_default(&cfg);
+    cfg.shards = 1;
+    cfg.max_connections = 1;
+    srv_start_cfg(&v, &cfg);
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    cli_call(&c, "a", false);
+    cli_pump(&c, first_half); /* the first connection is accepted and served */
+    int over = srv_connect(&v);
+    bool closed = closed_by_server(over);
+    if (!closed) bds__server_dump(v.s, stderr);
+    cr_assert(closed, "the connection past max_connections was not closed in ~5 s");
+    close(over);
+    cli_call(&c, "b", true);
+    cli_pump(&c, all_replied);
+    cli_fini(&c);
+    cli_init(&c, connect_served(&v)); /* its share is free again once the first is gone */
+    cli_call(&c, "c", true);
     cli_pump(&c, all_closed);
     cr_assert_eq(c.s[0].grpc_status, 0);
     cli_fini(&c);

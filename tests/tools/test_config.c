@@ -103,6 +103,7 @@ static void assert_same_config(const bds_server_config *a, const bds_server_conf
     cr_assert_eq(a->stream_window_bytes, b->stream_window_bytes);
     cr_assert_eq(a->idle_spin_us, b->idle_spin_us);
     cr_assert_eq(a->log_level, b->log_level);
+    cr_assert_eq(a->max_connections, b->max_connections);
     const bds_options *x = &a->options, *y = &b->options;
     cr_assert_eq(x->size, y->size);
     cr_assert_eq(x->inbound.ordering.mode, y->inbound.ordering.mode);
@@ -193,6 +194,7 @@ static const u32_flag u32_flags[] = {
     {"--max-message-bytes", offsetof(bds_server_config, max_message_bytes), 16, 0x7fffffff},
     {"--max-header-list-bytes", offsetof(bds_server_config, max_header_list_bytes), 1024, UINT32_MAX},
     {"--stream-window-bytes", offsetof(bds_server_config, stream_window_bytes), 1024, 0x7fffffff},
+    {"--max-connections", offsetof(bds_server_config, max_connections), 0, UINT32_MAX},
 };
 
 static uint32_t u32_at(const bds_tool_config *cfg, size_t off) {
@@ -675,7 +677,7 @@ Test(tool_config, help_lists_every_flag_with_its_default) {
         "--drain-on-client-close [BOOL]", "--failures-terminal [BOOL]", "--max-attempts N", "--backoff DURATION",
         "--grace DURATION", "--drain-inbound [BOOL]", "--drain-outbound [BOOL]", "--metrics [BOOL]",
         "--metrics-payload-sizes [BOOL]", "--max-message-bytes SIZE", "--max-concurrent-streams N",
-        "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--idle-spin-us N", "--log-level LEVEL",
+        "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--idle-spin-us N", "--max-connections N", "--log-level LEVEL",
         "--config FILE", "--check-config", "--help", "--version",
     };
     bds_tool_config cfg;
@@ -704,11 +706,12 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--max-attempts", "4", "--backoff", "1.5ms", "--grace", "1m30s", "--drain-outbound", "no",
                     "--metrics-payload-sizes", "--max-message-bytes", "1MiB", "--max-concurrent-streams", "10",
                     "--max-header-list-bytes", "2048", "--stream-window-bytes", "1GiB", "--idle-spin-us", "50",
-                    "--log-level", "warn", NULL};
+                    "--max-connections", "77", "--log-level", "warn", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 30, "%s", out); /* a comment and 29 keys */
+    cr_assert_eq(count_lines(out), 31, "%s", out); /* a comment and 30 keys */
+    cr_assert_not_null(strstr(out, "\nmax-connections = 77\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninbound-bytes-max = 65536\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nbackoff = 1500us\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ngrace = 90s\n"), "%s", out);

@@ -37,6 +37,9 @@ typedef struct bds_server_config {
     uint32_t idle_spin_us;          /* spin this long before sleeping; 0 = never (default) */
     bds_options options;            /* pipeline options for methods that bring none */
     int log_level;                  /* 0 errors, 1 warnings, 2 info (default), 3 debug */
+    uint32_t max_connections;       /* open connections per server, default 10,000, split
+                                       evenly across shards (each enforces its share); a
+                                       connection past it is closed at once; 0 = no limit */
 } bds_server_config;
 
 BDS_API void bds_server_config_default(bds_server_config *config);
