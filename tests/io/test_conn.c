@@ -23,6 +23,7 @@
 #include "frame.h"
 #include "net.h"
 #include "shard.h"
+#include "watchdog.h"
 
 /* ---- the server side -------------------------------------------------------- */
 
@@ -32,6 +33,19 @@ typedef struct harness {
     bds_frame_echo echo;
     uint16_t port;
 } harness;
+
+/* A shard that stops ticking for STALL_S while a test waits on it is stuck:
+ * the watchdog prints its state and aborts. Static: a failed assert leaves
+ * the test with it running. */
+#define STALL_S 15
+static watchdog wd;
+
+static uint64_t h_progress(void *ctx) {
+    const bds_shard_stats *st = bds__shard_stats(((harness *)ctx)->s);
+    return __atomic_load_n(&st->ticks, __ATOMIC_RELAXED);
+}
+
+static void h_dump(FILE *f, void *ctx) { bds__shard_dump(((harness *)ctx)->s, f); }
 
 static bool h_quiescent(bds_shard *s, void *ctx) {
     (void)s;
@@ -56,11 +70,13 @@ static void h_start(harness *h, const bds_shard_config *scfg, const bds_net_conf
     cr_assert_geq(fd, 0, "listen: %s", strerror(-fd));
     h->port = bds__socket_port(fd);
     cr_assert_eq(bds__listener_start(h->net, fd, bds__frame_echo_on_accept, &h->echo, NULL), BDS_OK);
+    watchdog_start(&wd, "the shard to tick (clients' bytes, closes)", STALL_S, 3600, h_progress, h_dump, h);
 }
 
 static void h_stop(harness *h) {
     bds__shard_request_stop(h->s);
     bds__shard_run(h->s);
+    watchdog_stop(&wd);
     cr_assert_eq(bds__net_live(h->net), 0);
     cr_assert_eq(bds__net_stats(h->net)->chunks_live, 0);
     bds__net_destroy(h->net);
