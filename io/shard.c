@@ -442,11 +442,14 @@ static void shard_serve_parked(bds_shard *s) {
     shard_serve_fifo(s, &s->park_head, &s->park_tail, &s->parked_n);
 }
 
-/* True when a parked op waits only for SQ room, which the next submit makes:
- * the next tick must not block. Ops waiting for a slot wait for a CQE, which
- * a blocking wait delivers (spinning would burn the core until one comes). */
+/* True when the next tick must not block for the parked ops: an ordinary op
+ * that waits only for SQ room (the next submit makes it), or any reserve op
+ * (they are few and their slots come back fast, and one may be the eventfd
+ * read that foreign threads wake us through). An ordinary op that waits for
+ * a slot waits for a CQE, which a blocking wait delivers (spinning would burn
+ * the core until one comes). */
 static bool shard_parked_runnable(const bds_shard *s) {
-    return (s->urgent_head && s->slot_free_n > 0) || (s->park_head && s->slot_free_n > s->slots_held);
+    return s->urgent_head || (s->park_head && s->slot_free_n > s->slots_held);
 }
 
 /* ---- flushers -------------------------------------------------------------- */
