@@ -65,7 +65,9 @@ BDS_API bds_status bds_server_create(bds_server **out, const bds_server_config *
  * options) or BDS_ALREADY_EXISTS. */
 BDS_API bds_status bds_server_add_method(bds_server *server, const bds_method *method);
 /* Serves until bds_server_stop() or SIGTERM/SIGINT, then drains gracefully
- * (GOAWAY, in-flight work finishes within the grace period). */
+ * (GOAWAY, in-flight work finishes within the grace period). Raises the
+ * process's soft RLIMIT_NOFILE to its hard limit first (each connection is a
+ * descriptor). */
 BDS_API bds_status bds_server_run(bds_server *server);
 /* Thread: any; async-signal-safe. */
 BDS_API void bds_server_stop(bds_server *server);
