@@ -191,3 +191,34 @@ Test(io_shard, invalid_config_returns_invalid, .timeout = 20) {
     cr_assert_eq(bds__shard_create(&s, 0, &cfg, NULL, 0), BDS_E_INVALID);
     cr_assert_null(s);
 }
+
+static void dump_hook(bds_shard *s, FILE *f, void *ctx) {
+    (void)s;
+    fprintf(f, "  upper layer: %s\n", (const char *)ctx);
+}
+
+Test(io_shard, dump_reports_ops_parked_ops_eventfd_and_the_upper_layer, .timeout = 20) {
+    bds_shard *s = mk(2, 0, 0);
+    bds_shard_hooks h = {.dump = dump_hook, .ctx = "still here"};
+    bds__shard_set_hooks(s, &h);
+    bds_op ops[3];
+    for (int i = 0; i < 3; i++) {
+        bds__op_init(&ops[i], BDS_OP_NOP, -1, on_done, NULL);
+        bds__op_submit(s, &ops[i]); /* SQ of 2 and the eventfd read: some park */
+    }
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_not_null(f);
+    bds__shard_dump(s, f);
+    fclose(f);
+    cr_assert_not_null(strstr(text, "shard 0: tick "), "%s", text);
+    cr_assert_not_null(strstr(text, "parked 2 + 0 reserve"), "%s", text); /* one NOP took the last SQE */
+    cr_assert_not_null(strstr(text, "eventfd"), "%s", text);
+    cr_assert_not_null(strstr(text, "read in flight, count 0"), "%s", text);
+    cr_assert_not_null(strstr(text, "upper layer: still here"), "%s", text);
+    free(text);
+    n_done = 0;
+    tick_until(s, &n_done, 3);
+    finish(s);
+}
