@@ -98,8 +98,11 @@ static void pipe_post(uint32_t dst, void *msg, void *ctx) {
     atomic_fetch_add_explicit(&to->foreign_posters, 1, memory_order_seq_cst);
     while (!bds__mpsc_push(&to->inbox, msg)) sched_yield();
     if (bds__mpsc_should_ring(&to->inbox)) bds__shard_wake(to->shard);
-    /* release: our last touch of `to` happens before its idle check (acquire) */
-    atomic_fetch_sub_explicit(&to->foreign_posters, 1, memory_order_release);
+    /* Our leaving may be all a stopping shard waits for (bds__pipe_idle
+     * counts us): leave through the shard, which wakes it then. A bare
+     * decrement after the shard found the count raised and blocked left it
+     * blocked for ever (test_pipe, 1 run in 6 on one CPU). */
+    bds__shard_leave(to->shard, &to->foreign_posters);
 }
 
 static void pipe_flush(bds_flusher *f) {
@@ -215,8 +218,9 @@ void bds__pipe_woken(bds_pipe *p) { bds__mpsc_woken(&p->inbox); }
 bool bds__pipe_idle(bds_pipe *p) {
     bds_pipeline_stats st;
     bds_pipeline_get_stats(p->p, &st);
-    /* acquire: pairs with the poster's release decrement */
-    return p->staged == 0 && atomic_load_explicit(&p->foreign_posters, memory_order_acquire) == 0 &&
+    /* seq_cst: the hook's half of the handshake in bds__shard_leave (and an
+     * acquire of the poster's last touch of the inbox) */
+    return p->staged == 0 && atomic_load_explicit(&p->foreign_posters, memory_order_seq_cst) == 0 &&
            bds__mpsc_empty(&p->inbox) && !bds_pipeline_has_work(p->p) && st.sessions_live == 0 &&
            st.calls_live == 0 && st.keys_exec_live == 0;
 }

@@ -662,11 +662,30 @@ void bds__shard_request_stop(bds_shard *s) {
      * finish and reach destroy before write() returns here; destroy waits for
      * the count to drop. acq_rel: orders the increment before the stop store. */
     atomic_fetch_add_explicit(&s->wakers, 1, memory_order_acq_rel);
-    /* release: pairs with the acquire in bds__shard_run; nothing else is published */
-    atomic_store_explicit(&s->stop_req, true, memory_order_release);
+    /* seq_cst: pairs with the load in bds__shard_run (nothing else is
+     * published), and takes its place in bds__shard_leave's handshake */
+    atomic_store_explicit(&s->stop_req, true, memory_order_seq_cst);
     bds__shard_wake(s);
     /* release: pairs with the acquire spin in bds__shard_destroy */
     atomic_fetch_sub_explicit(&s->wakers, 1, memory_order_release);
+}
+
+void bds__shard_leave(bds_shard *to, _Atomic uint32_t *inside) {
+    /* The waker count, raised before the decrement, keeps `to` from being
+     * destroyed under our wake: it cannot finish before the decrement. */
+    atomic_fetch_add_explicit(&to->wakers, 1, memory_order_acq_rel);
+    /* seq_cst, with the load of stop_req below, against bds__shard_run's
+     * seq_cst load of stop_req followed by the hook's seq_cst load of
+     * *inside: either we see the stop and wake, or the shard's check sees
+     * the decrement (store buffering is forbidden in the total order). */
+    atomic_fetch_sub_explicit(inside, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&to->stop_req, memory_order_seq_cst)) {
+        uint64_t one = 1;
+        ssize_t n = write(to->efd, &one, sizeof(one));
+        BDS_ASSERT(n == (ssize_t)sizeof(one));
+    }
+    /* release: pairs with the acquire spin in bds__shard_destroy */
+    atomic_fetch_sub_explicit(&to->wakers, 1, memory_order_release);
 }
 
 /* True when the upper layers are done: only the shard's own reads remain.
@@ -681,8 +700,9 @@ static bool shard_upper_done(bds_shard *s) {
 void bds__shard_run(bds_shard *s) {
     BDS_ASSERT(shard_tls == s);
     for (;;) {
-        /* acquire: pairs with the release in bds__shard_request_stop */
-        if (!s->stopping && atomic_load_explicit(&s->stop_req, memory_order_acquire)) {
+        /* seq_cst: pairs with the release in bds__shard_request_stop, and is
+         * the shard's half of the handshake in bds__shard_leave */
+        if (!s->stopping && atomic_load_explicit(&s->stop_req, memory_order_seq_cst)) {
             s->stopping = true;
             if (s->hooks.on_stop)
                 s->hooks.on_stop(s, s->hooks.ctx);

@@ -197,6 +197,13 @@ void bds__shard_bell(bds_shard *from, bds_shard *to);
 /* Contract: a foreign waker must be done with `to` (returned from this call)
  * before `to` can finish stopping; destroy waits for wakes in progress. */
 void bds__shard_wake(bds_shard *to);
+/* Any thread: decrements *inside (a count of foreign threads at work on the
+ * shard's state, which its quiescent hook reads), then wakes `to` if its stop
+ * was requested. A stopping shard that found the count raised blocks until a
+ * wake: a bare decrement would leave it blocked forever, quiescent at last
+ * and never asked again. `to` stays alive until this returns. The quiescent
+ * hook must read *inside with a seq_cst load. */
+void bds__shard_leave(bds_shard *to, _Atomic uint32_t *inside);
 
 /* The shard whose tick runs on this thread, or NULL. */
 bds_shard *bds__shard_self(void);

@@ -5,6 +5,9 @@
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -14,6 +17,7 @@
 #include <unistd.h>
 
 #include "shard.h"
+#include "watchdog.h"
 
 static bds_shard *mk(uint32_t sq, uint32_t cq, uint32_t done_batch) {
     bds_shard_config cfg;
@@ -221,4 +225,49 @@ Test(io_shard, dump_reports_ops_parked_ops_eventfd_and_the_upper_layer, .timeout
     n_done = 0;
     tick_until(s, &n_done, 3);
     finish(s);
+}
+
+/* ---- a stopping shard waiting for a foreign thread to leave ----------------------- */
+
+static _Atomic uint32_t inside; /* foreign threads at work on the shard's state */
+static watchdog wd;
+
+static bool inside_quiescent(bds_shard *s, void *ctx) {
+    (void)s, (void)ctx;
+    return atomic_load(&inside) == 0; /* seq_cst, as bds__shard_leave wants */
+}
+
+static void *leaver(void *arg) {
+    bds_shard *s = arg;
+    /* Once the shard blocks for the second time it has seen the count raised
+     * after the stop (the first wait ends on request_stop's own wake). */
+    while (__atomic_load_n(&bds__shard_stats(s)->sleeps, __ATOMIC_RELAXED) < 2)
+        sched_yield();
+    struct timespec ts = {0, 50 * 1000 * 1000}; /* let it settle into the wait */
+    nanosleep(&ts, NULL);
+    bds__shard_leave(s, &inside);
+    return NULL;
+}
+
+static void dump_shard(FILE *f, void *ctx) { bds__shard_dump(ctx, f); }
+
+Test(io_shard, stopping_shard_blocked_on_a_foreign_count_finishes_when_the_thread_leaves, .timeout = 30) {
+    /* A foreign poster raised a count the quiescent hook reads; the shard was
+     * asked to stop, found the count raised and blocked. A bare decrement
+     * left it blocked for ever (test_pipe once in 6 runs on one CPU): the
+     * leave must wake it. */
+    bds_shard *s = mk(8, 0, 0);
+    bds_shard_hooks h = {.quiescent = inside_quiescent};
+    bds__shard_set_hooks(s, &h);
+    atomic_store(&inside, 1);
+    bds__shard_request_stop(s);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, leaver, s), 0);
+    watchdog_start(&wd, "the stopping shard to finish after the foreign thread left", 10, 25, NULL, dump_shard, s);
+    bds__shard_run(s); /* returns once quiescent: only a wake can tell it */
+    watchdog_stop(&wd);
+    pthread_join(t, NULL);
+    cr_assert_eq(atomic_load(&inside), 0);
+    cr_assert_geq(bds__shard_stats(s)->sleeps, 2, "the shard blocked while the thread was inside");
+    bds__shard_destroy(s);
 }
