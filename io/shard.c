@@ -617,7 +617,7 @@ static void shard_wait(bds_shard *s) {
         ts.tv_nsec = (long long)(d % 1000000000u);
         tsp = &ts;
     }
-    s->stats.sleeps++;
+    __atomic_store_n(&s->stats.sleeps, s->stats.sleeps + 1, __ATOMIC_RELAXED);
     struct io_uring_cqe *cqe = NULL;
     /* relaxed: read only by bds__shard_dump */
     __atomic_store_n(&s->blocked, true, __ATOMIC_RELAXED);
@@ -629,7 +629,9 @@ static void shard_wait(bds_shard *s) {
 
 void bds__shard_tick(bds_shard *s, bool may_block) {
     BDS_DASSERT(shard_tls == s);
-    s->stats.ticks++;
+    /* relaxed atomic stores (plain moves): a watchdog thread samples ticks
+     * and sleeps as its progress clock (bds__shard_dump, tests) */
+    __atomic_store_n(&s->stats.ticks, s->stats.ticks + 1, __ATOMIC_RELAXED);
     /* Submit what the previous tick prepared; block only when it left nothing
      * pending. Waiting first means a caller that ticks until some condition
      * sees every completion the tick reaped before the tick can block again. */

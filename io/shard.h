@@ -155,7 +155,8 @@ void bds__shard_defer_flush(bds_shard *s, bds_flusher *f);
 /* ---- the shard ----------------------------------------------------------- */
 
 typedef struct bds_shard_stats {
-    uint64_t ticks, sleeps, cqes, stale_cqes, parked, overflows, ebusy;
+    uint64_t ticks, sleeps; /* any thread may read these two with relaxed atomic loads */
+    uint64_t cqes, stale_cqes, parked, overflows, ebusy;
     uint64_t bells_sent, bells_received, bell_retries, bell_eventfd_sent, eventfd_wakes;
     uint64_t spins;
 } bds_shard_stats;
