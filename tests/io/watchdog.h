@@ -13,6 +13,9 @@
  *   watchdog_start(&wd, "20,000 ping-pong rounds", 20, 110, progress_fn, dump_fn, ctx);
  *   ... run ...
  *   watchdog_stop(&wd);  (before freeing anything dump_fn reads)
+ *
+ * BDS_WATCHDOG_GDB=1 in the environment also prints every thread's stack
+ * (gdb attaches to the test process) before the abort.
  */
 #ifndef BDS_TESTS_IO_WATCHDOG_H
 #define BDS_TESTS_IO_WATCHDOG_H
@@ -24,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct watchdog {
     pthread_t thread;
@@ -42,6 +46,15 @@ static void watchdog_report(watchdog *w, const char *why, unsigned elapsed_s, ui
             why, w->stall_s, w->deadline_s, elapsed_s, w->what, (unsigned long long)progress);
     if (w->dump)
         w->dump(stderr, w->ctx);
+    /* BDS_WATCHDOG_GDB=1 adds every thread's stack (gdb attaches to us). */
+    const char *gdb = getenv("BDS_WATCHDOG_GDB");
+    if (gdb && *gdb == '1') {
+        char cmd[160];
+        snprintf(cmd, sizeof cmd, "gdb -p %d -batch -ex 'thread apply all bt 20' 1>&2 2>/dev/null", (int)getpid());
+        fflush(stderr);
+        if (system(cmd) != 0)
+            fprintf(stderr, "WATCHDOG: gdb failed\n");
+    }
     fprintf(stderr, "WATCHDOG: aborting the stalled test\n");
     fflush(stderr);
     abort();
