@@ -14,8 +14,9 @@
  *   ... run ...
  *   watchdog_stop(&wd);  (before freeing anything dump_fn reads)
  *
- * BDS_WATCHDOG_GDB=1 in the environment also prints every thread's stack
- * (gdb attaches to the test process) before the abort.
+ * BDS_WATCHDOG_GDB=1 in the environment also prints every thread's state,
+ * kernel stack (/proc, as root) and user stack (gdb attaches to the test
+ * process) before the abort.
  */
 #ifndef BDS_TESTS_IO_WATCHDOG_H
 #define BDS_TESTS_IO_WATCHDOG_H
@@ -49,8 +50,11 @@ static void watchdog_report(watchdog *w, const char *why, unsigned elapsed_s, ui
     /* BDS_WATCHDOG_GDB=1 adds every thread's stack (gdb attaches to us). */
     const char *gdb = getenv("BDS_WATCHDOG_GDB");
     if (gdb && *gdb == '1') {
-        char cmd[160];
-        snprintf(cmd, sizeof cmd, "gdb -p %d -batch -ex 'thread apply all bt 20' 1>&2 2>/dev/null", (int)getpid());
+        char cmd[320];
+        snprintf(cmd, sizeof cmd,
+                 "for t in /proc/%d/task/*; do echo \"task $t: $(cut -d' ' -f2,3 $t/stat) wchan $(cat $t/wchan)\"; "
+                 "cat $t/stack 2>/dev/null; done 1>&2; gdb -p %d -batch -ex 'thread apply all bt 20' 1>&2 2>/dev/null",
+                 (int)getpid(), (int)getpid());
         fflush(stderr);
         if (system(cmd) != 0)
             fprintf(stderr, "WATCHDOG: gdb failed\n");
