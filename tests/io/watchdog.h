@@ -50,9 +50,9 @@ static void watchdog_report(watchdog *w, const char *why, unsigned elapsed_s, ui
     /* BDS_WATCHDOG_GDB=1 adds every thread's stack (gdb attaches to us). */
     const char *gdb = getenv("BDS_WATCHDOG_GDB");
     if (gdb && *gdb == '1') {
-        char cmd[320];
+        char cmd[640];
         snprintf(cmd, sizeof cmd,
-                 "for t in /proc/%d/task/*; do echo \"task $t: $(cut -d' ' -f2,3 $t/stat) wchan $(cat $t/wchan)\"; "
+                 "for t in /proc/%d/task/*; do echo \"task $t: $(cut -d' ' -f2,3 $t/stat) wchan $(cat $t/wchan) schedstat (run ns, runqueue wait ns, slices) $(cat $t/schedstat)\"; "
                  "cat $t/stack 2>/dev/null; done 1>&2; gdb -p %d -batch -ex 'thread apply all bt 20' 1>&2 2>/dev/null",
                  (int)getpid(), (int)getpid());
         fflush(stderr);
