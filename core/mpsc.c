@@ -240,3 +240,22 @@ void bds__mpsc_woken(bds_mpsc *q) {
     atomic_store_explicit(&q->_sleeping, 0, memory_order_relaxed);
     atomic_store_explicit(&q->_bell_rung, 0, memory_order_relaxed);
 }
+
+/* ---- diagnostics ------------------------------------------------------------ */
+
+void bds__mpsc_dump(const bds_mpsc *q, FILE *f) {
+    /* relaxed everywhere: a snapshot for a human, taken while the owner may run */
+    uint64_t tail = atomic_load_explicit(&q->_tail, memory_order_relaxed);
+    uint64_t head_pub = atomic_load_explicit(&q->_head_pub, memory_order_relaxed);
+    uint64_t head = __atomic_load_n(&q->_head, __ATOMIC_RELAXED);
+    void *at_head = atomic_load_explicit(&q->_slots[head & q->_mask], memory_order_relaxed);
+    fprintf(f,
+            "inbox: depth %llu (tail %llu, head %llu, head_pub %llu), head slot %s, pushes %llu, "
+            "sleeping %u, bell_rung %u, want_space %#llx\n",
+            (unsigned long long)(tail - head_pub), (unsigned long long)tail, (unsigned long long)head,
+            (unsigned long long)head_pub, at_head ? "published" : "empty",
+            (unsigned long long)atomic_load_explicit(&q->_pushes, memory_order_relaxed),
+            (unsigned)atomic_load_explicit(&q->_sleeping, memory_order_relaxed),
+            (unsigned)atomic_load_explicit(&q->_bell_rung, memory_order_relaxed),
+            (unsigned long long)atomic_load_explicit(&q->_want_space, memory_order_relaxed));
+}

@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "base.h"
 
@@ -106,5 +107,12 @@ bool bds__mpsc_prepare_sleep(bds_mpsc *q);
 /* After every prepare_sleep (after the block, or at once when it returned
  * false; a second call is harmless): clears sleeping and bell_rung. */
 void bds__mpsc_woken(bds_mpsc *q);
+
+/* ---- diagnostics (any thread) ------------------------------------------------- */
+
+/* One line to f: items claimed and not yet released, published at the head,
+ * the sleep latch, the want_space mask. Relaxed loads (the consumer-private
+ * _head included): for a stall report, never for decisions. */
+void bds__mpsc_dump(const bds_mpsc *q, FILE *f);
 
 #endif

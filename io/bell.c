@@ -52,6 +52,9 @@ bds_status bds__bell_init(bds_shard *s, char *err, size_t err_len) {
     bds__op_init(&s->efd_op, BDS_OP_READ, s->efd, bell_on_efd, s);
     bds__op_init(&s->efd_cancel, BDS_OP_CANCEL, -1, bell_on_cancel, s);
     bds__op_init(&s->sig_op, BDS_OP_READ, -1, bell_on_sig, s);
+    /* A wake-up or a SIGTERM must get through even when connections hold
+     * every ordinary slot. */
+    s->efd_op.reserve = s->sig_op.reserve = true;
     bds__op_init(&s->sig_cancel, BDS_OP_CANCEL, -1, bell_on_cancel, s);
     bell_arm_efd(s);
     return BDS_OK;

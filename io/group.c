@@ -29,6 +29,7 @@ struct bds_group {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     uint32_t ready, stopped; /* under mu */
+    bool *ran;               /* under mu: shard i's run ended (its hooks' state may be gone) */
     bool go, abort;          /* under mu */
     bds_status first_err;    /* under mu */
     char err[256];           /* under mu */
@@ -81,7 +82,7 @@ static bds_shard *group_create_shard(bds_group *g, uint32_t i) {
 }
 
 /* Runs a created shard to its end, waits for the others, destroys it. */
-static void group_finish_shard(bds_group *g, bds_shard *s) {
+static void group_finish_shard(bds_group *g, uint32_t i, bds_shard *s) {
     pthread_mutex_lock(&g->mu);
     while (!g->go && !g->abort)
         pthread_cond_wait(&g->cv, &g->mu);
@@ -95,6 +96,7 @@ static void group_finish_shard(bds_group *g, bds_shard *s) {
             g->on_exit(s, g->ctx);
     }
     pthread_mutex_lock(&g->mu);
+    g->ran[i] = true;
     g->stopped++;
     pthread_cond_broadcast(&g->cv);
     while (g->stopped < g->n)
@@ -109,7 +111,7 @@ static void *group_thread(void *p) {
     struct group_arg a = *(struct group_arg *)p;
     free(p);
     bds_shard *s = group_create_shard(a.g, a.i);
-    group_finish_shard(a.g, s);
+    group_finish_shard(a.g, a.i, s);
     return NULL;
 }
 
@@ -138,10 +140,11 @@ static bds_status group_alloc(bds_group **out, const bds_group_config *cfg) {
     g->n = group_cpus(g, cfg->shards);
     g->shards = calloc(g->n, sizeof(*g->shards));
     g->threads = calloc(g->n, sizeof(*g->threads));
+    g->ran = calloc(g->n, sizeof(*g->ran));
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
     *out = g;
-    if (!g->cpus || !g->shards || !g->threads)
+    if (!g->cpus || !g->shards || !g->threads || !g->ran)
         return BDS_E_NOMEM;
     return BDS_OK;
 }
@@ -212,7 +215,7 @@ void bds__group_run(bds_group *g) {
         pthread_mutex_lock(&g->mu);
         bds_shard *s0 = g->shards[0];
         pthread_mutex_unlock(&g->mu);
-        group_finish_shard(g, s0);
+        group_finish_shard(g, 0, s0);
         if (g->caller_pinned)
             (void)pthread_setaffinity_np(pthread_self(), sizeof(g->caller_mask), &g->caller_mask);
     }
@@ -231,6 +234,23 @@ void bds__group_stop(bds_group *g) {
             bds__shard_request_stop(g->shards[i]);
 }
 
+void bds__group_dump(bds_group *g, FILE *f) {
+    /* Under mu: a shard whose run ended may free its hooks' state, and is
+     * destroyed only after every shard has passed the barrier, which takes mu. */
+    pthread_mutex_lock(&g->mu);
+    fprintf(f, "group: %u shards, %u ready, %u finished running\n", g->n, g->ready, g->stopped);
+    for (uint32_t i = 0; i < g->n; i++) {
+        if (!g->shards[i])
+            fprintf(f, "shard %u: not created\n", i);
+        else if (g->ran[i])
+            fprintf(f, "shard %u: run ended, waiting for the others\n", i);
+        else
+            bds__shard_dump(g->shards[i], f);
+    }
+    pthread_mutex_unlock(&g->mu);
+    fflush(f);
+}
+
 void bds__group_destroy(bds_group *g) {
     if (!g)
         return;
@@ -238,6 +258,7 @@ void bds__group_destroy(bds_group *g) {
     pthread_cond_destroy(&g->cv);
     free(g->shards);
     free(g->threads);
+    free(g->ran);
     free(g->cpus);
     free(g);
 }

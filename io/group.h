@@ -41,6 +41,11 @@ void bds__group_stop(bds_group *g);
 /* Frees the group after bds__group_run returned. NULL is a no-op. */
 void bds__group_destroy(bds_group *g);
 
+/* Any thread, for a stall report: every shard still running (bds__shard_dump,
+ * with its dump hook); a shard whose run ended is listed as such. Safe until
+ * bds__group_destroy. */
+void bds__group_dump(bds_group *g, FILE *f);
+
 uint32_t bds__group_size(const bds_group *g);
 /* Shard i; valid between bds__group_start and the end of bds__group_run. */
 bds_shard *bds__group_shard(const bds_group *g, uint32_t i);

@@ -20,12 +20,27 @@
  * a short send consumes what went out and the next sendmsg carries the rest.
  * Output memory: copies go into per-shard chunks (a free list that grows on
  * demand and is counted: chunks_live/chunks_hwm); write_ref segments are the
- * caller's until on_release. Errno of each op family maps in one switch. */
+ * caller's until on_release. Errno of each op family maps in one switch.
+ *
+ * Shedding. conns_max counts connections until they are freed (a closing one
+ * still holds its fd). An accept that fails with EMFILE/ENFILE means a client
+ * waits in the backlog while we cannot take it: the listener's spare
+ * descriptor (/dev/null, opened at start) is closed, the connection accepted
+ * on the freed number and closed, and the spare reopened; then accept is
+ * re-armed at once (each round sheds one connection, so it cannot spin
+ * without progress). Without a spare (it could not be reopened) accept backs
+ * off 10 ms as for ENOMEM. The listening socket stays blocking (io_uring
+ * would fail a multishot accept on an O_NONBLOCK one with -EAGAIN), so the
+ * shed accept4 runs only after poll() said a connection is waiting. */
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -77,6 +92,7 @@ struct bds_conn {
 struct bds_listener {
     bds_net *net;
     int fd;
+    int spare_fd;            /* /dev/null, given up to shed a connection on EMFILE; -1 = none */
     bool closing;
     bds_op accept_op, cancel_op;
     bds_timer backoff;
@@ -92,6 +108,8 @@ struct bds_net {
     bds_conn *conns;
     bds_listener *listeners;
     uint32_t live;
+    uint32_t conns_open;     /* connections not yet freed */
+    bool shedding_max, shedding_fds; /* in a shedding episode: its line is logged */
     bds_net_stats stats;
 };
 
@@ -124,6 +142,7 @@ void bds__net_destroy(bds_net *n) {
 }
 
 uint32_t bds__net_live(const bds_net *n) { return n->live; }
+uint32_t bds__net_conns(const bds_net *n) { return n->conns_open; }
 const bds_net_stats *bds__net_stats(const bds_net *n) { return &n->stats; }
 bds_shard *bds__net_shard(const bds_net *n) { return n->shard; }
 
@@ -296,6 +315,7 @@ static bds_conn *conn_new(bds_net *n, int fd) {
         n->conns->prev = c;
     n->conns = c;
     n->live++;
+    n->conns_open++;
     return c;
 }
 
@@ -310,6 +330,7 @@ static void conn_free(bds_conn *c) {
     if (c->next)
         c->next->prev = c->prev;
     n->live--;
+    n->conns_open--;
     n->stats.closed++;
     free(c->segs);
     free(c);
@@ -550,6 +571,19 @@ int bds__listen_socket(const struct sockaddr *addr, socklen_t addr_len, int back
     return fd;
 }
 
+uint64_t bds__fd_limit_raise(void) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) != 0)
+        return 0;
+    if (r.rlim_cur < r.rlim_max) {
+        rlim_t was = r.rlim_cur;
+        r.rlim_cur = r.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &r) != 0)
+            r.rlim_cur = was;
+    }
+    return r.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)r.rlim_cur;
+}
+
 uint16_t bds__socket_port(int fd) {
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
@@ -578,6 +612,7 @@ bds_status bds__listener_start(bds_net *n, int listen_fd, bds_on_accept_fn fn, v
         return BDS_E_NOMEM;
     l->net = n;
     l->fd = listen_fd;
+    l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC); /* -1: no shedding, accept backs off */
     l->fn = fn;
     l->ctx = ctx;
     bds__op_init(&l->accept_op, BDS_OP_ACCEPT, listen_fd, listener_on_accept, l);
@@ -600,6 +635,8 @@ static void listener_maybe_free(bds_listener *l) {
     bds_net *n = l->net;
     bds__timer_cancel(bds__shard_timers(n->shard), &l->backoff);
     close(l->fd); /* no op references it any more */
+    if (l->spare_fd >= 0)
+        close(l->spare_fd);
     if (l->prev)
         l->prev->next = l->next;
     else
@@ -650,24 +687,67 @@ static bool listener_backoff_needed(int err) {
     }
 }
 
+/* conns_max reached: the new connection goes at once. */
+static void listener_shed_over_max(bds_net *n, int fd) {
+    close(fd);
+    n->stats.shed_conns_max++;
+    if (!n->shedding_max && n->cfg.log_level >= 1)
+        fprintf(stderr, "bidistreamd: connection limit reached (%u on this shard): closing new connections\n",
+                n->cfg.conns_max);
+    n->shedding_max = true;
+}
+
+/* EMFILE/ENFILE: accepts the waiting connection on the spare descriptor's
+ * number and closes it. Returns true when one was shed (accept again now). */
+static bool listener_shed_on_spare(bds_listener *l, int err) {
+    bds_net *n = l->net;
+    if (l->spare_fd < 0)
+        return false;
+    close(l->spare_fd);
+    int fd = -1;
+    struct pollfd p = {.fd = l->fd, .events = POLLIN};
+    if (poll(&p, 1, 0) == 1 && (p.revents & POLLIN))
+        fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC); /* does not block: poll saw it waiting */
+    if (fd >= 0)
+        close(fd);
+    l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    n->stats.shed_fd_limit++;
+    if (!n->shedding_fds && n->cfg.log_level >= 1)
+        fprintf(stderr, "bidistreamd: out of file descriptors (%s): closing new connections%s\n", strerror(err),
+                l->spare_fd < 0 ? "; no spare descriptor left, accept retries every 10 ms" : "");
+    n->shedding_fds = true;
+    return true;
+}
+
 static void listener_on_accept(bds_op *op, int32_t res, uint32_t flags, void *ctx) {
     bds_listener *l = ctx;
     bds_net *n = l->net;
     bool backoff = false;
     (void)op;
     if (res >= 0) {
-        bds_conn *c = l->closing ? NULL : conn_new(n, res);
-        if (!c) {
+        n->shedding_fds = false;
+        if (l->closing) {
             close(res);
+        } else if (n->cfg.conns_max && n->conns_open >= n->cfg.conns_max) {
+            listener_shed_over_max(n, res);
         } else {
-            n->stats.accepted++;
-            conn_tune(n, res);
-            l->fn(l, c, l->ctx);
-            conn_arm_recv(c);
+            n->shedding_max = false;
+            bds_conn *c = conn_new(n, res);
+            if (!c) {
+                close(res);
+            } else {
+                n->stats.accepted++;
+                conn_tune(n, res);
+                l->fn(l, c, l->ctx);
+                conn_arm_recv(c);
+            }
         }
     } else {
         n->stats.accept_errors++;
-        backoff = listener_backoff_needed(-res);
+        bool shed = (res == -EMFILE || res == -ENFILE) && !l->closing && listener_shed_on_spare(l, -res);
+        backoff = !shed && listener_backoff_needed(-res);
     }
     if (flags & IORING_CQE_F_MORE)
         return;

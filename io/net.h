@@ -9,6 +9,13 @@
  * recv (and a pending send), wait for their final CQEs, IORING_OP_CLOSE, then
  * on_close, then free. Connections never move between shards.
  *
+ * Descriptors. Past conns_max open connections a new one is closed as soon as
+ * it is accepted. Each listener keeps a spare descriptor: when accept fails
+ * with EMFILE/ENFILE it closes the spare, accepts the newest connection,
+ * closes it and reopens the spare, so the client learns at once and the
+ * listener keeps serving (instead of retrying forever with the connection
+ * stuck in the backlog). Both log one line per episode (log_level >= 1).
+ *
  * Callbacks never run inside the call that caused them: on_data runs from the
  * tick's completion phase, on_close from the close CQE. Shard: owner only. */
 #ifndef BDS_IO_NET_H
@@ -29,6 +36,9 @@ typedef struct bds_net_config {
     uint32_t chunk_bytes; /* bytes per output copy chunk; default 16 KiB            */
     int sndbuf;           /* SO_SNDBUF for accepted sockets; 0 = kernel default     */
     int rcvbuf;           /* SO_RCVBUF for accepted sockets; 0 = kernel default     */
+    uint32_t conns_max;   /* open connections; accepted ones past it are closed at
+                             once; 0 = no limit                                     */
+    int log_level;        /* >= 1: one stderr line when shedding starts             */
 } bds_net_config;
 
 void bds__net_config_default(bds_net_config *cfg);
@@ -51,6 +61,8 @@ typedef struct bds_conn_callbacks {
 
 typedef struct bds_net_stats {
     uint64_t accepted, closed, accept_errors;
+    uint64_t shed_conns_max;  /* closed at accept: conns_max reached                  */
+    uint64_t shed_fd_limit;   /* accepted on the spare descriptor and closed (EMFILE) */
     uint64_t recv_cqes, recv_bytes, recv_rearms, recv_enobufs;
     uint64_t sends, send_bytes, short_sends;
     uint64_t chunks_live, chunks_hwm;
@@ -64,6 +76,8 @@ void bds__net_destroy(bds_net *n);
 void bds__net_close_all(bds_net *n);
 /* Listeners and connections not yet freed. */
 uint32_t bds__net_live(const bds_net *n);
+/* Connections not yet freed (accepted or adopted; closing ones still hold an fd). */
+uint32_t bds__net_conns(const bds_net *n);
 const bds_net_stats *bds__net_stats(const bds_net *n);
 bds_shard *bds__net_shard(const bds_net *n);
 
@@ -74,6 +88,10 @@ bds_shard *bds__net_shard(const bds_net *n);
 int bds__listen_socket(const struct sockaddr *addr, socklen_t addr_len, int backlog);
 /* The port a socket is bound to (host order), or 0. */
 uint16_t bds__socket_port(int fd);
+/* Raises the soft RLIMIT_NOFILE to the hard limit (once, at start: every
+ * connection costs a descriptor). Returns the soft limit now in force, or 0 if
+ * it cannot be read. */
+uint64_t bds__fd_limit_raise(void);
 
 /* The new connection is not receiving yet: set its callbacks here (or close
  * it); its recv is armed when this returns. */

@@ -98,8 +98,11 @@ static void pipe_post(uint32_t dst, void *msg, void *ctx) {
     atomic_fetch_add_explicit(&to->foreign_posters, 1, memory_order_seq_cst);
     while (!bds__mpsc_push(&to->inbox, msg)) sched_yield();
     if (bds__mpsc_should_ring(&to->inbox)) bds__shard_wake(to->shard);
-    /* release: our last touch of `to` happens before its idle check (acquire) */
-    atomic_fetch_sub_explicit(&to->foreign_posters, 1, memory_order_release);
+    /* Our leaving may be all a stopping shard waits for (bds__pipe_idle
+     * counts us): leave through the shard, which wakes it then. A bare
+     * decrement after the shard found the count raised and blocked left it
+     * blocked for ever (test_pipe, 1 run in 6 on one CPU). */
+    bds__shard_leave(to->shard, &to->foreign_posters);
 }
 
 static void pipe_flush(bds_flusher *f) {
@@ -215,8 +218,26 @@ void bds__pipe_woken(bds_pipe *p) { bds__mpsc_woken(&p->inbox); }
 bool bds__pipe_idle(bds_pipe *p) {
     bds_pipeline_stats st;
     bds_pipeline_get_stats(p->p, &st);
-    /* acquire: pairs with the poster's release decrement */
-    return p->staged == 0 && atomic_load_explicit(&p->foreign_posters, memory_order_acquire) == 0 &&
+    /* seq_cst: the hook's half of the handshake in bds__shard_leave (and an
+     * acquire of the poster's last touch of the inbox) */
+    return p->staged == 0 && atomic_load_explicit(&p->foreign_posters, memory_order_seq_cst) == 0 &&
            bds__mpsc_empty(&p->inbox) && !bds_pipeline_has_work(p->p) && st.sessions_live == 0 &&
            st.calls_live == 0 && st.keys_exec_live == 0;
+}
+
+void bds__pipe_dump(bds_pipe *p, FILE *f) {
+    bds_pipeline_stats st;
+    /* a racy copy of plain counters: a snapshot for a human */
+    bds_pipeline_get_stats(p->p, &st);
+    fprintf(f, "  pipe %u: staged %u, foreign posters %u, ", p->id, __atomic_load_n(&p->staged, __ATOMIC_RELAXED),
+            atomic_load_explicit(&p->foreign_posters, memory_order_relaxed));
+    bds__mpsc_dump(&p->inbox, f);
+    fprintf(f,
+            "  pipeline %u: live sessions %llu calls %llu keys home %llu exec %llu; admitted %llu, completed %llu, "
+            "failed %llu, dropped %llu, replies written %llu, posted %llu, delivered %llu\n",
+            p->id, (unsigned long long)st.sessions_live, (unsigned long long)st.calls_live,
+            (unsigned long long)st.keys_home_live, (unsigned long long)st.keys_exec_live,
+            (unsigned long long)st.admitted, (unsigned long long)st.completed, (unsigned long long)st.failed,
+            (unsigned long long)st.dropped, (unsigned long long)st.replies_written,
+            (unsigned long long)st.msgs_posted, (unsigned long long)st.msgs_delivered);
 }

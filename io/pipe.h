@@ -38,5 +38,8 @@ bool bds__pipe_prepare_sleep(bds_pipe *p);
 void bds__pipe_woken(bds_pipe *p);
 /* Nothing of any session left here: no session, call, key, staged message. */
 bool bds__pipe_idle(bds_pipe *p);
+/* Any thread, for a stall report (a shard dump hook): the inbox and its latch,
+ * what is staged, the pipeline's live objects and counters. Relaxed reads. */
+void bds__pipe_dump(bds_pipe *p, FILE *f);
 
 #endif

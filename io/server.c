@@ -132,6 +132,7 @@ void bds_server_config_default(bds_server_config *c) {
      * connection may take a quarter of its shard's. */
     c->conn_bytes_max = 256u << 20;
     c->shard_bytes_max = 1u << 30;
+    c->max_connections = 10000;
 }
 
 static bool parse_listen(const char *s, char *host, size_t hostcap, uint16_t *port) {
@@ -1350,6 +1351,17 @@ static void hook_woken(bds_shard *s, void *ctx) {
     bds__pipe_woken(((srv_shard *)ctx)->pipe);
 }
 
+/* Any thread, for a stall report: relaxed reads of plain counters. */
+static void hook_dump(bds_shard *s, FILE *f, void *ctx) {
+    (void)s;
+    srv_shard *sh = ctx;
+    bds__pipe_dump(sh->pipe, f);
+    const bds_net_stats *ns = bds__net_stats(sh->net);
+    fprintf(f, "  net: %u listeners + connections live, %llu accepted, %llu closed, stopping %d\n",
+            bds__net_live(sh->net), (unsigned long long)ns->accepted, (unsigned long long)ns->closed,
+            (int)sh->stopping);
+}
+
 static void hook_on_signal(bds_shard *s, int signo, void *ctx) {
     (void)s;
     srv_shard *sh = ctx;
@@ -1509,6 +1521,10 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     if (st != BDS_OK) return st;
     bds_net_config nc;
     bds__net_config_default(&nc);
+    /* each shard enforces its share: SO_REUSEPORT spreads connections evenly */
+    uint32_t cmax = srv->cfg.max_connections;
+    nc.conns_max = cmax ? cmax / srv->n_shards + (cmax % srv->n_shards != 0) : 0;
+    nc.log_level = srv->cfg.log_level;
     sh->net = bds__net_create(s, &nc);
     if (!sh->net) return BDS_E_NOMEM;
     /* The port was reserved before any shard started (server_reserve_port). */
@@ -1518,7 +1534,8 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     if (st != BDS_OK) return st;
     bds_shard_hooks hooks = {
         .drain_inbox = hook_drain, .run_work = hook_run, .prepare_sleep = hook_prepare_sleep, .woken = hook_woken,
-        .on_signal = hook_on_signal, .on_stop = hook_on_stop, .quiescent = hook_quiescent, .ctx = sh,
+        .on_signal = hook_on_signal, .on_stop = hook_on_stop, .quiescent = hook_quiescent, .dump = hook_dump,
+        .ctx = sh,
     };
     bds__shard_set_hooks(s, &hooks);
     return BDS_OK;
@@ -1595,6 +1612,11 @@ bds_status bds_server_run(bds_server *srv) {
     }
     srv->n_shards = n;
     atomic_store(&srv->shards_busy, n);
+    /* Every connection costs a descriptor: take all the hard limit allows. */
+    uint64_t fds = bds__fd_limit_raise();
+    if (fds && srv->cfg.max_connections && fds < (uint64_t)srv->cfg.max_connections + 64 && srv->cfg.log_level >= 1)
+        fprintf(stderr, "bidistreamd: warning: %llu file descriptors for up to %u connections: past the "
+                "descriptors, new connections are closed at once\n", (unsigned long long)fds, srv->cfg.max_connections);
     srv->pipes = bds__pipe_group_create(n, NULL);
     if (!srv->pipes) return BDS_E_NOMEM;
     struct start_ctx sc = {.srv = srv};
@@ -1647,3 +1669,14 @@ void bds_server_stop(bds_server *srv) {
 }
 
 uint16_t bds_server_port(const bds_server *srv) { return srv->port; }
+
+void bds__server_dump(bds_server *srv, FILE *f) {
+    /* The stop calls' protocol: a shard that exits waits for us. */
+    atomic_fetch_add(&srv->stoppers, 1);
+    bds_group *g = atomic_load(&srv->live_group);
+    if (g)
+        bds__group_dump(g, f);
+    else
+        fprintf(f, "server: no shard is running\n");
+    atomic_fetch_sub(&srv->stoppers, 1);
+}

@@ -222,4 +222,8 @@ uint64_t bds__server_msg_bytes_hw(const bds_server *srv);
 /* The srv_shard of the calling shard thread. */
 srv_shard *bds__server_shard_self(void);
 
+/* Any thread, for a stall report: every running shard (bds__group_dump), with
+ * its pipe and connection counts. Safe while bds_server_run runs. */
+void bds__server_dump(bds_server *srv, FILE *f);
+
 #endif

@@ -14,7 +14,9 @@
  *      run the sleep protocol (prepare_sleep hook) and block in
  *      io_uring_submit_and_wait_timeout with the next timer deadline as the
  *      EXT_ARG timeout (no timeout SQE; LIBURING_UDATA_TIMEOUT CQEs ignored);
- *   2. serve parked ops (SQ was full or no slot) first, in FIFO order;
+ *   2. serve parked ops (SQ was full or no slot) first, in FIFO order, the
+ *      reserve ops' FIFO before the other (slots and SQEs held back for them:
+ *      teardown never waits behind new work);
  *   3. reap up to done_cap CQEs into done[] (no callback runs here), then run
  *      the collected callbacks, then synthetic completions (cancelled parked
  *      ops); a callback that frees its owner is safe because each done entry is
@@ -179,6 +181,12 @@ static bool shard_alloc_tables(bds_shard *s) {
     for (uint32_t i = 0; i < n; i++)
         s->slot_free[i] = n - 1 - i; /* pop order 0, 1, 2, ... */
     s->slot_free_n = n;
+    /* Held back for cancel and close: when multishot receives (one per
+     * connection) took every other slot, teardown still frees them. */
+    s->slots_held = n / 4 < 64 ? n / 4 : 64;
+    if (!s->slots_held && n > 1)
+        s->slots_held = 1;
+    s->sqes_held = s->cfg.sq_entries / 4 < 16 ? s->cfg.sq_entries / 4 : 16;
     return bds__timer_heap_init(&s->timers, 256) == 0;
 }
 
@@ -258,6 +266,7 @@ void bds__shard_set_hooks(bds_shard *s, const bds_shard_hooks *hooks) { s->hooks
 void bds__op_init(bds_op *op, bds_op_kind kind, int fd, bds_on_op_fn fn, void *ctx) {
     memset(op, 0, sizeof(*op));
     op->kind = (uint8_t)kind;
+    op->reserve = kind == BDS_OP_CANCEL || kind == BDS_OP_CLOSE;
     op->fd = fd;
     op->fn = fn;
     op->ctx = ctx;
@@ -300,9 +309,12 @@ static void shard_prep_sqe(bds_shard *s, struct io_uring_sqe *sqe, bds_op *op) {
     (void)s;
 }
 
-/* Takes a slot and an SQE for op; false when either is out (op then parks). */
+/* Takes a slot and an SQE for op; false when either is out for op's class
+ * (op then parks). */
 static bool shard_prep(bds_shard *s, bds_op *op) {
-    if (s->slot_free_n == 0)
+    if (s->slot_free_n <= (op->reserve ? 0 : s->slots_held))
+        return false;
+    if (!op->reserve && io_uring_sq_space_left(&s->ring) <= s->sqes_held)
         return false;
     struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
     if (!sqe)
@@ -341,10 +353,18 @@ static void fifo_push(bds_op **head, bds_op **tail, bds_op *op) {
 void bds__op_submit(bds_shard *s, bds_op *op) {
     BDS_ASSERT(op->_state == BDS_OP_IDLE);
     BDS_ASSERT(op->kind > BDS_OP_NONE && op->kind < BDS_OP__COUNT);
-    /* Parked ops go first: an op never overtakes one submitted before it. */
-    if (s->park_head || !shard_prep(s, op)) {
+    /* Parked ops go first: an op never overtakes one of its class submitted
+     * before it (a reserve op may overtake others: it never depends on them). */
+    bool waiting = op->reserve ? s->urgent_head != NULL : s->park_head != NULL;
+    if (waiting || !shard_prep(s, op)) {
         op->_state = BDS_OP_PARKED;
-        fifo_push(&s->park_head, &s->park_tail, op);
+        if (op->reserve) {
+            fifo_push(&s->urgent_head, &s->urgent_tail, op);
+            s->urgent_n++;
+        } else {
+            fifo_push(&s->park_head, &s->park_tail, op);
+            s->parked_n++;
+        }
         s->stats.parked++;
     }
 }
@@ -356,16 +376,22 @@ static void shard_synth(bds_shard *s, bds_op *op, int32_t res) {
 }
 
 static void shard_unpark(bds_shard *s, bds_op *op) {
+    bds_op **head = op->reserve ? &s->urgent_head : &s->park_head;
+    bds_op **tail = op->reserve ? &s->urgent_tail : &s->park_tail;
     bds_op *prev = NULL;
-    for (bds_op *p = s->park_head; p; prev = p, p = p->_next) {
+    for (bds_op *p = *head; p; prev = p, p = p->_next) {
         if (p != op)
             continue;
         if (prev)
             prev->_next = p->_next;
         else
-            s->park_head = p->_next;
-        if (s->park_tail == p)
-            s->park_tail = prev;
+            *head = p->_next;
+        if (*tail == p)
+            *tail = prev;
+        if (op->reserve)
+            s->urgent_n--;
+        else
+            s->parked_n--;
         return;
     }
     BDS_UNREACHABLE();
@@ -395,18 +421,35 @@ void bds__op_abandon(bds_shard *s, bds_op *op) {
     BDS_ASSERT(op->_state == BDS_OP_IDLE);
 }
 
-/* Serves parked ops in order until the SQ or the slots run out again. */
-static void shard_serve_parked(bds_shard *s) {
-    while (s->park_head) {
-        bds_op *op = s->park_head;
+/* Serves one FIFO in order until the SQ or the slots run out for its class. */
+static void shard_serve_fifo(bds_shard *s, bds_op **head, bds_op **tail, uint32_t *n) {
+    while (*head) {
+        bds_op *op = *head;
         if (!shard_prep(s, op)) {
             op->_state = BDS_OP_PARKED; /* shard_prep may not have touched it */
             return;
         }
-        s->park_head = op->_next;
-        if (!s->park_head)
-            s->park_tail = NULL;
+        *head = op->_next;
+        if (!*head)
+            *tail = NULL;
+        (*n)--;
     }
+}
+
+/* Reserve ops first: they free what the others wait for. */
+static void shard_serve_parked(bds_shard *s) {
+    shard_serve_fifo(s, &s->urgent_head, &s->urgent_tail, &s->urgent_n);
+    shard_serve_fifo(s, &s->park_head, &s->park_tail, &s->parked_n);
+}
+
+/* True when the next tick must not block for the parked ops: an ordinary op
+ * that waits only for SQ room (the next submit makes it), or any reserve op
+ * (they are few and their slots come back fast, and one may be the eventfd
+ * read that foreign threads wake us through). An ordinary op that waits for
+ * a slot waits for a CQE, which a blocking wait delivers (spinning would burn
+ * the core until one comes). */
+static bool shard_parked_runnable(const bds_shard *s) {
+    return s->urgent_head || (s->park_head && s->slot_free_n > s->slots_held);
 }
 
 /* ---- flushers -------------------------------------------------------------- */
@@ -556,9 +599,10 @@ static void shard_wait(bds_shard *s) {
         return;
     if (s->hooks.prepare_sleep && !s->hooks.prepare_sleep(s, s->hooks.ctx)) {
         /* The re-check found work. A producer may have seen the sleeping flag
-         * already and rung: woken() must clear its latch here too, or that
-         * bell's CQE (reaped now, while awake) leaves the latch set and the
-         * next producer would not ring a shard that really sleeps. */
+         * already and be about to ring: its bell may land after woken() and
+         * be reaped by this very enter, leaving the latch set while we are
+         * awake. That is why prepare_sleep must reset the latch before it
+         * announces the next sleep (shard.h); woken() alone cannot. */
         if (s->hooks.woken)
             s->hooks.woken(s, s->hooks.ctx);
         shard_enter_result(s, io_uring_submit_and_get_events(&s->ring));
@@ -573,16 +617,21 @@ static void shard_wait(bds_shard *s) {
         ts.tv_nsec = (long long)(d % 1000000000u);
         tsp = &ts;
     }
-    s->stats.sleeps++;
+    __atomic_store_n(&s->stats.sleeps, s->stats.sleeps + 1, __ATOMIC_RELAXED);
     struct io_uring_cqe *cqe = NULL;
+    /* relaxed: read only by bds__shard_dump */
+    __atomic_store_n(&s->blocked, true, __ATOMIC_RELAXED);
     shard_enter_result(s, io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, tsp, NULL));
+    __atomic_store_n(&s->blocked, false, __ATOMIC_RELAXED);
     if (s->hooks.woken)
         s->hooks.woken(s, s->hooks.ctx);
 }
 
 void bds__shard_tick(bds_shard *s, bool may_block) {
     BDS_DASSERT(shard_tls == s);
-    s->stats.ticks++;
+    /* relaxed atomic stores (plain moves): a watchdog thread samples ticks
+     * and sleeps as its progress clock (bds__shard_dump, tests) */
+    __atomic_store_n(&s->stats.ticks, s->stats.ticks + 1, __ATOMIC_RELAXED);
     /* Submit what the previous tick prepared; block only when it left nothing
      * pending. Waiting first means a caller that ticks until some condition
      * sees every completion the tick reaped before the tick can block again. */
@@ -603,7 +652,7 @@ void bds__shard_tick(bds_shard *s, bool may_block) {
     shard_run_flushers(s);
     bds__bell_flush(s);
     bds__shard_bufs_publish(s);
-    pending |= s->park_head != NULL || s->synth_head != NULL || s->flush_head != NULL;
+    pending |= shard_parked_runnable(s) || s->synth_head != NULL || s->flush_head != NULL;
     pending |= bds__bell_pending(s);
     s->pending = pending;
 }
@@ -615,11 +664,30 @@ void bds__shard_request_stop(bds_shard *s) {
      * finish and reach destroy before write() returns here; destroy waits for
      * the count to drop. acq_rel: orders the increment before the stop store. */
     atomic_fetch_add_explicit(&s->wakers, 1, memory_order_acq_rel);
-    /* release: pairs with the acquire in bds__shard_run; nothing else is published */
-    atomic_store_explicit(&s->stop_req, true, memory_order_release);
+    /* seq_cst: pairs with the load in bds__shard_run (nothing else is
+     * published), and takes its place in bds__shard_leave's handshake */
+    atomic_store_explicit(&s->stop_req, true, memory_order_seq_cst);
     bds__shard_wake(s);
     /* release: pairs with the acquire spin in bds__shard_destroy */
     atomic_fetch_sub_explicit(&s->wakers, 1, memory_order_release);
+}
+
+void bds__shard_leave(bds_shard *to, _Atomic uint32_t *inside) {
+    /* The waker count, raised before the decrement, keeps `to` from being
+     * destroyed under our wake: it cannot finish before the decrement. */
+    atomic_fetch_add_explicit(&to->wakers, 1, memory_order_acq_rel);
+    /* seq_cst, with the load of stop_req below, against bds__shard_run's
+     * seq_cst load of stop_req followed by the hook's seq_cst load of
+     * *inside: either we see the stop and wake, or the shard's check sees
+     * the decrement (store buffering is forbidden in the total order). */
+    atomic_fetch_sub_explicit(inside, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&to->stop_req, memory_order_seq_cst)) {
+        uint64_t one = 1;
+        ssize_t n = write(to->efd, &one, sizeof(one));
+        BDS_ASSERT(n == (ssize_t)sizeof(one));
+    }
+    /* release: pairs with the acquire spin in bds__shard_destroy */
+    atomic_fetch_sub_explicit(&to->wakers, 1, memory_order_release);
 }
 
 /* True when the upper layers are done: only the shard's own reads remain.
@@ -627,15 +695,16 @@ void bds__shard_request_stop(bds_shard *s) {
 static bool shard_upper_done(bds_shard *s) {
     if (s->hooks.quiescent && !s->hooks.quiescent(s, s->hooks.ctx))
         return false;
-    return s->inflight == bds__bell_internal_inflight(s) && !s->park_head && !s->synth_head &&
+    return s->inflight == bds__bell_internal_inflight(s) && !s->park_head && !s->urgent_head && !s->synth_head &&
            !s->flush_head && s->done_n == 0;
 }
 
 void bds__shard_run(bds_shard *s) {
     BDS_ASSERT(shard_tls == s);
     for (;;) {
-        /* acquire: pairs with the release in bds__shard_request_stop */
-        if (!s->stopping && atomic_load_explicit(&s->stop_req, memory_order_acquire)) {
+        /* seq_cst: pairs with the release in bds__shard_request_stop, and is
+         * the shard's half of the handshake in bds__shard_leave */
+        if (!s->stopping && atomic_load_explicit(&s->stop_req, memory_order_seq_cst)) {
             s->stopping = true;
             if (s->hooks.on_stop)
                 s->hooks.on_stop(s, s->hooks.ctx);
@@ -646,4 +715,70 @@ void bds__shard_run(bds_shard *s) {
             break;
         bds__shard_tick(s, true);
     }
+}
+
+/* ---- diagnostics ------------------------------------------------------------------ */
+
+static const char *shard_op_state(uint8_t st) {
+    switch (st) {
+    case BDS_OP_IDLE: return "idle";
+    case BDS_OP_PARKED: return "parked";
+    case BDS_OP_INFLIGHT: return "in flight";
+    case BDS_OP_SYNTH: return "completing";
+    default: return "?";
+    }
+}
+
+/* The kernel's eventfd counter, from /proc (a read would consume it): -1 if unknown. */
+static long long shard_eventfd_count(int fd) {
+    char path[64], line[128];
+    long long v = -1;
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+    FILE *f = fd >= 0 ? fopen(path, "r") : NULL;
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "eventfd-count: %llx", &v) == 1)
+            break;
+    fclose(f);
+    return v;
+}
+
+void bds__shard_dump(const bds_shard *s, FILE *f) {
+    /* Relaxed loads of fields the owner writes plainly: this runs from another
+     * thread only when something already went wrong (a stall report). */
+#define LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+    uint64_t now = bds__clock_ns(), last = LD(s->now_ns);
+    const bds_shard_stats *st = &s->stats;
+    uint64_t next = s->timers._n ? LD(s->timers._v[0]->deadline_ns) : UINT64_MAX;
+    fprintf(f, "shard %u: tick %llu, last tick %.1f ms ago, %s, pending %d, stopping %d\n", s->id,
+            (unsigned long long)LD(st->ticks), last <= now ? (double)(now - last) / 1e6 : 0.0,
+            LD(s->blocked) ? "BLOCKED in io_uring_enter" : "running", (int)LD(s->pending), (int)LD(s->stopping));
+    fprintf(f,
+            "  ops: %u in flight of %u (%u held for reserve ops, %u the shard's own reads), parked %u + %u reserve, "
+            "synthetic %s, flushers %s\n",
+            LD(s->inflight), s->cfg.ops_max, s->slots_held, bds__bell_internal_inflight(s), LD(s->parked_n),
+            LD(s->urgent_n), LD(s->synth_head) ? "queued" : "none", LD(s->flush_head) ? "queued" : "none");
+    if (next == UINT64_MAX)
+        fprintf(f, "  timers: %u armed\n", LD(s->timers._n));
+    else
+        fprintf(f, "  timers: %u armed, next in %.1f ms\n", LD(s->timers._n),
+                next > now ? (double)(next - now) / 1e6 : -(double)(now - next) / 1e6);
+    if (s->ring_ok)
+        fprintf(f, "  ring: SQ %u unsubmitted, CQ %u unreaped, overflow %d; bells to send %u\n",
+                io_uring_sq_ready(&s->ring), io_uring_cq_ready(&s->ring),
+                (int)io_uring_cq_has_overflow(&s->ring), LD(s->bell_n));
+    fprintf(f, "  eventfd %d: read %s, count %lld\n", s->efd, shard_op_state(LD(s->efd_op._state)),
+            shard_eventfd_count(s->efd));
+    fprintf(f,
+            "  stats: sleeps %llu, cqes %llu, stale %llu, parked %llu, overflows %llu, ebusy %llu, "
+            "bells sent %llu received %llu retried %llu, eventfd wakes %llu\n",
+            (unsigned long long)LD(st->sleeps), (unsigned long long)LD(st->cqes),
+            (unsigned long long)LD(st->stale_cqes), (unsigned long long)LD(st->parked),
+            (unsigned long long)LD(st->overflows), (unsigned long long)LD(st->ebusy),
+            (unsigned long long)LD(st->bells_sent), (unsigned long long)LD(st->bells_received),
+            (unsigned long long)LD(st->bell_retries), (unsigned long long)LD(st->eventfd_wakes));
+#undef LD
+    if (s->hooks.dump)
+        s->hooks.dump((bds_shard *)s, f, s->hooks.ctx);
 }

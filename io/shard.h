@@ -8,7 +8,10 @@
  *
  * Ops are caller-owned (embedded in their owner, TigerBeetle's Completion):
  * bds__op_submit() never fails. Without an SQE or a free slot the op is parked
- * on a FIFO served first in the next tick. Callbacks never run inside the call
+ * on a FIFO served first in the next tick. A few slots and SQEs are held back
+ * for reserve ops (cancel, close, the shard's own wake-up reads), which park
+ * on a FIFO of their own served before the others: when multishot receives
+ * hold every other slot, teardown still runs and frees them. Callbacks never run inside the call
  * that submitted the op, nor inside the CQE reap loop: the tick collects
  * completions first and runs them afterwards.
  *
@@ -21,6 +24,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 #include "bidistream/status.h"
@@ -39,7 +43,8 @@ typedef enum bds_bell_mode {
 typedef struct bds_shard_config {
     uint32_t sq_entries;   /* power of two; default 1024                                 */
     uint32_t cq_entries;   /* 0 = 4 x sq_entries                                         */
-    uint32_t ops_max;      /* op slots in flight at once; default 16384                   */
+    uint32_t ops_max;      /* op slots in flight at once; default 16384; ops_max / 4 (at
+                              most 64) of them are reserve-only (bds_op.reserve)          */
     uint32_t bufs;         /* provided recv buffers, power of two; default 256; 0 = none */
     uint32_t buf_bytes;    /* bytes per provided buffer; default 16 KiB                   */
     uint32_t idle_spin_us; /* poll this long before sleeping; default 0 (off)             */
@@ -73,6 +78,9 @@ enum { BDS_OP_IDLE = 0, BDS_OP_PARKED, BDS_OP_INFLIGHT, BDS_OP_SYNTH };
 struct bds_op {
     uint8_t kind;      /* bds_op_kind */
     uint8_t _state;    /* BDS_OP_IDLE / PARKED / INFLIGHT / SYNTH */
+    bool reserve;      /* may take the slots and SQEs held back for teardown: set by
+                          op_init for CANCEL and CLOSE; set it only on ops that must
+                          run for the shard to make progress and never pile up */
     int fd;
     uint32_t _slot;    /* valid while INFLIGHT */
     uint32_t _gen;     /* generation of _slot at submission */
@@ -87,7 +95,8 @@ struct bds_op {
     void *ctx;
 };
 
-/* Prepares op (kind, fd, callback); arguments go in op->a afterwards. */
+/* Prepares op (kind, fd, callback; reserve for CANCEL and CLOSE); arguments go
+ * in op->a afterwards. */
 void bds__op_init(bds_op *op, bds_op_kind kind, int fd, bds_on_op_fn fn, void *ctx);
 static inline bool bds__op_busy(const bds_op *op) { return op->_state != BDS_OP_IDLE; }
 /* Queues op for submission at the end of this tick. op must be idle. */
@@ -108,11 +117,16 @@ typedef struct bds_shard_hooks {
     bool (*drain_inbox)(bds_shard *s, void *ctx);
     /* Run local pipeline work (budgeted). Returns true when work remains. */
     bool (*run_work)(bds_shard *s, void *ctx);
-    /* Sleep protocol (DESIGN §5.3): returns true when the shard may block. */
+    /* Sleep protocol (DESIGN §5.3): returns true when the shard may block.
+     * Must give this sleep a fresh bell latch (bell_rung = 0) BEFORE it
+     * announces sleeping: a bell rung for an earlier, aborted attempt can be
+     * reaped by any enter while the shard is awake (the submit right after an
+     * aborted attempt, a tick with work pending), and a latch left set by it
+     * would silence the bell of this sleep. bds_mpsc's prepare_sleep does it. */
     bool (*prepare_sleep)(bds_shard *s, void *ctx);
     /* Ends every sleep attempt: after the blocking wait returns (any reason),
-     * and also right after prepare_sleep returned false. Clear the sleeping
-     * flag and the bell latch here (DESIGN §5.3). */
+     * and also right after prepare_sleep returned false. Clears the sleeping
+     * flag (and the latch; not enough on its own, see prepare_sleep). */
     void (*woken)(bds_shard *s, void *ctx);
     /* A SIGTERM/SIGINT arrived (shard with signals enabled only). */
     void (*on_signal)(bds_shard *s, int signo, void *ctx);
@@ -120,6 +134,10 @@ typedef struct bds_shard_hooks {
     void (*on_stop)(bds_shard *s, void *ctx);
     /* While stopping: returns true when the upper layer has nothing left. */
     bool (*quiescent)(bds_shard *s, void *ctx);
+    /* Diagnostics, from ANY thread (a stall watchdog), while the shard may be
+     * running: prints the upper layer's state (inbox, sessions) to f. Relaxed
+     * reads only, no locks, no allocation; values may be a little stale. */
+    void (*dump)(bds_shard *s, FILE *f, void *ctx);
     void *ctx;
 } bds_shard_hooks;
 
@@ -137,7 +155,8 @@ void bds__shard_defer_flush(bds_shard *s, bds_flusher *f);
 /* ---- the shard ----------------------------------------------------------- */
 
 typedef struct bds_shard_stats {
-    uint64_t ticks, sleeps, cqes, stale_cqes, parked, overflows, ebusy;
+    uint64_t ticks, sleeps; /* any thread may read these two with relaxed atomic loads */
+    uint64_t cqes, stale_cqes, parked, overflows, ebusy;
     uint64_t bells_sent, bells_received, bell_retries, bell_eventfd_sent, eventfd_wakes;
     uint64_t spins;
 } bds_shard_stats;
@@ -179,6 +198,13 @@ void bds__shard_bell(bds_shard *from, bds_shard *to);
 /* Contract: a foreign waker must be done with `to` (returned from this call)
  * before `to` can finish stopping; destroy waits for wakes in progress. */
 void bds__shard_wake(bds_shard *to);
+/* Any thread: decrements *inside (a count of foreign threads at work on the
+ * shard's state, which its quiescent hook reads), then wakes `to` if its stop
+ * was requested. A stopping shard that found the count raised blocks until a
+ * wake: a bare decrement would leave it blocked forever, quiescent at last
+ * and never asked again. `to` stays alive until this returns. The quiescent
+ * hook must read *inside with a seq_cst load. */
+void bds__shard_leave(bds_shard *to, _Atomic uint32_t *inside);
 
 /* The shard whose tick runs on this thread, or NULL. */
 bds_shard *bds__shard_self(void);
@@ -191,6 +217,11 @@ const bds_shard_stats *bds__shard_stats(const bds_shard *s);
 const bds_shard_config *bds__shard_config(const bds_shard *s);
 /* Ops holding a slot (in flight). */
 uint32_t bds__shard_inflight(const bds_shard *s);
+/* Any thread, for a stall report: the shard's state (last tick, blocked or
+ * running, ops in flight and parked, timers, rings, eventfd, counters), then
+ * the dump hook's. Relaxed reads of state the owner keeps changing: a
+ * snapshot for a human, never for decisions. */
+void bds__shard_dump(const bds_shard *s, FILE *f);
 
 /* ---- the provided-buffer ring (one per shard, group id 0) --------------- */
 

@@ -40,6 +40,10 @@ struct bds_shard {
     uint32_t inflight;    /* ops_max - slot_free_n */
 
     bds_op *park_head, *park_tail;   /* waiting for an SQE or a slot, FIFO */
+    bds_op *urgent_head, *urgent_tail; /* the same for reserve ops, served first */
+    uint32_t parked_n, urgent_n;     /* ops on each FIFO */
+    uint32_t slots_held;             /* free slots only reserve ops may take */
+    uint32_t sqes_held;              /* free SQEs only reserve ops (and bells) may take */
     bds_op *synth_head, *synth_tail; /* completed without the kernel (cancelled while parked) */
     bds_done *done;                  /* CQEs reaped this tick, callbacks not yet run */
     uint32_t done_n, done_cap;
@@ -71,6 +75,7 @@ struct bds_shard {
     _Atomic uint32_t wakers; /* threads inside bds__shard_wake / request_stop (see bds__shard_wake) */
     bool stopping;
     bool pending;          /* the last tick left work: the next one must not block */
+    bool blocked;          /* inside the blocking enter of shard_wait (for bds__shard_dump) */
     bds_shard_stats stats;
 };
 

@@ -1,34 +1,43 @@
 /* test_bell.c — lost wake-up tests of both doorbells (DESIGN §5.3, §15).
  *
- * Two shards play ping-pong through tiny inboxes (an atomic counter plus the
- * sleeping/bell_rung latch of §5.3, seq_cst as the design says), so each
- * message finds its consumer asleep or about to sleep. No timer is armed:
- * a shard blocks with NO timeout, and only a bell can wake it. A lost wake-up
- * hangs the test and the test's own .timeout reports it. Variants: MSG_RING
- * between shards, eventfd between shards, and a non-shard thread ringing the
- * eventfd. Each plays ROUNDS rounds or for ROUND_BUDGET_NS, whichever ends
- * first: on 2 loaded cores every wake-up may wait a scheduler slice, and
- * 20,000 of them once took longer than the timeout without any bell being
- * lost. A lost bell still hangs, since nothing but a bell ends a sleep.
+ * Two shards play ping-pong through tiny inboxes, each a real bds_mpsc whose
+ * sleep latch (prepare_sleep / should_ring / woken) decides when to ring, so
+ * each message finds its consumer asleep or about to sleep. No timer is armed:
+ * a shard blocks with NO timeout, and only a bell can wake it. Variants:
+ * MSG_RING between shards, eventfd between shards, and a non-shard thread
+ * ringing the eventfd. Each plays ROUNDS rounds or for ROUND_BUDGET_NS,
+ * whichever ends first: on 2 loaded cores every wake-up may wait a scheduler
+ * slice. A lost bell stalls the rounds: the watchdog then prints every
+ * shard's state (latch, ops in flight, last tick) and aborts the test.
+ *
+ * These tests once used a latch of their own that cleared bell_rung only in
+ * woken(), not before announcing a sleep. A bell rung after woken() cleared
+ * the latch (the producer read sleeping = 1 of an aborted sleep attempt) was
+ * reaped while the shard was awake, left bell_rung = 1, and the next real
+ * sleep was never rung: the foreign variant hung in ~1 run of 10 (mpsc.pml's
+ * BUG_RESET_IN_WOKEN). bds_mpsc gives every announced sleep a fresh latch.
  * BDS_TEST_TSAN */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 
 #include "group.h"
+#include "mpsc.h"
+#include "watchdog.h"
 
 #define ROUNDS 20000
 #define ROUND_BUDGET_NS (30ull * 1000 * 1000 * 1000)
 #define ROUNDS_MIN 1000 /* fewer in the budget would say little */
+#define INBOX_SLOTS 64u
+#define STALL_S 20 /* a round takes well under a millisecond */
 
 typedef struct inbox {
-    _Atomic uint64_t posted;    /* seq_cst RMW by producers; seq_cst load by the consumer */
-    _Atomic uint64_t consumed;  /* consumer's progress, for the foreign producer */
-    _Atomic int sleeping;       /* seq_cst exchange by the consumer; seq_cst load by producers */
-    _Atomic int bell_rung;      /* producers' exchange coalesces bells; the woken consumer clears */
-    uint64_t taken;             /* consumer-private */
+    bds_mpsc q;
+    void *mem;
+    _Atomic uint64_t consumed; /* consumer's progress, for the foreign producer and the watchdog */
 } inbox;
 
 static inbox boxes[2];
@@ -45,19 +54,20 @@ static uint64_t now_ns(void) {
 
 static void reset(void) {
     for (int i = 0; i < 2; i++) {
-        atomic_store(&boxes[i].posted, 0);
+        if (!boxes[i].mem)
+            boxes[i].mem = aligned_alloc(BDS_CACHELINE, bds__mpsc_footprint(INBOX_SLOTS));
+        cr_assert_not_null(boxes[i].mem);
+        bds__mpsc_init(&boxes[i].q, boxes[i].mem, INBOX_SLOTS);
         atomic_store(&boxes[i].consumed, 0);
-        atomic_store(&boxes[i].sleeping, 0);
-        atomic_store(&boxes[i].bell_rung, 0);
-        boxes[i].taken = 0;
     }
     atomic_store(&pongs, 0);
 }
 
 static void post(bds_shard *from, uint32_t to) {
+    static char ball; /* items are moved, never dereferenced: any non-NULL pointer */
     inbox *b = &boxes[to];
-    atomic_fetch_add(&b->posted, 1); /* seq_cst: pairs with the consumer's exchange + re-check */
-    if (atomic_load(&b->sleeping) && !atomic_exchange(&b->bell_rung, 1)) {
+    cr_assert(bds__mpsc_push(&b->q, &ball), "at most one ball per inbox");
+    if (bds__mpsc_should_ring(&b->q)) {
         if (from)
             bds__shard_bell(from, bds__group_shard(grp, to));
         else
@@ -69,12 +79,11 @@ static bool drain(bds_shard *s, void *ctx) {
     (void)ctx;
     uint32_t me = bds__shard_id(s);
     inbox *b = &boxes[me];
-    uint64_t p = atomic_load(&b->posted);
-    uint64_t n = p - b->taken;
-    b->taken = p;
+    void *got[INBOX_SLOTS];
+    uint32_t n = bds__mpsc_pop_burst(&b->q, got, INBOX_SLOTS);
     if (n)
-        atomic_store(&b->consumed, p);
-    for (uint64_t i = 0; i < n; i++) {
+        atomic_fetch_add(&b->consumed, n);
+    for (uint32_t i = 0; i < n; i++) {
         if (foreign_mode)
             continue; /* the foreign thread is the only producer */
         if (me == 0) {
@@ -92,23 +101,42 @@ static bool drain(bds_shard *s, void *ctx) {
 
 static bool prepare_sleep(bds_shard *s, void *ctx) {
     (void)ctx;
-    inbox *b = &boxes[bds__shard_id(s)];
-    atomic_exchange(&b->sleeping, 1);         /* seq_cst: Dekker with the producer's RMW + load */
-    if (atomic_load(&b->posted) != b->taken) /* seq_cst re-check of the inbox */
-        return false;                         /* woken() follows and clears the latch */
-    return true;
+    return bds__mpsc_prepare_sleep(&boxes[bds__shard_id(s)].q);
 }
 
 static void woken(bds_shard *s, void *ctx) {
     (void)ctx;
-    inbox *b = &boxes[bds__shard_id(s)];
-    atomic_store(&b->sleeping, 0);
-    atomic_store(&b->bell_rung, 0);
+    bds__mpsc_woken(&boxes[bds__shard_id(s)].q);
 }
+
+/* The watchdog's view of a shard's inbox (a foreign thread: relaxed reads). */
+static void dump_inbox(bds_shard *s, FILE *f, void *ctx) {
+    (void)ctx;
+    inbox *b = &boxes[bds__shard_id(s)];
+    fprintf(f, "  test inbox: consumed %llu, ", (unsigned long long)atomic_load(&b->consumed));
+    bds__mpsc_dump(&b->q, f);
+}
+
+static uint64_t progress_pongs(void *ctx) {
+    (void)ctx;
+    return atomic_load(&pongs);
+}
+
+static uint64_t progress_foreign(void *ctx) {
+    (void)ctx;
+    return atomic_load(&boxes[0].consumed);
+}
+
+static void dump_group(FILE *f, void *ctx) {
+    (void)ctx;
+    bds__group_dump(grp, f);
+}
+
+static watchdog wd;
 
 static bds_status on_start(bds_shard *s, void *ctx) {
     (void)ctx;
-    bds_shard_hooks h = {.drain_inbox = drain, .prepare_sleep = prepare_sleep, .woken = woken};
+    bds_shard_hooks h = {.drain_inbox = drain, .prepare_sleep = prepare_sleep, .woken = woken, .dump = dump_inbox};
     bds__shard_set_hooks(s, &h);
     return BDS_OK;
 }
@@ -146,8 +174,10 @@ static void ping_pong(bds_bell_mode mode) {
                  err);
     /* The first ball, from outside: through shard 1's eventfd. */
     started_ns = now_ns();
+    watchdog_start(&wd, "ping-pong rounds", STALL_S, 110, progress_pongs, dump_group, NULL);
     post(NULL, 1);
     bds__group_run(grp);
+    watchdog_stop(&wd);
     uint64_t rounds = atomic_load(&pongs);
     cr_assert_geq(rounds, ROUNDS_MIN);
     bds__group_destroy(grp);
@@ -184,6 +214,7 @@ Test(io_bell, foreign_thread_posts_to_sleeping_shard_never_loses_a_wakeup, .time
     cr_assert_eq(bds__group_start(&grp, &cfg, on_start, NULL, NULL, err, sizeof(err)), BDS_OK, "%s", err);
     /* One at a time, each after the previous was consumed: the shard is asleep
      * (or about to be) for nearly every post. */
+    watchdog_start(&wd, "the shard to consume each post", STALL_S, 110, progress_foreign, dump_group, NULL);
     uint64_t start = now_ns(), i;
     for (i = 1; i <= ROUNDS && now_ns() - start < ROUND_BUDGET_NS; i++) {
         post(NULL, 0);
@@ -194,5 +225,6 @@ Test(io_bell, foreign_thread_posts_to_sleeping_shard_never_loses_a_wakeup, .time
     cr_log_info("foreign: %llu rounds", (unsigned long long)(i - 1));
     bds__group_stop(grp);
     bds__group_run(grp);
+    watchdog_stop(&wd);
     bds__group_destroy(grp);
 }

@@ -8,18 +8,22 @@
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "frame.h"
 #include "net.h"
 #include "shard.h"
+#include "watchdog.h"
 
 /* ---- the server side -------------------------------------------------------- */
 
@@ -29,6 +33,19 @@ typedef struct harness {
     bds_frame_echo echo;
     uint16_t port;
 } harness;
+
+/* A shard that stops ticking for STALL_S while a test waits on it is stuck:
+ * the watchdog prints its state and aborts. Static: a failed assert leaves
+ * the test with it running. */
+#define STALL_S 15
+static watchdog wd;
+
+static uint64_t h_progress(void *ctx) {
+    const bds_shard_stats *st = bds__shard_stats(((harness *)ctx)->s);
+    return __atomic_load_n(&st->ticks, __ATOMIC_RELAXED);
+}
+
+static void h_dump(FILE *f, void *ctx) { bds__shard_dump(((harness *)ctx)->s, f); }
 
 static bool h_quiescent(bds_shard *s, void *ctx) {
     (void)s;
@@ -53,11 +70,13 @@ static void h_start(harness *h, const bds_shard_config *scfg, const bds_net_conf
     cr_assert_geq(fd, 0, "listen: %s", strerror(-fd));
     h->port = bds__socket_port(fd);
     cr_assert_eq(bds__listener_start(h->net, fd, bds__frame_echo_on_accept, &h->echo, NULL), BDS_OK);
+    watchdog_start(&wd, "the shard to tick (clients' bytes, closes)", STALL_S, 3600, h_progress, h_dump, h);
 }
 
 static void h_stop(harness *h) {
     bds__shard_request_stop(h->s);
     bds__shard_run(h->s);
+    watchdog_stop(&wd);
     cr_assert_eq(bds__net_live(h->net), 0);
     cr_assert_eq(bds__net_stats(h->net)->chunks_live, 0);
     bds__net_destroy(h->net);
@@ -380,5 +399,173 @@ Test(io_conn, echo_with_idle_spin_enabled_spins_and_returns_every_byte, .timeout
     run_clients(&h, &c, 1);
     cr_assert_eq(h.echo.msgs, 500);
     cr_assert_gt(bds__shard_stats(h.s)->spins, 0, "the idle spin never ran");
+    h_stop(&h);
+}
+
+/* Ticks without blocking until the echo saw n connections closed; fails with
+ * the shard's state when that takes more than `ticks` ticks. */
+static void tick_until_closed_bounded(harness *h, uint64_t n, int ticks) {
+    for (int i = 0; i < ticks && h->echo.conns_closed < n; i++)
+        bds__shard_tick(h->s, false);
+    if (h->echo.conns_closed < n)
+        bds__shard_dump(h->s, stderr);
+    cr_assert_eq(h->echo.conns_closed, n, "closed %llu of %llu connections in %d ticks (state above)",
+                 (unsigned long long)h->echo.conns_closed, (unsigned long long)n, ticks);
+}
+
+Test(io_conn, idle_receives_holding_every_op_slot_still_let_every_connection_close, .timeout = 30) {
+    /* Finding 10 of issue 8: each connection's multishot recv holds an op
+     * slot. With more idle connections than slots, the last receives park;
+     * closing must still cancel every recv and close every socket (cancels
+     * and closes used to park behind new ops, and nothing ever freed a slot). */
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    sc.ops_max = 16;
+    h_start(&h, &sc, &nc);
+    enum { CONNS = 24 };
+    int fds[CONNS];
+    for (int i = 0; i < CONNS; i++)
+        fds[i] = client_connect(h.port);
+    for (int i = 0; i < 100000 && h.echo.conns_accepted < CONNS; i++)
+        bds__shard_tick(h.s, false);
+    cr_assert_eq(h.echo.conns_accepted, CONNS);
+    cr_assert_geq(bds__shard_inflight(h.s), 16 - 4, "every slot (but the reserved ones) holds an op");
+    cr_assert_gt(bds__shard_stats(h.s)->parked, 0, "some receives wait for a slot");
+    bds__net_close_all(h.net);
+    tick_until_closed_bounded(&h, CONNS, 100000);
+    cr_assert_eq(h.echo.last_close_err, 0);
+    for (int i = 0; i < CONNS; i++)
+        close(fds[i]);
+    h_stop(&h);
+}
+
+/* ---- shedding: conns_max and the spare descriptor ------------------------------------ */
+
+static int client_socket(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+    return fd;
+}
+
+static void client_connect_fd(int fd, uint16_t port) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0, "connect: %s", strerror(errno));
+}
+
+/* One framed message through the echo on fd, ticking the shard meanwhile;
+ * fails (with the shard's state) when it does not come back in ~5 s. */
+static void client_echo_once(harness *h, int fd, uint8_t tag) {
+    uint8_t msg[BDS_FRAME_PREFIX + 32], got[sizeof msg];
+    bds__frame_prefix(msg, 0, 32);
+    memset(msg + BDS_FRAME_PREFIX, tag, 32);
+    cr_assert_eq(write(fd, msg, sizeof msg), (ssize_t)sizeof msg);
+    size_t have = 0;
+    for (int i = 0; i < 500 && have < sizeof got; i++) {
+        bds__shard_tick(h->s, false);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 10) != 1)
+            continue;
+        ssize_t r = recv(fd, got + have, sizeof got - have, 0);
+        cr_assert_gt(r, 0, "the served connection was closed: %s", r < 0 ? strerror(errno) : "EOF");
+        have += (size_t)r;
+    }
+    if (have < sizeof got)
+        bds__shard_dump(h->s, stderr);
+    cr_assert_eq(have, sizeof got, "echo: %zu of %zu bytes back in ~5 s", have, sizeof got);
+    cr_assert_eq(memcmp(msg, got, sizeof got), 0);
+}
+
+/* Ticks the shard until fd sees the server close it (EOF or reset); fails
+ * after ~5 s with the shard's state. */
+static void client_expect_closed(harness *h, int fd, const char *why) {
+    for (int i = 0; i < 500; i++) {
+        bds__shard_tick(h->s, false);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 10) != 1)
+            continue;
+        char b;
+        ssize_t r = recv(fd, &b, 1, 0);
+        cr_assert(r == 0 || (r < 0 && errno == ECONNRESET), "expected the server to close: got %zd (%s)", r,
+                  r < 0 ? strerror(errno) : "a byte");
+        return;
+    }
+    bds__shard_dump(h->s, stderr);
+    cr_assert_fail("%s: the connection was not closed in ~5 s", why);
+}
+
+/* Ticks until the server has accepted (or shed) `want` connections in all. */
+static void tick_until_seen(harness *h, uint64_t want) {
+    const bds_net_stats *st = bds__net_stats(h->net);
+    for (int i = 0; i < 100000 && st->accepted + st->shed_conns_max + st->shed_fd_limit < want; i++)
+        bds__shard_tick(h->s, false);
+    cr_assert_eq(st->accepted + st->shed_conns_max + st->shed_fd_limit, want);
+}
+
+Test(io_conn, connections_past_conns_max_close_at_once_while_open_ones_are_served, .timeout = 30) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    nc.conns_max = 2;
+    h_start(&h, &sc, &nc);
+    int a = client_connect(h.port), b = client_connect(h.port);
+    tick_until_seen(&h, 2);
+    int over = client_connect(h.port);
+    client_expect_closed(&h, over, "the third connection past conns_max = 2");
+    cr_assert_eq(bds__net_stats(h.net)->shed_conns_max, 1);
+    client_echo_once(&h, a, 1); /* the open ones are still served */
+    client_echo_once(&h, b, 2);
+    /* A slot freed is a slot taken again. */
+    close(b);
+    tick_until_closed(&h, 1);
+    int c = client_connect(h.port);
+    client_echo_once(&h, c, 3);
+    cr_assert_eq(bds__net_stats(h.net)->accepted, 3);
+    close(a);
+    close(c);
+    close(over);
+    h_stop(&h);
+}
+
+/* Lowers the soft RLIMIT_NOFILE so that exactly `free` descriptor numbers
+ * are left (the lowest free numbers are handed out first). */
+static void leave_free_fds(int free) {
+    int n = 0, fd = 0;
+    for (; n <= free; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF)
+            n++;
+    /* fd - 1 is the (free + 1)-th free number: a limit there leaves `free` below it */
+    struct rlimit r;
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &r), 0);
+    r.rlim_cur = (rlim_t)(fd - 1);
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &r), 0, "setrlimit: %s", strerror(errno));
+}
+
+Test(io_conn, out_of_descriptors_sheds_the_newest_connection_and_keeps_serving, .timeout = 30) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    h_start(&h, &sc, &nc);
+    /* Every client socket exists first: from here on only the server takes
+     * descriptors, and there is room for one connection. */
+    int a = client_socket(), over = client_socket(), next = client_socket();
+    leave_free_fds(1);
+    client_connect_fd(a, h.port);
+    tick_until_seen(&h, 1);
+    client_connect_fd(over, h.port); /* EMFILE for the server */
+    client_expect_closed(&h, over, "a connection the server has no descriptor for");
+    cr_assert_eq(bds__net_stats(h.net)->shed_fd_limit, 1);
+    client_echo_once(&h, a, 1);
+    /* The listener keeps serving: a descriptor freed is a connection taken. */
+    close(a);
+    tick_until_closed(&h, 1);
+    client_connect_fd(next, h.port);
+    client_echo_once(&h, next, 2);
+    cr_assert_eq(bds__net_stats(h.net)->accepted, 2);
+    close(next);
+    close(over);
     h_stop(&h);
 }

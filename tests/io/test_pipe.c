@@ -21,6 +21,7 @@
 #include "group.h"
 #include "pipe.h"
 #include "pipeline_int.h"
+#include "watchdog.h"
 
 #define SHARDS 2
 #define SESSIONS 4
@@ -69,6 +70,8 @@ static size_t fq_n, fq_cap;
 static _Atomic int fstop;
 
 static _Atomic uint64_t replies_made_total;
+static _Atomic uint64_t progress; /* payloads released, on any shard: the watchdog's clock */
+static watchdog wd;
 
 struct work {
     bds_timer t;
@@ -154,6 +157,7 @@ static void op_drop(bds_session *s, bds_reply *r, void *ctx) {
 static void op_release(bds_session *s, void *p, void *ctx) {
     (void)ctx;
     ts_of(s)->released++;
+    atomic_fetch_add_explicit(&progress, 1, memory_order_relaxed);
     free(p);
 }
 static void op_closed(bds_session *s, bds_status st, const char *msg, void *ctx) {
@@ -237,6 +241,39 @@ static bool hook_quiescent(bds_shard *s, void *ctx) {
     return bds__pipe_idle(((tshard *)ctx)->pipe);
 }
 
+/* The watchdog's view of a shard (another thread: racy reads of the test's
+ * own counters, for a human). */
+static void hook_dump(bds_shard *s, FILE *f, void *ctx) {
+    (void)s;
+    tshard *ts = ctx;
+    bds__pipe_dump(ts->pipe, f);
+    fprintf(f, "  test: done %d, half-closed %d, released %llu, replies %llu of %llu expected\n", (int)ts->done,
+            (int)ts->half_closed, (unsigned long long)ts->released, (unsigned long long)ts->replies,
+            (unsigned long long)ts->expected_replies);
+    for (int i = 0; i < SESSIONS && !ts->done; i++) {
+        bds_session_stats st;
+        bds_session_get_stats(ts->s[i], &st);
+        fprintf(f,
+                "  session %d: sent %llu, closed %d, admitted %llu, completed %llu, executing %u, "
+                "tokens free %u held %u, waiting hw %u\n",
+                i, (unsigned long long)ts->sent[i], ts->closed[i], (unsigned long long)st.admitted,
+                (unsigned long long)st.completed, st.executing, st.tokens_free, st.tokens_held, st.waiting_hw);
+    }
+    pthread_mutex_lock(&fmu);
+    fprintf(f, "  foreign queue: %zu calls\n", fq_n);
+    pthread_mutex_unlock(&fmu);
+}
+
+static uint64_t progress_released(void *ctx) {
+    (void)ctx;
+    return atomic_load_explicit(&progress, memory_order_relaxed);
+}
+
+static void dump_group(FILE *f, void *ctx) {
+    (void)ctx;
+    bds__group_dump(group, f);
+}
+
 static bds_pipe_group *pg;
 
 static bds_status on_start(bds_shard *s, void *ctx) {
@@ -261,7 +298,7 @@ static bds_status on_start(bds_shard *s, void *ctx) {
         bds_session_open(ts->s[i]);
     }
     bds_shard_hooks h = {.drain_inbox = hook_drain, .run_work = hook_run, .prepare_sleep = hook_prepare_sleep,
-                         .woken = hook_woken, .quiescent = hook_quiescent, .ctx = ts};
+                         .woken = hook_woken, .quiescent = hook_quiescent, .dump = hook_dump, .ctx = ts};
     bds__shard_set_hooks(s, &h);
     return BDS_OK;
 }
@@ -293,7 +330,9 @@ static void run(bds_bell_mode bell, bool shutdown) {
     cfg.shard.bell = bell;
     char err[256] = "";
     cr_assert_eq(bds__group_start(&group, &cfg, on_start, on_exit_shard, NULL, err, sizeof err), BDS_OK, "%s", err);
+    watchdog_start(&wd, "every message answered and the shards stopped", 20, 280, progress_released, dump_group, NULL);
     bds__group_run(group);
+    watchdog_stop(&wd);
     bds__group_destroy(group);
     for (int i = 0; i < SHARDS; i++) bds__pipe_detach(shards[i].pipe);
     atomic_store(&fstop, 1);

@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <nghttp2/nghttp2.h>
 #include <poll.h>
 #include <pthread.h>
@@ -21,7 +22,8 @@
 #include <unistd.h>
 
 #include "bidistream/server.h"
-#include "server_int.h" /* bds__server_watches */
+#include "server_int.h" /* bds__server_watches, bds__server_dump */
+#include "watchdog.h"
 
 #define PATH "/bidistream.v1.Pipeline/Process"
 #define MSGS 300
@@ -34,6 +36,11 @@ struct srv {
     pthread_t t;
     bds_status rc;
 };
+
+static struct srv *current; /* the running server, for stall reports */
+static watchdog wd;         /* static: a failed assert leaves the test with it running */
+
+static void srv_dump(FILE *f, void *ctx) { bds__server_dump(((struct srv *)ctx)->s, f); }
 
 static void *srv_main(void *arg) {
     struct srv *v = arg;
@@ -121,7 +128,13 @@ static void srv_config(bds_server_config *cfg, uint32_t shards) {
     cfg->log_level = 0;
 }
 
-static void srv_run(struct srv *v) { cr_assert_eq(pthread_create(&v->t, NULL, srv_main, v), 0); }
+static void srv_run(struct srv *v) {
+    current = v;
+    /* Every wait below is bounded (~20 s each) except the server's own
+     * shutdown: the deadline covers that one too. */
+    watchdog_start(&wd, "the test's exchanges and the server's shutdown", 0, 150, NULL, srv_dump, v);
+    cr_assert_eq(pthread_create(&v->t, NULL, srv_main, v), 0);
+}
 
 static void srv_start_cfg(struct srv *v, const bds_server_config *cfg) {
     srv_create(v, cfg);
@@ -142,7 +155,10 @@ static bds_status srv_stop_within(struct srv *v, int within_s) {
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += within_s;
     int rc = pthread_timedjoin_np(v->t, NULL, &until);
+    if (rc != 0) bds__server_dump(v->s, stderr);
     cr_assert_eq(rc, 0, "bds_server_run did not return within %d s of bds_server_stop", within_s);
+    watchdog_stop(&wd);
+    current = NULL;
     bds_status st = v->rc;
     bds_server_destroy(v->s);
     return st;
@@ -373,6 +389,10 @@ static void cli_pump(struct cli *c, bool (*done)(struct cli *c)) {
     for (int i = 0; i < c->n && !done(c); i++)
         fprintf(stderr, "stream %d: sent %zu of %zu, received %zu, status %d, closed %d\n", c->s[i].id,
                 c->s[i].out_off, c->s[i].out_len, c->s[i].in_bytes, c->s[i].grpc_status, c->s[i].closed);
+    if (!done(c) && current) {
+        fprintf(stderr, "the exchange did not finish in time; the server:\n");
+        bds__server_dump(current->s, stderr);
+    }
     cr_assert(done(c), "the exchange did not finish in time");
 }
 
@@ -1053,4 +1073,61 @@ Test(server, create_refuses_connection_timers_that_could_wrap) {
     const char *why = NULL;
     cr_assert_eq(bds_server_create(&s, &cfg, &why), BDS_E_INVALID);
     cr_assert(why && strstr(why, "tcp_user_timeout_ms"), "%s", why ? why : "(none)");
+}
+
+/* Reads until the server closes fd (EOF or reset); false after ~5 s. Bytes
+ * the server sent first (its SETTINGS) are skipped. */
+static bool closed_by_server(int fd) {
+    char buf[512];
+    for (int i = 0; i < 500; i++) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 10) != 1) continue;
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n == 0 || (n < 0 && errno == ECONNRESET)) return true;
+    }
+    return false;
+}
+
+/* Connects until the server answers with its SETTINGS (peeked, left for the
+ * client): a connection the server still counts may be closing meanwhile, so
+ * a connect may be shed until it is gone (bounded: about 5 s). */
+static int connect_served(struct srv *v) {
+    for (int i = 0; i < 50; i++) {
+        int fd = srv_connect(v);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        char b;
+        if (poll(&p, 1, 100) == 1 && recv(fd, &b, 1, MSG_PEEK) == 1) return fd;
+        close(fd);
+    }
+    bds__server_dump(v->s, stderr);
+    cr_assert_fail("no connection was served in ~5 s");
+    return -1;
+}
+
+/* max_connections = 1: a second connection is closed at once, the first one
+ * keeps being served, and once it is gone the next one is served. */
+Test(server, connection_past_max_connections_is_closed_while_the_first_is_served) {
+    struct srv v;
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.max_connections = 1;
+    srv_start_cfg(&v, &cfg);
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    cli_call(&c, "a", false);
+    cli_pump(&c, first_half); /* the first connection is accepted and served */
+    int over = srv_connect(&v);
+    bool closed = closed_by_server(over);
+    if (!closed) bds__server_dump(v.s, stderr);
+    cr_assert(closed, "the connection past max_connections was not closed in ~5 s");
+    close(over);
+    cli_call(&c, "b", true);
+    cli_pump(&c, all_replied);
+    cli_fini(&c);
+    cli_init(&c, connect_served(&v)); /* its share is free again once the first is gone */
+    cli_call(&c, "c", true);
+    cli_pump(&c, all_closed);
+    cr_assert_eq(c.s[0].grpc_status, 0);
+    cli_fini(&c);
+    srv_stop(&v);
 }

@@ -116,6 +116,7 @@ static void assert_same_config(const bds_server_config *a, const bds_server_conf
     cr_assert_eq(a->ping_without_streams, b->ping_without_streams);
     cr_assert_eq(a->send_timeout_ns, b->send_timeout_ns);
     cr_assert_eq(a->tcp_user_timeout_ms, b->tcp_user_timeout_ms);
+    cr_assert_eq(a->max_connections, b->max_connections);
     const bds_options *x = &a->options, *y = &b->options;
     cr_assert_eq(x->size, y->size);
     cr_assert_eq(x->inbound.ordering.mode, y->inbound.ordering.mode);
@@ -210,6 +211,7 @@ static const u32_flag u32_flags[] = {
     {"--max-message-bytes", offsetof(bds_server_config, max_message_bytes), 16, 0x7fffffff},
     {"--max-header-list-bytes", offsetof(bds_server_config, max_header_list_bytes), 1024, UINT32_MAX},
     {"--stream-window-bytes", offsetof(bds_server_config, stream_window_bytes), 1024, 0x7fffffff},
+    {"--max-connections", offsetof(bds_server_config, max_connections), 0, UINT32_MAX},
 };
 
 static uint32_t u32_at(const bds_tool_config *cfg, size_t off) {
@@ -749,7 +751,7 @@ Test(tool_config, help_lists_every_flag_with_its_default) {
         "--max-lingering-streams N",
         "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--conn-bytes-max SIZE", "--shard-bytes-max SIZE",
         "--idle-spin-us N", "--interop [BOOL]", "--interop-responses-max N",
-        "--interop-response-bytes-max SIZE", "--log-level LEVEL",
+        "--interop-response-bytes-max SIZE", "--max-connections N", "--log-level LEVEL",
         "--config FILE", "--check-config", "--help", "--version",
     };
     bds_tool_config cfg;
@@ -780,13 +782,13 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--max-attempts", "4", "--backoff", "1.5ms", "--grace", "1m30s", "--drain-outbound", "no",
                     "--metrics-payload-sizes", "--max-message-bytes", "1MiB", "--max-concurrent-streams", "10", "--max-lingering-streams", "5",
                     "--max-header-list-bytes", "2048", "--stream-window-bytes", "1GiB", "--idle-spin-us", "50",
-                    "--interop", "--interop-responses-max", "10", "--interop-response-bytes-max", "1MiB",
+                    "--interop", "--interop-responses-max", "10", "--max-connections", "77", "--interop-response-bytes-max", "1MiB",
                     "--log-level", "warn", "--idle-timeout", "90s", "--keepalive-timeout", "0",
                     "--ping-without-streams", "--tcp-user-timeout-ms", "1234", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 45, "%s", out); /* a comment and 44 keys */
+    cr_assert_eq(count_lines(out), 46, "%s", out); /* a comment and 45 keys */
     cr_assert_not_null(strstr(out, "\nidle-timeout = 90s\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nkeepalive-timeout = 0\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninterop-response-bytes-max = 1048576\n"), "%s", out);
@@ -794,6 +796,7 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
     cr_assert_not_null(strstr(out, "\ninterop = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nconn-bytes-max = 67108864\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nshard-bytes-max = 2147483648\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\nmax-connections = 77\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninbound-bytes-max = 65536\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\noutbound-bytes-max = 1048576\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nbackoff = 1500us\n"), "%s", out);

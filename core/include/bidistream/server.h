@@ -81,6 +81,9 @@ typedef struct bds_server_config {
      * the budget. 0 = no limit. */
     uint32_t conn_bytes_max;
     uint32_t shard_bytes_max;
+    uint32_t max_connections;       /* open connections per server, default 10,000, split
+                                       evenly across shards (each enforces its share); a
+                                       connection past it is closed at once; 0 = no limit */
 } bds_server_config;
 
 BDS_API void bds_server_config_default(bds_server_config *config);
@@ -107,14 +110,15 @@ BDS_API bds_status bds_server_create(bds_server **out, const bds_server_config *
 BDS_API bds_status bds_server_add_method(bds_server *server, const bds_method *method);
 /* Serves until bds_server_stop() or SIGTERM/SIGINT, then drains gracefully
  * (GOAWAY, in-flight work finishes within the grace period: the longest of the
- * server's and its methods'). What the grace period leaves ends UNAVAILABLE;
- * one second after it, connections still open are closed; four seconds
- * later (a hard stop, at most grace + 5 s after the stop) handlers that still
- * have not finished their calls are abandoned and bds_server_run returns
- * BDS_DEADLINE_EXCEEDED: their calls' memory stays allocated, and they must
- * never touch those calls again (no bds_call_done). Returns BDS_OK after a
- * clean stop. A second SIGTERM/SIGINT while stopping ends the process at once
- * (_exit(128 + signal number)). */
+ * server's and its methods'). Raises the process's soft RLIMIT_NOFILE to its
+ * hard limit first (each connection is a descriptor). What the grace period
+ * leaves ends UNAVAILABLE; one second after it, connections still open are
+ * closed; four seconds later (a hard stop, at most grace + 5 s after the stop)
+ * handlers that still have not finished their calls are abandoned and
+ * bds_server_run returns BDS_DEADLINE_EXCEEDED: their calls' memory stays
+ * allocated, and they must never touch those calls again (no bds_call_done).
+ * Returns BDS_OK after a clean stop. A second SIGTERM/SIGINT while stopping
+ * ends the process at once (_exit(128 + signal number)). */
 BDS_API bds_status bds_server_run(bds_server *server);
 /* Thread: any; async-signal-safe. */
 BDS_API void bds_server_stop(bds_server *server);
