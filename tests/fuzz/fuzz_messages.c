@@ -50,11 +50,12 @@ static void b_free(void *ctx, void *ptr) {
     free(p);
 }
 
-/* protobuf-c takes a tag of field 0 written in two or more bytes (0x80 0x00)
- * as an unknown field; field 0 is invalid, and the scanners rightly refuse it. */
+/* protobuf-c takes a tag of field 0 written in two or more bytes (0x80 0x00),
+ * or of a field past 2^29 - 1 in five, as an unknown field; protobuf field
+ * numbers are 1 to 2^29 - 1, and the scanners rightly refuse the others. */
 static bool has_field_zero(const ProtobufCMessage *m) {
     for (unsigned i = 0; i < m->n_unknown_fields; i++) {
-        if (m->unknown_fields[i].tag == 0) return true;
+        if (m->unknown_fields[i].tag == 0 || m->unknown_fields[i].tag > 0x1fffffffu) return true;
     }
     const ProtobufCMessageDescriptor *d = m->descriptor;
     for (unsigned i = 0; i < d->n_fields; i++) {
