@@ -481,6 +481,15 @@ static bool file_read(bds_tool_config *c, const char *path, char *err, size_t er
     while (ok && fgets(line, sizeof line, f)) {
         lineno++;
         size_t n = strlen(line);
+        /* A line that stops short of its newline, the buffer's end and the
+         * file's end held a NUL byte (strlen stopped there): refused, or a
+         * file like /dev/zero would be read as empty lines for ever. */
+        if (n < sizeof line - 1 && (n == 0 || line[n - 1] != '\n') && !feof(f)) {
+            char where[440];
+            snprintf(where, sizeof where, "%.400s:%d", path, lineno);
+            ok = fail(err, errlen, where, "a NUL byte (not a text file?)");
+            break;
+        }
         if (n == sizeof line - 1 && line[n - 1] != '\n') {
             int next = getc(f); /* a full buffer is a long line unless the file ends right there */
             if (next != EOF) {

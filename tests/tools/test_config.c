@@ -811,3 +811,24 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
     cr_assert_eq(first.server.shards, 7);
     cr_assert_eq(first.server.options.retry.backoff_ns, 1500000);
 }
+
+/* A NUL byte in a config file is refused with its line: strlen stopped at it,
+ * so /dev/zero was read as empty lines for ever (noticed while fuzzing the
+ * parser). The test's timeout turns a return of that hang into a failure. */
+Test(tool_config, a_nul_byte_in_a_config_file_is_refused_with_its_line, .timeout = 10) {
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/bds_test_config_XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    static const char text[] = "shards = 2\nlog-level = warn\0junk\nshards = 3\n";
+    cr_assert_eq(write(fd, text, sizeof text - 1), (ssize_t)(sizeof text - 1));
+    close(fd);
+    bds_tool_config cfg;
+    char err[512] = "";
+    int rc = parse(&cfg, err, "--config", path, NULL);
+    unlink(path);
+    cr_assert_eq(rc, BDS_TOOL_EXIT_USAGE, "%s", err);
+    cr_assert_not_null(strstr(err, ":2: a NUL byte"), "%s", err);
+    cr_assert_eq(parse(&cfg, err, "--config", "/dev/zero", NULL), BDS_TOOL_EXIT_USAGE);
+    cr_assert_not_null(strstr(err, "/dev/zero:1: a NUL byte"), "%s", err);
+}
