@@ -1384,9 +1384,13 @@ static void stop_timer_fired(bds_timer *t, void *ctx) {
     if (sh->conns_closed) {
         bds_pipeline_stats st;
         bds_pipeline_get_stats(bds__pipe_pipeline(sh->pipe), &st);
-        if (sh->srv->cfg.log_level >= 1)
+        if (sh->srv->cfg.log_level >= 1) {
             fprintf(stderr, "bidistreamd: hard stop: abandoning %lu session%s whose handlers did not finish\n",
                     (unsigned long)st.sessions_live, st.sessions_live == 1 ? "" : "s");
+            /* What was left, so that a handler (or our own bug) that held the
+             * stop can be found from this report alone. */
+            bds__shard_dump(sh->shard, stderr);
+        }
         sh->abandoned = true;
         atomic_store(&sh->srv->abandoned, true);
         return;

@@ -125,7 +125,7 @@ static void srv_config(bds_server_config *cfg, uint32_t shards) {
     bds_server_config_default(cfg);
     cfg->listen = "127.0.0.1:0";
     cfg->shards = shards;
-    cfg->log_level = 0;
+    cfg->log_level = 1; /* warnings: a hard stop prints what it abandoned */
 }
 
 static void srv_run(struct srv *v) {
