@@ -43,14 +43,6 @@ HEALTH = '/grpc.health.v1.Health/Check'
 RSS_GROWTH_KIB_MAX = 32 * 1024  # RSS after warm-up: flat within this
 
 
-def proc_rss_kib(pid):
-    with open('/proc/%d/status' % pid) as fh:
-        for line in fh:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1])
-    return 0
-
-
 def proc_fds(pid):
     return len(os.listdir('/proc/%d/fd' % pid))
 
@@ -251,7 +243,7 @@ def main():
         w.start()
     samples = []  # (t, rss KiB, fds)
     while any(w.is_alive() for w in workers):
-        samples.append((time.monotonic() - start, proc_rss_kib(pid), proc_fds(pid)))
+        samples.append((time.monotonic() - start, g.rss_kib(pid), proc_fds(pid)))
         if srv.proc.poll() is not None:
             break
         time.sleep(1)
