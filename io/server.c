@@ -1376,23 +1376,37 @@ static void hook_on_signal(bds_shard *s, int signo, void *ctx) {
     bds_server_stop(sh->srv);
 }
 
+/* Nothing of this shard's own is left: no connection, and no session, call,
+ * key or Watch (or they were abandoned). */
+static bool shard_idle(srv_shard *sh) {
+    return sh->conns == NULL && (sh->abandoned || (sh->watches == NULL && bds__pipe_idle(sh->pipe)));
+}
+
+static void shard_abandon(srv_shard *sh) {
+    bds_pipeline_stats st;
+    bds_pipeline_get_stats(bds__pipe_pipeline(sh->pipe), &st);
+    if (sh->srv->cfg.log_level >= 1) {
+        fprintf(stderr, "bidistreamd: hard stop: abandoning %lu session%s whose handlers did not finish\n",
+                (unsigned long)st.sessions_live, st.sessions_live == 1 ? "" : "s");
+        /* What was left, so that a handler (or our own bug) that held the
+         * stop can be found from this report alone. */
+        bds__shard_dump(sh->shard, stderr);
+    }
+    sh->abandoned = true;
+    atomic_store(&sh->srv->abandoned, true);
+}
+
 /* Grace + 1 s: connections still open are closed (their calls cancelled,
  * which ends every built-in handler). Grace + 5 s: handlers that still run
- * are abandoned (a hard stop), so no handler can hold the process. */
+ * are abandoned (a hard stop), so no handler can hold the process. A shard
+ * with nothing of its own left then abandons nothing: it only waits for the
+ * others, whose own timers judge their work (and it abandons at once what
+ * they send it after this; hook_quiescent). */
 static void stop_timer_fired(bds_timer *t, void *ctx) {
     srv_shard *sh = ctx;
     if (sh->conns_closed) {
-        bds_pipeline_stats st;
-        bds_pipeline_get_stats(bds__pipe_pipeline(sh->pipe), &st);
-        if (sh->srv->cfg.log_level >= 1) {
-            fprintf(stderr, "bidistreamd: hard stop: abandoning %lu session%s whose handlers did not finish\n",
-                    (unsigned long)st.sessions_live, st.sessions_live == 1 ? "" : "s");
-            /* What was left, so that a handler (or our own bug) that held the
-             * stop can be found from this report alone. */
-            bds__shard_dump(sh->shard, stderr);
-        }
-        sh->abandoned = true;
-        atomic_store(&sh->srv->abandoned, true);
+        sh->stop_expired = true;
+        if (!shard_idle(sh)) shard_abandon(sh);
         return;
     }
     sh->conns_closed = true;
@@ -1437,17 +1451,27 @@ static void hook_on_stop(bds_shard *s, void *ctx) {
 
 static bool hook_quiescent(bds_shard *s, void *ctx) {
     srv_shard *sh = ctx;
-    bool idle = sh->conns == NULL && (sh->abandoned || (sh->watches == NULL && bds__pipe_idle(sh->pipe)));
+    if (sh->stop_expired && !sh->abandoned && !shard_idle(sh)) shard_abandon(sh);
+    bool idle = shard_idle(sh);
     if (idle && !sh->quiesced) {
         sh->quiesced = true;
-        bds__timer_cancel(bds__shard_timers(s), &sh->stop_timer);
-        if (atomic_fetch_sub(&sh->srv->shards_busy, 1) == 1 && bds__shard_id(s) != 0)
-            bds__shard_wake(sh->srv->shards[0]->shard); /* it may sleep, waiting for us */
+        if (atomic_fetch_sub(&sh->srv->shards_busy, 1) == 1) {
+            /* The last one: the others wait for this (they may sleep). */
+            for (uint32_t i = 0; i < sh->srv->n_shards; i++)
+                if (i != bds__shard_id(s)) bds__shard_wake(sh->srv->shards[i]->shard);
+        }
     }
-    /* Shard 0 reads SIGTERM/SIGINT: it stays while any shard drains, so a
-     * second signal is heard until the end. */
-    if (idle && bds__shard_id(s) == 0 && atomic_load(&sh->srv->shards_busy) > 0) return false;
-    return idle;
+    /* A shard ends only once every shard has been idle: until then another
+     * shard's sessions may still send it work (EXEC, GRANT, CANCEL, DROP) that
+     * nothing would run once it ended, and their calls would never come home
+     * (a hard stop, 1-2 in 40 TSan runs under load). Once every shard has
+     * been idle since its stop began, no session is left anywhere (no
+     * listener, no connection makes new ones), so nothing can send work any
+     * more. Shard 0 also reads SIGTERM/SIGINT: it hears a second one until the
+     * end. */
+    if (!idle || atomic_load(&sh->srv->shards_busy) > 0) return false;
+    bds__timer_cancel(bds__shard_timers(s), &sh->stop_timer);
+    return true;
 }
 
 /* ---- running ----------------------------------------------------------------------------------------- */

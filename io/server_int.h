@@ -70,8 +70,7 @@ struct bds_server {
     _Atomic uint32_t stoppers;
     _Atomic bool stop_requested;
     _Atomic bool abandoned;   /* a shard hard-stopped with work left (bds_server_run) */
-    _Atomic uint32_t shards_busy; /* shards not quiesced yet: shard 0, which reads the
-                                 signals, stays until it is 0 */
+    _Atomic uint32_t shards_busy; /* shards not quiesced yet: every shard stays until it is 0 */
     _Atomic uint64_t msg_bytes_hw; /* the most message memory one shard held (tests) */
 };
 
@@ -143,6 +142,7 @@ struct srv_shard {
     bds_timer stop_timer;
     bool stopping;
     bool conns_closed;        /* the stop timer closed what the grace period left */
+    bool stop_expired;        /* ... and then the hard stop's time came */
     bool quiesced;            /* stopping, and nothing of ours is left (counted in shards_busy) */
     bool abandoned;           /* hard stop: handlers still running are left behind */
 };

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "bidistream/server.h"
+#include "pipeline_int.h" /* bds_call: home and exec shard */
 #include "server_int.h" /* bds__server_watches, bds__server_dump */
 #include "watchdog.h"
 
@@ -108,6 +109,29 @@ static uint32_t hold_all_release(void) {
     return n;
 }
 
+/* /test.Block/Block: raw bytes keyed by their first 8 bytes, each echoed.
+ * The first message to run on its stream's home shard holds that shard's
+ * tick (block_started) until the test sets block_release (bounded: about
+ * 10 s): the tick's other work, such as EXECs staged for other shards, waits
+ * behind it. */
+#define BLOCK_PATH "/test.Block/Block"
+static _Atomic bool block_started, block_release;
+
+static void block_handler(bds_call *call, void *ctx) {
+    (void)ctx;
+    bool no = false;
+    if (call->home == call->exec && atomic_compare_exchange_strong(&block_started, &no, true)) {
+        for (int i = 0; i < 10000 && !atomic_load(&block_release); i++) {
+            struct timespec ts = {0, 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    uint32_t len;
+    const uint8_t *req = bds_call_request(call, &len);
+    cr_assert_eq(bds_call_reply_bytes(call, req, len), BDS_OK);
+    bds_call_done(call, BDS_OK, NULL);
+}
+
 /* Creates the server with the /test.Hold methods; srv_run starts it. */
 static void srv_create(struct srv *v, const bds_server_config *cfg) {
     const char *why = NULL;
@@ -119,6 +143,10 @@ static void srv_create(struct srv *v, const bds_server_config *cfg) {
     cr_assert_eq(bds_server_add_method(v->s, &hm), BDS_OK);
     bds_method am = {.size = sizeof am, .path = HOLD_ALL_PATH, .handler = hold_all_handler, .key = hold_all_key};
     cr_assert_eq(bds_server_add_method(v->s, &am), BDS_OK);
+    atomic_store(&block_started, false);
+    atomic_store(&block_release, false);
+    bds_method bm = {.size = sizeof bm, .path = BLOCK_PATH, .handler = block_handler, .key = hold_all_key};
+    cr_assert_eq(bds_server_add_method(v->s, &bm), BDS_OK);
 }
 
 static void srv_config(bds_server_config *cfg, uint32_t shards) {
@@ -489,6 +517,60 @@ Test(server, reset_stream_and_dropped_connection_return_every_buffer) {
     cr_assert_eq(c.s[0].grpc_status, 0);
     cli_fini(&c);
     srv_stop(&v);
+}
+
+static bool block_running(struct cli *c) {
+    (void)c;
+    return atomic_load(&block_started);
+}
+
+/* The stop reaches an idle shard first: it must not end while another
+ * shard, still busy, may send it work. Sixteen keys on one stream, in one
+ * DATA frame: one runs on the home shard and holds its tick across the stop,
+ * with the EXECs for the other shard's keys staged behind it; the other shard
+ * has nothing of its own. Before: it ended at once, the EXECs landed in the
+ * inbox of a shard that had stopped, their calls never came home and the
+ * server hard-stopped 5 s after the grace period (DEADLINE_EXCEEDED; seen 1-2
+ * times in 40 TSan runs of reset_stream_and_dropped_connection_return_every_buffer
+ * under load). */
+Test(server, an_idle_shard_waits_for_work_the_others_may_still_send_it) {
+    bds_server_config cfg;
+    srv_config(&cfg, 2);
+    cfg.options.shutdown.grace_period_ns = 2000 * 1000 * 1000ULL;
+    struct srv v;
+    srv_create(&v, &cfg);
+    srv_run(&v);
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    enum { KEYS = 16, MSG = 8 };
+    uint8_t *out = malloc(KEYS * (5 + MSG));
+    size_t len = 0;
+    for (int i = 0; i < KEYS; i++) {
+        uint8_t *f = out + len;
+        memset(f, 0, 5);
+        f[4] = MSG;
+        char key[MSG + 1];
+        snprintf(key, sizeof key, "key%05d", i);
+        memcpy(f + 5, key, MSG);
+        len += 5 + MSG;
+    }
+    cli_open(&c, BLOCK_PATH, out, len, false);
+    cli_pump(&c, block_running);
+    bds_server_stop(v.s);
+    /* Time for an idle shard to end, if it may (it must not). */
+    struct timespec ts = {0, 300 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    atomic_store(&block_release, true);
+    cli_pump(&c, all_closed);
+    /* Every message answered, then the stream ends for the shutdown (it
+     * never half-closed). Before: only the home shard's keys were answered
+     * (8 of 16 in one run) and the grace period ended the stream. */
+    cr_assert_eq(c.s[0].in_bytes, len, "every message answered: %zu of %zu bytes", c.s[0].in_bytes, len);
+    cr_assert_eq(c.s[0].grpc_status, 14, "UNAVAILABLE: the server shut down (got %d)", c.s[0].grpc_status);
+    cli_fini(&c);
+    /* A hard stop would come 5 s after the grace period. */
+    bds_status st = srv_stop_within(&v, 30);
+    cr_assert_eq(st, BDS_OK, "the server stopped without a hard stop: %s", bds_status_name(st));
 }
 
 /* ---- work that outlives its stream -------------------------------------------------- */
