@@ -87,11 +87,13 @@ typedef struct bds_options {
     void *on_pressure_ctx;
 } bds_options;
 
-/* Safe defaults (SPEC §2): inbound KEYED_FIFO with QUEUE backpressure (a fast
- * client is slowed, not rejected: the transport stops reading when the queue is
- * full, or when 4 MiB of payload is admitted and unfinished, or 4 MiB of
- * replies wait for the transport), outbound FIFO with QUEUE, fail_fast on, no retries, a 5 s grace period,
- * drain on shutdown and on client close, terminal handler failures. */
+/* Safe defaults: inbound KEYED_FIFO with QUEUE backpressure (a fast client is
+ * slowed, not rejected: the transport stops reading when the queue is full, or
+ * when 4 MiB of payload is admitted and unfinished, or 4 MiB of replies wait
+ * for the transport), outbound FIFO with QUEUE, fail_fast on, no retries, a
+ * 5 s grace period, drain on shutdown and on client close, terminal handler
+ * failures. docs/SERVICE.md lists every field's default with its bidistreamd
+ * flag. */
 BDS_API bds_options bds_default_options(void);
 
 /* Checks every field. Returns BDS_OK, or BDS_E_INVALID with *why (if why is not

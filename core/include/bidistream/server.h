@@ -7,10 +7,10 @@
  * bidistream/pipeline.h — ordering by the key the method's resolver finds in
  * the request, backpressure, the handler on the key's shard, the Sender.
  *
- * Built in: bidistream.v1.Pipeline/Process (SPEC §4) and grpc.health.v1.Health
- * (Check, Watch); grpc.testing.TestService, the gRPC interop service, only
- * when bds_server_config.interop_service asks for it (off by default: a test
- * service has no place on a production server). */
+ * Built in (docs/SERVICE.md describes them): bidistream.v1.Pipeline/Process
+ * and grpc.health.v1.Health (Check, Watch); grpc.testing.TestService, the
+ * gRPC interop service, only when bds_server_config.interop_service asks for
+ * it (off by default: a test service has no place on a production server). */
 #ifndef BIDISTREAM_SERVER_H
 #define BIDISTREAM_SERVER_H
 
