@@ -60,6 +60,18 @@
  * the closes cancel (the cancels cross shards), so only handlers that ignore
  * their cancel are left behind. */
 #define STOP_CLOSE_AFTER_NS 1000000000ULL
+/* An idle connection first gets a GOAWAY notice (last stream 2^31 - 1: a
+ * stream the client opens meanwhile is still served), then this much later
+ * the final GOAWAY with the real last stream. Closing at once raced clients
+ * that opened a stream just then: their request met a closed socket
+ * (grpcio: UNAVAILABLE "Broken pipe", 1 in 2 full test runs under load).
+ * grpc-go does the same with a PING round trip instead of a fixed wait. */
+#define IDLE_GOAWAY_NOTICE_NS 1000000000ULL
+/* ... and after the final one, the connection reads on (and drops what it
+ * reads) until the peer closes, at most this long: closing a socket with a
+ * request still unread sends RST, which can destroy the GOAWAY in the
+ * client's buffer that tells it the request was not run (so it may retry). */
+#define IDLE_LINGER_NS 1000000000ULL
 #define STOP_ABANDON_AFTER_NS 4000000000ULL
 
 struct srv_conn {
@@ -92,7 +104,9 @@ struct srv_conn {
     uint64_t ping_sent_ns;    /* our keepalive PING left (while outstanding) */
     uint64_t sent_mark;       /* bds__conn_sent_bytes at sent_mark_ns: send progress */
     uint64_t sent_mark_ns;
-    bool idle_goaway;         /* idle: GOAWAY sent, closing once it is written */
+    uint64_t idle_notice_ns;  /* idle: the GOAWAY notice left then (0: not yet) */
+    bool idle_goaway;         /* idle: the final GOAWAY sent, closing once it is written */
+    uint64_t linger_until_ns; /* idle and done: read on until the peer closes or this */
 };
 
 static _Thread_local srv_shard *tls_shard;
@@ -612,6 +626,13 @@ static void conn_flush(srv_conn *sc) {
         if (!len) break;
     }
     if (bds__h2_is_done(sc->h2)) {
+        if (sc->idle_goaway && !sc->h2_failed && !sc->sh->stopping) {
+            if (!sc->linger_until_ns) {
+                sc->linger_until_ns = bds__shard_now(sc->sh->shard) + IDLE_LINGER_NS;
+                bds__timer_arm(bds__shard_timers(sc->sh->shard), &sc->timer, sc->linger_until_ns);
+            }
+            return; /* the peer's EOF, or conn_timer_fired, closes it */
+        }
         if (sc->sh->srv->cfg.log_level >= 3) {
             const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
             fprintf(stderr, "bidistreamd: connection done (calmed %d, fatal %d, glitches %lu, started %lu, reset %lu)\n",
@@ -1209,6 +1230,15 @@ static void conn_timer_fired(bds_timer *t, void *ctx) {
     if (!sc->c || sc->closing) return;
     const bds_server_config *cfg = &sc->sh->srv->cfg;
     uint64_t now = bds__shard_now(sc->sh->shard), next = UINT64_MAX, due;
+    if (sc->linger_until_ns) {
+        if (now < sc->linger_until_ns) {
+            bds__timer_arm(bds__shard_timers(sc->sh->shard), &sc->timer, sc->linger_until_ns);
+            return;
+        }
+        bds__conn_close_after_flush(sc->c);
+        sc->closing = true;
+        return;
+    }
     if (cfg->handshake_timeout_ns && !bds__h2_peer_ready(sc->h2)) {
         due = sat_add(sc->born_ns, cfg->handshake_timeout_ns);
         if (now >= due) {
@@ -1217,8 +1247,15 @@ static void conn_timer_fired(bds_timer *t, void *ctx) {
         }
         next = due;
     }
-    if (cfg->keepalive_time_ns) {
-        if (bds__h2_ping_outstanding(sc->h2)) {
+    /* A connection without streams is the idle timer's when there is one: it
+     * ends it with GOAWAY. A PING there only closed clients that read their
+     * socket only while a call runs (grpcio), abruptly, before the idle GOAWAY:
+     * their next call failed UNAVAILABLE on the dead socket. */
+    bool keepalive = cfg->keepalive_time_ns && (sc->calls || !cfg->idle_timeout_ns);
+    if (keepalive) {
+        /* Dead: nothing at all received since our PING (not only no ACK: a
+         * PING sent while the connection was idle may never be read). */
+        if (bds__h2_ping_outstanding(sc->h2) && sc->last_recv_ns <= sc->ping_sent_ns) {
             if (cfg->keepalive_timeout_ns) {
                 due = sat_add(sc->ping_sent_ns, cfg->keepalive_timeout_ns);
                 if (now >= due) {
@@ -1237,11 +1274,11 @@ static void conn_timer_fired(bds_timer *t, void *ctx) {
             if (due < next) next = due;
         }
     }
-    if (cfg->idle_timeout_ns && !sc->calls && !sc->idle_goaway) {
-        due = sat_add(sc->idle_since_ns, cfg->idle_timeout_ns);
+    if (sc->idle_notice_ns && !sc->idle_goaway) {
+        due = sat_add(sc->idle_notice_ns, IDLE_GOAWAY_NOTICE_NS);
         if (now >= due) {
-            /* The connection closes once the GOAWAY is out and no stream
-             * raced it (bds__h2_is_done). */
+            /* The connection closes once this GOAWAY is out and the streams
+             * opened since the notice are over (bds__h2_is_done). */
             sc->idle_goaway = true;
             if (cfg->log_level >= 3) fprintf(stderr, "bidistreamd: idle connection: GOAWAY\n");
             bds__h2_goaway(sc->h2, BDS_H2_NO_ERROR);
@@ -1249,6 +1286,15 @@ static void conn_timer_fired(bds_timer *t, void *ctx) {
         } else if (due < next) {
             next = due;
         }
+    } else if (cfg->idle_timeout_ns && !sc->calls && !sc->idle_goaway) {
+        due = sat_add(sc->idle_since_ns, cfg->idle_timeout_ns);
+        if (now >= due) {
+            sc->idle_notice_ns = now;
+            bds__h2_shutdown_notice(sc->h2);
+            conn_kick(sc);
+            due = sat_add(now, IDLE_GOAWAY_NOTICE_NS);
+        }
+        if (due < next) next = due;
     }
     if (cfg->send_timeout_ns) {
         uint64_t sent = bds__conn_sent_bytes(sc->c);

@@ -5,7 +5,9 @@ its flag, while a well-behaved python3-grpcio client on another connection is
 served:
 
   --handshake-timeout   no preface/SETTINGS: closed
-  --idle-timeout        no stream open: GOAWAY(NO_ERROR), then closed
+  --idle-timeout        no stream open: a GOAWAY(NO_ERROR) notice, a stream
+                        opened just then still served, the final
+                        GOAWAY(NO_ERROR) a second later, then closed
   --keepalive-time/-timeout  a peer that never answers our PING: closed;
                         one that answers stays
   --ping-min-interval   a client pinging too often: GOAWAY(ENHANCE_YOUR_CALM,
@@ -101,6 +103,39 @@ class Timers(unittest.TestCase):
         self.assertTrue(closed, 'idle connection still open after 10 s: %r' % [x[0] for x in frames])
         self.assertEqual(goaway(frames), (NO_ERROR, b''), [x[0] for x in frames])
         self.assertGreaterEqual(took, 0.3)
+        self.assert_still_serving()
+
+    def test_a_stream_opened_as_the_idle_goaway_leaves_is_still_served(self):
+        """The client opens a stream the moment the server's idle GOAWAY
+        arrives (as a client does that started a call just then): the first
+        GOAWAY is a notice (last stream 2^31 - 1), so that stream is served;
+        the final GOAWAY names it as the last, then the connection closes.
+        Before, the server closed at once: the stream met a closed socket
+        (grpcio: UNAVAILABLE "Broken pipe", seen in a full test run)."""
+        c = f.Conn(self.srv.addr)
+        c.start()
+        raced = []
+
+        def on_frame(fr):
+            self.ack_ping(c, fr)
+            if fr[0] == f.GOAWAY and not raced:
+                raced.append(True)
+                msg = g.frame('race', 1, b'raced-stream')
+                c.send(f.h2frame(f.HEADERS, f.END_HEADERS, 1, f.request_headers()) +
+                       f.h2frame(f.DATA, f.END_STREAM, 1, b'\0' + struct.pack('>I', len(msg)) + msg))
+
+        closed, frames, _ = wait_closed(c, 10, on_frame=on_frame)
+        c.close()
+        kinds = [(x[0], x[2]) for x in frames]
+        self.assertTrue(closed, 'idle connection still open after 10 s: %r' % kinds)
+        last_ids = [int.from_bytes(x[3][0:4], 'big') & 0x7FFFFFFF for x in frames if x[0] == f.GOAWAY]
+        self.assertEqual(last_ids, [2 ** 31 - 1, 1], 'a notice, then the final GOAWAY naming the raced stream')
+        self.assertEqual([goaway([x]) for x in frames if x[0] == f.GOAWAY], [(NO_ERROR, b'')] * 2)
+        data = b''.join(x[3] for x in frames if x[0] == f.DATA and x[2] == 1)
+        self.assertIn(b'raced-stream', data, 'the raced stream was answered: %r' % kinds)
+        self.assertTrue(any(x[0] == f.HEADERS and x[2] == 1 and x[1] & f.END_STREAM for x in frames),
+                        'the raced stream ended with trailers: %r' % kinds)
+        self.assertFalse(any(x[0] == f.RST_STREAM for x in frames), kinds)
         self.assert_still_serving()
 
     @staticmethod
