@@ -546,6 +546,7 @@ void bds__home_on_done(bds_pipeline *p, bds_call *call) {
         bds__post(p, hk->head->exec, BDS_XK_GRANT, hk->head);
     }
     s->ops->release(s, call->payload, s->ops_ctx);
+    atomic_store_explicit(&call->life, BDS_CALL_FREED, memory_order_relaxed); /* until reuse: a late call is named */
     bds__pool_put(&p->calls, call);
     inbound_maybe_ready(s);
     session_check_drained(p, s);

@@ -491,6 +491,7 @@ static void msg_unhold(srv_msg *m, uint8_t hold) {
 /* ---- replies and requests (public call helpers) ------------------------------------------ */
 
 const uint8_t *bds_call_request(const bds_call *call, uint32_t *len) {
+    bds__call_check_running(call, "bds_call_request");
     const srv_msg *m = bds_call_payload(call);
     if (len) *len = m->len;
     return m->data;
@@ -501,11 +502,13 @@ const uint8_t *bds_call_request(const bds_call *call, uint32_t *len) {
  * Elsewhere (the key's shard, a handler's thread) it is malloc'ed: the reply
  * is freed at home, which no other shard's pool may be. */
 bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len) {
+    bds__call_check_running(call, "bds_call_reply_bytes");
     return bds__server_call_reply_paced(call, bytes, len, NULL, NULL);
 }
 
 bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_t len, void (*on_free)(void *ctx),
                                         void *ctx) {
+    bds__call_check_running(call, "bds_call_reply_bytes");
     if (len > UINT32_MAX - 64) return BDS_E_INVALID;
     srv_msg *req = bds_call_payload(call);
     srv_shard *here = tls_shard != NULL && req->home == tls_shard ? tls_shard : NULL;

@@ -127,9 +127,14 @@ BDS_API uint16_t bds_server_port(const bds_server *server);
 BDS_API void bds_server_destroy(bds_server *server);
 
 /* Inside a handler of a server method: the request's bytes (protobuf-encoded),
- * valid until bds_call_done(). */
+ * valid until bds_call_done(); *len gets their length (len may be NULL).
+ * Thread: any, while the call is the handler's (pipeline.h: after
+ * bds_call_done, a misuse that stops the process). The bytes are the
+ * server's. */
 BDS_API const uint8_t *bds_call_request(const bds_call *call, uint32_t *len);
-/* Replies with a copy of bytes (an encoded message). Thread: any. */
+/* Replies with a copy of bytes (an encoded message; the caller keeps bytes).
+ * Returns BDS_OK, BDS_E_INVALID (len over 4 GiB) or BDS_E_NOMEM. Thread: any,
+ * before bds_call_done (after it, a misuse that stops the process). */
 BDS_API bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len);
 
 #ifdef __cplusplus
