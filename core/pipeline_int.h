@@ -146,6 +146,7 @@ struct bds_session {
     bds__home_key *wait_head, *wait_tail;
     uint32_t acks_pending;
     bool client_closed, server_closed, released, notify_pending, inbound_stopped, room_was_zero;
+    bool refused_in_drain;            /* a message came after the shutdown began: the end is not OK */
     /* Outbound, HOME only. */
     bds_reply *sq_head, *sq_tail;     /* replies waiting for an outbound token */
     uint32_t sq_len, out_in_flight;

@@ -346,6 +346,22 @@ Test(pipeline, panic_on_a_key_run_by_another_pipeline_ends_its_session_only) {
     sim_free(S);
 }
 
+/* The empty key (no key resolver: one order per stream) runs on its
+ * session's home, so keyless streams spread with their connections. Before,
+ * its hash was 0 and every keyless message of every connection ran on
+ * pipeline 0. */
+Test(pipeline, the_empty_key_runs_at_home) {
+    sim *S = sim_new(2, 26);
+    for (uint32_t home = 0; home < 2; home++) {
+        int s = sim_open(S, home, NULL);
+        cr_assert_eq(sim_send(S, s, "", 1, SIM_OK), BDS_OK);
+        sim_settle(S);
+        cr_assert_eq(S->starts[S->n_starts - 1].pipe, home, "home %u: ran on %u", home, S->starts[S->n_starts - 1].pipe);
+        cr_assert_eq(bds_pipeline_key_shard(S->pipes[home], "", 0), home);
+    }
+    sim_free(S);
+}
+
 /* ---- misuse of the call API: a message that names the call, every time ---- */
 
 /* Runs scenario in a child process; asserts that it aborted (SIGABRT) and
@@ -650,6 +666,32 @@ Test(pipeline, shutdown_after_half_close_ends_ok_when_drained) {
     bds_session_shutdown(S->sessions[s].s);
     complete_seq(S, 0, BDS_OK);
     cr_assert_eq(S->sessions[s].close_status, BDS_OK, "the client finished: a clean end");
+    sim_free(S);
+}
+
+/* A message refused because the shutdown had begun was never answered: the
+ * client's half-close then ends the stream UNAVAILABLE, after every reply of
+ * the admitted work, not OK (which says every message was answered). Before,
+ * it ended OK and the refused message vanished. */
+Test(pipeline, a_message_refused_for_the_shutdown_keeps_the_end_from_being_ok) {
+    sim *S = sim_new(2, 25);
+    int s = sim_open(S, 0, NULL);
+    sim_msg *m = sim_msg_new(s, "k", 0, SIM_ASYNC);
+    m->replies = 1;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    cr_assert_eq(st, BDS_OK);
+    sim_settle(S);
+    bds_session *ses = S->sessions[s].s;
+    bds_session_shutdown(ses);
+    cr_assert_eq(sim_send(S, s, "k", 1, SIM_OK), BDS_E_SHUTDOWN);
+    bds_session_client_close(ses);
+    complete_seq(S, 0, BDS_OK);
+    cr_assert(S->sessions[s].closed);
+    cr_assert_eq(S->sessions[s].n_written, 1, "the admitted message's reply still went out");
+    cr_assert_eq(S->sessions[s].close_status, BDS_E_SHUTDOWN, "not OK: message 1 was never answered (got %s)",
+                 bds_status_name(S->sessions[s].close_status));
+    cr_assert_eq(bds_status_grpc(S->sessions[s].close_status), 14);
     sim_free(S);
 }
 

@@ -74,7 +74,11 @@ BDS_API void bds_pipeline_deliver(bds_pipeline *pipeline, void *msg);
 BDS_API bool bds_pipeline_has_work(const bds_pipeline *pipeline);
 /* The next timer deadline in ns, or UINT64_MAX. */
 BDS_API uint64_t bds_pipeline_next_deadline(const bds_pipeline *pipeline);
-/* The pipeline number an ordering key executes on (the same on every pipeline). */
+/* The pipeline number a non-empty ordering key executes on (the same on every
+ * pipeline). The empty key (key_len 0: a method without a key resolver, one
+ * order per stream) executes on its session's home, like FIFO ordering, so
+ * such streams spread over the pipelines with their connections; for it this
+ * returns the pipeline asked. Thread: any. */
 BDS_API uint32_t bds_pipeline_key_shard(const bds_pipeline *pipeline, const void *key, uint32_t key_len);
 
 typedef struct bds_pipeline_stats {
@@ -152,7 +156,9 @@ BDS_API void bds_session_release(bds_session *session);
 /* INIT -> OPEN. Returns BDS_OK, or BDS_FAILED_PRECONDITION if not in INIT. */
 BDS_API bds_status bds_session_open(bds_session *session);
 /* Admits one inbound message: ordering, then backpressure, then execution on
- * the key's pipeline. key may be NULL when len is 0 (every FIFO message shares
+ * the key's pipeline. A message refused with BDS_E_SHUTDOWN marks the session:
+ * it then never ends OK (a half-close after it ends it BDS_E_SHUTDOWN, once
+ * drained), since that message was never answered. key may be NULL when len is 0 (every FIFO message shares
  * one key). key bytes and payload must stay valid until ops->release(payload).
  * Returns:
  *   BDS_OK                  admitted (waiting or running); payload is the pipeline's
