@@ -9,3 +9,9 @@ void bds__assert_fail(const char *expr, const char *file, int line) {
     fflush(stderr);
     abort();
 }
+
+void bds__misuse(const char *api, const char *what) {
+    fprintf(stderr, "bidistream: %s: misuse: %s\n", api, what);
+    fflush(stderr);
+    abort();
+}

@@ -24,6 +24,10 @@ _Noreturn void bds__assert_fail(const char *expr, const char *file, int line);
 #else
 #define BDS_DASSERT(x) BDS_ASSERT(x)
 #endif
+/* A caller broke a public API's contract (a call used after it ended, done
+ * twice): it cannot go on safely, so stop the process with a message that
+ * names the API function, the same way every time. */
+_Noreturn void bds__misuse(const char *api, const char *what);
 #define BDS_STATIC_ASSERT(x, msg) _Static_assert(x, msg)
 
 #endif

@@ -94,10 +94,12 @@ static void exec_handler_run(bds_call *call) {
     call->on_cancel = NULL;
     call->in_handler = true;
     call->guard = &guard;
+    /* release: what EXEC wrote reaches whoever the handler hands the call to */
+    atomic_store_explicit(&call->life, BDS_CALL_RUNNING, memory_order_release);
     if (setjmp(guard) == 0) {
         s->handler(call, s->handler_ctx);
     } else {
-        call->status = BDS_E_PANIC_RECOVERED; /* bds_call_panic() set msg */
+        call->status = BDS_E_PANIC_RECOVERED; /* bds_call_panic() set msg and life */
         call->done_in_handler = true;
     }
     call->guard = NULL;
@@ -161,6 +163,7 @@ static void exec_on_retry_timer(bds_timer *timer, void *ctx) {
 
 void bds__exec_on_exec(bds_pipeline *p, bds_call *call) {
     bds__exec_key *ek = exec_key_get(p, call);
+    call->exec_p = p;
     call->ekey = ek;
     call->k_next = NULL;
     call->attempt = 0;
@@ -231,37 +234,54 @@ uint64_t bds_call_seq(const bds_call *call) { return call->seq; }
 uint32_t bds_call_attempt(const bds_call *call) { return call->attempt; }
 void *bds_call_session_ctx(const bds_call *call) { return call->session->ops_ctx; }
 
+/* Whether the calling thread runs the call's EXEC pipeline. (Comparing the
+ * pipeline itself: its index and port alone match on every shard of a
+ * server, or on no other shard, depending on what the port's ctx is.) */
 static bool on_exec_thread(const bds_call *call) {
-    const bds_pipeline *cur = bds__pipeline_current();
-    const bds_pipeline *home = call->session->home;
-    return cur && cur->index == call->exec && cur->port.ctx == home->port.ctx &&
-           cur->port.post == home->port.post;
+    return call->exec_p != NULL && bds__pipeline_current() == call->exec_p;
+}
+
+void bds__call_check_running(const bds_call *call, const char *api) {
+    if (call == NULL) bds__misuse(api, "call is NULL");
+    /* acquire: pairs with the release that started the attempt */
+    switch (atomic_load_explicit(&((bds_call *)call)->life, memory_order_acquire)) {
+    case BDS_CALL_RUNNING: return;
+    case BDS_CALL_DONE: bds__misuse(api, "the call is done (after bds_call_done; or bds_call_done twice)");
+    case BDS_CALL_FREED: bds__misuse(api, "the call is over and freed (used after bds_call_done)");
+    default: bds__misuse(api, "the call is not running (no attempt of it has started, or it was reused)");
+    }
+}
+
+/* From the call's EXEC thread through its own pipeline (the local queue when
+ * dst is itself), from any other thread through the port. */
+static void call_post(bds_call *call, uint32_t dst, enum bds__xkind kind, const void *obj) {
+    if (on_exec_thread(call)) bds__post(call->exec_p, dst, kind, obj);
+    else bds__post_any(call->session->home, dst, kind, obj);
 }
 
 void bds_call_reply(bds_call *call, bds_reply *reply) {
+    bds__call_check_running(call, "bds_call_reply");
     reply->_session = call->session;
     reply->_next = NULL;
-    bds__post_any(call->session->home, call->home, BDS_XK_REPLY, reply);
-}
-
-/* Whether the calling thread runs the call's EXEC pipeline (of any shard
- * group member: on_exec_thread also asks for home's own port). */
-static bool on_exec_pipeline(const bds_call *call) {
-    const bds_pipeline *cur = bds__pipeline_current();
-    const bds_pipeline *home = call->session->home;
-    return cur && cur->index == call->exec && cur->count == home->count && cur->port.post == home->port.post;
+    call_post(call, call->home, BDS_XK_REPLY, reply);
 }
 
 void bds__call_on_cancel(bds_call *call, bds__call_cancel_fn fn, void *ctx) {
-    BDS_ASSERT(on_exec_pipeline(call) && call->exec_state == BDS_EXEC_RUNNING);
+    BDS_ASSERT(on_exec_thread(call) && call->exec_state == BDS_EXEC_RUNNING);
     call->on_cancel = fn;
     call->on_cancel_ctx = ctx;
 }
 
 void bds_call_done(bds_call *call, bds_status status, const char *message) {
+    bds__call_check_running(call, "bds_call_done");
+    uint8_t running = BDS_CALL_RUNNING;
+    /* One winner between racing completions; the loser is told, not obeyed. */
+    if (!atomic_compare_exchange_strong_explicit(&call->life, &running, BDS_CALL_DONE, memory_order_acq_rel,
+                                                 memory_order_acquire))
+        bds__misuse("bds_call_done", "called twice for one attempt (two threads at once)");
     /* Only a call on its EXEC thread can have a cancel hook; a foreign
      * thread's completion must not write what EXEC reads. */
-    if (on_exec_pipeline(call)) call->on_cancel = NULL;
+    if (on_exec_thread(call)) call->on_cancel = NULL;
     call->status = status;
     if (message) {
         strncpy(call->msg, message, sizeof call->msg - 1);
@@ -273,11 +293,14 @@ void bds_call_done(bds_call *call, bds_status status, const char *message) {
         call->done_in_handler = true; /* exec_run() acts on it when the handler returns */
         return;
     }
-    bds__post_any(call->session->home, call->exec, BDS_XK_COMPLETE, call);
+    call_post(call, call->exec, BDS_XK_COMPLETE, call);
 }
 
 void bds_call_panic(bds_call *call, const char *message) {
-    BDS_ASSERT(on_exec_thread(call) && call->in_handler && call->guard);
+    bds__call_check_running(call, "bds_call_panic");
+    if (!on_exec_thread(call) || !call->in_handler || !call->guard)
+        bds__misuse("bds_call_panic", "only from inside the handler's own run, on its thread");
+    atomic_store_explicit(&call->life, BDS_CALL_DONE, memory_order_relaxed); /* the Engine's thread only */
     strncpy(call->msg, message ? message : "handler panicked", sizeof call->msg - 1);
     call->msg[sizeof call->msg - 1] = 0;
     longjmp(*call->guard, 1);

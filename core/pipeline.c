@@ -166,6 +166,7 @@ void bds__pipeline_share_timers(bds_pipeline *p, bds_timer_heap *heap) {
 }
 
 uint32_t bds_pipeline_key_shard(const bds_pipeline *p, const void *key, uint32_t key_len) {
+    if (key_len == 0) return p->index;
     return bds__fastrange(bds__hash(&p->seed, key, key_len), p->count);
 }
 

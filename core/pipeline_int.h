@@ -63,6 +63,14 @@ enum bds__token { BDS_TOKEN_NONE = 0, BDS_TOKEN_REAL, BDS_TOKEN_SOFT };
 /* Stops a running call's work once its session has closed (bds__call_on_cancel). */
 typedef void (*bds__call_cancel_fn)(bds_call *call, void *ctx);
 enum bds__exec_state { BDS_EXEC_QUEUED = 0, BDS_EXEC_RUNNING, BDS_EXEC_RETRY_WAIT };
+/* What a handler may still do with a call (bds_call.life): the public call
+ * API checks it and names the misuse instead of corrupting another call. */
+enum bds__call_life {
+    BDS_CALL_WAITING = 0, /* admitted, no attempt running */
+    BDS_CALL_RUNNING,     /* an attempt runs: reply, done, panic allowed */
+    BDS_CALL_DONE,        /* bds_call_done for this attempt came */
+    BDS_CALL_FREED,       /* home freed it (until the pool reuses it) */
+};
 
 /* HOME side, per (session, key) with outstanding calls. The key's token (if
  * any) belongs to the key while it is busy: it passes from head to head. */
@@ -100,6 +108,8 @@ struct bds_call {
     bds_call *c_next;
     bds__home_key *hkey;
     /* EXEC only, until DONE hands the call back. */
+    bds_pipeline *exec_p;             /* the pipeline that runs it (set at EXEC) */
+    _Atomic uint8_t life;             /* enum bds__call_life; any thread */
     bds_call *k_next;
     bds__exec_key *ekey;
     bds_timer retry_timer;
@@ -136,6 +146,7 @@ struct bds_session {
     bds__home_key *wait_head, *wait_tail;
     uint32_t acks_pending;
     bool client_closed, server_closed, released, notify_pending, inbound_stopped, room_was_zero;
+    bool refused_in_drain;            /* a message came after the shutdown began: the end is not OK */
     /* Outbound, HOME only. */
     bds_reply *sq_head, *sq_tail;     /* replies waiting for an outbound token */
     uint32_t sq_len, out_in_flight;
@@ -204,6 +215,9 @@ void bds__exec_on_complete(bds_pipeline *p, bds_call *call);
  * and each attempt starts without one. Thread: the call's EXEC pipeline only
  * (handlers that complete from other threads cannot use it). */
 void bds__call_on_cancel(bds_call *call, bds__call_cancel_fn fn, void *ctx);
+/* Stops the process, naming api, unless an attempt of call is running (no
+ * bds_call_done yet): for the call API of the layers above. Thread: any. */
+void bds__call_check_running(const bds_call *call, const char *api);
 
 /* session_fsm.c: the state table (STYLE §5). */
 enum bds__fsm_event {

@@ -260,7 +260,11 @@ static void session_check_drained(bds_pipeline *p, bds_session *s) {
         session_close(p, s, BDS_OK, "", true);
         return;
     case BDS_STATE_DRAINING:
-        if (s->client_closed) session_close(p, s, BDS_OK, "", true);
+        /* OK promises that every message was answered: not when some were
+         * refused because the shutdown had begun. */
+        if (s->client_closed && s->refused_in_drain)
+            session_close(p, s, BDS_E_SHUTDOWN, "server shutting down: messages sent after it began were not run", true);
+        else if (s->client_closed) session_close(p, s, BDS_OK, "", true);
         else if (s->server_closed) return; /* waits for the client's half-close */
         else session_close(p, s, BDS_E_SHUTDOWN, "server shutting down", true);
         return;
@@ -372,6 +376,7 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
     ASSERT_HOME(s);
     bds_pipeline *p = s->home;
     bds_status st = receive_state_check(s);
+    if (st == BDS_E_SHUTDOWN) s->refused_in_drain = true;
     if (st != BDS_OK) return st;
     if (key_len && !key) return BDS_E_INVALID;
     if (s->opts.inbound.ordering.mode == BDS_ORDERING_FIFO) key_len = 0; /* one order, one key */
@@ -416,7 +421,10 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
     call->key_hash = key_hash;
     call->seq = seq;
     call->home = p->index;
-    call->exec = s->opts.inbound.ordering.mode == BDS_ORDERING_FIFO ? p->index : bds__fastrange(key_hash, p->count);
+    /* The empty key is one order per stream, like FIFO: it runs at home.
+     * Hashed, every keyless stream of every connection ran on pipeline 0. */
+    call->exec = s->opts.inbound.ordering.mode == BDS_ORDERING_FIFO || key_len == 0 ? p->index
+                                                                                    : bds__fastrange(key_hash, p->count);
     call->exec_token = hk->count == 0 ? token : BDS_TOKEN_NONE;
     call->hkey = hk;
     if (hk->count++) {
@@ -546,6 +554,7 @@ void bds__home_on_done(bds_pipeline *p, bds_call *call) {
         bds__post(p, hk->head->exec, BDS_XK_GRANT, hk->head);
     }
     s->ops->release(s, call->payload, s->ops_ctx);
+    atomic_store_explicit(&call->life, BDS_CALL_FREED, memory_order_relaxed); /* until reuse: a late call is named */
     bds__pool_put(&p->calls, call);
     inbound_maybe_ready(s);
     session_check_drained(p, s);

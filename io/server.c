@@ -240,16 +240,62 @@ void bds_server_destroy(bds_server *srv) {
     free(srv);
 }
 
-bds_status bds_server_add_method(bds_server *srv, const bds_method *m) {
-    if (srv->running) return BDS_FAILED_PRECONDITION;
-    if (!m || m->size < sizeof *m || !m->path || m->path[0] != '/' || !strchr(m->path + 1, '/') || !m->handler) {
+/* A gRPC method path: "/" service "/" method, the service a dotted name
+ * ("pkg.Service": identifiers joined by single dots), the method one
+ * identifier. Returns NULL when it is one, else why not. */
+static const char *method_path_why(const char *path) {
+    if (!path) return "path is NULL";
+    if (path[0] != '/') return "path must start with '/' (\"/package.Service/Method\")";
+    const char *p = path + 1;
+    for (int part = 0; part < 2; part++) {
+        const char *start = p;
+        char prev = '.';
+        for (; *p && *p != '/'; prev = *p++) {
+            bool ident = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_';
+            if (*p == '.' && part == 0 && prev != '.') continue;
+            if (!ident) return part == 0 ? "path: the service must be identifiers joined by single dots"
+                                         : "path: the method must be one identifier";
+        }
+        if (p == start) return part == 0 ? "path: the service is empty" : "path: the method is empty";
+        if (prev == '.') return "path: the service must not end with '.'";
+        if (part == 0) {
+            if (*p != '/') return "path must be \"/package.Service/Method\" (no method)";
+            p++;
+        }
+    }
+    if (*p) return "path has more than two parts (\"/package.Service/Method\")";
+    return NULL;
+}
+
+bds_status bds_server_add_method(bds_server *srv, const bds_method *m, const char **why) {
+    const char *dummy;
+    if (!why) why = &dummy;
+    *why = NULL;
+    if (!srv) bds__misuse("bds_server_add_method", "server is NULL");
+    if (srv->running) {
+        *why = "the server already runs: add methods before bds_server_run";
+        return BDS_FAILED_PRECONDITION;
+    }
+    if (!m || m->size < sizeof *m) {
+        *why = !m ? "method is NULL" : "method.size is less than sizeof(bds_method)";
+        return BDS_E_INVALID;
+    }
+    if ((*why = method_path_why(m->path)) != NULL) return BDS_E_INVALID;
+    if (!m->handler) {
+        *why = "method.handler is NULL";
         return BDS_E_INVALID;
     }
     for (uint32_t i = 0; i < srv->n_methods; i++) {
-        if (strcmp(srv->methods[i].path, m->path) == 0) return BDS_ALREADY_EXISTS;
+        if (strcmp(srv->methods[i].path, m->path) == 0) {
+            *why = "a method with this path is already added";
+            return BDS_ALREADY_EXISTS;
+        }
     }
-    if (srv->n_methods == BDS_SERVER_METHODS_MAX) return BDS_RESOURCE_EXHAUSTED;
-    if (m->options && bds_options_validate(m->options, NULL) != BDS_OK) return BDS_E_INVALID;
+    if (srv->n_methods == BDS_SERVER_METHODS_MAX) {
+        *why = "too many methods (64 per server, the built-in ones included)";
+        return BDS_RESOURCE_EXHAUSTED;
+    }
+    if (m->options && bds_options_validate(m->options, why) != BDS_OK) return BDS_E_INVALID;
     srv_method *sm = &srv->methods[srv->n_methods];
     sm->m = *m;
     sm->path = strdup(m->path);
@@ -261,7 +307,7 @@ bds_status bds_server_add_method(bds_server *srv, const bds_method *m) {
 }
 
 bds_status bds__server_add_method_ex(bds_server *srv, const bds_method *m, bool end_marker) {
-    bds_status st = bds_server_add_method(srv, m);
+    bds_status st = bds_server_add_method(srv, m, NULL);
     if (st == BDS_OK) srv->methods[srv->n_methods - 1].end_marker = end_marker;
     return st;
 }
@@ -292,7 +338,7 @@ bds_status bds__server_call_add_metadata(srv_call *call, bool trailer, const cha
 }
 
 bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv_key_hint_fn key_hint) {
-    bds_status st = bds_server_add_method(srv, m);
+    bds_status st = bds_server_add_method(srv, m, NULL);
     if (st == BDS_OK) srv->methods[srv->n_methods - 1].key_hint = key_hint;
     return st;
 }
@@ -505,6 +551,7 @@ static void msg_unhold(srv_msg *m, uint8_t hold) {
 /* ---- replies and requests (public call helpers) ------------------------------------------ */
 
 const uint8_t *bds_call_request(const bds_call *call, uint32_t *len) {
+    bds__call_check_running(call, "bds_call_request");
     const srv_msg *m = bds_call_payload(call);
     if (len) *len = m->len;
     return m->data;
@@ -515,11 +562,13 @@ const uint8_t *bds_call_request(const bds_call *call, uint32_t *len) {
  * Elsewhere (the key's shard, a handler's thread) it is malloc'ed: the reply
  * is freed at home, which no other shard's pool may be. */
 bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len) {
+    bds__call_check_running(call, "bds_call_reply_bytes");
     return bds__server_call_reply_paced(call, bytes, len, NULL, NULL);
 }
 
 bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_t len, void (*on_free)(void *ctx),
                                         void *ctx) {
+    bds__call_check_running(call, "bds_call_reply_bytes");
     if (len > UINT32_MAX - 64) return BDS_E_INVALID;
     srv_msg *req = bds_call_payload(call);
     srv_shard *here = tls_shard != NULL && req->home == tls_shard ? tls_shard : NULL;
@@ -897,6 +946,10 @@ static bool call_admit(srv_call *call, srv_msg *m) {
     bds_status st = bds_session_receive(call->session, m, m->len, m->key, m->key_len, 0);
     if (st != BDS_OK) {
         msg_unhold(m, SRV_MSG_IN);
+        /* A rejection closes the session itself, and a refusal for the
+         * shutdown keeps its end from being OK; a message the pipeline could
+         * not even take must not vanish from a stream that goes on. */
+        if (st == BDS_E_NOMEM) bds_session_fail(call->session, BDS_RESOURCE_EXHAUSTED, "out of memory for a message");
         return false;
     }
     call->in_pipeline++;
@@ -1546,10 +1599,36 @@ static int server_resolve(bds_server *srv, struct sockaddr_storage *ss, socklen_
  * one bound (not listening) SO_REUSEPORT socket reserves it, so the shards'
  * listeners all land on the same port. Returns that socket (or -1 on error);
  * the caller closes it once the shards listen. */
+/* Without reuse_port, binds the address once without SO_REUSEPORT: that
+ * fails while anything listens there (our shards' listeners would join a
+ * SO_REUSEPORT group of another process of the same user, which then gets
+ * part of our connections). On success ss gets the port the kernel picked
+ * for port 0, so the shards bind a port nobody else uses. */
+static int server_probe_port(bds_server *srv, struct sockaddr_storage *ss, socklen_t len, char *err, size_t errlen) {
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, (struct sockaddr *)ss, len) != 0) {
+        if (errno == EADDRINUSE)
+            snprintf(err, errlen, "listen %s: address already in use (another server listens there; "
+                     "bds_server_config.reuse_port, --reuse-port, shares the port)", srv->listen);
+        else
+            snprintf(err, errlen, "listen %s: %s", srv->listen, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    uint16_t port = bds__socket_port(fd);
+    close(fd);
+    if (ss->ss_family == AF_INET) ((struct sockaddr_in *)ss)->sin_port = htons(port);
+    else ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+    return 0;
+}
+
 static int server_reserve_port(bds_server *srv, char *err, size_t errlen) {
     struct sockaddr_storage ss;
     socklen_t len;
     if (server_resolve(srv, &ss, &len, err, errlen) != 0) return -1;
+    if (!srv->cfg.reuse_port && server_probe_port(srv, &ss, len, err, errlen) != 0) return -1;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
@@ -1721,6 +1800,7 @@ bds_status bds_server_run(bds_server *srv) {
     if (srv->cfg.log_level >= (ng_warn ? 1 : 3)) fprintf(stderr, "bidistreamd: %s%s\n", ng_warn ? "warning: " : "", ng);
     atomic_store(&srv->live_group, srv->group);
     if (atomic_load(&srv->stop_requested)) bds__group_stop(srv->group); /* stopped before it ran */
+    if (srv->cfg.on_ready) srv->cfg.on_ready(srv, srv->port, srv->cfg.on_ready_ctx);
     bds__group_run(srv->group);
     bds__group_destroy(srv->group);
     srv->group = NULL;

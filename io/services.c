@@ -357,10 +357,10 @@ bds_status bds__services_register(bds_server *srv) {
     bds_status st = bds__server_add_method_hint(srv, &m, frame_key);
     m = (bds_method){.size = sizeof m, .path = "/grpc.health.v1.Health/Check", .handler = health_check,
                      .options = &fifo};
-    if (st == BDS_OK) st = bds_server_add_method(srv, &m);
+    if (st == BDS_OK) st = bds_server_add_method(srv, &m, NULL);
     m.path = "/grpc.health.v1.Health/Watch";
     m.handler = health_watch;
-    if (st == BDS_OK) st = bds_server_add_method(srv, &m);
+    if (st == BDS_OK) st = bds_server_add_method(srv, &m, NULL);
     if (st == BDS_OK && srv->cfg.interop_service) st = bds__interop_register(srv);
     return st;
 }

@@ -130,6 +130,8 @@ static const opt opts[] = {
      "interop: response bytes one StreamingOutputCallRequest may ask for; more: RESOURCE_EXHAUSTED"},
     {"max-connections", K_U32, FIELD(uint32_t, max_connections), 0, UINT32_MAX,
      "open connections, split across shards; past it new ones are closed at once, 0 = no limit"},
+    {"reuse-port", K_BOOL, FIELD(bool, reuse_port), 0, 0,
+     "share the port with other listeners of the same user (SO_REUSEPORT); else a port in use is refused"},
     {"log-level", K_LOGLEVEL, FIELD(int, log_level), 0, 0, "error, warn, info or debug"},
     /* Connection timers: 0 turns one off; a day is already far past any use. */
     {"handshake-timeout", K_DURATION, FIELD(uint64_t, handshake_timeout_ns), 0, NS_PER_DAY,

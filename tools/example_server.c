@@ -49,8 +49,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     bds_method m = {.size = sizeof m, .path = "/example.Shout/Upper", .handler = upper, .key = first_byte_key};
-    if (bds_server_add_method(srv, &m) != BDS_OK) {
-        fprintf(stderr, "example_server: cannot add the method\n");
+    if (bds_server_add_method(srv, &m, &why) != BDS_OK) {
+        fprintf(stderr, "example_server: %s\n", why);
         return 2;
     }
     bds_status st = bds_server_run(srv); /* until SIGTERM/SIGINT */

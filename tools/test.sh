@@ -57,23 +57,29 @@ if [ "${BDS_TEST_SKIP_TSAN:-0}" != 1 ]; then
 fi
 
 echo "== release build, install, and an outside consumer"
+# Installed with --prefix to another place than the configured one: the
+# CMake package and bidistream.pc must both follow it (relocatable).
 rm -rf build/stage build/consumer
 cmake -S . -B build/release -DBDS_WERROR=ON -DCMAKE_BUILD_TYPE=Release \
-      -DCMAKE_INSTALL_PREFIX="$root/build/stage" >/dev/null
+      -DCMAKE_INSTALL_PREFIX=/nonexistent/bidistream >/dev/null
 cmake --build build/release -j"$jobs"
-cmake --install build/release >/dev/null
+cmake --install build/release --prefix "$root/build/stage" >/dev/null
 consumer_ok=1
 cmake -S tests/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$root/build/stage" >/dev/null &&
   cmake --build build/consumer -j"$jobs" &&
   LD_LIBRARY_PATH="$root/build/stage/lib" build/consumer/consumer_shared &&
   build/consumer/consumer_static || consumer_ok=0
 pc_dir=$(dirname "$(find build/stage -name bidistream.pc | head -1)")
+pc_prefix=$(PKG_CONFIG_PATH="$pc_dir" pkg-config --variable=prefix bidistream)
+if [ "$(realpath "$pc_prefix")" != "$(realpath build/stage)" ]; then
+  echo "bidistream.pc: prefix $pc_prefix, installed in build/stage"; consumer_ok=0
+fi
 cc tests/consumer/main.c -o build/consumer/consumer_pkgconfig \
    $(PKG_CONFIG_PATH="$pc_dir" pkg-config --cflags --libs bidistream) &&
   LD_LIBRARY_PATH="$root/build/stage/lib" build/consumer/consumer_pkgconfig || consumer_ok=0
 if [ "$consumer_ok" = 1 ]; then passed=$((passed + 3)); else failed=$((failed + 1)); status=1; fi
-# Only bds_ symbols leave the shared library.
-leaked=$(nm -D --defined-only build/stage/lib/libbidistream.so | awk '{print $3}' | grep -v '^bds_' | grep -v '^BIDISTREAM' || true)
+# Only the public bds_ symbols leave the shared library (no internal bds__ ones).
+leaked=$(nm -D --defined-only build/stage/lib/libbidistream.so | awk '{print $3}' | grep -v '^bds_[a-z]' | grep -v '^BIDISTREAM' || true)
 if [ -n "$leaked" ]; then echo "exported non-bds symbols: $leaked"; failed=$((failed + 1)); status=1; else passed=$((passed + 1)); fi
 
 fuzz_seconds=${BDS_TEST_FUZZ_SECONDS:-20}

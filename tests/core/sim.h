@@ -31,6 +31,8 @@ enum sim_behave {
     SIM_PANIC,         /* bds_call_panic() */
     SIM_NONTERMINAL,   /* done(E_NONTERMINAL_FAILURE) */
     SIM_HOOKED,        /* SIM_ASYNC with a cancel hook (bds__call_on_cancel) that finishes it */
+    SIM_DONE_TWICE,    /* misuse: done(OK) twice inside the handler */
+    SIM_REPLY_AFTER_DONE, /* misuse: done(OK), then a reply, inside the handler */
 };
 
 typedef struct sim_msg {
@@ -90,6 +92,9 @@ typedef struct sim {
     uint32_t pressure;
     bool auto_ack_replies; /* reply_written right after write (a fast reader) */
     bool release_in_closed; /* the transport releases the session from ops->closed */
+    /* Each pipeline's port.ctx, distinct as the server's (one pipe each): the
+     * core must never take "same ctx" for "same group". */
+    uint8_t port_ctx[SIM_MAX_PIPES];
     uint64_t rng;
 } sim;
 
@@ -114,10 +119,14 @@ static inline int sim_switch(sim *S, int who) {
 /* Switches to session i's home pipeline (session calls are home-thread only). */
 static inline int sim_home(sim *S, int i) { return sim_switch(S, (int)S->sessions[i].s->home->index); }
 
-static uint64_t sim_now(void *ctx) { return ((sim *)ctx)->now; }
+static uint64_t sim_now(void *ctx) {
+    (void)ctx;
+    return g_sim->now;
+}
 
 static void sim_post(uint32_t dst, void *msg, void *ctx) {
-    sim *S = ctx;
+    (void)ctx;
+    sim *S = g_sim;
     int src = S->running;
     uint32_t *t = &S->ch_tail[src][dst];
     if (*t - S->ch_head[src][dst] >= SIM_CHAN_CAP) {
@@ -207,7 +216,7 @@ static inline sim *sim_new(uint32_t n, uint64_t seed) {
         cfg.seed[1] = 0x5678;
         cfg.port.now_ns = sim_now;
         cfg.port.post = sim_post;
-        cfg.port.ctx = S;
+        cfg.port.ctx = &S->port_ctx[i];
         S->running = (int)i;
         if (bds_pipeline_create(&S->pipes[i], &cfg) != BDS_OK) abort();
     }
@@ -386,6 +395,16 @@ static void sim_handler(bds_call *call, void *ctx) {
         return;
     case SIM_PANIC: bds_call_panic(call, "scripted panic");
     case SIM_NONTERMINAL: bds_call_done(call, BDS_E_NONTERMINAL_FAILURE, "scripted non-terminal"); return;
+    case SIM_DONE_TWICE:
+        bds_call_done(call, BDS_OK, NULL);
+        bds_call_done(call, BDS_OK, NULL);
+        return;
+    case SIM_REPLY_AFTER_DONE: {
+        bds_call_done(call, BDS_OK, NULL);
+        sim_reply *r = calloc(1, sizeof *r);
+        bds_call_reply(call, &r->r);
+        return;
+    }
     }
 }
 

@@ -5,7 +5,10 @@
  * steady state. Every test ends in sim_free(), which asserts that no session,
  * call or key leaked. */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "mem.h"
 #include "sim.h"
@@ -312,6 +315,165 @@ Test(pipeline, panic_is_terminal_for_its_session_only) {
     sim_free(S);
 }
 
+/* A key whose EXEC pipeline is not pipeline 0 (of two). */
+static const char *key_away_from_0(sim *S) {
+    static char key[16];
+    for (int i = 0;; i++) {
+        snprintf(key, sizeof key, "away%d", i);
+        if (bds_pipeline_key_shard(S->pipes[0], key, (uint32_t)strlen(key)) == 1) return key;
+    }
+}
+
+/* A panic in a handler run by another pipeline than its session's home ends
+ * that session like any panic. Before, the Engine took "this thread runs the
+ * call's EXEC pipeline" to mean "its port's ctx is home's", which is true on
+ * no other shard of a server: bds_call_panic aborted the process whenever
+ * the key's shard was not the connection's (about half the time with 2
+ * shards), although a panic is never fatal to the process. */
+Test(pipeline, panic_on_a_key_run_by_another_pipeline_ends_its_session_only) {
+    sim *S = sim_new(2, 21);
+    int bad = sim_open(S, 0, NULL);
+    int good = sim_open(S, 0, NULL);
+    const char *key = key_away_from_0(S);
+    cr_assert_eq(sim_send(S, bad, key, 1, SIM_PANIC), BDS_OK);
+    cr_assert_eq(sim_send(S, good, key, 2, SIM_OK), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(S->starts[0].pipe, 1, "the handler ran away from home");
+    cr_assert_eq(S->sessions[bad].close_status, BDS_E_PANIC_RECOVERED);
+    cr_assert_str_eq(S->sessions[bad].close_msg, "scripted panic");
+    cr_assert_not(S->sessions[good].closed, "the other session lives on");
+    cr_assert_eq(S->sessions[good].n_written, 0);
+    sim_free(S);
+}
+
+/* The empty key (no key resolver: one order per stream) runs on its
+ * session's home, so keyless streams spread with their connections. Before,
+ * its hash was 0 and every keyless message of every connection ran on
+ * pipeline 0. */
+Test(pipeline, the_empty_key_runs_at_home) {
+    sim *S = sim_new(2, 26);
+    for (uint32_t home = 0; home < 2; home++) {
+        int s = sim_open(S, home, NULL);
+        cr_assert_eq(sim_send(S, s, "", 1, SIM_OK), BDS_OK);
+        sim_settle(S);
+        cr_assert_eq(S->starts[S->n_starts - 1].pipe, home, "home %u: ran on %u", home, S->starts[S->n_starts - 1].pipe);
+        cr_assert_eq(bds_pipeline_key_shard(S->pipes[home], "", 0), home);
+    }
+    sim_free(S);
+}
+
+/* ---- misuse of the call API: a message that names the call, every time ---- */
+
+/* Runs scenario in a child process; asserts that it aborted (SIGABRT) and
+ * that its stderr names api as misused. Bounded: the child is killed by
+ * SIGALRM after 20 s. */
+static void expect_misuse(void (*scenario)(void), const char *api) {
+    int out[2];
+    cr_assert_eq(pipe(out), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(out[0]);
+        dup2(out[1], 2);
+        alarm(20);
+        scenario();
+        _exit(0); /* the misuse went unnoticed */
+    }
+    close(out[1]);
+    char err[4096];
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof err - 1 && (r = read(out[0], err + n, sizeof err - 1 - n)) > 0) n += (size_t)r;
+    err[n] = 0;
+    close(out[0]);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT,
+              "the misuse of %s stops the process (exit %d, signal %d); stderr: %s", api,
+              WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0, err);
+    char want[128];
+    snprintf(want, sizeof want, "bidistream: %s: misuse: ", api);
+    cr_assert(strstr(err, want) != NULL, "stderr names %s: %s", api, err);
+}
+
+static void done_twice_in_the_handler(void) {
+    sim *S = sim_new(2, 22);
+    int s = sim_open(S, 0, NULL);
+    sim_send(S, s, key_away_from_0(S), 1, SIM_DONE_TWICE);
+    sim_settle(S);
+}
+
+static void reply_after_done_in_the_handler(void) {
+    sim *S = sim_new(2, 23);
+    int s = sim_open(S, 0, NULL);
+    sim_send(S, s, "k", 1, SIM_REPLY_AFTER_DONE);
+    sim_settle(S);
+}
+
+/* A call left pending by its handler, on pipeline 1's key. */
+static bds_call *pending_call(sim **out) {
+    sim *S = sim_new(2, 24);
+    int s = sim_open(S, 0, NULL);
+    sim_send(S, s, key_away_from_0(S), 1, SIM_ASYNC);
+    sim_settle(S);
+    cr_assert_eq(S->n_pending, 1);
+    *out = S;
+    return S->pending[0];
+}
+
+static void done_twice_from_a_thread(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, SIM_FOREIGN);
+    bds_call_done(call, BDS_OK, NULL);
+    bds_call_done(call, BDS_OK, NULL); /* before EXEC saw the first */
+}
+
+static void done_again_after_the_call_went_home(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_complete(S, 0, BDS_OK, true);
+    sim_settle(S); /* home has freed it */
+    sim_switch(S, SIM_FOREIGN);
+    bds_call_done(call, BDS_OK, NULL);
+}
+
+static void reply_after_done_from_a_thread(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_complete(S, 0, BDS_OK, true);
+    sim_settle(S);
+    sim_switch(S, SIM_FOREIGN);
+    sim_reply *r = calloc(1, sizeof *r);
+    bds_call_reply(call, &r->r);
+}
+
+static void panic_outside_the_handler(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, 1); /* even on its own pipeline's thread */
+    bds_call_panic(call, "late");
+}
+
+Test(pipeline, done_twice_in_the_handler_is_named) { expect_misuse(done_twice_in_the_handler, "bds_call_done"); }
+
+Test(pipeline, done_twice_from_a_thread_is_named) { expect_misuse(done_twice_from_a_thread, "bds_call_done"); }
+
+Test(pipeline, done_after_the_call_went_home_is_named) {
+    expect_misuse(done_again_after_the_call_went_home, "bds_call_done");
+}
+
+Test(pipeline, reply_after_done_in_the_handler_is_named) {
+    expect_misuse(reply_after_done_in_the_handler, "bds_call_reply");
+}
+
+Test(pipeline, reply_after_done_from_a_thread_is_named) {
+    expect_misuse(reply_after_done_from_a_thread, "bds_call_reply");
+}
+
+Test(pipeline, panic_outside_the_handler_is_named) { expect_misuse(panic_outside_the_handler, "bds_call_panic"); }
+
 Test(pipeline, nonterminal_failure_is_confined_to_the_message) {
     sim *S = sim_new(1, 14);
     int s = sim_open(S, 0, NULL);
@@ -504,6 +666,32 @@ Test(pipeline, shutdown_after_half_close_ends_ok_when_drained) {
     bds_session_shutdown(S->sessions[s].s);
     complete_seq(S, 0, BDS_OK);
     cr_assert_eq(S->sessions[s].close_status, BDS_OK, "the client finished: a clean end");
+    sim_free(S);
+}
+
+/* A message refused because the shutdown had begun was never answered: the
+ * client's half-close then ends the stream UNAVAILABLE, after every reply of
+ * the admitted work, not OK (which says every message was answered). Before,
+ * it ended OK and the refused message vanished. */
+Test(pipeline, a_message_refused_for_the_shutdown_keeps_the_end_from_being_ok) {
+    sim *S = sim_new(2, 25);
+    int s = sim_open(S, 0, NULL);
+    sim_msg *m = sim_msg_new(s, "k", 0, SIM_ASYNC);
+    m->replies = 1;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    cr_assert_eq(st, BDS_OK);
+    sim_settle(S);
+    bds_session *ses = S->sessions[s].s;
+    bds_session_shutdown(ses);
+    cr_assert_eq(sim_send(S, s, "k", 1, SIM_OK), BDS_E_SHUTDOWN);
+    bds_session_client_close(ses);
+    complete_seq(S, 0, BDS_OK);
+    cr_assert(S->sessions[s].closed);
+    cr_assert_eq(S->sessions[s].n_written, 1, "the admitted message's reply still went out");
+    cr_assert_eq(S->sessions[s].close_status, BDS_E_SHUTDOWN, "not OK: message 1 was never answered (got %s)",
+                 bds_status_name(S->sessions[s].close_status));
+    cr_assert_eq(bds_status_grpc(S->sessions[s].close_status), 14);
     sim_free(S);
 }
 

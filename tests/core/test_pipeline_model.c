@@ -57,6 +57,7 @@ typedef struct model {
     mkey keys[MAXK];
     int state;
     bool client_closed, server_closed, stopped;
+    bool refused_in_drain; /* a message refused for the shutdown: the end is not OK */
     uint32_t tokens_free, tokens_held, soft, n_wait, waiting, outstanding, acks;
     int wait[MAXK * 2], wn;
     bds_status close_status, reason;
@@ -104,7 +105,7 @@ static void m_check_drained(model *m) {
         m->state = BDS_STATE_DRAINING;
         m_close(m, BDS_OK, true);
     } else if (m->state == BDS_STATE_DRAINING) {
-        if (m->client_closed) m_close(m, BDS_OK, true);
+        if (m->client_closed) m_close(m, m->refused_in_drain ? BDS_E_SHUTDOWN : BDS_OK, true);
         else if (!m->server_closed) m_close(m, BDS_E_SHUTDOWN, true);
     }
 }
@@ -290,7 +291,10 @@ static bds_status m_receive(model *m, int keyid, int behave, uint32_t fails, uin
     case BDS_STATE_OPEN:
     case BDS_STATE_SERVER_CLOSED: break;
     case BDS_STATE_CLIENT_CLOSED: return BDS_E_INBOUND_CLOSED;
-    case BDS_STATE_DRAINING: return m->client_closed ? BDS_E_INBOUND_CLOSED : BDS_E_SHUTDOWN;
+    case BDS_STATE_DRAINING:
+        if (m->client_closed) return BDS_E_INBOUND_CLOSED;
+        m->refused_in_drain = true;
+        return BDS_E_SHUTDOWN;
     default: return BDS_E_SESSION_CLOSED;
     }
     int k = m->o.inbound.ordering.mode == BDS_ORDERING_FIFO ? 0 : keyid;

@@ -132,6 +132,15 @@ static void block_handler(bds_call *call, void *ctx) {
     bds_call_done(call, BDS_OK, NULL);
 }
 
+/* /test.Panic/Panic: raw bytes keyed by their first 8 bytes; every handler
+ * panics. */
+#define PANIC_PATH "/test.Panic/Panic"
+
+static void panic_handler(bds_call *call, void *ctx) {
+    (void)ctx;
+    bds_call_panic(call, "test panic");
+}
+
 /* Creates the server with the /test.Hold methods; srv_run starts it. */
 static void srv_create(struct srv *v, const bds_server_config *cfg) {
     const char *why = NULL;
@@ -140,13 +149,15 @@ static void srv_create(struct srv *v, const bds_server_config *cfg) {
     atomic_store(&holding, false);
     atomic_store(&all_n, 0);
     bds_method hm = {.size = sizeof hm, .path = HOLD_PATH, .handler = hold_handler};
-    cr_assert_eq(bds_server_add_method(v->s, &hm), BDS_OK);
+    cr_assert_eq(bds_server_add_method(v->s, &hm, NULL), BDS_OK);
     bds_method am = {.size = sizeof am, .path = HOLD_ALL_PATH, .handler = hold_all_handler, .key = hold_all_key};
-    cr_assert_eq(bds_server_add_method(v->s, &am), BDS_OK);
+    cr_assert_eq(bds_server_add_method(v->s, &am, NULL), BDS_OK);
     atomic_store(&block_started, false);
     atomic_store(&block_release, false);
     bds_method bm = {.size = sizeof bm, .path = BLOCK_PATH, .handler = block_handler, .key = hold_all_key};
-    cr_assert_eq(bds_server_add_method(v->s, &bm), BDS_OK);
+    cr_assert_eq(bds_server_add_method(v->s, &bm, NULL), BDS_OK);
+    bds_method pm = {.size = sizeof pm, .path = PANIC_PATH, .handler = panic_handler, .key = hold_all_key};
+    cr_assert_eq(bds_server_add_method(v->s, &pm, NULL), BDS_OK);
 }
 
 static void srv_config(bds_server_config *cfg, uint32_t shards) {
@@ -573,6 +584,37 @@ Test(server, an_idle_shard_waits_for_work_the_others_may_still_send_it) {
     cr_assert_eq(st, BDS_OK, "the server stopped without a hard stop: %s", bds_status_name(st));
 }
 
+/* A handler's panic ends its stream with INTERNAL wherever its key runs, and
+ * the server serves on. Before, a panic on a shard other than the
+ * connection's failed an assertion and aborted the process (8 keys on 2
+ * shards: all but certain). */
+Test(server, a_panic_on_any_shard_ends_its_stream_with_internal) {
+    struct srv v;
+    srv_start(&v, 2);
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    enum { STREAMS = 8, MSG = 8 };
+    for (int i = 0; i < STREAMS; i++) {
+        uint8_t *out = malloc(5 + MSG);
+        memset(out, 0, 5);
+        out[4] = MSG;
+        char key[MSG + 1];
+        snprintf(key, sizeof key, "pan%05d", i);
+        memcpy(out + 5, key, MSG);
+        cli_open(&c, PANIC_PATH, out, 5 + MSG, true);
+    }
+    cli_pump(&c, all_closed);
+    for (int i = 0; i < STREAMS; i++)
+        cr_assert_eq(c.s[i].grpc_status, 13, "stream %d: INTERNAL (got %d, rst %u)", i, c.s[i].grpc_status, c.s[i].rst);
+    cli_fini(&c);
+    cli_init(&c, srv_connect(&v));
+    cli_call(&c, "after", true);
+    cli_pump(&c, all_closed);
+    cr_assert_eq(c.s[0].grpc_status, 0, "served after the panics");
+    cli_fini(&c);
+    srv_stop(&v);
+}
+
 /* ---- work that outlives its stream -------------------------------------------------- */
 
 /* gRPC-framed bidistream.v1.Frame{key, seq 1, work_us} (work_us 0: none). */
@@ -675,7 +717,7 @@ static void hang_wait(int n) {
 
 static void hang_add(struct srv *v) {
     bds_method m = {.size = sizeof m, .path = HANG_PATH, .handler = hang_handler};
-    cr_assert_eq(bds_server_add_method(v->s, &m), BDS_OK);
+    cr_assert_eq(bds_server_add_method(v->s, &m, NULL), BDS_OK);
 }
 
 static uint8_t *one_message(size_t *len) {
@@ -1095,7 +1137,114 @@ Test(server, memory_budget_ends_the_largest_stream_first) {
     srv_stop(&v);
 }
 
-/* ---- bds_server_create's checks ------------------------------------------------ */
+/* ---- the port: refused when in use, shared on purpose, told when ready ---------- */
+
+static void on_ready_store(bds_server *s, uint16_t port, void *ctx) {
+    (void)s;
+    atomic_store((_Atomic uint16_t *)ctx, port);
+}
+
+static uint16_t ready_wait(_Atomic uint16_t *port) {
+    for (int i = 0; i < 1000 && atomic_load(port) == 0; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_neq(atomic_load(port), 0, "on_ready never came (10 s)");
+    return atomic_load(port);
+}
+
+static void *run_plain(void *arg) {
+    bds_server *s = arg;
+    return (void *)(intptr_t)bds_server_run(s);
+}
+
+/* A second server on a port in use is refused at run, unless it asks to
+ * share the port; on_ready tells each its port without polling. Before, the
+ * second one's SO_REUSEPORT listeners joined the first one's silently and the
+ * kernel split new connections between the two. */
+Test(server, a_port_in_use_is_refused_unless_shared_on_purpose) {
+    static _Atomic uint16_t first_port, shared_port;
+    atomic_store(&first_port, 0);
+    atomic_store(&shared_port, 0);
+    bds_server_config cfg;
+    srv_config(&cfg, 2);
+    cfg.on_ready = on_ready_store;
+    cfg.on_ready_ctx = (void *)&first_port;
+    struct srv v;
+    srv_create(&v, &cfg);
+    srv_run(&v);
+    uint16_t port = ready_wait(&first_port);
+    cr_assert_eq(port, bds_server_port(v.s));
+    char listen[32];
+    snprintf(listen, sizeof listen, "127.0.0.1:%u", port);
+
+    bds_server_config c2;
+    srv_config(&c2, 1);
+    c2.listen = listen;
+    bds_server *second = NULL;
+    const char *why = NULL;
+    cr_assert_eq(bds_server_create(&second, &c2, &why), BDS_OK);
+    cr_assert_eq(bds_server_run(second), BDS_UNAVAILABLE, "a port in use is refused");
+    bds_server_destroy(second);
+
+    c2.reuse_port = true;
+    c2.on_ready = on_ready_store;
+    c2.on_ready_ctx = (void *)&shared_port;
+    cr_assert_eq(bds_server_create(&second, &c2, &why), BDS_OK);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, run_plain, second), 0);
+    cr_assert_eq(ready_wait(&shared_port), port, "shared on purpose: the same port");
+    bds_server_stop(second);
+    void *rc;
+    cr_assert_eq(pthread_join(t, &rc), 0);
+    cr_assert_eq((bds_status)(intptr_t)rc, BDS_OK);
+    bds_server_destroy(second);
+
+    /* The first server serves on. */
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    cli_call(&c, "after", true);
+    cli_pump(&c, all_closed);
+    cr_assert_eq(c.s[0].grpc_status, 0);
+    cli_fini(&c);
+    srv_stop(&v);
+}
+
+/* A malformed path (which no gRPC client can call, or which would shadow
+ * another method's prefix) is refused, and *why names what is wrong. */
+Test(server, add_method_refuses_malformed_paths_saying_why) {
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    bds_server *s = NULL;
+    const char *why = NULL;
+    cr_assert_eq(bds_server_create(&s, &cfg, &why), BDS_OK);
+    static const char *bad[] = {"",      "a.B/C",    "/",      "/a.B",    "/a.B/",   "//C",       "/a.B/C/D",
+                                "/a..B/C", "/.a/C",  "/a./C",  "/a.B/C.D", "/a b/C", "/a.B/C\n", "/a.B/C/"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        bds_method m = {.size = sizeof m, .path = bad[i], .handler = panic_handler};
+        why = NULL;
+        cr_assert_eq(bds_server_add_method(s, &m, &why), BDS_E_INVALID, "path \"%s\" accepted", bad[i]);
+        cr_assert(why && strstr(why, "path"), "path \"%s\": why names the path (%s)", bad[i], why ? why : "NULL");
+    }
+    static const char *good[] = {"/a.B/C", "/grpc.health.v2.Health/Check", "/S/m_1", "/pkg_1.sub.Svc9/Do"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        bds_method m = {.size = sizeof m, .path = good[i], .handler = panic_handler};
+        cr_assert_eq(bds_server_add_method(s, &m, &why), BDS_OK, "path \"%s\" refused: %s", good[i], why);
+    }
+    bds_method dup = {.size = sizeof dup, .path = "/a.B/C", .handler = panic_handler};
+    cr_assert_eq(bds_server_add_method(s, &dup, &why), BDS_ALREADY_EXISTS);
+    cr_assert(why && strstr(why, "already"));
+    bds_method nohandler = {.size = sizeof nohandler, .path = "/a.B/D"};
+    cr_assert_eq(bds_server_add_method(s, &nohandler, &why), BDS_E_INVALID);
+    cr_assert(why && strstr(why, "handler"));
+    bds_options o = bds_default_options();
+    o.inbound.backpressure.capacity = 0;
+    o.inbound.backpressure.queue_capacity = 5; /* a queue without a capacity */
+    bds_method badopts = {.size = sizeof badopts, .path = "/a.B/E", .handler = panic_handler, .options = &o};
+    cr_assert_eq(bds_server_add_method(s, &badopts, &why), BDS_E_INVALID);
+    cr_assert(why && strstr(why, "queue_capacity"), "%s", why ? why : "NULL");
+    bds_server_destroy(s);
+}
 
 /* Each limit is refused past either end with a why that names its field, so a
  * library user who sets a wrapping value learns it at create, not from

@@ -114,6 +114,7 @@ static void assert_same_config(const bds_server_config *a, const bds_server_conf
     cr_assert_eq(a->keepalive_timeout_ns, b->keepalive_timeout_ns);
     cr_assert_eq(a->ping_min_interval_ns, b->ping_min_interval_ns);
     cr_assert_eq(a->ping_without_streams, b->ping_without_streams);
+    cr_assert_eq(a->reuse_port, b->reuse_port);
     cr_assert_eq(a->send_timeout_ns, b->send_timeout_ns);
     cr_assert_eq(a->tcp_user_timeout_ms, b->tcp_user_timeout_ms);
     cr_assert_eq(a->max_connections, b->max_connections);
@@ -784,11 +785,12 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--max-header-list-bytes", "2048", "--stream-window-bytes", "1GiB", "--idle-spin-us", "50",
                     "--interop", "--interop-responses-max", "10", "--max-connections", "77", "--interop-response-bytes-max", "1MiB",
                     "--log-level", "warn", "--idle-timeout", "90s", "--keepalive-timeout", "0",
-                    "--ping-without-streams", "--tcp-user-timeout-ms", "1234", NULL};
+                    "--ping-without-streams", "--tcp-user-timeout-ms", "1234", "--reuse-port", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 46, "%s", out); /* a comment and 45 keys */
+    cr_assert_eq(count_lines(out), 47, "%s", out); /* a comment and 46 keys */
+    cr_assert_not_null(strstr(out, "\nreuse-port = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nidle-timeout = 90s\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nkeepalive-timeout = 0\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninterop-response-bytes-max = 1048576\n"), "%s", out);

@@ -4,4 +4,5 @@
 #include "bidistream/status.h"
 #include "bidistream/options.h"
 #include "bidistream/pipeline.h"
+#include "bidistream/server.h"
 #endif

@@ -74,7 +74,11 @@ BDS_API void bds_pipeline_deliver(bds_pipeline *pipeline, void *msg);
 BDS_API bool bds_pipeline_has_work(const bds_pipeline *pipeline);
 /* The next timer deadline in ns, or UINT64_MAX. */
 BDS_API uint64_t bds_pipeline_next_deadline(const bds_pipeline *pipeline);
-/* The pipeline number an ordering key executes on (the same on every pipeline). */
+/* The pipeline number a non-empty ordering key executes on (the same on every
+ * pipeline). The empty key (key_len 0: a method without a key resolver, one
+ * order per stream) executes on its session's home, like FIFO ordering, so
+ * such streams spread over the pipelines with their connections; for it this
+ * returns the pipeline asked. Thread: any. */
 BDS_API uint32_t bds_pipeline_key_shard(const bds_pipeline *pipeline, const void *key, uint32_t key_len);
 
 typedef struct bds_pipeline_stats {
@@ -152,7 +156,9 @@ BDS_API void bds_session_release(bds_session *session);
 /* INIT -> OPEN. Returns BDS_OK, or BDS_FAILED_PRECONDITION if not in INIT. */
 BDS_API bds_status bds_session_open(bds_session *session);
 /* Admits one inbound message: ordering, then backpressure, then execution on
- * the key's pipeline. key may be NULL when len is 0 (every FIFO message shares
+ * the key's pipeline. A message refused with BDS_E_SHUTDOWN marks the session:
+ * it then never ends OK (a half-close after it ends it BDS_E_SHUTDOWN, once
+ * drained), since that message was never answered. key may be NULL when len is 0 (every FIFO message shares
  * one key). key bytes and payload must stay valid until ops->release(payload).
  * Returns:
  *   BDS_OK                  admitted (waiting or running); payload is the pipeline's
@@ -221,27 +227,41 @@ BDS_API uint64_t bds_session_held_bytes(const bds_session *session);
  * their handlers. Home only. */
 BDS_API uint64_t bds_session_unsent_bytes(const bds_session *session);
 
-/* ---- calls (inside a handler) --------------------------------------------- */
+/* ---- calls (inside a handler) ---------------------------------------------
+ *
+ * A call is lent to the handler from the start of its attempt until
+ * bds_call_done() (or bds_call_panic()); after that the pointer is no longer
+ * the handler's. Using it then (a second bds_call_done, a reply, a panic) is
+ * a misuse: the process stops with "bidistream: <function>: misuse: ..." on
+ * stderr (abort), every time the call has not been reused for a new message
+ * yet, which is always the case until its session's next message arrives. A
+ * reuse cannot be told apart from a new call: the misuse then harms that
+ * call. */
 
 BDS_API void *bds_call_payload(const bds_call *call);
 BDS_API const void *bds_call_key(const bds_call *call, uint32_t *key_len);
 BDS_API uint64_t bds_call_seq(const bds_call *call);
 BDS_API uint32_t bds_call_attempt(const bds_call *call);  /* 1 on the first run */
 BDS_API void *bds_call_session_ctx(const bds_call *call); /* the session's ops_ctx */
-/* Emits a reply (before bds_call_done). Thread: any. The reply reaches the
- * Sender in call order. */
+/* Emits a reply (before bds_call_done; after it, a misuse that stops the
+ * process). Thread: any. The reply reaches the Sender in call order. reply
+ * stays the caller's until the session's ops->write or ops->drop. */
 BDS_API void bds_call_reply(bds_call *call, bds_reply *reply);
 /* Finishes this attempt. BDS_OK succeeds. BDS_E_NONTERMINAL_FAILURE fails this
  * message alone. Any other status is a failure: retried while the budget
  * lasts, then terminal for the session when inbound.failures_terminal (its
  * status goes on the wire; E_TERMINAL_FAILURE becomes INTERNAL).
  * BDS_E_PANIC_RECOVERED is the abort below. message may be NULL; it is copied
- * (up to 95 bytes). Thread: any. Exactly once per attempt. */
+ * (up to 95 bytes). Thread: any. Exactly once per attempt: a second call (or
+ * two threads at once) is a misuse that stops the process, naming
+ * bds_call_done. */
 BDS_API void bds_call_done(bds_call *call, bds_status status, const char *message);
 /* Aborts the handler, the C counterpart of a Go panic: only from inside the
  * handler's own synchronous run. Unwinds (longjmp) to the Engine, which ends
  * the session with PANIC_RECOVERED (INTERNAL); never retried, never fatal to
- * the process. Locals of the handler are abandoned: free nothing there. */
+ * the process. Locals of the handler are abandoned: free nothing there.
+ * Anywhere else (another thread, after the handler returned, after
+ * bds_call_done) it is a misuse that stops the process, naming bds_call_panic. */
 BDS_API _Noreturn void bds_call_panic(bds_call *call, const char *message);
 
 #ifdef __cplusplus

@@ -84,6 +84,19 @@ typedef struct bds_server_config {
     uint32_t max_connections;       /* open connections per server, default 10,000, split
                                        evenly across shards (each enforces its share); a
                                        connection past it is closed at once; 0 = no limit */
+    /* Share the port with other listening sockets of the same user
+     * (SO_REUSEPORT: the kernel then splits new connections between the
+     * processes). Default false: bds_server_run refuses a port something
+     * already listens on (BDS_UNAVAILABLE, "address already in use"), so a
+     * second server never silently takes part of the first one's traffic. */
+    bool reuse_port;
+    /* Optional: called once by bds_server_run, on its thread, when every
+     * shard listens (other shards may already accept connections), with the
+     * bound port: a program learns a "host:0" port without polling
+     * bds_server_port. It runs before shard 0 serves: keep it short. server
+     * is the one running; ctx is on_ready_ctx, the caller's. */
+    void (*on_ready)(bds_server *server, uint16_t port, void *ctx);
+    void *on_ready_ctx;
 } bds_server_config;
 
 BDS_API void bds_server_config_default(bds_server_config *config);
@@ -105,9 +118,17 @@ typedef struct bds_method {
 } bds_method;
 
 BDS_API bds_status bds_server_create(bds_server **out, const bds_server_config *config, const char **why);
-/* Before bds_server_run() only. Returns BDS_OK, BDS_E_INVALID (bad path,
- * options) or BDS_ALREADY_EXISTS. */
-BDS_API bds_status bds_server_add_method(bds_server *server, const bds_method *method);
+/* Adds a method: before bds_server_run() only. method is copied, path too;
+ * handler_ctx, key_ctx and *options (copied) stay the caller's, and
+ * handler_ctx and key_ctx must outlive the server. Returns BDS_OK,
+ * BDS_E_INVALID (the path is not "/package.Service/Method" with identifiers,
+ * no handler, size too small, invalid options), BDS_ALREADY_EXISTS (the
+ * path is taken), BDS_RESOURCE_EXHAUSTED (64 methods, the built-in ones
+ * included) or BDS_FAILED_PRECONDITION (the server runs); on any error *why
+ * (if why is not NULL) says why, in static storage. A NULL server is a misuse
+ * that stops the process. Thread: the one that created the server, before it
+ * runs. */
+BDS_API bds_status bds_server_add_method(bds_server *server, const bds_method *method, const char **why);
 /* Serves until bds_server_stop() or SIGTERM/SIGINT, then drains gracefully
  * (GOAWAY, in-flight work finishes within the grace period: the longest of the
  * server's and its methods'). Raises the process's soft RLIMIT_NOFILE to its
@@ -127,9 +148,14 @@ BDS_API uint16_t bds_server_port(const bds_server *server);
 BDS_API void bds_server_destroy(bds_server *server);
 
 /* Inside a handler of a server method: the request's bytes (protobuf-encoded),
- * valid until bds_call_done(). */
+ * valid until bds_call_done(); *len gets their length (len may be NULL).
+ * Thread: any, while the call is the handler's (pipeline.h: after
+ * bds_call_done, a misuse that stops the process). The bytes are the
+ * server's. */
 BDS_API const uint8_t *bds_call_request(const bds_call *call, uint32_t *len);
-/* Replies with a copy of bytes (an encoded message). Thread: any. */
+/* Replies with a copy of bytes (an encoded message; the caller keeps bytes).
+ * Returns BDS_OK, BDS_E_INVALID (len over 4 GiB) or BDS_E_NOMEM. Thread: any,
+ * before bds_call_done (after it, a misuse that stops the process). */
 BDS_API bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len);
 
 #ifdef __cplusplus
