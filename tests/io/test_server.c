@@ -180,6 +180,14 @@ static void srv_start_cfg(struct srv *v, const bds_server_config *cfg) {
     srv_run(v);
 }
 
+/* With a grace period of grace_ms (stops that must wait for it, or not). */
+static void srv_start_grace(struct srv *v, uint32_t shards, uint64_t grace_ms) {
+    bds_server_config cfg;
+    srv_config(&cfg, shards);
+    cfg.options.shutdown.grace_period_ns = grace_ms * 1000 * 1000ULL;
+    srv_start_cfg(v, &cfg);
+}
+
 static void srv_start(struct srv *v, uint32_t shards) {
     bds_server_config cfg;
     srv_config(&cfg, shards);
@@ -530,6 +538,18 @@ Test(server, reset_stream_and_dropped_connection_return_every_buffer) {
     srv_stop(&v);
 }
 
+/* A gRPC-framed raw message of 8 bytes, prefix and i ("key00003"): the
+ * whole message is its key for hold_all_key. */
+#define KEY8_WIRE (5 + 8)
+static size_t key8_put(uint8_t *out, const char *prefix, int i) {
+    char key[9];
+    snprintf(key, sizeof key, "%s%0*d", prefix, (int)(8 - strlen(prefix)), i);
+    memset(out, 0, 5);
+    out[4] = 8;
+    memcpy(out + 5, key, 8);
+    return KEY8_WIRE;
+}
+
 static bool block_running(struct cli *c) {
     (void)c;
     return atomic_load(&block_started);
@@ -545,26 +565,14 @@ static bool block_running(struct cli *c) {
  * times in 40 TSan runs of reset_stream_and_dropped_connection_return_every_buffer
  * under load). */
 Test(server, an_idle_shard_waits_for_work_the_others_may_still_send_it) {
-    bds_server_config cfg;
-    srv_config(&cfg, 2);
-    cfg.options.shutdown.grace_period_ns = 2000 * 1000 * 1000ULL;
     struct srv v;
-    srv_create(&v, &cfg);
-    srv_run(&v);
+    srv_start_grace(&v, 2, 2000);
     struct cli c;
     cli_init(&c, srv_connect(&v));
-    enum { KEYS = 16, MSG = 8 };
-    uint8_t *out = malloc(KEYS * (5 + MSG));
+    enum { KEYS = 16 };
+    uint8_t *out = malloc(KEYS * KEY8_WIRE);
     size_t len = 0;
-    for (int i = 0; i < KEYS; i++) {
-        uint8_t *f = out + len;
-        memset(f, 0, 5);
-        f[4] = MSG;
-        char key[MSG + 1];
-        snprintf(key, sizeof key, "key%05d", i);
-        memcpy(f + 5, key, MSG);
-        len += 5 + MSG;
-    }
+    for (int i = 0; i < KEYS; i++) len += key8_put(out + len, "key", i);
     cli_open(&c, BLOCK_PATH, out, len, false);
     cli_pump(&c, block_running);
     bds_server_stop(v.s);
@@ -593,15 +601,10 @@ Test(server, a_panic_on_any_shard_ends_its_stream_with_internal) {
     srv_start(&v, 2);
     struct cli c;
     cli_init(&c, srv_connect(&v));
-    enum { STREAMS = 8, MSG = 8 };
+    enum { STREAMS = 8 };
     for (int i = 0; i < STREAMS; i++) {
-        uint8_t *out = malloc(5 + MSG);
-        memset(out, 0, 5);
-        out[4] = MSG;
-        char key[MSG + 1];
-        snprintf(key, sizeof key, "pan%05d", i);
-        memcpy(out + 5, key, MSG);
-        cli_open(&c, PANIC_PATH, out, 5 + MSG, true);
+        uint8_t *out = malloc(KEY8_WIRE);
+        cli_open(&c, PANIC_PATH, out, key8_put(out, "pan", i), true);
     }
     cli_pump(&c, all_closed);
     for (int i = 0; i < STREAMS; i++)
@@ -665,12 +668,8 @@ static void cli_sync(struct cli *c) {
  * stops at once (before: the stop waited for the hour, or, with the hard
  * stop, abandoned the session). */
 Test(server, reset_stream_ends_its_hour_of_process_work_at_once) {
-    bds_server_config cfg;
-    srv_config(&cfg, 2);
-    cfg.options.shutdown.grace_period_ns = 200 * 1000 * 1000ULL;
     struct srv v;
-    srv_create(&v, &cfg);
-    srv_run(&v);
+    srv_start_grace(&v, 2, 200);
     struct cli c;
     cli_init(&c, srv_connect(&v));
     /* The hour comes first on the stream; the plain frame's reply proves its
@@ -846,12 +845,8 @@ static bool first_stream_sent(struct cli *c) { return c->s[0].out_off == c->s[0]
  * (its session is gone, its trailers pending) when the server stops: the stop
  * must pass it by (before: bds_session_shutdown on its NULL session). */
 Test(server, stop_with_a_finished_stream_whose_replies_wait_for_window) {
-    bds_server_config cfg;
-    srv_config(&cfg, 1);
-    cfg.options.shutdown.grace_period_ns = 200 * 1000 * 1000ULL;
     struct srv v;
-    srv_create(&v, &cfg);
-    srv_run(&v);
+    srv_start_grace(&v, 1, 200);
     struct cli c;
     cli_init_with(&c, srv_connect(&v), false);
     /* Our window for the server's DATA: 1 byte, never returned. */
