@@ -234,6 +234,12 @@ uint64_t bds_call_seq(const bds_call *call) { return call->seq; }
 uint32_t bds_call_attempt(const bds_call *call) { return call->attempt; }
 void *bds_call_session_ctx(const bds_call *call) { return call->session->ops_ctx; }
 
+bool bds_call_cancelled(const bds_call *call) {
+    bds__call_check_running(call, "bds_call_cancelled");
+    /* acquire: pairs with the home side's transition to Closed */
+    return atomic_load_explicit(&call->session->state, memory_order_acquire) == BDS_STATE_CLOSED;
+}
+
 /* Whether the calling thread runs the call's EXEC pipeline. (Comparing the
  * pipeline itself: its index and port alone match on every shard of a
  * server, or on no other shard, depending on what the port's ctx is.) */

@@ -561,6 +561,14 @@ const uint8_t *bds_call_request(const bds_call *call, uint32_t *len) {
  * an echo of the whole request (the first one) is the request's own buffer.
  * Elsewhere (the key's shard, a handler's thread) it is malloc'ed: the reply
  * is freed at home, which no other shard's pool may be. */
+const char *bds_call_method(const bds_call *call) {
+    bds__call_check_running(call, "bds_call_method");
+    /* The srv_call outlives every call admitted from it (in_pipeline), and
+     * its method never changes. */
+    const srv_call *sc = bds_call_session_ctx(call);
+    return sc->m->path;
+}
+
 bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len) {
     bds__call_check_running(call, "bds_call_reply_bytes");
     return bds__server_call_reply_paced(call, bytes, len, NULL, NULL);

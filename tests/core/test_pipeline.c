@@ -362,6 +362,26 @@ Test(pipeline, the_empty_key_runs_at_home) {
     sim_free(S);
 }
 
+/* A handler's pending call sees its session close at once, on any thread
+ * (the CANCEL to its pipeline may not have arrived yet), whatever closed it. */
+Test(pipeline, a_pending_call_sees_its_session_close) {
+    sim *S = sim_new(2, 27);
+    int s = sim_open(S, 0, NULL);
+    cr_assert_eq(sim_send(S, s, key_away_from_0(S), 1, SIM_ASYNC), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(S->n_pending, 1);
+    bds_call *call = S->pending[0];
+    sim_switch(S, SIM_FOREIGN);
+    cr_assert_not(bds_call_cancelled(call), "open: not cancelled");
+    sim_home(S, s);
+    bds_session_cancel(S->sessions[s].s);
+    sim_switch(S, 1);
+    cr_assert(bds_call_cancelled(call), "cancelled, seen from the key's pipeline before its CANCEL arrives");
+    sim_settle(S);
+    cr_assert(bds_call_cancelled(call));
+    sim_free(S); /* completes the call */
+}
+
 /* ---- misuse of the call API: a message that names the call, every time ---- */
 
 /* Runs scenario in a child process; asserts that it aborted (SIGABRT) and

@@ -119,6 +119,7 @@ static _Atomic bool block_started, block_release;
 
 static void block_handler(bds_call *call, void *ctx) {
     (void)ctx;
+    cr_assert_str_eq(bds_call_method(call), BLOCK_PATH);
     bool no = false;
     if (call->home == call->exec && atomic_compare_exchange_strong(&block_started, &no, true)) {
         for (int i = 0; i < 10000 && !atomic_load(&block_release); i++) {

@@ -243,6 +243,13 @@ BDS_API const void *bds_call_key(const bds_call *call, uint32_t *key_len);
 BDS_API uint64_t bds_call_seq(const bds_call *call);
 BDS_API uint32_t bds_call_attempt(const bds_call *call);  /* 1 on the first run */
 BDS_API void *bds_call_session_ctx(const bds_call *call); /* the session's ops_ctx */
+/* Whether the call's session has closed (the client cancelled or reset the
+ * stream, its deadline passed, it failed, or the shutdown's grace period
+ * ended): nothing the call still makes reaches the client, so long work
+ * should stop and finish the call (bds_call_done with any status). A cheap
+ * atomic load. Thread: any, while the call is the handler's (before
+ * bds_call_done; after it, a misuse that stops the process). */
+BDS_API bool bds_call_cancelled(const bds_call *call);
 /* Emits a reply (before bds_call_done; after it, a misuse that stops the
  * process). Thread: any. The reply reaches the Sender in call order. reply
  * stays the caller's until the session's ops->write or ops->drop. */

@@ -153,6 +153,10 @@ BDS_API void bds_server_destroy(bds_server *server);
  * bds_call_done, a misuse that stops the process). The bytes are the
  * server's. */
 BDS_API const uint8_t *bds_call_request(const bds_call *call, uint32_t *len);
+/* The method's path ("/package.Service/Method"), in the server's storage.
+ * Thread: any, while the call is the handler's (a misuse after
+ * bds_call_done stops the process). */
+BDS_API const char *bds_call_method(const bds_call *call);
 /* Replies with a copy of bytes (an encoded message; the caller keeps bytes).
  * Returns BDS_OK, BDS_E_INVALID (len over 4 GiB) or BDS_E_NOMEM. Thread: any,
  * before bds_call_done (after it, a misuse that stops the process). */
