@@ -221,6 +221,10 @@ bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, con
     if (!srv) return BDS_E_NOMEM;
     srv->cfg = *cfg;
     srv->listen = strdup(cfg->listen);
+    if (!srv->listen) {
+        free(srv);
+        return BDS_E_NOMEM;
+    }
     srv->cfg.listen = srv->listen;
     atomic_init(&srv->serving, 1);
     srv->table.paths = srv->paths;

@@ -10,7 +10,17 @@
  * Built in (docs/SERVICE.md describes them): bidistream.v1.Pipeline/Process
  * and grpc.health.v1.Health (Check, Watch); grpc.testing.TestService, the
  * gRPC interop service, only when bds_server_config.interop_service asks for
- * it (off by default: a test service has no place on a production server). */
+ * it (off by default: a test service has no place on a production server).
+ *
+ * Handlers run on a shard's thread, inside its event loop: a handler that
+ * blocks (sleeps, waits on a lock or on I/O) stalls every connection and
+ * every key of that shard until it returns. Long work finishes later: return
+ * without bds_call_done() and finish from a timer or another thread.
+ *
+ * Threads, in short: create, add_method and destroy from one thread, outside
+ * bds_server_run; bds_server_stop and bds_server_port from any thread; the
+ * call functions from any thread while the call is the handler's (until
+ * bds_call_done: pipeline.h says what a misuse does). */
 #ifndef BIDISTREAM_SERVER_H
 #define BIDISTREAM_SERVER_H
 
@@ -99,24 +109,33 @@ typedef struct bds_server_config {
     void *on_ready_ctx;
 } bds_server_config;
 
+/* Fills *config with the defaults above (size included). Thread: any. */
 BDS_API void bds_server_config_default(bds_server_config *config);
 
 /* Finds the ordering key in a request's bytes (a view into request, valid as
  * long as the request). Returns false if the request is malformed (the call
- * ends with INTERNAL). NULL resolver: every message of a stream shares one key. */
+ * ends with INTERNAL). NULL resolver: every message of a stream shares one key
+ * (the empty key), and runs on the stream's own shard. Thread: the shard that
+ * reads the stream's connection; it must not block. ctx is key_ctx. */
 typedef bool (*bds_key_fn)(const uint8_t *request, uint32_t len, const uint8_t **key, uint32_t *key_len,
                            void *ctx);
 
 typedef struct bds_method {
     uint32_t size;                  /* = sizeof(bds_method) */
-    const char *path;               /* "/package.Service/Method" */
+    const char *path;               /* "/package.Service/Method"; copied */
     bds_handler_fn handler;         /* runs on the key's shard: see bds_call_request() */
-    void *handler_ctx;
+    void *handler_ctx;              /* the caller's; must outlive the server */
     bds_key_fn key;
-    void *key_ctx;
+    void *key_ctx;                  /* the caller's; must outlive the server */
     const bds_options *options;     /* NULL = the server's; copied */
 } bds_method;
 
+/* Makes a server from *config (copied; listen is copied too; on_ready_ctx
+ * stays the caller's). Nothing listens before bds_server_run. Returns BDS_OK
+ * with *out set (the caller's, until bds_server_destroy), BDS_E_INVALID (a
+ * field out of range, a bad listen string or invalid options: *why names it,
+ * in static storage, if why is not NULL) or BDS_E_NOMEM; *out is NULL on
+ * error. Thread: any. */
 BDS_API bds_status bds_server_create(bds_server **out, const bds_server_config *config, const char **why);
 /* Adds a method: before bds_server_run() only. method is copied, path too;
  * handler_ctx, key_ctx and *options (copied) stay the caller's, and
@@ -139,12 +158,25 @@ BDS_API bds_status bds_server_add_method(bds_server *server, const bds_method *m
  * bds_server_run returns BDS_DEADLINE_EXCEEDED: their calls' memory stays
  * allocated, and they must never touch those calls again (no bds_call_done).
  * Returns BDS_OK after a clean stop. A second SIGTERM/SIGINT while stopping
- * ends the process at once (_exit(128 + signal number)). */
+ * ends the process at once (_exit(128 + signal number)). Other returns, before
+ * anything is served: BDS_UNAVAILABLE (cannot listen: the address is in use
+ * and reuse_port is off, or bind failed; the reason goes to stderr),
+ * BDS_FAILED_PRECONDITION (this server already ran), or what kept a shard
+ * from starting (BDS_E_NOMEM, ...; said on stderr too).
+ * Thread: any one thread, once per server; it becomes shard 0 and returns
+ * when the server has stopped. It blocks SIGTERM and SIGINT for the whole
+ * process (and reads them itself) and leaves them blocked. */
 BDS_API bds_status bds_server_run(bds_server *server);
-/* Thread: any; async-signal-safe. */
+/* Starts the graceful stop of bds_server_run (or makes a run that has not
+ * started yet stop at once). Idempotent. Thread: any; async-signal-safe. */
 BDS_API void bds_server_stop(bds_server *server);
-/* The port the server listens on (useful with "host:0"); 0 before it runs. */
+/* The port the server listens on (useful with "host:0"); 0 before it runs
+ * (on_ready tells it without polling). Thread: any. */
 BDS_API uint16_t bds_server_port(const bds_server *server);
+/* Frees the server; NULL does nothing. Only when bds_server_run is not
+ * running (never ran, or returned). After a hard stop (BDS_DEADLINE_EXCEEDED)
+ * what the abandoned handlers still hold stays allocated. Thread: the one
+ * that created it, or any once run has returned. */
 BDS_API void bds_server_destroy(bds_server *server);
 
 /* Inside a handler of a server method: the request's bytes (protobuf-encoded),
