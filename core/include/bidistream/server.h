@@ -120,6 +120,63 @@ BDS_API void bds_server_config_default(bds_server_config *config);
 typedef bool (*bds_key_fn)(const uint8_t *request, uint32_t len, const uint8_t **key, uint32_t *key_len,
                            void *ctx);
 
+typedef struct bds_stream bds_stream;
+
+/* What a method takes and answers, declared at registration and enforced.
+ * Every kind runs through the same pipeline (ordering, backpressure, retries,
+ * drain); each request message is one handler call.
+ *   BIDI              any number of requests and replies (the default).
+ *   SERVER_STREAMING  exactly one request, any number of replies.
+ *   UNARY             exactly one request, exactly one reply.
+ *   CLIENT_STREAMING  any number of requests, exactly one reply: made at the
+ *                     client's half-close (bds_method.on_half_close).
+ * A second request to UNARY or SERVER_STREAMING, or none at the client's
+ * half-close, ends the stream INTERNAL before the handler sees it. For UNARY
+ * and CLIENT_STREAMING a second reply is refused (BDS_FAILED_PRECONDITION) and
+ * a stream that would end OK without its reply ends INTERNAL ("no reply"). */
+typedef enum bds_method_kind {
+    BDS_METHOD_BIDI = 0,
+    BDS_METHOD_SERVER_STREAMING = 1,
+    BDS_METHOD_UNARY = 2,
+    BDS_METHOD_CLIENT_STREAMING = 3,
+} bds_method_kind;
+
+/* What a stream did, for interceptors' on_end. */
+typedef struct bds_stream_end_info {
+    bds_status status;              /* as sent (BDS_CANCELLED: the client reset it, nothing sent) */
+    const char *message;            /* the status message; valid during on_end */
+    uint64_t duration_ns;           /* from its request headers to its end */
+    uint64_t messages_in;           /* request messages received */
+    uint64_t messages_out;          /* replies and pushes handed to HTTP/2 */
+    uint64_t bytes_in, bytes_out;   /* their payload bytes */
+} bds_stream_end_info;
+
+/* Hooks around every stream of a server (bds_server_add_interceptor) or of
+ * one method (bds_method.interceptors): logging, authentication, metrics.
+ * Every hook is optional and runs on the stream's home shard (its
+ * connection's thread), inside the event loop: it must not block. Server
+ * interceptors run before the method's, each list in order; on_end runs in
+ * the reverse order. ctx is the caller's and must outlive the server. */
+typedef struct bds_interceptor {
+    uint32_t size;                  /* = sizeof(bds_interceptor) */
+    /* A stream opens (its request headers are complete; no message read
+     * yet): the method, metadata, peer and deadline can be read. BDS_OK lets
+     * it through; any other status refuses it at once (trailers-only, no
+     * message is read, no handler runs, no on_end follows) with *message
+     * (static storage, or NULL for the status's own text), e.g.
+     * BDS_UNAUTHENTICATED. */
+    bds_status (*on_open)(bds_stream *stream, const char **message, void *ctx);
+    /* A request message arrived (before its key is found). BDS_OK lets it
+     * through; any other status ends the stream with it (the message is not
+     * handled). bytes are the server's, valid during the hook. */
+    bds_status (*on_message_in)(bds_stream *stream, const uint8_t *bytes, uint32_t len, void *ctx);
+    /* A reply or push leaves for HTTP/2, in stream order. Observe only. */
+    void (*on_message_out)(bds_stream *stream, const uint8_t *bytes, uint32_t len, void *ctx);
+    /* The stream ended (once per stream whose on_open passed). */
+    void (*on_end)(bds_stream *stream, const bds_stream_end_info *info, void *ctx);
+    void *ctx;
+} bds_interceptor;
+
 typedef struct bds_method {
     uint32_t size;                  /* = sizeof(bds_method) */
     const char *path;               /* "/package.Service/Method"; copied */
@@ -128,6 +185,26 @@ typedef struct bds_method {
     bds_key_fn key;
     void *key_ctx;                  /* the caller's; must outlive the server */
     const bds_options *options;     /* NULL = the server's; copied */
+    bds_method_kind kind;           /* default BDS_METHOD_BIDI */
+    /* Optional. The client half-closed and every message it sent before has
+     * been handled (each call done, or dropped): the place to answer at the
+     * end (a summary, CLIENT_STREAMING's one reply). With it set, the stream
+     * then stays open until bds_stream_finish (or its deadline, a reset, the
+     * shutdown's grace period); without it, it ends OK once drained. Runs on
+     * the stream's home shard, once; ctx is handler_ctx. */
+    void (*on_half_close)(bds_stream *stream, void *ctx);
+    /* Optional. The stream ended, for any reason (finished, the client
+     * cancelled, its deadline passed, a failure, the shutdown): from now on
+     * every bds_stream_* call on it returns BDS_E_SESSION_CLOSED and handlers
+     * still running see bds_call_cancelled. Runs on the stream's home shard,
+     * once per stream that opened; message is valid during the call; ctx is
+     * handler_ctx. */
+    void (*on_end)(bds_stream *stream, bds_status status, const char *message, void *ctx);
+    /* Optional: the method's own interceptors (after the server's), an array
+     * of n_interceptors pointers; the array is copied, each bds_interceptor
+     * stays the caller's and must outlive the server. At most 8. */
+    const bds_interceptor *const *interceptors;
+    uint32_t n_interceptors;
 } bds_method;
 
 /* Makes a server from *config (copied; listen is copied too; on_ready_ctx
@@ -173,11 +250,166 @@ BDS_API void bds_server_stop(bds_server *server);
 /* The port the server listens on (useful with "host:0"); 0 before it runs
  * (on_ready tells it without polling). Thread: any. */
 BDS_API uint16_t bds_server_port(const bds_server *server);
+/* Counters of one method, summed over every shard. Totals count from the
+ * server's start; "live" fields are gauges. Updated as things happen (not
+ * when a stream ends), with relaxed atomics: a read is a recent picture, each
+ * field exact at some recent moment. */
+typedef struct bds_method_stats {
+    const char *path;               /* the server's storage */
+    bds_method_kind kind;
+    uint64_t streams_opened;        /* passed their interceptors' on_open */
+    uint64_t streams_refused;       /* refused at open (an interceptor, a limit) */
+    uint64_t streams_ended;         /* ended after opening, any status */
+    uint64_t streams_ok;            /* ... of those, with OK */
+    uint64_t streams_live;          /* gauge: opened, not yet ended */
+    uint64_t messages_in;           /* request messages received */
+    uint64_t messages_out;          /* replies and pushes handed to HTTP/2 */
+    uint64_t admitted;              /* messages the pipeline took */
+    uint64_t rejected;              /* ... refused by ordering or inbound backpressure */
+    uint64_t completed, failed;     /* handler attempts' outcomes (failed: not retried) */
+    uint64_t retried;               /* attempts that were retried */
+    uint64_t panics;                /* bds_call_panic */
+    uint64_t pressure_signals;      /* SOFT_ALLOW_SIGNAL: messages and replies over capacity */
+    uint64_t replies_rejected;      /* outbound backpressure rejections */
+    uint64_t bytes_in, bytes_out;   /* payload bytes, with options.metrics.payload_sizes */
+    uint64_t calls_live;            /* gauge: messages admitted and not yet finished */
+} bds_method_stats;
+
+/* Counters of one shard. */
+typedef struct bds_server_shard_stats {
+    uint64_t connections_live;      /* gauge */
+    uint64_t connections_accepted;
+    uint64_t streams_live;          /* gauge: streams homed on this shard */
+    uint64_t message_bytes;         /* gauge: message buffer memory held */
+    uint64_t msgs_posted;           /* work sent to other shards (keys hashed there) */
+} bds_server_shard_stats;
+
+typedef struct bds_server_stats {
+    uint32_t n_methods;             /* methods[0..n_methods), in registration order */
+    uint32_t n_shards;              /* shards[0..n_shards); 0 before run */
+    bds_method_stats methods[64];
+    bds_server_shard_stats shards[256];
+} bds_server_stats;
+
+/* Fills *out (about 20 KiB: keep it off small stacks) with the server's
+ * counters. Returns BDS_OK. Thread: any, any time between create and
+ * destroy (while running too). */
+BDS_API bds_status bds_server_get_stats(const bds_server *server, bds_server_stats *out);
+
 /* Frees the server; NULL does nothing. Only when bds_server_run is not
  * running (never ran, or returned). After a hard stop (BDS_DEADLINE_EXCEEDED)
  * what the abandoned handlers still hold stays allocated. Thread: the one
  * that created it, or any once run has returned. */
 BDS_API void bds_server_destroy(bds_server *server);
+
+/* Adds an interceptor to every method of the server, the built-in ones
+ * included (after those added before). *interceptor is copied; its ctx stays
+ * the caller's and must outlive the server. Returns BDS_OK, BDS_E_INVALID
+ * (size too small, no hook), BDS_RESOURCE_EXHAUSTED (8 server interceptors)
+ * or BDS_FAILED_PRECONDITION (the server runs); *why (if why is not NULL)
+ * says why, in static storage. Thread: the one that created the server,
+ * before it runs. */
+BDS_API bds_status bds_server_add_interceptor(bds_server *server, const bds_interceptor *interceptor,
+                                              const char **why);
+
+/* ---- streams ----------------------------------------------------------------
+ *
+ * A bds_stream is one gRPC call (one HTTP/2 stream) of a server method: what
+ * its client sent in its headers, and what the server sends back besides
+ * replies (headers, trailers, pushes, an early end). Handlers get it from
+ * their call (bds_call_stream); interceptors and the method's callbacks are
+ * handed it.
+ *
+ * Lifetime. A stream is alive while its call is the handler's, during the
+ * hooks and callbacks that receive it, and while a reference taken with
+ * bds_stream_ref is held: keep one to push to a stream from elsewhere (a chat
+ * room's members) and drop it with bds_stream_unref. The stream ends
+ * (bds_method.on_end) long before its memory goes: after its end every
+ * function below still works on a held reference, and those that would send
+ * return BDS_E_SESSION_CLOSED.
+ *
+ * Threads. Every function here may be called from any thread on a live
+ * stream. What sends (headers, trailers, pushes, finish) is carried to the
+ * stream's home shard and applied there in the order the calling thread made
+ * it, after the replies that thread's calls made before it: a handler that
+ * replies, sets a trailer and finishes gets exactly that on the wire. The
+ * functions return once it is queued; a stream that ends before it arrives
+ * drops it. */
+
+/* The call's stream, alive as long as the call is the handler's (take a
+ * reference to keep it longer). Thread: any, while the call is the handler's
+ * (after bds_call_done, a misuse that stops the process). */
+BDS_API bds_stream *bds_call_stream(const bds_call *call);
+/* Takes a reference: the stream's memory stays until the matching
+ * bds_stream_unref. Returns stream. Thread: any, on a live stream. */
+BDS_API bds_stream *bds_stream_ref(bds_stream *stream);
+/* Drops a reference taken with bds_stream_ref; NULL does nothing. Dropping
+ * one not taken is a misuse that stops the process. Thread: any. */
+BDS_API void bds_stream_unref(bds_stream *stream);
+/* The method's path, in the server's storage. */
+BDS_API const char *bds_stream_method(const bds_stream *stream);
+/* The client's address, "ip:port" ("[ip6]:port"), in the stream's storage. */
+BDS_API const char *bds_stream_peer(const bds_stream *stream);
+/* The call's deadline (its grpc-timeout after its headers arrived), on
+ * CLOCK_MONOTONIC in ns; 0 when the client set none. When it passes the
+ * stream ends DEADLINE_EXCEEDED (on_end, bds_call_cancelled, call timers). */
+BDS_API uint64_t bds_stream_deadline_ns(const bds_stream *stream);
+
+/* One request metadata entry: a custom header of the request (not a
+ * pseudo-header, not content-type, te or a grpc-* header), its name in lower
+ * case, its value as sent; a "-bin" entry's value is its base64 decoded
+ * (a request whose -bin value is not valid base64 is refused INTERNAL).
+ * Both in the stream's storage. At most max_header_list_bytes in all. */
+typedef struct bds_metadata {
+    const char *name;
+    const uint8_t *value;
+    size_t value_len;
+} bds_metadata;
+/* The number of request metadata entries, in the order they came. */
+BDS_API size_t bds_stream_metadata_count(const bds_stream *stream);
+/* Entry index (< count): returns true and fills *out, false when out of range. */
+BDS_API bool bds_stream_metadata_at(const bds_stream *stream, size_t index, bds_metadata *out);
+/* The first value of metadata name (lower case; "-bin" names give the decoded
+ * bytes) and its length in *len (len may be NULL), or NULL if the request
+ * carried none. */
+BDS_API const uint8_t *bds_stream_metadata(const bds_stream *stream, const char *name, size_t *len);
+
+/* Adds response metadata: to the response headers (before the stream's first
+ * reply or push leaves, or with its trailers if none ever does), or to its
+ * trailers (sent at its end). name: lower case letters, digits, "-", "_",
+ * ".", not starting with "grpc-" or ":"; a name ending "-bin" takes any bytes
+ * (sent base64), others printable ASCII. Returns BDS_OK (queued),
+ * BDS_E_INVALID (a bad name or value), BDS_FAILED_PRECONDITION (a header
+ * after the headers left: the stream's first reply or push was made before
+ * it), BDS_RESOURCE_EXHAUSTED (more than 16 entries or 8 KiB per stream and
+ * kind) or BDS_E_SESSION_CLOSED (the stream ended or was finished). */
+BDS_API bds_status bds_stream_set_header(bds_stream *stream, const char *name, const void *value, size_t len);
+BDS_API bds_status bds_stream_set_trailer(bds_stream *stream, const char *name, const void *value, size_t len);
+/* Sends a message on the stream that no request asked for (a server push:
+ * the seed's Sender), a copy of bytes, through the same outbound ordering and
+ * backpressure as replies. Returns BDS_OK (queued), BDS_E_INVALID (over the
+ * server's max_message_bytes), BDS_FAILED_PRECONDITION (a UNARY or
+ * CLIENT_STREAMING method: its one answer is a reply), BDS_E_NOMEM or
+ * BDS_E_SESSION_CLOSED (the stream ended or was finished). A push the
+ * outbound backpressure rejects is dropped like a reply (with fail_fast the
+ * stream then ends RESOURCE_EXHAUSTED). */
+BDS_API bds_status bds_stream_send(bds_stream *stream, const void *bytes, size_t len);
+/* Ends the stream with status (BDS_OK included: the seed's ServerClose) and
+ * message (copied, up to 127 bytes; NULL for none) once everything queued
+ * before it from this thread has left: the replies already made and pushes go
+ * first. Calls still running are cancelled (bds_call_cancelled; they still
+ * end with bds_call_done); later replies are dropped. Returns BDS_OK (the
+ * first finish), BDS_E_SESSION_CLOSED (it already ended or was finished).
+ * A UNARY or CLIENT_STREAMING stream finished OK without its reply ends
+ * INTERNAL. */
+BDS_API bds_status bds_stream_finish(bds_stream *stream, bds_status status, const char *message);
+/* Whether the stream has ended or been finished (a cheap atomic load). */
+BDS_API bool bds_stream_ended(const bds_stream *stream);
+/* One pointer of the application's per stream (NULL at first): set it in
+ * on_open or a handler, free what it points to in on_end. Not synchronized:
+ * set it before other threads read it. */
+BDS_API void bds_stream_set_user(bds_stream *stream, void *user);
+BDS_API void *bds_stream_user(const bds_stream *stream);
 
 /* Inside a handler of a server method: the request's bytes (protobuf-encoded),
  * valid until bds_call_done(); *len gets their length (len may be NULL).
@@ -190,8 +422,11 @@ BDS_API const uint8_t *bds_call_request(const bds_call *call, uint32_t *len);
  * bds_call_done stops the process). */
 BDS_API const char *bds_call_method(const bds_call *call);
 /* Replies with a copy of bytes (an encoded message; the caller keeps bytes).
- * Returns BDS_OK, BDS_E_INVALID (len over 4 GiB) or BDS_E_NOMEM. Thread: any,
- * before bds_call_done (after it, a misuse that stops the process). */
+ * Returns BDS_OK, BDS_E_INVALID (over the server's max_message_bytes),
+ * BDS_FAILED_PRECONDITION (a UNARY or CLIENT_STREAMING method already
+ * replied), BDS_E_SESSION_CLOSED (the stream ended or was finished: the
+ * reply is not sent) or BDS_E_NOMEM. Thread: any, before bds_call_done
+ * (after it, a misuse that stops the process). */
 BDS_API bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len);
 
 #ifdef __cplusplus
