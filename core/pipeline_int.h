@@ -18,6 +18,9 @@
  *   any -> C REPLY(reply)   a reply for the session's Sender
  *   any -> K COMPLETE(call) bds_call_done() from a thread that is not K
  *   local   NOTIFY(session) deliver ops->closed outside the caller's frame
+ *   any -> any TASK(task)   run task->run there (the transport's own work,
+ *                           e.g. a stream operation carried to its home in
+ *                           the order of the replies posted before it)
  *
  * Per (sender, receiver) pair messages arrive in order, so a GRANT never
  * overtakes its EXEC and REPLYs precede their call's DONE. C sends no GRANT or
@@ -44,6 +47,7 @@ enum bds__xkind {
     BDS_XK_DONE,
     BDS_XK_COMPLETE,
     BDS_XK_NOTIFY,
+    BDS_XK_TASK,
     BDS_XK__COUNT,
 };
 #define BDS_XK_MASK ((uintptr_t)15)
@@ -180,6 +184,13 @@ struct bds_pipeline {
     bds__pool calls, sessions, hkeys, ekeys;
     bds_pipeline_stats stats;
 };
+
+/* A transport's own work item, carried by the pipelines' channels (so it
+ * keeps its place among the messages its thread posted to the same
+ * pipeline) and run on the target pipeline's thread. Aligned for the tag. */
+typedef struct __attribute__((aligned(16))) bds__task {
+    void (*run)(struct bds__task *task);
+} bds__task;
 
 /* pipeline.c */
 bds_pipeline *bds__pipeline_current(void);

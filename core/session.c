@@ -566,7 +566,7 @@ void bds__home_on_done(bds_pipeline *p, bds_call *call) {
 static void sender_write(bds_session *s, bds_reply *r) {
     s->out_in_flight++;
     s->out_flight_bytes += r->bytes;
-    s->stats.replies_written++;
+    if (!r->control) s->stats.replies_written++;
     if (s->opts.metrics.payload_sizes) s->stats.bytes_out += r->bytes;
     s->ops->write(s, r, s->ops_ctx);
 }
@@ -602,6 +602,12 @@ static bds_status sender_admit(bds_pipeline *p, bds_session *s, bds_reply *r) {
     if (st == BDS_STATE_CLOSED || st == BDS_STATE_INIT || outbound_closed) {
         s->ops->drop(s, r, s->ops_ctx);
         return st == BDS_STATE_CLOSED ? BDS_E_SESSION_CLOSED : BDS_E_OUTBOUND_CLOSED;
+    }
+    if (r->control) {
+        BDS_ASSERT(r->bytes == 0);
+        if (s->sq_len) sender_enqueue(s, r);
+        else sender_write(s, r);
+        return BDS_OK;
     }
     const bds_backpressure_options *bp = &s->opts.outbound.backpressure;
     uint32_t ord_cap = s->opts.outbound.ordering.capacity;
@@ -650,7 +656,8 @@ void bds_session_reply_written(bds_session *s, bds_reply *reply) {
     if (session_state(s) == BDS_STATE_CLOSED) return;
     const bds_backpressure_options *bp = &s->opts.outbound.backpressure;
     bool soft = bp->policy == BDS_BP_SOFT_ALLOW || bp->policy == BDS_BP_SOFT_ALLOW_SIGNAL;
-    while (s->sq_head && sender_bytes_room(s) && (soft || bp->capacity == 0 || s->out_in_flight < bp->capacity)) {
+    while (s->sq_head && (s->sq_head->control || (sender_bytes_room(s) &&
+                                                  (soft || bp->capacity == 0 || s->out_in_flight < bp->capacity)))) {
         bds_reply *r = s->sq_head;
         s->sq_head = r->_next;
         if (!s->sq_head) s->sq_tail = NULL;

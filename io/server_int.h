@@ -18,6 +18,15 @@
 typedef bool (*srv_key_hint_fn)(const uint8_t *req, uint32_t len, const uint8_t **key, uint32_t *key_len,
                                 uint32_t *hint);
 
+#define SRV_INTERCEPTORS_MAX 8u
+
+/* Live counters of one method on one shard: written by that shard only
+ * (relaxed atomics), summed over shards by bds_server_get_stats. */
+typedef struct srv_method_counters {
+    _Atomic uint64_t streams_opened, streams_refused, streams_ended, streams_ok;
+    _Atomic uint64_t messages_in, messages_out, bytes_in, bytes_out;
+} srv_method_counters;
+
 typedef struct srv_method {
     bds_method m;
     srv_key_hint_fn key_hint; /* used instead of m.key when set */
@@ -25,13 +34,13 @@ typedef struct srv_method {
     bds_options opts;
     bool end_marker;          /* the handler also gets an empty message flagged `end`
                                  after the client's last one (it answers at half-close) */
-    bool capture;             /* its calls keep the request headers named in
-                                 bds_server.capture_names (srv_call.req_md) */
+    const bds_interceptor *icpt[SRV_INTERCEPTORS_MAX]; /* the method's own */
+    uint32_t n_icpt;
 } srv_method;
 
 typedef struct srv_shard srv_shard;
 typedef struct srv_conn srv_conn;
-typedef struct srv_call srv_call;
+typedef struct bds_stream srv_call; /* one stream: the server.h handle */
 
 /* The bytes a connection makes its shard hold (srv_msg buffers, and its
  * HTTP/2 session's memory through the session's allocator), for the memory
@@ -52,8 +61,8 @@ struct bds_server {
     const char *paths[BDS_SERVER_METHODS_MAX];
     bds__grpc_methods table;
     uint32_t n_methods;
-    const char *const *capture_names; /* request headers methods may ask for (static) */
-    uint32_t capture_count;
+    bds_interceptor icpt[SRV_INTERCEPTORS_MAX]; /* the server's (bds_server_add_interceptor) */
+    uint32_t n_icpt;
     uint32_t n_shards;
     bds_group *group;
     bds_pipe_group *pipes;
@@ -148,7 +157,22 @@ struct srv_shard {
 };
 
 uint64_t bds__server_now(void);
-struct srv_call {
+/* A stream (bds_stream: server.h's handle is this struct). Home-shard state
+ * unless marked: what any thread may read is fixed at open (method, peer,
+ * deadline, request metadata) or atomic. */
+struct bds_stream {
+    srv_shard *home;          /* the connection's shard: stream operations run there */
+    _Atomic uint32_t refs;    /* bds_stream_ref's, + 1 while the server holds it */
+    _Atomic bool ended;       /* finished or over: what would send is refused (any thread) */
+    _Atomic uint32_t sent;    /* replies and pushes made (any thread): headers go with the first */
+    _Atomic uint32_t md_n[2], md_bytes[2]; /* response headers [0], trailers [1] set */
+    uint64_t start_ns, deadline_ns;
+    uint8_t *md;              /* request metadata: entries of name length (2 bytes),
+                                 value length (4), name and NUL, value (-bin decoded) */
+    uint32_t md_len, md_count;
+    void *user;
+    char peer[64];
+    /* The rest is the home shard's. */
     srv_conn *conn;           /* NULL once the connection is gone */
     int32_t stream;
     const srv_method *m;
@@ -168,8 +192,11 @@ struct srv_call {
     bool lingering;
     uint64_t parked_bytes;    /* payload bytes of `parked` */
     uint64_t aggregate;       /* per-stream handler state (interop StreamingInputCall) */
-    uint8_t *req_md;          /* captured request headers (srv_method.capture), or NULL */
-    uint32_t req_md_len;
+    uint64_t msgs_in, msgs_out, bytes_in, bytes_out; /* for interceptors' on_end */
+    bool half_close_wait;     /* on_half_close is due once in_pipeline is 0 */
+    bool opened;              /* the interceptors' on_open passed: on_end is owed */
+    bool end_told;            /* on_end ran */
+    bool finish_requested;    /* bds_stream_finish reached home: later replies are dropped */
     /* The session ended cleanly while replies still waited here: the trailers
      * go out once they have left (the session is released meanwhile). */
     bool finish_pending;

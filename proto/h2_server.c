@@ -57,7 +57,7 @@
  * caller's node, and on_msg_release gives it back once its bytes are in the
  * output buffer or dropped, so a reply costs no allocation and one copy here.
  *
- * Metadata: request headers named in cfg.capture_names are copied, while their
+ * Metadata: the request's application headers (cfg.capture_metadata) are copied, while their
  * header block is decoded, into one buffer per connection (header blocks never
  * interleave) and shown to on_call_start; custom response metadata
  * (bds__h2_add_metadata) is kept per stream, allocated only when there is some,
@@ -143,10 +143,9 @@ struct bds__h2_conn {
     bool in_recv;                  /* inside nghttp2_session_mem_recv            */
     bool in_output;                /* inside nghttp2_session_send                */
     bool fatal;                    /* nghttp2 failed fatally: only destroy/flush */
-    uint8_t cap_name_len[BDS_H2_CAPTURE_MAX]; /* strlen of cfg.capture_names   */
-    uint8_t *cap;                  /* captures of the header block being decoded
-                                      (capture_bytes_max bytes), or NULL          */
-    uint32_t cap_len;
+    uint8_t *cap;                  /* metadata of the header block being decoded
+                                      (cfg.capture_metadata), or NULL             */
+    uint32_t cap_len, cap_cap;
     int32_t cap_id;                /* the stream they belong to                  */
     uint64_t hb_decoded;           /* name + value bytes the header block being
                                       received decoded to (HPACK bomb bound)      */
@@ -524,49 +523,65 @@ static void h2_stream_fail(bds__h2_conn *c, struct h2_stream *s, bds_status stat
 static void h2_capture_reset(bds__h2_conn *c, int32_t id) {
     c->alloc->free_fn(c->cap, c->alloc->ctx);
     c->cap = NULL;
-    c->cap_len = 0;
+    c->cap_len = c->cap_cap = 0;
     c->cap_id = id;
 }
 
-/* Keeps the header if its name is one of cfg.capture_names: entries are the
- * name's index, the value's length (2 bytes, big-endian), the value. */
+/* Request headers the application never sees as metadata: the pseudo-headers
+ * and those gRPC's transport itself reads. */
+static bool h2_md_reserved(const uint8_t *name, size_t namelen) {
+    if (namelen == 0 || name[0] == ':') return true;
+    if (namelen >= 5 && memcmp(name, "grpc-", 5) == 0) return true;
+    return (namelen == 2 && memcmp(name, "te", 2) == 0) ||
+           (namelen == 12 && memcmp(name, "content-type", 12) == 0);
+}
+
+/* Keeps an application metadata header: entries are the name's length (2
+ * bytes), the value's (4 bytes, both big-endian), the name, the value. The
+ * buffer grows as needed, up to capture_bytes_max; what does not fit is
+ * dropped (the server sizes the bound so that a header list that passes
+ * header_list_bytes_max always fits). */
 static void h2_capture(bds__h2_conn *c, int32_t id, const uint8_t *name, size_t namelen,
                        const uint8_t *value, size_t valuelen) {
     BDS_ASSERT(c->cap_id == id);
-    for (uint32_t i = 0; i < c->cfg.capture_count; i++) {
-        if (c->cap_name_len[i] != namelen || memcmp(c->cfg.capture_names[i], name, namelen) != 0)
-            continue;
-        size_t need = 3 + valuelen;
-        if (valuelen > UINT16_MAX || need > c->cfg.capture_bytes_max - c->cap_len) return;
-        if (c->cap == NULL) {
-            c->cap = c->alloc->malloc_fn(c->cfg.capture_bytes_max, c->alloc->ctx);
-            if (c->cap == NULL) return; /* the call just goes without it */
-        }
-        uint8_t *p = c->cap + c->cap_len;
-        p[0] = (uint8_t)i;
-        p[1] = (uint8_t)(valuelen >> 8);
-        p[2] = (uint8_t)valuelen;
-        memcpy(p + 3, value, valuelen);
-        c->cap_len += (uint32_t)need;
-        return;
+    if (h2_md_reserved(name, namelen) || namelen > UINT16_MAX) return;
+    size_t need = 6 + namelen + valuelen;
+    if (need > c->cfg.capture_bytes_max - c->cap_len) return;
+    if (c->cap_len + need > c->cap_cap) {
+        size_t cap = c->cap_cap ? c->cap_cap : 256;
+        while (cap < c->cap_len + need) cap *= 2;
+        if (cap > c->cfg.capture_bytes_max) cap = c->cfg.capture_bytes_max;
+        uint8_t *p = c->alloc->realloc_fn(c->cap, cap, c->alloc->ctx);
+        if (p == NULL) return; /* the call just goes without it */
+        c->cap = p;
+        c->cap_cap = (uint32_t)cap;
     }
+    uint8_t *p = c->cap + c->cap_len;
+    p[0] = (uint8_t)(namelen >> 8);
+    p[1] = (uint8_t)namelen;
+    p[2] = (uint8_t)(valuelen >> 24);
+    p[3] = (uint8_t)(valuelen >> 16);
+    p[4] = (uint8_t)(valuelen >> 8);
+    p[5] = (uint8_t)valuelen;
+    memcpy(p + 6, name, namelen);
+    memcpy(p + 6 + namelen, value, valuelen);
+    c->cap_len += (uint32_t)need;
 }
 
-const uint8_t *bds__h2_captured(const uint8_t *captured, size_t captured_len, uint32_t index,
-                                size_t *len) {
-    BDS_ASSERT(len != NULL);
-    for (size_t off = 0; captured != NULL && captured_len - off >= 3;) {
-        const uint8_t *e = captured + off;
-        size_t vl = (size_t)e[1] << 8 | e[2];
-        BDS_ASSERT(vl <= captured_len - off - 3);
-        if (e[0] == index) {
-            *len = vl;
-            return e + 3;
-        }
-        off += 3 + vl;
-    }
-    *len = 0;
-    return NULL;
+bool bds__h2_captured_next(const uint8_t *captured, size_t captured_len, size_t *off, bds__h2_header *out) {
+    BDS_ASSERT(off != NULL && out != NULL);
+    if (captured == NULL || *off >= captured_len) return false;
+    BDS_ASSERT(captured_len - *off >= 6);
+    const uint8_t *e = captured + *off;
+    size_t nl = (size_t)e[0] << 8 | e[1];
+    size_t vl = (size_t)e[2] << 24 | (size_t)e[3] << 16 | (size_t)e[4] << 8 | e[5];
+    BDS_ASSERT(nl + vl <= captured_len - *off - 6);
+    out->name = e + 6;
+    out->name_len = nl;
+    out->value = e + 6 + nl;
+    out->value_len = vl;
+    *off += 6 + nl + vl;
+    return true;
 }
 
 /* ---- nghttp2 callbacks: input ------------------------------------------------ */
@@ -642,7 +657,7 @@ static int h2_on_header(nghttp2_session *ng, const nghttp2_frame *frame, const u
     /* Past the list bound we keep returning 0: HPACK state must still be
      * updated, and the verdict (431) is given once the block ends; the bomb
      * bound above ends what that costs. */
-    if (bds__grpc_req_header(&s->req, name, namelen, value, valuelen) && c->cfg.capture_count > 0)
+    if (bds__grpc_req_header(&s->req, name, namelen, value, valuelen) && c->cfg.capture_metadata)
         h2_capture(c, s->id, name, namelen, value, valuelen);
     return 0;
 }
@@ -1080,7 +1095,7 @@ void bds__h2_config_default(bds__h2_config *cfg) {
     cfg->max_continuations = 8;
     cfg->max_outbound_ack = 1000;
     cfg->max_settings = 32;
-    cfg->capture_bytes_max = 4096;
+    cfg->capture_bytes_max = 16384;
     cfg->ping_strikes_max = 2;
     BDS_ASSERT(cfg->stream_window_bytes <= NGHTTP2_MAX_WINDOW_SIZE);
 }
@@ -1092,8 +1107,7 @@ static bool h2_config_valid(const bds__h2_config *cfg) {
            cfg->conn_window_bytes <= NGHTTP2_MAX_WINDOW_SIZE && cfg->msg_bytes_max > 0 &&
            cfg->out_buf_bytes >= H2_OUT_BUF_MIN && cfg->stream_send_bytes_max > 0 &&
            cfg->header_list_bytes_max > 0 && cfg->glitch_burst > 0 && cfg->max_settings > 0 &&
-           cfg->capture_count <= BDS_H2_CAPTURE_MAX &&
-           (cfg->capture_count == 0 || (cfg->capture_names != NULL && cfg->capture_bytes_max > 0));
+           (!cfg->capture_metadata || cfg->capture_bytes_max > 0);
 }
 
 static nghttp2_session_callbacks *h2_callbacks_new(void) {
@@ -1168,10 +1182,6 @@ bds_status bds__h2_create(bds__h2_conn **out, const bds__h2_config *cfg,
     c->mem = (nghttp2_mem){a->ctx, a->malloc_fn, a->free_fn, a->calloc_fn, a->realloc_fn};
     c->cbs = *cbs;
     c->ctx = ctx;
-    for (uint32_t i = 0; i < cfg->capture_count; i++) {
-        size_t n = strlen(cfg->capture_names[i]);
-        c->cap_name_len[i] = (uint8_t)(n > UINT8_MAX ? 0 : n); /* 0 never matches */
-    }
     c->live.next = c->live.prev = &c->live;
     c->consume.cnext = c->consume.cprev = &c->consume;
     c->goaway_floor = INT32_MAX;

@@ -105,15 +105,15 @@ typedef struct bds__h2_config {
     uint32_t max_settings;            /* entries per SETTINGS frame (32)            */
     const bds__grpc_methods *methods; /* borrowed; :path → method index             */
     const bds__palloc *alloc;         /* NULL = libc; nghttp2 and every record      */
-    /* Request headers handed to on_call_start (bds__h2_captured), e.g. the
-     * interop service's echo metadata: lower-case names, borrowed. Nothing is
-     * kept per stream: a header block is never interleaved with another, so one
-     * buffer per connection holds the block's captures (allocated only when a
-     * request carries one) until on_call_start returns. Values past
-     * capture_bytes_max per request are dropped. */
-    const char *const *capture_names; /* NULL = capture nothing                     */
-    uint32_t capture_count;           /* <= BDS_H2_CAPTURE_MAX                      */
-    uint32_t capture_bytes_max;       /* 4 KiB                                      */
+    /* Request metadata handed to on_call_start (bds__h2_captured_next): every
+     * header but the pseudo-headers, content-type, te and grpc-*, values as
+     * received (a -bin value is still base64). Nothing is kept per stream: a
+     * header block is never interleaved with another, so one buffer per
+     * connection holds the block's metadata (allocated only when a request
+     * carries some) until on_call_start returns. Past capture_bytes_max per
+     * request (entry overhead 6 bytes) the rest is dropped. */
+    bool capture_metadata;            /* false                                      */
+    uint32_t capture_bytes_max;       /* 16 KiB                                     */
     /* The client PING policy (grpc-go's keepalive EnforcementPolicy): a PING
      * closer than ping_min_interval_ns to the previous one (ping_idle_min_
      * interval_ns while no stream is open) is a strike, unless we sent DATA or
@@ -125,10 +125,9 @@ typedef struct bds__h2_config {
     uint32_t ping_strikes_max;        /* 2                                          */
 } bds__h2_config;
 
-#define BDS_H2_CAPTURE_MAX 8u
 /* Response metadata per call (bds__h2_add_metadata): entries and bytes. */
-#define BDS_H2_METADATA_MAX 8u
-#define BDS_H2_METADATA_BYTES_MAX 4096u
+#define BDS_H2_METADATA_MAX 32u
+#define BDS_H2_METADATA_BYTES_MAX 17408u
 
 /* Fills |cfg| with the defaults above (methods NULL: every path is unknown). */
 void bds__h2_config_default(bds__h2_config *cfg);
@@ -139,18 +138,21 @@ typedef struct bds__h2_call_info {
     uint64_t timeout_ns;    /* grpc-timeout, 0 = none                       */
     uint64_t deadline_ns;   /* now_ns of the recv + timeout (saturating), 0 = none */
     bool end_stream;        /* the request HEADERS already ended the stream */
-    const uint8_t *captured; /* config.capture_names headers the request carried, in
-                                the form bds__h2_captured reads; valid only during
+    const uint8_t *captured; /* the request's metadata (config.capture_metadata), in
+                                the form bds__h2_captured_next reads; valid only during
                                 on_call_start (copy it to keep it)          */
     uint32_t captured_len;
 } bds__h2_call_info;
 
-/* The first value of request header capture_names[|index|] in a capture blob
- * (bds__h2_call_info.captured, or a copy of it); NULL when the request had none.
- * The value is as received (a -bin header's is still base64). */
-const uint8_t *bds__h2_captured(const uint8_t *captured, size_t captured_len, uint32_t index,
-                                size_t *len);
-
+/* One captured metadata entry, pointing into the capture blob. */
+typedef struct bds__h2_header {
+    const uint8_t *name, *value;
+    size_t name_len, value_len;
+} bds__h2_header;
+/* Walks a capture blob (bds__h2_call_info.captured, or a copy of it): fills
+ * *out with the entry at *off and advances *off; false at the end. Start
+ * with *off = 0. */
+bool bds__h2_captured_next(const uint8_t *captured, size_t captured_len, size_t *off, bds__h2_header *out);
 /* Event callbacks; |ctx| is the one given to bds__h2_create. Every callback
  * may call bds__h2_send_msg, bds__h2_finish, bds__h2_consume and the GOAWAY
  * calls; none may call bds__h2_recv, bds__h2_output or bds__h2_destroy. */

@@ -111,6 +111,11 @@ typedef struct __attribute__((aligned(16))) bds_reply {
     void *data;     /* the transport's */
     uint32_t bytes; /* payload size: metrics and outbound.unsent_bytes_max;
                        unchanged until written or dropped */
+    /* A transport's control entry (e.g. "set this trailer", "end the stream
+     * here"), not a message: it keeps its place in reply order but takes no
+     * outbound capacity and is never rejected, only dropped once the session
+     * closes. bytes must be 0. */
+    bool control;
 } bds_reply;
 
 /* Runs one admitted inbound message on the key's pipeline thread. It finishes
