@@ -42,24 +42,24 @@
 
 #define INTEROP_PAYLOAD_MAX (4u << 20)
 
-/* The request headers the custom_metadata case echoes (bds__server_set_capture). */
-enum { MD_ECHO_INITIAL, MD_ECHO_TRAILING };
-static const char *const md_names[] = {"x-grpc-test-echo-initial", "x-grpc-test-echo-trailing-bin"};
-
-/* Echoes the call's captured headers, once: the first message does it, before
- * any reply (a later one would be too late for the HEADERS). */
-static void echo_metadata(bds_call *call) {
-    srv_call *sc = bds_call_session_ctx(call);
-    if (!sc->req_md) return;
+/* The custom_metadata case: the request's x-grpc-test-echo-initial comes back
+ * in the response headers and its x-grpc-test-echo-trailing-bin in the
+ * trailers. Done at stream open (a method interceptor), before any reply, with
+ * the public stream API only. */
+static bds_status echo_metadata(bds_stream *stream, const char **message, void *ctx) {
+    (void)message;
+    (void)ctx;
+    static const char initial[] = "x-grpc-test-echo-initial", trailing[] = "x-grpc-test-echo-trailing-bin";
     size_t n;
-    const uint8_t *v = bds__server_call_header(sc, MD_ECHO_INITIAL, &n);
-    if (v) (void)bds__server_call_add_metadata(sc, false, md_names[MD_ECHO_INITIAL], v, n);
-    v = bds__server_call_header(sc, MD_ECHO_TRAILING, &n);
-    if (v) (void)bds__server_call_add_metadata(sc, true, md_names[MD_ECHO_TRAILING], v, n);
-    free(sc->req_md);
-    sc->req_md = NULL;
-    sc->req_md_len = 0;
+    const uint8_t *v = bds_stream_metadata(stream, initial, &n);
+    if (v) (void)bds_stream_set_header(stream, initial, v, n);
+    v = bds_stream_metadata(stream, trailing, &n);
+    if (v) (void)bds_stream_set_trailer(stream, trailing, v, n);
+    return BDS_OK;
 }
+
+static const bds_interceptor echo_metadata_icpt = {.size = sizeof echo_metadata_icpt, .on_open = echo_metadata};
+static const bds_interceptor *const echo_metadata_list[] = {&echo_metadata_icpt};
 
 /* client_compressed_*: a handler only ever sees uncompressed messages (see
  * above), so a request expecting compression is refused. True when it was. */
@@ -122,7 +122,6 @@ static void unary_call(bds_call *call, void *ctx) {
         bds_call_done(call, BDS_INTERNAL, "malformed grpc.testing.SimpleRequest");
         return;
     }
-    echo_metadata(call);
     if (!refuse_expect_compressed(call, r->expect_compressed) && !echo_status(call, r->response_status)) {
         Grpc__Testing__SimpleResponse resp = GRPC__TESTING__SIMPLE_RESPONSE__INIT;
         Grpc__Testing__Payload payload;
@@ -265,7 +264,6 @@ static void streaming_output(bds_call *call, void *ctx) {
         bds_call_done(call, BDS_INTERNAL, "malformed grpc.testing.StreamingOutputCallRequest");
         return;
     }
-    echo_metadata(call);
     struct out_stream *o = NULL;
     if (!out_request_bounded(call, r)) {
         grpc__testing__streaming_output_call_request__free_unpacked(r, NULL);
@@ -326,11 +324,14 @@ bds_status bds__interop_register(bds_server *srv) {
         {"/grpc.testing.TestService/FullDuplexCall", streaming_output, false, true},
         {"/grpc.testing.TestService/HalfDuplexCall", streaming_output, false, false},
     };
-    bds_status st = bds__server_set_capture(srv, md_names, sizeof md_names / sizeof md_names[0]);
+    bds_status st = BDS_OK;
     for (size_t i = 0; st == BDS_OK && i < sizeof methods / sizeof methods[0]; i++) {
         bds_method m = {.size = sizeof m, .path = methods[i].path, .handler = methods[i].fn, .options = &fifo};
-        st = methods[i].capture ? bds__server_add_method_capture(srv, &m, methods[i].end_marker)
-                                : bds__server_add_method_ex(srv, &m, methods[i].end_marker);
+        if (methods[i].capture) {
+            m.interceptors = echo_metadata_list;
+            m.n_interceptors = 1;
+        }
+        st = bds__server_add_method_ex(srv, &m, methods[i].end_marker);
     }
     return st;
 }

@@ -76,6 +76,7 @@
 
 struct srv_conn {
     srv_shard *sh;
+    char peer[64];            /* "ip:port" of the client (bds_stream_peer) */
     bds_conn *c;
     bds__h2_conn *h2;
     srv_acct *acct;           /* its bytes, for the budgets */
@@ -117,6 +118,17 @@ static bool conn_blocked(const srv_conn *sc) { return sc->sh->over || sc->over; 
 srv_shard *bds__server_shard_self(void) { return tls_shard; }
 
 uint64_t bds__server_now(void) { return bds__clock_ns(); }
+
+static void ctr_add(_Atomic uint64_t *c, uint64_t n) { atomic_fetch_add_explicit(c, n, memory_order_relaxed); }
+
+static srv_method_counters *call_mc(const srv_call *call) {
+    const bds_server *srv = call->home->srv;
+    uint32_t mi = (uint32_t)(call->m - srv->methods);
+    return &srv->mc[bds__shard_id(call->home->shard) * BDS_SERVER_METHODS_MAX + mi];
+}
+
+static srv_shard_counters *shard_ctr(const srv_shard *sh) { return &sh->srv->shc[bds__shard_id(sh->shard)]; }
+
 
 /* ---- configuration ---------------------------------------------------------------- */
 
@@ -226,6 +238,19 @@ bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, con
         return BDS_E_NOMEM;
     }
     srv->cfg.listen = srv->listen;
+    uint32_t n = cfg->shards;
+    if (n == 0) {
+        cpu_set_t set;
+        n = sched_getaffinity(0, sizeof set, &set) == 0 ? (uint32_t)CPU_COUNT(&set) : 1;
+        if (n > 64) n = 64;
+    }
+    srv->n_shards = n;
+    srv->mc = calloc((size_t)n * BDS_SERVER_METHODS_MAX, sizeof *srv->mc);
+    srv->shc = calloc(n, sizeof *srv->shc);
+    if (!srv->mc || !srv->shc) {
+        bds_server_destroy(srv);
+        return BDS_E_NOMEM;
+    }
     atomic_init(&srv->serving, 1);
     srv->table.paths = srv->paths;
     st = bds__services_register(srv);
@@ -241,6 +266,8 @@ void bds_server_destroy(bds_server *srv) {
     if (!srv) return;
     for (uint32_t i = 0; i < srv->n_methods; i++) free(srv->methods[i].path);
     free(srv->listen);
+    free(srv->mc);
+    free(srv->shc);
     free(srv);
 }
 
@@ -300,8 +327,26 @@ bds_status bds_server_add_method(bds_server *srv, const bds_method *m, const cha
         return BDS_RESOURCE_EXHAUSTED;
     }
     if (m->options && bds_options_validate(m->options, why) != BDS_OK) return BDS_E_INVALID;
+    if ((unsigned)m->kind > BDS_METHOD_CLIENT_STREAMING) {
+        *why = "method.kind is not a bds_method_kind";
+        return BDS_E_INVALID;
+    }
+    if (m->n_interceptors > SRV_INTERCEPTORS_MAX || (m->n_interceptors && !m->interceptors)) {
+        *why = m->n_interceptors > SRV_INTERCEPTORS_MAX ? "method.n_interceptors is over 8"
+                                                         : "method.interceptors is NULL";
+        return BDS_E_INVALID;
+    }
+    for (uint32_t i = 0; i < m->n_interceptors; i++) {
+        if (!m->interceptors[i] || m->interceptors[i]->size < sizeof(bds_interceptor)) {
+            *why = "method.interceptors: an entry is NULL or its size is less than sizeof(bds_interceptor)";
+            return BDS_E_INVALID;
+        }
+    }
     srv_method *sm = &srv->methods[srv->n_methods];
     sm->m = *m;
+    sm->n_icpt = m->n_interceptors;
+    for (uint32_t i = 0; i < m->n_interceptors; i++) sm->icpt[i] = m->interceptors[i];
+    sm->m.interceptors = NULL; /* the array is the caller's: sm->icpt is the copy */
     sm->path = strdup(m->path);
     sm->opts = m->options ? *m->options : srv->cfg.options;
     srv->paths[srv->n_methods] = sm->path;
@@ -316,29 +361,29 @@ bds_status bds__server_add_method_ex(bds_server *srv, const bds_method *m, bool 
     return st;
 }
 
-bds_status bds__server_set_capture(bds_server *srv, const char *const *names, uint32_t count) {
-    if (srv->running || count > BDS_H2_CAPTURE_MAX || (count > 0 && !names)) return BDS_E_INVALID;
-    srv->capture_names = names;
-    srv->capture_count = count;
+bds_status bds_server_add_interceptor(bds_server *srv, const bds_interceptor *icpt, const char **why) {
+    const char *dummy;
+    if (!why) why = &dummy;
+    *why = NULL;
+    if (!srv) bds__misuse("bds_server_add_interceptor", "server is NULL");
+    if (srv->running) {
+        *why = "the server already runs: add interceptors before bds_server_run";
+        return BDS_FAILED_PRECONDITION;
+    }
+    if (!icpt || icpt->size < sizeof *icpt) {
+        *why = !icpt ? "interceptor is NULL" : "interceptor.size is less than sizeof(bds_interceptor)";
+        return BDS_E_INVALID;
+    }
+    if (!icpt->on_open && !icpt->on_message_in && !icpt->on_message_out && !icpt->on_end) {
+        *why = "interceptor has no hook";
+        return BDS_E_INVALID;
+    }
+    if (srv->n_icpt == SRV_INTERCEPTORS_MAX) {
+        *why = "too many server interceptors (8)";
+        return BDS_RESOURCE_EXHAUSTED;
+    }
+    srv->icpt[srv->n_icpt++] = *icpt;
     return BDS_OK;
-}
-
-bds_status bds__server_add_method_capture(bds_server *srv, const bds_method *m, bool end_marker) {
-    bds_status st = bds__server_add_method_ex(srv, m, end_marker);
-    if (st == BDS_OK) srv->methods[srv->n_methods - 1].capture = true;
-    return st;
-}
-
-const uint8_t *bds__server_call_header(const srv_call *call, uint32_t index, size_t *len) {
-    return bds__h2_captured(call->req_md, call->req_md_len, index, len);
-}
-
-bds_status bds__server_call_add_metadata(srv_call *call, bool trailer, const char *name, const uint8_t *value,
-                                         size_t len) {
-    srv_conn *sc = call->conn;
-    if (!sc || call->h2_done || call->finish_pending) return BDS_E_SESSION_CLOSED;
-    BDS_ASSERT(sc->sh == tls_shard);
-    return bds__h2_add_metadata(sc->h2, call->stream, trailer, name, value, len);
 }
 
 bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv_key_hint_fn key_hint) {
@@ -462,6 +507,7 @@ static void *acct_realloc(void *p, size_t size, void *ctx) {
 
 static void msg_account(srv_shard *sh, size_t size) {
     sh->msg_bytes += size;
+    atomic_store_explicit(&shard_ctr(sh)->message_bytes, sh->msg_bytes, memory_order_relaxed);
     if (sh->msg_bytes <= sh->msg_bytes_hw) return;
     sh->msg_bytes_hw = sh->msg_bytes;
     uint64_t hw = atomic_load_explicit(&sh->srv->msg_bytes_hw, memory_order_relaxed);
@@ -539,6 +585,7 @@ static void msg_unhold(srv_msg *m, uint8_t hold) {
         BDS_ASSERT(m->home == tls_shard);
         size_t size = msg_size(m);
         m->home->msg_bytes -= size;
+        atomic_store_explicit(&shard_ctr(m->home)->message_bytes, m->home->msg_bytes, memory_order_relaxed);
         if (m->acct) m->acct->bytes -= size;
         budget_check_down(m->home, m->acct);
     }
@@ -578,10 +625,30 @@ bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len) {
     return bds__server_call_reply_paced(call, bytes, len, NULL, NULL);
 }
 
+static bool kind_one_reply(bds_method_kind k) { return k == BDS_METHOD_UNARY || k == BDS_METHOD_CLIENT_STREAMING; }
+static bool kind_one_request(bds_method_kind k) { return k == BDS_METHOD_UNARY || k == BDS_METHOD_SERVER_STREAMING; }
+
+/* Counts one more message the stream sends: refused once it ended, and past
+ * the one reply of UNARY and CLIENT_STREAMING methods. Thread: any. */
+static bds_status stream_count_send(srv_call *st) {
+    if (atomic_load_explicit(&st->ended, memory_order_acquire)) return BDS_E_SESSION_CLOSED;
+    if (!kind_one_reply(st->m->m.kind)) {
+        atomic_fetch_add_explicit(&st->sent, 1, memory_order_relaxed);
+        return BDS_OK;
+    }
+    uint32_t none = 0;
+    return atomic_compare_exchange_strong_explicit(&st->sent, &none, 1, memory_order_relaxed, memory_order_relaxed)
+               ? BDS_OK
+               : BDS_FAILED_PRECONDITION;
+}
+
 bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_t len, void (*on_free)(void *ctx),
                                         void *ctx) {
     bds__call_check_running(call, "bds_call_reply_bytes");
-    if (len > UINT32_MAX - 64) return BDS_E_INVALID;
+    srv_call *st = bds_call_session_ctx(call);
+    if (len > st->home->srv->cfg.max_message_bytes) return BDS_E_INVALID;
+    bds_status cs = stream_count_send(st);
+    if (cs != BDS_OK) return cs;
     srv_msg *req = bds_call_payload(call);
     srv_shard *here = tls_shard != NULL && req->home == tls_shard ? tls_shard : NULL;
     srv_msg *r;
@@ -601,6 +668,252 @@ bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_
     r->reply.data = r;
     r->reply.bytes = (uint32_t)len;
     bds_call_reply(call, &r->reply);
+    return BDS_OK;
+}
+
+/* ---- streams: the public handle (bds_stream) -------------------------------------------------- */
+
+static void stream_free(srv_call *st) {
+    free(st->md);
+    free(st);
+}
+
+bds_stream *bds_stream_ref(bds_stream *st) {
+    if (!st) bds__misuse("bds_stream_ref", "stream is NULL");
+    if (atomic_fetch_add_explicit(&st->refs, 1, memory_order_relaxed) == 0)
+        bds__misuse("bds_stream_ref", "the stream is already freed (take a reference while it is alive)");
+    return st;
+}
+
+void bds_stream_unref(bds_stream *st) {
+    if (!st) return;
+    uint32_t old = atomic_fetch_sub_explicit(&st->refs, 1, memory_order_acq_rel);
+    if (old == 0) bds__misuse("bds_stream_unref", "more unrefs than refs");
+    if (old == 1) stream_free(st);
+}
+
+bds_stream *bds_call_stream(const bds_call *call) {
+    bds__call_check_running(call, "bds_call_stream");
+    return bds_call_session_ctx(call);
+}
+
+static const srv_call *stream_check(const bds_stream *st, const char *api) {
+    if (!st) bds__misuse(api, "stream is NULL");
+    return st;
+}
+
+const char *bds_stream_method(const bds_stream *st) { return stream_check(st, "bds_stream_method")->m->path; }
+const char *bds_stream_peer(const bds_stream *st) { return stream_check(st, "bds_stream_peer")->peer; }
+uint64_t bds_stream_deadline_ns(const bds_stream *st) { return stream_check(st, "bds_stream_deadline_ns")->deadline_ns; }
+bool bds_stream_ended(const bds_stream *st) {
+    return atomic_load_explicit(&stream_check(st, "bds_stream_ended")->ended, memory_order_acquire);
+}
+void bds_stream_set_user(bds_stream *st, void *user) {
+    stream_check(st, "bds_stream_set_user");
+    st->user = user;
+}
+void *bds_stream_user(const bds_stream *st) { return stream_check(st, "bds_stream_user")->user; }
+
+/* Request metadata, kept per stream: entries of the name's length (2 bytes),
+ * the value's (4), the name and a NUL, the value (a -bin one decoded). */
+static bool md_entry(const srv_call *st, size_t *off, bds_metadata *out) {
+    if (!st->md || *off >= st->md_len) return false;
+    const uint8_t *e = st->md + *off;
+    size_t nl = (size_t)e[0] << 8 | e[1];
+    size_t vl = (size_t)e[2] << 24 | (size_t)e[3] << 16 | (size_t)e[4] << 8 | e[5];
+    out->name = (const char *)e + 6;
+    out->value = e + 6 + nl + 1;
+    out->value_len = vl;
+    *off += 6 + nl + 1 + vl;
+    return true;
+}
+
+size_t bds_stream_metadata_count(const bds_stream *st) { return stream_check(st, "bds_stream_metadata_count")->md_count; }
+
+bool bds_stream_metadata_at(const bds_stream *st, size_t index, bds_metadata *out) {
+    stream_check(st, "bds_stream_metadata_at");
+    if (!out) bds__misuse("bds_stream_metadata_at", "out is NULL");
+    size_t off = 0;
+    for (size_t i = 0; md_entry(st, &off, out); i++)
+        if (i == index) return true;
+    return false;
+}
+
+const uint8_t *bds_stream_metadata(const bds_stream *st, const char *name, size_t *len) {
+    stream_check(st, "bds_stream_metadata");
+    if (!name) bds__misuse("bds_stream_metadata", "name is NULL");
+    size_t off = 0;
+    bds_metadata e;
+    while (md_entry(st, &off, &e)) {
+        if (strcmp(e.name, name) != 0) continue;
+        if (len) *len = e.value_len;
+        return e.value;
+    }
+    if (len) *len = 0;
+    return NULL;
+}
+
+static bool name_ends_bin(const char *name, size_t nl) { return nl >= 4 && memcmp(name + nl - 4, "-bin", 4) == 0; }
+
+/* Copies the request's metadata (h2's capture) into the stream, -bin values
+ * decoded. Returns false on a -bin value that is not base64, or no memory
+ * (*why says which). */
+static bool stream_take_metadata(srv_call *st, const uint8_t *cap, size_t cap_len, const char **why) {
+    size_t off = 0, total = 0, n = 0;
+    bds__h2_header h;
+    while (bds__h2_captured_next(cap, cap_len, &off, &h)) {
+        total += 6 + h.name_len + 1 + h.value_len;
+        n++;
+    }
+    if (n == 0) return true;
+    st->md = malloc(total);
+    if (!st->md) {
+        *why = "server out of memory for request metadata";
+        return false;
+    }
+    uint8_t *p = st->md;
+    off = 0;
+    while (bds__h2_captured_next(cap, cap_len, &off, &h)) {
+        uint8_t *e = p;
+        memcpy(e + 6, h.name, h.name_len);
+        e[6 + h.name_len] = 0;
+        uint8_t *v = e + 6 + h.name_len + 1;
+        size_t vl = h.value_len;
+        if (name_ends_bin((const char *)h.name, h.name_len)) {
+            vl = bds__base64_decode((const char *)h.value, h.value_len, v);
+            if (vl == SIZE_MAX) {
+                *why = "malformed request metadata: a -bin value is not base64";
+                return false;
+            }
+        } else if (h.value_len) {
+            memcpy(v, h.value, h.value_len);
+        }
+        e[0] = (uint8_t)(h.name_len >> 8);
+        e[1] = (uint8_t)h.name_len;
+        e[2] = (uint8_t)(vl >> 24);
+        e[3] = (uint8_t)(vl >> 16);
+        e[4] = (uint8_t)(vl >> 8);
+        e[5] = (uint8_t)vl;
+        p = v + vl;
+    }
+    st->md_len = (uint32_t)(p - st->md);
+    st->md_count = (uint32_t)n;
+    return true;
+}
+
+/* Stream operations travel to the stream's home as srv_msg replies (TASK
+ * messages through the pipelines' channels), so they keep their place behind
+ * the replies their thread posted before them. */
+static void stream_task_run(bds__task *t);
+
+static void stream_post(srv_call *st, srv_msg *m) {
+    atomic_fetch_add_explicit(&st->refs, 1, memory_order_relaxed); /* for the trip */
+    m->target = st;
+    m->task.run = stream_task_run;
+    bds__post_any(bds__pipe_pipeline(st->home->pipe), bds__shard_id(st->home->shard), BDS_XK_TASK, &m->task);
+}
+
+/* A buffer for an operation on st: from the home shard's pools on its thread,
+ * else malloc'ed (freed at home either way). */
+static srv_msg *stream_msg(srv_call *st, size_t len) {
+    srv_shard *here = tls_shard == st->home ? tls_shard : NULL;
+    srv_msg *m = msg_new(here, NULL, len, SRV_MSG_OUT);
+    if (m) m->reply.data = m;
+    return m;
+}
+
+bds_status bds_stream_send(bds_stream *st, const void *bytes, size_t len) {
+    stream_check(st, "bds_stream_send");
+    if (!bytes && len) bds__misuse("bds_stream_send", "bytes is NULL");
+    if (kind_one_reply(st->m->m.kind)) return BDS_FAILED_PRECONDITION;
+    if (len > st->home->srv->cfg.max_message_bytes) return BDS_E_INVALID;
+    bds_status cs = stream_count_send(st);
+    if (cs != BDS_OK) return cs;
+    srv_msg *m = stream_msg(st, len);
+    if (!m) return BDS_E_NOMEM;
+    if (len) memcpy(m->data, bytes, len);
+    m->reply.bytes = (uint32_t)len;
+    stream_post(st, m);
+    return BDS_OK;
+}
+
+#define STREAM_MD_ENTRIES_MAX 16u
+#define STREAM_MD_BYTES_MAX 8192u
+
+static bool md_name_ok(const char *name, size_t nl) {
+    if (nl == 0 || nl > 255 || (nl >= 5 && memcmp(name, "grpc-", 5) == 0)) return false;
+    for (size_t i = 0; i < nl; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.')) return false;
+    }
+    /* Headers HTTP/2 or gRPC set themselves. */
+    static const char *const reserved[] = {"te", "content-type", "user-agent", "connection", "host"};
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+        if (strcmp(name, reserved[i]) == 0) return false;
+    return true;
+}
+
+static bds_status stream_set_md(bds_stream *st, bool trailer, const char *name, const void *value, size_t len,
+                                const char *api) {
+    stream_check(st, api);
+    if (!name || (!value && len)) bds__misuse(api, "name or value is NULL");
+    size_t nl = strlen(name);
+    if (!md_name_ok(name, nl)) return BDS_E_INVALID;
+    bool bin = name_ends_bin(name, nl);
+    if (!bin) {
+        for (size_t i = 0; i < len; i++) {
+            uint8_t c = ((const uint8_t *)value)[i];
+            if (c < 0x20 || c > 0x7e) return BDS_E_INVALID;
+        }
+    }
+    if (atomic_load_explicit(&st->ended, memory_order_acquire)) return BDS_E_SESSION_CLOSED;
+    if (!trailer && atomic_load_explicit(&st->sent, memory_order_relaxed) > 0) return BDS_FAILED_PRECONDITION;
+    size_t wire = bin ? bds__base64_encoded_len(len) : len;
+    if (len > STREAM_MD_BYTES_MAX || wire + nl > STREAM_MD_BYTES_MAX) return BDS_RESOURCE_EXHAUSTED;
+    uint32_t add = (uint32_t)(wire + nl);
+    uint32_t n = atomic_fetch_add_explicit(&st->md_n[trailer], 1, memory_order_relaxed);
+    uint32_t b = atomic_fetch_add_explicit(&st->md_bytes[trailer], add, memory_order_relaxed);
+    if (n >= STREAM_MD_ENTRIES_MAX || b + add > STREAM_MD_BYTES_MAX) {
+        atomic_fetch_sub_explicit(&st->md_n[trailer], 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&st->md_bytes[trailer], add, memory_order_relaxed);
+        return BDS_RESOURCE_EXHAUSTED;
+    }
+    srv_msg *m = stream_msg(st, nl + 1 + wire);
+    if (!m) return BDS_E_NOMEM;
+    memcpy(m->data, name, nl + 1);
+    if (bin) bds__base64_encode(value, len, (char *)m->data + nl + 1);
+    else if (len) memcpy(m->data + nl + 1, value, len);
+    m->ctl = trailer ? SRV_CTL_TRAILER : SRV_CTL_HEADER;
+    m->reply.control = true;
+    stream_post(st, m);
+    return BDS_OK;
+}
+
+bds_status bds_stream_set_header(bds_stream *st, const char *name, const void *value, size_t len) {
+    return stream_set_md(st, false, name, value, len, "bds_stream_set_header");
+}
+
+bds_status bds_stream_set_trailer(bds_stream *st, const char *name, const void *value, size_t len) {
+    return stream_set_md(st, true, name, value, len, "bds_stream_set_trailer");
+}
+
+bds_status bds_stream_finish(bds_stream *st, bds_status status, const char *message) {
+    stream_check(st, "bds_stream_finish");
+    size_t ml = message ? strnlen(message, sizeof st->fin_msg - 1) : 0;
+    srv_msg *m = stream_msg(st, ml + 1);
+    if (!m) return BDS_E_NOMEM;
+    bool open = false;
+    if (!atomic_compare_exchange_strong_explicit(&st->ended, &open, true, memory_order_acq_rel,
+                                                 memory_order_acquire)) {
+        msg_unhold(m, SRV_MSG_OUT); /* made on this thread, handed to no one */
+        return BDS_E_SESSION_CLOSED;
+    }
+    if (ml) memcpy(m->data, message, ml);
+    m->data[ml] = 0;
+    m->ctl = SRV_CTL_FINISH;
+    m->hint = (uint32_t)status;
+    m->reply.control = true;
+    stream_post(st, m);
     return BDS_OK;
 }
 
@@ -766,10 +1079,8 @@ static void call_free(srv_call *call) {
     msg_list_free(call->parked, SRV_MSG_IN);
     msg_list_free(call->blocked, SRV_MSG_OUT);
     call->parked = call->parked_tail = call->blocked = call->blocked_tail = NULL;
-    free(call->req_md);
-    call->req_md = NULL;
     if (call->in_pipeline == 0) {
-        free(call);
+        bds_stream_unref(call); /* the server's reference */
         return;
     }
     call->lingering = true;
@@ -791,18 +1102,28 @@ static void call_linger_end(srv_call *call) {
         if (call->next) call->next->prev = call->prev;
         sc->n_lingering--;
     }
-    free(call);
+    bds_stream_unref(call); /* the server's reference */
 }
 
 /* The session's reply leaves for the HTTP/2 stream, or waits here (keeping
  * its outbound token) while the stream holds too many unsent bytes. */
+static void call_apply_ctl(srv_call *call, srv_msg *r);
+static void call_sent(srv_call *call, const srv_msg *r);
+
 static bool call_try_send(srv_call *call, srv_msg *r) {
+    if (r->ctl) {
+        call_apply_ctl(call, r);
+        return true;
+    }
     srv_conn *sc = call->conn;
-    if (!sc || call->h2_done) return true; /* nobody to send to: written = dropped */
+    if (!sc || call->h2_done || call->finish_requested) return true; /* nobody to send to: written = dropped */
     /* E_AGAIN: the stream holds REPLY_HIGH_WATER unsent bytes (its send bound). */
     bds_status st = bds__h2_send_framed(sc->h2, call->stream, &r->h2, r->prefix, r->len);
     if (st == BDS_E_AGAIN) return false;
-    if (st == BDS_OK) r->holds |= SRV_MSG_H2; /* released by h2_on_msg_release */
+    if (st == BDS_OK) {
+        r->holds |= SRV_MSG_H2; /* released by h2_on_msg_release */
+        call_sent(call, r);
+    }
     conn_kick(sc);
     return true;
 }
@@ -825,6 +1146,213 @@ static void call_move_blocked(srv_call *call) {
         }
         call_free(call);
     }
+}
+
+/* ---- stream events at home: interceptors, callbacks, counters ---------------------------------- */
+
+/* A message left for HTTP/2. */
+static void call_sent(srv_call *call, const srv_msg *r) {
+    call->msgs_out++;
+    call->bytes_out += r->len;
+    srv_method_counters *mc = call_mc(call);
+    ctr_add(&mc->messages_out, 1);
+    if (call->m->opts.metrics.payload_sizes) ctr_add(&mc->bytes_out, r->len);
+    const bds_server *srv = call->home->srv;
+    for (uint32_t i = 0; i < srv->n_icpt; i++)
+        if (srv->icpt[i].on_message_out) srv->icpt[i].on_message_out(call, r->data, r->len, srv->icpt[i].ctx);
+    for (uint32_t i = 0; i < call->m->n_icpt; i++) {
+        const bds_interceptor *ic = call->m->icpt[i];
+        if (ic->on_message_out) ic->on_message_out(call, r->data, r->len, ic->ctx);
+    }
+}
+
+/* The status a stream's end puts on the wire, as a gRPC code (CANCELLED:
+ * nothing is sent). */
+static bds_status wire_status(bds_status st) {
+    int g = bds_status_grpc(st);
+    return g < 0 ? BDS_CANCELLED : (bds_status)g;
+}
+
+/* A UNARY or CLIENT_STREAMING stream that would end OK without its reply. */
+static bds_status call_end_status(const srv_call *call, bds_status st, const char **msg) {
+    if (st == BDS_OK && kind_one_reply(call->m->m.kind) && atomic_load_explicit(&call->sent, memory_order_relaxed) == 0) {
+        *msg = "the method ended without its reply";
+        return BDS_INTERNAL;
+    }
+    return st;
+}
+
+/* The stream is over: the stream API refuses from now on, and on_end runs
+ * (method's, then the interceptors' in reverse). Once per stream. */
+static void stream_end_notify(srv_call *call, bds_status status, const char *message) {
+    atomic_store_explicit(&call->ended, true, memory_order_release);
+    if (call->end_told || !call->opened) return;
+    call->end_told = true;
+    bds_status ws = wire_status(status);
+    srv_method_counters *mc = call_mc(call);
+    ctr_add(&mc->streams_ended, 1);
+    if (ws == BDS_OK) ctr_add(&mc->streams_ok, 1);
+    atomic_fetch_sub_explicit(&shard_ctr(call->home)->streams_live, 1, memory_order_relaxed);
+    const char *msg = message ? message : "";
+    void *hctx = call->m->m.handler_ctx;
+    if (call->m->m.on_end) call->m->m.on_end(call, ws, msg, hctx);
+    bds_stream_end_info info = {
+        .status = ws,
+        .message = msg,
+        .duration_ns = bds__clock_ns() - call->start_ns,
+        .messages_in = call->msgs_in,
+        .messages_out = call->msgs_out,
+        .bytes_in = call->bytes_in,
+        .bytes_out = call->bytes_out,
+    };
+    for (uint32_t i = call->m->n_icpt; i-- > 0;) {
+        const bds_interceptor *ic = call->m->icpt[i];
+        if (ic->on_end) ic->on_end(call, &info, ic->ctx);
+    }
+    const bds_server *srv = call->home->srv;
+    for (uint32_t i = srv->n_icpt; i-- > 0;)
+        if (srv->icpt[i].on_end) srv->icpt[i].on_end(call, &info, srv->icpt[i].ctx);
+}
+
+/* Ends the stream on the wire once the replies waiting here have left; the
+ * session is gone already (released, or its close being reported). */
+static void call_close_h2(srv_call *call, bds_status status, const char *message) {
+    srv_conn *sc = call->conn;
+    if (sc && !call->h2_done && call->blocked) {
+        call->finish_pending = true;
+        call->fin_status = status;
+        snprintf(call->fin_msg, sizeof call->fin_msg, "%s", message ? message : "");
+        msg_list_free(call->parked, SRV_MSG_IN);
+        call->parked = call->parked_tail = NULL;
+        call->parked_bytes = 0;
+        conn_kick(sc);
+        return;
+    }
+    if (sc && !call->h2_done) {
+        /* The session projects pipeline errors onto gRPC codes (bds_status_grpc);
+         * those that send nothing reset the stream. */
+        bds__h2_finish(sc->h2, call->stream, status, status == BDS_OK ? NULL : message);
+        call->h2_done = true;
+        conn_kick(sc);
+    }
+    call_free(call);
+}
+
+/* bds_stream_finish reached its place in reply order: the stream ends now,
+ * its replies still waiting here first. Runs from a TASK of its own, outside
+ * the Sender's write (the session is released here). */
+static void call_finish_task(bds__task *t) {
+    srv_msg *m = BDS_CONTAINER_OF(t, srv_msg, task);
+    srv_call *call = m->target;
+    m->target = NULL;
+    bds_session *s = call->session;
+    if (s && !call->finish_pending) {
+        const char *msg = (const char *)m->data;
+        bds_status st = call_end_status(call, (bds_status)m->hint, &msg);
+        stream_end_notify(call, st, msg);
+        call->session = NULL;
+        bds_session_release(s); /* running calls see bds_call_cancelled; no close callback */
+        call_close_h2(call, st, msg);
+    }
+    msg_unhold(m, SRV_MSG_OUT);
+    bds_stream_unref(call);
+}
+
+/* A control entry reached its place in reply order (ops->write, or the head
+ * of the blocked replies). */
+static void call_apply_ctl(srv_call *call, srv_msg *r) {
+    srv_conn *sc = call->conn;
+    switch (r->ctl) {
+    case SRV_CTL_HEADER:
+    case SRV_CTL_TRAILER: {
+        if (!sc || call->h2_done || call->finish_requested) return;
+        size_t nl = strlen((const char *)r->data);
+        /* Validated when it was made: what is left is a header set after a
+         * reply another thread made first (too late: dropped). */
+        (void)bds__h2_add_metadata(sc->h2, call->stream, r->ctl == SRV_CTL_TRAILER, (const char *)r->data,
+                                   r->data + nl + 1, r->len - nl - 1);
+        return;
+    }
+    case SRV_CTL_FINISH: {
+        if (call->finish_requested) return;
+        call->finish_requested = true; /* what the Sender writes after it is dropped */
+        /* The buffer carries the finish on: a reference of its own keeps it
+         * (msg_unhold in call_finish_task), and one on the stream. */
+        srv_msg *f = stream_msg(call, r->len);
+        if (!f) { /* no memory to defer it: the session ends at the next close */
+            bds_session_fail(call->session, BDS_RESOURCE_EXHAUSTED, "server out of memory");
+            return;
+        }
+        memcpy(f->data, r->data, r->len);
+        f->hint = r->hint;
+        atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed);
+        f->target = call;
+        f->task.run = call_finish_task;
+        bds_pipeline *p = bds__pipe_pipeline(call->home->pipe);
+        bds__post(p, p->index, BDS_XK_TASK, &f->task);
+        return;
+    }
+    }
+    BDS_UNREACHABLE();
+}
+
+/* An operation on a stream, at its home (stream_post). */
+static void stream_task_run(bds__task *t) {
+    srv_msg *m = BDS_CONTAINER_OF(t, srv_msg, task);
+    srv_call *st = m->target;
+    m->target = NULL;
+    BDS_ASSERT(st->home == tls_shard);
+    if (st->session && !st->finish_requested && !st->finish_pending) {
+        /* Written (ops->write) or dropped (ops->drop) by the Sender. */
+        (void)bds_session_send(st->session, &m->reply);
+    } else {
+        msg_unhold(m, SRV_MSG_OUT);
+    }
+    bds_stream_unref(st);
+}
+
+/* The interceptors' on_open, the server's first. Returns BDS_OK or the
+ * refusal (*message: its text, or NULL). */
+static bds_status stream_run_on_open(srv_call *call, const char **message) {
+    const bds_server *srv = call->home->srv;
+    *message = NULL;
+    for (uint32_t i = 0; i < srv->n_icpt; i++) {
+        if (!srv->icpt[i].on_open) continue;
+        bds_status st = srv->icpt[i].on_open(call, message, srv->icpt[i].ctx);
+        if (st != BDS_OK) return st;
+    }
+    for (uint32_t i = 0; i < call->m->n_icpt; i++) {
+        const bds_interceptor *ic = call->m->icpt[i];
+        if (!ic->on_open) continue;
+        bds_status st = ic->on_open(call, message, ic->ctx);
+        if (st != BDS_OK) return st;
+    }
+    return BDS_OK;
+}
+
+/* The interceptors' on_message_in. Returns BDS_OK or the status to end the stream with. */
+static bds_status stream_run_on_message_in(srv_call *call, const uint8_t *bytes, uint32_t len) {
+    const bds_server *srv = call->home->srv;
+    for (uint32_t i = 0; i < srv->n_icpt; i++) {
+        if (!srv->icpt[i].on_message_in) continue;
+        bds_status st = srv->icpt[i].on_message_in(call, bytes, len, srv->icpt[i].ctx);
+        if (st != BDS_OK) return st;
+    }
+    for (uint32_t i = 0; i < call->m->n_icpt; i++) {
+        const bds_interceptor *ic = call->m->icpt[i];
+        if (!ic->on_message_in) continue;
+        bds_status st = ic->on_message_in(call, bytes, len, ic->ctx);
+        if (st != BDS_OK) return st;
+    }
+    return BDS_OK;
+}
+
+/* With on_half_close: the client half-closed and every message it sent has
+ * been handled. */
+static void call_half_close_check(srv_call *call) {
+    if (!call->half_close_wait || call->in_pipeline > 0 || !call->session || call->finish_pending) return;
+    call->half_close_wait = false;
+    call->m->m.on_half_close(call, call->m->m.handler_ctx);
 }
 
 static void op_write(bds_session *s, bds_reply *reply, void *ctx) {
@@ -854,37 +1382,27 @@ static void op_release(bds_session *s, void *payload, void *ctx) {
     srv_call *call = ctx;
     msg_unhold(payload, SRV_MSG_IN);
     BDS_ASSERT(call->in_pipeline > 0);
-    if (--call->in_pipeline == 0 && call->lingering) call_linger_end(call);
+    if (--call->in_pipeline > 0) return;
+    if (call->lingering) call_linger_end(call);
+    else call_half_close_check(call);
 }
 
 
 static void op_closed(bds_session *s, bds_status status, const char *message, void *ctx) {
     srv_call *call = ctx;
-    srv_conn *sc = call->conn;
-    if (sc && !call->h2_done && call->blocked && (status == BDS_OK || status == BDS_E_SHUTDOWN)) {
-        /* A clean end (or a drained shutdown) owes the client every reply the
-         * Sender admitted: the ones still waiting here leave first, then the
-         * trailers (call_move_blocked finishes the call). */
-        call->finish_pending = true;
-        call->fin_status = status;
-        snprintf(call->fin_msg, sizeof call->fin_msg, "%s", message ? message : "");
-        msg_list_free(call->parked, SRV_MSG_IN);
-        call->parked = call->parked_tail = NULL;
-        call->parked_bytes = 0;
-        call->session = NULL;
-        bds_session_release(s);
-        conn_kick(sc);
-        return;
-    }
-    if (sc && !call->h2_done) {
-        /* The session projects pipeline errors onto gRPC codes (bds_status_grpc);
-         * those that send nothing reset the stream. */
-        bds__h2_finish(sc->h2, call->stream, status, status == BDS_OK ? NULL : message);
-        call->h2_done = true;
-        conn_kick(sc);
-    }
+    status = call_end_status(call, status, &message);
+    stream_end_notify(call, status, message);
+    call->session = NULL;
     bds_session_release(s);
-    call_free(call);
+    /* A clean end (or a drained shutdown) owes the client every reply the
+     * Sender admitted: the ones still waiting here leave first, then the
+     * trailers. Other ends go at once. */
+    if (call->blocked && status != BDS_OK && status != BDS_E_SHUTDOWN) {
+        msg_list_free(call->blocked, SRV_MSG_OUT);
+        call->blocked = call->blocked_tail = NULL;
+        call_unwait(call);
+    }
+    call_close_h2(call, status, message);
 }
 
 static bool call_admit(srv_call *call, srv_msg *m);
@@ -898,6 +1416,16 @@ static void call_client_close(srv_call *call) {
             marker->end = true;
             call_admit(call, marker);
         }
+    }
+    if (kind_one_request(call->m->m.kind) && call->msgs_in == 0) {
+        bds_session_fail(call->session, BDS_INTERNAL, "no request message (the method takes exactly one)");
+        return;
+    }
+    if (call->m->m.on_half_close) {
+        /* The stream stays open for the callback's answer (bds_stream_finish). */
+        call->half_close_wait = true;
+        call_half_close_check(call);
+        return;
     }
     bds_session_client_close(call->session);
 }
@@ -983,20 +1511,32 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     if (sc->n_lingering >= sh->srv->cfg.max_lingering_streams) return BDS_RESOURCE_EXHAUSTED;
     if (conn_blocked(sc)) return BDS_E_AGAIN; /* REFUSED_STREAM: at a memory budget */
     const srv_method *m = &sh->srv->methods[info->method_index];
+    srv_method_counters *mc = &sh->srv->mc[bds__shard_id(sh->shard) * BDS_SERVER_METHODS_MAX + info->method_index];
     srv_call *call = calloc(1, sizeof *call);
-    if (!call) return BDS_RESOURCE_EXHAUSTED;
+    if (!call) {
+        ctr_add(&mc->streams_refused, 1);
+        return BDS_RESOURCE_EXHAUSTED;
+    }
+    call->home = sh;
+    atomic_init(&call->refs, 1);
     call->conn = sc;
     call->stream = info->stream_id;
     call->m = m;
-    if (m->capture && info->captured_len > 0) {
-        /* Only calls whose request carried such headers pay for them. */
-        call->req_md = malloc(info->captured_len);
-        if (!call->req_md) {
-            free(call);
-            return BDS_RESOURCE_EXHAUSTED;
-        }
-        memcpy(call->req_md, info->captured, info->captured_len);
-        call->req_md_len = info->captured_len;
+    call->start_ns = bds__clock_ns();
+    call->deadline_ns = info->deadline_ns;
+    memcpy(call->peer, sc->peer, sizeof call->peer);
+    const char *why = NULL;
+    bds_status refuse = BDS_OK;
+    if (!stream_take_metadata(call, info->captured, info->captured_len, &why))
+        refuse = call->md ? BDS_INTERNAL : BDS_RESOURCE_EXHAUSTED;
+    else
+        refuse = stream_run_on_open(call, &why);
+    if (refuse != BDS_OK) {
+        ctr_add(&mc->streams_refused, 1);
+        atomic_store_explicit(&call->ended, true, memory_order_relaxed);
+        bds_stream_unref(call); /* an on_open that took a reference keeps it */
+        *call_ctx = (void *)why;
+        return refuse == BDS_E_AGAIN ? BDS_UNAVAILABLE : refuse;
     }
     bds_session_config cfg;
     bds_session_config_default(&cfg);
@@ -1007,10 +1547,14 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     cfg.ops_ctx = call;
     bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
     if (bds_session_create(&call->session, bds__pipe_pipeline(sh->pipe), &cfg, NULL) != BDS_OK) {
-        free(call->req_md);
-        free(call);
+        ctr_add(&mc->streams_refused, 1);
+        atomic_store_explicit(&call->ended, true, memory_order_relaxed);
+        bds_stream_unref(call);
         return BDS_RESOURCE_EXHAUSTED;
     }
+    call->opened = true;
+    ctr_add(&mc->streams_opened, 1);
+    ctr_add(&shard_ctr(sh)->streams_live, 1);
     bds_session_open(call->session);
     if (info->deadline_ns) bds_session_set_deadline(call->session, info->deadline_ns);
     call->next = sc->calls;
@@ -1027,6 +1571,20 @@ static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const ui
     srv_call *call = call_ctx;
     if (call->finish_pending) return; /* the stream's session already ended */
     srv_conn *sc = ctx;
+    call->msgs_in++;
+    call->bytes_in += len;
+    srv_method_counters *mc = call_mc(call);
+    ctr_add(&mc->messages_in, 1);
+    if (call->m->opts.metrics.payload_sizes) ctr_add(&mc->bytes_in, len);
+    if (kind_one_request(call->m->m.kind) && call->msgs_in > 1) {
+        bds_session_fail(call->session, BDS_INTERNAL, "more than one request message (the method takes exactly one)");
+        return;
+    }
+    bds_status ist = stream_run_on_message_in(call, msg, (uint32_t)len);
+    if (ist != BDS_OK) {
+        bds_session_fail(call->session, ist == BDS_OK ? BDS_INTERNAL : ist, "request message refused");
+        return;
+    }
     srv_msg *m = msg_new(sc->sh, sc->acct, len, SRV_MSG_IN);
     if (!m) {
         bds_session_fail(call->session, BDS_RESOURCE_EXHAUSTED, "server out of memory");
@@ -1260,6 +1818,7 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
     }
     sc->n_lingering = 0;
     bds__h2_destroy(sc->h2);
+    atomic_fetch_sub_explicit(&shard_ctr(sh)->connections_live, 1, memory_order_relaxed);
     sc->acct->conn = NULL;
     acct_unref(sc->acct);
     if (sc->prev) sc->prev->next = sc->next;
@@ -1409,8 +1968,8 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     hc.stream_send_bytes_max = REPLY_HIGH_WATER; /* past it replies wait here, keeping their tokens */
     hc.methods = &sh->srv->table;
     hc.credit_partial_messages = true; /* messages larger than the stream window */
-    hc.capture_names = sh->srv->capture_names;
-    hc.capture_count = sh->srv->capture_count;
+    hc.capture_metadata = true;
+    hc.capture_bytes_max = sh->srv->cfg.max_header_list_bytes; /* what passes the list bound fits */
     const bds_server_config *cfg = &sh->srv->cfg;
     hc.ping_min_interval_ns = cfg->ping_min_interval_ns;
     /* grpc-go: with no stream open and keepalive without streams not
@@ -1428,6 +1987,22 @@ static void on_accept(bds_listener *l, bds_conn *c, void *ctx) {
         return;
     }
     sc->c = c;
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    if (getpeername(bds__conn_fd(c), (struct sockaddr *)&peer, &plen) == 0) {
+        char host[INET6_ADDRSTRLEN] = "?";
+        if (peer.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&peer;
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+            snprintf(sc->peer, sizeof sc->peer, "[%s]:%u", host, ntohs(a->sin6_port));
+        } else if (peer.ss_family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)&peer;
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+            snprintf(sc->peer, sizeof sc->peer, "%s:%u", host, ntohs(a->sin_port));
+        }
+    }
+    ctr_add(&shard_ctr(sh)->connections_accepted, 1);
+    ctr_add(&shard_ctr(sh)->connections_live, 1);
     sc->next = sh->conns;
     if (sh->conns) sh->conns->prev = sc;
     sh->conns = sc;
@@ -1449,6 +2024,9 @@ static bool hook_run(bds_shard *s, void *ctx) {
     srv_shard *sh = ctx;
     bool more = bds__pipe_run(sh->pipe, RUN_BUDGET);
     shard_flush_dirty(sh); /* this tick's replies, sent by this tick's flushers */
+    bds_pipeline_stats ps;
+    bds_pipeline_get_stats(bds__pipe_pipeline(sh->pipe), &ps);
+    atomic_store_explicit(&shard_ctr(sh)->msgs_posted, ps.msgs_posted, memory_order_relaxed);
     return more;
 }
 
@@ -1768,14 +2346,8 @@ bds_status bds_server_run(bds_server *srv) {
     gc.pin = true;
     gc.signals = true;
     gc.shard.idle_spin_us = srv->cfg.idle_spin_us;
-    uint32_t n = srv->cfg.shards;
-    if (n == 0) {
-        cpu_set_t set;
-        n = sched_getaffinity(0, sizeof set, &set) == 0 ? (uint32_t)CPU_COUNT(&set) : 1;
-        if (n > 64) n = 64;
-        gc.shards = n;
-    }
-    srv->n_shards = n;
+    uint32_t n = srv->n_shards; /* fixed at create: the counters are sized by it */
+    gc.shards = n;
     atomic_store(&srv->shards_busy, n);
     /* Every connection costs a descriptor: take all the hard limit allows. */
     uint64_t fds = bds__fd_limit_raise();
@@ -1835,6 +2407,43 @@ void bds_server_stop(bds_server *srv) {
 }
 
 uint16_t bds_server_port(const bds_server *srv) { return srv->port; }
+
+static uint64_t ctr_get(const _Atomic uint64_t *c) { return atomic_load_explicit(c, memory_order_relaxed); }
+
+bds_status bds_server_get_stats(const bds_server *srv, bds_server_stats *out) {
+    if (!srv || !out) bds__misuse("bds_server_get_stats", "server or out is NULL");
+    memset(out, 0, sizeof *out);
+    out->n_methods = srv->n_methods;
+    out->n_shards = srv->n_shards;
+    for (uint32_t mi = 0; mi < srv->n_methods; mi++) {
+        bds_method_stats *o = &out->methods[mi];
+        o->path = srv->methods[mi].path;
+        o->kind = srv->methods[mi].m.kind;
+        for (uint32_t sh = 0; sh < srv->n_shards; sh++) {
+            const srv_method_counters *c = &srv->mc[sh * BDS_SERVER_METHODS_MAX + mi];
+            o->streams_opened += ctr_get(&c->streams_opened);
+            o->streams_refused += ctr_get(&c->streams_refused);
+            o->streams_ended += ctr_get(&c->streams_ended);
+            o->streams_ok += ctr_get(&c->streams_ok);
+            o->messages_in += ctr_get(&c->messages_in);
+            o->messages_out += ctr_get(&c->messages_out);
+            o->bytes_in += ctr_get(&c->bytes_in);
+            o->bytes_out += ctr_get(&c->bytes_out);
+        }
+        /* Read apart, the two may cross: a gauge never goes below zero. */
+        o->streams_live = o->streams_opened > o->streams_ended ? o->streams_opened - o->streams_ended : 0;
+    }
+    for (uint32_t sh = 0; sh < srv->n_shards; sh++) {
+        const srv_shard_counters *c = &srv->shc[sh];
+        bds_server_shard_stats *o = &out->shards[sh];
+        o->connections_live = ctr_get(&c->connections_live);
+        o->connections_accepted = ctr_get(&c->connections_accepted);
+        o->streams_live = ctr_get(&c->streams_live);
+        o->message_bytes = ctr_get(&c->message_bytes);
+        o->msgs_posted = ctr_get(&c->msgs_posted);
+    }
+    return BDS_OK;
+}
 
 void bds__server_dump(bds_server *srv, FILE *f) {
     /* The stop calls' protocol: a shard that exits waits for us. */

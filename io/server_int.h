@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 
 #include "bidistream/server.h"
+#include "pipeline_int.h"
 #include "group.h"
 #include "mem.h"
 #include "h2_server.h"
@@ -26,6 +27,11 @@ typedef struct srv_method_counters {
     _Atomic uint64_t streams_opened, streams_refused, streams_ended, streams_ok;
     _Atomic uint64_t messages_in, messages_out, bytes_in, bytes_out;
 } srv_method_counters;
+
+/* Live counters of one shard (bds_server_get_stats), written by it only. */
+typedef struct srv_shard_counters {
+    _Atomic uint64_t connections_live, connections_accepted, streams_live, message_bytes, msgs_posted;
+} srv_shard_counters;
 
 typedef struct srv_method {
     bds_method m;
@@ -63,6 +69,9 @@ struct bds_server {
     uint32_t n_methods;
     bds_interceptor icpt[SRV_INTERCEPTORS_MAX]; /* the server's (bds_server_add_interceptor) */
     uint32_t n_icpt;
+    /* Live counters, from run until destroy: [shard][method] and [shard]. */
+    srv_method_counters *mc;
+    srv_shard_counters *shc;
     uint32_t n_shards;
     bds_group *group;
     bds_pipe_group *pipes;
@@ -89,6 +98,11 @@ struct bds_server {
 #define SRV_MSG_H2 0x4u    /* queued on its HTTP/2 stream by reference, until on_msg_release */
 #define SRV_MSG_HEAP 0xffu /* srv_msg.cls: from malloc, not from a shard's pool */
 
+/* Stream operations that keep their place among replies (srv_msg.ctl). */
+#define SRV_CTL_HEADER 1u     /* data: name NUL value (wire form), len in total */
+#define SRV_CTL_TRAILER 2u
+#define SRV_CTL_FINISH 3u     /* hint: the status; data: the message, NUL-terminated */
+
 /* Size classes of the shard's message pools (header included); larger
  * messages, and replies made off their home shard, come from malloc. */
 #define SRV_MSG_CLASSES 5u
@@ -111,6 +125,10 @@ typedef struct srv_msg {
     uint8_t holds;            /* SRV_MSG_IN | SRV_MSG_OUT | SRV_MSG_H2 */
     bool end;                 /* the end-of-stream marker (srv_method.end_marker) */
     bool reply_used;          /* the embedded reply was handed out (echo) */
+    uint8_t ctl;              /* SRV_CTL_*: a stream operation riding the reply
+                                 order (data holds its arguments), or 0 */
+    bds__task task;           /* carries it to its stream's home (stream_post) */
+    srv_call *target;         /* ... that stream, referenced while in transit */
     uint32_t hint;            /* srv_method.key_hint's note for the handler; 0 = none */
     void (*on_free)(void *ctx); /* a paced reply's (bds__server_call_reply_paced) */
     void *on_free_ctx;
@@ -212,21 +230,6 @@ void bds__services_on_stop(srv_shard *sh);
 bds_status bds__interop_register(bds_server *srv);
 /* Adds a method whose handler also sees the end-of-stream marker. */
 bds_status bds__server_add_method_ex(bds_server *srv, const bds_method *m, bool end_marker);
-/* The request headers (lower-case names, static storage, at most
- * BDS_H2_CAPTURE_MAX) that methods added with capture may read; before the
- * server runs. Returns BDS_OK or BDS_E_INVALID. */
-bds_status bds__server_set_capture(bds_server *srv, const char *const *names, uint32_t count);
-/* Adds a method whose calls keep the captured request headers. */
-bds_status bds__server_add_method_capture(bds_server *srv, const bds_method *m, bool end_marker);
-/* The first value of request header capture_names[|index|] that |call| carried
- * (as received: a -bin value is base64), or NULL. */
-const uint8_t *bds__server_call_header(const srv_call *call, uint32_t index, size_t *len);
-/* Adds custom metadata to the call's response HEADERS (|trailer| false: before
- * its first reply leaves) or trailers. On the call's connection shard (FIFO
- * handlers run there). Returns bds__h2_add_metadata's codes, or
- * BDS_E_SESSION_CLOSED when the stream is gone. */
-bds_status bds__server_call_add_metadata(srv_call *call, bool trailer, const char *name, const uint8_t *value,
-                                         size_t len);
 /* bds_call_reply_bytes for a handler that paces its replies: on_free(ctx)
  * runs when the reply's buffer is freed (its bytes are in the HTTP/2 output,
  * or it was dropped), so the next reply can be made only then and a call

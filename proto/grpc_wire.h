@@ -30,6 +30,18 @@ bool bds__grpc_timeout_parse(const char *s, size_t len, uint64_t *out_ns);
  * (rounding up, so the peer never sees a shorter deadline). Returns its length. */
 size_t bds__grpc_timeout_format(uint64_t ns, char out[10]);
 
+/* ---- -bin metadata values: base64 ----------------------------------------------- */
+
+/* Binary metadata ("-bin" names) travels base64 (RFC 4648 §4), padded or not:
+ * decoders accept both, we send it unpadded (PROTOCOL-HTTP2). */
+/* Writes the unpadded encoding of in[0..len) to out (room for
+ * bds__base64_encoded_len(len) bytes); returns that length. */
+size_t bds__base64_encode(const uint8_t *in, size_t len, char *out);
+static inline size_t bds__base64_encoded_len(size_t len) { return len / 3 * 4 + (len % 3 ? len % 3 + 1 : 0); }
+/* Decodes in[0..len) (padded or not) into out (room for len * 3 / 4 bytes).
+ * Returns the decoded length, or SIZE_MAX when in is not base64. */
+size_t bds__base64_decode(const char *in, size_t len, uint8_t *out);
+
 /* ---- grpc-message percent-encoding ------------------------------------------------- */
 
 /* Percent-encodes |len| bytes of |in| into |out| (|cap| bytes). Returns the

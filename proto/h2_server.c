@@ -710,7 +710,7 @@ static void h2_stream_request(bds__h2_conn *c, struct h2_stream *s, bool end_str
         return;
     }
     if (st != BDS_OK) {
-        h2_stream_reject(c, s, 200, st, NULL);
+        h2_stream_reject(c, s, 200, st, call_ctx); /* the refusal's message, if the app gave one */
         return;
     }
     bds__grpc_deframer_init(&s->deframer, c->cfg.msg_bytes_max, false, c->alloc);

@@ -162,7 +162,9 @@ typedef struct bds__h2_callbacks {
      * session answers trailers-only with that status: e.g. UNAVAILABLE while
      * draining, RESOURCE_EXHAUSTED when out of call slots; BDS_E_AGAIN resets
      * the stream with REFUSED_STREAM instead: nothing was processed, so a
-     * client may retry it, e.g. once memory is back under budget). The call exists
+     * client may retry it, e.g. once memory is back under budget). On a refusal
+     * |*call_ctx| may point to the grpc-message (a NUL-terminated string that
+     * outlives the call, e.g. static), or stay NULL. The call exists
      * once this returns BDS_OK: calls on its stream from inside this callback
      * get BDS_E_SESSION_CLOSED. Required. */
     bds_status (*on_call_start)(void *ctx, const bds__h2_call_info *info, void **call_ctx);
