@@ -642,6 +642,9 @@ static bds_status stream_count_send(srv_call *st) {
                : BDS_FAILED_PRECONDITION;
 }
 
+/* A counted message that could not be made after all. */
+static void stream_uncount_send(srv_call *st) { atomic_fetch_sub_explicit(&st->sent, 1, memory_order_relaxed); }
+
 bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_t len, void (*on_free)(void *ctx),
                                         void *ctx) {
     bds__call_check_running(call, "bds_call_reply_bytes");
@@ -660,7 +663,10 @@ bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_
         r->holds |= SRV_MSG_OUT;
     } else {
         r = msg_new(here, NULL, len, SRV_MSG_OUT);
-        if (!r) return BDS_E_NOMEM;
+        if (!r) {
+            stream_uncount_send(st);
+            return BDS_E_NOMEM;
+        }
         if (len) memcpy(r->data, bytes, len);
     }
     r->on_free = on_free;
@@ -825,12 +831,14 @@ static srv_msg *stream_msg(srv_call *st, size_t len) {
 bds_status bds_stream_send(bds_stream *st, const void *bytes, size_t len) {
     stream_check(st, "bds_stream_send");
     if (!bytes && len) bds__misuse("bds_stream_send", "bytes is NULL");
-    if (kind_one_reply(st->m->m.kind)) return BDS_FAILED_PRECONDITION;
     if (len > st->home->srv->cfg.max_message_bytes) return BDS_E_INVALID;
     bds_status cs = stream_count_send(st);
     if (cs != BDS_OK) return cs;
     srv_msg *m = stream_msg(st, len);
-    if (!m) return BDS_E_NOMEM;
+    if (!m) {
+        stream_uncount_send(st);
+        return BDS_E_NOMEM;
+    }
     if (len) memcpy(m->data, bytes, len);
     m->reply.bytes = (uint32_t)len;
     stream_post(st, m);
@@ -1582,7 +1590,7 @@ static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const ui
     }
     bds_status ist = stream_run_on_message_in(call, msg, (uint32_t)len);
     if (ist != BDS_OK) {
-        bds_session_fail(call->session, ist == BDS_OK ? BDS_INTERNAL : ist, "request message refused");
+        bds_session_fail(call->session, ist, "request message refused");
         return;
     }
     srv_msg *m = msg_new(sc->sh, sc->acct, len, SRV_MSG_IN);

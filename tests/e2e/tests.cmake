@@ -2,6 +2,14 @@
 # python3-grpcio through /usr/bin/python3), label e2e. Also run by the TSan
 # build: the server then runs under ThreadSanitizer and any report fails.
 if(TARGET bidistreamd)
+  # The stream API (bidistream/server.h) through a server built on the public
+  # API only, driven by grpcio (test_api.py).
+  add_executable(api_server ${CMAKE_CURRENT_SOURCE_DIR}/e2e/api_server.c)
+  target_link_libraries(api_server PRIVATE bidistream_static Threads::Threads)
+  add_test(NAME e2e.api
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_api.py $<TARGET_FILE:api_server>)
+  set_tests_properties(e2e.api PROPERTIES LABELS "e2e;tsan" TIMEOUT 600
+    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
   add_test(NAME e2e.grpcio
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_grpcio.py $<TARGET_FILE:bidistreamd>)
   set_tests_properties(e2e.grpcio PROPERTIES LABELS "e2e;tsan" TIMEOUT 900

@@ -128,12 +128,14 @@ typedef struct bds_stream bds_stream;
  *   BIDI              any number of requests and replies (the default).
  *   SERVER_STREAMING  exactly one request, any number of replies.
  *   UNARY             exactly one request, exactly one reply.
- *   CLIENT_STREAMING  any number of requests, exactly one reply: made at the
- *                     client's half-close (bds_method.on_half_close).
+ *   CLIENT_STREAMING  any number of requests, exactly one answer: made at the
+ *                     client's half-close (bds_method.on_half_close, with
+ *                     bds_stream_send) or by a handler's reply.
  * A second request to UNARY or SERVER_STREAMING, or none at the client's
  * half-close, ends the stream INTERNAL before the handler sees it. For UNARY
- * and CLIENT_STREAMING a second reply is refused (BDS_FAILED_PRECONDITION) and
- * a stream that would end OK without its reply ends INTERNAL ("no reply"). */
+ * and CLIENT_STREAMING a second answer (reply or bds_stream_send) is refused
+ * (BDS_FAILED_PRECONDITION), and a stream that would end OK without its
+ * answer ends INTERNAL ("the method ended without its reply"). */
 typedef enum bds_method_kind {
     BDS_METHOD_BIDI = 0,
     BDS_METHOD_SERVER_STREAMING = 1,
@@ -286,7 +288,7 @@ typedef struct bds_server_shard_stats {
 
 typedef struct bds_server_stats {
     uint32_t n_methods;             /* methods[0..n_methods), in registration order */
-    uint32_t n_shards;              /* shards[0..n_shards); 0 before run */
+    uint32_t n_shards;              /* shards[0..n_shards): those it runs (or will run) */
     bds_method_stats methods[64];
     bds_server_shard_stats shards[256];
 } bds_server_stats;
@@ -387,10 +389,12 @@ BDS_API bds_status bds_stream_set_header(bds_stream *stream, const char *name, c
 BDS_API bds_status bds_stream_set_trailer(bds_stream *stream, const char *name, const void *value, size_t len);
 /* Sends a message on the stream that no request asked for (a server push:
  * the seed's Sender), a copy of bytes, through the same outbound ordering and
- * backpressure as replies. Returns BDS_OK (queued), BDS_E_INVALID (over the
- * server's max_message_bytes), BDS_FAILED_PRECONDITION (a UNARY or
- * CLIENT_STREAMING method: its one answer is a reply), BDS_E_NOMEM or
- * BDS_E_SESSION_CLOSED (the stream ended or was finished). A push the
+ * backpressure as replies. For UNARY and CLIENT_STREAMING methods it is their
+ * one answer (on_half_close's, typically) like a reply: only one of the two.
+ * Returns BDS_OK (queued), BDS_E_INVALID (over the server's
+ * max_message_bytes), BDS_FAILED_PRECONDITION (a UNARY or CLIENT_STREAMING
+ * stream already answered), BDS_E_NOMEM or BDS_E_SESSION_CLOSED (the stream
+ * ended or was finished). A push the
  * outbound backpressure rejects is dropped like a reply (with fail_fast the
  * stream then ends RESOURCE_EXHAUSTED). */
 BDS_API bds_status bds_stream_send(bds_stream *stream, const void *bytes, size_t len);
@@ -423,8 +427,8 @@ BDS_API const uint8_t *bds_call_request(const bds_call *call, uint32_t *len);
 BDS_API const char *bds_call_method(const bds_call *call);
 /* Replies with a copy of bytes (an encoded message; the caller keeps bytes).
  * Returns BDS_OK, BDS_E_INVALID (over the server's max_message_bytes),
- * BDS_FAILED_PRECONDITION (a UNARY or CLIENT_STREAMING method already
- * replied), BDS_E_SESSION_CLOSED (the stream ended or was finished: the
+ * BDS_FAILED_PRECONDITION (a UNARY or CLIENT_STREAMING stream already
+ * answered), BDS_E_SESSION_CLOSED (the stream ended or was finished: the
  * reply is not sent) or BDS_E_NOMEM. Thread: any, before bds_call_done
  * (after it, a misuse that stops the process). */
 BDS_API bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len);
