@@ -49,6 +49,8 @@
 #include "base.h"
 #include "net.h"
 
+#include "log.h"
+
 #define NET_IOV_MAX 64
 #define NET_ACCEPT_BACKOFF_NS 10000000ull /* out of fds: retry accept in 10 ms */
 
@@ -691,9 +693,9 @@ static bool listener_backoff_needed(int err) {
 static void listener_shed_over_max(bds_net *n, int fd) {
     close(fd);
     n->stats.shed_conns_max++;
-    if (!n->shedding_max && n->cfg.log_level >= 1)
-        fprintf(stderr, "bidistreamd: connection limit reached (%u on this shard): closing new connections\n",
-                n->cfg.conns_max);
+    if (!n->shedding_max)
+        bds__log(n->cfg.log, BDS_LOG_WARN, "connection limit reached (%u on this shard): closing new connections",
+                 n->cfg.conns_max);
     n->shedding_max = true;
 }
 
@@ -714,9 +716,9 @@ static bool listener_shed_on_spare(bds_listener *l, int err) {
     if (fd < 0)
         return false;
     n->stats.shed_fd_limit++;
-    if (!n->shedding_fds && n->cfg.log_level >= 1)
-        fprintf(stderr, "bidistreamd: out of file descriptors (%s): closing new connections%s\n", strerror(err),
-                l->spare_fd < 0 ? "; no spare descriptor left, accept retries every 10 ms" : "");
+    if (!n->shedding_fds)
+        bds__log(n->cfg.log, BDS_LOG_WARN, "out of file descriptors (%s): closing new connections%s", strerror(err),
+                 l->spare_fd < 0 ? "; no spare descriptor left, accept retries every 10 ms" : "");
     n->shedding_fds = true;
     return true;
 }

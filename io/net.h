@@ -14,7 +14,7 @@
  * with EMFILE/ENFILE it closes the spare, accepts the newest connection,
  * closes it and reopens the spare, so the client learns at once and the
  * listener keeps serving (instead of retrying forever with the connection
- * stuck in the backlog). Both log one line per episode (log_level >= 1).
+ * stuck in the backlog). Both log one line per episode (a warning to cfg.log).
  *
  * Callbacks never run inside the call that caused them: on_data runs from the
  * tick's completion phase, on_close from the close CQE. Shard: owner only. */
@@ -38,7 +38,7 @@ typedef struct bds_net_config {
     int rcvbuf;           /* SO_RCVBUF for accepted sockets; 0 = kernel default     */
     uint32_t conns_max;   /* open connections; accepted ones past it are closed at
                              once; 0 = no limit                                     */
-    int log_level;        /* >= 1: one stderr line when shedding starts             */
+    const struct bds_logger *log; /* one warning when shedding starts; NULL: none */
 } bds_net_config;
 
 void bds__net_config_default(bds_net_config *cfg);

@@ -238,6 +238,7 @@ bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, con
         return BDS_E_NOMEM;
     }
     srv->cfg.listen = srv->listen;
+    srv->log = (bds_logger){.level = cfg->log_level, .fn = cfg->log, .ctx = cfg->log_ctx};
     uint32_t n = cfg->shards;
     if (n == 0) {
         cpu_set_t set;
@@ -998,9 +999,9 @@ static void conn_flush(srv_conn *sc) {
             /* A failed session still says why: its GOAWAY waits for room in
              * the output buffer, which the bytes just written made. */
             if (len && bds__h2_want_write(sc->h2)) continue;
-            if (!sc->h2_failed && sc->sh->srv->cfg.log_level >= 1)
-                fprintf(stderr, "bidistreamd: closing a connection: HTTP/2 output failed (nghttp2 error %d)\n",
-                        bds__h2_get_stats(sc->h2)->nghttp2_fatal);
+            if (!sc->h2_failed)
+                bds__log(&sc->sh->srv->log, BDS_LOG_WARN, "closing a connection: HTTP/2 output failed (nghttp2 error %d)",
+                         bds__h2_get_stats(sc->h2)->nghttp2_fatal);
             bds__conn_close_after_flush(sc->c);
             sc->closing = true;
             return;
@@ -1015,11 +1016,12 @@ static void conn_flush(srv_conn *sc) {
             }
             return; /* the peer's EOF, or conn_timer_fired, closes it */
         }
-        if (sc->sh->srv->cfg.log_level >= 3) {
+        if (bds__log_on(&sc->sh->srv->log, BDS_LOG_DEBUG)) {
             const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
-            fprintf(stderr, "bidistreamd: connection done (calmed %d, fatal %d, glitches %lu, started %lu, reset %lu)\n",
-                    hs->calmed, hs->nghttp2_fatal, (unsigned long)hs->glitches, (unsigned long)hs->calls_started,
-                    (unsigned long)hs->calls_reset);
+            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG,
+                     "connection done (calmed %d, fatal %d, glitches %lu, started %lu, reset %lu)", hs->calmed,
+                     hs->nghttp2_fatal, (unsigned long)hs->glitches, (unsigned long)hs->calls_started,
+                     (unsigned long)hs->calls_reset);
         }
         bds__conn_close_after_flush(sc->c);
         sc->closing = true;
@@ -1780,10 +1782,10 @@ static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ct
     bds__pipeline_set_current(bds__pipe_pipeline(sc->sh->pipe));
     sc->last_recv_ns = bds__shard_now(sc->sh->shard);
     if (bds__h2_recv(sc->h2, bytes, len, sc->last_recv_ns) != BDS_OK) {
-        if (sc->sh->srv->cfg.log_level >= 1) {
+        if (bds__log_on(&sc->sh->srv->log, BDS_LOG_WARN)) {
             const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
-            fprintf(stderr, "bidistreamd: closing a connection: HTTP/2 %s (nghttp2 error %d, %lu glitches)\n",
-                    hs->calmed ? "flood limit" : "fatal error", hs->nghttp2_fatal, (unsigned long)hs->glitches);
+            bds__log(&sc->sh->srv->log, BDS_LOG_WARN, "closing a connection: HTTP/2 %s (nghttp2 error %d, %lu glitches)",
+                     hs->calmed ? "flood limit" : "fatal error", hs->nghttp2_fatal, (unsigned long)hs->glitches);
         }
         /* Stop reading; the flush sends what is buffered and the session's
          * GOAWAY and closes (on a full socket: the rest after on_drain). */
@@ -1804,9 +1806,8 @@ static void conn_on_drain(bds_conn *c, void *ctx) {
 static void conn_on_close(bds_conn *c, int err, void *ctx) {
     (void)c;
     srv_conn *sc = ctx;
-    if (sc->sh->srv->cfg.log_level >= 3 || (err && err != ECONNRESET && err != EPIPE && sc->sh->srv->cfg.log_level >= 1)) {
-        fprintf(stderr, "bidistreamd: connection closed: %s\n", strerror(err));
-    }
+    bool expected = !err || err == ECONNRESET || err == EPIPE;
+    bds__log(&sc->sh->srv->log, expected ? BDS_LOG_DEBUG : BDS_LOG_WARN, "connection closed: %s", strerror(err));
     srv_shard *sh = sc->sh;
     bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
     bds__timer_cancel(bds__shard_timers(sh->shard), &sc->timer);
@@ -1846,8 +1847,7 @@ static uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UI
 /* Closes a connection a timer gave up on. Handshake timeouts are what port
  * scanners cause: those log only at debug level. */
 static void conn_timeout(srv_conn *sc, const char *why, uint64_t after_ns, int level) {
-    if (sc->sh->srv->cfg.log_level >= level)
-        fprintf(stderr, "bidistreamd: closing a connection: %s (%.3f s)\n", why, (double)after_ns / 1e9);
+    bds__log(&sc->sh->srv->log, level, "closing a connection: %s (%.3f s)", why, (double)after_ns / 1e9);
     sc->closing = true;
     bds__conn_close(sc->c, ETIMEDOUT);
 }
@@ -1912,7 +1912,7 @@ static void conn_timer_fired(bds_timer *t, void *ctx) {
             /* The connection closes once this GOAWAY is out and the streams
              * opened since the notice are over (bds__h2_is_done). */
             sc->idle_goaway = true;
-            if (cfg->log_level >= 3) fprintf(stderr, "bidistreamd: idle connection: GOAWAY\n");
+            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "idle connection: GOAWAY");
             bds__h2_goaway(sc->h2, BDS_H2_NO_ERROR);
             conn_kick(sc);
         } else if (due < next) {
@@ -2064,12 +2064,10 @@ static void hook_on_signal(bds_shard *s, int signo, void *ctx) {
     srv_shard *sh = ctx;
     if (atomic_load(&sh->srv->stop_requested)) {
         /* Asked twice: whoever sends it wants the process gone, not drained. */
-        if (sh->srv->cfg.log_level >= 1) fprintf(stderr, "bidistreamd: signal %d while stopping: exiting now\n", signo);
+        bds__log(&sh->srv->log, BDS_LOG_WARN, "signal %d while stopping: exiting now", signo);
         _exit(128 + signo);
     }
-    if (sh->srv->cfg.log_level >= 2) {
-        fprintf(stderr, "bidistreamd: signal %d: shutting down gracefully\n", signo);
-    }
+    bds__log(&sh->srv->log, BDS_LOG_INFO, "signal %d: shutting down gracefully", signo);
     bds_server_stop(sh->srv);
 }
 
@@ -2082,12 +2080,21 @@ static bool shard_idle(srv_shard *sh) {
 static void shard_abandon(srv_shard *sh) {
     bds_pipeline_stats st;
     bds_pipeline_get_stats(bds__pipe_pipeline(sh->pipe), &st);
-    if (sh->srv->cfg.log_level >= 1) {
-        fprintf(stderr, "bidistreamd: hard stop: abandoning %lu session%s whose handlers did not finish\n",
-                (unsigned long)st.sessions_live, st.sessions_live == 1 ? "" : "s");
+    if (bds__log_on(&sh->srv->log, BDS_LOG_WARN)) {
+        bds__log(&sh->srv->log, BDS_LOG_WARN, "hard stop: abandoning %lu session%s whose handlers did not finish",
+                 (unsigned long)st.sessions_live, st.sessions_live == 1 ? "" : "s");
         /* What was left, so that a handler (or our own bug) that held the
          * stop can be found from this report alone. */
-        bds__shard_dump(sh->shard, stderr);
+        char *dump = NULL;
+        size_t dump_len = 0;
+        FILE *f = sh->srv->log.fn ? open_memstream(&dump, &dump_len) : NULL;
+        bds__shard_dump(sh->shard, f ? f : stderr);
+        if (f) {
+            fclose(f);
+            for (char *line = strtok(dump, "\n"); line; line = strtok(NULL, "\n"))
+                bds__log(&sh->srv->log, BDS_LOG_WARN, "%s", line);
+            free(dump);
+        }
     }
     sh->abandoned = true;
     atomic_store(&sh->srv->abandoned, true);
@@ -2275,7 +2282,7 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     /* each shard enforces its share: SO_REUSEPORT spreads connections evenly */
     uint32_t cmax = srv->cfg.max_connections;
     nc.conns_max = cmax ? cmax / srv->n_shards + (cmax % srv->n_shards != 0) : 0;
-    nc.log_level = srv->cfg.log_level;
+    nc.log = &srv->log;
     sh->net = bds__net_create(s, &nc);
     if (!sh->net) return BDS_E_NOMEM;
     /* The port was reserved before any shard started (server_reserve_port). */
@@ -2359,15 +2366,15 @@ bds_status bds_server_run(bds_server *srv) {
     atomic_store(&srv->shards_busy, n);
     /* Every connection costs a descriptor: take all the hard limit allows. */
     uint64_t fds = bds__fd_limit_raise();
-    if (fds && srv->cfg.max_connections && fds < (uint64_t)srv->cfg.max_connections + 64 && srv->cfg.log_level >= 1)
-        fprintf(stderr, "bidistreamd: warning: %llu file descriptors for up to %u connections: past the "
-                "descriptors, new connections are closed at once\n", (unsigned long long)fds, srv->cfg.max_connections);
+    if (fds && srv->cfg.max_connections && fds < (uint64_t)srv->cfg.max_connections + 64)
+        bds__log(&srv->log, BDS_LOG_WARN, "warning: %llu file descriptors for up to %u connections: past the "
+                 "descriptors, new connections are closed at once", (unsigned long long)fds, srv->cfg.max_connections);
     srv->pipes = bds__pipe_group_create(n, NULL);
     if (!srv->pipes) return BDS_E_NOMEM;
     struct start_ctx sc = {.srv = srv};
     int reserve = server_reserve_port(srv, sc.err, sizeof sc.err);
     if (reserve < 0) {
-        fprintf(stderr, "bidistreamd: cannot start: %s\n", sc.err);
+        bds__log(&srv->log, BDS_LOG_ERROR, "cannot start: %s", sc.err);
         bds__pipe_group_destroy(srv->pipes);
         srv->pipes = NULL;
         return BDS_UNAVAILABLE;
@@ -2375,21 +2382,21 @@ bds_status bds_server_run(bds_server *srv) {
     bds_status st = bds__group_start(&srv->group, &gc, on_shard_start, on_shard_exit, &sc, sc.err, sizeof sc.err);
     close(reserve);
     if (st != BDS_OK) {
-        fprintf(stderr, "bidistreamd: cannot start: %s\n", sc.err[0] ? sc.err : bds_status_str(st));
+        bds__log(&srv->log, BDS_LOG_ERROR, "cannot start: %s", sc.err[0] ? sc.err : bds_status_str(st));
         server_free_shards(srv);
         bds__pipe_group_destroy(srv->pipes);
         srv->pipes = NULL;
         return st;
     }
-    if (srv->cfg.log_level >= 2) {
+    if (bds__log_on(&srv->log, BDS_LOG_INFO)) {
         char host[256];
         uint16_t port;
         parse_listen(srv->listen, host, sizeof host, &port);
-        fprintf(stderr, "bidistreamd: listening on %s:%u with %u shard%s\n", host, srv->port, n, n == 1 ? "" : "s");
+        bds__log(&srv->log, BDS_LOG_INFO, "listening on %s:%u with %u shard%s", host, srv->port, n, n == 1 ? "" : "s");
     }
     char ng[320]; /* which libnghttp2 and flood protections: a warning when one is missing or it is older */
     bool ng_warn = bds__h2_nghttp2_report(ng, sizeof ng);
-    if (srv->cfg.log_level >= (ng_warn ? 1 : 3)) fprintf(stderr, "bidistreamd: %s%s\n", ng_warn ? "warning: " : "", ng);
+    bds__log(&srv->log, ng_warn ? BDS_LOG_WARN : BDS_LOG_DEBUG, "%s%s", ng_warn ? "warning: " : "", ng);
     atomic_store(&srv->live_group, srv->group);
     if (atomic_load(&srv->stop_requested)) bds__group_stop(srv->group); /* stopped before it ran */
     if (srv->cfg.on_ready) srv->cfg.on_ready(srv, srv->port, srv->cfg.on_ready_ctx);

@@ -7,6 +7,7 @@
 #include "bidistream/server.h"
 #include "pipeline_int.h"
 #include "group.h"
+#include "log.h"
 #include "mem.h"
 #include "h2_server.h"
 #include "net.h"
@@ -67,6 +68,7 @@ struct bds_server {
     const char *paths[BDS_SERVER_METHODS_MAX];
     bds__grpc_methods table;
     uint32_t n_methods;
+    bds_logger log;           /* cfg.log and log_level */
     bds_interceptor icpt[SRV_INTERCEPTORS_MAX]; /* the server's (bds_server_add_interceptor) */
     uint32_t n_icpt;
     /* Live counters, from run until destroy: [shard][method] and [shard]. */

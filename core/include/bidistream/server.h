@@ -60,7 +60,7 @@ typedef struct bds_server_config {
     uint32_t interop_responses_max;
     uint32_t interop_response_bytes_max;
     bds_options options;            /* pipeline options for methods that bring none */
-    int log_level;                  /* 0 errors, 1 warnings, 2 info (default), 3 debug */
+    int log_level;                  /* BDS_LOG_*: lines up to it are written; default INFO */
     /* Connection timers (0 = off). Each closes what a silent, dead or stuck
      * peer would otherwise hold for ever; the README says what each sends. */
     uint64_t handshake_timeout_ns;  /* client preface + SETTINGS within this after accept;
@@ -107,7 +107,17 @@ typedef struct bds_server_config {
      * is the one running; ctx is on_ready_ctx, the caller's. */
     void (*on_ready)(bds_server *server, uint16_t port, void *ctx);
     void *on_ready_ctx;
+    /* Optional: where the server's log lines go (one line per call, no
+     * newline, level a BDS_LOG_* at or below log_level). NULL: stderr, as
+     * "bidistream: <line>". Called from every shard's thread (and
+     * bds_server_run's): it must be thread-safe and must not block long.
+     * message is valid during the call; ctx is log_ctx, the caller's. */
+    void (*log)(int level, const char *message, void *ctx);
+    void *log_ctx;
 } bds_server_config;
+
+/* Log levels (bds_server_config.log_level and .log). */
+enum { BDS_LOG_ERROR = 0, BDS_LOG_WARN = 1, BDS_LOG_INFO = 2, BDS_LOG_DEBUG = 3 };
 
 /* Fills *config with the defaults above (size included). Thread: any. */
 BDS_API void bds_server_config_default(bds_server_config *config);
