@@ -360,6 +360,30 @@ def payload_len(msg, field=1):
     return len(parse_fields(p).get(2, [b''])[0])
 
 
+class Metrics(unittest.TestCase):
+    """--metrics (on by default) prints each method's counters (bds_server_get_stats) at stop."""
+
+    def run_server(self, *flags):
+        srv = Server('--shards', '2', *flags)
+        with srv.channel() as ch:
+            replies = list(process(ch)(iter([frame('k', i, b'abcd') for i in range(1, 4)]), timeout=10))
+            self.assertEqual(len(replies), 3)
+        self.assertEqual(srv.stop(), 0)
+        return ''.join(srv.err)
+
+    def test_metrics_flags_print_the_counters_at_stop(self):
+        text = self.run_server('--metrics', 'true', '--metrics-payload-sizes', 'true')
+        line = [l for l in text.splitlines() if 'stats /bidistream.v1.Pipeline/Process' in l]
+        self.assertEqual(len(line), 1, text)
+        self.assertIn('streams 1 opened, 0 refused, 1 ended (1 OK); messages 3 in, 3 out', line[0])
+        self.assertRegex(line[0], r'payload bytes (\d+) in, \1 out', 'echoes: as many bytes out as in')
+        text = self.run_server('--metrics', 'true')
+        self.assertIn('messages 3 in, 3 out', text)
+        self.assertNotIn('payload bytes', text, 'payload sizes only with --metrics-payload-sizes')
+        text = self.run_server('--metrics', 'false')
+        self.assertNotIn('stats /', text, 'nothing with --metrics false')
+
+
 class Interop(unittest.TestCase):
     """grpc.testing.TestService, as the standard interop client drives it
     (empty_unary, large_unary, client/server streaming, ping_pong, empty_stream,

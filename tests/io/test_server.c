@@ -1368,3 +1368,63 @@ Test(server, connection_past_max_connections_is_closed_while_the_first_is_served
     cli_fini(&c);
     srv_stop(&v);
 }
+
+/* ---- logging ------------------------------------------------------------------------- */
+
+struct log_sink {
+    pthread_mutex_t mu;
+    char text[8192];
+    size_t len;
+    int worst; /* the most severe level seen (lowest number) */
+};
+
+static void log_capture(int level, const char *message, void *ctx) {
+    struct log_sink *l = ctx;
+    pthread_mutex_lock(&l->mu);
+    int n = snprintf(l->text + l->len, sizeof l->text - l->len, "%d %s\n", level, message);
+    if (n > 0 && (size_t)n < sizeof l->text - l->len) l->len += (size_t)n;
+    if (level < l->worst) l->worst = level;
+    pthread_mutex_unlock(&l->mu);
+}
+
+Test(server, log_lines_go_to_the_configured_sink_at_their_level) {
+    static _Atomic uint16_t port_a;
+    atomic_store(&port_a, 0);
+    static struct log_sink sink = {.mu = PTHREAD_MUTEX_INITIALIZER, .worst = 99};
+    bds_server_config cfg;
+    srv_config(&cfg, 2);
+    cfg.log_level = BDS_LOG_INFO;
+    cfg.log = log_capture;
+    cfg.log_ctx = &sink;
+    cfg.on_ready = on_ready_store;
+    cfg.on_ready_ctx = (void *)&port_a;
+    struct srv v;
+    srv_create(&v, &cfg);
+    srv_run(&v);
+    uint16_t port = ready_wait(&port_a);
+    char want[64];
+    snprintf(want, sizeof want, "2 listening on 127.0.0.1:%u with 2 shards\n", port);
+    pthread_mutex_lock(&sink.mu);
+    cr_assert(strstr(sink.text, want) != NULL, "the INFO line reached the sink: %s", sink.text);
+    pthread_mutex_unlock(&sink.mu);
+
+    /* An error of a second server, and a level filter: DEBUG lines stay out. */
+    static struct log_sink sink2 = {.mu = PTHREAD_MUTEX_INITIALIZER, .worst = 99};
+    bds_server_config c2;
+    srv_config(&c2, 1);
+    char listen[32];
+    snprintf(listen, sizeof listen, "127.0.0.1:%u", port);
+    c2.listen = listen;
+    c2.log_level = BDS_LOG_ERROR;
+    c2.log = log_capture;
+    c2.log_ctx = &sink2;
+    bds_server *second = NULL;
+    cr_assert_eq(bds_server_create(&second, &c2, NULL), BDS_OK);
+    cr_assert_eq(bds_server_run(second), BDS_UNAVAILABLE);
+    bds_server_destroy(second);
+    cr_assert(strstr(sink2.text, "0 cannot start: listen 127.0.0.1:") != NULL, "the ERROR line: %s", sink2.text);
+    cr_assert_eq(sink2.worst, BDS_LOG_ERROR);
+    cr_assert(strstr(sink2.text, "\n1 ") == NULL && strncmp(sink2.text, "1 ", 2) != 0, "no WARN past ERROR: %s",
+              sink2.text);
+    srv_stop(&v);
+}
