@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1427,4 +1429,60 @@ Test(server, log_lines_go_to_the_configured_sink_at_their_level) {
     cr_assert(strstr(sink2.text, "\n1 ") == NULL && strncmp(sink2.text, "1 ", 2) != 0, "no WARN past ERROR: %s",
               sink2.text);
     srv_stop(&v);
+}
+
+/* ---- misuse of the stream API: loud, named, every time ------------------------------ */
+
+static void stream_misuse_expect(void (*scenario)(void), const char *api) {
+    int out[2];
+    cr_assert_eq(pipe(out), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(out[0]);
+        dup2(out[1], 2);
+        alarm(20);
+        scenario();
+        _exit(0); /* the misuse went unnoticed */
+    }
+    close(out[1]);
+    char err[4096];
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof err - 1 && (r = read(out[0], err + n, sizeof err - 1 - n)) > 0) n += (size_t)r;
+    err[n] = 0;
+    close(out[0]);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "the misuse of %s stops the process; stderr: %s",
+              api, err);
+    char want[128];
+    snprintf(want, sizeof want, "bidistream: %s: misuse: ", api);
+    cr_assert(strstr(err, want) != NULL, "stderr names %s: %s", api, err);
+}
+
+static void send_on_null(void) { (void)bds_stream_send(NULL, "x", 1); }
+static void finish_null(void) { (void)bds_stream_finish(NULL, BDS_OK, NULL); }
+static void header_null_name(void) {
+    /* A live stream is not needed to check the arguments: NULL is refused first. */
+    (void)bds_stream_set_header(NULL, "x-a", "b", 1);
+}
+static void ref_null(void) { (void)bds_stream_ref(NULL); }
+static void stats_null(void) {
+    bds_server_stats *s = malloc(sizeof *s);
+    (void)bds_server_get_stats(NULL, s);
+}
+static void interceptor_null_server(void) {
+    bds_interceptor i = {.size = sizeof i};
+    (void)bds_server_add_interceptor(NULL, &i, NULL);
+}
+
+Test(server, stream_api_misuse_is_named) {
+    stream_misuse_expect(send_on_null, "bds_stream_send");
+    stream_misuse_expect(finish_null, "bds_stream_finish");
+    stream_misuse_expect(header_null_name, "bds_stream_set_header");
+    stream_misuse_expect(ref_null, "bds_stream_ref");
+    stream_misuse_expect(stats_null, "bds_server_get_stats");
+    stream_misuse_expect(interceptor_null_server, "bds_server_add_interceptor");
 }
