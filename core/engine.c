@@ -85,6 +85,22 @@ static void exec_drop_all(bds_pipeline *p, bds__exec_key *ek) {
 
 static void exec_on_retry_timer(bds_timer *timer, void *ctx);
 
+/* Takes back the attempt's hooks (its bds_call_after timer, its cancel hook):
+ * its end came first. EXEC only. */
+static void exec_hooks_clear(bds_call *call) {
+    if (atomic_load_explicit(&call->hooks, memory_order_relaxed) & BDS_HOOK_AFTER)
+        bds__timer_cancel(call->exec_p->timers, &call->after_timer);
+    call->on_cancel = NULL;
+    atomic_store_explicit(&call->hooks, 0, memory_order_relaxed);
+}
+
+static void exec_on_after_timer(bds_timer *timer, void *ctx) {
+    (void)timer;
+    bds_call *call = ctx;
+    atomic_fetch_and_explicit(&call->hooks, (uint8_t)~BDS_HOOK_AFTER, memory_order_relaxed);
+    call->after_fn(call, call->after_ctx);
+}
+
 static void exec_handler_run(bds_call *call) {
     bds_session *s = call->session;
     jmp_buf guard;
@@ -92,6 +108,7 @@ static void exec_handler_run(bds_call *call) {
     call->exec_state = BDS_EXEC_RUNNING;
     call->done_in_handler = false;
     call->on_cancel = NULL;
+    BDS_ASSERT(atomic_load_explicit(&call->hooks, memory_order_relaxed) == 0); /* the last attempt's end took them */
     call->in_handler = true;
     call->guard = &guard;
     /* release: what EXEC wrote reaches whoever the handler hands the call to */
@@ -101,6 +118,7 @@ static void exec_handler_run(bds_call *call) {
     } else {
         call->status = BDS_E_PANIC_RECOVERED; /* bds_call_panic() set msg and life */
         call->done_in_handler = true;
+        exec_hooks_clear(call);
     }
     call->guard = NULL;
     call->in_handler = false;
@@ -193,6 +211,23 @@ void bds__exec_on_complete(bds_pipeline *p, bds_call *call) {
     exec_run(p, exec_result(p, call));
 }
 
+/* The running head's session closed. Its work would outlive the stream (a
+ * timer up to an hour out): its timer fires now, then its cancel hook if it
+ * is still running. A bds_call_done from either posts COMPLETE, so its key
+ * stays for the caller's loop. */
+static void exec_cancel_hooks(bds_pipeline *p, bds_call *call) {
+    if (atomic_load_explicit(&call->hooks, memory_order_relaxed) & BDS_HOOK_AFTER) {
+        bds__timer_cancel(p->timers, &call->after_timer);
+        exec_on_after_timer(&call->after_timer, call);
+    }
+    if (atomic_load_explicit(&call->hooks, memory_order_relaxed) & BDS_HOOK_CANCEL) {
+        bds_call_fn fn = call->on_cancel;
+        call->on_cancel = NULL;
+        atomic_fetch_and_explicit(&call->hooks, (uint8_t)~BDS_HOOK_CANCEL, memory_order_relaxed);
+        fn(call, call->on_cancel_ctx);
+    }
+}
+
 void bds__exec_on_cancel(bds_pipeline *p, bds_session *s, bool running_too) {
     bds__exec_key *ek = s->exec[p->index].first;
     while (ek) {
@@ -201,14 +236,7 @@ void bds__exec_on_cancel(bds_pipeline *p, bds_session *s, bool running_too) {
         if (head->exec_state == BDS_EXEC_RUNNING ||
             (head->exec_state == BDS_EXEC_RETRY_WAIT && !running_too)) {
             ek->drop_rest = true; /* the active head finishes, the rest follow it out */
-            if (running_too && head->exec_state == BDS_EXEC_RUNNING && head->on_cancel) {
-                /* Its work would outlive the stream (a timer up to an hour
-                 * out): stop it now. Its bds_call_done posts COMPLETE, so ek
-                 * is still there for the loop. */
-                bds__call_cancel_fn fn = head->on_cancel;
-                head->on_cancel = NULL;
-                fn(head, head->on_cancel_ctx);
-            }
+            if (running_too && head->exec_state == BDS_EXEC_RUNNING) exec_cancel_hooks(p, head);
         } else {
             if (head->exec_state == BDS_EXEC_RETRY_WAIT) {
                 bds__timer_cancel(p->timers, &head->retry_timer);
@@ -234,10 +262,11 @@ uint64_t bds_call_seq(const bds_call *call) { return call->seq; }
 uint32_t bds_call_attempt(const bds_call *call) { return call->attempt; }
 void *bds_call_session_ctx(const bds_call *call) { return call->session->ops_ctx; }
 
+static bool session_closed(const bds_session *s);
+
 bool bds_call_cancelled(const bds_call *call) {
     bds__call_check_running(call, "bds_call_cancelled");
-    /* acquire: pairs with the home side's transition to Closed */
-    return atomic_load_explicit(&call->session->state, memory_order_acquire) == BDS_STATE_CLOSED;
+    return session_closed(call->session);
 }
 
 /* Whether the calling thread runs the call's EXEC pipeline. (Comparing the
@@ -272,22 +301,56 @@ void bds_call_reply(bds_call *call, bds_reply *reply) {
     call_post(call, call->home, BDS_XK_REPLY, reply);
 }
 
-void bds__call_on_cancel(bds_call *call, bds__call_cancel_fn fn, void *ctx) {
-    BDS_ASSERT(on_exec_thread(call) && call->exec_state == BDS_EXEC_RUNNING);
+static bool session_closed(const bds_session *s) {
+    /* acquire: pairs with the home side's transition to Closed */
+    return atomic_load_explicit(&((bds_session *)s)->state, memory_order_acquire) == BDS_STATE_CLOSED;
+}
+
+bds_status bds_call_after(bds_call *call, uint64_t after_ns, bds_call_fn fn, void *ctx) {
+    bds__call_check_running(call, "bds_call_after");
+    if (!on_exec_thread(call))
+        bds__misuse("bds_call_after", "only on the call's EXEC pipeline thread (where its handler runs)");
+    if (!fn) bds__misuse("bds_call_after", "fn is NULL");
+    if (atomic_load_explicit(&call->hooks, memory_order_relaxed) & BDS_HOOK_AFTER) return BDS_FAILED_PRECONDITION;
+    bds_pipeline *p = call->exec_p;
+    uint64_t now = bds__now(p);
+    /* A session that closed already may have had its CANCEL here: fire at
+     * once instead of waiting the whole delay for nothing. */
+    uint64_t at = session_closed(call->session) ? now : (after_ns > UINT64_MAX - now ? UINT64_MAX : now + after_ns);
+    bds__timer_init(&call->after_timer, exec_on_after_timer, call);
+    if (bds__timer_arm(p->timers, &call->after_timer, at) != 0) return BDS_E_NOMEM;
+    call->after_fn = fn;
+    call->after_ctx = ctx;
+    atomic_fetch_or_explicit(&call->hooks, BDS_HOOK_AFTER, memory_order_relaxed);
+    return BDS_OK;
+}
+
+void bds_call_on_cancel(bds_call *call, bds_call_fn fn, void *ctx) {
+    bds__call_check_running(call, "bds_call_on_cancel");
+    if (!on_exec_thread(call))
+        bds__misuse("bds_call_on_cancel", "only on the call's EXEC pipeline thread (where its handler runs)");
     call->on_cancel = fn;
     call->on_cancel_ctx = ctx;
+    if (fn) atomic_fetch_or_explicit(&call->hooks, BDS_HOOK_CANCEL, memory_order_relaxed);
+    else atomic_fetch_and_explicit(&call->hooks, (uint8_t)~BDS_HOOK_CANCEL, memory_order_relaxed);
 }
+
+void bds__call_on_cancel(bds_call *call, bds__call_cancel_fn fn, void *ctx) { bds_call_on_cancel(call, fn, ctx); }
 
 void bds_call_done(bds_call *call, bds_status status, const char *message) {
     bds__call_check_running(call, "bds_call_done");
+    bool on_exec = on_exec_thread(call);
+    /* Hooks live on the EXEC thread: a foreign completion must not race a
+     * hook EXEC may be running, nor write what EXEC reads. */
+    if (!on_exec && atomic_load_explicit(&call->hooks, memory_order_relaxed) != 0)
+        bds__misuse("bds_call_done", "from another thread while a bds_call_after timer or a bds_call_on_cancel hook "
+                                     "is set (it would race them): finish on the call's EXEC pipeline thread");
     uint8_t running = BDS_CALL_RUNNING;
     /* One winner between racing completions; the loser is told, not obeyed. */
     if (!atomic_compare_exchange_strong_explicit(&call->life, &running, BDS_CALL_DONE, memory_order_acq_rel,
                                                  memory_order_acquire))
         bds__misuse("bds_call_done", "called twice for one attempt (two threads at once)");
-    /* Only a call on its EXEC thread can have a cancel hook; a foreign
-     * thread's completion must not write what EXEC reads. */
-    if (on_exec_thread(call)) call->on_cancel = NULL;
+    if (on_exec) exec_hooks_clear(call);
     call->status = status;
     if (message) {
         strncpy(call->msg, message, sizeof call->msg - 1);
@@ -295,7 +358,7 @@ void bds_call_done(bds_call *call, bds_status status, const char *message) {
     } else {
         call->msg[0] = 0;
     }
-    if (on_exec_thread(call) && call->in_handler) {
+    if (on_exec && call->in_handler) {
         call->done_in_handler = true; /* exec_run() acts on it when the handler returns */
         return;
     }

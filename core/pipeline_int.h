@@ -60,8 +60,11 @@ static inline void *bds__xmsg_obj(const void *msg) { return (void *)((uintptr_t)
 
 enum bds__token { BDS_TOKEN_NONE = 0, BDS_TOKEN_REAL, BDS_TOKEN_SOFT };
 
-/* Stops a running call's work once its session has closed (bds__call_on_cancel). */
-typedef void (*bds__call_cancel_fn)(bds_call *call, void *ctx);
+/* The old internal name of a cancel hook's type (bds_call_on_cancel). */
+typedef bds_call_fn bds__call_cancel_fn;
+/* The hooks an attempt has set (bds_call.hooks): a completion from another
+ * thread reads them to refuse racing a hook that EXEC may be running. */
+enum { BDS_HOOK_AFTER = 1, BDS_HOOK_CANCEL = 2 };
 enum bds__exec_state { BDS_EXEC_QUEUED = 0, BDS_EXEC_RUNNING, BDS_EXEC_RETRY_WAIT };
 /* What a handler may still do with a call (bds_call.life): the public call
  * API checks it and names the misuse instead of corrupting another call. */
@@ -118,8 +121,12 @@ struct bds_call {
     bool in_handler;                  /* inside the synchronous handler run */
     bool done_in_handler;             /* bds_call_done() came before the handler returned */
     jmp_buf *guard;                   /* bds_call_panic() lands here */
-    bds__call_cancel_fn on_cancel;    /* bds__call_on_cancel; cleared by bds_call_done */
+    bds_call_fn on_cancel;            /* bds_call_on_cancel; cleared by bds_call_done */
     void *on_cancel_ctx;
+    bds_timer after_timer;            /* bds_call_after */
+    bds_call_fn after_fn;
+    void *after_ctx;
+    _Atomic uint8_t hooks;            /* BDS_HOOK_*: written by EXEC, read by any thread */
     /* Result: written by EXEC (or by a foreign thread before COMPLETE), read by
      * HOME after DONE; the message channel's release/acquire orders them. */
     bds_status status;
@@ -207,13 +214,7 @@ void bds__exec_on_exec(bds_pipeline *p, bds_call *call);
 void bds__exec_on_grant(bds_pipeline *p, bds_call *call);
 void bds__exec_on_cancel(bds_pipeline *p, bds_session *s, bool running_too);
 void bds__exec_on_complete(bds_pipeline *p, bds_call *call);
-/* For a handler whose call finishes later from a timer or other work on the
- * call's EXEC pipeline (the built-in services): when the session closes first
- * (client cancel, failure, deadline, grace over), fn runs once on that
- * pipeline's thread, outside the handler; it stops the work, frees what the
- * work holds and finishes the call (bds_call_done). bds_call_done clears it,
- * and each attempt starts without one. Thread: the call's EXEC pipeline only
- * (handlers that complete from other threads cannot use it). */
+/* The old internal name of bds_call_on_cancel (pipeline.h), kept for io/. */
 void bds__call_on_cancel(bds_call *call, bds__call_cancel_fn fn, void *ctx);
 /* Stops the process, naming api, unless an attempt of call is running (no
  * bds_call_done yet): for the call API of the layers above. Thread: any. */

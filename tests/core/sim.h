@@ -30,9 +30,11 @@ enum sim_behave {
     SIM_FAIL,          /* done(INTERNAL) for the first `fails` attempts, then OK */
     SIM_PANIC,         /* bds_call_panic() */
     SIM_NONTERMINAL,   /* done(E_NONTERMINAL_FAILURE) */
-    SIM_HOOKED,        /* SIM_ASYNC with a cancel hook (bds__call_on_cancel) that finishes it */
+    SIM_HOOKED,        /* SIM_ASYNC with a cancel hook (bds_call_on_cancel) that finishes it */
     SIM_DONE_TWICE,    /* misuse: done(OK) twice inside the handler */
     SIM_REPLY_AFTER_DONE, /* misuse: done(OK), then a reply, inside the handler */
+    SIM_TIMER,         /* bds_call_after(after_ns): the timer replies `ticks` times, one per firing, then done(OK) */
+    SIM_TIMER_PENDING, /* bds_call_after(after_ns) and left pending: the test completes it */
 };
 
 typedef struct sim_msg {
@@ -45,7 +47,20 @@ typedef struct sim_msg {
     uint32_t reply_bytes; /* each one's bds_reply.bytes */
     int session;       /* index in sim->sessions */
     bool released;
+    uint64_t after_ns; /* SIM_TIMER*: the delay */
+    uint32_t ticks;    /* SIM_TIMER: firings before done (0 counts as 1) */
+    uint32_t fired;    /* SIM_TIMER: firings so far */
+    bool hook_too;     /* SIM_TIMER*: also a cancel hook (bds_call_on_cancel) */
 } sim_msg;
+
+/* One firing of a bds_call_after timer. */
+typedef struct sim_fire {
+    int session;
+    uint64_t seq;
+    uint64_t at;       /* the fake clock */
+    uint32_t pipe;     /* whose thread it ran on */
+    bool cancelled;    /* bds_call_cancelled at that moment */
+} sim_fire;
 
 typedef struct sim_reply {
     bds_reply r;
@@ -86,6 +101,9 @@ typedef struct sim {
     bds_call *pending[8192];
     uint32_t n_pending;
     uint32_t cancel_hooks; /* SIM_HOOKED calls finished by their cancel hook */
+    sim_fire fires[1024];  /* bds_call_after firings, in order */
+    uint32_t n_fires;
+    bds_status second_after; /* SIM_TIMER*: what a second bds_call_after returned */
     sim_event starts[SIM_MAX_LOG];
     uint32_t n_starts;
     uint64_t released;
@@ -369,6 +387,32 @@ static void sim_on_cancel(bds_call *call, void *ctx) {
     bds_call_done(call, BDS_CANCELLED, NULL);
 }
 
+/* SIM_TIMER: one firing; replies, then re-arms or finishes. */
+static void sim_on_after(bds_call *call, void *ctx) {
+    sim *S = ctx;
+    sim_msg *m = bds_call_payload(call);
+    bool cancelled = bds_call_cancelled(call);
+    if (S->n_fires < 1024) S->fires[S->n_fires++] = (sim_fire){m->session, m->seq, S->now, (uint32_t)S->running, cancelled};
+    m->fired++;
+    sim_reply *r = calloc(1, sizeof *r);
+    r->seq = m->seq;
+    r->session = m->session;
+    bds_call_reply(call, &r->r);
+    if (m->behave == SIM_TIMER_PENDING) {
+        for (uint32_t k = 0; k < S->n_pending; k++) {
+            if (S->pending[k] == call) {
+                S->pending[k] = S->pending[--S->n_pending];
+                break;
+            }
+        }
+    }
+    if (!cancelled && m->fired < m->ticks) {
+        if (bds_call_after(call, m->after_ns, sim_on_after, S) != BDS_OK) abort();
+        return;
+    }
+    bds_call_done(call, cancelled ? BDS_CANCELLED : BDS_OK, NULL);
+}
+
 static void sim_handler(bds_call *call, void *ctx) {
     sim *S = ctx;
     sim_msg *m = bds_call_payload(call);
@@ -387,7 +431,14 @@ static void sim_handler(bds_call *call, void *ctx) {
     case SIM_ASYNC: S->pending[S->n_pending++] = call; return;
     case SIM_HOOKED:
         S->pending[S->n_pending++] = call;
-        bds__call_on_cancel(call, sim_on_cancel, S);
+        bds_call_on_cancel(call, sim_on_cancel, S);
+        return;
+    case SIM_TIMER:
+    case SIM_TIMER_PENDING:
+        if (bds_call_after(call, m->after_ns, sim_on_after, S) != BDS_OK) abort();
+        S->second_after = bds_call_after(call, 1, sim_on_after, S);
+        if (m->behave == SIM_TIMER_PENDING) S->pending[S->n_pending++] = call;
+        if (m->hook_too) bds_call_on_cancel(call, sim_on_cancel, S);
         return;
     case SIM_FAIL:
         if (bds_call_attempt(call) <= m->fails) bds_call_done(call, BDS_INTERNAL, "scripted failure");

@@ -779,6 +779,189 @@ Test(pipeline, a_finished_call_or_a_plain_close_runs_no_cancel_hook) {
     sim_free(S);
 }
 
+/* ---- call timers (bds_call_after) ---- */
+
+/* A SIM_TIMER message on a key run by pipeline 1 (the session is home on 0). */
+static sim_msg *send_timer(sim *S, int s, uint64_t seq, int behave, uint64_t after_ns, uint32_t ticks) {
+    sim_msg *m = sim_msg_new(s, key_away_from_0(S), seq, behave);
+    m->after_ns = after_ns;
+    m->ticks = ticks;
+    bds_status st;
+    cr_assert_not_null(sim_send_msg(S, m, &st), "admitted: %s", bds_status_name(st));
+    sim_settle(S);
+    return m;
+}
+
+Test(pipeline, call_timer_fires_at_its_time_on_the_calls_exec_pipeline) {
+    sim *S = sim_new(2, 40);
+    int s = sim_open(S, 0, NULL);
+    uint64_t t0 = S->now;
+    send_timer(S, s, 1, SIM_TIMER, 10 * MS, 3);
+    cr_assert_eq(S->second_after, BDS_FAILED_PRECONDITION, "one timer per call at a time");
+    cr_assert_eq(bds_pipeline_next_deadline(S->pipes[1]), t0 + 10 * MS, "armed on the key's pipeline");
+    sim_advance(S, 10 * MS - 1);
+    cr_assert_eq(S->n_fires, 0, "not before its time");
+    sim_advance(S, 1);
+    cr_assert_eq(S->n_fires, 1);
+    cr_assert_eq(S->fires[0].at, t0 + 10 * MS);
+    cr_assert_eq(S->fires[0].pipe, 1, "on the call's EXEC pipeline");
+    cr_assert_not(S->fires[0].cancelled);
+    sim_advance(S, 10 * MS); /* the timer re-armed itself twice, each from its own firing */
+    sim_advance(S, 10 * MS);
+    cr_assert_eq(S->n_fires, 3);
+    cr_assert_eq(S->fires[2].at, t0 + 30 * MS);
+    cr_assert_eq(S->sessions[s].n_written, 3, "each firing's reply went out");
+    bds_session_stats st;
+    bds_session_get_stats(S->sessions[s].s, &st);
+    cr_assert_eq(st.completed, 1, "the last firing finished the call");
+    cr_assert_eq(bds_pipeline_next_deadline(S->pipes[1]), UINT64_MAX, "nothing left armed");
+    sim_free(S);
+}
+
+/* Whatever closes the session, an armed timer fires at once, sees
+ * bds_call_cancelled, and the work ends with its stream. */
+static void timer_fires_early_on(int how) {
+    sim *S = sim_new(2, 41);
+    int s = sim_open(S, 0, NULL);
+    uint64_t t0 = S->now;
+    sim_msg *m = send_timer(S, s, 1, SIM_TIMER, 3600ULL * 1000 * MS, 1);
+    m->hook_too = false;
+    bds_session *ss = S->sessions[s].s;
+    sim_home(S, s);
+    bds_status want = BDS_CANCELLED;
+    if (how == 0) {
+        bds_session_cancel(ss);
+    } else if (how == 1) {
+        bds_session_set_deadline(ss, S->now + 5 * MS);
+        want = BDS_DEADLINE_EXCEEDED;
+        sim_advance(S, 5 * MS);
+    } else if (how == 2) {
+        bds_session_fail(ss, BDS_UNAVAILABLE, "failed");
+        want = BDS_UNAVAILABLE;
+    } else {
+        bds_session_shutdown(ss);
+        want = BDS_E_SHUTDOWN;
+        sim_advance(S, 5000 * MS); /* the default grace */
+    }
+    sim_settle(S);
+    cr_assert_eq(S->n_fires, 1, "fired once, at the close (case %d)", how);
+    cr_assert(S->fires[0].cancelled, "and saw the session closed (case %d)", how);
+    cr_assert_eq(S->fires[0].pipe, 1);
+    cr_assert_lt(S->fires[0].at, t0 + 3600ULL * 1000 * MS);
+    cr_assert_eq(S->sessions[s].close_status, want, "case %d: %s", how, bds_status_name(S->sessions[s].close_status));
+    bds_pipeline_stats st;
+    bds_pipeline_get_stats(S->pipes[1], &st);
+    cr_assert_eq(st.keys_exec_live, 0, "the call went home: nothing waits for the hour (case %d)", how);
+    cr_assert_eq(bds_pipeline_next_deadline(S->pipes[1]), UINT64_MAX);
+    sim_free(S);
+}
+
+Test(pipeline, call_timer_fires_early_on_client_cancel) { timer_fires_early_on(0); }
+Test(pipeline, call_timer_fires_early_on_deadline) { timer_fires_early_on(1); }
+Test(pipeline, call_timer_fires_early_on_failure) { timer_fires_early_on(2); }
+Test(pipeline, call_timer_fires_early_when_the_grace_period_ends) { timer_fires_early_on(3); }
+
+/* The timer runs first; the cancel hook only if the call is still running. */
+Test(pipeline, call_timer_runs_before_the_cancel_hook_which_then_has_nothing_to_do) {
+    sim *S = sim_new(2, 42);
+    int s = sim_open(S, 0, NULL);
+    sim_msg *m = sim_msg_new(s, key_away_from_0(S), 1, SIM_TIMER);
+    m->after_ns = 3600ULL * 1000 * MS;
+    m->hook_too = true;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    sim_home(S, s);
+    bds_session_cancel(S->sessions[s].s);
+    sim_settle(S);
+    cr_assert_eq(S->n_fires, 1);
+    cr_assert_eq(S->cancel_hooks, 0, "the timer finished the call: the hook was cleared");
+    sim_free(S);
+}
+
+Test(pipeline, done_on_the_exec_thread_disarms_the_call_timer) {
+    sim *S = sim_new(2, 43);
+    int s = sim_open(S, 0, NULL);
+    send_timer(S, s, 1, SIM_TIMER_PENDING, 10 * MS, 1);
+    cr_assert_eq(S->n_pending, 1);
+    sim_complete(S, 0, BDS_OK, false); /* on pipeline 1, the call's EXEC thread */
+    sim_settle(S);
+    cr_assert_eq(bds_pipeline_next_deadline(S->pipes[1]), UINT64_MAX, "disarmed");
+    sim_advance(S, 20 * MS);
+    cr_assert_eq(S->n_fires, 0);
+    bds_session_stats st;
+    bds_session_get_stats(S->sessions[s].s, &st);
+    cr_assert_eq(st.completed, 1);
+    sim_free(S);
+}
+
+static void after_from_a_foreign_thread(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, SIM_FOREIGN);
+    (void)bds_call_after(call, MS, sim_on_after, S);
+}
+
+static void after_from_the_home_thread(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, 0); /* the session's home, not the key's pipeline */
+    (void)bds_call_after(call, MS, sim_on_after, S);
+}
+
+static void after_after_done(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_complete(S, 0, BDS_OK, false);
+    sim_switch(S, 1);
+    (void)bds_call_after(call, MS, sim_on_after, S);
+}
+
+static void after_without_fn(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, 1);
+    (void)bds_call_after(call, MS, NULL, S);
+}
+
+static void on_cancel_from_a_foreign_thread(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, SIM_FOREIGN);
+    bds_call_on_cancel(call, sim_on_cancel, S);
+}
+
+static void done_from_a_foreign_thread_with_a_timer_armed(void) {
+    sim *S = sim_new(2, 44);
+    int s = sim_open(S, 0, NULL);
+    send_timer(S, s, 1, SIM_TIMER_PENDING, 10 * MS, 1);
+    sim_complete(S, 0, BDS_OK, true);
+}
+
+static void done_from_a_foreign_thread_with_a_cancel_hook(void) {
+    sim *S = sim_new(2, 45);
+    int s = sim_open(S, 0, NULL);
+    sim_send(S, s, key_away_from_0(S), 1, SIM_HOOKED);
+    sim_settle(S);
+    sim_complete(S, 0, BDS_OK, true);
+}
+
+Test(pipeline, call_timer_from_a_foreign_thread_is_named) { expect_misuse(after_from_a_foreign_thread, "bds_call_after"); }
+Test(pipeline, call_timer_from_another_pipelines_thread_is_named) {
+    expect_misuse(after_from_the_home_thread, "bds_call_after");
+}
+Test(pipeline, call_timer_after_done_is_named) { expect_misuse(after_after_done, "bds_call_after"); }
+Test(pipeline, call_timer_without_fn_is_named) { expect_misuse(after_without_fn, "bds_call_after"); }
+Test(pipeline, cancel_hook_from_a_foreign_thread_is_named) {
+    expect_misuse(on_cancel_from_a_foreign_thread, "bds_call_on_cancel");
+}
+Test(pipeline, done_from_another_thread_racing_an_armed_timer_is_named) {
+    expect_misuse(done_from_a_foreign_thread_with_a_timer_armed, "bds_call_done");
+}
+Test(pipeline, done_from_another_thread_racing_a_cancel_hook_is_named) {
+    expect_misuse(done_from_a_foreign_thread_with_a_cancel_hook, "bds_call_done");
+}
+
 Test(pipeline, deadline_closes_with_deadline_exceeded) {
     sim *S = sim_new(1, 23);
     int s = sim_open(S, 0, NULL);

@@ -250,6 +250,43 @@ BDS_API void *bds_call_session_ctx(const bds_call *call); /* the session's ops_c
  * atomic load. Thread: any, while the call is the handler's (before
  * bds_call_done; after it, a misuse that stops the process). */
 BDS_API bool bds_call_cancelled(const bds_call *call);
+/* A function run for a call on its EXEC pipeline's thread (bds_call_after,
+ * bds_call_on_cancel). ctx is the one given with it. */
+typedef void (*bds_call_fn)(bds_call *call, void *ctx);
+/* Runs fn(call, ctx) once on the call's EXEC pipeline thread (the one its
+ * handler runs on), outside the handler's own run: after after_ns, or at once
+ * when the call's session closes first (client cancel, deadline, failure, the
+ * shutdown's grace over; fn then sees bds_call_cancelled true), so that a
+ * handler needs no thread of its own for a delay and never holds work past
+ * its stream. fn typically replies and finishes the call (bds_call_done), or
+ * arms the next step with bds_call_after. One timer per call at a time; each
+ * attempt starts with none. bds_call_done on the EXEC thread disarms it (fn
+ * then never runs); so does bds_call_panic. Returns BDS_OK (armed),
+ * BDS_FAILED_PRECONDITION (a timer of this call is armed: fn will not run)
+ * or BDS_E_NOMEM (the timer heap could not grow). Thread: the call's EXEC
+ * pipeline only, while the call is the handler's (inside the handler, or in
+ * a function run there later for it: a timer's fn, a cancel hook); anywhere
+ * else, or with fn NULL, a misuse that stops the process naming
+ * bds_call_after. A bds_call_done from another thread while the timer is
+ * armed would race it: a misuse that stops the process. ctx stays the
+ * caller's. */
+BDS_API bds_status bds_call_after(bds_call *call, uint64_t after_ns, bds_call_fn fn, void *ctx);
+/* For a handler whose call finishes later from work on the call's EXEC
+ * pipeline (its own timers, bds_call_after): when the session closes first
+ * (client cancel, failure, deadline, grace over), fn runs once on that
+ * pipeline's thread, outside the handler; it stops the work, frees what the
+ * work holds and finishes the call (bds_call_done). A timer armed with
+ * bds_call_after runs first; fn runs after it only if the call is still not
+ * done. Set it inside the handler or in a function run on the EXEC thread
+ * for the call before its session closed (after the close it never runs:
+ * check bds_call_cancelled). A second call replaces the hook; fn NULL removes
+ * it. bds_call_done on the EXEC thread clears it, and each attempt starts
+ * without one. Thread: the call's EXEC pipeline only, while the call is the
+ * handler's (anywhere else, a misuse that stops the process naming
+ * bds_call_on_cancel). A bds_call_done from another thread while a hook is
+ * set would race it: a misuse that stops the process. ctx stays the
+ * caller's. */
+BDS_API void bds_call_on_cancel(bds_call *call, bds_call_fn fn, void *ctx);
 /* Emits a reply (before bds_call_done; after it, a misuse that stops the
  * process). Thread: any. The reply reaches the Sender in call order. reply
  * stays the caller's until the session's ops->write or ops->drop. */
@@ -259,14 +296,18 @@ BDS_API void bds_call_reply(bds_call *call, bds_reply *reply);
  * lasts, then terminal for the session when inbound.failures_terminal (its
  * status goes on the wire; E_TERMINAL_FAILURE becomes INTERNAL).
  * BDS_E_PANIC_RECOVERED is the abort below. message may be NULL; it is copied
- * (up to 95 bytes). Thread: any. Exactly once per attempt: a second call (or
- * two threads at once) is a misuse that stops the process, naming
+ * (up to 95 bytes). Thread: any; but only the call's EXEC pipeline thread
+ * while a bds_call_after timer or a bds_call_on_cancel hook is set (from
+ * another thread it would race them: a misuse that stops the process).
+ * There it disarms both. Exactly once per attempt: a second call (or two
+ * threads at once) is a misuse that stops the process, naming
  * bds_call_done. */
 BDS_API void bds_call_done(bds_call *call, bds_status status, const char *message);
 /* Aborts the handler, the C counterpart of a Go panic: only from inside the
  * handler's own synchronous run. Unwinds (longjmp) to the Engine, which ends
  * the session with PANIC_RECOVERED (INTERNAL); never retried, never fatal to
- * the process. Locals of the handler are abandoned: free nothing there.
+ * the process. Locals of the handler are abandoned: free nothing there. Its
+ * bds_call_after timer and cancel hook are disarmed.
  * Anywhere else (another thread, after the handler returned, after
  * bds_call_done) it is a misuse that stops the process, naming bds_call_panic. */
 BDS_API _Noreturn void bds_call_panic(bds_call *call, const char *message);
