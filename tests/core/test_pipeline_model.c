@@ -13,8 +13,9 @@
  *
  * 2. Chaos across pipelines. Random scripts over 3 pipelines with every
  *    message delivered in a random order the rings allow (per-pair FIFO
- *    only): per-key execution order, exactly-once completion, the token
- *    invariant after every step, and no leak at the end.
+ *    only), some calls answered from call timers: per-key execution order,
+ *    exactly-once completion, the token invariant after every step, and no
+ *    leak at the end.
  *
  * Every failure prints the script's seed; rerun one with BDS_MODEL_SEED=<n>. */
 #include <criterion/criterion.h>
@@ -586,8 +587,13 @@ static void run_chaos_script(uint64_t seed) {
             char key[48];
             model_key(key, keyid);
             key_of[seq] = fifo[s] ? 0 : keyid;
+            /* Some answer from call timers (bds_call_after), which the
+             * session's end fires early wherever it catches them. */
+            if (sim_rand(S) % 6 == 0) behave = SIM_TIMER;
             sim_msg *msg = sim_msg_new(s, key, seq++, behave);
             msg->fails = fails;
+            msg->after_ns = (sim_rand(S) % 4) * MS;
+            msg->ticks = 1 + (uint32_t)(sim_rand(S) % 3);
             bds_status st;
             sim_send_msg(S, msg, &st);
             admitted += st == BDS_OK;
