@@ -177,3 +177,23 @@ void bds_pipeline_get_stats(const bds_pipeline *p, bds_pipeline_stats *out) {
     out->keys_home_live = p->hkeys.live;
     out->keys_exec_live = p->ekeys.live;
 }
+
+void bds_counters_load(const bds_counters *c, bds_counters *out) {
+#define LOAD(f) atomic_store_explicit(&out->f, atomic_load_explicit(&((bds_counters *)c)->f, memory_order_relaxed), \
+                                      memory_order_relaxed)
+    LOAD(admitted);
+    LOAD(rejected);
+    LOAD(completed);
+    LOAD(failed);
+    LOAD(nonterminal_failures);
+    LOAD(retried);
+    LOAD(panics);
+    LOAD(dropped);
+    LOAD(pressure_signals);
+    LOAD(replies_written);
+    LOAD(replies_rejected);
+    LOAD(bytes_in);
+    LOAD(bytes_out);
+    LOAD(calls_live);
+#undef LOAD
+}

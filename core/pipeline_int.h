@@ -144,6 +144,7 @@ struct bds_session {
     void *handler_ctx;
     const bds_session_ops *ops;
     void *ops_ctx;
+    bds_counters *counters;           /* the caller's (bds_session_config.counters); HOME writes */
     /* Inbound, HOME only. */
     uint32_t outstanding;             /* calls admitted and not yet DONE */
     uint64_t outstanding_bytes;       /* their payload bytes */

@@ -1270,3 +1270,147 @@ Test(pipeline, steady_state_message_path_allocates_nothing) {
     cr_assert_eq(st.replies_written, 12000);
     sim_free(S);
 }
+
+/* ---- live counters (bds_counters) ---- */
+
+static void expect_counters_match(const bds_counters *c, const bds_session_stats *sum) {
+    cr_assert_eq(atomic_load(&c->admitted), sum->admitted);
+    cr_assert_eq(atomic_load(&c->rejected), sum->rejected);
+    cr_assert_eq(atomic_load(&c->completed), sum->completed);
+    cr_assert_eq(atomic_load(&c->failed), sum->failed);
+    cr_assert_eq(atomic_load(&c->nonterminal_failures), sum->nonterminal_failures);
+    cr_assert_eq(atomic_load(&c->retried), sum->retried);
+    cr_assert_eq(atomic_load(&c->panics), sum->panics);
+    cr_assert_eq(atomic_load(&c->dropped), sum->dropped);
+    cr_assert_eq(atomic_load(&c->pressure_signals), sum->pressure_signals);
+    cr_assert_eq(atomic_load(&c->replies_written), sum->replies_written);
+    cr_assert_eq(atomic_load(&c->replies_rejected), sum->replies_rejected);
+    cr_assert_eq(atomic_load(&c->bytes_in), sum->bytes_in);
+    cr_assert_eq(atomic_load(&c->bytes_out), sum->bytes_out);
+}
+
+static void stats_sum(sim *S, const int *idx, int n, bds_session_stats *sum) {
+    memset(sum, 0, sizeof *sum);
+    for (int i = 0; i < n; i++) {
+        bds_session_stats st;
+        bds_session_get_stats(S->sessions[idx[i]].s, &st);
+        sum->admitted += st.admitted;
+        sum->rejected += st.rejected;
+        sum->completed += st.completed;
+        sum->failed += st.failed;
+        sum->nonterminal_failures += st.nonterminal_failures;
+        sum->retried += st.retried;
+        sum->panics += st.panics;
+        sum->dropped += st.dropped;
+        sum->pressure_signals += st.pressure_signals;
+        sum->replies_written += st.replies_written;
+        sum->replies_rejected += st.replies_rejected;
+        sum->bytes_in += st.bytes_in;
+        sum->bytes_out += st.bytes_out;
+    }
+}
+
+/* Opens a session on home with live counters c. */
+static int open_counted(sim *S, uint32_t home, bds_options *o, bds_counters *c) {
+    int idx = S->n_sessions++;
+    bds_session_config cfg;
+    bds_session_config_default(&cfg);
+    o->on_pressure = sim_on_pressure;
+    o->on_pressure_ctx = S;
+    cfg.options = o;
+    cfg.handler = sim_handler;
+    cfg.handler_ctx = S;
+    cfg.ops = &sim_ops;
+    cfg.ops_ctx = (void *)(intptr_t)idx;
+    cfg.counters = c;
+    int saved = sim_switch(S, (int)home);
+    cr_assert_eq(bds_session_create(&S->sessions[idx].s, S->pipes[home], &cfg, NULL), BDS_OK);
+    cr_assert_eq(bds_session_open(S->sessions[idx].s), BDS_OK);
+    sim_switch(S, saved);
+    return idx;
+}
+
+/* The counters move as things happen, while the sessions are open (not when
+ * they are freed), summed over the sessions that share them, and equal the
+ * sessions' own stats at every point. */
+Test(pipeline, live_counters_move_while_sessions_run_and_match_their_stats) {
+    sim *S = sim_new(2, 50);
+    bds_counters c0 = {0}, c1 = {0};
+    bds_options o = bds_default_options();
+    o.metrics.payload_sizes = true;
+    o.retry.max_attempts = 2;
+    bds_options soft = o;
+    soft.inbound.backpressure.policy = BDS_BP_SOFT_ALLOW_SIGNAL;
+    soft.inbound.backpressure.capacity = 1;
+    soft.inbound.backpressure.queue_capacity = 0;
+    bds_options hard = o;
+    hard.inbound.backpressure.policy = BDS_BP_HARD_REJECT;
+    hard.inbound.backpressure.capacity = 1;
+    hard.inbound.backpressure.queue_capacity = 0;
+    int a = open_counted(S, 0, &o, &c0), b = open_counted(S, 0, &soft, &c0), h = open_counted(S, 1, &hard, &c1);
+    int home0[] = {a, b}, home1[] = {h};
+    bds_session_stats sum;
+
+    for (uint64_t i = 0; i < 3; i++) cr_assert_eq(sim_send(S, a, "k", i, SIM_ASYNC), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(atomic_load(&c0.admitted), 3, "admitted as they arrive");
+    cr_assert_eq(atomic_load(&c0.calls_live), 3);
+    cr_assert_eq(atomic_load(&c0.bytes_in), 24);
+    complete_seq(S, 0, BDS_OK);
+    cr_assert_eq(atomic_load(&c0.completed), 1, "completed at the moment the call ends");
+    cr_assert_eq(atomic_load(&c0.calls_live), 2);
+
+    sim_msg *m = sim_msg_new(a, "r", 10, SIM_FAIL);
+    m->fails = 1;
+    m->replies = 2;
+    m->reply_bytes = 5;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    sim_advance(S, 1);
+    cr_assert_eq(atomic_load(&c0.retried), 1);
+    cr_assert_eq(atomic_load(&c0.replies_written), S->sessions[a].n_written);
+    cr_assert_eq(atomic_load(&c0.bytes_out), 5 * S->sessions[a].n_written);
+    cr_assert_eq(sim_send(S, b, "x", 1, SIM_ASYNC), BDS_OK);
+    cr_assert_eq(sim_send(S, b, "y", 2, SIM_ASYNC), BDS_OK); /* over capacity: a signal */
+    cr_assert_eq(sim_send(S, b, "z", 3, SIM_NONTERMINAL), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(atomic_load(&c0.pressure_signals), 2);
+    cr_assert_eq(atomic_load(&c0.nonterminal_failures), 1);
+    stats_sum(S, home0, 2, &sum);
+    expect_counters_match(&c0, &sum);
+
+    cr_assert_eq(sim_send(S, h, "x", 1, SIM_ASYNC), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(sim_send(S, h, "y", 2, SIM_ASYNC), BDS_E_INBOUND_REJECTED);
+    sim_settle(S);
+    cr_assert_eq(atomic_load(&c1.rejected), 1, "pipeline 1's sessions count on their own counters");
+    cr_assert_eq(atomic_load(&c1.admitted), 1);
+    cr_assert_eq(atomic_load(&c1.dropped) + atomic_load(&c1.completed) + atomic_load(&c1.failed), 0,
+                 "its call is still with its handler");
+    cr_assert_eq(atomic_load(&c0.rejected), 0);
+
+    while (S->n_pending) {
+        sim_complete(S, 0, BDS_OK, false);
+        sim_settle(S);
+    }
+    stats_sum(S, home0, 2, &sum);
+    expect_counters_match(&c0, &sum);
+    stats_sum(S, home1, 1, &sum);
+    expect_counters_match(&c1, &sum);
+    cr_assert_eq(atomic_load(&c0.calls_live), 0);
+    cr_assert_eq(atomic_load(&c1.calls_live), 0);
+    sim_free(S);
+}
+
+Test(pipeline, live_counters_stay_still_with_metrics_off) {
+    sim *S = sim_new(1, 51);
+    bds_counters c = {0};
+    bds_options o = bds_default_options();
+    o.metrics.enabled = false;
+    int a = open_counted(S, 0, &o, &c);
+    cr_assert_eq(sim_send(S, a, "k", 1, SIM_OK), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(atomic_load(&c.admitted) + atomic_load(&c.completed) + atomic_load(&c.calls_live), 0);
+    sim_free(S);
+}

@@ -134,6 +134,41 @@ typedef struct bds_session_ops {
     void (*inbound_ready)(bds_session *session, void *ctx);
 } bds_session_ops;
 
+/* Live counters of the sessions of one pipeline, readable from any thread
+ * while they run (a server's stats: bds_server_get_stats). The sessions given
+ * it (bds_session_config.counters) add to it on their home pipeline at the
+ * moment each thing happens (a message admitted or rejected, an attempt's
+ * end, a reply written), not when the session is freed, with relaxed
+ * atomics: a read is a recent picture, each field exact at some recent
+ * moment, fields not consistent with each other. The meanings are
+ * bds_session_stats'; calls_live is a gauge (admitted, not yet finished).
+ * Only with options.metrics.enabled; bytes_in and bytes_out only with
+ * metrics.payload_sizes.
+ *
+ * One writer: each field is updated with a plain atomic load and store, not
+ * a locked add, so every session that shares one bds_counters must have the
+ * same home pipeline. Sessions of several pipelines must never share one
+ * (their updates would be lost): give each pipeline its own and sum them when
+ * reading. The caller owns it: zero it (or start from any values) before the
+ * first session, and keep it until every session given it is freed (the
+ * pipeline's sessions_live is 0, or the pipeline is destroyed). In C read the
+ * fields directly (atomic loads) or with bds_counters_load; C++, where the
+ * fields are plain, reads with bds_counters_load. */
+#ifdef __cplusplus
+typedef uint64_t bds__counter;
+#else
+typedef _Atomic uint64_t bds__counter;
+#endif
+typedef struct bds_counters {
+    bds__counter admitted, rejected, completed, failed, nonterminal_failures, retried, panics, dropped;
+    bds__counter pressure_signals, replies_written, replies_rejected;
+    bds__counter bytes_in, bytes_out;
+    bds__counter calls_live;
+} bds_counters;
+/* Copies every field of *counters into *out (relaxed loads, field by field).
+ * Thread: any. */
+BDS_API void bds_counters_load(const bds_counters *counters, bds_counters *out);
+
 typedef struct bds_session_config {
     uint32_t size;                 /* = sizeof(bds_session_config) */
     const bds_options *options;    /* copied */
@@ -141,6 +176,10 @@ typedef struct bds_session_config {
     void *handler_ctx;
     const bds_session_ops *ops;    /* must outlive the session */
     void *ops_ctx;
+    /* Optional live counters (above): the caller's, shared by any number of
+     * sessions of this session's home pipeline, never by several pipelines.
+     * NULL = none. */
+    bds_counters *counters;
 } bds_session_config;
 
 BDS_API void bds_session_config_default(bds_session_config *config);
