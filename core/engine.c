@@ -264,6 +264,11 @@ void *bds_call_session_ctx(const bds_call *call) { return call->session->ops_ctx
 
 static bool session_closed(const bds_session *s);
 
+bool bds_call_pressured(const bds_call *call) {
+    bds__call_check_running(call, "bds_call_pressured");
+    return call->pressured;
+}
+
 bool bds_call_cancelled(const bds_call *call) {
     bds__call_check_running(call, "bds_call_cancelled");
     return session_closed(call->session);

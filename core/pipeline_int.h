@@ -107,6 +107,7 @@ struct bds_call {
     uint64_t seq;
     uint32_t home, exec;
     uint8_t exec_token;               /* enum bds__token sent with EXEC */
+    bool pressured;                   /* admitted over capacity by SOFT_ALLOW_SIGNAL (bds_call_pressured) */
     /* HOME only. */
     bds_call *c_next;
     bds__home_key *hkey;

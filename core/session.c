@@ -342,9 +342,9 @@ static bds_status receive_state_check(const bds_session *s) {
     BDS_UNREACHABLE();
 }
 
-static void pressure_signal(bds_session *s, bds_direction dir, uint32_t in_use, uint32_t cap) {
+static void pressure_signal(bds_session *s, const bds_call *call, bds_direction dir, uint32_t in_use, uint32_t cap) {
     COUNT(s, pressure_signals, 1);
-    if (s->opts.on_pressure) s->opts.on_pressure(dir, in_use, cap, s->opts.on_pressure_ctx);
+    if (s->opts.on_pressure) s->opts.on_pressure(s, call, dir, in_use, cap, s->opts.on_pressure_ctx);
 }
 
 /* Picks the token for the first call of an idle key. Returns false to reject. */
@@ -362,9 +362,7 @@ static bool admit_token(bds_session *s, uint8_t *token) {
         if (bp->queue_capacity && s->n_wait >= bp->queue_capacity) return false;
         *token = BDS_TOKEN_NONE;
         return true;
-    case BDS_BP_SOFT_ALLOW_SIGNAL:
-        pressure_signal(s, BDS_INBOUND, s->tokens_held + s->soft_in_use + 1, bp->capacity);
-        /* continues */ __attribute__((fallthrough));
+    case BDS_BP_SOFT_ALLOW_SIGNAL: /* the receive signals once the call is filled in */
     case BDS_BP_SOFT_ALLOW:
         s->soft_in_use++;
         *token = BDS_TOKEN_SOFT;
@@ -440,6 +438,8 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
                                                                                     : bds__fastrange(key_hash, p->count);
     call->exec_token = hk->count == 0 ? token : BDS_TOKEN_NONE;
     call->hkey = hk;
+    /* Runs on a token over the capacity: the one just taken, or its key's. */
+    call->pressured = hk->token == BDS_TOKEN_SOFT && s->opts.inbound.backpressure.policy == BDS_BP_SOFT_ALLOW_SIGNAL;
     if (hk->count++) {
         hk->tail->c_next = call;
         hw(&s->stats.waiting_hw, ++s->waiting);
@@ -454,7 +454,9 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
     if (s->opts.metrics.payload_sizes) COUNT(s, bytes_in, bytes);
     hw(&s->stats.executing_hw, s->tokens_held + s->soft_in_use);
     s->exec[call->exec].home_out++;
-    bds__post(p, call->exec, BDS_XK_EXEC, call);
+    if (token == BDS_TOKEN_SOFT && s->opts.inbound.backpressure.policy == BDS_BP_SOFT_ALLOW_SIGNAL)
+        pressure_signal(s, call, BDS_INBOUND, s->tokens_held + s->soft_in_use, s->opts.inbound.backpressure.capacity);
+    bds__post(p, call->exec, BDS_XK_EXEC, call); /* the call is EXEC's from here */
     return BDS_OK;
 }
 
@@ -640,7 +642,7 @@ static bds_status sender_admit(bds_pipeline *p, bds_session *s, bds_reply *r) {
             sender_enqueue(s, r);
             return BDS_OK;
         }
-        if (bp->policy == BDS_BP_SOFT_ALLOW_SIGNAL) pressure_signal(s, BDS_OUTBOUND, s->out_in_flight + 1, bp->capacity);
+        if (bp->policy == BDS_BP_SOFT_ALLOW_SIGNAL) pressure_signal(s, NULL, BDS_OUTBOUND, s->out_in_flight + 1, bp->capacity);
         sender_write(s, r);
         return BDS_OK;
     }

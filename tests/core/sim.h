@@ -73,7 +73,16 @@ typedef struct sim_event {
     uint64_t seq;
     uint32_t attempt;
     uint32_t pipe;
+    bool pressured;    /* bds_call_pressured */
 } sim_event;
+
+/* The last on_pressure callback's arguments. */
+typedef struct sim_pressure {
+    int session;
+    int64_t seq;       /* the inbound message's, -1 without a call (outbound) */
+    bds_direction direction;
+    uint32_t in_use, capacity;
+} sim_pressure;
 
 typedef struct sim_session {
     bds_session *s;
@@ -108,6 +117,7 @@ typedef struct sim {
     uint32_t n_starts;
     uint64_t released;
     uint32_t pressure;
+    sim_pressure last_pressure;
     bool auto_ack_replies; /* reply_written right after write (a fast reader) */
     bool release_in_closed; /* the transport releases the session from ops->closed */
     /* Each pipeline's port.ctx, distinct as the server's (one pipe each): the
@@ -211,11 +221,11 @@ static const bds_session_ops sim_ops = {
     .closed = sim_op_closed, .inbound_ready = sim_op_ready,
 };
 
-static void sim_on_pressure(bds_direction d, uint32_t in_use, uint32_t cap, void *ctx) {
-    (void)d;
-    (void)in_use;
-    (void)cap;
-    ((sim *)ctx)->pressure++;
+static void sim_on_pressure(bds_session *s, const bds_call *call, bds_direction d, uint32_t in_use, uint32_t cap,
+                            void *ctx) {
+    sim *S = ctx;
+    S->pressure++;
+    S->last_pressure = (sim_pressure){sim_session_index(s), call ? (int64_t)bds_call_seq(call) : -1, d, in_use, cap};
 }
 
 static inline sim *sim_new(uint32_t n, uint64_t seed) {
@@ -417,7 +427,8 @@ static void sim_handler(bds_call *call, void *ctx) {
     sim *S = ctx;
     sim_msg *m = bds_call_payload(call);
     if (S->n_starts < SIM_MAX_LOG) {
-        S->starts[S->n_starts++] = (sim_event){m->session, m->seq, bds_call_attempt(call), (uint32_t)S->running};
+        S->starts[S->n_starts++] =
+            (sim_event){m->session, m->seq, bds_call_attempt(call), (uint32_t)S->running, bds_call_pressured(call)};
     }
     for (uint32_t i = 0; i < m->replies; i++) {
         sim_reply *r = calloc(1, sizeof *r);

@@ -179,6 +179,76 @@ Test(pipeline, soft_allow_runs_over_capacity_and_signal_counts) {
     sim_free(S);
 }
 
+static bool started_pressured(sim *S, int session, uint64_t seq) {
+    for (uint32_t i = 0; i < S->n_starts; i++)
+        if (S->starts[i].session == session && S->starts[i].seq == seq) return S->starts[i].pressured;
+    cr_assert_fail("seq %lu of session %d never started", (unsigned long)seq, session);
+    return false;
+}
+
+/* SOFT_ALLOW_SIGNAL signals: the callback gets the stream and the message,
+ * and the handler of a message run over capacity sees it (so it can tell its
+ * client); SOFT_ALLOW marks nothing. */
+Test(pipeline, soft_allow_signal_reaches_the_handler_and_the_callback_with_its_call) {
+    sim *S = sim_new(2, 8);
+    bds_options o = opts_keyed(1, BDS_BP_SOFT_ALLOW_SIGNAL);
+    int s = sim_open(S, 1, &o);
+    bds_options quiet = opts_keyed(1, BDS_BP_SOFT_ALLOW);
+    int q = sim_open(S, 0, &quiet);
+    cr_assert_eq(sim_send(S, s, "a", 1, SIM_ASYNC), BDS_OK); /* the one real token */
+    cr_assert_eq(S->pressure, 0);
+    cr_assert_eq(sim_send(S, s, "b", 2, SIM_ASYNC), BDS_OK); /* over capacity */
+    cr_assert_eq(S->pressure, 1);
+    cr_assert_eq(S->last_pressure.session, s, "the callback names the stream");
+    cr_assert_eq(S->last_pressure.seq, 2, "and the message");
+    cr_assert_eq(S->last_pressure.direction, BDS_INBOUND);
+    cr_assert_eq(S->last_pressure.in_use, 2);
+    cr_assert_eq(S->last_pressure.capacity, 1);
+    cr_assert_eq(sim_send(S, s, "b", 3, SIM_ASYNC), BDS_OK); /* behind 2, on its key's soft token */
+    cr_assert_eq(sim_send(S, s, "a", 4, SIM_ASYNC), BDS_OK); /* behind 1, on the real token */
+    cr_assert_eq(S->pressure, 1, "one signal per token taken over capacity");
+    for (uint64_t i = 1; i <= 2; i++) cr_assert_eq(sim_send(S, q, i == 1 ? "a" : "b", i, SIM_ASYNC), BDS_OK);
+    sim_settle(S);
+    cr_assert_not(started_pressured(S, s, 1));
+    cr_assert(started_pressured(S, s, 2), "the handler sees it was admitted over capacity");
+    for (uint32_t i = 0; i < S->n_pending;) {
+        sim_msg *m = bds_call_payload(S->pending[i]);
+        if (m->session == s) {
+            sim_complete(S, i, BDS_OK, false);
+            sim_settle(S);
+            i = 0;
+        } else {
+            i++;
+        }
+    }
+    cr_assert(started_pressured(S, s, 3), "a later message on the soft token runs over capacity too");
+    cr_assert_not(started_pressured(S, s, 4));
+    cr_assert_not(started_pressured(S, q, 2), "soft-allow marks nothing");
+    cr_assert_eq(S->pressure, 1);
+    sim_free(S);
+}
+
+Test(pipeline, soft_allow_signal_outbound_calls_back_without_a_call) {
+    sim *S = sim_new(1, 9);
+    bds_options o = bds_default_options();
+    o.outbound.backpressure.policy = BDS_BP_SOFT_ALLOW_SIGNAL;
+    o.outbound.backpressure.capacity = 1;
+    o.outbound.backpressure.queue_capacity = 0;
+    S->auto_ack_replies = false;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, "k", 1, SIM_OK);
+    m->replies = 2;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->pressure, 1);
+    cr_assert_eq(S->last_pressure.direction, BDS_OUTBOUND);
+    cr_assert_eq(S->last_pressure.seq, -1);
+    cr_assert_eq(S->last_pressure.session, s);
+    cr_assert_not(started_pressured(S, s, 1), "inbound was not over capacity");
+    sim_free(S);
+}
+
 /* DESIGN §6 race: A's key queue on K empties before B's EXEC arrives, so K
  * returns the token; home must hand it straight to B (GRANT), and a third key
  * must not be able to take it in between. */

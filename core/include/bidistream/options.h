@@ -24,7 +24,7 @@ typedef enum bds_backpressure_policy {
     BDS_BP_HARD_REJECT = 0,       /* reject at once when capacity is exhausted */
     BDS_BP_QUEUE = 1,             /* wait for capacity; queue_capacity bounds the waiters */
     BDS_BP_SOFT_ALLOW = 2,        /* run anyway */
-    BDS_BP_SOFT_ALLOW_SIGNAL = 3, /* run anyway, count it and call on_pressure */
+    BDS_BP_SOFT_ALLOW_SIGNAL = 3, /* run anyway, count it, call on_pressure, mark the call (bds_call_pressured) */
 } bds_backpressure_policy;
 
 typedef struct bds_ordering_options {
@@ -40,9 +40,20 @@ typedef struct bds_backpressure_options {
 
 typedef enum bds_direction { BDS_INBOUND = 0, BDS_OUTBOUND = 1 } bds_direction;
 
-/* Called on the session's home shard each time a SOFT_ALLOW_SIGNAL policy lets a
- * message run over capacity. Must not block. */
-typedef void (*bds_on_pressure_fn)(bds_direction direction, uint32_t in_use, uint32_t capacity, void *ctx);
+typedef struct bds_session bds_session; /* bidistream/pipeline.h */
+typedef struct bds_call bds_call;
+
+/* Called on the session's home shard (its thread) each time a
+ * SOFT_ALLOW_SIGNAL policy lets work run over capacity: inbound, a message
+ * admitted on a token over the capacity (call is that message, admitted and
+ * not yet run: bds_call_key, bds_call_seq and bds_call_payload may be read
+ * during the callback, nothing else; its handler sees bds_call_pressured);
+ * outbound, a reply written over the capacity (call is NULL). session is
+ * the stream's (bds_session_ctx gives its transport context). in_use counts
+ * the tokens taken with this one. Both pointers are lent for the callback
+ * only. Must not block. */
+typedef void (*bds_on_pressure_fn)(bds_session *session, const bds_call *call, bds_direction direction,
+                                   uint32_t in_use, uint32_t capacity, void *ctx);
 
 typedef struct bds_options {
     uint32_t size; /* = sizeof(bds_options); lets fields be added */

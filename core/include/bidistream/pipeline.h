@@ -289,6 +289,14 @@ BDS_API void *bds_call_session_ctx(const bds_call *call); /* the session's ops_c
  * atomic load. Thread: any, while the call is the handler's (before
  * bds_call_done; after it, a misuse that stops the process). */
 BDS_API bool bds_call_cancelled(const bds_call *call);
+/* Whether the message was admitted over capacity by a SOFT_ALLOW_SIGNAL
+ * inbound policy: it runs on a token taken past inbound.backpressure.capacity
+ * (the one whose admission raised the signal, or a later message of its key
+ * while the key still holds that token). A handler can pass the signal on to
+ * its client (e.g. a field of its reply) or shed work. Fixed for the call's
+ * life. Thread: any, while the call is the handler's (after bds_call_done, a
+ * misuse that stops the process). */
+BDS_API bool bds_call_pressured(const bds_call *call);
 /* A function run for a call on its EXEC pipeline's thread (bds_call_after,
  * bds_call_on_cancel). ctx is the one given with it. */
 typedef void (*bds_call_fn)(bds_call *call, void *ctx);
