@@ -107,6 +107,7 @@ static void exec_handler_run(bds_call *call) {
     call->attempt++;
     call->exec_state = BDS_EXEC_RUNNING;
     call->done_in_handler = false;
+    call->retry_asked = false;
     call->on_cancel = NULL;
     BDS_ASSERT(atomic_load_explicit(&call->hooks, memory_order_relaxed) == 0); /* the last attempt's end took them */
     call->in_handler = true;
@@ -128,15 +129,38 @@ static bool exec_should_retry(const bds_call *call) {
     const bds_session *s = call->session;
     if (call->status == BDS_OK || call->status == BDS_E_PANIC_RECOVERED) return false;
     if (call->attempt > s->opts.retry.max_attempts) return false;
+    int code = bds_status_grpc(call->status);
+    if (!call->retry_asked && (code <= 0 || !(s->opts.retry.retryable & (1u << code)))) return false;
     /* acquire: pairs with the home side's transition; a closed session's work is not retried */
     return atomic_load_explicit(&((bds_session *)s)->state, memory_order_acquire) != BDS_STATE_CLOSED;
 }
 
 /* The running head finished an attempt: retry it, or hand it home. Returns
  * the key's new head (NULL when the key is gone or the head waits for a retry). */
+/* The attempt ended: its held replies go home to be sent (it succeeded) or
+ * dropped (it failed), in the order they were made, ahead of its DONE. */
+static void exec_release_held(bds_pipeline *p, bds_call *call) {
+    /* acquire: pairs with the pushes' release, from whatever thread replied */
+    bds_reply *r = atomic_exchange_explicit(&call->held, NULL, memory_order_acquire), *in_order = NULL;
+    while (r) { /* newest first: reverse */
+        bds_reply *next = r->_next;
+        r->_next = in_order;
+        in_order = r;
+        r = next;
+    }
+    enum bds__xkind kind = call->status == BDS_OK ? BDS_XK_REPLY : BDS_XK_DROP_REPLY;
+    while (in_order) {
+        r = in_order;
+        in_order = r->_next;
+        r->_next = NULL;
+        bds__post(p, call->home, kind, r);
+    }
+}
+
 static bds_call *exec_result(bds_pipeline *p, bds_call *call) {
     bds__exec_key *ek = call->ekey;
     BDS_ASSERT(ek->head == call && call->exec_state == BDS_EXEC_RUNNING);
+    exec_release_held(p, call);
     if (exec_should_retry(call)) {
         call->exec_state = BDS_EXEC_RETRY_WAIT;
         bds__timer_init(&call->retry_timer, exec_on_retry_timer, call);
@@ -299,11 +323,36 @@ static void call_post(bds_call *call, uint32_t dst, enum bds__xkind kind, const 
     else bds__post_any(call->session->home, dst, kind, obj);
 }
 
-void bds_call_reply(bds_call *call, bds_reply *reply) {
+/* Whether the Sender refused replies of s that no bds_call_reply has
+ * reported yet; reports them (once, to one caller). */
+static bool replies_refused_news(bds_session *s) {
+    uint64_t n = atomic_load_explicit(&s->replies_refused, memory_order_relaxed);
+    uint64_t told = atomic_load_explicit(&s->replies_refused_told, memory_order_relaxed);
+    while (told < n) {
+        if (atomic_compare_exchange_weak_explicit(&s->replies_refused_told, &told, n, memory_order_relaxed,
+                                                  memory_order_relaxed))
+            return true;
+    }
+    return false;
+}
+
+bds_status bds_call_reply(bds_call *call, bds_reply *reply) {
     bds__call_check_running(call, "bds_call_reply");
-    reply->_session = call->session;
-    reply->_next = NULL;
-    call_post(call, call->home, BDS_XK_REPLY, reply);
+    bds_session *s = call->session;
+    reply->_session = s;
+    if (s->opts.retry.max_attempts && !s->opts.retry.at_least_once) {
+        /* held until the attempt ends (exec_release_held) */
+        bds_reply *head = atomic_load_explicit(&call->held, memory_order_relaxed);
+        do {
+            reply->_next = head;
+        } while (!atomic_compare_exchange_weak_explicit(&call->held, &head, reply, memory_order_release,
+                                                        memory_order_relaxed));
+    } else {
+        reply->_next = NULL;
+        call_post(call, call->home, BDS_XK_REPLY, reply); /* reply is home's: no access after this */
+    }
+    if (session_closed(s)) return BDS_E_SESSION_CLOSED;
+    return replies_refused_news(s) ? BDS_E_OUTBOUND_BACKPRESSURE : BDS_OK;
 }
 
 static bool session_closed(const bds_session *s) {
@@ -342,21 +391,23 @@ void bds_call_on_cancel(bds_call *call, bds_call_fn fn, void *ctx) {
 
 void bds__call_on_cancel(bds_call *call, bds__call_cancel_fn fn, void *ctx) { bds_call_on_cancel(call, fn, ctx); }
 
-void bds_call_done(bds_call *call, bds_status status, const char *message) {
-    bds__call_check_running(call, "bds_call_done");
+/* bds_call_done and bds_call_retry: api names the one called. */
+static void call_finish(bds_call *call, bds_status status, const char *message, bool retry, const char *api) {
+    bds__call_check_running(call, api);
     bool on_exec = on_exec_thread(call);
     /* Hooks live on the EXEC thread: a foreign completion must not race a
      * hook EXEC may be running, nor write what EXEC reads. */
     if (!on_exec && atomic_load_explicit(&call->hooks, memory_order_relaxed) != 0)
-        bds__misuse("bds_call_done", "from another thread while a bds_call_after timer or a bds_call_on_cancel hook "
+        bds__misuse(api, "from another thread while a bds_call_after timer or a bds_call_on_cancel hook "
                                      "is set (it would race them): finish on the call's EXEC pipeline thread");
     uint8_t running = BDS_CALL_RUNNING;
     /* One winner between racing completions; the loser is told, not obeyed. */
     if (!atomic_compare_exchange_strong_explicit(&call->life, &running, BDS_CALL_DONE, memory_order_acq_rel,
                                                  memory_order_acquire))
-        bds__misuse("bds_call_done", "called twice for one attempt (two threads at once)");
+        bds__misuse(api, "called twice for one attempt (two threads at once)");
     if (on_exec) exec_hooks_clear(call);
     call->status = status;
+    call->retry_asked = retry;
     if (message) {
         strncpy(call->msg, message, sizeof call->msg - 1);
         call->msg[sizeof call->msg - 1] = 0;
@@ -368,6 +419,16 @@ void bds_call_done(bds_call *call, bds_status status, const char *message) {
         return;
     }
     call_post(call, call->exec, BDS_XK_COMPLETE, call);
+}
+
+void bds_call_done(bds_call *call, bds_status status, const char *message) {
+    call_finish(call, status, message, false, "bds_call_done");
+}
+
+void bds_call_retry(bds_call *call, bds_status status, const char *message) {
+    if (status == BDS_OK || status == BDS_E_PANIC_RECOVERED)
+        bds__misuse("bds_call_retry", "status must be a failure (not OK, not E_PANIC_RECOVERED)");
+    call_finish(call, status, message, true, "bds_call_retry");
 }
 
 void bds_call_panic(bds_call *call, const char *message) {

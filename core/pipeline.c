@@ -135,6 +135,7 @@ static void pipeline_dispatch(bds_pipeline *p, void *msg) {
     case BDS_XK_REPLY: bds__home_on_reply(p, obj); break;
     case BDS_XK_DONE: bds__home_on_done(p, obj); break;
     case BDS_XK_NOTIFY: bds__home_on_notify(p, obj); break;
+    case BDS_XK_DROP_REPLY: bds__home_on_drop_reply(p, obj); break;
     default: BDS_UNREACHABLE();
     }
 }

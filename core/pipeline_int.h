@@ -18,6 +18,7 @@
  *   any -> C REPLY(reply)   a reply for the session's Sender
  *   any -> K COMPLETE(call) bds_call_done() from a thread that is not K
  *   local   NOTIFY(session) deliver ops->closed outside the caller's frame
+ *   K -> C  DROP_REPLY(reply) a held reply of a failed attempt: ops->drop it
  *
  * Per (sender, receiver) pair messages arrive in order, so a GRANT never
  * overtakes its EXEC and REPLYs precede their call's DONE. C sends no GRANT or
@@ -44,6 +45,7 @@ enum bds__xkind {
     BDS_XK_DONE,
     BDS_XK_COMPLETE,
     BDS_XK_NOTIFY,
+    BDS_XK_DROP_REPLY,
     BDS_XK__COUNT,
 };
 #define BDS_XK_MASK ((uintptr_t)15)
@@ -128,6 +130,10 @@ struct bds_call {
     bds_call_fn after_fn;
     void *after_ctx;
     _Atomic uint8_t hooks;            /* BDS_HOOK_*: written by EXEC, read by any thread */
+    /* The attempt's replies while retries hold them (bds_call_reply pushes
+     * from any thread, newest first; EXEC takes them when the attempt ends). */
+    _Atomic(bds_reply *) held;
+    bool retry_asked;                 /* bds_call_retry: retry whatever the code */
     /* Result: written by EXEC (or by a foreign thread before COMPLETE), read by
      * HOME after DONE; the message channel's release/acquire orders them. */
     bds_status status;
@@ -156,6 +162,9 @@ struct bds_session {
     uint32_t acks_pending;
     bool client_closed, server_closed, released, notify_pending, inbound_stopped, room_was_zero;
     bool refused_in_drain;            /* a message came after the shutdown began: the end is not OK */
+    /* Call replies the Sender refused (HOME writes), and how many of those a
+     * bds_call_reply has reported (any thread, CAS). */
+    _Atomic uint64_t replies_refused, replies_refused_told;
     /* Outbound, HOME only. */
     bds_reply *sq_head, *sq_tail;     /* replies waiting for an outbound token */
     uint32_t sq_len, out_in_flight;
@@ -210,6 +219,7 @@ void bds__home_on_done(bds_pipeline *p, bds_call *call);
 void bds__home_on_ack(bds_pipeline *p, bds_session *s);
 void bds__home_on_reply(bds_pipeline *p, bds_reply *reply);
 void bds__home_on_notify(bds_pipeline *p, bds_session *s);
+void bds__home_on_drop_reply(bds_pipeline *p, bds_reply *reply);
 
 /* engine.c (EXEC role) */
 void bds__exec_on_exec(bds_pipeline *p, bds_call *call);

@@ -649,7 +649,20 @@ static bds_status sender_admit(bds_pipeline *p, bds_session *s, bds_reply *r) {
     BDS_UNREACHABLE();
 }
 
-void bds__home_on_reply(bds_pipeline *p, bds_reply *reply) { (void)sender_admit(p, reply->_session, reply); }
+void bds__home_on_reply(bds_pipeline *p, bds_reply *reply) {
+    bds_session *s = reply->_session;
+    if (sender_admit(p, s, reply) == BDS_E_OUTBOUND_BACKPRESSURE) {
+        /* one writer: this thread; the handler hears of it at its next reply */
+        atomic_store_explicit(&s->replies_refused, atomic_load_explicit(&s->replies_refused, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    }
+}
+
+void bds__home_on_drop_reply(bds_pipeline *p, bds_reply *reply) {
+    (void)p;
+    bds_session *s = reply->_session;
+    s->ops->drop(s, reply, s->ops_ctx);
+}
 
 bds_status bds_session_send(bds_session *s, bds_reply *reply) {
     ASSERT_HOME(s);

@@ -27,7 +27,7 @@
 enum sim_behave {
     SIM_OK = 0,        /* done(OK) inside the handler */
     SIM_ASYNC,         /* left pending; the test completes it */
-    SIM_FAIL,          /* done(INTERNAL) for the first `fails` attempts, then OK */
+    SIM_FAIL,          /* fails (fail_status, or UNAVAILABLE) the first `fails` attempts, then OK */
     SIM_PANIC,         /* bds_call_panic() */
     SIM_NONTERMINAL,   /* done(E_NONTERMINAL_FAILURE) */
     SIM_HOOKED,        /* SIM_ASYNC with a cancel hook (bds_call_on_cancel) that finishes it */
@@ -43,6 +43,8 @@ typedef struct sim_msg {
     uint64_t seq;
     int behave;
     uint32_t fails;    /* SIM_FAIL: attempts that fail before one succeeds */
+    bds_status fail_status; /* SIM_FAIL: the failure (BDS_OK here means UNAVAILABLE, retryable by default) */
+    bool ask_retry;    /* SIM_FAIL: fail with bds_call_retry instead of bds_call_done */
     uint32_t replies;  /* replies sent before done */
     uint32_t reply_bytes; /* each one's bds_reply.bytes */
     int session;       /* index in sim->sessions */
@@ -118,6 +120,8 @@ typedef struct sim {
     uint64_t released;
     uint32_t pressure;
     sim_pressure last_pressure;
+    bds_status reply_log[1024]; /* what each bds_call_reply of sim_handler returned */
+    uint32_t n_reply_log;
     bool auto_ack_replies; /* reply_written right after write (a fast reader) */
     bool release_in_closed; /* the transport releases the session from ops->closed */
     /* Each pipeline's port.ctx, distinct as the server's (one pipe each): the
@@ -435,7 +439,8 @@ static void sim_handler(bds_call *call, void *ctx) {
         r->seq = m->seq;
         r->session = m->session;
         r->r.bytes = m->reply_bytes;
-        bds_call_reply(call, &r->r);
+        bds_status rs = bds_call_reply(call, &r->r);
+        if (S->n_reply_log < 1024) S->reply_log[S->n_reply_log++] = rs;
     }
     switch (m->behave) {
     case SIM_OK: bds_call_done(call, BDS_OK, NULL); return;
@@ -452,8 +457,9 @@ static void sim_handler(bds_call *call, void *ctx) {
         if (m->hook_too) bds_call_on_cancel(call, sim_on_cancel, S);
         return;
     case SIM_FAIL:
-        if (bds_call_attempt(call) <= m->fails) bds_call_done(call, BDS_INTERNAL, "scripted failure");
-        else bds_call_done(call, BDS_OK, NULL);
+        if (bds_call_attempt(call) > m->fails) bds_call_done(call, BDS_OK, NULL);
+        else if (m->ask_retry) bds_call_retry(call, m->fail_status ? m->fail_status : BDS_UNAVAILABLE, "scripted failure");
+        else bds_call_done(call, m->fail_status ? m->fail_status : BDS_UNAVAILABLE, "scripted failure");
         return;
     case SIM_PANIC: bds_call_panic(call, "scripted panic");
     case SIM_NONTERMINAL: bds_call_done(call, BDS_E_NONTERMINAL_FAILURE, "scripted non-terminal"); return;
@@ -477,6 +483,15 @@ static inline void sim_complete(sim *S, uint32_t k, bds_status st, bool foreign)
     S->pending[k] = S->pending[--S->n_pending];
     int saved = sim_switch(S, foreign ? SIM_FOREIGN : (int)call->exec);
     bds_call_done(call, st, st == BDS_OK ? NULL : "async failure");
+    sim_switch(S, saved);
+}
+
+/* As sim_complete, with bds_call_retry (a failure marked retryable). */
+static inline void sim_complete_retry(sim *S, uint32_t k, bds_status st, bool foreign) {
+    bds_call *call = S->pending[k];
+    S->pending[k] = S->pending[--S->n_pending];
+    int saved = sim_switch(S, foreign ? SIM_FOREIGN : (int)call->exec);
+    bds_call_retry(call, st, "async failure, retry it");
     sim_switch(S, saved);
 }
 

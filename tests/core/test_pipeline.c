@@ -322,7 +322,7 @@ Test(pipeline, retries_follow_backoff_on_the_fake_clock_then_terminal) {
     cr_assert_eq(S->n_starts, 3);
     sim_session *ss = &S->sessions[s];
     cr_assert(ss->closed);
-    cr_assert_eq(ss->close_status, BDS_INTERNAL, "the handler's status goes on the wire");
+    cr_assert_eq(ss->close_status, BDS_UNAVAILABLE, "the handler's status goes on the wire");
     cr_assert_str_eq(ss->close_msg, "scripted failure");
     sim_free(S);
 }
@@ -355,7 +355,7 @@ Test(pipeline, zero_retry_budget_runs_once) {
     sim_send_msg(S, m, &st);
     sim_settle(S);
     cr_assert_eq(S->n_starts, 1);
-    cr_assert_eq(S->sessions[s].close_status, BDS_INTERNAL);
+    cr_assert_eq(S->sessions[s].close_status, BDS_UNAVAILABLE);
     sim_free(S);
 }
 
@@ -563,6 +563,215 @@ Test(pipeline, reply_after_done_from_a_thread_is_named) {
 }
 
 Test(pipeline, panic_outside_the_handler_is_named) { expect_misuse(panic_outside_the_handler, "bds_call_panic"); }
+
+/* Runs a message that fails every attempt with status on a fresh session
+ * (3 retries allowed, failures not terminal); returns how often it ran. */
+static uint32_t runs_of_a_failure(bds_status status, uint32_t retryable, bool ask) {
+    sim *S = sim_new(1, 60);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 3;
+    o.retry.retryable = retryable;
+    o.inbound.failures_terminal = false;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, "k", 1, SIM_FAIL);
+    m->fails = 100;
+    m->fail_status = status;
+    m->ask_retry = ask;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    uint32_t runs = S->n_starts;
+    bds_session_stats ss;
+    bds_session_get_stats(S->sessions[s].s, &ss);
+    cr_assert_eq(ss.retried, runs - 1);
+    sim_free(S);
+    return runs;
+}
+
+Test(pipeline, only_retryable_failures_are_retried) {
+    static const bds_status never[] = {BDS_CANCELLED, BDS_INVALID_ARGUMENT, BDS_INTERNAL, BDS_NOT_FOUND,
+                                       BDS_UNKNOWN, BDS_DEADLINE_EXCEEDED, BDS_PERMISSION_DENIED,
+                                       BDS_FAILED_PRECONDITION, BDS_UNAUTHENTICATED, BDS_E_NONTERMINAL_FAILURE,
+                                       BDS_E_TERMINAL_FAILURE, BDS_E_SESSION_CLOSED};
+    for (size_t i = 0; i < sizeof never / sizeof never[0]; i++)
+        cr_assert_eq(runs_of_a_failure(never[i], BDS_RETRYABLE_DEFAULT, false), 1, "%s is not retried by default",
+                     bds_status_name(never[i]));
+    static const bds_status retried[] = {BDS_UNAVAILABLE, BDS_ABORTED, BDS_RESOURCE_EXHAUSTED,
+                                         BDS_E_OUTBOUND_BACKPRESSURE /* RESOURCE_EXHAUSTED */};
+    for (size_t i = 0; i < sizeof retried / sizeof retried[0]; i++)
+        cr_assert_eq(runs_of_a_failure(retried[i], BDS_RETRYABLE_DEFAULT, false), 4, "%s is retried by default",
+                     bds_status_name(retried[i]));
+    cr_assert_eq(runs_of_a_failure(BDS_INTERNAL, 1u << BDS_INTERNAL, false), 4, "the mask decides");
+    cr_assert_eq(runs_of_a_failure(BDS_UNAVAILABLE, 1u << BDS_INTERNAL, false), 1);
+    cr_assert_eq(runs_of_a_failure(BDS_UNAVAILABLE, 0, false), 1, "an empty mask retries nothing by itself");
+}
+
+Test(pipeline, a_failure_the_handler_marks_retryable_is_retried_and_ends_with_its_own_status) {
+    cr_assert_eq(runs_of_a_failure(BDS_INVALID_ARGUMENT, 0, true), 4);
+    cr_assert_eq(runs_of_a_failure(BDS_E_NONTERMINAL_FAILURE, BDS_RETRYABLE_DEFAULT, true), 4);
+    sim *S = sim_new(1, 61);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 1;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, "k", 1, SIM_FAIL);
+    m->fails = 100;
+    m->fail_status = BDS_INVALID_ARGUMENT;
+    m->ask_retry = true;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->n_starts, 2);
+    cr_assert_eq(S->sessions[s].close_status, BDS_INVALID_ARGUMENT, "spent: the status it failed with");
+    sim_free(S);
+}
+
+static void retry_with_ok(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, SIM_FOREIGN);
+    bds_call_retry(call, BDS_OK, NULL);
+}
+
+static void retry_after_done(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, SIM_FOREIGN);
+    bds_call_done(call, BDS_OK, NULL);
+    bds_call_retry(call, BDS_UNAVAILABLE, NULL);
+}
+
+Test(pipeline, retry_with_a_success_is_named) { expect_misuse(retry_with_ok, "bds_call_retry"); }
+Test(pipeline, retry_after_done_is_named) { expect_misuse(retry_after_done, "bds_call_retry"); }
+
+/* With retries on, an attempt's replies wait with its call: a failed
+ * attempt's are dropped, a successful one's sent, none twice. */
+Test(pipeline, replies_of_failed_attempts_are_dropped_never_sent_twice) {
+    sim *S = sim_new(2, 62);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 3;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, key_away_from_0(S), 1, SIM_FAIL);
+    m->fails = 2;
+    m->replies = 3;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->n_starts, 3);
+    cr_assert_eq(S->sessions[s].n_written, 3, "the successful attempt's three, once");
+    cr_assert_eq(S->sessions[s].dropped_replies, 6, "the failed attempts' six, dropped through ops->drop");
+    /* spent: nothing of it is sent */
+    sim_msg *f = sim_msg_new(s, "f", 2, SIM_FAIL);
+    f->fails = 100;
+    f->replies = 2;
+    sim_send_msg(S, f, &st);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].n_written, 3);
+    cr_assert_eq(S->sessions[s].dropped_replies, 6 + 8);
+    cr_assert_eq(S->sessions[s].close_status, BDS_UNAVAILABLE);
+    sim_free(S);
+}
+
+/* Held replies made on another thread go out when the attempt succeeds, in
+ * the order they were made, ahead of the call's end. */
+Test(pipeline, held_replies_of_an_async_attempt_go_out_when_it_succeeds) {
+    sim *S = sim_new(2, 63);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 1;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, key_away_from_0(S), 1, SIM_ASYNC);
+    m->replies = 2;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].n_written, 0, "held while the attempt runs");
+    bds_call *call = S->pending[0];
+    sim_switch(S, SIM_FOREIGN);
+    for (uint64_t i = 0; i < 3; i++) {
+        sim_reply *r = calloc(1, sizeof *r);
+        r->seq = 100 + i;
+        r->session = s;
+        cr_assert_eq(bds_call_reply(call, &r->r), BDS_OK);
+    }
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].n_written, 0);
+    sim_complete(S, 0, BDS_OK, true);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].n_written, 5);
+    uint64_t want[] = {1, 1, 100, 101, 102};
+    for (int i = 0; i < 5; i++) cr_assert_eq(S->sessions[s].written[i], want[i], "in the order made");
+    sim_free(S);
+}
+
+Test(pipeline, at_least_once_sends_replies_as_made_and_a_retry_repeats_them) {
+    sim *S = sim_new(1, 64);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 3;
+    o.retry.at_least_once = true;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, "k", 1, SIM_FAIL);
+    m->fails = 1;
+    m->replies = 2;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->n_starts, 2);
+    cr_assert_eq(S->sessions[s].n_written, 4, "documented: each attempt's replies");
+    cr_assert_eq(S->sessions[s].dropped_replies, 0);
+    sim_free(S);
+}
+
+/* Without fail_fast a refused reply does not vanish: the handler hears of it
+ * at its session's next reply, once. */
+Test(pipeline, a_reply_the_sender_refuses_is_reported_at_the_next_reply) {
+    sim *S = sim_new(2, 65);
+    bds_options o = bds_default_options();
+    o.outbound.backpressure.policy = BDS_BP_HARD_REJECT;
+    o.outbound.backpressure.capacity = 1;
+    o.outbound.backpressure.queue_capacity = 0;
+    o.outbound.fail_fast = false;
+    S->auto_ack_replies = false; /* the client does not read */
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, key_away_from_0(S), 1, SIM_OK);
+    m->replies = 2; /* the second is refused, later, at home */
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->n_reply_log, 2);
+    cr_assert_eq(S->reply_log[0], BDS_OK);
+    cr_assert_eq(S->reply_log[1], BDS_OK, "not known yet when it was taken");
+    bds_session_stats ss;
+    bds_session_get_stats(S->sessions[s].s, &ss);
+    cr_assert_eq(ss.replies_rejected, 1);
+    sim_msg *n = sim_msg_new(s, "other", 2, SIM_OK);
+    n->replies = 2;
+    sim_send_msg(S, n, &st);
+    sim_settle(S);
+    cr_assert_eq(S->reply_log[2], BDS_E_OUTBOUND_BACKPRESSURE, "told at the session's next reply");
+    cr_assert_eq(S->reply_log[3], BDS_OK, "once");
+    cr_assert_eq(bds_session_get_state(S->sessions[s].s), BDS_STATE_OPEN, "no fail_fast: the session goes on");
+    sim_msg *k = sim_msg_new(s, "third", 3, SIM_OK);
+    k->replies = 1;
+    sim_send_msg(S, k, &st);
+    sim_settle(S);
+    cr_assert_eq(S->reply_log[4], BDS_E_OUTBOUND_BACKPRESSURE, "the two refused since");
+    sim_free(S);
+}
+
+Test(pipeline, a_reply_after_the_session_closed_says_so) {
+    sim *S = sim_new(2, 66);
+    int s = sim_open(S, 0, NULL);
+    sim_send(S, s, key_away_from_0(S), 1, SIM_ASYNC);
+    sim_settle(S);
+    bds_call *call = S->pending[0];
+    sim_home(S, s);
+    bds_session_fail(S->sessions[s].s, BDS_UNAVAILABLE, "gone");
+    sim_switch(S, SIM_FOREIGN);
+    sim_reply *r = calloc(1, sizeof *r);
+    cr_assert_eq(bds_call_reply(call, &r->r), BDS_E_SESSION_CLOSED);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].dropped_replies, 1, "still the transport's to free, through ops->drop");
+    sim_free(S);
+}
 
 Test(pipeline, nonterminal_failure_is_confined_to_the_message) {
     sim *S = sim_new(1, 14);

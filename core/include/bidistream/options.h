@@ -81,9 +81,21 @@ typedef struct bds_options {
          * admitted only the work already admitted can add more. 0 = no limit. */
         uint32_t unsent_bytes_max;
     } outbound;
+    /* Retries: a failed attempt runs again, on its key's pipeline, keeping
+     * its key's turn, after backoff_ns, while the budget lasts, the session
+     * is open, and either the failure's gRPC code (bds_status_grpc) is in
+     * `retryable` or the handler asked with bds_call_retry (pipeline.h). A
+     * panic is never retried. Replies: with max_attempts > 0 an attempt's
+     * replies are held with its call until the attempt ends, then sent (it
+     * succeeded) or dropped through ops->drop (it failed, retried or not):
+     * no reply of a failed attempt is sent, none twice. With at_least_once
+     * they go out as they are made, as without retries: a retried attempt
+     * may send them again. */
     struct {
         uint32_t max_attempts;       /* retry budget per message: 0 = one attempt, no retry */
         uint64_t backoff_ns;         /* delay between attempts; 0 = retry at once */
+        uint32_t retryable;          /* gRPC codes retried: bit (1u << code), codes 1..16 */
+        bool at_least_once;          /* send replies as made (a retry may repeat them) */
     } retry;
     struct {
         uint64_t grace_period_ns;    /* how long draining may take before a forced close */
@@ -98,10 +110,19 @@ typedef struct bds_options {
     void *on_pressure_ctx;
 } bds_options;
 
+/* The gRPC codes retried by default: UNAVAILABLE, ABORTED and
+ * RESOURCE_EXHAUSTED, failures that may pass. Never by default: CANCELLED,
+ * INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED,
+ * FAILED_PRECONDITION, OUT_OF_RANGE, UNIMPLEMENTED, UNAUTHENTICATED (the
+ * same again would fail the same), DEADLINE_EXCEEDED, INTERNAL, UNKNOWN,
+ * DATA_LOSS, and the statuses that send nothing (E_NONTERMINAL_FAILURE). */
+#define BDS_RETRYABLE_DEFAULT ((1u << BDS_UNAVAILABLE) | (1u << BDS_ABORTED) | (1u << BDS_RESOURCE_EXHAUSTED))
+
 /* Safe defaults: inbound KEYED_FIFO with QUEUE backpressure (a fast client is
  * slowed, not rejected: the transport stops reading when the queue is full, or
  * when 4 MiB of payload is admitted and unfinished, or 4 MiB of replies wait
- * for the transport), outbound FIFO with QUEUE, fail_fast on, no retries, a
+ * for the transport), outbound FIFO with QUEUE, fail_fast on, no retries
+ * (retryable = BDS_RETRYABLE_DEFAULT, replies held when retries are on), a
  * 5 s grace period, drain on shutdown and on client close, terminal handler
  * failures. docs/SERVICE.md lists every field's default with its bidistreamd
  * flag. */

@@ -335,13 +335,29 @@ BDS_API bds_status bds_call_after(bds_call *call, uint64_t after_ns, bds_call_fn
  * caller's. */
 BDS_API void bds_call_on_cancel(bds_call *call, bds_call_fn fn, void *ctx);
 /* Emits a reply (before bds_call_done; after it, a misuse that stops the
- * process). Thread: any. The reply reaches the Sender in call order. reply
- * stays the caller's until the session's ops->write or ops->drop. */
-BDS_API void bds_call_reply(bds_call *call, bds_reply *reply);
+ * process). Thread: any. The reply reaches the Sender in call order: at once,
+ * or, when retries hold replies (options.retry: max_attempts > 0 without
+ * at_least_once), when the attempt ends: sent if it succeeded, dropped
+ * (ops->drop) if it failed. reply stays the caller's until the session's
+ * ops->write or ops->drop, whatever this returns. Returns:
+ *   BDS_OK                       taken
+ *   BDS_E_SESSION_CLOSED         taken, but the session has closed: it will be
+ *                                dropped, and so will every later one
+ *   BDS_E_OUTBOUND_BACKPRESSURE  taken, but since the last reply that said so,
+ *                                the Sender refused at least one earlier reply
+ *                                of this session (this call's or another's;
+ *                                without outbound.fail_fast the session goes
+ *                                on and the refused replies are dropped). The
+ *                                Sender decides on the session's home pipeline
+ *                                after the reply was taken, so a refusal is
+ *                                told at a later bds_call_reply of the session,
+ *                                once, never at the one refused. */
+BDS_API bds_status bds_call_reply(bds_call *call, bds_reply *reply);
 /* Finishes this attempt. BDS_OK succeeds. BDS_E_NONTERMINAL_FAILURE fails this
  * message alone. Any other status is a failure: retried while the budget
- * lasts, then terminal for the session when inbound.failures_terminal (its
- * status goes on the wire; E_TERMINAL_FAILURE becomes INTERNAL).
+ * lasts if its gRPC code is in options.retry.retryable (else at once), then
+ * terminal for the session when inbound.failures_terminal (its status goes
+ * on the wire; E_TERMINAL_FAILURE becomes INTERNAL).
  * BDS_E_PANIC_RECOVERED is the abort below. message may be NULL; it is copied
  * (up to 95 bytes). Thread: any; but only the call's EXEC pipeline thread
  * while a bds_call_after timer or a bds_call_on_cancel hook is set (from
@@ -350,6 +366,15 @@ BDS_API void bds_call_reply(bds_call *call, bds_reply *reply);
  * threads at once) is a misuse that stops the process, naming
  * bds_call_done. */
 BDS_API void bds_call_done(bds_call *call, bds_status status, const char *message);
+/* Finishes this attempt as a failure with status and message, as
+ * bds_call_done, and asks for it to be retried whatever its gRPC code
+ * (options.retry.retryable): while options.retry.max_attempts lasts and the
+ * session is open, the message runs again after retry.backoff_ns; after that
+ * it is the failure status says. With max_attempts 0 it is bds_call_done.
+ * status BDS_OK or BDS_E_PANIC_RECOVERED is a misuse that stops the process,
+ * naming bds_call_retry. Thread, once per attempt and misuse: as
+ * bds_call_done (either one finishes the attempt). */
+BDS_API void bds_call_retry(bds_call *call, bds_status status, const char *message);
 /* Aborts the handler, the C counterpart of a Go panic: only from inside the
  * handler's own synchronous run. Unwinds (longjmp) to the Engine, which ends
  * the session with PANIC_RECOVERED (INTERNAL); never retried, never fatal to
