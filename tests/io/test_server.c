@@ -23,7 +23,8 @@
 
 #include "bidistream/server.h"
 #include "pipeline_int.h" /* bds_call: home and exec shard */
-#include "server_int.h" /* bds__server_watches, bds__server_dump */
+#include "server_int.h" /* bds__server_dump */
+#include "services.h"   /* bds__health_watches */
 #include "watchdog.h"
 
 #define PATH "/bidistream.v1.Pipeline/Process"
@@ -810,8 +811,8 @@ static bool all_answered(struct cli *c) {
 }
 
 /* 10,000 Watches opened and cancelled, 16 at a time (a connection each
- * time: so many resets on one would be a rapid-reset flood): each leaves its
- * shard's list the moment its stream is gone (before: it stayed until the
+ * time: so many resets on one would be a rapid-reset flood): each leaves the
+ * waiting list the moment its stream is gone (before: it stayed until the
  * next Watch swept the list, which every new Watch walked). */
 Test(server, cancelled_watches_are_freed_at_once) {
     struct srv v;
@@ -828,11 +829,11 @@ Test(server, cancelled_watches_are_freed_at_once) {
         cli_sync(&c);
         cli_fini(&c);
     }
-    uint32_t n = bds__server_watches(v.s);
+    uint32_t n = bds__health_watches(v.s);
     for (int i = 0; i < 500 && n != 0; i++) { /* the cancels run on the shards: bounded wait */
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        n = bds__server_watches(v.s);
+        n = bds__health_watches(v.s);
     }
     cr_assert_eq(n, 0, "%u cancelled Watch calls still held", n);
     srv_stop(&v);
