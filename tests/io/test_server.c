@@ -841,6 +841,43 @@ Test(server, cancelled_watches_are_freed_at_once) {
     srv_stop(&v);
 }
 
+/* Reads what the server sent until it closed the connection (bounded: about
+ * 10 s), feeding the client session. */
+static void cli_read_to_eof(struct cli *c) {
+    uint8_t buf[16384];
+    for (int i = 0; i < 1000; i++) {
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        if (poll(&p, 1, 10) <= 0) continue;
+        ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+        if (n <= 0) return;
+        cr_assert_eq(nghttp2_session_mem_recv(c->ng, buf, (size_t)n), n);
+    }
+}
+
+/* At the stop every waiting Watch, on either shard, hears NOT_SERVING after
+ * its SERVING and then ends OK: the stop hook's push and finish reach each
+ * stream before the drain could end it UNAVAILABLE. */
+Test(server, watches_hear_not_serving_then_end_ok_at_the_stop) {
+    struct srv v;
+    srv_start(&v, 2);
+    struct cli c[4];
+    for (int k = 0; k < 4; k++) { /* connections land on either shard */
+        cli_init(&c[k], srv_connect(&v));
+        for (int i = 0; i < 4; i++) cli_open(&c[k], "/grpc.health.v1.Health/Watch", calloc(1, 5), 5, true);
+        cli_pump(&c[k], all_answered);
+    }
+    srv_stop(&v);
+    for (int k = 0; k < 4; k++) {
+        cli_read_to_eof(&c[k]);
+        for (int i = 0; i < 4; i++) {
+            /* two HealthCheckResponses of 5 + 2 bytes: SERVING, NOT_SERVING */
+            cr_assert_eq(c[k].s[i].in_bytes, 14, "Watch %d.%d got %zu bytes", k, i, c[k].s[i].in_bytes);
+            cr_assert_eq(c[k].s[i].grpc_status, 0, "Watch %d.%d ended %d", k, i, c[k].s[i].grpc_status);
+        }
+        cli_fini(&c[k]);
+    }
+}
+
 /* ---- shutdown with trailers still waiting ------------------------------------------------ */
 
 static bool first_stream_sent(struct cli *c) { return c->s[0].out_off == c->s[0].out_len; }
