@@ -85,13 +85,31 @@ static void exec_drop_all(bds_pipeline *p, bds__exec_key *ek) {
 
 static void exec_on_retry_timer(bds_timer *timer, void *ctx);
 
+/* Takes back the attempt's hooks (its bds_call_after timer, its cancel hook):
+ * its end came first. EXEC only. */
+static void exec_hooks_clear(bds_call *call) {
+    if (atomic_load_explicit(&call->hooks, memory_order_relaxed) & BDS_HOOK_AFTER)
+        bds__timer_cancel(call->exec_p->timers, &call->after_timer);
+    call->on_cancel = NULL;
+    atomic_store_explicit(&call->hooks, 0, memory_order_relaxed);
+}
+
+static void exec_on_after_timer(bds_timer *timer, void *ctx) {
+    (void)timer;
+    bds_call *call = ctx;
+    atomic_fetch_and_explicit(&call->hooks, (uint8_t)~BDS_HOOK_AFTER, memory_order_relaxed);
+    call->after_fn(call, call->after_ctx);
+}
+
 static void exec_handler_run(bds_call *call) {
     bds_session *s = call->session;
     jmp_buf guard;
     call->attempt++;
     call->exec_state = BDS_EXEC_RUNNING;
     call->done_in_handler = false;
+    call->retry_asked = false;
     call->on_cancel = NULL;
+    BDS_ASSERT(atomic_load_explicit(&call->hooks, memory_order_relaxed) == 0); /* the last attempt's end took them */
     call->in_handler = true;
     call->guard = &guard;
     /* release: what EXEC wrote reaches whoever the handler hands the call to */
@@ -101,6 +119,7 @@ static void exec_handler_run(bds_call *call) {
     } else {
         call->status = BDS_E_PANIC_RECOVERED; /* bds_call_panic() set msg and life */
         call->done_in_handler = true;
+        exec_hooks_clear(call);
     }
     call->guard = NULL;
     call->in_handler = false;
@@ -110,15 +129,38 @@ static bool exec_should_retry(const bds_call *call) {
     const bds_session *s = call->session;
     if (call->status == BDS_OK || call->status == BDS_E_PANIC_RECOVERED) return false;
     if (call->attempt > s->opts.retry.max_attempts) return false;
+    int code = bds_status_grpc(call->status);
+    if (!call->retry_asked && (code <= 0 || !(s->opts.retry.retryable & (1u << code)))) return false;
     /* acquire: pairs with the home side's transition; a closed session's work is not retried */
     return atomic_load_explicit(&((bds_session *)s)->state, memory_order_acquire) != BDS_STATE_CLOSED;
 }
 
 /* The running head finished an attempt: retry it, or hand it home. Returns
  * the key's new head (NULL when the key is gone or the head waits for a retry). */
+/* The attempt ended: its held replies go home to be sent (it succeeded) or
+ * dropped (it failed), in the order they were made, ahead of its DONE. */
+static void exec_release_held(bds_pipeline *p, bds_call *call) {
+    /* acquire: pairs with the pushes' release, from whatever thread replied */
+    bds_reply *r = atomic_exchange_explicit(&call->held, NULL, memory_order_acquire), *in_order = NULL;
+    while (r) { /* newest first: reverse */
+        bds_reply *next = r->_next;
+        r->_next = in_order;
+        in_order = r;
+        r = next;
+    }
+    enum bds__xkind kind = call->status == BDS_OK ? BDS_XK_REPLY : BDS_XK_DROP_REPLY;
+    while (in_order) {
+        r = in_order;
+        in_order = r->_next;
+        r->_next = NULL;
+        bds__post(p, call->home, kind, r);
+    }
+}
+
 static bds_call *exec_result(bds_pipeline *p, bds_call *call) {
     bds__exec_key *ek = call->ekey;
     BDS_ASSERT(ek->head == call && call->exec_state == BDS_EXEC_RUNNING);
+    exec_release_held(p, call);
     if (exec_should_retry(call)) {
         call->exec_state = BDS_EXEC_RETRY_WAIT;
         bds__timer_init(&call->retry_timer, exec_on_retry_timer, call);
@@ -193,6 +235,23 @@ void bds__exec_on_complete(bds_pipeline *p, bds_call *call) {
     exec_run(p, exec_result(p, call));
 }
 
+/* The running head's session closed. Its work would outlive the stream (a
+ * timer up to an hour out): its timer fires now, then its cancel hook if it
+ * is still running. A bds_call_done from either posts COMPLETE, so its key
+ * stays for the caller's loop. */
+static void exec_cancel_hooks(bds_pipeline *p, bds_call *call) {
+    if (atomic_load_explicit(&call->hooks, memory_order_relaxed) & BDS_HOOK_AFTER) {
+        bds__timer_cancel(p->timers, &call->after_timer);
+        exec_on_after_timer(&call->after_timer, call);
+    }
+    if (atomic_load_explicit(&call->hooks, memory_order_relaxed) & BDS_HOOK_CANCEL) {
+        bds_call_fn fn = call->on_cancel;
+        call->on_cancel = NULL;
+        atomic_fetch_and_explicit(&call->hooks, (uint8_t)~BDS_HOOK_CANCEL, memory_order_relaxed);
+        fn(call, call->on_cancel_ctx);
+    }
+}
+
 void bds__exec_on_cancel(bds_pipeline *p, bds_session *s, bool running_too) {
     bds__exec_key *ek = s->exec[p->index].first;
     while (ek) {
@@ -201,14 +260,7 @@ void bds__exec_on_cancel(bds_pipeline *p, bds_session *s, bool running_too) {
         if (head->exec_state == BDS_EXEC_RUNNING ||
             (head->exec_state == BDS_EXEC_RETRY_WAIT && !running_too)) {
             ek->drop_rest = true; /* the active head finishes, the rest follow it out */
-            if (running_too && head->exec_state == BDS_EXEC_RUNNING && head->on_cancel) {
-                /* Its work would outlive the stream (a timer up to an hour
-                 * out): stop it now. Its bds_call_done posts COMPLETE, so ek
-                 * is still there for the loop. */
-                bds__call_cancel_fn fn = head->on_cancel;
-                head->on_cancel = NULL;
-                fn(head, head->on_cancel_ctx);
-            }
+            if (running_too && head->exec_state == BDS_EXEC_RUNNING) exec_cancel_hooks(p, head);
         } else {
             if (head->exec_state == BDS_EXEC_RETRY_WAIT) {
                 bds__timer_cancel(p->timers, &head->retry_timer);
@@ -234,10 +286,16 @@ uint64_t bds_call_seq(const bds_call *call) { return call->seq; }
 uint32_t bds_call_attempt(const bds_call *call) { return call->attempt; }
 void *bds_call_session_ctx(const bds_call *call) { return call->session->ops_ctx; }
 
+static bool session_closed(const bds_session *s);
+
+bool bds_call_pressured(const bds_call *call) {
+    bds__call_check_running(call, "bds_call_pressured");
+    return call->pressured;
+}
+
 bool bds_call_cancelled(const bds_call *call) {
     bds__call_check_running(call, "bds_call_cancelled");
-    /* acquire: pairs with the home side's transition to Closed */
-    return atomic_load_explicit(&call->session->state, memory_order_acquire) == BDS_STATE_CLOSED;
+    return session_closed(call->session);
 }
 
 /* Whether the calling thread runs the call's EXEC pipeline. (Comparing the
@@ -265,41 +323,112 @@ static void call_post(bds_call *call, uint32_t dst, enum bds__xkind kind, const 
     else bds__post_any(call->session->home, dst, kind, obj);
 }
 
-void bds_call_reply(bds_call *call, bds_reply *reply) {
-    bds__call_check_running(call, "bds_call_reply");
-    reply->_session = call->session;
-    reply->_next = NULL;
-    call_post(call, call->home, BDS_XK_REPLY, reply);
+/* Whether the Sender refused replies of s that no bds_call_reply has
+ * reported yet; reports them (once, to one caller). */
+static bool replies_refused_news(bds_session *s) {
+    uint64_t n = atomic_load_explicit(&s->replies_refused, memory_order_relaxed);
+    uint64_t told = atomic_load_explicit(&s->replies_refused_told, memory_order_relaxed);
+    while (told < n) {
+        if (atomic_compare_exchange_weak_explicit(&s->replies_refused_told, &told, n, memory_order_relaxed,
+                                                  memory_order_relaxed))
+            return true;
+    }
+    return false;
 }
 
-void bds__call_on_cancel(bds_call *call, bds__call_cancel_fn fn, void *ctx) {
-    BDS_ASSERT(on_exec_thread(call) && call->exec_state == BDS_EXEC_RUNNING);
+bds_status bds_call_reply(bds_call *call, bds_reply *reply) {
+    bds__call_check_running(call, "bds_call_reply");
+    bds_session *s = call->session;
+    reply->_session = s;
+    if (s->opts.retry.max_attempts && !s->opts.retry.at_least_once) {
+        /* held until the attempt ends (exec_release_held) */
+        bds_reply *head = atomic_load_explicit(&call->held, memory_order_relaxed);
+        do {
+            reply->_next = head;
+        } while (!atomic_compare_exchange_weak_explicit(&call->held, &head, reply, memory_order_release,
+                                                        memory_order_relaxed));
+    } else {
+        reply->_next = NULL;
+        call_post(call, call->home, BDS_XK_REPLY, reply); /* reply is home's: no access after this */
+    }
+    if (session_closed(s)) return BDS_E_SESSION_CLOSED;
+    return replies_refused_news(s) ? BDS_E_OUTBOUND_BACKPRESSURE : BDS_OK;
+}
+
+static bool session_closed(const bds_session *s) {
+    /* acquire: pairs with the home side's transition to Closed */
+    return atomic_load_explicit(&((bds_session *)s)->state, memory_order_acquire) == BDS_STATE_CLOSED;
+}
+
+bds_status bds_call_after(bds_call *call, uint64_t after_ns, bds_call_fn fn, void *ctx) {
+    bds__call_check_running(call, "bds_call_after");
+    if (!on_exec_thread(call))
+        bds__misuse("bds_call_after", "only on the call's EXEC pipeline thread (where its handler runs)");
+    if (!fn) bds__misuse("bds_call_after", "fn is NULL");
+    if (atomic_load_explicit(&call->hooks, memory_order_relaxed) & BDS_HOOK_AFTER) return BDS_FAILED_PRECONDITION;
+    bds_pipeline *p = call->exec_p;
+    uint64_t now = bds__now(p);
+    /* A session that closed already may have had its CANCEL here: fire at
+     * once instead of waiting the whole delay for nothing. */
+    uint64_t at = session_closed(call->session) ? now : (after_ns > UINT64_MAX - now ? UINT64_MAX : now + after_ns);
+    bds__timer_init(&call->after_timer, exec_on_after_timer, call);
+    if (bds__timer_arm(p->timers, &call->after_timer, at) != 0) return BDS_E_NOMEM;
+    call->after_fn = fn;
+    call->after_ctx = ctx;
+    atomic_fetch_or_explicit(&call->hooks, BDS_HOOK_AFTER, memory_order_relaxed);
+    return BDS_OK;
+}
+
+void bds_call_on_cancel(bds_call *call, bds_call_fn fn, void *ctx) {
+    bds__call_check_running(call, "bds_call_on_cancel");
+    if (!on_exec_thread(call))
+        bds__misuse("bds_call_on_cancel", "only on the call's EXEC pipeline thread (where its handler runs)");
     call->on_cancel = fn;
     call->on_cancel_ctx = ctx;
+    if (fn) atomic_fetch_or_explicit(&call->hooks, BDS_HOOK_CANCEL, memory_order_relaxed);
+    else atomic_fetch_and_explicit(&call->hooks, (uint8_t)~BDS_HOOK_CANCEL, memory_order_relaxed);
 }
 
-void bds_call_done(bds_call *call, bds_status status, const char *message) {
-    bds__call_check_running(call, "bds_call_done");
+void bds__call_on_cancel(bds_call *call, bds__call_cancel_fn fn, void *ctx) { bds_call_on_cancel(call, fn, ctx); }
+
+/* bds_call_done and bds_call_retry: api names the one called. */
+static void call_finish(bds_call *call, bds_status status, const char *message, bool retry, const char *api) {
+    bds__call_check_running(call, api);
+    bool on_exec = on_exec_thread(call);
+    /* Hooks live on the EXEC thread: a foreign completion must not race a
+     * hook EXEC may be running, nor write what EXEC reads. */
+    if (!on_exec && atomic_load_explicit(&call->hooks, memory_order_relaxed) != 0)
+        bds__misuse(api, "from another thread while a bds_call_after timer or a bds_call_on_cancel hook "
+                                     "is set (it would race them): finish on the call's EXEC pipeline thread");
     uint8_t running = BDS_CALL_RUNNING;
     /* One winner between racing completions; the loser is told, not obeyed. */
     if (!atomic_compare_exchange_strong_explicit(&call->life, &running, BDS_CALL_DONE, memory_order_acq_rel,
                                                  memory_order_acquire))
-        bds__misuse("bds_call_done", "called twice for one attempt (two threads at once)");
-    /* Only a call on its EXEC thread can have a cancel hook; a foreign
-     * thread's completion must not write what EXEC reads. */
-    if (on_exec_thread(call)) call->on_cancel = NULL;
+        bds__misuse(api, "called twice for one attempt (two threads at once)");
+    if (on_exec) exec_hooks_clear(call);
     call->status = status;
+    call->retry_asked = retry;
     if (message) {
         strncpy(call->msg, message, sizeof call->msg - 1);
         call->msg[sizeof call->msg - 1] = 0;
     } else {
         call->msg[0] = 0;
     }
-    if (on_exec_thread(call) && call->in_handler) {
+    if (on_exec && call->in_handler) {
         call->done_in_handler = true; /* exec_run() acts on it when the handler returns */
         return;
     }
     call_post(call, call->exec, BDS_XK_COMPLETE, call);
+}
+
+void bds_call_done(bds_call *call, bds_status status, const char *message) {
+    call_finish(call, status, message, false, "bds_call_done");
+}
+
+void bds_call_retry(bds_call *call, bds_status status, const char *message) {
+    if (status == BDS_OK || status == BDS_E_PANIC_RECOVERED)
+        bds__misuse("bds_call_retry", "status must be a failure (not OK, not E_PANIC_RECOVERED)");
+    call_finish(call, status, message, true, "bds_call_retry");
 }
 
 void bds_call_panic(bds_call *call, const char *message) {

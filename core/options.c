@@ -10,6 +10,8 @@
 #define MAX_ATTEMPTS_LIMIT 1000u
 #define MAX_BACKOFF_NS HOUR_NS
 #define MAX_GRACE_NS HOUR_NS
+/* Codes 1..16: OK (0) is no failure. */
+#define RETRYABLE_CODES (((1u << 17) - 1) & ~1u)
 
 bds_options bds_default_options(void) {
     bds_options o = {0};
@@ -31,6 +33,8 @@ bds_options bds_default_options(void) {
     o.outbound.unsent_bytes_max = 4u << 20; /* a default max-size gRPC message */
     o.retry.max_attempts = 0;
     o.retry.backoff_ns = 0;
+    o.retry.retryable = BDS_RETRYABLE_DEFAULT;
+    o.retry.at_least_once = false;
     o.shutdown.grace_period_ns = 5000 * MS;
     o.shutdown.drain_inbound = true;
     o.shutdown.drain_outbound = true;
@@ -74,6 +78,10 @@ bds_status bds_options_validate(const bds_options *o, const char **why) {
         err = "retry.backoff: longer than one hour";
     } else if (o->retry.backoff_ns != 0 && o->retry.max_attempts == 0) {
         err = "retry.backoff: set, but retry.max_attempts is 0 (no retry would wait for it)";
+    } else if (o->retry.retryable & ~RETRYABLE_CODES) {
+        err = "retry.retryable: a bit that is no gRPC failure code (OK, or past 16)";
+    } else if (o->retry.at_least_once && o->retry.max_attempts == 0) {
+        err = "retry.at_least_once: set, but retry.max_attempts is 0 (no attempt is retried)";
     } else if (o->shutdown.grace_period_ns > MAX_GRACE_NS) {
         err = "shutdown.grace_period: longer than one hour";
     } else if (o->metrics.payload_sizes && !o->metrics.enabled) {

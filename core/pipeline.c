@@ -136,6 +136,7 @@ static void pipeline_dispatch(bds_pipeline *p, void *msg) {
     case BDS_XK_DONE: bds__home_on_done(p, obj); break;
     case BDS_XK_NOTIFY: bds__home_on_notify(p, obj); break;
     case BDS_XK_TASK: ((bds__task *)obj)->run(obj); break;
+    case BDS_XK_DROP_REPLY: bds__home_on_drop_reply(p, obj); break;
     default: BDS_UNREACHABLE();
     }
 }
@@ -177,4 +178,24 @@ void bds_pipeline_get_stats(const bds_pipeline *p, bds_pipeline_stats *out) {
     out->calls_live = p->calls.live;
     out->keys_home_live = p->hkeys.live;
     out->keys_exec_live = p->ekeys.live;
+}
+
+void bds_counters_load(const bds_counters *c, bds_counters *out) {
+#define LOAD(f) atomic_store_explicit(&out->f, atomic_load_explicit(&((bds_counters *)c)->f, memory_order_relaxed), \
+                                      memory_order_relaxed)
+    LOAD(admitted);
+    LOAD(rejected);
+    LOAD(completed);
+    LOAD(failed);
+    LOAD(nonterminal_failures);
+    LOAD(retried);
+    LOAD(panics);
+    LOAD(dropped);
+    LOAD(pressure_signals);
+    LOAD(replies_written);
+    LOAD(replies_rejected);
+    LOAD(bytes_in);
+    LOAD(bytes_out);
+    LOAD(calls_live);
+#undef LOAD
 }

@@ -21,6 +21,7 @@
  *   any -> any TASK(task)   run task->run there (the transport's own work,
  *                           e.g. a stream operation carried to its home in
  *                           the order of the replies posted before it)
+ *   K -> C  DROP_REPLY(reply) a held reply of a failed attempt: ops->drop it
  *
  * Per (sender, receiver) pair messages arrive in order, so a GRANT never
  * overtakes its EXEC and REPLYs precede their call's DONE. C sends no GRANT or
@@ -48,6 +49,7 @@ enum bds__xkind {
     BDS_XK_COMPLETE,
     BDS_XK_NOTIFY,
     BDS_XK_TASK,
+    BDS_XK_DROP_REPLY,
     BDS_XK__COUNT,
 };
 #define BDS_XK_MASK ((uintptr_t)15)
@@ -64,8 +66,11 @@ static inline void *bds__xmsg_obj(const void *msg) { return (void *)((uintptr_t)
 
 enum bds__token { BDS_TOKEN_NONE = 0, BDS_TOKEN_REAL, BDS_TOKEN_SOFT };
 
-/* Stops a running call's work once its session has closed (bds__call_on_cancel). */
-typedef void (*bds__call_cancel_fn)(bds_call *call, void *ctx);
+/* The old internal name of a cancel hook's type (bds_call_on_cancel). */
+typedef bds_call_fn bds__call_cancel_fn;
+/* The hooks an attempt has set (bds_call.hooks): a completion from another
+ * thread reads them to refuse racing a hook that EXEC may be running. */
+enum { BDS_HOOK_AFTER = 1, BDS_HOOK_CANCEL = 2 };
 enum bds__exec_state { BDS_EXEC_QUEUED = 0, BDS_EXEC_RUNNING, BDS_EXEC_RETRY_WAIT };
 /* What a handler may still do with a call (bds_call.life): the public call
  * API checks it and names the misuse instead of corrupting another call. */
@@ -108,6 +113,7 @@ struct bds_call {
     uint64_t seq;
     uint32_t home, exec;
     uint8_t exec_token;               /* enum bds__token sent with EXEC */
+    bool pressured;                   /* admitted over capacity by SOFT_ALLOW_SIGNAL (bds_call_pressured) */
     /* HOME only. */
     bds_call *c_next;
     bds__home_key *hkey;
@@ -122,8 +128,16 @@ struct bds_call {
     bool in_handler;                  /* inside the synchronous handler run */
     bool done_in_handler;             /* bds_call_done() came before the handler returned */
     jmp_buf *guard;                   /* bds_call_panic() lands here */
-    bds__call_cancel_fn on_cancel;    /* bds__call_on_cancel; cleared by bds_call_done */
+    bds_call_fn on_cancel;            /* bds_call_on_cancel; cleared by bds_call_done */
     void *on_cancel_ctx;
+    bds_timer after_timer;            /* bds_call_after */
+    bds_call_fn after_fn;
+    void *after_ctx;
+    _Atomic uint8_t hooks;            /* BDS_HOOK_*: written by EXEC, read by any thread */
+    /* The attempt's replies while retries hold them (bds_call_reply pushes
+     * from any thread, newest first; EXEC takes them when the attempt ends). */
+    _Atomic(bds_reply *) held;
+    bool retry_asked;                 /* bds_call_retry: retry whatever the code */
     /* Result: written by EXEC (or by a foreign thread before COMPLETE), read by
      * HOME after DONE; the message channel's release/acquire orders them. */
     bds_status status;
@@ -141,6 +155,7 @@ struct bds_session {
     void *handler_ctx;
     const bds_session_ops *ops;
     void *ops_ctx;
+    bds_counters *counters;           /* the caller's (bds_session_config.counters); HOME writes */
     /* Inbound, HOME only. */
     uint32_t outstanding;             /* calls admitted and not yet DONE */
     uint64_t outstanding_bytes;       /* their payload bytes */
@@ -151,6 +166,9 @@ struct bds_session {
     uint32_t acks_pending;
     bool client_closed, server_closed, released, notify_pending, inbound_stopped, room_was_zero;
     bool refused_in_drain;            /* a message came after the shutdown began: the end is not OK */
+    /* Call replies the Sender refused (HOME writes), and how many of those a
+     * bds_call_reply has reported (any thread, CAS). */
+    _Atomic uint64_t replies_refused, replies_refused_told;
     /* Outbound, HOME only. */
     bds_reply *sq_head, *sq_tail;     /* replies waiting for an outbound token */
     uint32_t sq_len, out_in_flight;
@@ -212,19 +230,14 @@ void bds__home_on_done(bds_pipeline *p, bds_call *call);
 void bds__home_on_ack(bds_pipeline *p, bds_session *s);
 void bds__home_on_reply(bds_pipeline *p, bds_reply *reply);
 void bds__home_on_notify(bds_pipeline *p, bds_session *s);
+void bds__home_on_drop_reply(bds_pipeline *p, bds_reply *reply);
 
 /* engine.c (EXEC role) */
 void bds__exec_on_exec(bds_pipeline *p, bds_call *call);
 void bds__exec_on_grant(bds_pipeline *p, bds_call *call);
 void bds__exec_on_cancel(bds_pipeline *p, bds_session *s, bool running_too);
 void bds__exec_on_complete(bds_pipeline *p, bds_call *call);
-/* For a handler whose call finishes later from a timer or other work on the
- * call's EXEC pipeline (the built-in services): when the session closes first
- * (client cancel, failure, deadline, grace over), fn runs once on that
- * pipeline's thread, outside the handler; it stops the work, frees what the
- * work holds and finishes the call (bds_call_done). bds_call_done clears it,
- * and each attempt starts without one. Thread: the call's EXEC pipeline only
- * (handlers that complete from other threads cannot use it). */
+/* The old internal name of bds_call_on_cancel (pipeline.h), kept for io/. */
 void bds__call_on_cancel(bds_call *call, bds__call_cancel_fn fn, void *ctx);
 /* Stops the process, naming api, unless an attempt of call is running (no
  * bds_call_done yet): for the call API of the layers above. Thread: any. */

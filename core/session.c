@@ -28,6 +28,18 @@ static void session_maybe_free(bds_pipeline *p, bds_session *s);
 /* Session calls belong to the home pipeline's thread (STYLE §6: assert ownership). */
 #define ASSERT_HOME(s) BDS_ASSERT(bds__pipeline_current() == (s)->home)
 
+/* Adds n to a counter of the session's stats and, live, to its bds_counters.
+ * Those have one writer, this pipeline's thread (pipeline.h): a relaxed load
+ * and store, no locked add, and every reader sees each value whole. */
+static inline void counter_add(bds__counter *c, uint64_t n) {
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
+}
+#define COUNT(s, field, n)                                                     \
+    do {                                                                       \
+        (s)->stats.field += (n);                                               \
+        if ((s)->counters) counter_add(&(s)->counters->field, (uint64_t)(n));  \
+    } while (0)
+
 static bds_session_state session_state(const bds_session *s) {
     /* acquire: pairs with the transition's release in bds__fsm_step */
     return (bds_session_state)atomic_load_explicit(&((bds_session *)s)->state, memory_order_acquire);
@@ -70,6 +82,7 @@ bds_status bds_session_create(bds_session **out, bds_pipeline *p, const bds_sess
     s->handler_ctx = cfg->handler_ctx;
     s->ops = cfg->ops;
     s->ops_ctx = cfg->ops_ctx;
+    s->counters = opts.metrics.enabled ? cfg->counters : NULL;
     s->tokens_free = opts.inbound.backpressure.capacity;
     bds__timer_init(&s->deadline_timer, session_on_deadline, s);
     bds__timer_init(&s->grace_timer, session_on_grace, s);
@@ -329,9 +342,9 @@ static bds_status receive_state_check(const bds_session *s) {
     BDS_UNREACHABLE();
 }
 
-static void pressure_signal(bds_session *s, bds_direction dir, uint32_t in_use, uint32_t cap) {
-    s->stats.pressure_signals++;
-    if (s->opts.on_pressure) s->opts.on_pressure(dir, in_use, cap, s->opts.on_pressure_ctx);
+static void pressure_signal(bds_session *s, const bds_call *call, bds_direction dir, uint32_t in_use, uint32_t cap) {
+    COUNT(s, pressure_signals, 1);
+    if (s->opts.on_pressure) s->opts.on_pressure(s, call, dir, in_use, cap, s->opts.on_pressure_ctx);
 }
 
 /* Picks the token for the first call of an idle key. Returns false to reject. */
@@ -349,9 +362,7 @@ static bool admit_token(bds_session *s, uint8_t *token) {
         if (bp->queue_capacity && s->n_wait >= bp->queue_capacity) return false;
         *token = BDS_TOKEN_NONE;
         return true;
-    case BDS_BP_SOFT_ALLOW_SIGNAL:
-        pressure_signal(s, BDS_INBOUND, s->tokens_held + s->soft_in_use + 1, bp->capacity);
-        /* continues */ __attribute__((fallthrough));
+    case BDS_BP_SOFT_ALLOW_SIGNAL: /* the receive signals once the call is filled in */
     case BDS_BP_SOFT_ALLOW:
         s->soft_in_use++;
         *token = BDS_TOKEN_SOFT;
@@ -366,7 +377,7 @@ static void hw(uint32_t *mark, uint32_t v) {
 
 static bds_status receive_reject(bds_pipeline *p, bds_session *s, bds_call *call, const char *why) {
     bds__pool_put(&p->calls, call);
-    s->stats.rejected++;
+    COUNT(s, rejected, 1);
     session_close(p, s, BDS_E_INBOUND_REJECTED, why, false);
     return BDS_E_INBOUND_REJECTED;
 }
@@ -427,6 +438,8 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
                                                                                     : bds__fastrange(key_hash, p->count);
     call->exec_token = hk->count == 0 ? token : BDS_TOKEN_NONE;
     call->hkey = hk;
+    /* Runs on a token over the capacity: the one just taken, or its key's. */
+    call->pressured = hk->token == BDS_TOKEN_SOFT && s->opts.inbound.backpressure.policy == BDS_BP_SOFT_ALLOW_SIGNAL;
     if (hk->count++) {
         hk->tail->c_next = call;
         hw(&s->stats.waiting_hw, ++s->waiting);
@@ -436,11 +449,14 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
     hk->tail = call;
     s->outstanding++;
     s->outstanding_bytes += bytes;
-    s->stats.admitted++;
-    if (s->opts.metrics.payload_sizes) s->stats.bytes_in += bytes;
+    COUNT(s, admitted, 1);
+    if (s->counters) counter_add(&s->counters->calls_live, 1);
+    if (s->opts.metrics.payload_sizes) COUNT(s, bytes_in, bytes);
     hw(&s->stats.executing_hw, s->tokens_held + s->soft_in_use);
     s->exec[call->exec].home_out++;
-    bds__post(p, call->exec, BDS_XK_EXEC, call);
+    if (token == BDS_TOKEN_SOFT && s->opts.inbound.backpressure.policy == BDS_BP_SOFT_ALLOW_SIGNAL)
+        pressure_signal(s, call, BDS_INBOUND, s->tokens_held + s->soft_in_use, s->opts.inbound.backpressure.capacity);
+    bds__post(p, call->exec, BDS_XK_EXEC, call); /* the call is EXEC's from here */
     return BDS_OK;
 }
 
@@ -512,25 +528,25 @@ static bool home_key_unlink(bds__home_key *hk, bds_call *call) {
 }
 
 static void done_account(bds_pipeline *p, bds_session *s, bds_call *call) {
-    if (call->attempt > 1) s->stats.retried += call->attempt - 1;
+    if (call->attempt > 1) COUNT(s, retried, call->attempt - 1);
     if (call->dropped) {
-        s->stats.dropped++;
+        COUNT(s, dropped, 1);
         return;
     }
     /* A handler's own BDS_CANCELLED is a failure like any other status. */
     switch (call->status) {
-    case BDS_OK: s->stats.completed++; return;
+    case BDS_OK: COUNT(s, completed, 1); return;
     case BDS_E_PANIC_RECOVERED:
-        s->stats.panics++;
+        COUNT(s, panics, 1);
         session_close(p, s, BDS_E_PANIC_RECOVERED, call->msg[0] ? call->msg : NULL, false);
         return;
-    case BDS_E_NONTERMINAL_FAILURE: s->stats.nonterminal_failures++; return;
+    case BDS_E_NONTERMINAL_FAILURE: COUNT(s, nonterminal_failures, 1); return;
     default:
-        s->stats.failed++;
+        COUNT(s, failed, 1);
         if (s->opts.inbound.failures_terminal) {
             session_close(p, s, call->status, call->msg[0] ? call->msg : NULL, false);
         } else {
-            s->stats.nonterminal_failures++;
+            COUNT(s, nonterminal_failures, 1);
         }
         return;
     }
@@ -541,6 +557,7 @@ void bds__home_on_done(bds_pipeline *p, bds_call *call) {
     bds__home_key *hk = call->hkey;
     bool in_order = home_key_unlink(hk, call);
     s->outstanding--;
+    if (s->counters) counter_add(&s->counters->calls_live, UINT64_MAX); /* minus one */
     s->outstanding_bytes -= call->bytes;
     s->exec[call->exec].home_out--;
     if (hk->count) s->waiting--;
@@ -566,8 +583,8 @@ void bds__home_on_done(bds_pipeline *p, bds_call *call) {
 static void sender_write(bds_session *s, bds_reply *r) {
     s->out_in_flight++;
     s->out_flight_bytes += r->bytes;
-    if (!r->control) s->stats.replies_written++;
-    if (s->opts.metrics.payload_sizes) s->stats.bytes_out += r->bytes;
+    if (!r->control) COUNT(s, replies_written, 1);
+    if (s->opts.metrics.payload_sizes) COUNT(s, bytes_out, r->bytes);
     s->ops->write(s, r, s->ops_ctx);
 }
 
@@ -588,7 +605,7 @@ static void sender_enqueue(bds_session *s, bds_reply *r) {
 }
 
 static bds_status sender_reject(bds_pipeline *p, bds_session *s, bds_reply *r) {
-    s->stats.replies_rejected++;
+    COUNT(s, replies_rejected, 1);
     s->ops->drop(s, r, s->ops_ctx);
     if (s->opts.outbound.fail_fast) {
         session_close(p, s, BDS_E_OUTBOUND_BACKPRESSURE, "outbound backpressure: the client is not reading", false);
@@ -631,14 +648,27 @@ static bds_status sender_admit(bds_pipeline *p, bds_session *s, bds_reply *r) {
             sender_enqueue(s, r);
             return BDS_OK;
         }
-        if (bp->policy == BDS_BP_SOFT_ALLOW_SIGNAL) pressure_signal(s, BDS_OUTBOUND, s->out_in_flight + 1, bp->capacity);
+        if (bp->policy == BDS_BP_SOFT_ALLOW_SIGNAL) pressure_signal(s, NULL, BDS_OUTBOUND, s->out_in_flight + 1, bp->capacity);
         sender_write(s, r);
         return BDS_OK;
     }
     BDS_UNREACHABLE();
 }
 
-void bds__home_on_reply(bds_pipeline *p, bds_reply *reply) { (void)sender_admit(p, reply->_session, reply); }
+void bds__home_on_reply(bds_pipeline *p, bds_reply *reply) {
+    bds_session *s = reply->_session;
+    if (sender_admit(p, s, reply) == BDS_E_OUTBOUND_BACKPRESSURE) {
+        /* one writer: this thread; the handler hears of it at its next reply */
+        atomic_store_explicit(&s->replies_refused, atomic_load_explicit(&s->replies_refused, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    }
+}
+
+void bds__home_on_drop_reply(bds_pipeline *p, bds_reply *reply) {
+    (void)p;
+    bds_session *s = reply->_session;
+    s->ops->drop(s, reply, s->ops_ctx);
+}
 
 bds_status bds_session_send(bds_session *s, bds_reply *reply) {
     ASSERT_HOME(s);

@@ -51,6 +51,7 @@
 
 #include "pipeline_int.h"
 #include "server_int.h"
+#include "services.h"
 
 #define REPLY_HIGH_WATER (256u * 1024u) /* unsent bytes per stream before replies wait here */
 #define RUN_BUDGET 512u
@@ -254,7 +255,7 @@ bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, con
     }
     atomic_init(&srv->serving, 1);
     srv->table.paths = srv->paths;
-    st = bds__services_register(srv);
+    st = bds__services_register(srv, &srv->cfg); /* the config stays as long as the server */
     if (st != BDS_OK) {
         bds_server_destroy(srv);
         return st;
@@ -356,12 +357,6 @@ bds_status bds_server_add_method(bds_server *srv, const bds_method *m, const cha
     return BDS_OK;
 }
 
-bds_status bds__server_add_method_ex(bds_server *srv, const bds_method *m, bool end_marker) {
-    bds_status st = bds_server_add_method(srv, m, NULL);
-    if (st == BDS_OK) srv->methods[srv->n_methods - 1].end_marker = end_marker;
-    return st;
-}
-
 bds_status bds_server_add_interceptor(bds_server *srv, const bds_interceptor *icpt, const char **why) {
     const char *dummy;
     if (!why) why = &dummy;
@@ -385,12 +380,6 @@ bds_status bds_server_add_interceptor(bds_server *srv, const bds_interceptor *ic
     }
     srv->icpt[srv->n_icpt++] = *icpt;
     return BDS_OK;
-}
-
-bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv_key_hint_fn key_hint) {
-    bds_status st = bds_server_add_method(srv, m, NULL);
-    if (st == BDS_OK) srv->methods[srv->n_methods - 1].key_hint = key_hint;
-    return st;
 }
 
 /* ---- message buffers ----------------------------------------------------------------------- */
@@ -621,9 +610,11 @@ const char *bds_call_method(const bds_call *call) {
     return sc->m->path;
 }
 
+static bds_status call_reply(bds_call *call, const void *bytes, size_t len, void (*on_free)(void *ctx), void *ctx);
+
 bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len) {
     bds__call_check_running(call, "bds_call_reply_bytes");
-    return bds__server_call_reply_paced(call, bytes, len, NULL, NULL);
+    return call_reply(call, bytes, len, NULL, NULL);
 }
 
 static bool kind_one_reply(bds_method_kind k) { return k == BDS_METHOD_UNARY || k == BDS_METHOD_CLIENT_STREAMING; }
@@ -646,9 +637,9 @@ static bds_status stream_count_send(srv_call *st) {
 /* A counted message that could not be made after all. */
 static void stream_uncount_send(srv_call *st) { atomic_fetch_sub_explicit(&st->sent, 1, memory_order_relaxed); }
 
-bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_t len, void (*on_free)(void *ctx),
-                                        void *ctx) {
-    bds__call_check_running(call, "bds_call_reply_bytes");
+/* A reply; on_free(ctx), if set, runs on the call's home shard when its
+ * buffer is let go (bds_call_reply_paced). */
+static bds_status call_reply(bds_call *call, const void *bytes, size_t len, void (*on_free)(void *ctx), void *ctx) {
     srv_call *st = bds_call_session_ctx(call);
     if (len > st->home->srv->cfg.max_message_bytes) return BDS_E_INVALID;
     bds_status cs = stream_count_send(st);
@@ -656,7 +647,6 @@ bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_
     srv_msg *req = bds_call_payload(call);
     srv_shard *here = tls_shard != NULL && req->home == tls_shard ? tls_shard : NULL;
     srv_msg *r;
-    BDS_ASSERT(!on_free || here); /* freed at home: on_free must run on the handler's thread */
     if (here && !on_free && !req->reply_used && bytes == req->data && len == req->len) {
         /* Only home's thread touches holds, and the request is lent to us. */
         r = req;
@@ -924,6 +914,82 @@ bds_status bds_stream_finish(bds_stream *st, bds_status status, const char *mess
     m->reply.control = true;
     stream_post(st, m);
     return BDS_OK;
+}
+
+/* ---- applications: serving state, stop hooks, paced replies ------------------------------------ */
+
+bool bds_server_serving(const bds_server *srv) {
+    if (!srv) bds__misuse("bds_server_serving", "server is NULL");
+    return atomic_load(&srv->serving) != 0;
+}
+
+bds_status bds_server_on_stop(bds_server *srv, bds_server_on_stop_fn fn, void *ctx) {
+    if (!srv) bds__misuse("bds_server_on_stop", "server is NULL");
+    if (srv->running) return BDS_FAILED_PRECONDITION;
+    if (!fn) return BDS_E_INVALID;
+    if (srv->n_stop_hooks == SRV_STOP_HOOKS_MAX) return BDS_RESOURCE_EXHAUSTED;
+    srv->stop_hooks[srv->n_stop_hooks].fn = fn;
+    srv->stop_hooks[srv->n_stop_hooks].ctx = ctx;
+    srv->n_stop_hooks++;
+    return BDS_OK;
+}
+
+/* A shard's stop begins (serving is false already): the first shard here
+ * runs the hooks, before it drains its own streams. */
+static void srv_stop_hooks_run(bds_server *srv) {
+    bool told = false;
+    if (!atomic_compare_exchange_strong(&srv->stop_told, &told, true)) return;
+    for (uint32_t i = 0; i < srv->n_stop_hooks; i++) srv->stop_hooks[i].fn(srv, srv->stop_hooks[i].ctx);
+}
+
+/* A paced reply's note: fn to run on the call's EXEC pipeline once the
+ * reply's buffer is let go. */
+typedef struct srv_paced {
+    bds__task task;           /* first: the TASK that carries it to EXEC */
+    bds_call *call;
+    bds_pipeline *exec;
+    bds_call_fn fn;
+    void *ctx;
+} srv_paced;
+
+static void paced_run(bds__task *t) {
+    srv_paced *pc = BDS_CONTAINER_OF(t, srv_paced, task);
+    bds_call *call = pc->call;
+    bds_call_fn fn = pc->fn;
+    void *ctx = pc->ctx;
+    free(pc);
+    /* The call had to stay the handler's until now. */
+    bds__call_check_running(call, "bds_call_reply_paced");
+    fn(call, ctx);
+}
+
+/* The reply's buffer was let go, on the call's home shard and perhaps from
+ * inside its HTTP/2 session (a message release): fn runs later, from the EXEC
+ * pipeline's own queue, where it may reply and arm timers. */
+static void paced_freed(void *ctx) {
+    srv_paced *pc = ctx;
+    bds__post_any(pc->exec, pc->exec->index, BDS_XK_TASK, &pc->task);
+}
+
+bds_status bds_call_reply_paced(bds_call *call, const void *bytes, size_t len, bds_call_fn fn, void *ctx) {
+    bds__call_check_running(call, "bds_call_reply_paced");
+    if (!fn) bds__misuse("bds_call_reply_paced", "fn is NULL");
+    bds_pipeline *exec = bds__pipeline_current();
+    if (!exec || exec != call->exec_p)
+        bds__misuse("bds_call_reply_paced", "only on the call's EXEC pipeline thread (where its handler runs)");
+    const srv_call *st = bds_call_session_ctx(call);
+    const bds_options *o = &st->m->opts;
+    if (o->retry.max_attempts > 0 && !o->retry.at_least_once) return BDS_FAILED_PRECONDITION;
+    srv_paced *pc = malloc(sizeof *pc);
+    if (!pc) return BDS_E_NOMEM;
+    pc->task.run = paced_run;
+    pc->call = call;
+    pc->exec = exec;
+    pc->fn = fn;
+    pc->ctx = ctx;
+    bds_status rs = call_reply(call, bytes, len, paced_freed, pc);
+    if (rs != BDS_OK) free(pc);
+    return rs;
 }
 
 /* ---- connection output ------------------------------------------------------------------- */
@@ -1417,16 +1483,8 @@ static void op_closed(bds_session *s, bds_status status, const char *message, vo
 
 static bool call_admit(srv_call *call, srv_msg *m);
 
-/* The client half-closed after its last admitted message. Methods that answer
- * at half-close first get an empty message flagged `end`, in stream order. */
+/* The client half-closed after its last admitted message. */
 static void call_client_close(srv_call *call) {
-    if (call->m->end_marker) {
-        srv_msg *marker = msg_new(call->conn ? call->conn->sh : NULL, call->conn ? call->conn->acct : NULL, 0, SRV_MSG_IN);
-        if (marker) {
-            marker->end = true;
-            call_admit(call, marker);
-        }
-    }
     if (kind_one_request(call->m->m.kind) && call->msgs_in == 0) {
         bds_session_fail(call->session, BDS_INTERNAL, "no request message (the method takes exactly one)");
         return;
@@ -1604,8 +1662,7 @@ static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const ui
     if (len) memcpy(m->data, msg, len);
     const srv_method *sm = call->m;
     bool ok = true;
-    if (sm->key_hint) ok = sm->key_hint(m->data, m->len, &m->key, &m->key_len, &m->hint);
-    else if (sm->m.key) ok = sm->m.key(m->data, m->len, &m->key, &m->key_len, sm->m.key_ctx);
+    if (sm->m.key) ok = sm->m.key(m->data, m->len, &m->key, &m->key_len, sm->m.key_ctx);
     if (!ok) {
         msg_unhold(m, SRV_MSG_IN);
         bds_session_fail(call->session, BDS_INTERNAL, "malformed request message");
@@ -2071,10 +2128,10 @@ static void hook_on_signal(bds_shard *s, int signo, void *ctx) {
     bds_server_stop(sh->srv);
 }
 
-/* Nothing of this shard's own is left: no connection, and no session, call,
- * key or Watch (or they were abandoned). */
+/* Nothing of this shard's own is left: no connection, and no session, call
+ * or key (or they were abandoned). */
 static bool shard_idle(srv_shard *sh) {
-    return sh->conns == NULL && (sh->abandoned || (sh->watches == NULL && bds__pipe_idle(sh->pipe)));
+    return sh->conns == NULL && (sh->abandoned || bds__pipe_idle(sh->pipe));
 }
 
 static void shard_abandon(srv_shard *sh) {
@@ -2132,7 +2189,7 @@ static void hook_on_stop(bds_shard *s, void *ctx) {
         bds__listener_close(sh->listener);
         sh->listener = NULL;
     }
-    bds__services_on_stop(sh);
+    srv_stop_hooks_run(sh->srv);
     for (srv_conn *sc = sh->conns; sc; sc = sc->next) {
         if (sc->closing) continue;
         bds__h2_shutdown_notice(sc->h2);

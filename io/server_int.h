@@ -1,4 +1,4 @@
-/* server_int.h — the gRPC server's internal objects (io/server.c, io/services.c). */
+/* server_int.h — the gRPC server's internal objects (io/server.c). */
 #ifndef BDS_IO_SERVER_INT_H
 #define BDS_IO_SERVER_INT_H
 
@@ -15,12 +15,8 @@
 
 #define BDS_SERVER_METHODS_MAX 64
 
-/* An internal key resolver that also leaves a hint for the handler in the
- * message (srv_msg.hint), so a built-in handler need not scan it again. */
-typedef bool (*srv_key_hint_fn)(const uint8_t *req, uint32_t len, const uint8_t **key, uint32_t *key_len,
-                                uint32_t *hint);
-
 #define SRV_INTERCEPTORS_MAX 8u
+#define SRV_STOP_HOOKS_MAX 8u
 
 /* Live counters of one method on one shard: written by that shard only
  * (relaxed atomics), summed over shards by bds_server_get_stats. */
@@ -36,11 +32,8 @@ typedef struct srv_shard_counters {
 
 typedef struct srv_method {
     bds_method m;
-    srv_key_hint_fn key_hint; /* used instead of m.key when set */
     char *path;
     bds_options opts;
-    bool end_marker;          /* the handler also gets an empty message flagged `end`
-                                 after the client's last one (it answers at half-close) */
     const bds_interceptor *icpt[SRV_INTERCEPTORS_MAX]; /* the method's own */
     uint32_t n_icpt;
 } srv_method;
@@ -78,7 +71,13 @@ struct bds_server {
     bds_group *group;
     bds_pipe_group *pipes;
     srv_shard *shards[BDS_SHARDS_MAX];
-    _Atomic int serving;      /* health: 1 SERVING until shutdown begins */
+    _Atomic int serving;      /* 1 until the stop begins (bds_server_serving) */
+    struct {
+        bds_server_on_stop_fn fn;
+        void *ctx;
+    } stop_hooks[SRV_STOP_HOOKS_MAX]; /* bds_server_on_stop */
+    uint32_t n_stop_hooks;
+    _Atomic bool stop_told;   /* a shard ran the stop hooks */
     bool running;
     _Atomic uint16_t port;    /* the bound port (for listen ":0"); read by any thread */
     /* bds_server_stop from any thread: the group it may stop (NULL before the
@@ -125,28 +124,19 @@ typedef struct srv_msg {
     uint32_t len, wire;
     uint8_t cls;              /* pool class in home's pools, or SRV_MSG_HEAP */
     uint8_t holds;            /* SRV_MSG_IN | SRV_MSG_OUT | SRV_MSG_H2 */
-    bool end;                 /* the end-of-stream marker (srv_method.end_marker) */
     bool reply_used;          /* the embedded reply was handed out (echo) */
     uint8_t ctl;              /* SRV_CTL_*: a stream operation riding the reply
                                  order (data holds its arguments), or 0 */
     bds__task task;           /* carries it to its stream's home (stream_post) */
     srv_call *target;         /* ... that stream, referenced while in transit */
-    uint32_t hint;            /* srv_method.key_hint's note for the handler; 0 = none */
-    void (*on_free)(void *ctx); /* a paced reply's (bds__server_call_reply_paced) */
+    uint32_t hint;            /* SRV_CTL_FINISH: the status */
+    void (*on_free)(void *ctx); /* run when it is freed: a paced reply's (bds_call_reply_paced) */
     void *on_free_ctx;
     const uint8_t *key;
     uint32_t key_len;
     uint8_t prefix[5];        /* room for the gRPC prefix, right before data (bds__h2_send_framed) */
     uint8_t data[];
 } srv_msg;
-
-/* Health.Watch calls waiting for the serving status to change (home == exec:
- * Watch is FIFO, so it runs on its connection's shard). Removed in O(1) when
- * the call is cancelled. */
-typedef struct srv_watch {
-    bds_call *call;
-    struct srv_watch *prev, *next;
-} srv_watch;
 
 struct srv_shard {
     bds_server *srv;
@@ -157,8 +147,6 @@ struct srv_shard {
     srv_conn *conns;
     srv_conn *dirty;          /* connections with output due (conn_kick) */
     bds_flusher flusher;      /* flushes `dirty` at the end of a tick */
-    srv_watch *watches;
-    _Atomic uint32_t n_watches; /* on `watches`; read by bds__server_watches (any thread) */
     bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
     uint64_t msg_bytes;       /* memory of the srv_msg buffers made here and alive */
     uint64_t msg_bytes_hw;    /* its high-water mark */
@@ -211,7 +199,6 @@ struct bds_stream {
     uint32_t in_pipeline;
     bool lingering;
     uint64_t parked_bytes;    /* payload bytes of `parked` */
-    uint64_t aggregate;       /* per-stream handler state (interop StreamingInputCall) */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out; /* for interceptors' on_end */
     bool half_close_wait;     /* on_half_close is due once in_pipeline is 0 */
     bool opened;              /* the interceptors' on_open passed: on_end is owed */
@@ -224,29 +211,6 @@ struct bds_stream {
     char fin_msg[128];
 };
 
-/* Built-in services (services.c). */
-bds_status bds__services_register(bds_server *srv);
-/* Health: tell the shard's Watch calls that the server stopped serving. */
-void bds__services_on_stop(srv_shard *sh);
-/* grpc.testing.TestService (interop_service.c). */
-bds_status bds__interop_register(bds_server *srv);
-/* Adds a method whose handler also sees the end-of-stream marker. */
-bds_status bds__server_add_method_ex(bds_server *srv, const bds_method *m, bool end_marker);
-/* bds_call_reply_bytes for a handler that paces its replies: on_free(ctx)
- * runs when the reply's buffer is freed (its bytes are in the HTTP/2 output,
- * or it was dropped), so the next reply can be made only then and a call
- * holds about one reply however slowly its client reads. On the call's
- * connection shard only (FIFO handlers run there); on_free runs there too,
- * wherever the buffer is let go, even from inside the HTTP/2 session (a
- * message release): it may reply, finish the call and arm timers, which only
- * queue work, but never call into the session itself. */
-bds_status bds__server_call_reply_paced(bds_call *call, const void *bytes, size_t len, void (*on_free)(void *ctx),
-                                        void *ctx);
-/* Adds a method whose keys come from key_hint (m->key is ignored). */
-bds_status bds__server_add_method_hint(bds_server *srv, const bds_method *m, srv_key_hint_fn key_hint);
-/* Health.Watch calls waiting on every shard, for tests; UINT32_MAX before the
- * server runs. Thread: any. */
-uint32_t bds__server_watches(bds_server *srv);
 /* The most memory in message buffers (inbound payloads, parked messages,
  * replies made at home) that one shard held at once, since the server ran.
  * Thread: any. For tests. */

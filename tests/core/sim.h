@@ -27,12 +27,14 @@
 enum sim_behave {
     SIM_OK = 0,        /* done(OK) inside the handler */
     SIM_ASYNC,         /* left pending; the test completes it */
-    SIM_FAIL,          /* done(INTERNAL) for the first `fails` attempts, then OK */
+    SIM_FAIL,          /* fails (fail_status, or UNAVAILABLE) the first `fails` attempts, then OK */
     SIM_PANIC,         /* bds_call_panic() */
     SIM_NONTERMINAL,   /* done(E_NONTERMINAL_FAILURE) */
-    SIM_HOOKED,        /* SIM_ASYNC with a cancel hook (bds__call_on_cancel) that finishes it */
+    SIM_HOOKED,        /* SIM_ASYNC with a cancel hook (bds_call_on_cancel) that finishes it */
     SIM_DONE_TWICE,    /* misuse: done(OK) twice inside the handler */
     SIM_REPLY_AFTER_DONE, /* misuse: done(OK), then a reply, inside the handler */
+    SIM_TIMER,         /* bds_call_after(after_ns): the timer replies `ticks` times, one per firing, then done(OK) */
+    SIM_TIMER_PENDING, /* bds_call_after(after_ns) and left pending: the test completes it */
 };
 
 typedef struct sim_msg {
@@ -41,11 +43,26 @@ typedef struct sim_msg {
     uint64_t seq;
     int behave;
     uint32_t fails;    /* SIM_FAIL: attempts that fail before one succeeds */
+    bds_status fail_status; /* SIM_FAIL: the failure (BDS_OK here means UNAVAILABLE, retryable by default) */
+    bool ask_retry;    /* SIM_FAIL: fail with bds_call_retry instead of bds_call_done */
     uint32_t replies;  /* replies sent before done */
     uint32_t reply_bytes; /* each one's bds_reply.bytes */
     int session;       /* index in sim->sessions */
     bool released;
+    uint64_t after_ns; /* SIM_TIMER*: the delay */
+    uint32_t ticks;    /* SIM_TIMER: firings before done (0 counts as 1) */
+    uint32_t fired;    /* SIM_TIMER: firings so far */
+    bool hook_too;     /* SIM_TIMER*: also a cancel hook (bds_call_on_cancel) */
 } sim_msg;
+
+/* One firing of a bds_call_after timer. */
+typedef struct sim_fire {
+    int session;
+    uint64_t seq;
+    uint64_t at;       /* the fake clock */
+    uint32_t pipe;     /* whose thread it ran on */
+    bool cancelled;    /* bds_call_cancelled at that moment */
+} sim_fire;
 
 typedef struct sim_reply {
     bds_reply r;
@@ -58,7 +75,16 @@ typedef struct sim_event {
     uint64_t seq;
     uint32_t attempt;
     uint32_t pipe;
+    bool pressured;    /* bds_call_pressured */
 } sim_event;
+
+/* The last on_pressure callback's arguments. */
+typedef struct sim_pressure {
+    int session;
+    int64_t seq;       /* the inbound message's, -1 without a call (outbound) */
+    bds_direction direction;
+    uint32_t in_use, capacity;
+} sim_pressure;
 
 typedef struct sim_session {
     bds_session *s;
@@ -86,10 +112,16 @@ typedef struct sim {
     bds_call *pending[8192];
     uint32_t n_pending;
     uint32_t cancel_hooks; /* SIM_HOOKED calls finished by their cancel hook */
+    sim_fire fires[1024];  /* bds_call_after firings, in order */
+    uint32_t n_fires;
+    bds_status second_after; /* SIM_TIMER*: what a second bds_call_after returned */
     sim_event starts[SIM_MAX_LOG];
     uint32_t n_starts;
     uint64_t released;
     uint32_t pressure;
+    sim_pressure last_pressure;
+    bds_status reply_log[1024]; /* what each bds_call_reply of sim_handler returned */
+    uint32_t n_reply_log;
     bool auto_ack_replies; /* reply_written right after write (a fast reader) */
     bool release_in_closed; /* the transport releases the session from ops->closed */
     /* Each pipeline's port.ctx, distinct as the server's (one pipe each): the
@@ -193,11 +225,11 @@ static const bds_session_ops sim_ops = {
     .closed = sim_op_closed, .inbound_ready = sim_op_ready,
 };
 
-static void sim_on_pressure(bds_direction d, uint32_t in_use, uint32_t cap, void *ctx) {
-    (void)d;
-    (void)in_use;
-    (void)cap;
-    ((sim *)ctx)->pressure++;
+static void sim_on_pressure(bds_session *s, const bds_call *call, bds_direction d, uint32_t in_use, uint32_t cap,
+                            void *ctx) {
+    sim *S = ctx;
+    S->pressure++;
+    S->last_pressure = (sim_pressure){sim_session_index(s), call ? (int64_t)bds_call_seq(call) : -1, d, in_use, cap};
 }
 
 static inline sim *sim_new(uint32_t n, uint64_t seed) {
@@ -369,29 +401,65 @@ static void sim_on_cancel(bds_call *call, void *ctx) {
     bds_call_done(call, BDS_CANCELLED, NULL);
 }
 
+/* SIM_TIMER: one firing; replies, then re-arms or finishes. */
+static void sim_on_after(bds_call *call, void *ctx) {
+    sim *S = ctx;
+    sim_msg *m = bds_call_payload(call);
+    bool cancelled = bds_call_cancelled(call);
+    if (S->n_fires < 1024) S->fires[S->n_fires++] = (sim_fire){m->session, m->seq, S->now, (uint32_t)S->running, cancelled};
+    m->fired++;
+    sim_reply *r = calloc(1, sizeof *r);
+    r->seq = m->seq;
+    r->session = m->session;
+    bds_call_reply(call, &r->r);
+    if (m->behave == SIM_TIMER_PENDING) {
+        for (uint32_t k = 0; k < S->n_pending; k++) {
+            if (S->pending[k] == call) {
+                S->pending[k] = S->pending[--S->n_pending];
+                break;
+            }
+        }
+    }
+    if (!cancelled && m->fired < m->ticks) {
+        if (bds_call_after(call, m->after_ns, sim_on_after, S) != BDS_OK) abort();
+        return;
+    }
+    bds_call_done(call, cancelled ? BDS_CANCELLED : BDS_OK, NULL);
+}
+
 static void sim_handler(bds_call *call, void *ctx) {
     sim *S = ctx;
     sim_msg *m = bds_call_payload(call);
     if (S->n_starts < SIM_MAX_LOG) {
-        S->starts[S->n_starts++] = (sim_event){m->session, m->seq, bds_call_attempt(call), (uint32_t)S->running};
+        S->starts[S->n_starts++] =
+            (sim_event){m->session, m->seq, bds_call_attempt(call), (uint32_t)S->running, bds_call_pressured(call)};
     }
     for (uint32_t i = 0; i < m->replies; i++) {
         sim_reply *r = calloc(1, sizeof *r);
         r->seq = m->seq;
         r->session = m->session;
         r->r.bytes = m->reply_bytes;
-        bds_call_reply(call, &r->r);
+        bds_status rs = bds_call_reply(call, &r->r);
+        if (S->n_reply_log < 1024) S->reply_log[S->n_reply_log++] = rs;
     }
     switch (m->behave) {
     case SIM_OK: bds_call_done(call, BDS_OK, NULL); return;
     case SIM_ASYNC: S->pending[S->n_pending++] = call; return;
     case SIM_HOOKED:
         S->pending[S->n_pending++] = call;
-        bds__call_on_cancel(call, sim_on_cancel, S);
+        bds_call_on_cancel(call, sim_on_cancel, S);
+        return;
+    case SIM_TIMER:
+    case SIM_TIMER_PENDING:
+        if (bds_call_after(call, m->after_ns, sim_on_after, S) != BDS_OK) abort();
+        S->second_after = bds_call_after(call, 1, sim_on_after, S);
+        if (m->behave == SIM_TIMER_PENDING) S->pending[S->n_pending++] = call;
+        if (m->hook_too) bds_call_on_cancel(call, sim_on_cancel, S);
         return;
     case SIM_FAIL:
-        if (bds_call_attempt(call) <= m->fails) bds_call_done(call, BDS_INTERNAL, "scripted failure");
-        else bds_call_done(call, BDS_OK, NULL);
+        if (bds_call_attempt(call) > m->fails) bds_call_done(call, BDS_OK, NULL);
+        else if (m->ask_retry) bds_call_retry(call, m->fail_status ? m->fail_status : BDS_UNAVAILABLE, "scripted failure");
+        else bds_call_done(call, m->fail_status ? m->fail_status : BDS_UNAVAILABLE, "scripted failure");
         return;
     case SIM_PANIC: bds_call_panic(call, "scripted panic");
     case SIM_NONTERMINAL: bds_call_done(call, BDS_E_NONTERMINAL_FAILURE, "scripted non-terminal"); return;
@@ -415,6 +483,15 @@ static inline void sim_complete(sim *S, uint32_t k, bds_status st, bool foreign)
     S->pending[k] = S->pending[--S->n_pending];
     int saved = sim_switch(S, foreign ? SIM_FOREIGN : (int)call->exec);
     bds_call_done(call, st, st == BDS_OK ? NULL : "async failure");
+    sim_switch(S, saved);
+}
+
+/* As sim_complete, with bds_call_retry (a failure marked retryable). */
+static inline void sim_complete_retry(sim *S, uint32_t k, bds_status st, bool foreign) {
+    bds_call *call = S->pending[k];
+    S->pending[k] = S->pending[--S->n_pending];
+    int saved = sim_switch(S, foreign ? SIM_FOREIGN : (int)call->exec);
+    bds_call_retry(call, st, "async failure, retry it");
     sim_switch(S, saved);
 }
 

@@ -19,6 +19,8 @@ Test(options, defaults_are_safe_and_valid) {
     cr_assert_eq(o.inbound.outstanding_bytes_max, 4u << 20, "every stream's bytes are bounded by default");
     cr_assert_eq(o.outbound.unsent_bytes_max, 4u << 20);
     cr_assert_eq(o.retry.max_attempts, 0);
+    cr_assert_eq(o.retry.retryable, (1u << 14) | (1u << 10) | (1u << 8), "UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED");
+    cr_assert_not(o.retry.at_least_once, "a retried attempt's replies are held, not sent twice");
     cr_assert(o.shutdown.grace_period_ns >= 1000000000ULL && o.shutdown.grace_period_ns <= 30000000000ULL);
     cr_assert(o.shutdown.drain_inbound && o.shutdown.drain_outbound && o.inbound.drain_on_client_close);
 }
@@ -51,6 +53,20 @@ Test(options, nonsense_is_refused_with_the_field_named) {
     o = bds_default_options();
     o.retry.backoff_ns = 5;
     expect_invalid(&o, "retry.backoff");
+    o = bds_default_options();
+    o.retry.retryable |= 1u; /* OK */
+    expect_invalid(&o, "retry.retryable");
+    o = bds_default_options();
+    o.retry.retryable |= 1u << 17;
+    expect_invalid(&o, "retry.retryable");
+    o = bds_default_options();
+    o.retry.at_least_once = true;
+    expect_invalid(&o, "retry.at_least_once");
+    o.retry.max_attempts = 2;
+    cr_assert_eq(bds_options_validate(&o, NULL), BDS_OK);
+    o = bds_default_options();
+    o.retry.retryable = 0x1fffeu; /* every failure code */
+    cr_assert_eq(bds_options_validate(&o, NULL), BDS_OK);
     o = bds_default_options();
     o.shutdown.grace_period_ns = UINT64_MAX;
     expect_invalid(&o, "shutdown.grace_period");

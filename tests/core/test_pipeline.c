@@ -179,6 +179,76 @@ Test(pipeline, soft_allow_runs_over_capacity_and_signal_counts) {
     sim_free(S);
 }
 
+static bool started_pressured(sim *S, int session, uint64_t seq) {
+    for (uint32_t i = 0; i < S->n_starts; i++)
+        if (S->starts[i].session == session && S->starts[i].seq == seq) return S->starts[i].pressured;
+    cr_assert_fail("seq %lu of session %d never started", (unsigned long)seq, session);
+    return false;
+}
+
+/* SOFT_ALLOW_SIGNAL signals: the callback gets the stream and the message,
+ * and the handler of a message run over capacity sees it (so it can tell its
+ * client); SOFT_ALLOW marks nothing. */
+Test(pipeline, soft_allow_signal_reaches_the_handler_and_the_callback_with_its_call) {
+    sim *S = sim_new(2, 8);
+    bds_options o = opts_keyed(1, BDS_BP_SOFT_ALLOW_SIGNAL);
+    int s = sim_open(S, 1, &o);
+    bds_options quiet = opts_keyed(1, BDS_BP_SOFT_ALLOW);
+    int q = sim_open(S, 0, &quiet);
+    cr_assert_eq(sim_send(S, s, "a", 1, SIM_ASYNC), BDS_OK); /* the one real token */
+    cr_assert_eq(S->pressure, 0);
+    cr_assert_eq(sim_send(S, s, "b", 2, SIM_ASYNC), BDS_OK); /* over capacity */
+    cr_assert_eq(S->pressure, 1);
+    cr_assert_eq(S->last_pressure.session, s, "the callback names the stream");
+    cr_assert_eq(S->last_pressure.seq, 2, "and the message");
+    cr_assert_eq(S->last_pressure.direction, BDS_INBOUND);
+    cr_assert_eq(S->last_pressure.in_use, 2);
+    cr_assert_eq(S->last_pressure.capacity, 1);
+    cr_assert_eq(sim_send(S, s, "b", 3, SIM_ASYNC), BDS_OK); /* behind 2, on its key's soft token */
+    cr_assert_eq(sim_send(S, s, "a", 4, SIM_ASYNC), BDS_OK); /* behind 1, on the real token */
+    cr_assert_eq(S->pressure, 1, "one signal per token taken over capacity");
+    for (uint64_t i = 1; i <= 2; i++) cr_assert_eq(sim_send(S, q, i == 1 ? "a" : "b", i, SIM_ASYNC), BDS_OK);
+    sim_settle(S);
+    cr_assert_not(started_pressured(S, s, 1));
+    cr_assert(started_pressured(S, s, 2), "the handler sees it was admitted over capacity");
+    for (uint32_t i = 0; i < S->n_pending;) {
+        sim_msg *m = bds_call_payload(S->pending[i]);
+        if (m->session == s) {
+            sim_complete(S, i, BDS_OK, false);
+            sim_settle(S);
+            i = 0;
+        } else {
+            i++;
+        }
+    }
+    cr_assert(started_pressured(S, s, 3), "a later message on the soft token runs over capacity too");
+    cr_assert_not(started_pressured(S, s, 4));
+    cr_assert_not(started_pressured(S, q, 2), "soft-allow marks nothing");
+    cr_assert_eq(S->pressure, 1);
+    sim_free(S);
+}
+
+Test(pipeline, soft_allow_signal_outbound_calls_back_without_a_call) {
+    sim *S = sim_new(1, 9);
+    bds_options o = bds_default_options();
+    o.outbound.backpressure.policy = BDS_BP_SOFT_ALLOW_SIGNAL;
+    o.outbound.backpressure.capacity = 1;
+    o.outbound.backpressure.queue_capacity = 0;
+    S->auto_ack_replies = false;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, "k", 1, SIM_OK);
+    m->replies = 2;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->pressure, 1);
+    cr_assert_eq(S->last_pressure.direction, BDS_OUTBOUND);
+    cr_assert_eq(S->last_pressure.seq, -1);
+    cr_assert_eq(S->last_pressure.session, s);
+    cr_assert_not(started_pressured(S, s, 1), "inbound was not over capacity");
+    sim_free(S);
+}
+
 /* DESIGN §6 race: A's key queue on K empties before B's EXEC arrives, so K
  * returns the token; home must hand it straight to B (GRANT), and a third key
  * must not be able to take it in between. */
@@ -252,7 +322,7 @@ Test(pipeline, retries_follow_backoff_on_the_fake_clock_then_terminal) {
     cr_assert_eq(S->n_starts, 3);
     sim_session *ss = &S->sessions[s];
     cr_assert(ss->closed);
-    cr_assert_eq(ss->close_status, BDS_INTERNAL, "the handler's status goes on the wire");
+    cr_assert_eq(ss->close_status, BDS_UNAVAILABLE, "the handler's status goes on the wire");
     cr_assert_str_eq(ss->close_msg, "scripted failure");
     sim_free(S);
 }
@@ -285,7 +355,7 @@ Test(pipeline, zero_retry_budget_runs_once) {
     sim_send_msg(S, m, &st);
     sim_settle(S);
     cr_assert_eq(S->n_starts, 1);
-    cr_assert_eq(S->sessions[s].close_status, BDS_INTERNAL);
+    cr_assert_eq(S->sessions[s].close_status, BDS_UNAVAILABLE);
     sim_free(S);
 }
 
@@ -493,6 +563,215 @@ Test(pipeline, reply_after_done_from_a_thread_is_named) {
 }
 
 Test(pipeline, panic_outside_the_handler_is_named) { expect_misuse(panic_outside_the_handler, "bds_call_panic"); }
+
+/* Runs a message that fails every attempt with status on a fresh session
+ * (3 retries allowed, failures not terminal); returns how often it ran. */
+static uint32_t runs_of_a_failure(bds_status status, uint32_t retryable, bool ask) {
+    sim *S = sim_new(1, 60);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 3;
+    o.retry.retryable = retryable;
+    o.inbound.failures_terminal = false;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, "k", 1, SIM_FAIL);
+    m->fails = 100;
+    m->fail_status = status;
+    m->ask_retry = ask;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    uint32_t runs = S->n_starts;
+    bds_session_stats ss;
+    bds_session_get_stats(S->sessions[s].s, &ss);
+    cr_assert_eq(ss.retried, runs - 1);
+    sim_free(S);
+    return runs;
+}
+
+Test(pipeline, only_retryable_failures_are_retried) {
+    static const bds_status never[] = {BDS_CANCELLED, BDS_INVALID_ARGUMENT, BDS_INTERNAL, BDS_NOT_FOUND,
+                                       BDS_UNKNOWN, BDS_DEADLINE_EXCEEDED, BDS_PERMISSION_DENIED,
+                                       BDS_FAILED_PRECONDITION, BDS_UNAUTHENTICATED, BDS_E_NONTERMINAL_FAILURE,
+                                       BDS_E_TERMINAL_FAILURE, BDS_E_SESSION_CLOSED};
+    for (size_t i = 0; i < sizeof never / sizeof never[0]; i++)
+        cr_assert_eq(runs_of_a_failure(never[i], BDS_RETRYABLE_DEFAULT, false), 1, "%s is not retried by default",
+                     bds_status_name(never[i]));
+    static const bds_status retried[] = {BDS_UNAVAILABLE, BDS_ABORTED, BDS_RESOURCE_EXHAUSTED,
+                                         BDS_E_OUTBOUND_BACKPRESSURE /* RESOURCE_EXHAUSTED */};
+    for (size_t i = 0; i < sizeof retried / sizeof retried[0]; i++)
+        cr_assert_eq(runs_of_a_failure(retried[i], BDS_RETRYABLE_DEFAULT, false), 4, "%s is retried by default",
+                     bds_status_name(retried[i]));
+    cr_assert_eq(runs_of_a_failure(BDS_INTERNAL, 1u << BDS_INTERNAL, false), 4, "the mask decides");
+    cr_assert_eq(runs_of_a_failure(BDS_UNAVAILABLE, 1u << BDS_INTERNAL, false), 1);
+    cr_assert_eq(runs_of_a_failure(BDS_UNAVAILABLE, 0, false), 1, "an empty mask retries nothing by itself");
+}
+
+Test(pipeline, a_failure_the_handler_marks_retryable_is_retried_and_ends_with_its_own_status) {
+    cr_assert_eq(runs_of_a_failure(BDS_INVALID_ARGUMENT, 0, true), 4);
+    cr_assert_eq(runs_of_a_failure(BDS_E_NONTERMINAL_FAILURE, BDS_RETRYABLE_DEFAULT, true), 4);
+    sim *S = sim_new(1, 61);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 1;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, "k", 1, SIM_FAIL);
+    m->fails = 100;
+    m->fail_status = BDS_INVALID_ARGUMENT;
+    m->ask_retry = true;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->n_starts, 2);
+    cr_assert_eq(S->sessions[s].close_status, BDS_INVALID_ARGUMENT, "spent: the status it failed with");
+    sim_free(S);
+}
+
+static void retry_with_ok(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, SIM_FOREIGN);
+    bds_call_retry(call, BDS_OK, NULL);
+}
+
+static void retry_after_done(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, SIM_FOREIGN);
+    bds_call_done(call, BDS_OK, NULL);
+    bds_call_retry(call, BDS_UNAVAILABLE, NULL);
+}
+
+Test(pipeline, retry_with_a_success_is_named) { expect_misuse(retry_with_ok, "bds_call_retry"); }
+Test(pipeline, retry_after_done_is_named) { expect_misuse(retry_after_done, "bds_call_retry"); }
+
+/* With retries on, an attempt's replies wait with its call: a failed
+ * attempt's are dropped, a successful one's sent, none twice. */
+Test(pipeline, replies_of_failed_attempts_are_dropped_never_sent_twice) {
+    sim *S = sim_new(2, 62);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 3;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, key_away_from_0(S), 1, SIM_FAIL);
+    m->fails = 2;
+    m->replies = 3;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->n_starts, 3);
+    cr_assert_eq(S->sessions[s].n_written, 3, "the successful attempt's three, once");
+    cr_assert_eq(S->sessions[s].dropped_replies, 6, "the failed attempts' six, dropped through ops->drop");
+    /* spent: nothing of it is sent */
+    sim_msg *f = sim_msg_new(s, "f", 2, SIM_FAIL);
+    f->fails = 100;
+    f->replies = 2;
+    sim_send_msg(S, f, &st);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].n_written, 3);
+    cr_assert_eq(S->sessions[s].dropped_replies, 6 + 8);
+    cr_assert_eq(S->sessions[s].close_status, BDS_UNAVAILABLE);
+    sim_free(S);
+}
+
+/* Held replies made on another thread go out when the attempt succeeds, in
+ * the order they were made, ahead of the call's end. */
+Test(pipeline, held_replies_of_an_async_attempt_go_out_when_it_succeeds) {
+    sim *S = sim_new(2, 63);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 1;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, key_away_from_0(S), 1, SIM_ASYNC);
+    m->replies = 2;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].n_written, 0, "held while the attempt runs");
+    bds_call *call = S->pending[0];
+    sim_switch(S, SIM_FOREIGN);
+    for (uint64_t i = 0; i < 3; i++) {
+        sim_reply *r = calloc(1, sizeof *r);
+        r->seq = 100 + i;
+        r->session = s;
+        cr_assert_eq(bds_call_reply(call, &r->r), BDS_OK);
+    }
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].n_written, 0);
+    sim_complete(S, 0, BDS_OK, true);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].n_written, 5);
+    uint64_t want[] = {1, 1, 100, 101, 102};
+    for (int i = 0; i < 5; i++) cr_assert_eq(S->sessions[s].written[i], want[i], "in the order made");
+    sim_free(S);
+}
+
+Test(pipeline, at_least_once_sends_replies_as_made_and_a_retry_repeats_them) {
+    sim *S = sim_new(1, 64);
+    bds_options o = bds_default_options();
+    o.retry.max_attempts = 3;
+    o.retry.at_least_once = true;
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, "k", 1, SIM_FAIL);
+    m->fails = 1;
+    m->replies = 2;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->n_starts, 2);
+    cr_assert_eq(S->sessions[s].n_written, 4, "documented: each attempt's replies");
+    cr_assert_eq(S->sessions[s].dropped_replies, 0);
+    sim_free(S);
+}
+
+/* Without fail_fast a refused reply does not vanish: the handler hears of it
+ * at its session's next reply, once. */
+Test(pipeline, a_reply_the_sender_refuses_is_reported_at_the_next_reply) {
+    sim *S = sim_new(2, 65);
+    bds_options o = bds_default_options();
+    o.outbound.backpressure.policy = BDS_BP_HARD_REJECT;
+    o.outbound.backpressure.capacity = 1;
+    o.outbound.backpressure.queue_capacity = 0;
+    o.outbound.fail_fast = false;
+    S->auto_ack_replies = false; /* the client does not read */
+    int s = sim_open(S, 0, &o);
+    sim_msg *m = sim_msg_new(s, key_away_from_0(S), 1, SIM_OK);
+    m->replies = 2; /* the second is refused, later, at home */
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    cr_assert_eq(S->n_reply_log, 2);
+    cr_assert_eq(S->reply_log[0], BDS_OK);
+    cr_assert_eq(S->reply_log[1], BDS_OK, "not known yet when it was taken");
+    bds_session_stats ss;
+    bds_session_get_stats(S->sessions[s].s, &ss);
+    cr_assert_eq(ss.replies_rejected, 1);
+    sim_msg *n = sim_msg_new(s, "other", 2, SIM_OK);
+    n->replies = 2;
+    sim_send_msg(S, n, &st);
+    sim_settle(S);
+    cr_assert_eq(S->reply_log[2], BDS_E_OUTBOUND_BACKPRESSURE, "told at the session's next reply");
+    cr_assert_eq(S->reply_log[3], BDS_OK, "once");
+    cr_assert_eq(bds_session_get_state(S->sessions[s].s), BDS_STATE_OPEN, "no fail_fast: the session goes on");
+    sim_msg *k = sim_msg_new(s, "third", 3, SIM_OK);
+    k->replies = 1;
+    sim_send_msg(S, k, &st);
+    sim_settle(S);
+    cr_assert_eq(S->reply_log[4], BDS_E_OUTBOUND_BACKPRESSURE, "the two refused since");
+    sim_free(S);
+}
+
+Test(pipeline, a_reply_after_the_session_closed_says_so) {
+    sim *S = sim_new(2, 66);
+    int s = sim_open(S, 0, NULL);
+    sim_send(S, s, key_away_from_0(S), 1, SIM_ASYNC);
+    sim_settle(S);
+    bds_call *call = S->pending[0];
+    sim_home(S, s);
+    bds_session_fail(S->sessions[s].s, BDS_UNAVAILABLE, "gone");
+    sim_switch(S, SIM_FOREIGN);
+    sim_reply *r = calloc(1, sizeof *r);
+    cr_assert_eq(bds_call_reply(call, &r->r), BDS_E_SESSION_CLOSED);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].dropped_replies, 1, "still the transport's to free, through ops->drop");
+    sim_free(S);
+}
 
 Test(pipeline, nonterminal_failure_is_confined_to_the_message) {
     sim *S = sim_new(1, 14);
@@ -777,6 +1056,189 @@ Test(pipeline, a_finished_call_or_a_plain_close_runs_no_cancel_hook) {
     sim_settle(S);
     cr_assert_eq(S->cancel_hooks, 1, "only the call still running");
     sim_free(S);
+}
+
+/* ---- call timers (bds_call_after) ---- */
+
+/* A SIM_TIMER message on a key run by pipeline 1 (the session is home on 0). */
+static sim_msg *send_timer(sim *S, int s, uint64_t seq, int behave, uint64_t after_ns, uint32_t ticks) {
+    sim_msg *m = sim_msg_new(s, key_away_from_0(S), seq, behave);
+    m->after_ns = after_ns;
+    m->ticks = ticks;
+    bds_status st;
+    cr_assert_not_null(sim_send_msg(S, m, &st), "admitted: %s", bds_status_name(st));
+    sim_settle(S);
+    return m;
+}
+
+Test(pipeline, call_timer_fires_at_its_time_on_the_calls_exec_pipeline) {
+    sim *S = sim_new(2, 40);
+    int s = sim_open(S, 0, NULL);
+    uint64_t t0 = S->now;
+    send_timer(S, s, 1, SIM_TIMER, 10 * MS, 3);
+    cr_assert_eq(S->second_after, BDS_FAILED_PRECONDITION, "one timer per call at a time");
+    cr_assert_eq(bds_pipeline_next_deadline(S->pipes[1]), t0 + 10 * MS, "armed on the key's pipeline");
+    sim_advance(S, 10 * MS - 1);
+    cr_assert_eq(S->n_fires, 0, "not before its time");
+    sim_advance(S, 1);
+    cr_assert_eq(S->n_fires, 1);
+    cr_assert_eq(S->fires[0].at, t0 + 10 * MS);
+    cr_assert_eq(S->fires[0].pipe, 1, "on the call's EXEC pipeline");
+    cr_assert_not(S->fires[0].cancelled);
+    sim_advance(S, 10 * MS); /* the timer re-armed itself twice, each from its own firing */
+    sim_advance(S, 10 * MS);
+    cr_assert_eq(S->n_fires, 3);
+    cr_assert_eq(S->fires[2].at, t0 + 30 * MS);
+    cr_assert_eq(S->sessions[s].n_written, 3, "each firing's reply went out");
+    bds_session_stats st;
+    bds_session_get_stats(S->sessions[s].s, &st);
+    cr_assert_eq(st.completed, 1, "the last firing finished the call");
+    cr_assert_eq(bds_pipeline_next_deadline(S->pipes[1]), UINT64_MAX, "nothing left armed");
+    sim_free(S);
+}
+
+/* Whatever closes the session, an armed timer fires at once, sees
+ * bds_call_cancelled, and the work ends with its stream. */
+static void timer_fires_early_on(int how) {
+    sim *S = sim_new(2, 41);
+    int s = sim_open(S, 0, NULL);
+    uint64_t t0 = S->now;
+    sim_msg *m = send_timer(S, s, 1, SIM_TIMER, 3600ULL * 1000 * MS, 1);
+    m->hook_too = false;
+    bds_session *ss = S->sessions[s].s;
+    sim_home(S, s);
+    bds_status want = BDS_CANCELLED;
+    if (how == 0) {
+        bds_session_cancel(ss);
+    } else if (how == 1) {
+        bds_session_set_deadline(ss, S->now + 5 * MS);
+        want = BDS_DEADLINE_EXCEEDED;
+        sim_advance(S, 5 * MS);
+    } else if (how == 2) {
+        bds_session_fail(ss, BDS_UNAVAILABLE, "failed");
+        want = BDS_UNAVAILABLE;
+    } else {
+        bds_session_shutdown(ss);
+        want = BDS_E_SHUTDOWN;
+        sim_advance(S, 5000 * MS); /* the default grace */
+    }
+    sim_settle(S);
+    cr_assert_eq(S->n_fires, 1, "fired once, at the close (case %d)", how);
+    cr_assert(S->fires[0].cancelled, "and saw the session closed (case %d)", how);
+    cr_assert_eq(S->fires[0].pipe, 1);
+    cr_assert_lt(S->fires[0].at, t0 + 3600ULL * 1000 * MS);
+    cr_assert_eq(S->sessions[s].close_status, want, "case %d: %s", how, bds_status_name(S->sessions[s].close_status));
+    bds_pipeline_stats st;
+    bds_pipeline_get_stats(S->pipes[1], &st);
+    cr_assert_eq(st.keys_exec_live, 0, "the call went home: nothing waits for the hour (case %d)", how);
+    cr_assert_eq(bds_pipeline_next_deadline(S->pipes[1]), UINT64_MAX);
+    sim_free(S);
+}
+
+Test(pipeline, call_timer_fires_early_on_client_cancel) { timer_fires_early_on(0); }
+Test(pipeline, call_timer_fires_early_on_deadline) { timer_fires_early_on(1); }
+Test(pipeline, call_timer_fires_early_on_failure) { timer_fires_early_on(2); }
+Test(pipeline, call_timer_fires_early_when_the_grace_period_ends) { timer_fires_early_on(3); }
+
+/* The timer runs first; the cancel hook only if the call is still running. */
+Test(pipeline, call_timer_runs_before_the_cancel_hook_which_then_has_nothing_to_do) {
+    sim *S = sim_new(2, 42);
+    int s = sim_open(S, 0, NULL);
+    sim_msg *m = sim_msg_new(s, key_away_from_0(S), 1, SIM_TIMER);
+    m->after_ns = 3600ULL * 1000 * MS;
+    m->hook_too = true;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    sim_home(S, s);
+    bds_session_cancel(S->sessions[s].s);
+    sim_settle(S);
+    cr_assert_eq(S->n_fires, 1);
+    cr_assert_eq(S->cancel_hooks, 0, "the timer finished the call: the hook was cleared");
+    sim_free(S);
+}
+
+Test(pipeline, done_on_the_exec_thread_disarms_the_call_timer) {
+    sim *S = sim_new(2, 43);
+    int s = sim_open(S, 0, NULL);
+    send_timer(S, s, 1, SIM_TIMER_PENDING, 10 * MS, 1);
+    cr_assert_eq(S->n_pending, 1);
+    sim_complete(S, 0, BDS_OK, false); /* on pipeline 1, the call's EXEC thread */
+    sim_settle(S);
+    cr_assert_eq(bds_pipeline_next_deadline(S->pipes[1]), UINT64_MAX, "disarmed");
+    sim_advance(S, 20 * MS);
+    cr_assert_eq(S->n_fires, 0);
+    bds_session_stats st;
+    bds_session_get_stats(S->sessions[s].s, &st);
+    cr_assert_eq(st.completed, 1);
+    sim_free(S);
+}
+
+static void after_from_a_foreign_thread(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, SIM_FOREIGN);
+    (void)bds_call_after(call, MS, sim_on_after, S);
+}
+
+static void after_from_the_home_thread(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, 0); /* the session's home, not the key's pipeline */
+    (void)bds_call_after(call, MS, sim_on_after, S);
+}
+
+static void after_after_done(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_complete(S, 0, BDS_OK, false);
+    sim_switch(S, 1);
+    (void)bds_call_after(call, MS, sim_on_after, S);
+}
+
+static void after_without_fn(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, 1);
+    (void)bds_call_after(call, MS, NULL, S);
+}
+
+static void on_cancel_from_a_foreign_thread(void) {
+    sim *S;
+    bds_call *call = pending_call(&S);
+    sim_switch(S, SIM_FOREIGN);
+    bds_call_on_cancel(call, sim_on_cancel, S);
+}
+
+static void done_from_a_foreign_thread_with_a_timer_armed(void) {
+    sim *S = sim_new(2, 44);
+    int s = sim_open(S, 0, NULL);
+    send_timer(S, s, 1, SIM_TIMER_PENDING, 10 * MS, 1);
+    sim_complete(S, 0, BDS_OK, true);
+}
+
+static void done_from_a_foreign_thread_with_a_cancel_hook(void) {
+    sim *S = sim_new(2, 45);
+    int s = sim_open(S, 0, NULL);
+    sim_send(S, s, key_away_from_0(S), 1, SIM_HOOKED);
+    sim_settle(S);
+    sim_complete(S, 0, BDS_OK, true);
+}
+
+Test(pipeline, call_timer_from_a_foreign_thread_is_named) { expect_misuse(after_from_a_foreign_thread, "bds_call_after"); }
+Test(pipeline, call_timer_from_another_pipelines_thread_is_named) {
+    expect_misuse(after_from_the_home_thread, "bds_call_after");
+}
+Test(pipeline, call_timer_after_done_is_named) { expect_misuse(after_after_done, "bds_call_after"); }
+Test(pipeline, call_timer_without_fn_is_named) { expect_misuse(after_without_fn, "bds_call_after"); }
+Test(pipeline, cancel_hook_from_a_foreign_thread_is_named) {
+    expect_misuse(on_cancel_from_a_foreign_thread, "bds_call_on_cancel");
+}
+Test(pipeline, done_from_another_thread_racing_an_armed_timer_is_named) {
+    expect_misuse(done_from_a_foreign_thread_with_a_timer_armed, "bds_call_done");
+}
+Test(pipeline, done_from_another_thread_racing_a_cancel_hook_is_named) {
+    expect_misuse(done_from_a_foreign_thread_with_a_cancel_hook, "bds_call_done");
 }
 
 Test(pipeline, deadline_closes_with_deadline_exceeded) {
@@ -1085,5 +1547,149 @@ Test(pipeline, steady_state_message_path_allocates_nothing) {
     bds_session_get_stats(S->sessions[s].s, &st);
     cr_assert_eq(st.completed, 12000);
     cr_assert_eq(st.replies_written, 12000);
+    sim_free(S);
+}
+
+/* ---- live counters (bds_counters) ---- */
+
+static void expect_counters_match(const bds_counters *c, const bds_session_stats *sum) {
+    cr_assert_eq(atomic_load(&c->admitted), sum->admitted);
+    cr_assert_eq(atomic_load(&c->rejected), sum->rejected);
+    cr_assert_eq(atomic_load(&c->completed), sum->completed);
+    cr_assert_eq(atomic_load(&c->failed), sum->failed);
+    cr_assert_eq(atomic_load(&c->nonterminal_failures), sum->nonterminal_failures);
+    cr_assert_eq(atomic_load(&c->retried), sum->retried);
+    cr_assert_eq(atomic_load(&c->panics), sum->panics);
+    cr_assert_eq(atomic_load(&c->dropped), sum->dropped);
+    cr_assert_eq(atomic_load(&c->pressure_signals), sum->pressure_signals);
+    cr_assert_eq(atomic_load(&c->replies_written), sum->replies_written);
+    cr_assert_eq(atomic_load(&c->replies_rejected), sum->replies_rejected);
+    cr_assert_eq(atomic_load(&c->bytes_in), sum->bytes_in);
+    cr_assert_eq(atomic_load(&c->bytes_out), sum->bytes_out);
+}
+
+static void stats_sum(sim *S, const int *idx, int n, bds_session_stats *sum) {
+    memset(sum, 0, sizeof *sum);
+    for (int i = 0; i < n; i++) {
+        bds_session_stats st;
+        bds_session_get_stats(S->sessions[idx[i]].s, &st);
+        sum->admitted += st.admitted;
+        sum->rejected += st.rejected;
+        sum->completed += st.completed;
+        sum->failed += st.failed;
+        sum->nonterminal_failures += st.nonterminal_failures;
+        sum->retried += st.retried;
+        sum->panics += st.panics;
+        sum->dropped += st.dropped;
+        sum->pressure_signals += st.pressure_signals;
+        sum->replies_written += st.replies_written;
+        sum->replies_rejected += st.replies_rejected;
+        sum->bytes_in += st.bytes_in;
+        sum->bytes_out += st.bytes_out;
+    }
+}
+
+/* Opens a session on home with live counters c. */
+static int open_counted(sim *S, uint32_t home, bds_options *o, bds_counters *c) {
+    int idx = S->n_sessions++;
+    bds_session_config cfg;
+    bds_session_config_default(&cfg);
+    o->on_pressure = sim_on_pressure;
+    o->on_pressure_ctx = S;
+    cfg.options = o;
+    cfg.handler = sim_handler;
+    cfg.handler_ctx = S;
+    cfg.ops = &sim_ops;
+    cfg.ops_ctx = (void *)(intptr_t)idx;
+    cfg.counters = c;
+    int saved = sim_switch(S, (int)home);
+    cr_assert_eq(bds_session_create(&S->sessions[idx].s, S->pipes[home], &cfg, NULL), BDS_OK);
+    cr_assert_eq(bds_session_open(S->sessions[idx].s), BDS_OK);
+    sim_switch(S, saved);
+    return idx;
+}
+
+/* The counters move as things happen, while the sessions are open (not when
+ * they are freed), summed over the sessions that share them, and equal the
+ * sessions' own stats at every point. */
+Test(pipeline, live_counters_move_while_sessions_run_and_match_their_stats) {
+    sim *S = sim_new(2, 50);
+    bds_counters c0 = {0}, c1 = {0};
+    bds_options o = bds_default_options();
+    o.metrics.payload_sizes = true;
+    o.retry.max_attempts = 2;
+    bds_options soft = o;
+    soft.inbound.backpressure.policy = BDS_BP_SOFT_ALLOW_SIGNAL;
+    soft.inbound.backpressure.capacity = 1;
+    soft.inbound.backpressure.queue_capacity = 0;
+    bds_options hard = o;
+    hard.inbound.backpressure.policy = BDS_BP_HARD_REJECT;
+    hard.inbound.backpressure.capacity = 1;
+    hard.inbound.backpressure.queue_capacity = 0;
+    int a = open_counted(S, 0, &o, &c0), b = open_counted(S, 0, &soft, &c0), h = open_counted(S, 1, &hard, &c1);
+    int home0[] = {a, b}, home1[] = {h};
+    bds_session_stats sum;
+
+    for (uint64_t i = 0; i < 3; i++) cr_assert_eq(sim_send(S, a, "k", i, SIM_ASYNC), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(atomic_load(&c0.admitted), 3, "admitted as they arrive");
+    cr_assert_eq(atomic_load(&c0.calls_live), 3);
+    cr_assert_eq(atomic_load(&c0.bytes_in), 24);
+    complete_seq(S, 0, BDS_OK);
+    cr_assert_eq(atomic_load(&c0.completed), 1, "completed at the moment the call ends");
+    cr_assert_eq(atomic_load(&c0.calls_live), 2);
+
+    sim_msg *m = sim_msg_new(a, "r", 10, SIM_FAIL);
+    m->fails = 1;
+    m->replies = 2;
+    m->reply_bytes = 5;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    sim_advance(S, 1);
+    cr_assert_eq(atomic_load(&c0.retried), 1);
+    cr_assert_eq(atomic_load(&c0.replies_written), S->sessions[a].n_written);
+    cr_assert_eq(atomic_load(&c0.bytes_out), 5 * S->sessions[a].n_written);
+    cr_assert_eq(sim_send(S, b, "x", 1, SIM_ASYNC), BDS_OK);
+    cr_assert_eq(sim_send(S, b, "y", 2, SIM_ASYNC), BDS_OK); /* over capacity: a signal */
+    cr_assert_eq(sim_send(S, b, "z", 3, SIM_NONTERMINAL), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(atomic_load(&c0.pressure_signals), 2);
+    cr_assert_eq(atomic_load(&c0.nonterminal_failures), 1);
+    stats_sum(S, home0, 2, &sum);
+    expect_counters_match(&c0, &sum);
+
+    cr_assert_eq(sim_send(S, h, "x", 1, SIM_ASYNC), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(sim_send(S, h, "y", 2, SIM_ASYNC), BDS_E_INBOUND_REJECTED);
+    sim_settle(S);
+    cr_assert_eq(atomic_load(&c1.rejected), 1, "pipeline 1's sessions count on their own counters");
+    cr_assert_eq(atomic_load(&c1.admitted), 1);
+    cr_assert_eq(atomic_load(&c1.dropped) + atomic_load(&c1.completed) + atomic_load(&c1.failed), 0,
+                 "its call is still with its handler");
+    cr_assert_eq(atomic_load(&c0.rejected), 0);
+
+    while (S->n_pending) {
+        sim_complete(S, 0, BDS_OK, false);
+        sim_settle(S);
+    }
+    stats_sum(S, home0, 2, &sum);
+    expect_counters_match(&c0, &sum);
+    stats_sum(S, home1, 1, &sum);
+    expect_counters_match(&c1, &sum);
+    cr_assert_eq(atomic_load(&c0.calls_live), 0);
+    cr_assert_eq(atomic_load(&c1.calls_live), 0);
+    sim_free(S);
+}
+
+Test(pipeline, live_counters_stay_still_with_metrics_off) {
+    sim *S = sim_new(1, 51);
+    bds_counters c = {0};
+    bds_options o = bds_default_options();
+    o.metrics.enabled = false;
+    int a = open_counted(S, 0, &o, &c);
+    cr_assert_eq(sim_send(S, a, "k", 1, SIM_OK), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(atomic_load(&c.admitted) + atomic_load(&c.completed) + atomic_load(&c.calls_live), 0);
     sim_free(S);
 }

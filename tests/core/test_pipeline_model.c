@@ -13,8 +13,12 @@
  *
  * 2. Chaos across pipelines. Random scripts over 3 pipelines with every
  *    message delivered in a random order the rings allow (per-pair FIFO
- *    only): per-key execution order, exactly-once completion, the token
- *    invariant after every step, and no leak at the end.
+ *    only), some calls answered from call timers, some failing and retried:
+ *    per-key execution order, exactly-once completion, the token invariant
+ *    after every step, no reply sent twice (retries hold an attempt's
+ *    replies), and no leak at the end. Step 1's model retries exactly the
+ *    failures options.retry.retryable or bds_call_retry allow, so a
+ *    non-retryable status that ran again would break its count of starts.
  *
  * Every failure prints the script's seed; rerun one with BDS_MODEL_SEED=<n>. */
 #include <criterion/criterion.h>
@@ -39,6 +43,7 @@ typedef struct mcall {
     bds_status status;
     bool dropped;
     bool passed;
+    bool asked;       /* the attempt ended with bds_call_retry */
     uint64_t retry_at, retry_order;
 } mcall;
 
@@ -139,7 +144,9 @@ static void m_drop_all(model *m, int k) {
 static int m_result(model *m, int c) {
     mcall *call = &m->calls[c];
     int k = call->key;
-    if (call->status != BDS_OK && call->status != BDS_E_PANIC_RECOVERED &&
+    int code = bds_status_grpc(call->status);
+    bool retryable = call->asked || (code > 0 && (m->o.retry.retryable & (1u << code)));
+    if (call->status != BDS_OK && call->status != BDS_E_PANIC_RECOVERED && retryable &&
         call->attempt <= m->o.retry.max_attempts && m->state != BDS_STATE_CLOSED) {
         call->kstate = KQ_RETRY;
         call->retry_at = m->now + m->o.retry.backoff_ns;
@@ -165,10 +172,13 @@ static void m_run(model *m, int c) {
             return;
         }
         call->attempt++;
+        call->asked = false;
         switch (call->behave) {
         case SIM_ASYNC: call->kstate = KQ_RUNNING; return;
         case SIM_OK: call->status = BDS_OK; break;
-        case SIM_FAIL: call->status = call->attempt <= call->fails ? BDS_INTERNAL : BDS_OK; break;
+        case SIM_FAIL:
+            call->status = call->attempt <= call->fails ? BDS_UNAVAILABLE : BDS_OK;
+            break;
         case SIM_PANIC: call->status = BDS_E_PANIC_RECOVERED; break;
         case SIM_NONTERMINAL: call->status = BDS_E_NONTERMINAL_FAILURE; break;
         }
@@ -460,6 +470,9 @@ static bds_options random_options(sim *S) {
     }
     o.retry.max_attempts = (uint32_t)(sim_rand(S) % 3);
     o.retry.backoff_ns = o.retry.max_attempts ? (1 + sim_rand(S) % 3) * MS : 0;
+    static const uint32_t masks[] = {BDS_RETRYABLE_DEFAULT, BDS_RETRYABLE_DEFAULT, 0, 1u << BDS_INTERNAL,
+                                     (1u << BDS_INTERNAL) | (1u << BDS_CANCELLED)};
+    o.retry.retryable = masks[sim_rand(S) % 5];
     o.inbound.drain_on_client_close = sim_rand(S) % 3 != 0;
     o.inbound.failures_terminal = sim_rand(S) % 3 != 0;
     o.shutdown.drain_inbound = sim_rand(S) % 2;
@@ -525,10 +538,14 @@ static void run_model_script(uint64_t seed) {
                                                   BDS_E_NONTERMINAL_FAILURE, BDS_UNAVAILABLE,
                                                   BDS_E_PANIC_RECOVERED, BDS_CANCELLED};
             bds_status out = outcomes[sim_rand(S) % (sizeof outcomes / sizeof outcomes[0])];
+            /* a failure the handler marks retryable (bds_call_retry) */
+            bool ask = out != BDS_OK && out != BDS_E_PANIC_RECOVERED && sim_rand(S) % 3 == 0;
             sim_msg *msg = bds_call_payload(S->pending[k]);
             m->calls[msg->seq].status = out;
+            m->calls[msg->seq].asked = ask;
             m_push(m, EV_COMPLETE, (int)msg->seq);
-            sim_complete(S, k, out, sim_rand(S) % 2);
+            if (ask) sim_complete_retry(S, k, out, sim_rand(S) % 2);
+            else sim_complete(S, k, out, sim_rand(S) % 2);
         } else if (r < 90) {
             uint64_t ns = (sim_rand(S) % 4) * MS;
             S->now += ns;
@@ -571,6 +588,7 @@ static void run_chaos_script(uint64_t seed) {
         sim_open(S, (uint32_t)(sim_rand(S) % 3), &o);
     }
     static int key_of[4096];
+    static uint32_t max_replies[4096]; /* one successful attempt's */
     uint64_t seq = 0, admitted = 0;
     int64_t last_start[3][MAXK];
     memset(last_start, 0xff, sizeof last_start);
@@ -586,8 +604,15 @@ static void run_chaos_script(uint64_t seed) {
             char key[48];
             model_key(key, keyid);
             key_of[seq] = fifo[s] ? 0 : keyid;
+            /* Some answer from call timers (bds_call_after), which the
+             * session's end fires early wherever it catches them. */
+            if (sim_rand(S) % 6 == 0) behave = SIM_TIMER;
             sim_msg *msg = sim_msg_new(s, key, seq++, behave);
             msg->fails = fails;
+            msg->after_ns = (sim_rand(S) % 4) * MS;
+            msg->ticks = 1 + (uint32_t)(sim_rand(S) % 3);
+            msg->replies = (uint32_t)(sim_rand(S) % 3); /* per attempt */
+            max_replies[msg->seq] = msg->replies + (behave == SIM_TIMER ? msg->ticks : 0);
             bds_status st;
             sim_send_msg(S, msg, &st);
             admitted += st == BDS_OK;
@@ -661,6 +686,14 @@ static void run_chaos_script(uint64_t seed) {
     cr_assert_eq(ended, admitted, "seed %lu: %lu admitted, %lu ended", (unsigned long)seed, (unsigned long)admitted,
                  (unsigned long)ended);
     cr_assert_eq(S->released, admitted, "seed %lu: every payload released once", (unsigned long)seed);
+    /* Retries hold replies: no message gets more than one attempt's worth. */
+    static uint32_t written[4096];
+    memset(written, 0, sizeof written);
+    for (int i = 0; i < sessions; i++)
+        for (uint32_t w = 0; w < S->sessions[i].n_written; w++) written[S->sessions[i].written[w]]++;
+    for (uint64_t q = 0; q < seq; q++)
+        cr_assert_leq(written[q], max_replies[q], "seed %lu: seq %lu written %u times, one attempt makes %u",
+                      (unsigned long)seed, (unsigned long)q, written[q], max_replies[q]);
     sim_free(S);
 }
 

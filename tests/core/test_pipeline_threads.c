@@ -8,7 +8,10 @@
  * state read by the exec side, session memory outliving cross-thread work).
  * A third thread, no pipeline's, completes some calls and sends some replies,
  * as a handler's own I/O thread would. Checks: every message is answered
- * exactly once, a key's calls start in arrival order, nothing leaks.
+ * exactly once, a key's calls start in arrival order, nothing leaks. The
+ * test's own thread reads each pipeline's live counters (bds_counters) while
+ * they move: never backwards, never past the total, and at the end equal to
+ * what the sessions counted.
  * BDS_TEST_TSAN */
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -84,6 +87,8 @@ typedef struct pipe_ctx {
     /* starts logged by handlers running on this pipeline (it is K for them) */
     int64_t last_start[PIPES * SESSIONS_PER_PIPE][KEYS];
     uint64_t order_errors;
+    bds_counters counters; /* its sessions' live counters */
+    bds_session_stats summed; /* its sessions' own stats, summed before release */
 } pipe_ctx;
 
 struct world {
@@ -177,6 +182,7 @@ static void *pipe_thread(void *arg) {
     sc.handler_ctx = pc;
     sc.ops = &ops;
     sc.ops_ctx = pc;
+    sc.counters = &pc->counters;
     for (int i = 0; i < SESSIONS_PER_PIPE; i++) {
         cr_assert_eq(bds_session_create(&pc->sessions[i], pc->p, &sc, NULL), BDS_OK);
         bds_session_open(pc->sessions[i]);
@@ -211,7 +217,14 @@ static void *pipe_thread(void *arg) {
         for (int i = 0; i < SESSIONS_PER_PIPE; i++) open += pc->closed[i] == 0;
         if (!open) break;
     }
-    for (int i = 0; i < SESSIONS_PER_PIPE; i++) bds_session_release(pc->sessions[i]);
+    for (int i = 0; i < SESSIONS_PER_PIPE; i++) {
+        bds_session_stats st;
+        bds_session_get_stats(pc->sessions[i], &st);
+        pc->summed.admitted += st.admitted;
+        pc->summed.completed += st.completed;
+        pc->summed.replies_written += st.replies_written;
+        bds_session_release(pc->sessions[i]);
+    }
     atomic_fetch_add(&w->done_pipes, 1);
     /* Keep serving the other pipeline until it is done too (it may still need our DONEs). */
     bds_pipeline_stats st;
@@ -253,6 +266,22 @@ Test(pipeline_threads, two_pipelines_and_a_foreign_thread_answer_everything_in_k
     pthread_t t[PIPES], f;
     pthread_create(&f, NULL, foreign_thread, w);
     for (int i = 0; i < PIPES; i++) pthread_create(&t[i], NULL, pipe_thread, &w->pipes[i]);
+    /* Read the live counters while the pipelines run. */
+    uint64_t last_admitted[PIPES] = {0}, last_completed[PIPES] = {0};
+    while (atomic_load(&w->done_pipes) < PIPES) {
+        for (int i = 0; i < PIPES; i++) {
+            bds_counters c;
+            bds_counters_load(&w->pipes[i].counters, &c);
+            uint64_t admitted = atomic_load(&c.admitted), completed = atomic_load(&c.completed);
+            /* Each field alone is coherent (relaxed atomics promise no more). */
+            cr_assert_geq(admitted, last_admitted[i], "admitted went backwards");
+            cr_assert_geq(completed, last_completed[i], "completed went backwards");
+            cr_assert_leq(admitted, (uint64_t)SESSIONS_PER_PIPE * MSGS_PER_SESSION);
+            last_admitted[i] = admitted;
+            last_completed[i] = completed;
+        }
+        sched_yield();
+    }
     for (int i = 0; i < PIPES; i++) pthread_join(t[i], NULL);
     atomic_store(&w->stop_foreign, 1);
     pthread_join(f, NULL);
@@ -260,6 +289,12 @@ Test(pipeline_threads, two_pipelines_and_a_foreign_thread_answer_everything_in_k
     for (int i = 0; i < PIPES; i++) {
         pipe_ctx *pc = &w->pipes[i];
         cr_assert_eq(pc->order_errors, 0, "a key's calls started out of order");
+        cr_assert_eq(atomic_load(&pc->counters.admitted), (uint64_t)SESSIONS_PER_PIPE * MSGS_PER_SESSION);
+        cr_assert_eq(atomic_load(&pc->counters.admitted), pc->summed.admitted, "live counters = the sessions' stats");
+        cr_assert_eq(atomic_load(&pc->counters.completed), pc->summed.completed);
+        cr_assert_eq(atomic_load(&pc->counters.replies_written), pc->summed.replies_written);
+        cr_assert_eq(atomic_load(&pc->counters.replies_written), pc->written);
+        cr_assert_eq(atomic_load(&pc->counters.calls_live), 0, "the gauge is back to 0");
         for (int s = 0; s < SESSIONS_PER_PIPE; s++) cr_assert_eq(pc->closed[s], 1, "every session ended OK");
         written += pc->written;
         released += pc->released;

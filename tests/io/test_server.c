@@ -14,10 +14,10 @@
 #include <nghttp2/nghttp2.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -25,7 +25,8 @@
 
 #include "bidistream/server.h"
 #include "pipeline_int.h" /* bds_call: home and exec shard */
-#include "server_int.h" /* bds__server_watches, bds__server_dump */
+#include "server_int.h" /* bds__server_dump */
+#include "services.h"   /* bds__health_watches */
 #include "watchdog.h"
 
 #define PATH "/bidistream.v1.Pipeline/Process"
@@ -812,8 +813,8 @@ static bool all_answered(struct cli *c) {
 }
 
 /* 10,000 Watches opened and cancelled, 16 at a time (a connection each
- * time: so many resets on one would be a rapid-reset flood): each leaves its
- * shard's list the moment its stream is gone (before: it stayed until the
+ * time: so many resets on one would be a rapid-reset flood): each leaves the
+ * waiting list the moment its stream is gone (before: it stayed until the
  * next Watch swept the list, which every new Watch walked). */
 Test(server, cancelled_watches_are_freed_at_once) {
     struct srv v;
@@ -830,14 +831,51 @@ Test(server, cancelled_watches_are_freed_at_once) {
         cli_sync(&c);
         cli_fini(&c);
     }
-    uint32_t n = bds__server_watches(v.s);
+    uint32_t n = bds__health_watches(v.s);
     for (int i = 0; i < 500 && n != 0; i++) { /* the cancels run on the shards: bounded wait */
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        n = bds__server_watches(v.s);
+        n = bds__health_watches(v.s);
     }
     cr_assert_eq(n, 0, "%u cancelled Watch calls still held", n);
     srv_stop(&v);
+}
+
+/* Reads what the server sent until it closed the connection (bounded: about
+ * 10 s), feeding the client session. */
+static void cli_read_to_eof(struct cli *c) {
+    uint8_t buf[16384];
+    for (int i = 0; i < 1000; i++) {
+        struct pollfd p = {.fd = c->fd, .events = POLLIN};
+        if (poll(&p, 1, 10) <= 0) continue;
+        ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+        if (n <= 0) return;
+        cr_assert_eq(nghttp2_session_mem_recv(c->ng, buf, (size_t)n), n);
+    }
+}
+
+/* At the stop every waiting Watch, on either shard, hears NOT_SERVING after
+ * its SERVING and then ends OK: the stop hook's push and finish reach each
+ * stream before the drain could end it UNAVAILABLE. */
+Test(server, watches_hear_not_serving_then_end_ok_at_the_stop) {
+    struct srv v;
+    srv_start(&v, 2);
+    struct cli c[4];
+    for (int k = 0; k < 4; k++) { /* connections land on either shard */
+        cli_init(&c[k], srv_connect(&v));
+        for (int i = 0; i < 4; i++) cli_open(&c[k], "/grpc.health.v1.Health/Watch", calloc(1, 5), 5, true);
+        cli_pump(&c[k], all_answered);
+    }
+    srv_stop(&v);
+    for (int k = 0; k < 4; k++) {
+        cli_read_to_eof(&c[k]);
+        for (int i = 0; i < 4; i++) {
+            /* two HealthCheckResponses of 5 + 2 bytes: SERVING, NOT_SERVING */
+            cr_assert_eq(c[k].s[i].in_bytes, 14, "Watch %d.%d got %zu bytes", k, i, c[k].s[i].in_bytes);
+            cr_assert_eq(c[k].s[i].grpc_status, 0, "Watch %d.%d ended %d", k, i, c[k].s[i].grpc_status);
+        }
+        cli_fini(&c[k]);
+    }
 }
 
 /* ---- shutdown with trailers still waiting ------------------------------------------------ */
@@ -1369,6 +1407,204 @@ Test(server, connection_past_max_connections_is_closed_while_the_first_is_served
     cr_assert_eq(c.s[0].grpc_status, 0);
     cli_fini(&c);
     srv_stop(&v);
+}
+
+/* ---- applications: serving state, stop hooks, paced replies ---------------------------- */
+
+struct stop_seen {
+    _Atomic uint32_t runs;
+    _Atomic uint32_t order;   /* the stop_order value when it ran */
+    _Atomic bool serving;     /* bds_server_serving as it ran */
+};
+static _Atomic uint32_t stop_order;
+
+static void on_stop_record(bds_server *server, void *ctx) {
+    struct stop_seen *s = ctx;
+    atomic_store(&s->serving, bds_server_serving(server));
+    atomic_store(&s->order, atomic_fetch_add(&stop_order, 1));
+    atomic_fetch_add(&s->runs, 1);
+}
+
+/* Two shards both stopping: each hook runs once, in the order added, and sees
+ * serving false already; serving is true from create until then. */
+Test(server, stop_hooks_run_once_in_order_once_serving_is_false) {
+    struct srv v;
+    bds_server_config cfg;
+    srv_config(&cfg, 2);
+    srv_create(&v, &cfg);
+    struct stop_seen a = {0}, b = {0}, rest = {0};
+    atomic_store(&stop_order, 0);
+    cr_assert_eq(bds_server_on_stop(v.s, NULL, NULL), BDS_E_INVALID);
+    cr_assert_eq(bds_server_on_stop(v.s, on_stop_record, &a), BDS_OK);
+    cr_assert_eq(bds_server_on_stop(v.s, on_stop_record, &b), BDS_OK);
+    /* Health's hook and these two: five more fit, then none. */
+    for (int i = 0; i < 5; i++) cr_assert_eq(bds_server_on_stop(v.s, on_stop_record, &rest), BDS_OK);
+    cr_assert_eq(bds_server_on_stop(v.s, on_stop_record, &rest), BDS_RESOURCE_EXHAUSTED);
+    cr_assert(bds_server_serving(v.s), "serving from create on");
+    srv_run(&v);
+    close(connect_served(&v));
+    cr_assert(bds_server_serving(v.s), "serving while it runs");
+    cr_assert_eq(atomic_load(&a.runs), 0, "no hook before the stop");
+    srv_stop(&v);
+    cr_assert_eq(atomic_load(&a.runs), 1, "the first hook ran once (%u)", atomic_load(&a.runs));
+    cr_assert_eq(atomic_load(&b.runs), 1, "the second hook ran once (%u)", atomic_load(&b.runs));
+    cr_assert_eq(atomic_load(&rest.runs), 5);
+    cr_assert_lt(atomic_load(&a.order), atomic_load(&b.order), "in the order added");
+    cr_assert(!atomic_load(&a.serving) && !atomic_load(&b.serving), "serving was false when they ran");
+}
+
+/* /test.Paced/Stream: raw bytes keyed by their first 8 bytes (so with two
+ * shards its EXEC is often another shard than its stream's). Each request
+ * is answered with paced_n replies of PACED_BYTES, each made from the last
+ * one's fn; the call ends OK after the last one's fn, or CANCELLED when a fn
+ * finds its stream gone. With paced_misuse the handler finishes its call
+ * right after its first paced reply. */
+#define PACED_PATH "/test.Paced/Stream"
+#define PACED_BYTES (64u * 1024u)
+static uint32_t paced_n;
+static bool paced_misuse;
+static _Atomic uint32_t paced_fn_runs, paced_wrong_thread, paced_cancelled, paced_started;
+static pthread_t paced_exec;
+
+static void paced_next(bds_call *call, void *ctx);
+
+static void paced_send(bds_call *call, uint32_t i) {
+    static uint8_t bytes[PACED_BYTES]; /* the reply is a copy */
+    cr_assert_eq(bds_call_reply_paced(call, bytes, sizeof bytes, paced_next, (void *)(uintptr_t)i), BDS_OK);
+}
+
+static void paced_next(bds_call *call, void *ctx) {
+    uint32_t i = (uint32_t)(uintptr_t)ctx;
+    atomic_fetch_add(&paced_fn_runs, 1);
+    if (!pthread_equal(pthread_self(), paced_exec)) atomic_fetch_add(&paced_wrong_thread, 1);
+    if (bds_call_cancelled(call)) {
+        atomic_fetch_add(&paced_cancelled, 1);
+        bds_call_done(call, BDS_CANCELLED, NULL);
+    } else if (i + 1 == paced_n) {
+        bds_call_done(call, BDS_OK, NULL);
+    } else {
+        paced_send(call, i + 1);
+    }
+}
+
+static void paced_handler(bds_call *call, void *ctx) {
+    (void)ctx;
+    paced_exec = pthread_self();
+    paced_send(call, 0);
+    atomic_store(&paced_started, 1);
+    if (paced_misuse) bds_call_done(call, BDS_OK, NULL);
+}
+
+static void paced_start(struct srv *v, uint32_t shards, uint32_t n, bool misuse) {
+    bds_server_config cfg;
+    srv_config(&cfg, shards);
+    srv_create(v, &cfg);
+    paced_n = n;
+    paced_misuse = misuse;
+    atomic_store(&paced_fn_runs, 0);
+    atomic_store(&paced_wrong_thread, 0);
+    atomic_store(&paced_cancelled, 0);
+    atomic_store(&paced_started, 0);
+    bds_method m = {.size = sizeof m, .path = PACED_PATH, .handler = paced_handler, .key = hold_all_key};
+    cr_assert_eq(bds_server_add_method(v->s, &m, NULL), BDS_OK);
+    srv_run(v);
+}
+
+/* 32 replies of 64 KiB: each is made once the last one left, so the server
+ * never holds more than about one (made all at once, they would be 2 MiB),
+ * every fn runs on the handler's thread, and the call ends OK after them. */
+Test(server, paced_replies_hold_about_one_reply_at_a_time) {
+    struct srv v;
+    paced_start(&v, 2, 32, false);
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    size_t len;
+    uint8_t *out = one_message(&len);
+    cli_open(&c, PACED_PATH, out, len, true);
+    cli_pump(&c, first_closed);
+    cr_assert_eq(c.s[0].grpc_status, 0);
+    cr_assert_eq(c.s[0].in_bytes, 32u * (5 + PACED_BYTES), "every reply arrived (%zu bytes)", c.s[0].in_bytes);
+    cr_assert_eq(atomic_load(&paced_fn_runs), 32);
+    cr_assert_eq(atomic_load(&paced_wrong_thread), 0, "every fn ran on the call's EXEC thread");
+    uint64_t hw = bds__server_msg_bytes_hw(v.s);
+    cr_assert_lt(hw, 4u * PACED_BYTES, "a shard held %llu bytes of messages at once", (unsigned long long)hw);
+    cli_fini(&c);
+    srv_stop(&v);
+}
+
+/* A client that grants no window: the first reply cannot leave, and no
+ * second one is made. The client resets the stream: the reply is dropped,
+ * its fn runs with the call cancelled and finishes it, and the server stops
+ * with every buffer back (srv_stop). */
+Test(server, a_paced_reply_dropped_with_its_stream_runs_its_fn_cancelled) {
+    struct srv v;
+    paced_start(&v, 2, 32, false);
+    struct cli c;
+    cli_init_with(&c, srv_connect(&v), false);
+    size_t len;
+    uint8_t *out = one_message(&len);
+    cli_open(&c, PACED_PATH, out, len, true);
+    cr_assert_eq(nghttp2_session_send(c.ng), 0);
+    for (int i = 0; i < 500 && !atomic_load(&paced_started); i++) { /* bounded: about 5 s */
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert(atomic_load(&paced_started), "the paced handler never ran");
+    cr_assert_eq(atomic_load(&paced_fn_runs), 0, "no fn while the reply cannot leave");
+    nghttp2_submit_rst_stream(c.ng, NGHTTP2_FLAG_NONE, c.s[0].id, NGHTTP2_CANCEL);
+    cr_assert_eq(nghttp2_session_send(c.ng), 0);
+    for (int i = 0; i < 500 && !atomic_load(&paced_cancelled); i++) { /* bounded: about 5 s */
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_eq(atomic_load(&paced_cancelled), 1, "the dropped reply's fn never saw its call cancelled");
+    cr_assert_eq(atomic_load(&paced_fn_runs), 1);
+    cli_fini(&c);
+    srv_stop(&v);
+}
+
+/* Finishing the call while its paced reply's fn is due: the fn names the misuse. */
+static void done_before_the_paced_fn(void) {
+    struct srv v;
+    paced_start(&v, 1, 2, true);
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    size_t len;
+    uint8_t *out = one_message(&len);
+    cli_open(&c, PACED_PATH, out, len, true);
+    cli_pump(&c, first_closed);
+    /* The stream may end first: the fn runs just after its reply left. */
+    for (int i = 0; i < 1000; i++) { /* bounded: about 10 s */
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+Test(server, done_before_a_paced_reply_fn_ran_is_a_misuse_naming_it) {
+    int errp[2];
+    cr_assert_eq(pipe(errp), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(errp[0]);
+        dup2(errp[1], 2);
+        alarm(20);
+        done_before_the_paced_fn();
+        _exit(0); /* the misuse went unnoticed */
+    }
+    close(errp[1]);
+    char err[8192];
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof err - 1 && (r = read(errp[0], err + n, sizeof err - 1 - n)) > 0) n += (size_t)r;
+    err[n] = 0;
+    close(errp[0]);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "the misuse stops the process (exit %d, signal %d): %s",
+              WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0, err);
+    cr_assert(strstr(err, "bidistream: bds_call_reply_paced: misuse: ") != NULL, "stderr names the call: %s", err);
 }
 
 /* ---- logging ------------------------------------------------------------------------- */

@@ -24,7 +24,7 @@ typedef enum bds_backpressure_policy {
     BDS_BP_HARD_REJECT = 0,       /* reject at once when capacity is exhausted */
     BDS_BP_QUEUE = 1,             /* wait for capacity; queue_capacity bounds the waiters */
     BDS_BP_SOFT_ALLOW = 2,        /* run anyway */
-    BDS_BP_SOFT_ALLOW_SIGNAL = 3, /* run anyway, count it and call on_pressure */
+    BDS_BP_SOFT_ALLOW_SIGNAL = 3, /* run anyway, count it, call on_pressure, mark the call (bds_call_pressured) */
 } bds_backpressure_policy;
 
 typedef struct bds_ordering_options {
@@ -40,9 +40,20 @@ typedef struct bds_backpressure_options {
 
 typedef enum bds_direction { BDS_INBOUND = 0, BDS_OUTBOUND = 1 } bds_direction;
 
-/* Called on the session's home shard each time a SOFT_ALLOW_SIGNAL policy lets a
- * message run over capacity. Must not block. */
-typedef void (*bds_on_pressure_fn)(bds_direction direction, uint32_t in_use, uint32_t capacity, void *ctx);
+typedef struct bds_session bds_session; /* bidistream/pipeline.h */
+typedef struct bds_call bds_call;
+
+/* Called on the session's home shard (its thread) each time a
+ * SOFT_ALLOW_SIGNAL policy lets work run over capacity: inbound, a message
+ * admitted on a token over the capacity (call is that message, admitted and
+ * not yet run: bds_call_key, bds_call_seq and bds_call_payload may be read
+ * during the callback, nothing else; its handler sees bds_call_pressured);
+ * outbound, a reply written over the capacity (call is NULL). session is
+ * the stream's (bds_session_ctx gives its transport context). in_use counts
+ * the tokens taken with this one. Both pointers are lent for the callback
+ * only. Must not block. */
+typedef void (*bds_on_pressure_fn)(bds_session *session, const bds_call *call, bds_direction direction,
+                                   uint32_t in_use, uint32_t capacity, void *ctx);
 
 typedef struct bds_options {
     uint32_t size; /* = sizeof(bds_options); lets fields be added */
@@ -70,9 +81,21 @@ typedef struct bds_options {
          * admitted only the work already admitted can add more. 0 = no limit. */
         uint32_t unsent_bytes_max;
     } outbound;
+    /* Retries: a failed attempt runs again, on its key's pipeline, keeping
+     * its key's turn, after backoff_ns, while the budget lasts, the session
+     * is open, and either the failure's gRPC code (bds_status_grpc) is in
+     * `retryable` or the handler asked with bds_call_retry (pipeline.h). A
+     * panic is never retried. Replies: with max_attempts > 0 an attempt's
+     * replies are held with its call until the attempt ends, then sent (it
+     * succeeded) or dropped through ops->drop (it failed, retried or not):
+     * no reply of a failed attempt is sent, none twice. With at_least_once
+     * they go out as they are made, as without retries: a retried attempt
+     * may send them again. */
     struct {
         uint32_t max_attempts;       /* retry budget per message: 0 = one attempt, no retry */
         uint64_t backoff_ns;         /* delay between attempts; 0 = retry at once */
+        uint32_t retryable;          /* gRPC codes retried: bit (1u << code), codes 1..16 */
+        bool at_least_once;          /* send replies as made (a retry may repeat them) */
     } retry;
     struct {
         uint64_t grace_period_ns;    /* how long draining may take before a forced close */
@@ -87,10 +110,19 @@ typedef struct bds_options {
     void *on_pressure_ctx;
 } bds_options;
 
+/* The gRPC codes retried by default: UNAVAILABLE, ABORTED and
+ * RESOURCE_EXHAUSTED, failures that may pass. Never by default: CANCELLED,
+ * INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED,
+ * FAILED_PRECONDITION, OUT_OF_RANGE, UNIMPLEMENTED, UNAUTHENTICATED (the
+ * same again would fail the same), DEADLINE_EXCEEDED, INTERNAL, UNKNOWN,
+ * DATA_LOSS, and the statuses that send nothing (E_NONTERMINAL_FAILURE). */
+#define BDS_RETRYABLE_DEFAULT ((1u << BDS_UNAVAILABLE) | (1u << BDS_ABORTED) | (1u << BDS_RESOURCE_EXHAUSTED))
+
 /* Safe defaults: inbound KEYED_FIFO with QUEUE backpressure (a fast client is
  * slowed, not rejected: the transport stops reading when the queue is full, or
  * when 4 MiB of payload is admitted and unfinished, or 4 MiB of replies wait
- * for the transport), outbound FIFO with QUEUE, fail_fast on, no retries, a
+ * for the transport), outbound FIFO with QUEUE, fail_fast on, no retries
+ * (retryable = BDS_RETRYABLE_DEFAULT, replies held when retries are on), a
  * 5 s grace period, drain on shutdown and on client close, terminal handler
  * failures. docs/SERVICE.md lists every field's default with its bidistreamd
  * flag. */

@@ -139,6 +139,41 @@ typedef struct bds_session_ops {
     void (*inbound_ready)(bds_session *session, void *ctx);
 } bds_session_ops;
 
+/* Live counters of the sessions of one pipeline, readable from any thread
+ * while they run (a server's stats: bds_server_get_stats). The sessions given
+ * it (bds_session_config.counters) add to it on their home pipeline at the
+ * moment each thing happens (a message admitted or rejected, an attempt's
+ * end, a reply written), not when the session is freed, with relaxed
+ * atomics: a read is a recent picture, each field exact at some recent
+ * moment, fields not consistent with each other. The meanings are
+ * bds_session_stats'; calls_live is a gauge (admitted, not yet finished).
+ * Only with options.metrics.enabled; bytes_in and bytes_out only with
+ * metrics.payload_sizes.
+ *
+ * One writer: each field is updated with a plain atomic load and store, not
+ * a locked add, so every session that shares one bds_counters must have the
+ * same home pipeline. Sessions of several pipelines must never share one
+ * (their updates would be lost): give each pipeline its own and sum them when
+ * reading. The caller owns it: zero it (or start from any values) before the
+ * first session, and keep it until every session given it is freed (the
+ * pipeline's sessions_live is 0, or the pipeline is destroyed). In C read the
+ * fields directly (atomic loads) or with bds_counters_load; C++, where the
+ * fields are plain, reads with bds_counters_load. */
+#ifdef __cplusplus
+typedef uint64_t bds__counter;
+#else
+typedef _Atomic uint64_t bds__counter;
+#endif
+typedef struct bds_counters {
+    bds__counter admitted, rejected, completed, failed, nonterminal_failures, retried, panics, dropped;
+    bds__counter pressure_signals, replies_written, replies_rejected;
+    bds__counter bytes_in, bytes_out;
+    bds__counter calls_live;
+} bds_counters;
+/* Copies every field of *counters into *out (relaxed loads, field by field).
+ * Thread: any. */
+BDS_API void bds_counters_load(const bds_counters *counters, bds_counters *out);
+
 typedef struct bds_session_config {
     uint32_t size;                 /* = sizeof(bds_session_config) */
     const bds_options *options;    /* copied */
@@ -146,6 +181,10 @@ typedef struct bds_session_config {
     void *handler_ctx;
     const bds_session_ops *ops;    /* must outlive the session */
     void *ops_ctx;
+    /* Optional live counters (above): the caller's, shared by any number of
+     * sessions of this session's home pipeline, never by several pipelines.
+     * NULL = none. */
+    bds_counters *counters;
 } bds_session_config;
 
 BDS_API void bds_session_config_default(bds_session_config *config);
@@ -255,23 +294,97 @@ BDS_API void *bds_call_session_ctx(const bds_call *call); /* the session's ops_c
  * atomic load. Thread: any, while the call is the handler's (before
  * bds_call_done; after it, a misuse that stops the process). */
 BDS_API bool bds_call_cancelled(const bds_call *call);
+/* Whether the message was admitted over capacity by a SOFT_ALLOW_SIGNAL
+ * inbound policy: it runs on a token taken past inbound.backpressure.capacity
+ * (the one whose admission raised the signal, or a later message of its key
+ * while the key still holds that token). A handler can pass the signal on to
+ * its client (e.g. a field of its reply) or shed work. Fixed for the call's
+ * life. Thread: any, while the call is the handler's (after bds_call_done, a
+ * misuse that stops the process). */
+BDS_API bool bds_call_pressured(const bds_call *call);
+/* A function run for a call on its EXEC pipeline's thread (bds_call_after,
+ * bds_call_on_cancel). ctx is the one given with it. */
+typedef void (*bds_call_fn)(bds_call *call, void *ctx);
+/* Runs fn(call, ctx) once on the call's EXEC pipeline thread (the one its
+ * handler runs on), outside the handler's own run: after after_ns, or at once
+ * when the call's session closes first (client cancel, deadline, failure, the
+ * shutdown's grace over; fn then sees bds_call_cancelled true), so that a
+ * handler needs no thread of its own for a delay and never holds work past
+ * its stream. fn typically replies and finishes the call (bds_call_done), or
+ * arms the next step with bds_call_after. One timer per call at a time; each
+ * attempt starts with none. bds_call_done on the EXEC thread disarms it (fn
+ * then never runs); so does bds_call_panic. Returns BDS_OK (armed),
+ * BDS_FAILED_PRECONDITION (a timer of this call is armed: fn will not run)
+ * or BDS_E_NOMEM (the timer heap could not grow). Thread: the call's EXEC
+ * pipeline only, while the call is the handler's (inside the handler, or in
+ * a function run there later for it: a timer's fn, a cancel hook); anywhere
+ * else, or with fn NULL, a misuse that stops the process naming
+ * bds_call_after. A bds_call_done from another thread while the timer is
+ * armed would race it: a misuse that stops the process. ctx stays the
+ * caller's. */
+BDS_API bds_status bds_call_after(bds_call *call, uint64_t after_ns, bds_call_fn fn, void *ctx);
+/* For a handler whose call finishes later from work on the call's EXEC
+ * pipeline (its own timers, bds_call_after): when the session closes first
+ * (client cancel, failure, deadline, grace over), fn runs once on that
+ * pipeline's thread, outside the handler; it stops the work, frees what the
+ * work holds and finishes the call (bds_call_done). A timer armed with
+ * bds_call_after runs first; fn runs after it only if the call is still not
+ * done. Set it inside the handler or in a function run on the EXEC thread
+ * for the call before its session closed (after the close it never runs:
+ * check bds_call_cancelled). A second call replaces the hook; fn NULL removes
+ * it. bds_call_done on the EXEC thread clears it, and each attempt starts
+ * without one. Thread: the call's EXEC pipeline only, while the call is the
+ * handler's (anywhere else, a misuse that stops the process naming
+ * bds_call_on_cancel). A bds_call_done from another thread while a hook is
+ * set would race it: a misuse that stops the process. ctx stays the
+ * caller's. */
+BDS_API void bds_call_on_cancel(bds_call *call, bds_call_fn fn, void *ctx);
 /* Emits a reply (before bds_call_done; after it, a misuse that stops the
- * process). Thread: any. The reply reaches the Sender in call order. reply
- * stays the caller's until the session's ops->write or ops->drop. */
-BDS_API void bds_call_reply(bds_call *call, bds_reply *reply);
+ * process). Thread: any. The reply reaches the Sender in call order: at once,
+ * or, when retries hold replies (options.retry: max_attempts > 0 without
+ * at_least_once), when the attempt ends: sent if it succeeded, dropped
+ * (ops->drop) if it failed. reply stays the caller's until the session's
+ * ops->write or ops->drop, whatever this returns. Returns:
+ *   BDS_OK                       taken
+ *   BDS_E_SESSION_CLOSED         taken, but the session has closed: it will be
+ *                                dropped, and so will every later one
+ *   BDS_E_OUTBOUND_BACKPRESSURE  taken, but since the last reply that said so,
+ *                                the Sender refused at least one earlier reply
+ *                                of this session (this call's or another's;
+ *                                without outbound.fail_fast the session goes
+ *                                on and the refused replies are dropped). The
+ *                                Sender decides on the session's home pipeline
+ *                                after the reply was taken, so a refusal is
+ *                                told at a later bds_call_reply of the session,
+ *                                once, never at the one refused. */
+BDS_API bds_status bds_call_reply(bds_call *call, bds_reply *reply);
 /* Finishes this attempt. BDS_OK succeeds. BDS_E_NONTERMINAL_FAILURE fails this
  * message alone. Any other status is a failure: retried while the budget
- * lasts, then terminal for the session when inbound.failures_terminal (its
- * status goes on the wire; E_TERMINAL_FAILURE becomes INTERNAL).
+ * lasts if its gRPC code is in options.retry.retryable (else at once), then
+ * terminal for the session when inbound.failures_terminal (its status goes
+ * on the wire; E_TERMINAL_FAILURE becomes INTERNAL).
  * BDS_E_PANIC_RECOVERED is the abort below. message may be NULL; it is copied
- * (up to 95 bytes). Thread: any. Exactly once per attempt: a second call (or
- * two threads at once) is a misuse that stops the process, naming
+ * (up to 95 bytes). Thread: any; but only the call's EXEC pipeline thread
+ * while a bds_call_after timer or a bds_call_on_cancel hook is set (from
+ * another thread it would race them: a misuse that stops the process).
+ * There it disarms both. Exactly once per attempt: a second call (or two
+ * threads at once) is a misuse that stops the process, naming
  * bds_call_done. */
 BDS_API void bds_call_done(bds_call *call, bds_status status, const char *message);
+/* Finishes this attempt as a failure with status and message, as
+ * bds_call_done, and asks for it to be retried whatever its gRPC code
+ * (options.retry.retryable): while options.retry.max_attempts lasts and the
+ * session is open, the message runs again after retry.backoff_ns; after that
+ * it is the failure status says. With max_attempts 0 it is bds_call_done.
+ * status BDS_OK or BDS_E_PANIC_RECOVERED is a misuse that stops the process,
+ * naming bds_call_retry. Thread, once per attempt and misuse: as
+ * bds_call_done (either one finishes the attempt). */
+BDS_API void bds_call_retry(bds_call *call, bds_status status, const char *message);
 /* Aborts the handler, the C counterpart of a Go panic: only from inside the
  * handler's own synchronous run. Unwinds (longjmp) to the Engine, which ends
  * the session with PANIC_RECOVERED (INTERNAL); never retried, never fatal to
- * the process. Locals of the handler are abandoned: free nothing there.
+ * the process. Locals of the handler are abandoned: free nothing there. Its
+ * bds_call_after timer and cancel hook are disarmed.
  * Anywhere else (another thread, after the handler returned, after
  * bds_call_done) it is a misuse that stops the process, naming bds_call_panic. */
 BDS_API _Noreturn void bds_call_panic(bds_call *call, const char *message);

@@ -443,6 +443,57 @@ BDS_API const char *bds_call_method(const bds_call *call);
  * (after it, a misuse that stops the process). */
 BDS_API bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len);
 
+/* ---- applications: serving state, the stop's start, paced replies ----------
+ *
+ * What a service needs beyond its handlers: a health service answers from
+ * bds_server_serving and tells its watchers when the stop begins; a service
+ * streaming many replies to one request makes each only once the last one
+ * left (bds_call_reply_paced), so a slow reader never makes it hold more than
+ * one. The built-in services (services/) are written with these alone. */
+
+/* Whether the server serves: true from bds_server_create until its graceful
+ * stop begins (bds_server_stop, SIGTERM/SIGINT), false from then on. Thread:
+ * any (an atomic load), between create and destroy. */
+BDS_API bool bds_server_serving(const bds_server *server);
+
+/* Told once when the server's graceful stop begins. server is the one
+ * stopping; ctx is the one given with the hook. */
+typedef void (*bds_server_on_stop_fn)(bds_server *server, void *ctx);
+/* Adds fn to run once when the graceful stop begins: on the thread of the
+ * first shard to stop, after bds_server_serving turned false and before that
+ * shard drains its streams; other shards may begin draining meanwhile. A
+ * stream whose handler still holds a call is not ended by the drain before
+ * that call is done (or the grace period ends), so a bds_stream_send and
+ * bds_stream_finish made from fn reach such a stream first: a health Watch
+ * hears NOT_SERVING and ends OK. Hooks run in the order they were added, in
+ * the event loop: keep them short, never block. ctx stays the caller's and
+ * must outlive the server. Returns BDS_OK, BDS_E_INVALID (fn NULL),
+ * BDS_RESOURCE_EXHAUSTED (8 hooks, the built-in services' included) or
+ * BDS_FAILED_PRECONDITION (the server runs). A NULL server is a misuse that
+ * stops the process. Thread: the one that created the server, before it
+ * runs. */
+BDS_API bds_status bds_server_on_stop(bds_server *server, bds_server_on_stop_fn fn, void *ctx);
+
+/* bds_call_reply_bytes, paced: fn(call, ctx) runs once on the call's EXEC
+ * pipeline thread (where its handler runs), outside the handler, when this
+ * reply has left for HTTP/2 (its bytes are in the connection's output) or was
+ * dropped (the stream ended, or the outbound backpressure refused it). A
+ * handler streaming many replies makes the next one from fn (or arms
+ * bds_call_after there), so a call holds about one reply however slowly its
+ * client reads. Until fn has run the call stays the handler's: finishing it
+ * before (bds_call_done or bds_call_retry, from a cancel hook or a timer
+ * too) is a misuse that stops the process naming bds_call_reply_paced when
+ * fn is due. When the stream ends the reply is dropped and fn runs soon
+ * after, with bds_call_cancelled true: fn then finishes the call. Returns
+ * what bds_call_reply_bytes returns (BDS_OK: fn will run; any error: it never
+ * will), and BDS_FAILED_PRECONDITION when retries hold the method's replies
+ * until the attempt ends (options.retry.max_attempts > 0 without
+ * at_least_once: fn would wait for bds_call_done). fn NULL is a misuse that
+ * stops the process. Thread: the call's EXEC pipeline, while the call is the
+ * handler's (inside the handler, a bds_call_after timer, a cancel hook, a
+ * paced reply's fn). ctx stays the caller's. */
+BDS_API bds_status bds_call_reply_paced(bds_call *call, const void *bytes, size_t len, bds_call_fn fn, void *ctx);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,20 +1,25 @@
-/* interop_service.c — grpc.testing.TestService, the standard gRPC interop
- * service (SPEC §4), so any gRPC implementation's interop client can test the
- * server. Opt-in: registered only when bds_server_config.interop_service is
- * set (bidistreamd --interop), since a test service has no place on a
- * production server. Messages are grpc-proto's own (protobuf-c code generated at build
- * time). Every method runs through the pipeline as a FIFO session:
+/* interop.c — grpc.testing.TestService, the standard gRPC interop service
+ * (docs/SERVICE.md), so any gRPC implementation's interop client can test the
+ * server; on the public API only. Opt-in: registered only when
+ * bds_server_config.interop_service is set (bidistreamd --interop), since a
+ * test service has no place on a production server. Messages are
+ * grpc-proto's own (protobuf-c code generated at build time, proto/). Every
+ * method runs through the pipeline as a FIFO stream, of the kind it is:
  *
- *   EmptyCall, UnaryCall          one request, one response (response_size zero
- *                                 bytes; response_status is echoed as the call's status)
- *   StreamingOutputCall           one request, a response per response_parameters
- *                                 entry, each after its interval_us (a shard timer)
- *                                 and after the previous one left (at most 1000
+ *   EmptyCall, UnaryCall          UNARY: one request, one response (response_size
+ *                                 zero bytes; response_status is echoed as the
+ *                                 call's status)
+ *   StreamingOutputCall           SERVER_STREAMING: a response per
+ *                                 response_parameters entry, each after its
+ *                                 interval_us (a call timer) and after the
+ *                                 previous one left (a paced reply; at most 1000
  *                                 entries, 64 MiB per request by default:
  *                                 RESOURCE_EXHAUSTED)
- *   StreamingInputCall            the sum of the request payload sizes, answered at
- *                                 the client's half-close (the end-of-stream marker)
- *   FullDuplexCall, HalfDuplexCall each request answered as StreamingOutputCall
+ *   StreamingInputCall            CLIENT_STREAMING: the sum of the request payload
+ *                                 sizes (kept in the stream's user pointer),
+ *                                 answered at the client's half-close
+ *                                 (bds_method.on_half_close)
+ *   FullDuplexCall, HalfDuplexCall BIDI: each request answered as StreamingOutputCall
  *
  * UnimplementedCall is not registered, so it is answered UNIMPLEMENTED like
  * any unknown method.
@@ -37,8 +42,7 @@
 
 #include "grpc/testing/empty.pb-c.h"
 #include "grpc/testing/messages.pb-c.h"
-#include "pipeline_int.h"
-#include "server_int.h"
+#include "services.h"
 
 #define INTEROP_PAYLOAD_MAX (4u << 20)
 
@@ -140,45 +144,34 @@ static void unary_call(bds_call *call, void *ctx) {
 
 /* Streams the responses of one StreamingOutputCallRequest, each after its
  * interval, then finishes the call (with the echoed status if any). Paced:
- * the next response is made only once the previous one's buffer is freed
- * (its bytes are in the HTTP/2 output), so a call holds about one response
- * whatever its client reads; a request asking for more responses or bytes
- * than the server's interop_responses_max / interop_response_bytes_max (~7 KB
- * of request must not ask for 4 GiB) is refused before anything is made. The state lives until both the call has
- * finished and its last response was freed (refs). */
+ * the next response is made only once the previous one left for HTTP/2
+ * (bds_call_reply_paced), so a call holds about one response whatever its
+ * client reads; a request asking for more responses or bytes than the
+ * server's interop_responses_max / interop_response_bytes_max (~7 KB of
+ * request must not ask for 4 GiB) is refused before anything is made. At any
+ * time the call waits on one thing, a timer or a response, and both come
+ * back when the stream is gone (the timer early, the response dropped): the
+ * call then finishes CANCELLED. */
 struct out_stream {
-    bds_timer t;
-    bds_call *call;            /* NULL once finished */
     Grpc__Testing__StreamingOutputCallRequest *req;
     size_t next;
-    uint32_t refs;             /* the running call + its response not yet freed */
 };
 
-static void out_stream_unref(struct out_stream *o) {
-    if (--o->refs) return;
+static void out_stream_finish(bds_call *call, struct out_stream *o, bds_status st, const char *msg) {
+    if (st != BDS_OK || !echo_status(call, o->req->response_status)) bds_call_done(call, st, msg);
     grpc__testing__streaming_output_call_request__free_unpacked(o->req, NULL);
     free(o);
 }
 
-static void out_stream_finish(struct out_stream *o, bds_status st, const char *msg) {
-    bds_call *call = o->call;
-    o->call = NULL;
-    if (st != BDS_OK || !echo_status(call, o->req->response_status)) bds_call_done(call, st, msg);
-    out_stream_unref(o);
-}
+static void out_stream_sent(bds_call *call, void *ctx);
 
-/* The call's stream is gone: stop waiting (timer or response) and finish. */
-static void out_stream_cancel(bds_call *call, void *ctx) {
-    (void)call;
+/* Makes response `next`; the last one finishes the call once it left. */
+static void out_stream_send(bds_call *call, void *ctx) {
     struct out_stream *o = ctx;
-    bds__timer_cancel(bds__shard_timers(bds__shard_self()), &o->t);
-    out_stream_finish(o, BDS_CANCELLED, NULL);
-}
-
-static void out_stream_freed(void *ctx);
-
-/* Makes response `next`; the last one finishes the call (its trailers follow it). */
-static void out_stream_send(struct out_stream *o) {
+    if (bds_call_cancelled(call)) {
+        out_stream_finish(call, o, BDS_CANCELLED, NULL);
+        return;
+    }
     const Grpc__Testing__ResponseParameters *rp = o->req->response_parameters[o->next];
     Grpc__Testing__StreamingOutputCallResponse resp = GRPC__TESTING__STREAMING_OUTPUT_CALL_RESPONSE__INIT;
     Grpc__Testing__Payload payload;
@@ -190,46 +183,34 @@ static void out_stream_send(struct out_stream *o) {
         buf = malloc(n ? n : 1);
         if (buf) {
             protobuf_c_message_pack(&resp.base, buf);
-            st = bds__server_call_reply_paced(o->call, buf, n, out_stream_freed, o);
+            st = bds_call_reply_paced(call, buf, n, out_stream_sent, o);
         }
     }
     free(buf);
     free(zeros);
-    if (st != BDS_OK) {
-        out_stream_finish(o, BDS_RESOURCE_EXHAUSTED, "server out of memory");
-        return;
-    }
-    o->refs++;
-    if (++o->next == o->req->n_response_parameters) out_stream_finish(o, BDS_OK, NULL);
-}
-
-static void out_stream_step(bds_timer *t, void *ctx) {
-    (void)t;
-    out_stream_send(ctx);
+    if (st == BDS_E_SESSION_CLOSED) out_stream_finish(call, o, BDS_CANCELLED, NULL);
+    else if (st != BDS_OK) out_stream_finish(call, o, BDS_RESOURCE_EXHAUSTED, "server out of memory");
+    else o->next++;
 }
 
 /* Response `next` is due: after its interval, or now. */
-static void out_stream_schedule(struct out_stream *o) {
+static void out_stream_schedule(bds_call *call, struct out_stream *o) {
     int32_t us = o->req->response_parameters[o->next]->interval_us;
-    if (us > 0) {
-        bds_shard *s = bds__shard_self();
-        bds__timer_init(&o->t, out_stream_step, o);
-        if (bds__timer_arm(bds__shard_timers(s), &o->t, bds__shard_now(s) + (uint64_t)us * 1000ULL) == 0) return;
-    }
-    out_stream_send(o);
+    if (us > 0 && bds_call_after(call, (uint64_t)us * 1000ULL, out_stream_send, o) == BDS_OK) return;
+    out_stream_send(call, o);
 }
 
-/* The last response's buffer was freed: its bytes left (or the stream is gone,
- * and the cancel hook finishes the call). */
-static void out_stream_freed(void *ctx) {
+/* The last response left (or was dropped: the stream is gone). */
+static void out_stream_sent(bds_call *call, void *ctx) {
     struct out_stream *o = ctx;
-    if (o->call && bds_session_get_state(o->call->session) != BDS_STATE_CLOSED) out_stream_schedule(o);
-    out_stream_unref(o);
+    if (bds_call_cancelled(call)) out_stream_finish(call, o, BDS_CANCELLED, NULL);
+    else if (o->next == o->req->n_response_parameters) out_stream_finish(call, o, BDS_OK, NULL);
+    else out_stream_schedule(call, o);
 }
 
 /* Checks the request against the per-call bounds; false when it finished the call. */
-static bool out_request_bounded(bds_call *call, const Grpc__Testing__StreamingOutputCallRequest *r) {
-    const bds_server_config *cfg = &bds__server_shard_self()->srv->cfg;
+static bool out_request_bounded(bds_call *call, const Grpc__Testing__StreamingOutputCallRequest *r,
+                                const bds_server_config *cfg) {
     char why[96];
     if (r->n_response_parameters > cfg->interop_responses_max) {
         snprintf(why, sizeof why, "response_parameters: more than %u responses asked for",
@@ -256,7 +237,7 @@ static bool out_request_bounded(bds_call *call, const Grpc__Testing__StreamingOu
 }
 
 static void streaming_output(bds_call *call, void *ctx) {
-    (void)ctx;
+    const bds_server_config *cfg = ctx;
     uint32_t len;
     const uint8_t *req = bds_call_request(call, &len);
     Grpc__Testing__StreamingOutputCallRequest *r = grpc__testing__streaming_output_call_request__unpack(NULL, len, req);
@@ -265,7 +246,7 @@ static void streaming_output(bds_call *call, void *ctx) {
         return;
     }
     struct out_stream *o = NULL;
-    if (!out_request_bounded(call, r)) {
+    if (!out_request_bounded(call, r, cfg)) {
         grpc__testing__streaming_output_call_request__free_unpacked(r, NULL);
         return;
     }
@@ -275,63 +256,75 @@ static void streaming_output(bds_call *call, void *ctx) {
         grpc__testing__streaming_output_call_request__free_unpacked(r, NULL);
         return;
     }
-    o->call = call;
     o->req = r;
-    o->refs = 1;
-    bds__timer_init(&o->t, out_stream_step, o);
-    bds__call_on_cancel(call, out_stream_cancel, o);
-    out_stream_schedule(o);
+    out_stream_schedule(call, o);
 }
 
-/* Runs on the stream's home shard (FIFO): per-stream state lives on its srv_call. */
+/* Each request adds its payload's size to the stream's sum, kept in the
+ * stream's user pointer (an integer: nothing to free). FIFO: every message
+ * of the stream runs on its home shard, in order. */
 static void streaming_input(bds_call *call, void *ctx) {
     (void)ctx;
-    srv_call *sc = bds_call_session_ctx(call);
-    const srv_msg *m = bds_call_payload(call);
-    if (m->end) {
-        Grpc__Testing__StreamingInputCallResponse resp = GRPC__TESTING__STREAMING_INPUT_CALL_RESPONSE__INIT;
-        resp.aggregated_payload_size = (int32_t)sc->aggregate;
-        reply_message(call, &resp.base);
-        bds_call_done(call, BDS_OK, NULL);
-        return;
-    }
-    Grpc__Testing__StreamingInputCallRequest *r =
-        grpc__testing__streaming_input_call_request__unpack(NULL, m->len, m->data);
+    uint32_t len;
+    const uint8_t *req = bds_call_request(call, &len);
+    Grpc__Testing__StreamingInputCallRequest *r = grpc__testing__streaming_input_call_request__unpack(NULL, len, req);
     if (!r) {
         bds_call_done(call, BDS_INTERNAL, "malformed grpc.testing.StreamingInputCallRequest");
         return;
     }
     if (!refuse_expect_compressed(call, r->expect_compressed)) {
-        if (r->payload) sc->aggregate += r->payload->body.len;
+        if (r->payload) {
+            bds_stream *stream = bds_call_stream(call);
+            uintptr_t sum = (uintptr_t)bds_stream_user(stream) + r->payload->body.len;
+            bds_stream_set_user(stream, (void *)sum);
+        }
         bds_call_done(call, BDS_OK, NULL);
     }
     grpc__testing__streaming_input_call_request__free_unpacked(r, NULL);
 }
 
-bds_status bds__interop_register(bds_server *srv) {
-    bds_options fifo = srv->cfg.options;
+/* The client half-closed and every request was handled: the one answer. */
+static void streaming_input_end(bds_stream *stream, void *ctx) {
+    (void)ctx;
+    Grpc__Testing__StreamingInputCallResponse resp = GRPC__TESTING__STREAMING_INPUT_CALL_RESPONSE__INIT;
+    resp.aggregated_payload_size = (int32_t)(uintptr_t)bds_stream_user(stream);
+    size_t n = protobuf_c_message_get_packed_size(&resp.base);
+    uint8_t buf[16]; /* one int32 field: at most 11 bytes */
+    protobuf_c_message_pack(&resp.base, buf);
+    if (bds_stream_send(stream, buf, n) == BDS_OK) (void)bds_stream_finish(stream, BDS_OK, NULL);
+    else (void)bds_stream_finish(stream, BDS_RESOURCE_EXHAUSTED, "server out of memory");
+}
+
+bds_status bds__interop_register(bds_server *server, const bds_server_config *config) {
+    bds_options fifo = config->options;
     fifo.inbound.ordering.mode = BDS_ORDERING_FIFO;
     static const struct {
         const char *path;
         bds_handler_fn fn;
-        bool end_marker;
+        bds_method_kind kind;
         bool capture; /* echoes custom metadata */
     } methods[] = {
-        {"/grpc.testing.TestService/EmptyCall", empty_call, false, false},
-        {"/grpc.testing.TestService/UnaryCall", unary_call, false, true},
-        {"/grpc.testing.TestService/StreamingOutputCall", streaming_output, false, false},
-        {"/grpc.testing.TestService/StreamingInputCall", streaming_input, true, false},
-        {"/grpc.testing.TestService/FullDuplexCall", streaming_output, false, true},
-        {"/grpc.testing.TestService/HalfDuplexCall", streaming_output, false, false},
+        {"/grpc.testing.TestService/EmptyCall", empty_call, BDS_METHOD_UNARY, false},
+        {"/grpc.testing.TestService/UnaryCall", unary_call, BDS_METHOD_UNARY, true},
+        {"/grpc.testing.TestService/StreamingOutputCall", streaming_output, BDS_METHOD_SERVER_STREAMING, false},
+        {"/grpc.testing.TestService/StreamingInputCall", streaming_input, BDS_METHOD_CLIENT_STREAMING, false},
+        {"/grpc.testing.TestService/FullDuplexCall", streaming_output, BDS_METHOD_BIDI, true},
+        {"/grpc.testing.TestService/HalfDuplexCall", streaming_output, BDS_METHOD_BIDI, false},
     };
     bds_status st = BDS_OK;
     for (size_t i = 0; st == BDS_OK && i < sizeof methods / sizeof methods[0]; i++) {
-        bds_method m = {.size = sizeof m, .path = methods[i].path, .handler = methods[i].fn, .options = &fifo};
+        bds_method m = {.size = sizeof m,
+                        .path = methods[i].path,
+                        .handler = methods[i].fn,
+                        .handler_ctx = (void *)config,
+                        .options = &fifo,
+                        .kind = methods[i].kind};
+        if (methods[i].fn == streaming_input) m.on_half_close = streaming_input_end;
         if (methods[i].capture) {
             m.interceptors = echo_metadata_list;
             m.n_interceptors = 1;
         }
-        st = bds__server_add_method_ex(srv, &m, methods[i].end_marker);
+        st = bds_server_add_method(server, &m, NULL);
     }
     return st;
 }
