@@ -340,6 +340,7 @@ bds_status bds_call_reply(bds_call *call, bds_reply *reply) {
     bds__call_check_running(call, "bds_call_reply");
     bds_session *s = call->session;
     reply->_session = s;
+    reply->_key = call->key_hash;
     if (s->opts.retry.max_attempts && !s->opts.retry.at_least_once) {
         /* held until the attempt ends (exec_release_held) */
         bds_reply *head = atomic_load_explicit(&call->held, memory_order_relaxed);

@@ -71,6 +71,12 @@ typedef struct bds_options {
     struct {
         bds_ordering_options ordering;
         bds_backpressure_options backpressure;
+        /* ordering.mode: replies that wait for an outbound token wait in
+         * one queue in arrival order (FIFO), or (KEYED_FIFO) in one queue per
+         * key (their call's ordering key; pushes, bds_session_send, the empty
+         * key), the waiting keys taking turns as tokens free up, one reply
+         * each: a key's backlog delays another key's reply by one of its
+         * replies, not all of them. Order is kept per key either way. */
         bool fail_fast;              /* an outbound error ends the session */
         /* Reply payload bytes the Sender holds: queued, and written but not
          * yet taken by the transport (bds_session_reply_written). At or past

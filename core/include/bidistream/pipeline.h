@@ -108,6 +108,7 @@ BDS_API const char *bds_session_state_name(bds_session_state state);
 typedef struct __attribute__((aligned(16))) bds_reply {
     struct bds_reply *_next;
     bds_session *_session;
+    uint64_t _key;  /* outbound KEYED_FIFO: its call's key hash (0: a push) */
     void *data;     /* the transport's */
     uint32_t bytes; /* payload size: metrics and outbound.unsent_bytes_max;
                        unchanged until written or dropped */
