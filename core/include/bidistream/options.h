@@ -51,7 +51,8 @@ typedef struct bds_call bds_call;
  * outbound, a reply written over the capacity (call is NULL). session is
  * the stream's (bds_session_ctx gives its transport context). in_use counts
  * the tokens taken with this one. Both pointers are lent for the callback
- * only. Must not block. */
+ * only. It may run inside bds_session_receive (inbound) or bds_session_send
+ * (a push): it must not call back into that session. Must not block. */
 typedef void (*bds_on_pressure_fn)(bds_session *session, const bds_call *call, bds_direction direction,
                                    uint32_t in_use, uint32_t capacity, void *ctx);
 

@@ -17,7 +17,9 @@
  *
  * Callbacks (bds_session_ops, handlers) run only from bds_pipeline_run() and
  * bds_pipeline_deliver(), never from inside the call that caused them, except
- * bds_session_ops.write, which bds_session_send() may call. */
+ * bds_session_ops.write, which bds_session_send() may call, and
+ * options.on_pressure, which bds_session_receive() and bds_session_send()
+ * may call. */
 #ifndef BIDISTREAM_PIPELINE_H
 #define BIDISTREAM_PIPELINE_H
 
