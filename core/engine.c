@@ -135,9 +135,14 @@ static bool exec_should_retry(const bds_call *call) {
     return atomic_load_explicit(&((bds_session *)s)->state, memory_order_acquire) != BDS_STATE_CLOSED;
 }
 
+/* Whether bds_call_reply holds the session's replies until their attempt
+ * ends (retries on, not at least once). */
+static bool replies_held(const bds_session *s) { return s->opts.retry.max_attempts && !s->opts.retry.at_least_once; }
+
 /* The attempt ended: its held replies go home to be sent (it succeeded) or
  * dropped (it failed), in the order they were made, ahead of its DONE. */
 static void exec_release_held(bds_pipeline *p, bds_call *call) {
+    if (!replies_held(call->session)) return; /* no atomic on the common path */
     /* acquire: pairs with the pushes' release, from whatever thread replied */
     bds_reply *r = atomic_exchange_explicit(&call->held, NULL, memory_order_acquire), *in_order = NULL;
     while (r) { /* newest first: reverse */
@@ -342,7 +347,7 @@ bds_status bds_call_reply(bds_call *call, bds_reply *reply) {
     bds_session *s = call->session;
     reply->_session = s;
     reply->_key = call->key_hash;
-    if (s->opts.retry.max_attempts && !s->opts.retry.at_least_once) {
+    if (replies_held(s)) {
         /* held until the attempt ends (exec_release_held) */
         bds_reply *head = atomic_load_explicit(&call->held, memory_order_relaxed);
         do {
