@@ -73,6 +73,16 @@ bds_status bds_session_create(bds_session **out, bds_pipeline *p, const bds_sess
     bds_options opts = cfg->options ? *cfg->options : bds_default_options();
     bds_status st = bds_options_validate(&opts, why);
     if (st != BDS_OK) return st;
+    if (cfg->counters && opts.metrics.enabled) {
+        /* One writer per bds_counters: bind it to this pipeline, or refuse. relaxed: the CAS alone decides */
+        uint64_t home = 0, me = (uint64_t)(uintptr_t)p;
+        if (!atomic_compare_exchange_strong_explicit(&cfg->counters->_home, &home, me, memory_order_relaxed,
+                                                     memory_order_relaxed) &&
+            home != me) {
+            if (why) *why = "session config: counters already count for another pipeline (one writer each)";
+            return BDS_E_INVALID;
+        }
+    }
     bds_session *s = bds__pool_get(&p->sessions);
     if (!s) return BDS_E_NOMEM;
     atomic_init(&s->state, BDS_STATE_INIT);

@@ -1775,3 +1775,30 @@ Test(pipeline, outbound_keyed_fifo_drops_every_waiting_key_at_close) {
     cr_assert_eq(S->pipes[0]->okeys.live, 0, "and their queues");
     sim_free(S);
 }
+
+/* One writer per bds_counters: a second pipeline's session is refused. */
+Test(pipeline, live_counters_of_one_pipeline_are_refused_on_another) {
+    sim *S = sim_new(2, 52);
+    bds_counters c = {0};
+    bds_options o = bds_default_options();
+    int a = open_counted(S, 0, &o, &c);
+    (void)a;
+    bds_session_config cfg;
+    bds_session_config_default(&cfg);
+    cfg.options = &o;
+    cfg.handler = sim_handler;
+    cfg.ops = &sim_ops;
+    cfg.counters = &c;
+    bds_session *s = NULL;
+    const char *why = NULL;
+    sim_switch(S, 1);
+    cr_assert_eq(bds_session_create(&s, S->pipes[1], &cfg, &why), BDS_E_INVALID);
+    cr_assert_null(s);
+    cr_assert(why && strstr(why, "counters"), "why names the field: %s", why ? why : "(null)");
+    sim_switch(S, 0);
+    int b = open_counted(S, 0, &o, &c); /* the same pipeline shares it */
+    cr_assert_eq(sim_send(S, b, "k", 1, SIM_OK), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(atomic_load(&c.completed), 1);
+    sim_free(S);
+}
