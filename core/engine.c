@@ -135,11 +135,14 @@ static bool exec_should_retry(const bds_call *call) {
     return atomic_load_explicit(&((bds_session *)s)->state, memory_order_acquire) != BDS_STATE_CLOSED;
 }
 
-/* The running head finished an attempt: retry it, or hand it home. Returns
- * the key's new head (NULL when the key is gone or the head waits for a retry). */
+/* Whether bds_call_reply holds the session's replies until their attempt
+ * ends (retries on, not at least once). */
+static bool replies_held(const bds_session *s) { return s->opts.retry.max_attempts && !s->opts.retry.at_least_once; }
+
 /* The attempt ended: its held replies go home to be sent (it succeeded) or
  * dropped (it failed), in the order they were made, ahead of its DONE. */
 static void exec_release_held(bds_pipeline *p, bds_call *call) {
+    if (!replies_held(call->session)) return; /* no atomic on the common path */
     /* acquire: pairs with the pushes' release, from whatever thread replied */
     bds_reply *r = atomic_exchange_explicit(&call->held, NULL, memory_order_acquire), *in_order = NULL;
     while (r) { /* newest first: reverse */
@@ -157,6 +160,8 @@ static void exec_release_held(bds_pipeline *p, bds_call *call) {
     }
 }
 
+/* The running head finished an attempt: retry it, or hand it home. Returns
+ * the key's new head (NULL when the key is gone or the head waits for a retry). */
 static bds_call *exec_result(bds_pipeline *p, bds_call *call) {
     bds__exec_key *ek = call->ekey;
     BDS_ASSERT(ek->head == call && call->exec_state == BDS_EXEC_RUNNING);
@@ -326,6 +331,7 @@ static void call_post(bds_call *call, uint32_t dst, enum bds__xkind kind, const 
 /* Whether the Sender refused replies of s that no bds_call_reply has
  * reported yet; reports them (once, to one caller). */
 static bool replies_refused_news(bds_session *s) {
+    /* relaxed: counts, ordering nothing else; the CAS gives each refusal to one caller */
     uint64_t n = atomic_load_explicit(&s->replies_refused, memory_order_relaxed);
     uint64_t told = atomic_load_explicit(&s->replies_refused_told, memory_order_relaxed);
     while (told < n) {
@@ -340,7 +346,8 @@ bds_status bds_call_reply(bds_call *call, bds_reply *reply) {
     bds__call_check_running(call, "bds_call_reply");
     bds_session *s = call->session;
     reply->_session = s;
-    if (s->opts.retry.max_attempts && !s->opts.retry.at_least_once) {
+    reply->_key = call->key_hash;
+    if (replies_held(s)) {
         /* held until the attempt ends (exec_release_held) */
         bds_reply *head = atomic_load_explicit(&call->held, memory_order_relaxed);
         do {
@@ -396,10 +403,12 @@ static void call_finish(bds_call *call, bds_status status, const char *message, 
     bds__call_check_running(call, api);
     bool on_exec = on_exec_thread(call);
     /* Hooks live on the EXEC thread: a foreign completion must not race a
-     * hook EXEC may be running, nor write what EXEC reads. */
+     * hook EXEC may be running, nor write what EXEC reads. relaxed: a check
+     * only; the handler's own hand-off of the call to this thread orders it
+     * after what EXEC set. */
     if (!on_exec && atomic_load_explicit(&call->hooks, memory_order_relaxed) != 0)
-        bds__misuse(api, "from another thread while a bds_call_after timer or a bds_call_on_cancel hook "
-                                     "is set (it would race them): finish on the call's EXEC pipeline thread");
+        bds__misuse(api, "from another thread while a bds_call_after timer or a bds_call_on_cancel hook is set "
+                         "(it would race them): finish on the call's EXEC pipeline thread");
     uint8_t running = BDS_CALL_RUNNING;
     /* One winner between racing completions; the loser is told, not obeyed. */
     if (!atomic_compare_exchange_strong_explicit(&call->life, &running, BDS_CALL_DONE, memory_order_acq_rel,

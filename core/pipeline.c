@@ -95,10 +95,12 @@ bds_status bds_pipeline_create(bds_pipeline **out, const bds_pipeline_config *cf
     bds__pool_init(&p->sessions, sizeof(bds_session) + sizeof(((bds_session *)0)->exec[0]) * p->count);
     bds__pool_init(&p->hkeys, sizeof(bds__home_key));
     bds__pool_init(&p->ekeys, sizeof(bds__exec_key));
+    bds__pool_init(&p->okeys, sizeof(bds__out_key));
     int rc = bds__timer_heap_init(&p->own_timers, 256);
     p->timers = &p->own_timers;
     rc |= bds__kmap_init(&p->home_keys, 256);
     rc |= bds__kmap_init(&p->exec_keys, 256);
+    rc |= bds__kmap_init(&p->out_keys, 64);
     if (rc != 0 || !p->lq) {
         bds_pipeline_destroy(p);
         return BDS_E_NOMEM;
@@ -114,10 +116,12 @@ void bds_pipeline_destroy(bds_pipeline *p) {
     if (p->own_timers._v) bds__timer_heap_deinit(&p->own_timers);
     if (p->home_keys._buckets) bds__kmap_deinit(&p->home_keys);
     if (p->exec_keys._buckets) bds__kmap_deinit(&p->exec_keys);
+    if (p->out_keys._buckets) bds__kmap_deinit(&p->out_keys);
     bds__pool_deinit(&p->calls);
     bds__pool_deinit(&p->sessions);
     bds__pool_deinit(&p->hkeys);
     bds__pool_deinit(&p->ekeys);
+    bds__pool_deinit(&p->okeys);
     bds__free(p->lq);
     if (current_pipeline == p) current_pipeline = NULL;
     bds__free(p);

@@ -92,6 +92,16 @@ typedef struct bds__home_key {
     struct bds__home_key *wait_next;
 } bds__home_key;
 
+/* HOME side, per (session, reply key) with replies waiting in the Sender
+ * under outbound KEYED_FIFO. The key is the reply's bds_reply._key (its
+ * call's key hash: the key's bytes die with the call, replies may outlive
+ * it), kept in the node's inline bytes. */
+typedef struct bds__out_key {
+    bds__kmap_node node;
+    bds_reply *head, *tail;           /* _next */
+    struct bds__out_key *rr_next;     /* the session's keys taking turns */
+} bds__out_key;
+
 /* EXEC side, per (session, key) with calls on this pipeline. */
 typedef struct bds__exec_key {
     bds__kmap_node node;
@@ -170,7 +180,8 @@ struct bds_session {
      * bds_call_reply has reported (any thread, CAS). */
     _Atomic uint64_t replies_refused, replies_refused_told;
     /* Outbound, HOME only. */
-    bds_reply *sq_head, *sq_tail;     /* replies waiting for an outbound token */
+    bds_reply *sq_head, *sq_tail;     /* replies waiting for an outbound token (FIFO) */
+    bds__out_key *rr_head, *rr_tail;  /* KEYED_FIFO: keys with waiting replies, in turn order */
     uint32_t sq_len, out_in_flight;
     uint64_t sq_bytes;                /* payload bytes of the queued replies */
     uint64_t out_flight_bytes;        /* ... of those written, not yet reply_written */
@@ -199,7 +210,8 @@ struct bds_pipeline {
     /* Local message queue: tagged pointers, grown by doubling, never shrunk. */
     void **lq;
     uint32_t lq_head, lq_tail, lq_mask;
-    bds__pool calls, sessions, hkeys, ekeys;
+    bds__kmap out_keys;               /* bds__out_key by (session, reply key) */
+    bds__pool calls, sessions, hkeys, ekeys, okeys;
     bds_pipeline_stats stats;
 };
 

@@ -9,8 +9,9 @@
  * side; it comes back here only when the key empties. Invariant, checked by
  * the tests after every step: tokens_free + tokens_held == capacity.
  *
- * The Sender keeps reply order as replies arrive (FIFO; KEYED_FIFO holds too,
- * because each key's replies come from one EXEC pipeline in order), and
+ * The Sender keeps reply order as replies arrive (FIFO), or per key
+ * (KEYED_FIFO: each key's replies come from one EXEC pipeline in order, wait
+ * in their key's queue, and the waiting keys take turns), and
  * bounds replies handed to the transport but not yet written (outbound
  * capacity), with the same four policies. With fail_fast a rejected reply
  * ends the session with RESOURCE_EXHAUSTED.
@@ -72,6 +73,16 @@ bds_status bds_session_create(bds_session **out, bds_pipeline *p, const bds_sess
     bds_options opts = cfg->options ? *cfg->options : bds_default_options();
     bds_status st = bds_options_validate(&opts, why);
     if (st != BDS_OK) return st;
+    if (cfg->counters && opts.metrics.enabled) {
+        /* One writer per bds_counters: bind it to this pipeline, or refuse. relaxed: the CAS alone decides */
+        uint64_t home = 0, me = (uint64_t)(uintptr_t)p;
+        if (!atomic_compare_exchange_strong_explicit(&cfg->counters->_home, &home, me, memory_order_relaxed,
+                                                     memory_order_relaxed) &&
+            home != me) {
+            if (why) *why = "session config: counters already count for another pipeline (one writer each)";
+            return BDS_E_INVALID;
+        }
+    }
     bds_session *s = bds__pool_get(&p->sessions);
     if (!s) return BDS_E_NOMEM;
     atomic_init(&s->state, BDS_STATE_INIT);
@@ -110,15 +121,11 @@ static void session_stop_inbound(bds_pipeline *p, bds_session *s, bool running_t
     }
 }
 
-static void session_drop_queued_replies(bds_session *s) {
-    while (s->sq_head) {
-        bds_reply *r = s->sq_head;
-        s->sq_head = r->_next;
-        s->ops->drop(s, r, s->ops_ctx);
-    }
-    s->sq_tail = NULL;
-    s->sq_len = 0;
-    s->sq_bytes = 0;
+static bds_reply *sender_dequeue(bds_pipeline *p, bds_session *s);
+
+static void session_drop_queued_replies(bds_pipeline *p, bds_session *s) {
+    while (s->sq_len) s->ops->drop(s, sender_dequeue(p, s), s->ops_ctx);
+    BDS_ASSERT(s->sq_head == NULL && s->rr_head == NULL && s->sq_bytes == 0);
 }
 
 /* Moves the session to CLOSED (through DRAINED when it ended cleanly) and
@@ -130,7 +137,7 @@ static void session_close(bds_pipeline *p, bds_session *s, bds_status status, co
     copy_msg(s->close_msg, sizeof s->close_msg, msg ? msg : bds_status_str(status));
     bds__timer_cancel(p->timers, &s->deadline_timer);
     bds__timer_cancel(p->timers, &s->grace_timer);
-    session_drop_queued_replies(s);
+    session_drop_queued_replies(p, s);
     if (!s->inbound_stopped || s->outstanding > 0) session_stop_inbound(p, s, true);
     s->notify_pending = true;
     bds__post(p, p->index, BDS_XK_NOTIFY, s);
@@ -223,7 +230,7 @@ void bds_session_shutdown(bds_session *s) {
         return; /* already draining or closed */
     }
     if (!s->opts.shutdown.drain_inbound && !s->inbound_stopped) session_stop_inbound(p, s, false);
-    if (!s->opts.shutdown.drain_outbound) session_drop_queued_replies(s);
+    if (!s->opts.shutdown.drain_outbound) session_drop_queued_replies(p, s);
     BDS_ASSERT(bds__timer_arm(p->timers, &s->grace_timer, bds__now(p) + s->opts.shutdown.grace_period_ns) == 0);
     session_check_drained(p, s);
 }
@@ -595,13 +602,73 @@ static bool sender_bytes_room(const bds_session *s) {
     return max == 0 || s->out_flight_bytes < max;
 }
 
-static void sender_enqueue(bds_session *s, bds_reply *r) {
+/* Outbound KEYED_FIFO: each reply key waits in its own queue, and the keys
+ * with waiting replies take turns, one reply each, as tokens free up; so a
+ * key's backlog delays another key's reply by one reply, not by all of it.
+ * FIFO: one queue. */
+static bool sender_keyed(const bds_session *s) { return s->opts.outbound.ordering.mode == BDS_ORDERING_KEYED_FIFO; }
+
+static void rr_push(bds_session *s, bds__out_key *ok) {
+    ok->rr_next = NULL;
+    if (s->rr_tail) s->rr_tail->rr_next = ok;
+    else s->rr_head = ok;
+    s->rr_tail = ok;
+}
+
+static void sender_enqueue(bds_pipeline *p, bds_session *s, bds_reply *r) {
     r->_next = NULL;
-    if (s->sq_tail) s->sq_tail->_next = r;
-    else s->sq_head = r;
-    s->sq_tail = r;
+    if (sender_keyed(s)) {
+        uint64_t h = bds__kmap_hash(r->_key, s);
+        bds__kmap_node *n = bds__kmap_find(&p->out_keys, h, s, &r->_key, sizeof r->_key);
+        bds__out_key *ok = n ? BDS_CONTAINER_OF(n, bds__out_key, node) : NULL;
+        if (!ok) {
+            ok = bds__pool_get(&p->okeys);
+            BDS_ASSERT(ok != NULL); /* out of memory here would lose the reply's place: stop loudly */
+            ok->node = (bds__kmap_node){.hash = h, .session = s};
+            bds__kmap_node_set_key(&ok->node, &r->_key, sizeof r->_key);
+            (void)bds__kmap_insert(&p->out_keys, &ok->node);
+            rr_push(s, ok);
+        }
+        if (ok->tail) ok->tail->_next = r;
+        else ok->head = r;
+        ok->tail = r;
+    } else {
+        if (s->sq_tail) s->sq_tail->_next = r;
+        else s->sq_head = r;
+        s->sq_tail = r;
+    }
     s->sq_bytes += r->bytes;
     hw(&s->stats.send_queue_hw, ++s->sq_len);
+}
+
+/* Whether the next waiting entry is a control entry (it takes no capacity). */
+static bool sender_next_is_control(const bds_session *s) { return !s->rr_head && s->sq_head && s->sq_head->control; }
+
+/* The next waiting reply: FIFO's head, or the reply of the key whose turn it is. */
+static bds_reply *sender_dequeue(bds_pipeline *p, bds_session *s) {
+    BDS_ASSERT(s->sq_len > 0);
+    bds_reply *r;
+    if (s->rr_head) {
+        bds__out_key *ok = s->rr_head;
+        r = ok->head;
+        ok->head = r->_next;
+        s->rr_head = ok->rr_next;
+        if (!s->rr_head) s->rr_tail = NULL;
+        if (ok->head) {
+            rr_push(s, ok); /* its next turn comes after the others' */
+        } else {
+            bds__kmap_remove(&p->out_keys, &ok->node);
+            bds__pool_put(&p->okeys, ok);
+        }
+    } else {
+        r = s->sq_head;
+        s->sq_head = r->_next;
+        if (!s->sq_head) s->sq_tail = NULL;
+    }
+    r->_next = NULL;
+    s->sq_len--;
+    s->sq_bytes -= r->bytes;
+    return r;
 }
 
 static bds_status sender_reject(bds_pipeline *p, bds_session *s, bds_reply *r) {
@@ -622,8 +689,17 @@ static bds_status sender_admit(bds_pipeline *p, bds_session *s, bds_reply *r) {
     }
     if (r->control) {
         BDS_ASSERT(r->bytes == 0);
-        if (s->sq_len) sender_enqueue(s, r);
-        else sender_write(s, r);
+        if (!s->sq_len) {
+            sender_write(s, r);
+            return BDS_OK;
+        }
+        /* Behind every reply waiting now, in either mode: the FIFO queue,
+         * which KEYED_FIFO's dequeue reaches only once every key's is empty. */
+        r->_next = NULL;
+        if (s->sq_tail) s->sq_tail->_next = r;
+        else s->sq_head = r;
+        s->sq_tail = r;
+        hw(&s->stats.send_queue_hw, ++s->sq_len);
         return BDS_OK;
     }
     const bds_backpressure_options *bp = &s->opts.outbound.backpressure;
@@ -638,14 +714,14 @@ static bds_status sender_admit(bds_pipeline *p, bds_session *s, bds_reply *r) {
         if ((bp->queue_capacity && s->sq_len >= bp->queue_capacity) || (ord_cap && s->sq_len >= ord_cap)) {
             return sender_reject(p, s, r);
         }
-        sender_enqueue(s, r);
+        sender_enqueue(p, s, r);
         return BDS_OK;
     case BDS_BP_SOFT_ALLOW_SIGNAL:
     case BDS_BP_SOFT_ALLOW:
         /* Over the count capacity it runs anyway; over the byte bound it
          * waits in the queue like QUEUE (the queue then only holds those). */
         if (s->sq_len || !sender_bytes_room(s)) {
-            sender_enqueue(s, r);
+            sender_enqueue(p, s, r);
             return BDS_OK;
         }
         if (bp->policy == BDS_BP_SOFT_ALLOW_SIGNAL) pressure_signal(s, NULL, BDS_OUTBOUND, s->out_in_flight + 1, bp->capacity);
@@ -674,6 +750,7 @@ bds_status bds_session_send(bds_session *s, bds_reply *reply) {
     ASSERT_HOME(s);
     reply->_session = s;
     reply->_next = NULL;
+    reply->_key = 0; /* pushes: the empty key's */
     return sender_admit(s->home, s, reply);
 }
 
@@ -686,15 +763,9 @@ void bds_session_reply_written(bds_session *s, bds_reply *reply) {
     if (session_state(s) == BDS_STATE_CLOSED) return;
     const bds_backpressure_options *bp = &s->opts.outbound.backpressure;
     bool soft = bp->policy == BDS_BP_SOFT_ALLOW || bp->policy == BDS_BP_SOFT_ALLOW_SIGNAL;
-    while (s->sq_head && (s->sq_head->control || (sender_bytes_room(s) &&
-                                                  (soft || bp->capacity == 0 || s->out_in_flight < bp->capacity)))) {
-        bds_reply *r = s->sq_head;
-        s->sq_head = r->_next;
-        if (!s->sq_head) s->sq_tail = NULL;
-        s->sq_len--;
-        s->sq_bytes -= r->bytes;
-        sender_write(s, r);
-    }
+    while (s->sq_len && (sender_next_is_control(s) ||
+                         (sender_bytes_room(s) && (soft || bp->capacity == 0 || s->out_in_flight < bp->capacity))))
+        sender_write(s, sender_dequeue(s->home, s));
     inbound_maybe_ready(s);
     session_check_drained(s->home, s);
 }

@@ -621,28 +621,36 @@ static bool kind_one_reply(bds_method_kind k) { return k == BDS_METHOD_UNARY || 
 static bool kind_one_request(bds_method_kind k) { return k == BDS_METHOD_UNARY || k == BDS_METHOD_SERVER_STREAMING; }
 
 /* Counts one more message the stream sends: refused once it ended, and past
- * the one reply of UNARY and CLIENT_STREAMING methods. Thread: any. */
-static bds_status stream_count_send(srv_call *st) {
+ * the one answer of UNARY and CLIENT_STREAMING methods. For those, `sent` is
+ * the attempt that answered (a push: UINT32_MAX), so a retried call may
+ * answer again (its failed attempt's reply was dropped, never sent); attempt
+ * 0 is an answer outside any call. Thread: any. */
+static bds_status stream_count_send(srv_call *st, uint32_t attempt) {
     if (atomic_load_explicit(&st->ended, memory_order_acquire)) return BDS_E_SESSION_CLOSED;
     if (!kind_one_reply(st->m->m.kind)) {
         atomic_fetch_add_explicit(&st->sent, 1, memory_order_relaxed);
         return BDS_OK;
     }
-    uint32_t none = 0;
-    return atomic_compare_exchange_strong_explicit(&st->sent, &none, 1, memory_order_relaxed, memory_order_relaxed)
-               ? BDS_OK
-               : BDS_FAILED_PRECONDITION;
+    uint32_t cur = atomic_load_explicit(&st->sent, memory_order_relaxed);
+    uint32_t mark = attempt ? attempt : UINT32_MAX;
+    do {
+        if (cur != 0 && (attempt == 0 || cur >= attempt)) return BDS_FAILED_PRECONDITION;
+    } while (!atomic_compare_exchange_weak_explicit(&st->sent, &cur, mark, memory_order_relaxed, memory_order_relaxed));
+    return BDS_OK;
 }
 
 /* A counted message that could not be made after all. */
-static void stream_uncount_send(srv_call *st) { atomic_fetch_sub_explicit(&st->sent, 1, memory_order_relaxed); }
+static void stream_uncount_send(srv_call *st) {
+    if (kind_one_reply(st->m->m.kind)) atomic_store_explicit(&st->sent, 0, memory_order_relaxed);
+    else atomic_fetch_sub_explicit(&st->sent, 1, memory_order_relaxed);
+}
 
 /* A reply; on_free(ctx), if set, runs on the call's home shard when its
  * buffer is let go (bds_call_reply_paced). */
 static bds_status call_reply(bds_call *call, const void *bytes, size_t len, void (*on_free)(void *ctx), void *ctx) {
     srv_call *st = bds_call_session_ctx(call);
     if (len > st->home->srv->cfg.max_message_bytes) return BDS_E_INVALID;
-    bds_status cs = stream_count_send(st);
+    bds_status cs = stream_count_send(st, bds_call_attempt(call));
     if (cs != BDS_OK) return cs;
     srv_msg *req = bds_call_payload(call);
     srv_shard *here = tls_shard != NULL && req->home == tls_shard ? tls_shard : NULL;
@@ -664,8 +672,7 @@ static bds_status call_reply(bds_call *call, const void *bytes, size_t len, void
     r->on_free_ctx = ctx;
     r->reply.data = r;
     r->reply.bytes = (uint32_t)len;
-    bds_call_reply(call, &r->reply);
-    return BDS_OK;
+    return bds_call_reply(call, &r->reply); /* taken either way: its status reports on the stream */
 }
 
 /* ---- streams: the public handle (bds_stream) -------------------------------------------------- */
@@ -823,7 +830,7 @@ bds_status bds_stream_send(bds_stream *st, const void *bytes, size_t len) {
     stream_check(st, "bds_stream_send");
     if (!bytes && len) bds__misuse("bds_stream_send", "bytes is NULL");
     if (len > st->home->srv->cfg.max_message_bytes) return BDS_E_INVALID;
-    bds_status cs = stream_count_send(st);
+    bds_status cs = stream_count_send(st, 0);
     if (cs != BDS_OK) return cs;
     srv_msg *m = stream_msg(st, len);
     if (!m) {
@@ -1613,6 +1620,7 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     cfg.handler_ctx = m->m.handler_ctx;
     cfg.ops = &srv_ops;
     cfg.ops_ctx = call;
+    cfg.counters = &mc->core;
     bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
     if (bds_session_create(&call->session, bds__pipe_pipeline(sh->pipe), &cfg, NULL) != BDS_OK) {
         ctr_add(&mc->streams_refused, 1);
@@ -2501,6 +2509,15 @@ bds_status bds_server_get_stats(const bds_server *srv, bds_server_stats *out) {
             o->messages_out += ctr_get(&c->messages_out);
             o->bytes_in += ctr_get(&c->bytes_in);
             o->bytes_out += ctr_get(&c->bytes_out);
+            o->admitted += ctr_get(&c->core.admitted);
+            o->rejected += ctr_get(&c->core.rejected);
+            o->completed += ctr_get(&c->core.completed);
+            o->failed += ctr_get(&c->core.failed);
+            o->retried += ctr_get(&c->core.retried);
+            o->panics += ctr_get(&c->core.panics);
+            o->pressure_signals += ctr_get(&c->core.pressure_signals);
+            o->replies_rejected += ctr_get(&c->core.replies_rejected);
+            o->calls_live += ctr_get(&c->core.calls_live);
         }
         /* Read apart, the two may cross: a gauge never goes below zero. */
         o->streams_live = o->streams_opened > o->streams_ended ? o->streams_opened - o->streams_ended : 0;

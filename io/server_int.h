@@ -23,6 +23,7 @@
 typedef struct srv_method_counters {
     _Atomic uint64_t streams_opened, streams_refused, streams_ended, streams_ok;
     _Atomic uint64_t messages_in, messages_out, bytes_in, bytes_out;
+    bds_counters core;        /* the pipeline's (bds_session_config.counters), this shard's */
 } srv_method_counters;
 
 /* Live counters of one shard (bds_server_get_stats), written by it only. */

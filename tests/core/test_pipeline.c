@@ -1693,3 +1693,112 @@ Test(pipeline, live_counters_stay_still_with_metrics_off) {
     cr_assert_eq(atomic_load(&c.admitted) + atomic_load(&c.completed) + atomic_load(&c.calls_live), 0);
     sim_free(S);
 }
+
+/* ---- outbound KEYED_FIFO ---- */
+
+/* Key "a" has a backlog of replies waiting for the one outbound token when
+ * key "b" and a push make theirs: returns the write order (seqs; the push is
+ * 99). */
+static void outbound_order(bds_ordering_mode mode, uint64_t *order, uint32_t *n) {
+    sim *S = sim_new(1, 70);
+    bds_options o = bds_default_options();
+    o.outbound.ordering.mode = mode;
+    o.outbound.backpressure.capacity = 1;
+    o.outbound.backpressure.queue_capacity = 0;
+    S->auto_ack_replies = false; /* the client reads when the test says */
+    int s = sim_open(S, 0, &o);
+    for (uint64_t i = 1; i <= 5; i++) {
+        sim_msg *m = sim_msg_new(s, "a", i, SIM_OK);
+        m->replies = 1;
+        bds_status st;
+        sim_send_msg(S, m, &st);
+    }
+    sim_settle(S);
+    sim_msg *m = sim_msg_new(s, "b", 10, SIM_OK);
+    m->replies = 1;
+    bds_status st;
+    sim_send_msg(S, m, &st);
+    sim_settle(S);
+    sim_reply *push = calloc(1, sizeof *push);
+    push->seq = 99;
+    push->session = s;
+    sim_home(S, s);
+    cr_assert_eq(bds_session_send(S->sessions[s].s, &push->r), BDS_OK);
+    cr_assert_eq(S->sessions[s].n_written, 1, "one token: the rest wait");
+    while (S->sessions[s].n_unacked) ack_oldest(S, s);
+    *n = S->sessions[s].n_written;
+    memcpy(order, S->sessions[s].written, *n * sizeof *order);
+    sim_free(S);
+}
+
+Test(pipeline, outbound_fifo_keeps_one_order_for_the_stream) {
+    uint64_t order[16];
+    uint32_t n;
+    outbound_order(BDS_ORDERING_FIFO, order, &n);
+    uint64_t want[] = {1, 2, 3, 4, 5, 10, 99};
+    cr_assert_eq(n, 7);
+    for (uint32_t i = 0; i < n; i++) cr_assert_eq(order[i], want[i], "at %u: %lu", i, (unsigned long)order[i]);
+}
+
+/* KEYED_FIFO: a's backlog holds back b's reply and the push (the empty key)
+ * by one of its replies each, not by all of them; order holds per key. */
+Test(pipeline, outbound_keyed_fifo_lets_other_keys_pass_a_backlog_in_turns) {
+    uint64_t order[16];
+    uint32_t n;
+    outbound_order(BDS_ORDERING_KEYED_FIFO, order, &n);
+    uint64_t want[] = {1, 2, 10, 99, 3, 4, 5};
+    cr_assert_eq(n, 7);
+    for (uint32_t i = 0; i < n; i++) cr_assert_eq(order[i], want[i], "at %u: %lu", i, (unsigned long)order[i]);
+}
+
+Test(pipeline, outbound_keyed_fifo_drops_every_waiting_key_at_close) {
+    sim *S = sim_new(1, 71);
+    bds_options o = bds_default_options();
+    o.outbound.ordering.mode = BDS_ORDERING_KEYED_FIFO;
+    o.outbound.backpressure.capacity = 1;
+    o.outbound.backpressure.queue_capacity = 0;
+    S->auto_ack_replies = false;
+    int s = sim_open(S, 0, &o);
+    const char *keys[] = {"a", "b", "c"};
+    for (uint64_t i = 0; i < 9; i++) {
+        sim_msg *m = sim_msg_new(s, keys[i % 3], i, SIM_OK);
+        m->replies = 2;
+        bds_status st;
+        sim_send_msg(S, m, &st);
+    }
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].n_written, 1);
+    sim_home(S, s);
+    bds_session_cancel(S->sessions[s].s);
+    sim_settle(S);
+    cr_assert_eq(S->sessions[s].dropped_replies, 17, "every key's waiting replies");
+    cr_assert_eq(S->pipes[0]->okeys.live, 0, "and their queues");
+    sim_free(S);
+}
+
+/* One writer per bds_counters: a second pipeline's session is refused. */
+Test(pipeline, live_counters_of_one_pipeline_are_refused_on_another) {
+    sim *S = sim_new(2, 52);
+    bds_counters c = {0};
+    bds_options o = bds_default_options();
+    int a = open_counted(S, 0, &o, &c);
+    (void)a;
+    bds_session_config cfg;
+    bds_session_config_default(&cfg);
+    cfg.options = &o;
+    cfg.handler = sim_handler;
+    cfg.ops = &sim_ops;
+    cfg.counters = &c;
+    bds_session *s = NULL;
+    const char *why = NULL;
+    sim_switch(S, 1);
+    cr_assert_eq(bds_session_create(&s, S->pipes[1], &cfg, &why), BDS_E_INVALID);
+    cr_assert_null(s);
+    cr_assert(why && strstr(why, "counters"), "why names the field: %s", why ? why : "(null)");
+    sim_switch(S, 0);
+    int b = open_counted(S, 0, &o, &c); /* the same pipeline shares it */
+    cr_assert_eq(sim_send(S, b, "k", 1, SIM_OK), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(atomic_load(&c.completed), 1);
+    sim_free(S);
+}

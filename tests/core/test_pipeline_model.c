@@ -473,6 +473,9 @@ static bds_options random_options(sim *S) {
     static const uint32_t masks[] = {BDS_RETRYABLE_DEFAULT, BDS_RETRYABLE_DEFAULT, 0, 1u << BDS_INTERNAL,
                                      (1u << BDS_INTERNAL) | (1u << BDS_CANCELLED)};
     o.retry.retryable = masks[sim_rand(S) % 5];
+    o.outbound.ordering.mode = sim_rand(S) % 2 ? BDS_ORDERING_KEYED_FIFO : BDS_ORDERING_FIFO;
+    o.outbound.backpressure.capacity = 1 + (uint32_t)(sim_rand(S) % 3); /* replies wait when the client is slow */
+    o.outbound.backpressure.queue_capacity = 0;
     o.inbound.drain_on_client_close = sim_rand(S) % 3 != 0;
     o.inbound.failures_terminal = sim_rand(S) % 3 != 0;
     o.shutdown.drain_inbound = sim_rand(S) % 2;
@@ -580,6 +583,7 @@ Test(pipeline_model, random_scripts_match_the_reference_model_step_by_step, .tim
 
 static void run_chaos_script(uint64_t seed) {
     sim *S = sim_new(3, seed);
+    S->auto_ack_replies = false; /* the client reads at random steps */
     int sessions = 1 + (int)(sim_rand(S) % 3);
     bool fifo[3];
     for (int i = 0; i < sessions; i++) {
@@ -631,6 +635,19 @@ static void run_chaos_script(uint64_t seed) {
             int i = (int)(sim_rand(S) % (uint64_t)sessions), saved = sim_home(S, i);
             bds_session_cancel(S->sessions[i].s);
             sim_switch(S, saved);
+        } else if (r < 70) {
+            /* the client reads its session's oldest reply */
+            int i = (int)(sim_rand(S) % (uint64_t)sessions);
+            sim_session *ss = &S->sessions[i];
+            if (ss->n_unacked) {
+                sim_reply *rp = ss->unacked[0];
+                memmove(ss->unacked, ss->unacked + 1, (ss->n_unacked - 1) * sizeof ss->unacked[0]);
+                ss->n_unacked--;
+                int saved = sim_home(S, i);
+                if (bds_session_get_state(ss->s) != BDS_STATE_CLOSED) bds_session_reply_written(ss->s, &rp->r);
+                sim_switch(S, saved);
+                free(rp);
+            }
         } else {
             for (int k = 0; k < 5; k++) sim_step_random(S);
         }
@@ -652,7 +669,19 @@ static void run_chaos_script(uint64_t seed) {
             }
         }
     }
-    /* Finish everything: every admitted call must end exactly once. */
+    /* Finish everything: every admitted call must end exactly once. The
+     * client reads everything from now on. */
+    for (int i = 0; i < sessions; i++) {
+        sim_session *ss = &S->sessions[i];
+        int saved = sim_home(S, i);
+        for (uint32_t k = 0; k < ss->n_unacked; k++) {
+            if (bds_session_get_state(ss->s) != BDS_STATE_CLOSED) bds_session_reply_written(ss->s, &ss->unacked[k]->r);
+            free(ss->unacked[k]);
+        }
+        ss->n_unacked = 0;
+        sim_switch(S, saved);
+    }
+    S->auto_ack_replies = true;
     for (;;) {
         while (sim_step_random(S)) sim_check_tokens(S);
         bool timers = false;
@@ -694,6 +723,17 @@ static void run_chaos_script(uint64_t seed) {
     for (uint64_t q = 0; q < seq; q++)
         cr_assert_leq(written[q], max_replies[q], "seed %lu: seq %lu written %u times, one attempt makes %u",
                       (unsigned long)seed, (unsigned long)q, written[q], max_replies[q]);
+    /* Either outbound ordering keeps each key's replies in their calls' order. */
+    for (int i = 0; i < sessions; i++) {
+        int64_t last[MAXK];
+        memset(last, 0xff, sizeof last);
+        for (uint32_t w = 0; w < S->sessions[i].n_written; w++) {
+            uint64_t q = S->sessions[i].written[w];
+            cr_assert_geq((int64_t)q, last[key_of[q]], "seed %lu: key %d's replies out of order", (unsigned long)seed,
+                          key_of[q]);
+            last[key_of[q]] = (int64_t)q;
+        }
+    }
     sim_free(S);
 }
 

@@ -7,7 +7,9 @@
  * the pipeline's own hand-offs: calls lent across threads, the atomic session
  * state read by the exec side, session memory outliving cross-thread work).
  * A third thread, no pipeline's, completes some calls and sends some replies,
- * as a handler's own I/O thread would. Checks: every message is answered
+ * as a handler's own I/O thread would; others answer from call timers
+ * (bds_call_after), and half the sessions hold replies with their calls
+ * (retries on) wherever they are made. Checks: every message is answered
  * exactly once, a key's calls start in arrival order, nothing leaks. The
  * test's own thread reads each pipeline's live counters (bds_counters) while
  * they move: never backwards, never past the total, and at the end equal to
@@ -70,7 +72,7 @@ typedef struct msg {
     int session; /* global index */
     int key;
     uint64_t seq;
-    int how; /* 0 sync, 1 foreign completion, 2 foreign reply + completion */
+    int how; /* 0 sync, 1 foreign completion, 2 foreign reply + completion, 3 a call timer replies and completes */
     char keybuf[4];
 } msg;
 
@@ -108,6 +110,13 @@ static uint64_t now_ns(void *ctx) {
 
 static void post(uint32_t dst, void *m, void *ctx) { inbox_push(&((world *)ctx)->in[dst], m); }
 
+/* how 3: on the call's pipeline thread, after 1 us */
+static void on_after(bds_call *call, void *ctx) {
+    (void)ctx;
+    bds_call_reply(call, calloc(1, sizeof(bds_reply)));
+    bds_call_done(call, BDS_OK, NULL);
+}
+
 static void handler(bds_call *call, void *ctx) {
     pipe_ctx *pc = ctx;
     /* ctx is the home pipeline's; find the pipeline we run on */
@@ -122,6 +131,8 @@ static void handler(bds_call *call, void *ctx) {
         bds_reply *r = calloc(1, sizeof *r);
         bds_call_reply(call, r);
         bds_call_done(call, BDS_OK, NULL);
+    } else if (m->how == 3) {
+        cr_assert_eq(bds_call_after(call, 1000, on_after, NULL), BDS_OK);
     } else {
         inbox_push(&w->foreign, call);
     }
@@ -183,7 +194,10 @@ static void *pipe_thread(void *arg) {
     sc.ops = &ops;
     sc.ops_ctx = pc;
     sc.counters = &pc->counters;
+    bds_options held = o; /* retries on: replies made on any thread wait with their call */
+    held.retry.max_attempts = 1;
     for (int i = 0; i < SESSIONS_PER_PIPE; i++) {
+        sc.options = i % 2 ? &held : &o;
         cr_assert_eq(bds_session_create(&pc->sessions[i], pc->p, &sc, NULL), BDS_OK);
         bds_session_open(pc->sessions[i]);
     }
@@ -201,7 +215,7 @@ static void *pipe_thread(void *arg) {
             m->session = pc->index * SESSIONS_PER_PIPE + i;
             m->key = rand_r(&seed) % KEYS;
             m->seq = pc->sent[i]++;
-            m->how = rand_r(&seed) % 3;
+            m->how = rand_r(&seed) % 4;
             m->keybuf[0] = 'k';
             m->keybuf[1] = (char)('a' + m->key);
             pc->expected_replies += m->how != 1;

@@ -332,11 +332,13 @@ static void stats_handler(bds_call *call, void *ctx) {
         uint64_t conns = 0;
         for (uint32_t k = 0; k < s->n_shards; k++) conns += s->shards[k].connections_live;
         snprintf(out, sizeof out,
-                 "opened=%llu refused=%llu ended=%llu ok=%llu live=%llu in=%llu out=%llu bytes_in=%llu conns=%llu",
+                 "opened=%llu refused=%llu ended=%llu ok=%llu live=%llu in=%llu out=%llu bytes_in=%llu conns=%llu "
+                 "admitted=%llu completed=%llu calls_live=%llu",
                  (unsigned long long)m->streams_opened, (unsigned long long)m->streams_refused,
                  (unsigned long long)m->streams_ended, (unsigned long long)m->streams_ok,
                  (unsigned long long)m->streams_live, (unsigned long long)m->messages_in,
-                 (unsigned long long)m->messages_out, (unsigned long long)m->bytes_in, (unsigned long long)conns);
+                 (unsigned long long)m->messages_out, (unsigned long long)m->bytes_in, (unsigned long long)conns,
+                 (unsigned long long)m->admitted, (unsigned long long)m->completed, (unsigned long long)m->calls_live);
     }
     free(s);
     reply_str(call, out);

@@ -333,6 +333,8 @@ class Stats(unittest.TestCase):
             self.assertGreaterEqual(live['out'], before['out'] + 4)
             self.assertGreaterEqual(live['bytes_in'], before['bytes_in'] + 400)
             self.assertGreaterEqual(live['conns'], 1)
+            self.assertGreaterEqual(live['admitted'], before['admitted'] + 4, 'the pipeline counts live too')
+            self.assertGreaterEqual(live['completed'], before['completed'] + 4)
             gate.set()
             for c in calls:
                 self.assertEqual(list(c), [])
@@ -344,6 +346,23 @@ class Stats(unittest.TestCase):
                 time.sleep(0.05)
             self.assertGreaterEqual(after['ended'], before['ended'] + 4, 'stats: %r' % after)
             self.assertGreaterEqual(after['ok'], before['ok'] + 4)
+            held = self.stats(ch, '/test.Api/Echo')['calls_live']
+            gate2 = threading.Event()
+
+            def hold():
+                yield b'hold'
+                gate2.wait(10)
+            c = ch.stream_stream('/test.Api/Echo', **ident)(hold(), timeout=20)
+            deadline = time.time() + 10
+            while time.time() < deadline and self.stats(ch, '/test.Api/Echo')['calls_live'] < held + 1:
+                time.sleep(0.05)
+            self.assertEqual(self.stats(ch, '/test.Api/Echo')['calls_live'], held + 1, 'a held call is live')
+            c.cancel()
+            gate2.set()
+            deadline = time.time() + 10
+            while time.time() < deadline and self.stats(ch, '/test.Api/Echo')['calls_live'] > held:
+                time.sleep(0.05)
+            self.assertEqual(self.stats(ch, '/test.Api/Echo')['calls_live'], held, 'and no longer once finished')
             refused = self.stats(ch, '/test.Api/Secret')['refused']
             with self.assertRaises(grpc.RpcError):
                 list(ch.stream_stream('/test.Api/Secret', **ident)(iter([b'a']), timeout=10))

@@ -51,7 +51,8 @@ typedef struct bds_call bds_call;
  * outbound, a reply written over the capacity (call is NULL). session is
  * the stream's (bds_session_ctx gives its transport context). in_use counts
  * the tokens taken with this one. Both pointers are lent for the callback
- * only. Must not block. */
+ * only. It may run inside bds_session_receive (inbound) or bds_session_send
+ * (a push): it must not call back into that session. Must not block. */
 typedef void (*bds_on_pressure_fn)(bds_session *session, const bds_call *call, bds_direction direction,
                                    uint32_t in_use, uint32_t capacity, void *ctx);
 
@@ -69,6 +70,12 @@ typedef struct bds_options {
         uint32_t outstanding_bytes_max;
     } inbound;
     struct {
+        /* ordering.mode: replies that wait for an outbound token wait in
+         * one queue in arrival order (FIFO), or (KEYED_FIFO) in one queue per
+         * key (their call's ordering key; pushes, bds_session_send, the empty
+         * key), the waiting keys taking turns as tokens free up, one reply
+         * each: a key's backlog delays another key's reply by one of its
+         * replies, not all of them. Order is kept per key either way. */
         bds_ordering_options ordering;
         bds_backpressure_options backpressure;
         bool fail_fast;              /* an outbound error ends the session */
@@ -88,7 +95,9 @@ typedef struct bds_options {
      * panic is never retried. Replies: with max_attempts > 0 an attempt's
      * replies are held with its call until the attempt ends, then sent (it
      * succeeded) or dropped through ops->drop (it failed, retried or not):
-     * no reply of a failed attempt is sent, none twice. With at_least_once
+     * no reply of a failed attempt is sent, none twice. Held replies count
+     * toward no outbound bound (capacity, unsent_bytes_max, the session's
+     * held bytes) until their attempt ends. With at_least_once
      * they go out as they are made, as without retries: a retried attempt
      * may send them again. */
     struct {

@@ -17,7 +17,9 @@
  *
  * Callbacks (bds_session_ops, handlers) run only from bds_pipeline_run() and
  * bds_pipeline_deliver(), never from inside the call that caused them, except
- * bds_session_ops.write, which bds_session_send() may call. */
+ * bds_session_ops.write, which bds_session_send() may call, and
+ * options.on_pressure, which bds_session_receive() and bds_session_send()
+ * may call. */
 #ifndef BIDISTREAM_PIPELINE_H
 #define BIDISTREAM_PIPELINE_H
 
@@ -108,6 +110,7 @@ BDS_API const char *bds_session_state_name(bds_session_state state);
 typedef struct __attribute__((aligned(16))) bds_reply {
     struct bds_reply *_next;
     bds_session *_session;
+    uint64_t _key;  /* outbound KEYED_FIFO: its call's key hash (0: a push) */
     void *data;     /* the transport's */
     uint32_t bytes; /* payload size: metrics and outbound.unsent_bytes_max;
                        unchanged until written or dropped */
@@ -154,8 +157,11 @@ typedef struct bds_session_ops {
  * a locked add, so every session that shares one bds_counters must have the
  * same home pipeline. Sessions of several pipelines must never share one
  * (their updates would be lost): give each pipeline its own and sum them when
- * reading. The caller owns it: zero it (or start from any values) before the
- * first session, and keep it until every session given it is freed (the
+ * reading. The first session given it binds it to its pipeline, and
+ * bds_session_create refuses it on any other (BDS_E_INVALID). The caller owns
+ * it: zero it whole before the first session (counters may then start from
+ * any values; zeroing it again unbinds it), and keep it until every session
+ * given it is freed (the
  * pipeline's sessions_live is 0, or the pipeline is destroyed). In C read the
  * fields directly (atomic loads) or with bds_counters_load; C++, where the
  * fields are plain, reads with bds_counters_load. */
@@ -169,6 +175,7 @@ typedef struct bds_counters {
     bds__counter pressure_signals, replies_written, replies_rejected;
     bds__counter bytes_in, bytes_out;
     bds__counter calls_live;
+    bds__counter _home;             /* the pipeline it counts for (0: none yet) */
 } bds_counters;
 /* Copies every field of *counters into *out (relaxed loads, field by field).
  * Thread: any. */
@@ -190,7 +197,8 @@ typedef struct bds_session_config {
 BDS_API void bds_session_config_default(bds_session_config *config);
 
 /* Creates a session in state INIT on this pipeline (its home). Returns BDS_OK,
- * BDS_E_INVALID (options fail validation: *why says which) or BDS_E_NOMEM. */
+ * BDS_E_INVALID (options fail validation, or config->counters counts for
+ * another pipeline: *why says which) or BDS_E_NOMEM. */
 BDS_API bds_status bds_session_create(bds_session **out, bds_pipeline *pipeline,
                                       const bds_session_config *config, const char **why);
 /* The transport is done with the session: no callback follows. A session not

@@ -438,8 +438,11 @@ BDS_API const char *bds_call_method(const bds_call *call);
 /* Replies with a copy of bytes (an encoded message; the caller keeps bytes).
  * Returns BDS_OK, BDS_E_INVALID (over the server's max_message_bytes),
  * BDS_FAILED_PRECONDITION (a UNARY or CLIENT_STREAMING stream already
- * answered), BDS_E_SESSION_CLOSED (the stream ended or was finished: the
- * reply is not sent) or BDS_E_NOMEM. Thread: any, before bds_call_done
+ * answered: another attempt of a retried call may answer again),
+ * BDS_E_SESSION_CLOSED (the stream ended or was finished: the reply is not
+ * sent), BDS_E_OUTBOUND_BACKPRESSURE (this reply was taken, but the Sender
+ * refused earlier ones of the stream since the last report: bds_call_reply)
+ * or BDS_E_NOMEM. Thread: any, before bds_call_done
  * (after it, a misuse that stops the process). */
 BDS_API bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len);
 
