@@ -9,7 +9,7 @@ pkgs=(
   libcriterion-dev spin
   python3 python3-grpcio grpc-proto nghttp2-client
   clang libclang-rt-14-dev  # libFuzzer (tools/fuzz.sh)
-  libgrpc++-dev protobuf-compiler protobuf-compiler-grpc  # the gRPC C++ adapter (adapters/grpcpp)
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # the gRPC C++ adapter (adapters/grpcpp)
 )
 [ "${BDS_DEPS_BENCH:-0}" = 1 ] && pkgs+=(gnuplot golang-go)
 
