@@ -8,7 +8,8 @@
 // drain are the pipeline's, configured by bidistreamd's own flags (the same
 // table, tools/bidistreamd_config.c): --listen, --shards (the adapter's
 // pipeline threads; gRPC keeps its own), every pipeline option, --grace,
-// --max-message-bytes and --max-concurrent-streams. The connection flags
+// --max-message-bytes, --max-concurrent-streams and --stream-window-bytes
+// (gRPC's lookahead, BDP probing off). The other connection flags
 // (timers, memory budgets, limits of bidistreamd's HTTP/2) are accepted and
 // left to gRPC's own defaults. grpc.health.v1.Health is gRPC's default
 // health service: SERVING, NOT_SERVING once the shutdown began.
@@ -138,6 +139,11 @@ int main(int argc, char **argv) {
   builder.SetMaxReceiveMessageSize(static_cast<int>(sc.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(sc.max_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, static_cast<int>(sc.max_concurrent_streams));
+  // --stream-window-bytes is the stream window, as in bidistreamd: gRPC's
+  // BDP probing would otherwise grow it (to megabytes), so that a stream the
+  // pipeline stopped reading still filled gRPC's buffers far past it.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, static_cast<int>(sc.stream_window_bytes));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     std::fprintf(stderr, "%s: listen %s: cannot serve (address in use or invalid)\n", kProg, listen.c_str());
