@@ -37,3 +37,21 @@ if(TARGET bidistreamd)
     ENVIRONMENT "BDS_SANITIZE=${BDS_SANITIZE}"
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
 endif()
+# The same pipeline tests against gRPC C++ with the pipeline in front
+# (adapters/grpcpp, bidistream-grpcpp takes bidistreamd's flags): keyed FIFO,
+# the half-close drain, failure, deadline and cancel, every bound on what a
+# fast or non-reading client makes the server hold (inbound capacity and
+# bytes, outbound capacity), and the graceful shutdown. Left out: what
+# bidistreamd's own HTTP/2 and services do (interop, memory budgets,
+# example_server, the health scanner, its flags' errors), and malformed
+# Frames (gRPC C++ ends a typed read that does not parse as a half-close).
+if(BDS_GRPCPP AND TARGET bidistream-grpcpp)
+  set(bds_grpcpp_e2e "Pipeline.test_key,Pipeline.test_half_close,Pipeline.test_fail,Pipeline.test_deadline")
+  string(APPEND bds_grpcpp_e2e ",Pipeline.test_client_cancel,Pipeline.test_message_over,Pipeline.test_unknown_method")
+  string(APPEND bds_grpcpp_e2e ",Pipeline.test_health_check_serving,Admission,NeverReads,FastSender,PartialMessages,Shutdown")
+  add_test(NAME e2e.grpcpp
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_grpcio.py $<TARGET_FILE:bidistream-grpcpp>
+            ${bds_grpcpp_e2e})
+  set_tests_properties(e2e.grpcpp PROPERTIES LABELS "e2e" TIMEOUT 900
+    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
+endif()
