@@ -80,10 +80,16 @@ void Process(ProcessCall call) {
   });
 }
 
-class PipelineService final : public bidistream::v1::Pipeline::CallbackService {
+// Raw, so that a Frame that does not parse ends its stream INTERNAL
+// ("malformed bidistream.v1.Frame"), as in bidistreamd, instead of passing
+// for a half-close (BidiMethod::StartRaw).
+class PipelineService final
+    : public bidistream::v1::Pipeline::WithRawCallbackMethod_Process<bidistream::v1::Pipeline::Service> {
  public:
   explicit PipelineService(bidistream::grpcpp::BidiMethod<Frame, Frame> *m) : m_(m) {}
-  grpc::ServerBidiReactor<Frame, Frame> *Process(grpc::CallbackServerContext *ctx) override { return m_->Start(ctx); }
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> *Process(grpc::CallbackServerContext *ctx) override {
+    return m_->StartRaw(ctx);
+  }
 
  private:
   bidistream::grpcpp::BidiMethod<Frame, Frame> *m_;
@@ -151,7 +157,9 @@ int main(int argc, char **argv) {
     rt.Stop();
     return 1;
   }
+  // The services bidistreamd's health check knows ("" is gRPC's default).
   server->GetHealthCheckService()->SetServingStatus("bidistream.v1.Pipeline", true);
+  server->GetHealthCheckService()->SetServingStatus("grpc.health.v1.Health", true);
   std::string host = listen.substr(0, listen.rfind(':'));
   std::fprintf(stderr, "%s: listening on %s:%d with %u shards (gRPC C++ through adapters/grpcpp)\n", kProg,
                host.c_str(), port, threads);

@@ -292,8 +292,16 @@ void StreamBase::OnEvent(int kind, bool ok) {
         return;
       }
       const void *key;
-      uint32_t key_len;
-      uint32_t bytes = ReadKey(in, &key, &key_len);
+      uint32_t key_len, bytes;
+      std::string err;
+      if (!ReadKey(in, &key, &key_len, &bytes, &err)) {
+        // Malformed input ends its stream with a clear error; the server
+        // goes on serving the others.
+        InFree(in);
+        read_over_ = true;
+        bds_session_fail(session_, BDS_INTERNAL, err.c_str());
+        return;
+      }
       held_.fetch_add(1, std::memory_order_relaxed);
       if (bds_session_receive(session_, in, bytes, key, key_len, ++seq_) != BDS_OK) {
         // Refused (the session is closing or closed, e.g. a rejected

@@ -38,16 +38,17 @@ if(TARGET bidistreamd)
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
 endif()
 # The same pipeline tests against gRPC C++ with the pipeline in front
-# (adapters/grpcpp, bidistream-grpcpp takes bidistreamd's flags): keyed FIFO,
-# the half-close drain, failure, deadline and cancel, every bound on what a
-# fast or non-reading client makes the server hold (inbound capacity and
-# bytes, outbound capacity), and the graceful shutdown. Left out: what
-# bidistreamd's own HTTP/2 and services do (interop, memory budgets,
-# example_server, the health scanner, its flags' errors), and malformed
-# Frames (gRPC C++ ends a typed read that does not parse as a half-close).
+# (adapters/grpcpp; bidistream-grpcpp takes bidistreamd's flags): keyed FIFO,
+# the half-close drain, failure, malformed Frames, deadline and cancel, every
+# bound on what a fast or non-reading client makes the server hold (inbound
+# capacity and bytes, outbound capacity), and the graceful shutdown. Left
+# out: what bidistreamd's own HTTP/2 and services do (interop, memory
+# budgets, example_server, its health scanner's answer to a malformed
+# request, its flags' errors).
 if(BDS_GRPCPP AND TARGET bidistream-grpcpp)
-  set(bds_grpcpp_e2e "Pipeline.test_key,Pipeline.test_half_close,Pipeline.test_fail,Pipeline.test_deadline")
-  string(APPEND bds_grpcpp_e2e ",Pipeline.test_client_cancel,Pipeline.test_message_over,Pipeline.test_unknown_method")
+  set(bds_grpcpp_e2e "Pipeline.test_key,Pipeline.test_half_close,Pipeline.test_fail,Pipeline.test_field_numbers")
+  string(APPEND bds_grpcpp_e2e ",Pipeline.test_malformed,Pipeline.test_deadline,Pipeline.test_client_cancel")
+  string(APPEND bds_grpcpp_e2e ",Pipeline.test_message_over,Pipeline.test_unknown_method,Pipeline.test_interop_test_service")
   string(APPEND bds_grpcpp_e2e ",Pipeline.test_health_check_serving,Admission,NeverReads,FastSender,PartialMessages,Shutdown")
   add_test(NAME e2e.grpcpp
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_grpcio.py $<TARGET_FILE:bidistream-grpcpp>

@@ -65,6 +65,8 @@
 #include <functional>
 #include <memory>
 #include <new>
+#include <string_view>
+#include <type_traits>
 #include <string>
 #include <utility>
 
@@ -88,6 +90,10 @@ namespace detail {
 class Loop;
 class StreamBase;
 }  // namespace detail
+
+// Stops the process with "bidistream: <api>: misuse: <what>" on stderr
+// (abort), as the C API does (bidistream/pipeline.h).
+[[noreturn]] void Misuse(const char *api, const char *what);
 
 // The pipeline threads of the adapter, shared by any number of methods.
 class Runtime {
@@ -205,19 +211,23 @@ class Call {
 
 namespace detail {
 
-// An inbound message: the request and its key (the key bytes must live as
-// long as the payload, bds_session_receive's rule).
+// An inbound message: the request, its key (the key bytes must live as long
+// as the payload, bds_session_receive's rule) and, for a raw read, its bytes
+// until they are parsed.
 template <class Req>
 struct In {
   Req req;
   std::string key;
+  grpc::ByteBuffer raw;
 };
 
-// An outbound message: the reply the pipeline carries and the gRPC message.
+// An outbound message: the reply the pipeline carries, the gRPC message and,
+// for a raw write, its bytes.
 template <class Resp>
 struct alignas(16) Out {
   bds_reply reply;
   Resp resp;
+  grpc::ByteBuffer raw;
 };
 
 // The untyped half of a stream, in grpcpp.cc: its session and its state, all
@@ -253,9 +263,10 @@ class StreamBase {
  protected:
   // Starts a read into a fresh In; returns its payload pointer.
   virtual void *ReadStart() = 0;
-  // The In a read filled: its key (by the method's resolver); returns its
-  // size in bytes (inbound.outstanding_bytes_max counts them).
-  virtual uint32_t ReadKey(void *in, const void **key, uint32_t *key_len) = 0;
+  // The In a read filled: parses it (raw reads), finds its key (the
+  // method's resolver) and its size in bytes (outstanding_bytes_max counts
+  // them). Returns false when the bytes are not a Req: *err says so.
+  virtual bool ReadKey(void *in, const void **key, uint32_t *key_len, uint32_t *bytes, std::string *err) = 0;
   virtual void InFree(void *in) = 0;
   virtual void WriteStart(bds_reply *reply, bool more) = 0;
   virtual void OutFree(bds_reply *reply) = 0;
@@ -291,8 +302,18 @@ class StreamBase {
   friend class Loop;
 };
 
-template <class Req, class Resp>
-class Reactor final : public grpc::ServerBidiReactor<Req, Resp>, public StreamBase {
+// The reactor of one RPC. Raw = false: the method's own types
+// (ServerBidiReactor<Req, Resp>; gRPC parses, and ends a read that does not
+// parse as if the client had half-closed). Raw = true: a raw callback method
+// (ServerBidiReactor<ByteBuffer, ByteBuffer>, the service's
+// WithRawCallbackMethod_*): the adapter parses on the stream's home thread
+// and fails the stream INTERNAL ("malformed <type>") on bytes that are not
+// a Req, and serializes each reply as it starts its write.
+template <class Req, class Resp, bool Raw>
+class Reactor final
+    : public grpc::ServerBidiReactor<std::conditional_t<Raw, grpc::ByteBuffer, Req>,
+                                     std::conditional_t<Raw, grpc::ByteBuffer, Resp>>,
+      public StreamBase {
  public:
   using KeyFn = std::function<std::string(const Req &)>;
   Reactor(MethodBase *m, const KeyFn *key, grpc::CallbackServerContext *ctx) : StreamBase(m, ctx), key_(key) {
@@ -306,21 +327,40 @@ class Reactor final : public grpc::ServerBidiReactor<Req, Resp>, public StreamBa
  protected:
   void *ReadStart() override {
     auto *in = new In<Req>();
-    this->StartRead(&in->req);
+    if constexpr (Raw) this->StartRead(&in->raw);
+    else this->StartRead(&in->req);
     return in;
   }
-  uint32_t ReadKey(void *p, const void **key, uint32_t *key_len) override {
+  bool ReadKey(void *p, const void **key, uint32_t *key_len, uint32_t *bytes, std::string *err) override {
     auto *in = static_cast<In<Req> *>(p);
+    if constexpr (Raw) {
+      *bytes = static_cast<uint32_t>(in->raw.Length());
+      grpc::Status st = grpc::SerializationTraits<Req>::Deserialize(&in->raw, &in->req);
+      if (!st.ok()) {
+        *err = "malformed " + in->req.GetTypeName();
+        return false;
+      }
+    } else {
+      *bytes = static_cast<uint32_t>(in->req.ByteSizeLong());
+    }
     if (*key_) in->key = (*key_)(in->req);
     *key = in->key.data();
     *key_len = static_cast<uint32_t>(in->key.size());
-    return static_cast<uint32_t>(in->req.ByteSizeLong());
+    return true;
   }
   void InFree(void *p) override { delete static_cast<In<Req> *>(p); }
   void WriteStart(bds_reply *r, bool more) override {
+    auto *out = static_cast<Out<Resp> *>(r->data);
     grpc::WriteOptions wo;
     if (more) wo.set_buffer_hint();
-    this->StartWrite(&static_cast<Out<Resp> *>(r->data)->resp, wo);
+    if constexpr (Raw) {
+      bool own = false;
+      grpc::Status st = grpc::SerializationTraits<Resp>::Serialize(out->resp, &out->raw, &own);
+      if (!st.ok()) Misuse("Call::Reply", "the reply does not serialize (a required field unset?)");
+      this->StartWrite(&out->raw, wo);
+    } else {
+      this->StartWrite(&out->resp, wo);
+    }
   }
   void OutFree(bds_reply *r) override { delete static_cast<Out<Resp> *>(r->data); }
   void FinishRpc(const grpc::Status &st) override { this->Finish(st); }
@@ -359,9 +399,19 @@ class BidiMethod {
 
   // The reactor for one RPC: return it from the CallbackService's method.
   // The reactor deletes itself once the RPC and its pipeline work are over.
+  // A request gRPC cannot parse ends the reads as a half-close would (gRPC
+  // C++ does not tell them apart): use StartRaw to answer it INTERNAL.
   // Thread: gRPC's (any).
   grpc::ServerBidiReactor<Req, Resp> *Start(grpc::CallbackServerContext *ctx) {
-    return new detail::Reactor<Req, Resp>(&base_, &key_, ctx);
+    return new detail::Reactor<Req, Resp, false>(&base_, &key_, ctx);
+  }
+  // The same for a raw callback method (the generated service's
+  // WithRawCallbackMethod_<Method>): the adapter parses each request on the
+  // stream's home thread and ends the stream INTERNAL ("malformed <type>")
+  // when it does not parse, and serializes each reply when its write
+  // starts. Thread: gRPC's (any).
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> *StartRaw(grpc::CallbackServerContext *ctx) {
+    return new detail::Reactor<Req, Resp, true>(&base_, &key_, ctx);
   }
 
  private:
@@ -373,9 +423,6 @@ class BidiMethod {
   KeyFn key_;
   HandlerFn handler_;
 };
-
-// Stops the process with "bidistream: <api>: misuse: <what>" (as the C API).
-[[noreturn]] void Misuse(const char *api, const char *what);
 
 // ---- templates ---------------------------------------------------------------
 
