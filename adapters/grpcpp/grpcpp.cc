@@ -9,8 +9,8 @@
 // the order they were posted, so a stream's events reach it in gRPC's order.
 //
 // A stream is freed by its home thread once four things are over: gRPC's
-// RPC (OnDone), the session (released), every payload and reply the
-// pipeline or a write holds (held_), and the read and write in flight. The
+// RPC (OnDone), the session (released), every payload the pipeline holds and
+// every reply handed to us (held_), and the read and write in flight. The
 // session is released in ops->closed, as bidistreamd does; payloads and
 // replies may still come back after that (a handler finishing late), which
 // is why held_ and not the session decides.
@@ -302,11 +302,11 @@ void StreamBase::OnEvent(int kind, bool ok) {
         bds_session_fail(session_, BDS_INTERNAL, err.c_str());
         return;
       }
-      held_.fetch_add(1, std::memory_order_relaxed);
+      held_++;
       if (bds_session_receive(session_, in, bytes, key, key_len, ++seq_) != BDS_OK) {
         // Refused (the session is closing or closed, e.g. a rejected
         // admission): the payload is still ours, and no more reads.
-        held_.fetch_sub(1, std::memory_order_relaxed);
+        held_--;
         InFree(in);
         read_over_ = true;
         return;
@@ -319,7 +319,7 @@ void StreamBase::OnEvent(int kind, bool ok) {
       writing_ = nullptr;
       if (!released_) bds_session_reply_written(session_, r);
       OutFree(r);
-      held_.fetch_sub(1, std::memory_order_relaxed);
+      held_--;
       if (!ok) write_broken_ = true;  // the RPC is over; OnCancel or OnDone follows
       NextWrite();
       MaybeFinish();
@@ -367,6 +367,7 @@ void StreamBase::InboundReady() {
 }
 
 void StreamBase::Write(bds_reply *reply) {
+  held_++;
   reply->_next = nullptr;
   if (wq_tail_) wq_tail_->_next = reply;
   else wq_head_ = reply;
@@ -384,7 +385,7 @@ void StreamBase::NextWrite() {
     if (!wq_head_) wq_tail_ = nullptr;
     if (!released_) bds_session_reply_written(session_, r);
     OutFree(r);
-    held_.fetch_sub(1, std::memory_order_relaxed);
+    held_--;
   }
   if (!wq_head_) {
     wq_tail_ = nullptr;
@@ -396,23 +397,22 @@ void StreamBase::NextWrite() {
   WriteStart(writing_, wq_head_ != nullptr);
 }
 
-void StreamBase::Drop(bds_reply *reply) {
-  OutFree(reply);
-  held_.fetch_sub(1, std::memory_order_relaxed);
-  MaybeFree();
-}
+// A reply that never reached Write: it was not counted.
+void StreamBase::Drop(bds_reply *reply) { OutFree(reply); }
 
 void StreamBase::Release(void *payload) {
   InFree(payload);
-  held_.fetch_sub(1, std::memory_order_relaxed);
+  held_--;
   MaybeFree();
 }
 
 void StreamBase::Closed(bds_status status, const char *message) {
   fin_ = StatusOf(status, message);
-  // A clean end, or a drained shutdown, owes the client every reply the
-  // Sender handed over: they leave first, then the status.
-  drain_writes_ = status == BDS_OK || status == BDS_E_SHUTDOWN;
+  // The replies the Sender handed over leave first, then the status, as
+  // they do in bidistreamd (there they are in the HTTP/2 stream already):
+  // a reply made before a failure reaches the client. Not when nothing is
+  // sent (the client is gone); the options bound how many wait here.
+  drain_writes_ = bds_status_grpc(status) >= 0;
   finish_wanted_ = true;
   released_ = true;
   bds_session *s = session_;
@@ -430,7 +430,7 @@ void StreamBase::MaybeFinish() {
 }
 
 void StreamBase::MaybeFree() {
-  if (!grpc_done_ || !released_ || writing_ || reading_ || held_.load(std::memory_order_acquire) != 0) return;
+  if (!grpc_done_ || !released_ || writing_ || reading_ || held_ != 0) return;
   if (prev_) prev_->next_ = next_;
   else home_->streams_ = next_;
   if (next_) next_->prev_ = prev_;

@@ -47,8 +47,10 @@
 // UNAVAILABLE, a panic INTERNAL; a status that sends nothing (the client
 // cancelled) finishes the RPC CANCELLED, which gRPC does not send to a client
 // that is gone. A clean end (the client half-closed, every reply written)
-// is OK, after every reply. The RPC's deadline (grpc-timeout) arms the
-// session's deadline: DEADLINE_EXCEEDED.
+// is OK. Whatever the status, the replies the pipeline handed to the stream
+// before its end are written first (a client that is gone gets none): a
+// reply made before a failure reaches the client. The RPC's deadline
+// (grpc-timeout) arms the session's deadline: DEADLINE_EXCEEDED.
 //
 // Misuse (a Call used after Done, Done twice) stops the process with
 // "bidistream: <function>: misuse: ..." as the C call API does; so does
@@ -65,9 +67,9 @@
 #include <functional>
 #include <memory>
 #include <new>
+#include <string>
 #include <string_view>
 #include <type_traits>
-#include <string>
 #include <utility>
 
 #include "bidistream/options.h"
@@ -99,9 +101,8 @@ class StreamBase;
 class Runtime {
  public:
   Runtime();
-  // Stops the threads if Stop() was not called. Every stream must be over
-  // (Wait() returned true): destroying a Runtime with live streams stops the
-  // process with a misuse message naming Runtime::~Runtime.
+  // Stops the threads if Stop() was not called (so every stream must be
+  // over: see Stop).
   ~Runtime();
   Runtime(const Runtime &) = delete;
   Runtime &operator=(const Runtime &) = delete;
@@ -123,9 +124,10 @@ class Runtime {
   // a second call does nothing.
   void Shutdown();
   // Waits until every stream is over and freed (the gRPC RPC done, the
-  // session released, every message and reply given back) and every
-  // Call::After timer has run, or until deadline. Returns true when nothing
-  // is left. Thread: any but a pipeline thread.
+  // session released, every message and reply given back; a Call::After
+  // timer holds its call, hence its stream), or until deadline. Returns true
+  // when nothing is left, false at the deadline. Thread: any but a pipeline
+  // thread (there: a misuse naming Runtime::Wait).
   bool Wait(std::chrono::steady_clock::time_point deadline);
   // Stops and joins the threads and destroys the pipelines. Every stream
   // must be over (Wait returned true), else a misuse naming Runtime::Stop.
@@ -257,9 +259,6 @@ class StreamBase {
   void OnEvent(int kind, bool ok);
   void OnShutdown();
 
-  // Counts a reply made on any thread, before it reaches the Sender.
-  void ReplyMade() { held_.fetch_add(1, std::memory_order_relaxed); }
-
  protected:
   // Starts a read into a fresh In; returns its payload pointer.
   virtual void *ReadStart() = 0;
@@ -297,7 +296,11 @@ class StreamBase {
   bool write_broken_ = false, drain_writes_ = false;
   uint64_t seq_ = 0;
   grpc::Status fin_;
-  std::atomic<uint64_t> held_{0};    // payloads and replies the pipeline or a write holds
+  // Payloads the pipeline holds and replies handed to us (queued or being
+  // written). A reply still on its way from a handler needs no count: it
+  // reaches home before its call's payload is released (one order per
+  // pipeline pair), and the payload keeps the stream.
+  uint64_t held_ = 0;
   StreamBase *prev_ = nullptr, *next_ = nullptr;  // the home's list of live streams
   friend class Loop;
 };
@@ -437,7 +440,6 @@ void Call<Req, Resp>::Reply(Resp resp) const {
   out->resp = std::move(resp);
   out->reply.data = out;
   out->reply.bytes = static_cast<uint32_t>(out->resp.ByteSizeLong());
-  static_cast<detail::StreamBase *>(bds_call_session_ctx(call_))->ReplyMade();
   bds_call_reply(call_, &out->reply);
 }
 
