@@ -3,7 +3,8 @@
 // gRPC C++ client over loopback. The e2e suite (e2e.grpcpp) drives the
 // example server with grpcio; these check what a library user relies on:
 // order per key, the handler's status on the wire, retries, the options
-// refused with a reason, and that every stream is freed when the RPCs end.
+// refused with a reason, a timer's work ending with its stream, and that
+// every stream is freed when the RPCs end.
 #include <criterion/criterion.h>
 #include <grpcpp/grpcpp.h>
 
@@ -191,4 +192,24 @@ Test(grpcpp, init_refuses_bad_options_and_an_unstarted_runtime_with_a_reason) {
   cr_assert_eq(m.Init(&rt, &o, nullptr, EchoAfterWork, &why), BDS_OK, "%s", why);
   cr_assert_eq(m.Init(&rt, &o, nullptr, EchoAfterWork, &why), BDS_E_INVALID, "Init twice is refused");
   rt.Stop();
+}
+
+Test(grpcpp, work_on_a_timer_ends_with_its_stream, .timeout = 120) {
+  Fixture fx(bds_default_options(), EchoAfterWork);
+  auto stub = Pipeline::NewStub(fx.channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+  auto stream = stub->Process(&ctx);
+  cr_assert(stream->Write(Make("a", 1, 3600u * 1000000u)), "the frame was not sent");  // an hour of work
+  stream->WritesDone();
+  Frame r;
+  cr_assert_not(stream->Read(&r), "a reply came for an hour of work");
+  grpc::Status st = stream->Finish();
+  cr_assert_eq(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED, "status %d", st.error_code());
+  // Runtime::After's timer ends early with its stream (its cancel check):
+  // nothing is left to wait for, an hour before the work was due.
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  cr_assert(fx.rt.Wait(until), "the stream still holds its pipeline 10 s after its deadline: %llu live",
+            static_cast<unsigned long long>(fx.rt.live_streams()));
+  fx.Stop();
 }
