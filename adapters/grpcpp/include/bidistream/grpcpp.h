@@ -113,7 +113,7 @@ class Runtime {
   // BDS_E_NOMEM with *why (if why is not NULL) set to a static line.
   // Thread: any, once, before the first stream.
   bds_status Start(uint32_t threads, const char **why);
-  // The number of pipeline threads (0 before Start).
+  // The number of pipeline threads (0 before Start). Thread: any.
   uint32_t threads() const { return n_loops_; }
 
   // Begins the graceful shutdown: every live stream drains
@@ -170,15 +170,18 @@ class Call {
  public:
   explicit Call(bds_call *call, Runtime *rt) : call_(call), rt_(rt) {}
 
-  // The request. Valid until Done; owned by the adapter.
+  // The request. Valid until Done; owned by the adapter. Thread: any,
+  // before Done.
   const Req &request() const;
-  // The ordering key the resolver gave (empty: none). Valid until Done.
+  // The ordering key the resolver gave (empty: none). Valid until Done;
+  // owned by the adapter. Thread: any, before Done.
   std::string_view key() const {
     uint32_t n;
     const void *k = bds_call_key(call_, &n);
     return std::string_view(static_cast<const char *>(k), n);
   }
   // 1 on the first attempt, then 2, ... on retries (retry.max_attempts).
+  // Thread: any, before Done.
   uint32_t attempt() const { return bds_call_attempt(call_); }
   // Whether the stream is over (cancelled, failed, past its deadline or the
   // grace period): stop long work and finish. Thread: any, before Done.
@@ -204,6 +207,7 @@ class Call {
     rt_->After(call_, delay, [self, f = std::move(fn)](bool c) { f(self, c); });
   }
 
+  // The C call (bidistream/pipeline.h), lent as the Call is. Thread: any.
   bds_call *raw() const { return call_; }
 
  private:
