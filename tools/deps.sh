@@ -9,8 +9,9 @@ pkgs=(
   libcriterion-dev spin
   python3 python3-grpcio grpc-proto nghttp2-client
   clang libclang-rt-14-dev  # libFuzzer (tools/fuzz.sh)
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # the gRPC C++ adapter (adapters/grpcpp)
 )
-[ "${BDS_DEPS_BENCH:-0}" = 1 ] && pkgs+=(gnuplot libgrpc++-dev protobuf-compiler-grpc golang-go)
+[ "${BDS_DEPS_BENCH:-0}" = 1 ] && pkgs+=(gnuplot golang-go)
 
 missing=()
 for p in "${pkgs[@]}"; do

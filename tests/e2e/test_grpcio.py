@@ -8,7 +8,12 @@ bidistreamd on 127.0.0.1 with an ephemeral port and the flags it needs, and
 checks at the end that the server exited 0 on SIGTERM without a sanitizer
 report. Prints "N passed, N failed" last.
 
-usage: test_grpcio.py PATH/TO/bidistreamd [test-name-substring]
+usage: test_grpcio.py PATH/TO/bidistreamd [test-name-substring[,substring...]]
+
+The server may also be bidistream-grpcpp (adapters/grpcpp: gRPC C++ with the
+pipeline in front), which takes bidistreamd's flags: tests/e2e/tests.cmake
+runs the groups that test the pipeline (ordering, backpressure, drain)
+against it as well.
 """
 import os
 import random
@@ -926,8 +931,9 @@ class Shutdown(unittest.TestCase):
 
 
 def run_main(module, doc):
-    """The command line of every suite built on this file: SERVER [PATTERN].
-    Prints "N passed, N failed" last; exit 0 only if something ran and nothing failed."""
+    """The command line of every suite built on this file: SERVER [PATTERN[,PATTERN...]]
+    (a test runs when its name contains any PATTERN). Prints "N passed, N
+    failed" last; exit 0 only if something ran and nothing failed."""
     global SERVER
     if len(sys.argv) < 2:
         print(doc)
@@ -935,7 +941,7 @@ def run_main(module, doc):
     SERVER = os.path.abspath(sys.argv[1])
     loader = unittest.TestLoader()
     if len(sys.argv) > 2:
-        loader.testNamePatterns = ['*%s*' % sys.argv[2]]
+        loader.testNamePatterns = ['*%s*' % p for p in sys.argv[2].split(',')]
     result = unittest.TextTestRunner(verbosity=2).run(loader.loadTestsFromModule(module))
     failed = len(result.failures) + len(result.errors)
     print('%d passed, %d failed' % (result.testsRun - failed, failed))
