@@ -110,15 +110,22 @@ static bool frame_key(const uint8_t *req, uint32_t len, const uint8_t **key, uin
 static void process_reply(bds_call *call, const frame_view *v) {
     uint32_t len;
     const uint8_t *req = bds_call_request(call, &len);
-    if (!v->extra) {
+    /* SOFT_ALLOW_SIGNAL let this message run over capacity: the client hears it. */
+    bool pressured = bds_call_pressured(call);
+    if (!v->extra && !pressured) {
         bds_call_reply_bytes(call, req, len);
     } else {
-        uint8_t *tmp = malloc(len ? len : 1);
+        uint8_t *tmp = malloc(len + 2);
         if (!tmp) {
             bds_call_done(call, BDS_RESOURCE_EXHAUSTED, "server out of memory");
             return;
         }
-        bds_call_reply_bytes(call, tmp, frame_echo(req, len, tmp));
+        uint32_t n = frame_echo(req, len, tmp);
+        if (pressured) {
+            tmp[n++] = 6 << 3; /* field 6 (pressure), varint */
+            tmp[n++] = 1;
+        }
+        bds_call_reply_bytes(call, tmp, n);
         free(tmp);
     }
     bds_call_done(call, BDS_OK, NULL);

@@ -73,8 +73,8 @@ def read_varint(b, i):
 
 def unframe(b):
     """Frame bytes -> dict(key, seq, payload, work_us, fail)."""
-    out = {'key': '', 'seq': 0, 'payload': b'', 'work_us': 0, 'fail': False}
-    names = {1: 'key', 2: 'seq', 3: 'payload', 4: 'work_us', 5: 'fail'}
+    out = {'key': '', 'seq': 0, 'payload': b'', 'work_us': 0, 'fail': False, 'pressure': False}
+    names = {1: 'key', 2: 'seq', 3: 'payload', 4: 'work_us', 5: 'fail', 6: 'pressure'}
     i = 0
     while i < len(b):
         tag, i = read_varint(b, i)
@@ -88,7 +88,7 @@ def unframe(b):
         else:
             raise ValueError('unexpected wire type')
         if f in names:
-            out[names[f]] = v.decode() if f == 1 else (bool(v) if f == 5 else v)
+            out[names[f]] = v.decode() if f == 1 else (bool(v) if f in (5, 6) else v)
     return out
 
 
@@ -363,6 +363,27 @@ def payload_len(msg, field=1):
     """Length of Payload.body inside a response's payload field."""
     p = parse_fields(msg).get(field, [b''])[0]
     return len(parse_fields(p).get(2, [b''])[0])
+
+
+class Pressure(unittest.TestCase):
+    """SOFT_ALLOW_SIGNAL: a message admitted over capacity runs, and its reply says so (Frame.pressure)."""
+
+    def test_soft_allow_signal_reaches_the_client(self):
+        srv = Server('--shards', '2', '--inbound-policy', 'soft-allow-signal', '--inbound-capacity', '2')
+        try:
+            with srv.channel() as ch:
+                # 8 keys at once, each 200 ms of work: 2 fit the capacity, the rest run over it.
+                reqs = [frame('k%d' % i, i + 1, b'p', work_us=200000) for i in range(8)]
+                got = [unframe(r) for r in process(ch)(iter(reqs), timeout=30)]
+                self.assertEqual(sorted(g['seq'] for g in got), list(range(1, 9)), 'every message ran')
+                over = [g['seq'] for g in got if g['pressure']]
+                self.assertGreaterEqual(len(over), 1, 'some replies carry pressure: %r' % got)
+                self.assertLessEqual(len(over), 6, 'at least the capacity ran without it: %r' % over)
+                # One message at a time never exceeds it: no pressure.
+                got = [unframe(r) for r in process(ch)(iter([frame('a', 1, b'x')]), timeout=10)]
+                self.assertFalse(got[0]['pressure'])
+        finally:
+            self.assertEqual(srv.stop(), 0)
 
 
 class Metrics(unittest.TestCase):
