@@ -298,6 +298,30 @@ static void secret_handler(bds_call *call, void *ctx) {
     bds_call_done(call, BDS_OK, NULL);
 }
 
+/* ---- /test.Api/Retry: retries of retryable failures, replies sent once --------------- */
+
+/* "flaky": replies, then fails UNAVAILABLE on its first attempt (retried: its
+ * reply is held and dropped), succeeds on the second. "bad": replies, then
+ * fails INVALID_ARGUMENT (not retryable: no second attempt). */
+static void retry_handler(bds_call *call, void *ctx) {
+    (void)ctx;
+    uint32_t len;
+    const uint8_t *req = bds_call_request(call, &len);
+    char out[64];
+    snprintf(out, sizeof out, "%.*s attempt %u", (int)(len < 32 ? len : 32), (const char *)req, bds_call_attempt(call));
+    reply_str(call, out);
+    event("retry %s", out);
+    if (starts(req, len, "flaky") && bds_call_attempt(call) == 1) {
+        bds_call_done(call, BDS_UNAVAILABLE, "transient");
+        return;
+    }
+    if (starts(req, len, "bad")) {
+        bds_call_done(call, BDS_INVALID_ARGUMENT, "bad request");
+        return;
+    }
+    bds_call_done(call, BDS_OK, NULL);
+}
+
 /* ---- /test.Api/Events and /test.Api/Stats ------------------------------------------ */
 
 static bds_server *server;
@@ -390,6 +414,10 @@ int main(int argc, char **argv) {
     static const bds_interceptor *const auth_list[] = {&auth};
     add(&(bds_method){.size = sizeof(bds_method), .path = "/test.Api/Secret", .handler = secret_handler,
                       .interceptors = auth_list, .n_interceptors = 1});
+    bds_options retry = cfg.options;
+    retry.retry.max_attempts = 3;
+    add(&(bds_method){.size = sizeof(bds_method), .path = "/test.Api/Retry", .handler = retry_handler,
+                      .options = &retry});
     add(&(bds_method){.size = sizeof(bds_method), .path = "/test.Api/Events", .handler = events_handler,
                       .kind = BDS_METHOD_UNARY});
     add(&(bds_method){.size = sizeof(bds_method), .path = "/test.Api/Stats", .handler = stats_handler,

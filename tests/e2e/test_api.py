@@ -281,6 +281,31 @@ class Kinds(unittest.TestCase):
             self.assertEqual(ch.unary_unary('/test.Api/Unary', **ident)(b'one', timeout=10), b'one')
 
 
+class Retries(unittest.TestCase):
+    def test_retryable_failure_is_retried_and_answered_once(self):
+        with chan() as ch:
+            events(ch)
+            call, replies = bidi(ch, '/test.Api/Retry', [b'flaky-1', b'fine', b'flaky-2'])
+            self.assertEqual(call.code(), grpc.StatusCode.OK)
+            self.assertEqual(replies, [b'flaky-1 attempt 2', b'fine attempt 1', b'flaky-2 attempt 2'],
+                             'the failed attempts\' replies are never sent')
+            log = wait_event(ch, r'^retry flaky-2 attempt 2')
+            self.assertIn('retry flaky-1 attempt 1', log, 'the first attempt ran and replied')
+
+    def test_a_non_retryable_failure_is_not_retried(self):
+        with chan() as ch:
+            events(ch)
+            call = ch.stream_stream('/test.Api/Retry', **ident)(iter([b'bad']), timeout=10)
+            replies = []
+            with self.assertRaises(grpc.RpcError) as e:
+                for r in call:
+                    replies.append(r)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertEqual(replies, [], 'the failed attempt\'s reply is dropped')
+            log = wait_event(ch, r'^retry bad attempt 1')
+            self.assertNotIn('bad attempt 2', log)
+
+
 class Interceptors(unittest.TestCase):
     def test_auth_interceptor_refuses_before_the_first_message(self):
         with chan() as ch:
