@@ -10,6 +10,11 @@
 #                                 list.h: what bds_base_internal provides);
 #                                 never io/, never liburing
 #   io/                           anything below it, never tools/
+#   tools/ (but bds.c)            bidistreamd and example_server: the public
+#                                 headers and their own only (the API's first users)
+#   tools/bds.c                   the client: public headers, proto/ and core's base
+#   services/, examples/          (when present) the public headers, the
+#                                 generated messages and their own only
 #
 # A quoted include is looked up where the build finds it (the including file's
 # folder first, then each layer's folder); one found nowhere is an error too,
@@ -38,7 +43,7 @@ resolve() { # including-file include
     echo proto-gen && return # generated into the build tree from proto/*.proto and grpc-proto
   fi
   local d path
-  for d in "$dir" core proto io tools; do
+  for d in "$dir" core proto io tools; do # an application's includes resolve in "$dir"
     if [ -f "$d/$inc" ]; then
       path=$(realpath -m --relative-to=. "$d/$inc") # "../" cannot hide where it points
       case $path in
@@ -48,6 +53,7 @@ resolve() { # including-file include
         proto/*) echo proto ;;
         io/*) echo io ;;
         tools/*) echo tools ;;
+        services/* | examples/*) echo app ;;
         *) echo "" ;;
       esac
       return
@@ -90,14 +96,22 @@ core_files=()
 for f in core/*.c core/*.h; do core_files+=("$f"); done
 proto_files=(proto/*.c proto/*.h)
 io_files=(io/*.c io/*.h)
+tool_files=()
+for f in tools/*.c tools/*.h; do [ "$f" = tools/bds.c ] || tool_files+=("$f"); done
+app_files=()
+for f in services/*.c services/*.h examples/*.c examples/*.h examples/*/*.c examples/*/*.h; do app_files+=("$f"); done
 
 check "a public header" "core-public" '^(liburing|nghttp2|protobuf-c)' "${public_headers[@]}"
 check "core/" "core-public core-base core" '^(liburing|nghttp2|protobuf-c)' "${core_files[@]}"
 check "proto/" "core-public core-base proto proto-gen" '^liburing' "${proto_files[@]}"
 check "io/" "core-public core-base core proto proto-gen io" '' "${io_files[@]}"
+check "tools/" "core-public tools" '^(liburing|nghttp2|protobuf-c)' "${tool_files[@]}"
+check "tools/bds.c" "core-public core-base proto proto-gen tools" '^liburing' tools/bds.c
+check "an application (services/, examples/)" "core-public proto-gen app" '^(liburing|nghttp2)' "${app_files[@]}"
 
 if [ "$violations" -gt 0 ]; then
   echo "layering: $violations violation(s)"
   exit 1
 fi
-echo "layering: ok (${#public_headers[@]} public headers, ${#core_files[@]} core, ${#proto_files[@]} proto, ${#io_files[@]} io files)"
+echo "layering: ok (${#public_headers[@]} public headers, ${#core_files[@]} core, ${#proto_files[@]} proto," \
+  "${#io_files[@]} io, $((${#tool_files[@]} + 1)) tools, ${#app_files[@]} application files)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/tools/layering_catches.sh SOURCE-ROOT — tools/layering.sh fails on
-# each kind of include that points up or sideways: a copy of core/, proto/ and
-# io/ passes, then each violation below is planted alone in a fresh copy and
+# each kind of include that points up or sideways: a copy of core/, proto/,
+# io/, tools/ and an application in examples/ passes, then each violation below is planted alone in a fresh copy and
 # must fail the check with a line naming the file. Exit 0 when every case
 # behaves, 1 otherwise (each failure says which case).
 set -uo pipefail
@@ -14,7 +14,10 @@ fresh() {
   rm -rf "$work/tree"
   mkdir -p "$work/tree/tools"
   cp -r "$src/core" "$src/proto" "$src/io" "$work/tree/"
-  cp "$src/tools/layering.sh" "$work/tree/tools/"
+  cp "$src"/tools/*.sh "$src"/tools/*.c "$src"/tools/*.h "$work/tree/tools/"
+  mkdir -p "$work/tree/examples" # an application, written against the public API
+  printf '#include "bidistream/server.h"\n#include "pipeline.pb-c.h"\nint main(void) { return 0; }\n' \
+    >"$work/tree/examples/app.c"
 }
 
 # plant FILE LINE EXPECT: adds the #include LINE at the top of FILE and expects
@@ -52,6 +55,10 @@ plant core/include/bidistream/status.h '#include "base.h"' 'from core-base'
 plant core/include/bidistream/options.h '#include "pipeline_int.h"' 'from core '
 plant core/include/bidistream/pipeline.h '#include <liburing.h>' '<liburing.h>'
 plant io/net.c '#include "nowhere.h"' 'found in no layer'
+plant tools/bidistreamd.c '#include "server_int.h"' 'from io'
+plant tools/bidistreamd.c '#include "grpc_wire.h"' 'from proto'
+plant tools/bds.c '#include "shard.h"' 'from io'
+plant examples/app.c '#include "base.h"' 'from core-base'
 
 if [ "$failures" -gt 0 ]; then
   echo "layering_catches: $failures case(s) failed"
