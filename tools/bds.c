@@ -574,8 +574,8 @@ static bool call_start(call *c) {
                                    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 20}};
     if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 2) != 0) return false;
     nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 16 << 20);
-    char timeout[32] = "";
-    if (c->o->timeout_ms >= 0) snprintf(timeout, sizeof timeout, "%" PRId64 "m", c->o->timeout_ms);
+    char timeout[10] = "";
+    if (c->o->timeout_ms >= 0) bds__grpc_timeout_format((uint64_t)c->o->timeout_ms * 1000000u, timeout);
     nghttp2_nv nva[] = {
         nv(":method", "POST"), nv(":scheme", "http"), nv(":path", call_path(c->o->cmd)),
         nv(":authority", c->o->addr), nv("content-type", "application/grpc"), nv("te", "trailers"),
