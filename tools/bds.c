@@ -320,18 +320,19 @@ static bool next_request(call *c) {
         h.service = (char *)o->service;
         n = grpc__health__v1__health_check_request__get_packed_size(&h);
     }
-    if (!out_reserve(c, 5 + n)) {
+    if (!out_reserve(c, BDS_GRPC_PREFIX_BYTES + n)) {
         call_fail(c, BDS_RESOURCE_EXHAUSTED, "bds: out of memory for request %" PRIu32, c->produced + 1);
         return false;
     }
     bds__grpc_frame_prefix(c->out, false, (uint32_t)n);
-    size_t packed = o->cmd == CMD_PROCESS ? bidistream__v1__frame__pack(&f, c->out + 5)
-                                          : grpc__health__v1__health_check_request__pack(&h, c->out + 5);
+    uint8_t *body = c->out + BDS_GRPC_PREFIX_BYTES;
+    size_t packed = o->cmd == CMD_PROCESS ? bidistream__v1__frame__pack(&f, body)
+                                          : grpc__health__v1__health_check_request__pack(&h, body);
     if (packed != n) {
         call_fail(c, BDS_INTERNAL, "bds: protobuf-c packed %zu bytes of %zu", packed, n);
         return false;
     }
-    c->out_len = 5 + n;
+    c->out_len = BDS_GRPC_PREFIX_BYTES + n;
     c->out_off = 0;
     c->produced++;
     return true;
