@@ -606,8 +606,8 @@ static bool call_step(call *c, int64_t deadline) {
     if (deadline >= 0) {
         int64_t left = deadline - now_ms();
         if (left <= 0) {
-            call_fail(c, BDS_DEADLINE_EXCEEDED, "bds: deadline of %" PRId64 "ms passed before the server ended the call",
-                      c->o->timeout_ms);
+            call_fail(c, BDS_DEADLINE_EXCEEDED,
+                      "bds: deadline of %" PRId64 "ms passed before the server ended the call", c->o->timeout_ms);
             nghttp2_session_send(c->h2); /* the RST_STREAM, best effort */
             return false;
         }
