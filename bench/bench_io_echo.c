@@ -293,12 +293,12 @@ typedef struct load {
 
 static void run_load(load *L) {
     pin(cpus[1]);
-    int fr = BDS_FRAME_PREFIX + payload;
+    int fr = BDS_GRPC_PREFIX_BYTES + payload;
     int fds[64];
     uint32_t inflight[64] = {0}, partial[64] = {0};
     char *wbuf = calloc((size_t)window, (size_t)fr), *rbuf = malloc(1 << 20);
     for (int i = 0; i < window; i++)
-        bds__frame_prefix((uint8_t *)wbuf + (size_t)i * (size_t)fr, 0, (uint32_t)payload);
+        bds__grpc_frame_prefix((uint8_t *)wbuf + (size_t)i * (size_t)fr, false, (uint32_t)payload);
     struct pollfd pf[64];
     for (int i = 0; i < conns; i++) {
         fds[i] = socket(AF_INET, SOCK_STREAM, 0);

@@ -47,6 +47,7 @@
 #include <liburing.h>
 
 #include "base.h"
+#include "list.h"
 #include "net.h"
 
 #include "log.h"
@@ -88,7 +89,7 @@ struct bds_conn {
     struct iovec iov[NET_IOV_MAX];
     bds_conn_callbacks cb;
     void *ctx;
-    bds_conn *prev, *next;   /* net's connection list */
+    bds__dlist link;         /* on net's connection list */
 };
 
 struct bds_listener {
@@ -100,15 +101,15 @@ struct bds_listener {
     bds_timer backoff;
     bds_on_accept_fn fn;
     void *ctx;
-    bds_listener *prev, *next;
+    bds__dlist link;         /* on net's listener list */
 };
 
 struct bds_net {
     bds_shard *shard;
     bds_net_config cfg;
     net_chunk *free_chunks;
-    bds_conn *conns;
-    bds_listener *listeners;
+    bds__dlist conns;        /* bds_conn.link */
+    bds__dlist listeners;    /* bds_listener.link */
     uint32_t live;
     uint32_t conns_open;     /* connections not yet freed */
     bool shedding_max, shedding_fds; /* in a shedding episode: its line is logged */
@@ -127,6 +128,8 @@ bds_net *bds__net_create(bds_shard *s, const bds_net_config *cfg) {
         return NULL;
     n->shard = s;
     n->cfg = *cfg;
+    bds__dlist_init(&n->conns);
+    bds__dlist_init(&n->listeners);
     BDS_ASSERT(n->cfg.out_segs >= 2 && n->cfg.chunk_bytes >= 64);
     return n;
 }
@@ -149,10 +152,11 @@ const bds_net_stats *bds__net_stats(const bds_net *n) { return &n->stats; }
 bds_shard *bds__net_shard(const bds_net *n) { return n->shard; }
 
 void bds__net_close_all(bds_net *n) {
-    for (bds_listener *l = n->listeners; l; l = l->next)
-        bds__listener_close(l);
-    for (bds_conn *c = n->conns; c; c = c->next)
-        bds__conn_close(c, 0);
+    bds__dlist *it, *nx;
+    BDS_DLIST_FOREACH_SAFE(it, nx, &n->listeners)
+        bds__listener_close(BDS_DLIST_ENTRY(it, bds_listener, link));
+    BDS_DLIST_FOREACH_SAFE(it, nx, &n->conns)
+        bds__conn_close(BDS_DLIST_ENTRY(it, bds_conn, link), 0);
 }
 
 /* ---- chunks ----------------------------------------------------------------- */
@@ -312,10 +316,8 @@ static bds_conn *conn_new(bds_net *n, int fd) {
     bds__op_init(&c->recv_cancel, BDS_OP_CANCEL, -1, conn_on_cancel, c);
     bds__op_init(&c->send_cancel, BDS_OP_CANCEL, -1, conn_on_cancel, c);
     bds__op_init(&c->close_op, BDS_OP_CLOSE, fd, conn_on_close, c);
-    c->next = n->conns;
-    if (n->conns)
-        n->conns->prev = c;
-    n->conns = c;
+    bds__dlist_init(&c->link);
+    bds__dlist_insert_head(&n->conns, &c->link);
     n->live++;
     n->conns_open++;
     return c;
@@ -325,12 +327,7 @@ static void conn_free(bds_conn *c) {
     bds_net *n = c->net;
     BDS_ASSERT(c->state == CONN_CLOSED && c->seg_n == 0 && !c->flusher._queued);
     BDS_ASSERT(!bds__op_busy(&c->recv_op) && !bds__op_busy(&c->send_op) && !bds__op_busy(&c->close_op));
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        n->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    bds__dlist_unlink(&c->link);
     n->live--;
     n->conns_open--;
     n->stats.closed++;
@@ -620,10 +617,8 @@ bds_status bds__listener_start(bds_net *n, int listen_fd, bds_on_accept_fn fn, v
     bds__op_init(&l->accept_op, BDS_OP_ACCEPT, listen_fd, listener_on_accept, l);
     bds__op_init(&l->cancel_op, BDS_OP_CANCEL, -1, listener_on_cancel, l);
     bds__timer_init(&l->backoff, listener_on_backoff, l);
-    l->next = n->listeners;
-    if (n->listeners)
-        n->listeners->prev = l;
-    n->listeners = l;
+    bds__dlist_init(&l->link);
+    bds__dlist_insert_head(&n->listeners, &l->link);
     n->live++;
     bds__op_submit(n->shard, &l->accept_op);
     if (out)
@@ -639,12 +634,7 @@ static void listener_maybe_free(bds_listener *l) {
     close(l->fd); /* no op references it any more */
     if (l->spare_fd >= 0)
         close(l->spare_fd);
-    if (l->prev)
-        l->prev->next = l->next;
-    else
-        n->listeners = l->next;
-    if (l->next)
-        l->next->prev = l->prev;
+    bds__dlist_unlink(&l->link);
     n->live--;
     free(l);
 }

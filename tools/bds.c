@@ -8,10 +8,13 @@
  * Design: one call per run over one h2c connection. A non-blocking socket and
  * poll() drive an nghttp2 client session; requests are produced lazily by the
  * DATA provider (so --count 10000000 needs no memory up front and HTTP/2 flow
- * control paces us), replies are reassembled from DATA chunks into gRPC
- * Length-Prefixed-Messages and decoded with protobuf-c (bds_proto's generated
- * bidistream.v1.Frame and grpc.health.v1 messages). Nothing here is specific
- * to bidistreamd: it speaks plain gRPC and works against any server.
+ * control paces us), replies are cut from DATA chunks into gRPC
+ * Length-Prefixed-Messages by proto's deframer (the one the server uses) and
+ * decoded with protobuf-c (bds_proto's generated bidistream.v1.Frame and
+ * grpc.health.v1 messages); statuses are the library's (bidistream/status.h)
+ * and grpc-message is decoded by proto's bds__grpc_percent_decode. Nothing
+ * here is specific to bidistreamd: it speaks plain gRPC and works against any
+ * server.
  *
  * Output (stdout, one line each, flushed per line): "reply key=K seq=N
  * payload=P" per Frame, the health status names, and last "status OK" or
@@ -22,8 +25,9 @@
  * Exit status: 0 the call ended OK (health: and the status is SERVING),
  * 1 any other outcome, including an unreachable server, 2 bad usage.
  *
- * Memory: the receive buffer grows up to one message (at most
- * BDS_CLIENT_MESSAGE_MAX); the send buffer holds one encoded request. */
+ * Memory: the deframer holds at most the reply being received, when it is
+ * split across DATA frames (at most BDS_CLIENT_MESSAGE_MAX, growing as its
+ * bytes arrive); the send buffer holds one encoded request. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -43,7 +47,10 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include "bidistream/status.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "grpc_frame.h"
+#include "grpc_wire.h"
 #include "pipeline.pb-c.h"
 
 #define BDS_CLIENT_VERSION "0.1.0"
@@ -211,35 +218,34 @@ static int cli_parse(int argc, char **argv, cli *c) {
 
 /* ---- gRPC status ------------------------------------------------------------------------- */
 
-static const char *const status_names[] = {
-    "OK",        "CANCELLED",      "UNKNOWN",   "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
-};
+/* Statuses are the library's (bidistream/status.h): values 0..16 are the gRPC
+ * codes, and bds_status_name names them. */
 
-enum { ST_OK = 0, ST_CANCELLED = 1, ST_UNKNOWN = 2, ST_DEADLINE = 4, ST_PERMISSION = 7, ST_EXHAUSTED = 8,
-       ST_UNIMPLEMENTED = 12, ST_INTERNAL = 13, ST_UNAVAILABLE = 14, ST_UNAUTHENTICATED = 16 };
+/* The name of a gRPC status code as received: anything outside 0..16 is UNKNOWN. */
+static const char *status_name(int code) {
+    return code >= BDS_OK && code <= BDS_UNAUTHENTICATED ? bds_status_name((bds_status)code) : "UNKNOWN";
+}
 
 /* gRPC doc/http-grpc-status-mapping.md: a response without grpc-status. */
 static int status_from_http(int http) {
     switch (http) {
-    case 400: return ST_INTERNAL;
-    case 401: return ST_UNAUTHENTICATED;
-    case 403: return ST_PERMISSION;
-    case 404: return ST_UNIMPLEMENTED;
-    case 429: case 502: case 503: case 504: return ST_UNAVAILABLE;
-    default: return ST_UNKNOWN;
+    case 400: return BDS_INTERNAL;
+    case 401: return BDS_UNAUTHENTICATED;
+    case 403: return BDS_PERMISSION_DENIED;
+    case 404: return BDS_UNIMPLEMENTED;
+    case 429: case 502: case 503: case 504: return BDS_UNAVAILABLE;
+    default: return BDS_UNKNOWN;
     }
 }
 
 /* gRPC PROTOCOL-HTTP2: RST_STREAM error codes seen by a client. */
 static int status_from_rst(uint32_t code) {
     switch (code) {
-    case NGHTTP2_REFUSED_STREAM: return ST_UNAVAILABLE;
-    case NGHTTP2_CANCEL: return ST_CANCELLED;
-    case NGHTTP2_ENHANCE_YOUR_CALM: return ST_EXHAUSTED;
-    case NGHTTP2_INADEQUATE_SECURITY: return ST_PERMISSION;
-    default: return ST_INTERNAL;
+    case NGHTTP2_REFUSED_STREAM: return BDS_UNAVAILABLE;
+    case NGHTTP2_CANCEL: return BDS_CANCELLED;
+    case NGHTTP2_ENHANCE_YOUR_CALM: return BDS_RESOURCE_EXHAUSTED;
+    case NGHTTP2_INADEQUATE_SECURITY: return BDS_PERMISSION_DENIED;
+    default: return BDS_INTERNAL;
     }
 }
 
@@ -254,9 +260,8 @@ typedef struct call {
     uint8_t *out;
     size_t out_len, out_off, out_cap;
     uint32_t produced;      /* requests encoded so far */
-    /* Incoming: bytes of the current, incomplete gRPC message. */
-    uint8_t *in;
-    size_t in_len, in_cap;
+    /* Incoming: replies cut into gRPC messages (proto's deframer: the server's). */
+    bds__grpc_deframer deframer;
     uint32_t replies;
     int health;             /* last health status, -1 none */
     /* Outcome. */
@@ -315,23 +320,19 @@ static bool next_request(call *c) {
         h.service = (char *)o->service;
         n = grpc__health__v1__health_check_request__get_packed_size(&h);
     }
-    if (!out_reserve(c, 5 + n)) {
-        call_fail(c, ST_EXHAUSTED, "bds: out of memory for request %" PRIu32, c->produced + 1);
+    if (!out_reserve(c, BDS_GRPC_PREFIX_BYTES + n)) {
+        call_fail(c, BDS_RESOURCE_EXHAUSTED, "bds: out of memory for request %" PRIu32, c->produced + 1);
         return false;
     }
-    /* gRPC PROTOCOL-HTTP2: Compressed-Flag (0), Message-Length (4 bytes, big endian), Message. */
-    c->out[0] = 0;
-    c->out[1] = (uint8_t)(n >> 24);
-    c->out[2] = (uint8_t)(n >> 16);
-    c->out[3] = (uint8_t)(n >> 8);
-    c->out[4] = (uint8_t)n;
-    size_t packed = o->cmd == CMD_PROCESS ? bidistream__v1__frame__pack(&f, c->out + 5)
-                                          : grpc__health__v1__health_check_request__pack(&h, c->out + 5);
+    bds__grpc_frame_prefix(c->out, false, (uint32_t)n);
+    uint8_t *body = c->out + BDS_GRPC_PREFIX_BYTES;
+    size_t packed = o->cmd == CMD_PROCESS ? bidistream__v1__frame__pack(&f, body)
+                                          : grpc__health__v1__health_check_request__pack(&h, body);
     if (packed != n) {
-        call_fail(c, ST_INTERNAL, "bds: protobuf-c packed %zu bytes of %zu", packed, n);
+        call_fail(c, BDS_INTERNAL, "bds: protobuf-c packed %zu bytes of %zu", packed, n);
         return false;
     }
-    c->out_len = 5 + n;
+    c->out_len = BDS_GRPC_PREFIX_BYTES + n;
     c->out_off = 0;
     c->produced++;
     return true;
@@ -375,7 +376,7 @@ static void on_message(call *c, const uint8_t *msg, size_t len) {
     if (c->o->cmd == CMD_PROCESS) {
         Bidistream__V1__Frame *f = bidistream__v1__frame__unpack(NULL, len, msg);
         if (!f) {
-            call_fail(c, ST_INTERNAL, "bds: reply %" PRIu32 " is not a bidistream.v1.Frame", c->replies);
+            call_fail(c, BDS_INTERNAL, "bds: reply %" PRIu32 " is not a bidistream.v1.Frame", c->replies);
             return;
         }
         fputs("reply key=", stdout);
@@ -388,7 +389,7 @@ static void on_message(call *c, const uint8_t *msg, size_t len) {
     }
     Grpc__Health__V1__HealthCheckResponse *h = grpc__health__v1__health_check_response__unpack(NULL, len, msg);
     if (!h) {
-        call_fail(c, ST_INTERNAL, "bds: reply is not a grpc.health.v1.HealthCheckResponse");
+        call_fail(c, BDS_INTERNAL, "bds: reply is not a grpc.health.v1.HealthCheckResponse");
         return;
     }
     c->health = (int)h->status;
@@ -396,67 +397,25 @@ static void on_message(call *c, const uint8_t *msg, size_t len) {
     grpc__health__v1__health_check_response__free_unpacked(h, NULL);
 }
 
-/* Splits c->in into whole messages. */
-static void drain_messages(call *c) {
-    size_t off = 0;
-    while (c->local_status < 0 && c->in_len - off >= 5) {
-        const uint8_t *p = c->in + off;
-        uint32_t n = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
-        if (p[0] != 0) {
-            call_fail(c, ST_INTERNAL, "bds: compressed reply, but no grpc-encoding was offered");
-            break;
-        }
-        if (n > BDS_CLIENT_MESSAGE_MAX) {
-            call_fail(c, ST_EXHAUSTED, "bds: reply of %" PRIu32 " bytes is over the client's limit", n);
-            break;
-        }
-        if (c->in_len - off < 5 + (size_t)n) break;
-        on_message(c, p + 5, n);
-        off += 5 + (size_t)n;
-    }
-    memmove(c->in, c->in + off, c->in_len - off);
-    c->in_len -= off;
-}
-
 static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags, int32_t stream_id, const uint8_t *data,
                               size_t len, void *user_data) {
     (void)session, (void)flags;
     call *c = user_data;
-    if (stream_id != c->stream_id || c->local_status >= 0) return 0;
-    if (c->in_len + len > c->in_cap) {
-        size_t cap = c->in_cap ? c->in_cap : 4096;
-        while (cap < c->in_len + len) cap *= 2;
-        if (cap > BDS_CLIENT_MESSAGE_MAX + 5 + 65536) cap = BDS_CLIENT_MESSAGE_MAX + 5 + 65536;
-        uint8_t *p = cap >= c->in_len + len ? realloc(c->in, cap) : NULL;
-        if (!p) {
-            call_fail(c, ST_EXHAUSTED, "bds: out of memory for a reply");
-            return 0;
+    if (stream_id != c->stream_id) return 0;
+    while (len > 0 && c->local_status < 0) {
+        bds__grpc_ev ev;
+        size_t used = bds__grpc_deframe(&c->deframer, data, len, &ev);
+        data += used;
+        len -= used;
+        if (ev.kind == BDS__GRPC_EV_MESSAGE) {
+            on_message(c, ev.data, ev.len);
+        } else if (ev.kind == BDS__GRPC_EV_ERROR && ev.status == BDS_RESOURCE_EXHAUSTED) {
+            call_fail(c, BDS_RESOURCE_EXHAUSTED, "bds: reply of %" PRIu32 " bytes is over the client's limit", ev.len);
+        } else if (ev.kind == BDS__GRPC_EV_ERROR) {
+            call_fail(c, bds_status_grpc(ev.status), "bds: bad reply: %s", ev.reason);
         }
-        c->in = p;
-        c->in_cap = cap;
     }
-    memcpy(c->in + c->in_len, data, len);
-    c->in_len += len;
-    drain_messages(c);
     return 0;
-}
-
-/* grpc-message is percent-encoded (gRPC PROTOCOL-HTTP2: Status-Message). */
-static void percent_decode(const uint8_t *v, size_t n, char *out, size_t cap) {
-    size_t j = 0;
-    for (size_t i = 0; i < n && j + 1 < cap; i++) {
-        if (v[i] == '%' && i + 2 < n) {
-            char hex[3] = {(char)v[i + 1], (char)v[i + 2], 0}, *end;
-            unsigned long x = strtoul(hex, &end, 16);
-            if (end == hex + 2 && hex[0] != '-' && hex[0] != '+' && hex[0] != ' ') {
-                out[j++] = (char)x;
-                i += 2;
-                continue;
-            }
-        }
-        out[j++] = (char)v[i];
-    }
-    out[j] = 0;
 }
 
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
@@ -476,9 +435,12 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
             ok = value[i] >= '0' && value[i] <= '9';
             s = s * 10 + (value[i] - '0');
         }
-        c->grpc_status = ok ? s : ST_UNKNOWN;
+        c->grpc_status = ok ? s : BDS_UNKNOWN;
     } else if (namelen == 12 && !memcmp(name, "grpc-message", 12)) {
-        percent_decode(value, valuelen, c->grpc_message, sizeof c->grpc_message);
+        /* Percent-encoded (gRPC PROTOCOL-HTTP2: Status-Message); decoding never lengthens it. */
+        size_t n = valuelen < sizeof c->grpc_message - 1 ? valuelen : sizeof c->grpc_message - 1;
+        n = bds__grpc_percent_decode((const char *)value, n, (uint8_t *)c->grpc_message);
+        c->grpc_message[n] = 0;
     }
     return 0;
 }
@@ -613,8 +575,8 @@ static bool call_start(call *c) {
                                    {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 20}};
     if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 2) != 0) return false;
     nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 16 << 20);
-    char timeout[32] = "";
-    if (c->o->timeout_ms >= 0) snprintf(timeout, sizeof timeout, "%" PRId64 "m", c->o->timeout_ms);
+    char timeout[10] = "";
+    if (c->o->timeout_ms >= 0) bds__grpc_timeout_format((uint64_t)c->o->timeout_ms * 1000000u, timeout);
     nghttp2_nv nva[] = {
         nv(":method", "POST"), nv(":scheme", "http"), nv(":path", call_path(c->o->cmd)),
         nv(":authority", c->o->addr), nv("content-type", "application/grpc"), nv("te", "trailers"),
@@ -636,7 +598,7 @@ static bool call_step(call *c, int64_t deadline) {
     if (c->closed) return false;
     if (!nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2)) {
         /* nghttp2 ended the session (a protocol error, or GOAWAY handled) before our stream closed. */
-        call_fail(c, ST_UNAVAILABLE, "bds: the HTTP/2 session with %s ended before the call did%s", c->o->addr,
+        call_fail(c, BDS_UNAVAILABLE, "bds: the HTTP/2 session with %s ended before the call did%s", c->o->addr,
                   c->goaway ? " (GOAWAY)" : " (not a gRPC server?)");
         return false;
     }
@@ -644,8 +606,8 @@ static bool call_step(call *c, int64_t deadline) {
     if (deadline >= 0) {
         int64_t left = deadline - now_ms();
         if (left <= 0) {
-            call_fail(c, ST_DEADLINE, "bds: deadline of %" PRId64 "ms passed before the server ended the call",
-                      c->o->timeout_ms);
+            call_fail(c, BDS_DEADLINE_EXCEEDED,
+                      "bds: deadline of %" PRId64 "ms passed before the server ended the call", c->o->timeout_ms);
             nghttp2_session_send(c->h2); /* the RST_STREAM, best effort */
             return false;
         }
@@ -663,7 +625,7 @@ static bool call_step(call *c, int64_t deadline) {
     }
     ssize_t used = nghttp2_session_mem_recv(c->h2, buf, (size_t)n);
     if (used < 0) {
-        call_fail(c, ST_UNAVAILABLE, "bds: %s is not speaking HTTP/2 as a gRPC server would (%s)", c->o->addr,
+        call_fail(c, BDS_UNAVAILABLE, "bds: %s is not speaking HTTP/2 as a gRPC server would (%s)", c->o->addr,
                   nghttp2_strerror((int)used));
         return false;
     }
@@ -688,14 +650,14 @@ static int call_outcome(const call *c, const char **msg) {
     }
     if (c->goaway) {
         *msg = "the server went away (GOAWAY) before the call started";
-        return ST_UNAVAILABLE;
+        return BDS_UNAVAILABLE;
     }
     if (c->conn_closed) {
         *msg = "connection closed before the call ended";
-        return ST_UNAVAILABLE;
+        return BDS_UNAVAILABLE;
     }
     *msg = "the call ended without a grpc-status";
-    return ST_UNKNOWN;
+    return BDS_UNKNOWN;
 }
 
 static int call_run(const cli *o, int fd) {
@@ -706,7 +668,8 @@ static int call_run(const cli *o, int fd) {
     c.health = -1;
     c.grpc_status = -1;
     c.local_status = -1;
-    if (!call_start(&c)) call_fail(&c, ST_INTERNAL, "bds: cannot start an HTTP/2 session");
+    bds__grpc_deframer_init(&c.deframer, BDS_CLIENT_MESSAGE_MAX, false, NULL);
+    if (!call_start(&c)) call_fail(&c, BDS_INTERNAL, "bds: cannot start an HTTP/2 session");
     int64_t deadline = o->timeout_ms >= 0 ? now_ms() + o->timeout_ms : -1;
     while (c.local_status < 0 && call_step(&c, deadline)) {}
     /* Leave politely (GOAWAY), best effort: the socket closes right after. */
@@ -716,18 +679,18 @@ static int call_run(const cli *o, int fd) {
     }
     const char *msg;
     int st = call_outcome(&c, &msg);
-    int rc = st == ST_OK ? 0 : 1;
-    if (st == ST_OK && o->cmd == CMD_HEALTH) {
+    int rc = st == BDS_OK ? 0 : 1;
+    if (st == BDS_OK && o->cmd == CMD_HEALTH) {
         printf("%s\n", health_name(c.health));
         rc = c.health == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING ? 0 : 1;
-    } else if (st == ST_OK) {
+    } else if (st == BDS_OK) {
         printf("status OK\n");
     } else {
-        printf("status %s: %s\n", st >= 0 && st <= 16 ? status_names[st] : "UNKNOWN", msg[0] ? msg : "(no message)");
+        printf("status %s: %s\n", status_name(st), msg[0] ? msg : "(no message)");
     }
     nghttp2_session_del(c.h2);
     free(c.out);
-    free(c.in);
+    bds__grpc_deframer_deinit(&c.deframer);
     return rc;
 }
 

@@ -5,7 +5,9 @@
 #   2. TSan build, the concurrent tests (ctest -L tsan);
 #   3. release build, installed to a staging prefix, and an outside project
 #      built against it with find_package(bidistream) and with pkg-config;
-#   4. the layering check (core/ and proto/ never include liburing);
+#   4. the layering check (tools/layering.sh: no include points up: core/
+#      never includes proto/ or io/, proto/ never io/ nor core's pipeline,
+#      public headers nothing internal, core/ and proto/ never liburing);
 #   5. every libFuzzer target for a short while (tools/fuzz.sh, 20 s each by
 #      default: BDS_TEST_FUZZ_SECONDS, at most 30), replaying every crash found so far.
 # Usage: tools/test.sh        (BDS_TEST_SKIP_TSAN=1 skips step 2 for a quick local run)
@@ -36,11 +38,11 @@ run_ctest() { # dir, extra ctest args...
 }
 
 status=0
-echo "== layering: core/ and proto/ must not include liburing"
-if grep -rnE '#include[[:space:]]*[<"]liburing' core proto; then
-  echo "layering violation"; failed=$((failed + 1)); status=1
-else
+echo "== layering: no include points up (tools/layering.sh)"
+if bash tools/layering.sh; then
   passed=$((passed + 1))
+else
+  failed=$((failed + 1)); status=1
 fi
 
 echo "== ASan+UBSan build: all tests"
@@ -78,9 +80,13 @@ cc tests/consumer/main.c -o build/consumer/consumer_pkgconfig \
    $(PKG_CONFIG_PATH="$pc_dir" pkg-config --cflags --libs bidistream) &&
   LD_LIBRARY_PATH="$root/build/stage/lib" build/consumer/consumer_pkgconfig || consumer_ok=0
 if [ "$consumer_ok" = 1 ]; then passed=$((passed + 3)); else failed=$((failed + 1)); status=1; fi
-# Only the public bds_ symbols leave the shared library (no internal bds__ ones).
-leaked=$(nm -D --defined-only build/stage/lib/libbidistream.so | awk '{print $3}' | grep -v '^bds_[a-z]' | grep -v '^BIDISTREAM' || true)
-if [ -n "$leaked" ]; then echo "exported non-bds symbols: $leaked"; failed=$((failed + 1)); status=1; else passed=$((passed + 1)); fi
+# Only the public API leaves the installed shared library (no internal bds__
+# name, nothing a public header does not declare).
+if bash tests/tools/exports.sh "$(find build/stage -name libbidistream.so | head -1)" build/stage/include/bidistream; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); status=1
+fi
 
 fuzz_seconds=${BDS_TEST_FUZZ_SECONDS:-20}
 [ "$fuzz_seconds" -le 30 ] || fuzz_seconds=30

@@ -101,15 +101,15 @@ static int client_connect(uint16_t port) {
 
 /* A deterministic stream of frames with sizes in [0, size_max]. */
 static uint8_t *make_stream(uint32_t seed, size_t msgs, uint32_t size_max, size_t *out_len) {
-    size_t cap = msgs * (BDS_FRAME_PREFIX + (size_t)size_max), n = 0;
+    size_t cap = msgs * (BDS_GRPC_PREFIX_BYTES + (size_t)size_max), n = 0;
     uint8_t *p = malloc(cap);
     cr_assert_not_null(p);
     uint32_t x = seed * 2654435761u + 1;
     for (size_t i = 0; i < msgs; i++) {
         x = x * 1103515245u + 12345u;
         uint32_t len = (x >> 8) % (size_max + 1);
-        bds__frame_prefix(p + n, 0, len);
-        n += BDS_FRAME_PREFIX;
+        bds__grpc_frame_prefix(p + n, false, len);
+        n += BDS_GRPC_PREFIX_BYTES;
         for (uint32_t j = 0; j < len; j++)
             p[n + j] = (uint8_t)(x + j * 7u);
         n += len;
@@ -268,8 +268,8 @@ static void tick_until_closed(harness *h, uint64_t n) {
 }
 
 static void send_partial_message(int fd) {
-    uint8_t pfx[BDS_FRAME_PREFIX], body[100];
-    bds__frame_prefix(pfx, 0, 1000); /* promises 1000 bytes, sends 100 */
+    uint8_t pfx[BDS_GRPC_PREFIX_BYTES], body[100];
+    bds__grpc_frame_prefix(pfx, false, 1000); /* promises 1000 bytes, sends 100 */
     memset(body, 0x5a, sizeof(body));
     cr_assert_eq(write(fd, pfx, sizeof(pfx)), (ssize_t)sizeof(pfx));
     cr_assert_eq(write(fd, body, sizeof(body)), (ssize_t)sizeof(body));
@@ -339,12 +339,49 @@ Test(io_conn, oversized_length_closes_the_connection_as_protocol_error, .timeout
     h_start(&h, &sc, &nc);
     h.echo.msg_bytes_max = 1000;
     int fd = client_connect(h.port);
-    uint8_t pfx[BDS_FRAME_PREFIX];
-    bds__frame_prefix(pfx, 0, 1001);
+    uint8_t pfx[BDS_GRPC_PREFIX_BYTES];
+    bds__grpc_frame_prefix(pfx, false, 1001);
     cr_assert_eq(write(fd, pfx, sizeof(pfx)), (ssize_t)sizeof(pfx));
     tick_until_closed(&h, 1);
     cr_assert_eq(h.echo.protocol_errors, 1);
     cr_assert_eq(h.echo.last_close_err, EMSGSIZE);
+    close(fd);
+    h_stop(&h);
+}
+
+/* The echo deframes with proto's gRPC deframer: the compressed flag (1) is
+ * gRPC's and comes back as sent; any other flag byte is a protocol error. */
+Test(io_conn, compressed_flag_is_echoed_and_a_flag_past_one_closes_as_protocol_error, .timeout = 30) {
+    harness h;
+    bds_shard_config sc;
+    bds_net_config nc;
+    h_cfg(&sc, &nc);
+    h_start(&h, &sc, &nc);
+    int fd = client_connect(h.port);
+    uint8_t msg[BDS_GRPC_PREFIX_BYTES + 3], got[sizeof msg];
+    bds__grpc_frame_prefix(msg, true, 3);
+    memcpy(msg + BDS_GRPC_PREFIX_BYTES, "abc", 3);
+    cr_assert_eq(write(fd, msg, sizeof msg), (ssize_t)sizeof msg);
+    size_t have = 0;
+    while (have < sizeof got) { /* bounded by the watchdog: the shard is ticked */
+        bds__shard_tick(h.s, false);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 10) != 1)
+            continue;
+        ssize_t r = recv(fd, got + have, sizeof got - have, 0);
+        cr_assert_gt(r, 0, "the echo closed before answering: %s", r < 0 ? strerror(errno) : "EOF");
+        have += (size_t)r;
+    }
+    cr_assert_eq(memcmp(msg, got, sizeof got), 0, "the message, flag 1 included, comes back as sent");
+    uint8_t bad[BDS_GRPC_PREFIX_BYTES];
+    bds__grpc_frame_prefix(bad, false, 3);
+    bad[0] = 2;
+    cr_assert_eq(write(fd, bad, sizeof bad), (ssize_t)sizeof bad);
+    tick_until_closed(&h, 1);
+    cr_assert_eq(h.echo.msgs, 1);
+    cr_assert_eq(h.echo.protocol_errors, 1);
+    cr_assert_eq(h.echo.last_close_err, EPROTO);
+    cr_assert_eq(h.echo.closed_with_partial, 0, "a refused prefix is an error, not a partial message");
     close(fd);
     h_stop(&h);
 }
@@ -365,11 +402,11 @@ Test(io_conn, close_with_recv_and_blocked_send_in_flight_waits_for_both_then_fre
     int small = 4096;
     cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
     enum { LEN = 1 << 20 };
-    uint8_t *msg = calloc(1, BDS_FRAME_PREFIX + LEN);
-    bds__frame_prefix(msg, 0, LEN);
+    uint8_t *msg = calloc(1, BDS_GRPC_PREFIX_BYTES + LEN);
+    bds__grpc_frame_prefix(msg, false, LEN);
     size_t off = 0;
-    while (off < BDS_FRAME_PREFIX + LEN) { /* the server reads all of it: it never stops receiving */
-        ssize_t w = send(fd, msg + off, BDS_FRAME_PREFIX + LEN - off, MSG_DONTWAIT);
+    while (off < BDS_GRPC_PREFIX_BYTES + LEN) { /* the server reads all of it: it never stops receiving */
+        ssize_t w = send(fd, msg + off, BDS_GRPC_PREFIX_BYTES + LEN - off, MSG_DONTWAIT);
         if (w > 0)
             off += (size_t)w;
         bds__shard_tick(h.s, false);
@@ -458,9 +495,9 @@ static void client_connect_fd(int fd, uint16_t port) {
 /* One framed message through the echo on fd, ticking the shard meanwhile;
  * fails (with the shard's state) when it does not come back in ~5 s. */
 static void client_echo_once(harness *h, int fd, uint8_t tag) {
-    uint8_t msg[BDS_FRAME_PREFIX + 32], got[sizeof msg];
-    bds__frame_prefix(msg, 0, 32);
-    memset(msg + BDS_FRAME_PREFIX, tag, 32);
+    uint8_t msg[BDS_GRPC_PREFIX_BYTES + 32], got[sizeof msg];
+    bds__grpc_frame_prefix(msg, false, 32);
+    memset(msg + BDS_GRPC_PREFIX_BYTES, tag, 32);
     cr_assert_eq(write(fd, msg, sizeof msg), (ssize_t)sizeof msg);
     size_t have = 0;
     for (int i = 0; i < 500 && have < sizeof got; i++) {

@@ -293,6 +293,14 @@ Test(tool_client, health_unknown_service_is_not_found_and_exits_1, .init = defau
     cr_assert(strncmp(out.buf, "status NOT_FOUND: ", 18) == 0, "%s", out.buf);
 }
 
+/* grpcio percent-encodes grpc-message ('%' and every byte outside 0x20..0x7E):
+ * bds prints it decoded, UTF-8 and all. */
+Test(tool_client, grpc_message_is_percent_decoded, .init = default_server, .fini = server_stop, .timeout = 120) {
+    cr_assert_eq(bds("health", "--addr", srv.addr, "--service", "caf\xc3\xa9 100%", NULL), 1, "%s%s", out.buf,
+                 err.buf);
+    cr_assert_str_eq(out.buf, "status NOT_FOUND: unknown service 'caf\xc3\xa9 100%'\n");
+}
+
 Test(tool_client, watch_prints_serving_then_not_serving_when_shutdown_begins, .init = default_server,
      .fini = server_stop, .timeout = 120) {
     char *argv[] = {BDS_TEST_BDS, "watch", "--addr", srv.addr, NULL};
