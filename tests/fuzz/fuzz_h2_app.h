@@ -27,7 +27,6 @@
 static const char *const app_paths[] = {"/bidistream.v1.Pipeline/Process", "/grpc.health.v1.Health/Check",
                                         "/grpc.testing.TestService/FullDuplexCall"};
 static const bds__grpc_methods app_methods = {app_paths, 3};
-static const char *const app_capture[] = {"x-grpc-test-echo-initial", "x-grpc-test-echo-trailing-bin"};
 
 enum {
     B_ECHO_COPY = 1u << 0,   /* send each message back with bds__h2_send_msg   */
@@ -138,6 +137,16 @@ static bds_status app_on_call_start(void *ctx, const bds__h2_call_info *info, vo
         FUZZ_CHECK(!a->calls[i].live || a->calls[i].id != info->stream_id, "stream %d started twice",
                    info->stream_id);
     }
+    /* The captured metadata walks to its end in bounded entries, within the cap. */
+    FUZZ_CHECK(info->captured_len <= 4096, "captured %u bytes", info->captured_len);
+    size_t off = 0;
+    bds__h2_header h;
+    uint32_t entries = 0;
+    while (bds__h2_captured_next(info->captured, info->captured_len, &off, &h)) {
+        FUZZ_CHECK(h.name_len > 0 && off <= info->captured_len, "captured entry %u", entries);
+        entries++;
+    }
+    FUZZ_CHECK(off == info->captured_len, "captured blob walked to %zu of %u", off, info->captured_len);
     uint8_t behave = (uint8_t)fuzz_rand(&a->rng);
     if (behave & B_REFUSE && (behave & 3) == 3) return BDS_RESOURCE_EXHAUSTED;
     app_call *c = NULL;
@@ -227,8 +236,7 @@ static void app_config(bds__h2_config *cfg, uint8_t sel) {
         cfg->header_list_bytes_max = 1024;
     }
     if (sel & 8) {
-        cfg->capture_names = app_capture;
-        cfg->capture_count = 2;
+        cfg->capture_metadata = true;
         cfg->capture_bytes_max = (sel & 4) ? 16 : 4096;
     }
     if (sel & 16) {

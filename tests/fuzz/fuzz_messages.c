@@ -1,21 +1,23 @@
-/* fuzz_messages.c — the built-in services' message scanners (io/services.c)
- * and protobuf-c decoding of the project's messages, under a byte budget.
+/* fuzz_messages.c — the built-in services' message scanners (services/
+ * process.c, services/health.c) and protobuf-c decoding of the project's
+ * messages, under a byte budget.
  *
- * io/services.c reads requests straight from the wire (no unpack): its
- * scanners are static, so this file includes it (h2o's habit for testing
- * static functions) and links the rest of io/ as usual. The first input byte
+ * The services read requests straight from the wire (no unpack): their
+ * scanners are static, so this file includes them (h2o's habit for testing
+ * static functions) and links the rest of the library as usual. The first input byte
  * picks a mode, the rest is the message:
  *   0  bidistream.v1.Frame: frame_scan against protobuf-c. Whatever protobuf-c
  *      accepts, the scan accepts with the same key, and reads fail and work_us
  *      as protobuf-c does on its canonical encoding; a scanned frame's echo (frame_echo) is no
  *      longer than the request and scans as a plain frame with the same key;
- *      frame_key's hint says "plain" exactly when nothing but key/seq/payload came.
+ *      frame_key gives the scan's key.
  *   1  grpc.health.v1.HealthCheckRequest: health_service against protobuf-c,
  *      the same way (the service name decides "known").
  *   2  every message type the server decodes (the interop service's too):
  *      unpack with an allocator that fails past a budget (nothing leaks, no
  *      crash), and an accepted message packs and unpacks again. */
-#include "../../io/services.c"
+#include "../../services/health.c"
+#include "../../services/process.c"
 
 #include "fuzz_common.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -112,10 +114,9 @@ static void frame(const uint8_t *p, size_t len, size_t budget_bytes) {
     FUZZ_CHECK(b.live == 0, "%ld protobuf-c allocations left", b.live);
     if (!scanned) return;
     const uint8_t *key;
-    uint32_t key_len, hint;
-    FUZZ_CHECK(frame_key(p, (uint32_t)len, &key, &key_len, &hint), "frame_key refuses a scanned frame");
+    uint32_t key_len;
+    FUZZ_CHECK(frame_key(p, (uint32_t)len, &key, &key_len, NULL), "frame_key refuses a scanned frame");
     FUZZ_CHECK(key == v.key && key_len == v.key_len, "frame_key's key is not the scan's");
-    FUZZ_CHECK((hint == PROCESS_HINT_PLAIN) == !v.extra, "hint %u with extra %d", hint, v.extra);
     uint8_t *out = malloc(len ? len : 1);
     FUZZ_CHECK(out != NULL, "oom");
     uint32_t n = frame_echo(p, (uint32_t)len, out);
