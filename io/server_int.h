@@ -146,14 +146,14 @@ struct srv_shard {
     bds_net *net;
     bds_listener *listener;
     srv_conn *conns;
-    srv_conn *dirty;          /* connections with output due (conn_kick) */
+    srv_conn *dirty;          /* connections with output due (bds__srv_conn_kick) */
     bds_flusher flusher;      /* flushes `dirty` at the end of a tick */
     bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
     uint64_t msg_bytes;       /* memory of the srv_msg buffers made here and alive */
     uint64_t msg_bytes_hw;    /* its high-water mark */
     uint64_t h2_bytes;        /* its connections' HTTP/2 memory past the fixed part */
     bool over;                /* at shard_bytes_max: no connection is read */
-    bool budget_due;          /* a budget crossed a mark: shard_budget_pass */
+    bool budget_due;          /* a budget crossed a mark: bds__srv_shard_budget_pass */
     srv_call *victim;         /* failed for the budget, not yet gone */
     bool ended;               /* a stream ended since it went over */
     uint64_t stop_deadline_ns; /* hard close of what is left after the grace */
@@ -222,5 +222,113 @@ srv_shard *bds__server_shard_self(void);
 /* Any thread, for a stall report: every running shard (bds__group_dump), with
  * its pipe and connection counts. Safe while bds_server_run runs. */
 void bds__server_dump(bds_server *srv, FILE *f);
+
+
+/* ---- shared by the server's files ------------------------------------------------------------
+ * server.c (lifecycle: configuration, run and stop, shard hooks, stats),
+ * server_conn.c (connections: accept, input, output, timers),
+ * server_stream.c (streams: HTTP/2 events, sessions, the stream API),
+ * server_msg.c (message buffers and memory budgets). */
+
+#define REPLY_HIGH_WATER (256u * 1024u) /* unsent bytes per stream before replies wait here */
+#define RUN_BUDGET 512u
+/* After the grace period: connections still open close after CLOSE_AFTER;
+ * work still running ABANDON_AFTER later is abandoned (bds_server_run
+ * returns). The second margin leaves a loaded machine time to unwind what
+ * the closes cancel (the cancels cross shards), so only handlers that ignore
+ * their cancel are left behind. */
+#define STOP_CLOSE_AFTER_NS 1000000000ULL
+/* An idle connection first gets a GOAWAY notice (last stream 2^31 - 1: a
+ * stream the client opens meanwhile is still served), then this much later
+ * the final GOAWAY with the real last stream. Closing at once raced clients
+ * that opened a stream just then: their request met a closed socket
+ * (grpcio: UNAVAILABLE "Broken pipe", 1 in 2 full test runs under load).
+ * grpc-go does the same with a PING round trip instead of a fixed wait. */
+#define IDLE_GOAWAY_NOTICE_NS 1000000000ULL
+/* ... and after the final one, the connection reads on (and drops what it
+ * reads) until the peer closes, at most this long: closing a socket with a
+ * request still unread sends RST, which can destroy the GOAWAY in the
+ * client's buffer that tells it the request was not run (so it may retry). */
+#define IDLE_LINGER_NS 1000000000ULL
+#define STOP_ABANDON_AFTER_NS 4000000000ULL
+
+struct srv_conn {
+    srv_shard *sh;
+    char peer[64];            /* "ip:port" of the client (bds_stream_peer) */
+    bds_conn *c;
+    bds__h2_conn *h2;
+    srv_acct *acct;           /* its bytes, for the budgets */
+    bds__palloc alloc;        /* its HTTP/2 session's memory, counted in acct */
+    bool over;                /* at conn_bytes_max: not read */
+    bool credit_held;         /* not read: its windows are not credited */
+    srv_call *victim;         /* failed for its budget, not yet gone */
+    bool ended;               /* a stream ended since it went over */
+    srv_call *calls;
+    srv_call *waiting;        /* calls with blocked replies (call->wprev/wnext) */
+    srv_call *lingering;      /* streams over, handlers still running (bds__srv_call_free) */
+    uint32_t n_lingering;     /* bounded by max_lingering_streams */
+    srv_conn *prev, *next;
+    srv_conn *dprev, *dnext;  /* the shard's dirty list, while `dirty` */
+    bool dirty;               /* output to produce: flushed by bds__srv_shard_flush_dirty */
+    bool h2_failed;           /* the session failed on input: no more reading; its
+                                 last output (ending in a GOAWAY) is flushed, then
+                                 the connection closes */
+    bool closing;
+    /* Connection timers (conn_timer_fired): one heap entry per connection,
+     * armed for the earliest of its deadlines and re-armed when it fires. */
+    bds_timer timer;
+    uint64_t born_ns;         /* accepted */
+    uint64_t last_recv_ns;    /* bytes last arrived (keepalive) */
+    uint64_t idle_since_ns;   /* the last call ended (0 while calls are open) */
+    uint64_t ping_sent_ns;    /* our keepalive PING left (while outstanding) */
+    uint64_t sent_mark;       /* bds__conn_sent_bytes at sent_mark_ns: send progress */
+    uint64_t sent_mark_ns;
+    uint64_t idle_notice_ns;  /* idle: the GOAWAY notice left then (0: not yet) */
+    bool idle_goaway;         /* idle: the final GOAWAY sent, closing once it is written */
+    uint64_t linger_until_ns; /* idle and done: read on until the peer closes or this */
+};
+
+/* The srv_shard of the shard whose tick runs on this thread, or NULL. */
+extern _Thread_local srv_shard *bds__srv_self;
+
+/* At its own or its shard's memory budget: the connection is not read. */
+static inline bool conn_blocked(const srv_conn *sc) { return sc->sh->over || sc->over; }
+
+static inline void ctr_add(_Atomic uint64_t *c, uint64_t n) { atomic_fetch_add_explicit(c, n, memory_order_relaxed); }
+
+static inline srv_method_counters *call_mc(const srv_call *call) {
+    const bds_server *srv = call->home->srv;
+    uint32_t mi = (uint32_t)(call->m - srv->methods);
+    return &srv->mc[bds__shard_id(call->home->shard) * BDS_SERVER_METHODS_MAX + mi];
+}
+
+static inline srv_shard_counters *shard_ctr(const srv_shard *sh) { return &sh->srv->shc[bds__shard_id(sh->shard)]; }
+
+/* server_msg.c */
+void *bds__srv_acct_calloc(size_t nmemb, size_t size, void *ctx);
+void bds__srv_acct_free(void *p, void *ctx);
+void *bds__srv_acct_malloc(size_t size, void *ctx);
+void *bds__srv_acct_realloc(void *p, size_t size, void *ctx);
+void bds__srv_acct_unref(srv_acct *a);
+void bds__srv_msg_attach(srv_msg *r, srv_call *call);
+srv_msg *bds__srv_msg_new(srv_shard *sh, srv_acct *a, size_t len, uint8_t holds);
+void bds__srv_msg_pools_deinit(srv_shard *sh);
+void bds__srv_msg_pools_init(srv_shard *sh);
+void bds__srv_msg_unhold(srv_msg *m, uint8_t hold);
+void bds__srv_shard_budget_due(srv_shard *sh);
+void bds__srv_shard_budget_pass(srv_shard *sh);
+/* server_conn.c */
+void bds__srv_conn_flush(srv_conn *sc);
+void bds__srv_conn_kick(srv_conn *sc);
+void bds__srv_on_accept(bds_listener *l, bds_conn *c, void *ctx);
+void bds__srv_shard_flush_dirty(srv_shard *sh);
+void bds__srv_shard_flusher(bds_flusher *f);
+/* server_stream.c */
+void bds__srv_call_drain_parked(srv_call *call);
+void bds__srv_call_free(srv_call *call);
+void bds__srv_call_move_blocked(srv_call *call);
+void bds__srv_call_unlink(srv_call *call);
+extern const bds__h2_callbacks bds__srv_h2_cbs;
+void bds__srv_stop_hooks_run(bds_server *srv);
 
 #endif

@@ -1,0 +1,368 @@
+/* server_conn.c — the gRPC server's connections: accept, the HTTP/2 session
+ * of each connection fed from its socket, output flushed once per tick, and
+ * the connection timers (handshake, idle GOAWAY, keepalive, send stall). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <malloc.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pipeline_int.h"
+#include "server_int.h"
+
+/* ---- connection output ------------------------------------------------------------------- */
+
+
+/* Output is due on sc. Dirty connections are flushed at the end of the
+ * pipeline's run (hook_run), so the socket writes they make are sent by the
+ * same tick's flushers (a flusher queued while the shard runs flushers waits
+ * for the next tick: one more io_uring_enter per round trip); the shard
+ * flusher catches what timers and late callbacks dirty after it. */
+void bds__srv_conn_kick(srv_conn *sc) {
+    if (!sc->c || sc->closing) return;
+    srv_shard *sh = sc->sh;
+    if (!sc->dirty) {
+        sc->dirty = true;
+        sc->dprev = NULL;
+        sc->dnext = sh->dirty;
+        if (sh->dirty) sh->dirty->dprev = sc;
+        sh->dirty = sc;
+    }
+    bds__shard_defer_flush(sh->shard, &sh->flusher);
+}
+
+static void conn_undirty(srv_conn *sc) {
+    if (!sc->dirty) return;
+    srv_shard *sh = sc->sh;
+    if (sc->dprev) sc->dprev->dnext = sc->dnext;
+    else sh->dirty = sc->dnext;
+    if (sc->dnext) sc->dnext->dprev = sc->dprev;
+    sc->dprev = sc->dnext = NULL;
+    sc->dirty = false;
+}
+
+/* Flushes every dirty connection. A kick from inside bds__srv_conn_flush (a blocked
+ * reply moving on) finds its connection still marked and adds nothing: that
+ * flush produces the output anyway. */
+
+void bds__srv_shard_flush_dirty(srv_shard *sh) {
+    bds__srv_shard_budget_pass(sh);
+    while (sh->dirty) {
+        srv_conn *sc = sh->dirty;
+        sh->dirty = sc->dnext;
+        if (sh->dirty) sh->dirty->dprev = NULL;
+        sc->dprev = sc->dnext = NULL;
+        bds__srv_conn_flush(sc);
+        sc->dirty = false;
+    }
+}
+
+void bds__srv_shard_flusher(bds_flusher *f) { bds__srv_shard_flush_dirty(BDS_CONTAINER_OF(f, srv_shard, flusher)); }
+
+
+void bds__srv_conn_flush(srv_conn *sc) {
+    if (!sc->c || sc->closing) return;
+    /* Only calls with replies waiting: a flush costs nothing per idle stream. */
+    for (srv_call *call = sc->waiting, *next; call; call = next) {
+        next = call->wnext; /* a call whose trailers were pending is freed */
+        bds__srv_call_move_blocked(call);
+    }
+    for (;;) {
+        const uint8_t *data;
+        size_t len;
+        bds_status st = bds__h2_output(sc->h2, &data, &len);
+        if (len) {
+            bds_status w = bds__conn_write(sc->c, data, len);
+            if (w != BDS_OK) break; /* E_AGAIN: on_drain flushes again */
+            bds__h2_output_advance(sc->h2, len);
+        }
+        if (st != BDS_OK) {
+            /* A failed session still says why: its GOAWAY waits for room in
+             * the output buffer, which the bytes just written made. */
+            if (len && bds__h2_want_write(sc->h2)) continue;
+            if (!sc->h2_failed)
+                bds__log(&sc->sh->srv->log, BDS_LOG_WARN,
+                         "closing a connection: HTTP/2 output failed (nghttp2 error %d)",
+                         bds__h2_get_stats(sc->h2)->nghttp2_fatal);
+            bds__conn_close_after_flush(sc->c);
+            sc->closing = true;
+            return;
+        }
+        if (!len) break;
+    }
+    if (bds__h2_is_done(sc->h2)) {
+        if (sc->idle_goaway && !sc->h2_failed && !sc->sh->stopping) {
+            if (!sc->linger_until_ns) {
+                sc->linger_until_ns = bds__shard_now(sc->sh->shard) + IDLE_LINGER_NS;
+                bds__timer_arm(bds__shard_timers(sc->sh->shard), &sc->timer, sc->linger_until_ns);
+            }
+            return; /* the peer's EOF, or conn_timer_fired, closes it */
+        }
+        if (bds__log_on(&sc->sh->srv->log, BDS_LOG_DEBUG)) {
+            const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
+            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG,
+                     "connection done (calmed %d, fatal %d, glitches %lu, started %lu, reset %lu)", hs->calmed,
+                     hs->nghttp2_fatal, (unsigned long)hs->glitches, (unsigned long)hs->calls_started,
+                     (unsigned long)hs->calls_reset);
+        }
+        bds__conn_close_after_flush(sc->c);
+        sc->closing = true;
+    }
+}
+
+/* ---- connections ----------------------------------------------------------------------------------- */
+
+static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ctx) {
+    (void)c;
+    srv_conn *sc = ctx;
+    if (sc->closing || sc->h2_failed) return;
+    bds__pipeline_set_current(bds__pipe_pipeline(sc->sh->pipe));
+    sc->last_recv_ns = bds__shard_now(sc->sh->shard);
+    if (bds__h2_recv(sc->h2, bytes, len, sc->last_recv_ns) != BDS_OK) {
+        if (bds__log_on(&sc->sh->srv->log, BDS_LOG_WARN)) {
+            const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
+            bds__log(&sc->sh->srv->log, BDS_LOG_WARN,
+                     "closing a connection: HTTP/2 %s (nghttp2 error %d, %lu glitches)",
+                     hs->calmed ? "flood limit" : "fatal error", hs->nghttp2_fatal, (unsigned long)hs->glitches);
+        }
+        /* Stop reading; the flush sends what is buffered and the session's
+         * GOAWAY and closes (on a full socket: the rest after on_drain). */
+        sc->h2_failed = true;
+        bds__conn_recv_pause(sc->c);
+        bds__srv_conn_flush(sc);
+        return;
+    }
+    bds__srv_conn_kick(sc);
+}
+
+static void conn_on_drain(bds_conn *c, void *ctx) {
+    (void)c;
+    srv_conn *sc = ctx;
+    bds__srv_conn_kick(sc);
+}
+
+static void conn_on_close(bds_conn *c, int err, void *ctx) {
+    (void)c;
+    srv_conn *sc = ctx;
+    bool expected = !err || err == ECONNRESET || err == EPIPE;
+    bds__log(&sc->sh->srv->log, expected ? BDS_LOG_DEBUG : BDS_LOG_WARN, "connection closed: %s", strerror(err));
+    srv_shard *sh = sc->sh;
+    bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
+    bds__timer_cancel(bds__shard_timers(sh->shard), &sc->timer);
+    conn_undirty(sc);
+    sc->c = NULL;
+    sc->closing = true;
+    bds__h2_abort_calls(sc->h2, BDS_CANCELLED); /* on_reset for each live call */
+    while (sc->calls) {
+        if (sc->calls->finish_pending) bds__srv_call_free(sc->calls); /* its session is gone already */
+        else bds__srv_call_unlink(sc->calls);                          /* their sessions close later, without us */
+    }
+    while (sc->lingering) { /* they end on their own, on no list */
+        srv_call *call = sc->lingering;
+        sc->lingering = call->next;
+        call->conn = NULL;
+        call->prev = call->next = NULL;
+    }
+    sc->n_lingering = 0;
+    bds__h2_destroy(sc->h2);
+    atomic_fetch_sub_explicit(&shard_ctr(sh)->connections_live, 1, memory_order_relaxed);
+    sc->acct->conn = NULL;
+    bds__srv_acct_unref(sc->acct);
+    if (sc->prev) sc->prev->next = sc->next;
+    else sh->conns = sc->next;
+    if (sc->next) sc->next->prev = sc->prev;
+    free(sc);
+}
+
+static const bds_conn_callbacks conn_cbs = {
+    .on_data = conn_on_data, .on_drain = conn_on_drain, .on_close = conn_on_close,
+};
+
+/* ---- connection timers -------------------------------------------------------------------------- */
+
+static uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
+/* Closes a connection a timer gave up on. Handshake timeouts are what port
+ * scanners cause: those log only at debug level. */
+static void conn_timeout(srv_conn *sc, const char *why, uint64_t after_ns, int level) {
+    bds__log(&sc->sh->srv->log, level, "closing a connection: %s (%.3f s)", why, (double)after_ns / 1e9);
+    sc->closing = true;
+    bds__conn_close(sc->c, ETIMEDOUT);
+}
+
+/* Checks every connection timer, acts on those due, and re-arms for the
+ * earliest one left. Keepalive and send progress are measured from marks
+ * (last bytes received, sent bytes at the last check), so no hot path
+ * touches the timer; a send stall is caught between T and 2T after it began. */
+static void conn_timer_fired(bds_timer *t, void *ctx) {
+    (void)t;
+    srv_conn *sc = ctx;
+    if (!sc->c || sc->closing) return;
+    const bds_server_config *cfg = &sc->sh->srv->cfg;
+    uint64_t now = bds__shard_now(sc->sh->shard), next = UINT64_MAX, due;
+    if (sc->linger_until_ns) {
+        if (now < sc->linger_until_ns) {
+            bds__timer_arm(bds__shard_timers(sc->sh->shard), &sc->timer, sc->linger_until_ns);
+            return;
+        }
+        bds__conn_close_after_flush(sc->c);
+        sc->closing = true;
+        return;
+    }
+    if (cfg->handshake_timeout_ns && !bds__h2_peer_ready(sc->h2)) {
+        due = sat_add(sc->born_ns, cfg->handshake_timeout_ns);
+        if (now >= due) {
+            conn_timeout(sc, "no HTTP/2 preface and SETTINGS in time", now - sc->born_ns, 3);
+            return;
+        }
+        next = due;
+    }
+    /* A connection without streams is the idle timer's when there is one: it
+     * ends it with GOAWAY. A PING there only closed clients that read their
+     * socket only while a call runs (grpcio), abruptly, before the idle GOAWAY:
+     * their next call failed UNAVAILABLE on the dead socket. */
+    bool keepalive = cfg->keepalive_time_ns && (sc->calls || !cfg->idle_timeout_ns);
+    if (keepalive) {
+        /* Dead: nothing at all received since our PING (not only no ACK: a
+         * PING sent while the connection was idle may never be read). */
+        if (bds__h2_ping_outstanding(sc->h2) && sc->last_recv_ns <= sc->ping_sent_ns) {
+            if (cfg->keepalive_timeout_ns) {
+                due = sat_add(sc->ping_sent_ns, cfg->keepalive_timeout_ns);
+                if (now >= due) {
+                    conn_timeout(sc, "keepalive PING unanswered", now - sc->ping_sent_ns, 2);
+                    return;
+                }
+                if (due < next) next = due;
+            }
+        } else {
+            due = sat_add(sc->last_recv_ns, cfg->keepalive_time_ns);
+            if (now >= due && bds__h2_ping(sc->h2) == BDS_OK) {
+                sc->ping_sent_ns = now;
+                bds__srv_conn_kick(sc);
+                due = sat_add(now, cfg->keepalive_timeout_ns ? cfg->keepalive_timeout_ns : cfg->keepalive_time_ns);
+            }
+            if (due < next) next = due;
+        }
+    }
+    if (sc->idle_notice_ns && !sc->idle_goaway) {
+        due = sat_add(sc->idle_notice_ns, IDLE_GOAWAY_NOTICE_NS);
+        if (now >= due) {
+            /* The connection closes once this GOAWAY is out and the streams
+             * opened since the notice are over (bds__h2_is_done). */
+            sc->idle_goaway = true;
+            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "idle connection: GOAWAY");
+            bds__h2_goaway(sc->h2, BDS_H2_NO_ERROR);
+            bds__srv_conn_kick(sc);
+        } else if (due < next) {
+            next = due;
+        }
+    } else if (cfg->idle_timeout_ns && !sc->calls && !sc->idle_goaway) {
+        due = sat_add(sc->idle_since_ns, cfg->idle_timeout_ns);
+        if (now >= due) {
+            sc->idle_notice_ns = now;
+            bds__h2_shutdown_notice(sc->h2);
+            bds__srv_conn_kick(sc);
+            due = sat_add(now, IDLE_GOAWAY_NOTICE_NS);
+        }
+        if (due < next) next = due;
+    }
+    if (cfg->send_timeout_ns) {
+        uint64_t sent = bds__conn_sent_bytes(sc->c);
+        if (sent != sc->sent_mark || bds__conn_out_bytes(sc->c) == 0) {
+            sc->sent_mark = sent;
+            sc->sent_mark_ns = now;
+        } else if (now - sc->sent_mark_ns >= cfg->send_timeout_ns) {
+            conn_timeout(sc, "no send progress: the peer stopped reading", now - sc->sent_mark_ns, 2);
+            return;
+        }
+        due = sat_add(sc->sent_mark_ns, cfg->send_timeout_ns);
+        if (due < next) next = due;
+    }
+    if (next != UINT64_MAX) bds__timer_arm(bds__shard_timers(sc->sh->shard), &sc->timer, next);
+}
+
+static void conn_timers_start(srv_conn *sc) {
+    uint64_t now = bds__shard_now(sc->sh->shard);
+    sc->born_ns = sc->last_recv_ns = sc->idle_since_ns = sc->sent_mark_ns = now;
+    bds__timer_init(&sc->timer, conn_timer_fired, sc);
+    uint32_t ms = sc->sh->srv->cfg.tcp_user_timeout_ms;
+    if (ms) (void)setsockopt(bds__conn_fd(sc->c), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms); /* best effort */
+    conn_timer_fired(&sc->timer, sc); /* arms the first deadline */
+}
+
+void bds__srv_on_accept(bds_listener *l, bds_conn *c, void *ctx) {
+    (void)l;
+    srv_shard *sh = ctx;
+    srv_conn *sc = calloc(1, sizeof *sc);
+    srv_acct *acct = calloc(1, sizeof *acct);
+    if (!sc || !acct) {
+        free(sc);
+        free(acct);
+        bds__conn_close(c, 0);
+        return;
+    }
+    *acct = (srv_acct){.sh = sh, .conn = sc, .refs = 1};
+    sc->acct = acct;
+    sc->sh = sh;
+    sc->alloc = (bds__palloc){bds__srv_acct_malloc, bds__srv_acct_free, bds__srv_acct_calloc, bds__srv_acct_realloc,
+                              acct};
+    bds__h2_config hc;
+    bds__h2_config_default(&hc);
+    hc.max_concurrent_streams = sh->srv->cfg.max_concurrent_streams;
+    hc.stream_window_bytes = sh->srv->cfg.stream_window_bytes;
+    hc.header_list_bytes_max = sh->srv->cfg.max_header_list_bytes;
+    hc.msg_bytes_max = sh->srv->cfg.max_message_bytes;
+    hc.stream_send_bytes_max = REPLY_HIGH_WATER; /* past it replies wait here, keeping their tokens */
+    hc.methods = &sh->srv->table;
+    hc.credit_partial_messages = true; /* messages larger than the stream window */
+    hc.capture_metadata = true;
+    hc.capture_bytes_max = sh->srv->cfg.max_header_list_bytes; /* what passes the list bound fits */
+    const bds_server_config *cfg = &sh->srv->cfg;
+    hc.ping_min_interval_ns = cfg->ping_min_interval_ns;
+    /* grpc-go: with no stream open and keepalive without streams not
+     * permitted, a client PING less than 2 h after the last is a strike. */
+    const uint64_t two_hours = 2ull * 3600 * 1000000000ull;
+    hc.ping_idle_min_interval_ns = cfg->ping_without_streams || cfg->ping_min_interval_ns > two_hours
+                                       ? cfg->ping_min_interval_ns
+                                       : two_hours;
+    hc.alloc = &sc->alloc;
+    if (bds__h2_create(&sc->h2, &hc, &bds__srv_h2_cbs, sc) != BDS_OK || sh->stopping) {
+        if (sc->h2) bds__h2_destroy(sc->h2);
+        free(sc);
+        bds__srv_acct_unref(acct);
+        bds__conn_close(c, 0);
+        return;
+    }
+    sc->c = c;
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    if (getpeername(bds__conn_fd(c), (struct sockaddr *)&peer, &plen) == 0) {
+        char host[INET6_ADDRSTRLEN] = "?";
+        if (peer.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&peer;
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+            snprintf(sc->peer, sizeof sc->peer, "[%s]:%u", host, ntohs(a->sin6_port));
+        } else if (peer.ss_family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)&peer;
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+            snprintf(sc->peer, sizeof sc->peer, "%s:%u", host, ntohs(a->sin_port));
+        }
+    }
+    ctr_add(&shard_ctr(sh)->connections_accepted, 1);
+    ctr_add(&shard_ctr(sh)->connections_live, 1);
+    sc->next = sh->conns;
+    if (sh->conns) sh->conns->prev = sc;
+    sh->conns = sc;
+    bds__conn_set_callbacks(c, &conn_cbs, sc);
+    conn_timers_start(sc);
+    bds__srv_conn_kick(sc); /* our SETTINGS */
+    if (sh->over) bds__srv_shard_budget_due(sh); /* not read either, until under budget */
+}
+
