@@ -1,4 +1,5 @@
-/* server_int.h — the gRPC server's internal objects (io/server.c). */
+/* server_int.h — the gRPC server's internal objects, shared by io/server.c, server_conn.c,
+ * server_stream.c and server_msg.c. */
 #ifndef BDS_IO_SERVER_INT_H
 #define BDS_IO_SERVER_INT_H
 

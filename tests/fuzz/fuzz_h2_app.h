@@ -1,7 +1,7 @@
 /* fuzz_h2_app.h — the application side of a fuzzed HTTP/2 server session
  * (proto/h2_server.h), shared by fuzz_h2_raw and fuzz_h2_client.
  *
- * It behaves like io/server.c, driven by the fuzz input: each call gets a
+ * It behaves like the server (io/server_stream.c), driven by the fuzz input: each call gets a
  * behaviour when it starts (echo by copy, by reference or framed; consume at
  * once or later; finish after some messages, at half-close, or never; add
  * metadata), and between reads the driver lets the app act (consume what it
@@ -153,7 +153,7 @@ static bds_status app_on_call_start(void *ctx, const bds__h2_call_info *info, vo
     for (int i = 0; i < APP_CALLS && !c; i++) {
         if (!a->calls[i].live) c = &a->calls[i];
     }
-    if (!c) return BDS_RESOURCE_EXHAUSTED; /* out of call slots, as io/server.c */
+    if (!c) return BDS_RESOURCE_EXHAUSTED; /* out of call slots, as the server does */
     *c = (app_call){.live = true, .id = info->stream_id, .behave = behave & (uint8_t)~B_REFUSE};
     *call_ctx = c;
     a->started++;
@@ -221,7 +221,7 @@ static const bds__h2_callbacks app_callbacks = {
     .on_msg_release = app_on_msg_release,
 };
 
-/* A session config from one byte: the knobs io/server.c turns, and small
+/* A session config from one byte: the knobs the server turns, and small
  * bounds so that limits are reachable. */
 static void app_config(bds__h2_config *cfg, uint8_t sel) {
     bds__h2_config_default(cfg);

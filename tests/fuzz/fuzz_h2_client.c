@@ -6,7 +6,7 @@
  * WINDOW_UPDATE, GOAWAY, and raw HEADERS/CONTINUATION blocks encoded with
  * nghttp2_hd_deflate (names and values nghttp2's client would refuse to send).
  * Bytes travel both ways in fuzzed chunks with an advancing clock; the app
- * (fuzz_h2_app.h) acts like io/server.c and checks the session's contract.
+ * (fuzz_h2_app.h) acts like the server and checks the session's contract.
  *
  * Extra property: unless the input injected raw frames (which desynchronize
  * the two sides on purpose), nghttp2's client never finds a protocol error in

@@ -1,6 +1,6 @@
 /* fuzz_h2_raw.c — the whole HTTP/2 server session (proto/h2_server.c) fed
  * arbitrary bytes in arbitrary chunks, with an advancing clock and an app that
- * acts like io/server.c (fuzz_h2_app.h checks the session's contract).
+ * acts like the server (fuzz_h2_app.h checks the session's contract).
  *
  * Input: [config byte][4-byte seed][ops...]. Config bit 7 sends the client
  * connection preface first, so inputs need not rediscover it. Each op:
@@ -9,7 +9,7 @@
  *   kind 2    output: the socket takes all, some or none of it;
  *   kind 3    the app acts (consume, send, finish, GOAWAY; fuzz_h2_app.h).
  * At the end the output is flushed (bounded) and the connection closed. A
- * session that failed is read no more, as io/server.c does. */
+ * session that failed is read no more, as the server does. */
 #include "fuzz_h2_app.h"
 
 static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

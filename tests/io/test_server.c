@@ -1,4 +1,4 @@
-/* test_server.c — the gRPC server (io/server.c) in process, against a small
+/* test_server.c — the gRPC server (io/server*.c) in process, against a small
  * nghttp2 client over loopback: the built-in Pipeline/Process echo on many
  * streams, with one and two shards (replies made on the key's shard travel
  * home), a stream reset mid-flight and a connection dropped with replies in
