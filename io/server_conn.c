@@ -79,6 +79,14 @@ void bds__srv_conn_flush(srv_conn *sc) {
         size_t len;
         bds_status st = bds__h2_output(sc->h2, &data, &len);
         if (len) {
+            /* The send timer measures a stall from the moment output is
+             * pending: an idle connection's first write starts the clock
+             * afresh (without this, output in flight when the timer fired
+             * after a quiet spell counted as a whole period without progress). */
+            if (bds__conn_out_bytes(sc->c) == 0) {
+                sc->sent_mark = bds__conn_sent_bytes(sc->c);
+                sc->sent_mark_ns = bds__shard_now(sc->sh->shard);
+            }
             bds_status w = bds__conn_write(sc->c, data, len);
             if (w != BDS_OK) break; /* E_AGAIN: on_drain flushes again */
             bds__h2_output_advance(sc->h2, len);
