@@ -352,7 +352,7 @@ static void hook_on_signal(bds_shard *s, int signo, void *ctx) {
 /* Nothing of this shard's own is left: no connection, and no session, call
  * or key (or they were abandoned). */
 static bool shard_idle(srv_shard *sh) {
-    return sh->conns == NULL && (sh->abandoned || bds__pipe_idle(sh->pipe));
+    return bds__dlist_empty(&sh->conns) && (sh->abandoned || bds__pipe_idle(sh->pipe));
 }
 
 static void shard_abandon(srv_shard *sh) {
@@ -392,7 +392,9 @@ static void stop_timer_fired(bds_timer *t, void *ctx) {
         return;
     }
     sh->conns_closed = true;
-    for (srv_conn *sc = sh->conns; sc; sc = sc->next) {
+    bds__dlist *it, *nx;
+    BDS_DLIST_FOREACH_SAFE(it, nx, &sh->conns) {
+        srv_conn *sc = BDS_DLIST_ENTRY(it, srv_conn, shard_link);
         if (sc->c && !sc->closing) {
             sc->closing = true;
             bds__conn_close(sc->c, 0);
@@ -411,11 +413,14 @@ static void hook_on_stop(bds_shard *s, void *ctx) {
         sh->listener = NULL;
     }
     bds__srv_stop_hooks_run(sh->srv);
-    for (srv_conn *sc = sh->conns; sc; sc = sc->next) {
+    bds__dlist *it, *nx, *cit, *cnx;
+    BDS_DLIST_FOREACH_SAFE(it, nx, &sh->conns) {
+        srv_conn *sc = BDS_DLIST_ENTRY(it, srv_conn, shard_link);
         if (sc->closing) continue;
         bds__h2_shutdown_notice(sc->h2);
         bds__h2_goaway(sc->h2, BDS_H2_NO_ERROR);
-        for (srv_call *call = sc->calls; call; call = call->next) {
+        BDS_DLIST_FOREACH_SAFE(cit, cnx, &sc->calls) {
+            srv_call *call = BDS_DLIST_ENTRY(cit, srv_call, conn_link);
             /* A finished call waiting to send its trailers has no session left. */
             if (call->session) bds_session_shutdown(call->session);
         }
@@ -550,6 +555,8 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     if (!sh) return BDS_E_NOMEM;
     sh->srv = srv;
     sh->shard = s;
+    bds__dlist_init(&sh->conns);
+    bds__dlist_init(&sh->dirty);
     srv->shards[id] = sh;
     bds__srv_msg_pools_init(sh);
     sh->flusher.fn = bds__srv_shard_flusher;

@@ -30,35 +30,24 @@ void bds__srv_conn_kick(srv_conn *sc) {
     srv_shard *sh = sc->sh;
     if (!sc->dirty) {
         sc->dirty = true;
-        sc->dprev = NULL;
-        sc->dnext = sh->dirty;
-        if (sh->dirty) sh->dirty->dprev = sc;
-        sh->dirty = sc;
+        bds__dlist_insert_tail(&sh->dirty, &sc->dirty_link);
     }
     bds__shard_defer_flush(sh->shard, &sh->flusher);
 }
 
 static void conn_undirty(srv_conn *sc) {
-    if (!sc->dirty) return;
-    srv_shard *sh = sc->sh;
-    if (sc->dprev) sc->dprev->dnext = sc->dnext;
-    else sh->dirty = sc->dnext;
-    if (sc->dnext) sc->dnext->dprev = sc->dprev;
-    sc->dprev = sc->dnext = NULL;
+    bds__dlist_unlink(&sc->dirty_link);
     sc->dirty = false;
 }
 
 /* Flushes every dirty connection. A kick from inside bds__srv_conn_flush (a blocked
  * reply moving on) finds its connection still marked and adds nothing: that
  * flush produces the output anyway. */
-
 void bds__srv_shard_flush_dirty(srv_shard *sh) {
     bds__srv_shard_budget_pass(sh);
-    while (sh->dirty) {
-        srv_conn *sc = sh->dirty;
-        sh->dirty = sc->dnext;
-        if (sh->dirty) sh->dirty->dprev = NULL;
-        sc->dprev = sc->dnext = NULL;
+    for (bds__dlist *l; (l = bds__dlist_first(&sh->dirty));) {
+        srv_conn *sc = BDS_DLIST_ENTRY(l, srv_conn, dirty_link);
+        bds__dlist_unlink(l);
         bds__srv_conn_flush(sc);
         sc->dirty = false;
     }
@@ -70,9 +59,9 @@ void bds__srv_shard_flusher(bds_flusher *f) { bds__srv_shard_flush_dirty(BDS_CON
 void bds__srv_conn_flush(srv_conn *sc) {
     if (!sc->c || sc->closing) return;
     /* Only calls with replies waiting: a flush costs nothing per idle stream. */
-    for (srv_call *call = sc->waiting, *next; call; call = next) {
-        next = call->wnext; /* a call whose trailers were pending is freed */
-        bds__srv_call_move_blocked(call);
+    bds__dlist *it, *nx;
+    BDS_DLIST_FOREACH_SAFE(it, nx, &sc->waiting) { /* a call whose trailers were pending is freed */
+        bds__srv_call_move_blocked(BDS_DLIST_ENTRY(it, srv_call, wait_link));
     }
     for (;;) {
         const uint8_t *data;
@@ -168,24 +157,21 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
     sc->c = NULL;
     sc->closing = true;
     bds__h2_abort_calls(sc->h2, BDS_CANCELLED); /* on_reset for each live call */
-    while (sc->calls) {
-        if (sc->calls->finish_pending) bds__srv_call_free(sc->calls); /* its session is gone already */
-        else bds__srv_call_unlink(sc->calls);                          /* their sessions close later, without us */
+    for (bds__dlist *l; (l = bds__dlist_first(&sc->calls));) {
+        srv_call *call = BDS_DLIST_ENTRY(l, srv_call, conn_link);
+        if (call->finish_pending) bds__srv_call_free(call); /* its session is gone already */
+        else bds__srv_call_unlink(call);                     /* their sessions close later, without us */
     }
-    while (sc->lingering) { /* they end on their own, on no list */
-        srv_call *call = sc->lingering;
-        sc->lingering = call->next;
-        call->conn = NULL;
-        call->prev = call->next = NULL;
+    for (bds__dlist *l; (l = bds__dlist_first(&sc->lingering));) { /* they end on their own, on no list */
+        BDS_DLIST_ENTRY(l, srv_call, conn_link)->conn = NULL;
+        bds__dlist_unlink(l);
     }
     sc->n_lingering = 0;
     bds__h2_destroy(sc->h2);
     atomic_fetch_sub_explicit(&shard_ctr(sh)->connections_live, 1, memory_order_relaxed);
     sc->acct->conn = NULL;
     bds__srv_acct_unref(sc->acct);
-    if (sc->prev) sc->prev->next = sc->next;
-    else sh->conns = sc->next;
-    if (sc->next) sc->next->prev = sc->prev;
+    bds__dlist_unlink(&sc->shard_link);
     free(sc);
 }
 
@@ -236,7 +222,7 @@ static void conn_timer_fired(bds_timer *t, void *ctx) {
      * ends it with GOAWAY. A PING there only closed clients that read their
      * socket only while a call runs (grpcio), abruptly, before the idle GOAWAY:
      * their next call failed UNAVAILABLE on the dead socket. */
-    bool keepalive = cfg->keepalive_time_ns && (sc->calls || !cfg->idle_timeout_ns);
+    bool keepalive = cfg->keepalive_time_ns && (!bds__dlist_empty(&sc->calls) || !cfg->idle_timeout_ns);
     if (keepalive) {
         /* Dead: nothing at all received since our PING (not only no ACK: a
          * PING sent while the connection was idle may never be read). */
@@ -271,7 +257,7 @@ static void conn_timer_fired(bds_timer *t, void *ctx) {
         } else if (due < next) {
             next = due;
         }
-    } else if (cfg->idle_timeout_ns && !sc->calls && !sc->idle_goaway) {
+    } else if (cfg->idle_timeout_ns && bds__dlist_empty(&sc->calls) && !sc->idle_goaway) {
         due = sat_add(sc->idle_since_ns, cfg->idle_timeout_ns);
         if (now >= due) {
             sc->idle_notice_ns = now;
@@ -317,6 +303,11 @@ void bds__srv_on_accept(bds_listener *l, bds_conn *c, void *ctx) {
         return;
     }
     *acct = (srv_acct){.sh = sh, .conn = sc, .refs = 1};
+    bds__dlist_init(&sc->calls);
+    bds__dlist_init(&sc->waiting);
+    bds__dlist_init(&sc->lingering);
+    bds__dlist_init(&sc->shard_link);
+    bds__dlist_init(&sc->dirty_link);
     sc->acct = acct;
     sc->sh = sh;
     sc->alloc = (bds__palloc){bds__srv_acct_malloc, bds__srv_acct_free, bds__srv_acct_calloc, bds__srv_acct_realloc,
@@ -365,9 +356,7 @@ void bds__srv_on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     }
     ctr_add(&shard_ctr(sh)->connections_accepted, 1);
     ctr_add(&shard_ctr(sh)->connections_live, 1);
-    sc->next = sh->conns;
-    if (sh->conns) sh->conns->prev = sc;
-    sh->conns = sc;
+    bds__dlist_insert_head(&sh->conns, &sc->shard_link);
     bds__conn_set_callbacks(c, &conn_cbs, sc);
     conn_timers_start(sc);
     bds__srv_conn_kick(sc); /* our SETTINGS */

@@ -8,6 +8,7 @@
 #include "bidistream/server.h"
 #include "pipeline_int.h"
 #include "group.h"
+#include "list.h"
 #include "log.h"
 #include "mem.h"
 #include "h2_server.h"
@@ -146,8 +147,8 @@ struct srv_shard {
     bds_pipe *pipe;
     bds_net *net;
     bds_listener *listener;
-    srv_conn *conns;
-    srv_conn *dirty;          /* connections with output due (bds__srv_conn_kick) */
+    bds__dlist conns;         /* its connections (srv_conn.shard_link) */
+    bds__dlist dirty;         /* connections with output due (bds__srv_conn_kick; dirty_link) */
     bds_flusher flusher;      /* flushes `dirty` at the end of a tick */
     bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
     uint64_t msg_bytes;       /* memory of the srv_msg buffers made here and alive */
@@ -187,11 +188,11 @@ struct bds_stream {
     int32_t stream;
     const srv_method *m;
     bds_session *session;
-    srv_call *prev, *next;    /* the connection's calls */
+    bds__dlist conn_link;     /* on its connection's calls, or lingering, list */
     srv_msg *parked, *parked_tail;   /* received, not admitted: window not credited */
     srv_msg *blocked, *blocked_tail; /* replies waiting for the stream's queue to drain */
-    srv_call *wprev, *wnext;  /* the connection's waiting list, while `waiting` */
-    bool waiting;             /* blocked is not empty (finish_pending implies it) */
+    bds__dlist wait_link;     /* on the connection's waiting list while blocked is not
+                                 empty (finish_pending implies it) */
     bool h2_done;             /* the HTTP/2 stream is over (finished, reset or failed) */
     bool half_close_pending;  /* END_STREAM arrived behind parked messages */
     /* Messages admitted to the pipeline and not released yet. A call whose
@@ -264,13 +265,15 @@ struct srv_conn {
     bool credit_held;         /* not read: its windows are not credited */
     srv_call *victim;         /* failed for its budget, not yet gone */
     bool ended;               /* a stream ended since it went over */
-    srv_call *calls;
-    srv_call *waiting;        /* calls with blocked replies (call->wprev/wnext) */
-    srv_call *lingering;      /* streams over, handlers still running (bds__srv_call_free) */
+    bds__dlist calls;         /* its open streams (srv_call.conn_link) */
+    bds__dlist waiting;       /* calls with blocked replies (srv_call.wait_link) */
+    bds__dlist lingering;     /* streams over, handlers still running (bds__srv_call_free; conn_link) */
     uint32_t n_lingering;     /* bounded by max_lingering_streams */
-    srv_conn *prev, *next;
-    srv_conn *dprev, *dnext;  /* the shard's dirty list, while `dirty` */
-    bool dirty;               /* output to produce: flushed by bds__srv_shard_flush_dirty */
+    bds__dlist shard_link;    /* on its shard's conns */
+    bds__dlist dirty_link;    /* on its shard's dirty list, while `dirty` */
+    bool dirty;               /* output to produce: flushed by bds__srv_shard_flush_dirty
+                                 (still set while the flush runs, so that it does not
+                                 requeue itself) */
     bool h2_failed;           /* the session failed on input: no more reading; its
                                  last output (ending in a GOAWAY) is flushed, then
                                  the connection closes */

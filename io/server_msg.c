@@ -244,7 +244,9 @@ static uint64_t call_held(const srv_call *call, bool freeable) {
 
 /* The connection's stream holding most, if larger than *best_bytes. */
 static srv_call *conn_largest(srv_conn *sc, bool freeable, srv_call *best, uint64_t *best_bytes) {
-    for (srv_call *call = sc->calls; call; call = call->next) {
+    bds__dlist *it, *nx;
+    BDS_DLIST_FOREACH_SAFE(it, nx, &sc->calls) {
+        srv_call *call = BDS_DLIST_ENTRY(it, srv_call, conn_link);
         if (!call->session || call->finish_pending || call->h2_done) continue;
         uint64_t b = call_held(call, freeable);
         if (b > *best_bytes) {
@@ -267,8 +269,9 @@ static void conn_budget_apply(srv_conn *sc) {
     sc->credit_held = hold;
     bds__h2_hold_conn_credit(sc->h2, hold);
     if (!hold) {
-        for (srv_call *call = sc->calls, *next; call; call = next) {
-            next = call->next;
+        bds__dlist *it, *nx;
+        BDS_DLIST_FOREACH_SAFE(it, nx, &sc->calls) {
+            srv_call *call = BDS_DLIST_ENTRY(it, srv_call, conn_link);
             if (call->session && !call->finish_pending) bds__srv_call_drain_parked(call);
         }
     }
@@ -297,14 +300,19 @@ void bds__srv_shard_budget_pass(srv_shard *sh) {
         srv_call *best = NULL;
         uint64_t best_bytes = 0;
         bool freeable = sh->ended || held < cfg->shard_bytes_max;
-        for (srv_conn *sc = sh->conns; sc; sc = sc->next) best = conn_largest(sc, freeable, best, &best_bytes);
+        bds__dlist *it, *nx;
+        BDS_DLIST_FOREACH_SAFE(it, nx, &sh->conns) {
+            best = conn_largest(BDS_DLIST_ENTRY(it, srv_conn, shard_link), freeable, best, &best_bytes);
+        }
         if (best) {
             sh->victim = best;
             sh->ended = true;
             call_fail_budget(best);
         }
     }
-    for (srv_conn *sc = sh->conns; sc; sc = sc->next) {
+    bds__dlist *it, *nx;
+    BDS_DLIST_FOREACH_SAFE(it, nx, &sh->conns) {
+        srv_conn *sc = BDS_DLIST_ENTRY(it, srv_conn, shard_link);
         uint64_t b = sc->acct->bytes;
         sc->over = cfg->conn_bytes_max && b >= (sc->over ? budget_low(cfg->conn_bytes_max) : cfg->conn_bytes_max);
         if (!sc->over) sc->ended = false;

@@ -445,23 +445,13 @@ bds_status bds_call_reply_paced(bds_call *call, const void *bytes, size_t len, b
 /* The call has blocked replies (or pending trailers): bds__srv_conn_flush visits it. */
 static void call_wait(srv_call *call) {
     srv_conn *sc = call->conn;
-    if (!sc || call->waiting) return;
-    call->waiting = true;
-    call->wprev = NULL;
-    call->wnext = sc->waiting;
-    if (sc->waiting) sc->waiting->wprev = call;
-    sc->waiting = call;
+    if (!sc || bds__dlist_linked(&call->wait_link)) return;
+    bds__dlist_insert_tail(&sc->waiting, &call->wait_link);
 }
 
 static void call_unwait(srv_call *call) {
-    srv_conn *sc = call->conn;
-    if (!call->waiting) return;
-    BDS_ASSERT(sc != NULL);
-    if (call->wprev) call->wprev->wnext = call->wnext;
-    else sc->waiting = call->wnext;
-    if (call->wnext) call->wnext->wprev = call->wprev;
-    call->wprev = call->wnext = NULL;
-    call->waiting = false;
+    BDS_ASSERT(call->conn != NULL || !bds__dlist_linked(&call->wait_link));
+    bds__dlist_unlink(&call->wait_link);
 }
 
 void bds__srv_call_unlink(srv_call *call) {
@@ -474,12 +464,9 @@ void bds__srv_call_unlink(srv_call *call) {
         if (sc->sh->victim == call) sc->sh->victim = NULL;
         bds__srv_shard_budget_due(sc->sh);
     }
-    if (call->prev) call->prev->next = call->next;
-    else sc->calls = call->next;
-    if (call->next) call->next->prev = call->prev;
-    call->prev = call->next = NULL;
+    bds__dlist_unlink(&call->conn_link);
     call->conn = NULL;
-    if (!sc->calls) sc->idle_since_ns = bds__shard_now(sc->sh->shard);
+    if (bds__dlist_empty(&sc->calls)) sc->idle_since_ns = bds__shard_now(sc->sh->shard);
 }
 
 static void msg_list_free(srv_msg *m, uint8_t hold) {
@@ -508,9 +495,7 @@ void bds__srv_call_free(srv_call *call) {
     call->lingering = true;
     if (sc && !sc->closing) {
         call->conn = sc;
-        call->next = sc->lingering;
-        if (sc->lingering) sc->lingering->prev = call;
-        sc->lingering = call;
+        bds__dlist_insert_head(&sc->lingering, &call->conn_link);
         sc->n_lingering++;
     }
 }
@@ -519,9 +504,7 @@ void bds__srv_call_free(srv_call *call) {
 static void call_linger_end(srv_call *call) {
     srv_conn *sc = call->conn;
     if (sc) {
-        if (call->prev) call->prev->next = call->next;
-        else sc->lingering = call->next;
-        if (call->next) call->next->prev = call->prev;
+        bds__dlist_unlink(&call->conn_link);
         sc->n_lingering--;
     }
     bds_stream_unref(call); /* the server's reference */
@@ -933,6 +916,8 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
         return BDS_RESOURCE_EXHAUSTED;
     }
     call->home = sh;
+    bds__dlist_init(&call->conn_link);
+    bds__dlist_init(&call->wait_link);
     atomic_init(&call->refs, 1);
     call->conn = sc;
     call->stream = info->stream_id;
@@ -973,9 +958,7 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     ctr_add(&shard_ctr(sh)->streams_live, 1);
     bds_session_open(call->session);
     if (info->deadline_ns) bds_session_set_deadline(call->session, info->deadline_ns);
-    call->next = sc->calls;
-    if (sc->calls) sc->calls->prev = call;
-    sc->calls = call;
+    bds__dlist_insert_head(&sc->calls, &call->conn_link);
     sc->idle_since_ns = 0;
     *call_ctx = call;
     return BDS_OK;
