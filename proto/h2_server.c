@@ -73,6 +73,7 @@
 
 #include "base.h"
 #include "grpc_frame.h"
+#include "list.h"
 
 enum h2s_state { H2S_HEADERS = 1, H2S_REJECTED, H2S_OPEN, H2S_DONE };
 /* Who ended an H2S_DONE call: decides what the app's late calls get back. */
@@ -95,7 +96,7 @@ enum h2s_end { H2S_END_NONE = 0, H2S_END_APP, H2S_END_SESSION, H2S_END_PEER };
 BDS_STATIC_ASSERT(sizeof(((bds__h2_msg *)0)->_prefix) == BDS_GRPC_PREFIX_BYTES, "gRPC prefix size");
 
 struct h2_stream {
-    struct h2_stream *prev, *next; /* live list                                  */
+    bds__dlist live_link;          /* on the conn's live list                    */
     int32_t id;
     uint8_t state;                 /* enum h2s_state                             */
     uint8_t ended_by;              /* enum h2s_end, set when state is H2S_DONE    */
@@ -117,7 +118,7 @@ struct h2_stream {
                                       message must resume it                      */
     uint64_t consume_pending;      /* counted in consumed_bytes, not yet told to
                                       nghttp2 (on the conn's consume list)        */
-    struct h2_stream *cprev, *cnext; /* the consume list, while consume_pending   */
+    bds__dlist consume_link;       /* on the consume list, while consume_pending */
     int grpc_code;                 /* trailers' grpc-status                       */
     char *grpc_msg;                /* percent-encoded grpc-message, or NULL       */
     size_t grpc_msg_len;
@@ -136,8 +137,8 @@ struct bds__h2_conn {
     uint64_t now_ns;
     uint8_t *out;                  /* out_cap bytes; [0, out_len) unsent         */
     size_t out_len, out_cap;
-    struct h2_stream live;         /* sentinel of the live list                  */
-    struct h2_stream consume;      /* sentinel: streams with consume_pending > 0 */
+    bds__dlist live;               /* every stream record (h2_stream.live_link)  */
+    bds__dlist consume;            /* streams with consume_pending > 0           */
     int32_t last_id;               /* one-entry lookup cache: last_id -> last_s  */
     struct h2_stream *last_s;
     bool in_recv;                  /* inside nghttp2_session_mem_recv            */
@@ -265,12 +266,10 @@ static struct h2_stream *h2_stream_find(bds__h2_conn *c, int32_t id) {
 /* Tells nghttp2 about |s|'s pending credit (one call however many messages
  * were credited since the last flush) and takes it off the consume list. */
 static void h2_consume_flush_one(bds__h2_conn *c, struct h2_stream *s) {
-    BDS_ASSERT(s->consume_pending > 0 && s->cnext != NULL);
+    BDS_ASSERT(s->consume_pending > 0 && bds__dlist_linked(&s->consume_link));
     size_t k = (size_t)s->consume_pending;
     s->consume_pending = 0;
-    s->cprev->cnext = s->cnext;
-    s->cnext->cprev = s->cprev;
-    s->cprev = s->cnext = NULL;
+    bds__dlist_unlink(&s->consume_link);
     if (c->fatal) return;
     int rv = c->cfg.conn_credit_on_receipt ? nghttp2_session_consume_stream(c->ng, s->id, k)
                                            : nghttp2_session_consume(c->ng, s->id, k);
@@ -280,7 +279,8 @@ static void h2_consume_flush_one(bds__h2_conn *c, struct h2_stream *s) {
 /* Before frames are serialized: every pending credit becomes WINDOW_UPDATEs
  * in the same send. */
 static void h2_consume_flush(bds__h2_conn *c) {
-    while (c->consume.cnext != &c->consume) h2_consume_flush_one(c, c->consume.cnext);
+    for (bds__dlist *l; (l = bds__dlist_first(&c->consume));)
+        h2_consume_flush_one(c, BDS_DLIST_ENTRY(l, struct h2_stream, consume_link));
 }
 
 /* A closing stream's pending credit is moot for the stream; the connection's
@@ -289,9 +289,7 @@ static void h2_consume_drop(bds__h2_conn *c, struct h2_stream *s) {
     if (s->consume_pending == 0) return;
     uint64_t k = s->consume_pending;
     s->consume_pending = 0;
-    s->cprev->cnext = s->cnext;
-    s->cnext->cprev = s->cprev;
-    s->cprev = s->cnext = NULL;
+    bds__dlist_unlink(&s->consume_link);
     if (!c->cfg.conn_credit_on_receipt && !c->fatal && c->ng != NULL)
         h2_check(c, nghttp2_session_consume_connection(c->ng, (size_t)k));
 }
@@ -364,8 +362,7 @@ static void h2_queue_free_from(bds__h2_conn *c, bds__h2_msg *m) {
 static void h2_stream_free(bds__h2_conn *c, struct h2_stream *s) {
     BDS_ASSERT(s != NULL);
     BDS_ASSERT(s->consumed_bytes <= s->recv_bytes);
-    s->prev->next = s->next;
-    s->next->prev = s->prev;
+    bds__dlist_unlink(&s->live_link);
     h2_consume_drop(c, s);
     if (c->last_s == s) {
         c->last_id = 0;
@@ -599,10 +596,9 @@ static int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, 
     s->id = frame->hd.stream_id;
     s->state = H2S_HEADERS;
     bds__grpc_req_init(&s->req, c->cfg.methods, c->cfg.header_list_bytes_max);
-    s->next = &c->live;
-    s->prev = c->live.prev;
-    c->live.prev->next = s;
-    c->live.prev = s;
+    bds__dlist_init(&s->consume_link);
+    bds__dlist_init(&s->live_link);
+    bds__dlist_insert_tail(&c->live, &s->live_link);
     int rv = nghttp2_session_set_stream_user_data(ng, s->id, s);
     BDS_ASSERT(rv == 0);
     return 0;
@@ -737,7 +733,7 @@ static void h2_client_ping(bds__h2_conn *c) {
         c->ping_strikes = 0;
         return;
     }
-    uint64_t min = c->live.next == &c->live ? c->cfg.ping_idle_min_interval_ns : c->cfg.ping_min_interval_ns;
+    uint64_t min = bds__dlist_empty(&c->live) ? c->cfg.ping_idle_min_interval_ns : c->cfg.ping_min_interval_ns;
     if (!first && c->now_ns - last < min) c->ping_strikes++;
     if (c->ping_strikes <= c->cfg.ping_strikes_max) return;
     static const char why[] = "too_many_pings";
@@ -1182,8 +1178,8 @@ bds_status bds__h2_create(bds__h2_conn **out, const bds__h2_config *cfg,
     c->mem = (nghttp2_mem){a->ctx, a->malloc_fn, a->free_fn, a->calloc_fn, a->realloc_fn};
     c->cbs = *cbs;
     c->ctx = ctx;
-    c->live.next = c->live.prev = &c->live;
-    c->consume.cnext = c->consume.cprev = &c->consume;
+    bds__dlist_init(&c->live);
+    bds__dlist_init(&c->consume);
     c->goaway_floor = INT32_MAX;
     c->out_cap = cfg->out_buf_bytes;
     c->out = a->malloc_fn(c->out_cap, a->ctx);
@@ -1202,8 +1198,8 @@ void bds__h2_destroy(bds__h2_conn *c) {
     /* nghttp2_session_del fires no callbacks; our records are freed here. */
     if (c->ng != NULL) nghttp2_session_del(c->ng);
     c->ng = NULL;
-    while (c->live.next != &c->live) {
-        struct h2_stream *s = c->live.next;
+    for (bds__dlist *l; (l = bds__dlist_first(&c->live));) {
+        struct h2_stream *s = BDS_DLIST_ENTRY(l, struct h2_stream, live_link);
         s->consumed_bytes = s->recv_bytes;
         h2_stream_free(c, s);
     }
@@ -1454,12 +1450,7 @@ size_t bds__h2_consume(bds__h2_conn *c, int32_t id, size_t n) {
     /* Counted now, told to nghttp2 once per stream before the next send
      * (h2_consume_flush): its WINDOW_UPDATEs only leave with a send anyway. */
     s->consumed_bytes += k;
-    if (s->consume_pending == 0) {
-        s->cnext = &c->consume;
-        s->cprev = c->consume.cprev;
-        c->consume.cprev->cnext = s;
-        c->consume.cprev = s;
-    }
+    if (s->consume_pending == 0) bds__dlist_insert_tail(&c->consume, &s->consume_link);
     s->consume_pending += k;
     return (size_t)k;
 }
@@ -1539,7 +1530,9 @@ bool bds__h2_peer_ready(const bds__h2_conn *c) { return c->peer_ready; }
 void bds__h2_abort_calls(bds__h2_conn *c, bds_status status) {
     BDS_ASSERT(c != NULL);
     BDS_ASSERT(!c->in_output);
-    for (struct h2_stream *s = c->live.next; s != &c->live; s = s->next) {
+    bds__dlist *it, *nx;
+    BDS_DLIST_FOREACH_SAFE(it, nx, &c->live) {
+        struct h2_stream *s = BDS_DLIST_ENTRY(it, struct h2_stream, live_link);
         if (s->state != H2S_OPEN) continue;
         s->state = H2S_DONE;
         s->ended_by = H2S_END_PEER;
