@@ -31,7 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "frame.h"
+#include "echo.h"
 #include "group.h"
 #include "net.h"
 
@@ -245,7 +245,7 @@ static void *raw_main(void *arg) {
 typedef struct bds_server_run {
     int lfd;
     bds_net *net;
-    bds_frame_echo echo;
+    bds_echo echo;
     uint64_t cpu_ns, ticks, sleeps, cqes, msgs;
 } bds_server_run;
 
@@ -266,11 +266,11 @@ static bds_status bds_on_start(bds_shard *s, void *ctx) {
     bds_net_config nc;
     bds__net_config_default(&nc);
     B.net = bds__net_create(s, &nc);
-    bds__frame_echo_init(&B.echo, B.net);
+    bds__echo_init(&B.echo, B.net);
     bds_shard_hooks h = {.on_stop = bds_on_stop, .quiescent = bds_quiescent};
     bds__shard_set_hooks(s, &h);
     B.cpu_ns = thread_cpu_ns();
-    return bds__listener_start(B.net, B.lfd, bds__frame_echo_on_accept, &B.echo, NULL);
+    return bds__listener_start(B.net, B.lfd, bds__echo_on_accept, &B.echo, NULL);
 }
 
 static void bds_on_exit(bds_shard *s, void *ctx) {

@@ -16,7 +16,7 @@
 #include <time.h>
 
 #include "group.h"
-#include "pipe.h"
+#include "shard_pipeline.h"
 #include "pipeline_int.h"
 
 struct run {
@@ -24,8 +24,8 @@ struct run {
     bool cross;
     bds_bell_mode bell;
     /* state */
-    bds_pipe_group *pg;
-    bds_pipe *pipes[2];
+    bds_shard_pipelines *pg;
+    bds_shard_pipeline *pipes[2];
     bds_shard *shards[2];
     bds_session *s;
     uint64_t sent, done;
@@ -64,8 +64,8 @@ static void op_closed(bds_session *s, bds_status st, const char *m, void *c) {
 static const bds_session_ops ops = {.write = op_write, .drop = op_drop, .release = op_release, .closed = op_closed};
 
 static bool hook_run(bds_shard *sh, void *ctx) {
-    bds_pipe *p = ctx;
-    bool more = bds__pipe_run(p, 1024);
+    bds_shard_pipeline *p = ctx;
+    bool more = bds__shard_pipeline_run(p, 1024);
     if (bds__shard_id(sh) != 0 || !R.s || R.finished) return more;
     while (R.sent < R.messages && R.sent - R.done < R.window) {
         bds_session_receive(R.s, NULL, 0, R.key, R.key_len, R.sent++);
@@ -77,32 +77,32 @@ static bool hook_run(bds_shard *sh, void *ctx) {
 }
 static bool hook_drain(bds_shard *s, void *ctx) {
     (void)s;
-    return bds__pipe_drain(ctx, 1024);
+    return bds__shard_pipeline_drain(ctx, 1024);
 }
 static bool hook_sleep(bds_shard *s, void *ctx) {
     /* shard 0 generates the load: it may sleep only once everything is sent */
     if (bds__shard_id(s) == 0 && R.s && R.sent < R.messages && R.sent - R.done < R.window) return false;
-    return bds__pipe_prepare_sleep(ctx);
+    return bds__shard_pipeline_prepare_sleep(ctx);
 }
 static void hook_woken(bds_shard *s, void *ctx) {
     (void)s;
-    bds__pipe_woken(ctx);
+    bds__shard_pipeline_woken(ctx);
 }
 static bool hook_quiet(bds_shard *s, void *ctx) {
     (void)s;
-    return bds__pipe_idle(ctx);
+    return bds__shard_pipeline_idle(ctx);
 }
 
 static bds_status on_start(bds_shard *s, void *ctx) {
     (void)ctx;
     uint32_t id = bds__shard_id(s);
     R.shards[id] = s;
-    if (bds__pipe_attach(R.pg, s, &R.pipes[id]) != BDS_OK) return BDS_E_NOMEM;
+    if (bds__shard_pipeline_attach(R.pg, s, &R.pipes[id]) != BDS_OK) return BDS_E_NOMEM;
     bds_shard_hooks h = {.drain_inbox = hook_drain, .run_work = hook_run, .prepare_sleep = hook_sleep,
                          .woken = hook_woken, .quiescent = hook_quiet, .ctx = R.pipes[id]};
     bds__shard_set_hooks(s, &h);
     if (id == 0) {
-        bds_pipeline *p = bds__pipe_pipeline(R.pipes[0]);
+        bds_pipeline *p = bds__shard_pipeline_get(R.pipes[0]);
         /* a key that executes where the case wants it */
         for (int i = 0;; i++) {
             R.key_len = (uint32_t)snprintf(R.key, sizeof R.key, "k%d", i);
@@ -132,7 +132,7 @@ static double run_case(uint32_t messages, uint32_t window, bool cross, bds_bell_
     R.cross = cross;
     R.bell = bell;
     uint64_t seed[2] = {1, 2};
-    R.pg = bds__pipe_group_create(2, seed);
+    R.pg = bds__shard_pipelines_create(2, seed);
     bds_group_config cfg;
     bds__group_config_default(&cfg);
     cfg.shards = 2;
@@ -147,9 +147,9 @@ static double run_case(uint32_t messages, uint32_t window, bool cross, bds_bell_
     }
     bds__group_run(g);
     bds__group_destroy(g);
-    bds__pipe_detach(R.pipes[0]);
-    bds__pipe_detach(R.pipes[1]);
-    bds__pipe_group_destroy(R.pg);
+    bds__shard_pipeline_detach(R.pipes[0]);
+    bds__shard_pipeline_detach(R.pipes[1]);
+    bds__shard_pipelines_destroy(R.pg);
     return (double)(R.t1 - R.t0);
 }
 

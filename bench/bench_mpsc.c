@@ -32,7 +32,7 @@
 
 #include "mpsc.h"
 
-#define CAP 4096         /* a shard inbox's capacity (DESIGN §5) */
+#define CAP 4096         /* a shard inbox's capacity (docs/ARCHITECTURE.md) */
 #define POP_MAX 256
 #define PRODUCERS_MAX 16
 #define BURST_MAX 64

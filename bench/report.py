@@ -170,7 +170,7 @@ def main():
     if os.path.exists(conf):
         lines = [l.strip() for l in open(conf) if l.strip()]
         if lines:
-            md.append("- conformance to SPEC §4 (bench/peers/check.py): " + "; ".join(lines))
+            md.append("- conformance to docs/SERVICE.md (bench/peers/check.py): " + "; ".join(lines))
     md.append("- servers: " + "; ".join(
         f"**{s}** ({by_any(by, s)['tags'].get('server_version', '')})" for s in servers_all))
     md.append("\nCells: median over the repetitions [min–max]. Latency: from the (intended) send "
@@ -178,7 +178,7 @@ def main():
               "runs on one core, so `srv` near 1.0 means it is saturated, and `cli` near 1.0 per "
               "client thread means the *client* was the limit (flagged). p99.9 and beyond of short "
               "runs rest on few samples (a 1 s run at 10 k msg/s has 10 above p99.9): compare tails "
-              "only within one run, as DESIGN §0.1 warns.\n")
+              "only within one run, as docs/ARCHITECTURE.md warns.\n")
     plots_at = len(md)
 
     # ---- closed-loop scenarios
@@ -378,7 +378,7 @@ def overload_section(md, by, env, servers_all):
               "(HARD_REJECT: RESOURCE_EXHAUSTED) is opened again at once by the client; "
               "**rejected** = messages that never got a reply because their stream was ended ÷ "
               "messages sent; **resets/s** = streams ended by the server per second. A rejection "
-              "ends the whole stream, not one message (it is terminal for the session, SPEC §2), so "
+              "ends the whole stream, not one message (it is terminal for the session, docs/SERVICE.md), so "
               "with arrivals above capacity a HARD_REJECT stream dies within milliseconds of each "
               "opening and few messages are ever answered. Latency is "
               "that of *admitted* messages, from their intended send time. RSS: the server's at "

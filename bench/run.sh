@@ -8,7 +8,7 @@
 # one CPU and the client to the others, and writes bench/results/<date>/:
 #   results.jsonl   one JSON line per run (bds-bench output + tags)
 #   env.json        machine, kernel, package versions, git revision, profile
-#   conformance.txt each HTTP/2 server against SPEC §4 first (bench/peers/check.py:
+#   conformance.txt each HTTP/2 server against docs/SERVICE.md first (bench/peers/check.py:
 #                   echo, keyed FIFO under work_us, fail -> INTERNAL)
 #   report.md       one table per scenario (medians with min–max), ratios
 #   plots/*.svg     gnuplot plots (and their .dat/.gp next to them)
@@ -363,7 +363,7 @@ start_server() { # name cmd port
   return 1
 }
 
-# ---- conformance first: a server that does not do what SPEC §4 says is not compared
+# ---- conformance first: a server that does not do what docs/SERVICE.md says is not compared
 : > "$out/conformance.txt"
 if /usr/bin/python3 -c 'import grpc' 2>/dev/null; then
   for s in "${servers[@]}"; do

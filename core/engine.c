@@ -1,7 +1,7 @@
 /* engine.c — the EXEC role: per-(session, key) run queues and the Engine.
  *
  * The pipeline a key hashes to is the only one that touches that key's queue,
- * so keyed FIFO needs no lock (DESIGN §6). Only a queue's head runs, and only
+ * so keyed FIFO needs no lock (docs/ARCHITECTURE.md). Only a queue's head runs, and only
  * while it holds a token: either the EXEC brought one, a GRANT delivered one,
  * or the previous head passed its own on completion. A finished head is
  * handed back to its home pipeline with DONE, saying whether the token went

@@ -4,7 +4,7 @@
  * pile every key onto one shard or one hash chain. SipHash-1-3 with a
  * per-process random seed keeps placement and table chains unpredictable at a
  * cost of a few ns for short keys. The same seed is used by every shard: a key
- * must land on the same shard from every connection (DESIGN §2). */
+ * must land on the same shard from every connection (docs/ARCHITECTURE.md). */
 #ifndef BDS_HASH_H
 #define BDS_HASH_H
 

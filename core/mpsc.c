@@ -1,5 +1,5 @@
 /* mpsc.c — a bounded, lock-free ring: many producers on any thread, one
- * consumer (the shard that owns it). It is every shard's inbox (DESIGN §5).
+ * consumer (the shard that owns it). It is every shard's inbox (docs/ARCHITECTURE.md).
  *
  * Design. Slots hold one non-NULL pointer each; NULL means "empty, or claimed
  * and not yet published". A producer claims k contiguous positions with ONE
@@ -14,7 +14,7 @@
  * one's tail update; Vyukov's ring makes the consumer spin on the slot). DESIGN
  * §5 says why one MPSC inbox per shard rather than SPSC rings per pair.
  *
- * Sleep/wake (DESIGN §5.3). The consumer announces a sleep with a seq_cst
+ * Sleep/wake (docs/ARCHITECTURE.md). The consumer announces a sleep with a seq_cst
  * exchange of _sleeping, then a seq_cst load of _pushes, then looks at its
  * head slot. A producer, after publishing, bumps _pushes (seq_cst RMW), then
  * reads _sleeping (seq_cst). Store buffering is forbidden in the single total
@@ -56,7 +56,7 @@
  * a push takes it, then to the consumer; the ring never dereferences items.
  *
  * Elsewhere: the doorbells themselves (MSG_RING, eventfd) and the producer
- * ids live in io/ (shard.c, pipe.c). */
+ * ids live in io/ (shard.c, shard_pipeline.c). */
 #include <string.h>
 
 #include "mpsc.h"

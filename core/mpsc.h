@@ -1,5 +1,5 @@
 /* mpsc.h — the bounded lock-free inbox of a shard: many producers (any
- * thread), one consumer (the owning shard). Internal; DESIGN §5, §5.3.
+ * thread), one consumer (the owning shard). Internal; docs/ARCHITECTURE.md
  *
  * Items are non-NULL pointers, moved, never copied or dereferenced: a
  * successful push hands the pointee to the consumer. The design, the memory

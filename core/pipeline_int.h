@@ -1,5 +1,5 @@
 /* pipeline_int.h — the pipeline's internal objects and the protocol between
- * pipelines (DESIGN §3, §5, §6).
+ * pipelines (docs/ARCHITECTURE.md).
  *
  * Two roles per inbound message. HOME (C) is the pipeline that owns the
  * session: it admits (ordering capacity, tokens), keeps per-(session, key)
@@ -255,7 +255,7 @@ void bds__call_on_cancel(bds_call *call, bds__call_cancel_fn fn, void *ctx);
  * bds_call_done yet): for the call API of the layers above. Thread: any. */
 void bds__call_check_running(const bds_call *call, const char *api);
 
-/* session_fsm.c: the state table (STYLE §5). */
+/* session_fsm.c: the state table. */
 enum bds__fsm_event {
     BDS_EV_OPEN = 0,     /* stream accepted */
     BDS_EV_CLIENT_CLOSE, /* END_STREAM from the client */

@@ -1,6 +1,6 @@
 /* session.c — the HOME role: sessions, the Receiver's admission, the Sender.
  *
- * Admission follows the spec's order, ordering then backpressure (DESIGN §6):
+ * Admission follows the spec's order, ordering then backpressure (docs/ARCHITECTURE.md):
  * a call to a busy key waits for its turn without a token (bounded by
  * inbound.ordering.capacity); the first call of an idle key needs a token now,
  * and the policy decides what happens when none is free (reject, wait in the
@@ -26,7 +26,7 @@
 static void session_check_drained(bds_pipeline *p, bds_session *s);
 static void session_maybe_free(bds_pipeline *p, bds_session *s);
 
-/* Session calls belong to the home pipeline's thread (STYLE §6: assert ownership). */
+/* Session calls belong to the home pipeline's thread (assert ownership). */
 #define ASSERT_HOME(s) BDS_ASSERT(bds__pipeline_current() == (s)->home)
 
 /* Adds n to a counter of the session's stats and, live, to its bds_counters.
@@ -574,7 +574,7 @@ void bds__home_on_done(bds_pipeline *p, bds_call *call) {
         home_key_release(p, s, hk);
     } else if (!call->token_passed && !s->inbound_stopped && !hk->in_wait) {
         /* The successor reached EXEC after its key queue had emptied: the token
-         * goes straight to it, never through the pool (DESIGN §6 race). */
+         * goes straight to it, never through the pool (docs/ARCHITECTURE.md race). */
         bds__post(p, hk->head->exec, BDS_XK_GRANT, hk->head);
     }
     s->ops->release(s, call->payload, s->ops_ctx);

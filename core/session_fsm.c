@@ -1,4 +1,4 @@
-/* session_fsm.c — the session lifecycle as a table (SPEC §2, STYLE §5).
+/* session_fsm.c — the session lifecycle as a table (docs/SERVICE.md).
  *
  * The table is the only place that knows which transitions exist. The state
  * word is atomic so the EXEC side (and any thread) may read it; the CAS loop

@@ -1,7 +1,7 @@
 /* bell.c — doorbells (MSG_RING between shards, an eventfd for everyone else)
  * and the signalfd read.
  *
- * Design (DESIGN §5.3). The latch that decides *whether* to ring lives with the
+ * Design (docs/ARCHITECTURE.md). The latch that decides *whether* to ring lives with the
  * inbox (core/mpsc.h: should_ring / prepare_sleep); this file only rings.
  * A shard rings another by queueing IORING_OP_MSG_RING on its OWN ring with
  * IOSQE_CQE_SKIP_SUCCESS: the SQE goes out with this tick's submit, no extra

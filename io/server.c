@@ -9,8 +9,8 @@
  * they share.
  *
  * Per shard: one listener on the shared port (SO_REUSEPORT), its connections,
- * one HTTP/2 session each (proto/h2_server), and a pipeline (io/pipe). Flow
- * control is end to end (DESIGN §7): a message's bytes are credited to its
+ * one HTTP/2 session each (proto/h2_server), and a pipeline (io/shard_pipeline). Flow
+ * control is end to end (docs/ARCHITECTURE.md): a message's bytes are credited to its
  * stream's window only once the pipeline admitted it, so a fast client is
  * slowed at its socket, never rejected (server_stream.c).
  *
@@ -302,35 +302,35 @@ bds_status bds_server_add_interceptor(bds_server *srv, const bds_interceptor *ic
 
 static bool hook_drain(bds_shard *s, void *ctx) {
     (void)s;
-    return bds__pipe_drain(((srv_shard *)ctx)->pipe, RUN_BUDGET);
+    return bds__shard_pipeline_drain(((srv_shard *)ctx)->pipe, RUN_BUDGET);
 }
 
 static bool hook_run(bds_shard *s, void *ctx) {
     (void)s;
     srv_shard *sh = ctx;
-    bool more = bds__pipe_run(sh->pipe, RUN_BUDGET);
+    bool more = bds__shard_pipeline_run(sh->pipe, RUN_BUDGET);
     bds__srv_shard_flush_dirty(sh); /* this tick's replies, sent by this tick's flushers */
     bds_pipeline_stats ps;
-    bds_pipeline_get_stats(bds__pipe_pipeline(sh->pipe), &ps);
+    bds_pipeline_get_stats(bds__shard_pipeline_get(sh->pipe), &ps);
     atomic_store_explicit(&shard_ctr(sh)->msgs_posted, ps.msgs_posted, memory_order_relaxed);
     return more;
 }
 
 static bool hook_prepare_sleep(bds_shard *s, void *ctx) {
     (void)s;
-    return bds__pipe_prepare_sleep(((srv_shard *)ctx)->pipe);
+    return bds__shard_pipeline_prepare_sleep(((srv_shard *)ctx)->pipe);
 }
 
 static void hook_woken(bds_shard *s, void *ctx) {
     (void)s;
-    bds__pipe_woken(((srv_shard *)ctx)->pipe);
+    bds__shard_pipeline_woken(((srv_shard *)ctx)->pipe);
 }
 
 /* Any thread, for a stall report: relaxed reads of plain counters. */
 static void hook_dump(bds_shard *s, FILE *f, void *ctx) {
     (void)s;
     srv_shard *sh = ctx;
-    bds__pipe_dump(sh->pipe, f);
+    bds__shard_pipeline_dump(sh->pipe, f);
     const bds_net_stats *ns = bds__net_stats(sh->net);
     fprintf(f, "  net: %u listeners + connections live, %llu accepted, %llu closed, stopping %d\n",
             bds__net_live(sh->net), (unsigned long long)ns->accepted, (unsigned long long)ns->closed,
@@ -352,12 +352,12 @@ static void hook_on_signal(bds_shard *s, int signo, void *ctx) {
 /* Nothing of this shard's own is left: no connection, and no session, call
  * or key (or they were abandoned). */
 static bool shard_idle(srv_shard *sh) {
-    return bds__dlist_empty(&sh->conns) && (sh->abandoned || bds__pipe_idle(sh->pipe));
+    return bds__dlist_empty(&sh->conns) && (sh->abandoned || bds__shard_pipeline_idle(sh->pipe));
 }
 
 static void shard_abandon(srv_shard *sh) {
     bds_pipeline_stats st;
-    bds_pipeline_get_stats(bds__pipe_pipeline(sh->pipe), &st);
+    bds_pipeline_get_stats(bds__shard_pipeline_get(sh->pipe), &st);
     if (bds__log_on(&sh->srv->log, BDS_LOG_WARN)) {
         bds__log(&sh->srv->log, BDS_LOG_WARN, "hard stop: abandoning %lu session%s whose handlers did not finish",
                  (unsigned long)st.sessions_live, st.sessions_live == 1 ? "" : "s");
@@ -407,7 +407,7 @@ static void hook_on_stop(bds_shard *s, void *ctx) {
     srv_shard *sh = ctx;
     sh->stopping = true;
     atomic_store(&sh->srv->serving, 0);
-    bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
+    bds__pipeline_set_current(bds__shard_pipeline_get(sh->pipe));
     if (sh->listener) {
         bds__listener_close(sh->listener);
         sh->listener = NULL;
@@ -561,7 +561,7 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     bds__srv_msg_pools_init(sh);
     sh->flusher.fn = bds__srv_shard_flusher;
     bds__srv_self = sh;
-    bds_status st = bds__pipe_attach(srv->pipes, s, &sh->pipe);
+    bds_status st = bds__shard_pipeline_attach(srv->pipes, s, &sh->pipe);
     if (st != BDS_OK) return st;
     bds_net_config nc;
     bds__net_config_default(&nc);
@@ -600,14 +600,14 @@ static void on_shard_exit(bds_shard *s, void *vctx) {
     if (sh->net) bds__net_destroy(sh->net);
     sh->net = NULL;
     bds__srv_self = NULL;
-    /* The pipe outlives the shard until every shard has stopped (pipe.h). */
+    /* The shard pipeline outlives the shard until every shard has stopped (shard_pipeline.h). */
 }
 
 /* What hard stops abandoned: handlers may still hold its calls, so it is
  * never freed, and kept reachable on purpose (no leak report either). */
 struct srv_abandoned {
     struct srv_abandoned *next;
-    bds_pipe_group *pipes;
+    bds_shard_pipelines *pipes;
     srv_shard *shards[BDS_SHARDS_MAX];
 };
 static _Atomic(struct srv_abandoned *) srv_graveyard;
@@ -629,7 +629,7 @@ static void server_free_shards(bds_server *srv) {
     for (uint32_t i = 0; i < BDS_SHARDS_MAX; i++) {
         srv_shard *sh = srv->shards[i];
         if (!sh) continue;
-        if (sh->pipe) bds__pipe_detach(sh->pipe);
+        if (sh->pipe) bds__shard_pipeline_detach(sh->pipe);
         /* Every shard has stopped (joined): no message is held any more. */
         bds__srv_msg_pools_deinit(sh);
         free(sh);
@@ -655,13 +655,13 @@ bds_status bds_server_run(bds_server *srv) {
     if (fds && srv->cfg.max_connections && fds < (uint64_t)srv->cfg.max_connections + 64)
         bds__log(&srv->log, BDS_LOG_WARN, "warning: %llu file descriptors for up to %u connections: past the "
                  "descriptors, new connections are closed at once", (unsigned long long)fds, srv->cfg.max_connections);
-    srv->pipes = bds__pipe_group_create(n, NULL);
+    srv->pipes = bds__shard_pipelines_create(n, NULL);
     if (!srv->pipes) return BDS_E_NOMEM;
     struct start_ctx sc = {.srv = srv};
     int reserve = server_reserve_port(srv, sc.err, sizeof sc.err);
     if (reserve < 0) {
         bds__log(&srv->log, BDS_LOG_ERROR, "cannot start: %s", sc.err);
-        bds__pipe_group_destroy(srv->pipes);
+        bds__shard_pipelines_destroy(srv->pipes);
         srv->pipes = NULL;
         return BDS_UNAVAILABLE;
     }
@@ -670,7 +670,7 @@ bds_status bds_server_run(bds_server *srv) {
     if (st != BDS_OK) {
         bds__log(&srv->log, BDS_LOG_ERROR, "cannot start: %s", sc.err[0] ? sc.err : bds_status_str(st));
         server_free_shards(srv);
-        bds__pipe_group_destroy(srv->pipes);
+        bds__shard_pipelines_destroy(srv->pipes);
         srv->pipes = NULL;
         return st;
     }
@@ -694,7 +694,7 @@ bds_status bds_server_run(bds_server *srv) {
         return BDS_DEADLINE_EXCEEDED;
     }
     server_free_shards(srv);
-    bds__pipe_group_destroy(srv->pipes);
+    bds__shard_pipelines_destroy(srv->pipes);
     srv->pipes = NULL;
     return BDS_OK;
 }

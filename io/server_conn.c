@@ -120,7 +120,7 @@ static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ct
     (void)c;
     srv_conn *sc = ctx;
     if (sc->closing || sc->h2_failed) return;
-    bds__pipeline_set_current(bds__pipe_pipeline(sc->sh->pipe));
+    bds__pipeline_set_current(bds__shard_pipeline_get(sc->sh->pipe));
     sc->last_recv_ns = bds__shard_now(sc->sh->shard);
     if (bds__h2_recv(sc->h2, bytes, len, sc->last_recv_ns) != BDS_OK) {
         if (bds__log_on(&sc->sh->srv->log, BDS_LOG_WARN)) {
@@ -151,7 +151,7 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
     bool expected = !err || err == ECONNRESET || err == EPIPE;
     bds__log(&sc->sh->srv->log, expected ? BDS_LOG_DEBUG : BDS_LOG_WARN, "connection closed: %s", strerror(err));
     srv_shard *sh = sc->sh;
-    bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
+    bds__pipeline_set_current(bds__shard_pipeline_get(sh->pipe));
     bds__timer_cancel(bds__shard_timers(sh->shard), &sc->timer);
     conn_undirty(sc);
     sc->c = NULL;

@@ -13,7 +13,7 @@
 #include "mem.h"
 #include "h2_server.h"
 #include "net.h"
-#include "pipe.h"
+#include "shard_pipeline.h"
 
 #define BDS_SERVER_METHODS_MAX 64
 
@@ -72,7 +72,7 @@ struct bds_server {
     srv_shard_counters *shc;
     uint32_t n_shards;
     bds_group *group;
-    bds_pipe_group *pipes;
+    bds_shard_pipelines *pipes;
     srv_shard *shards[BDS_SHARDS_MAX];
     _Atomic int serving;      /* 1 until the stop begins (bds_server_serving) */
     struct {
@@ -144,7 +144,7 @@ typedef struct srv_msg {
 struct srv_shard {
     bds_server *srv;
     bds_shard *shard;
-    bds_pipe *pipe;
+    bds_shard_pipeline *pipe;
     bds_net *net;
     bds_listener *listener;
     bds__dlist conns;         /* its connections (srv_conn.shard_link) */
@@ -258,7 +258,7 @@ struct srv_conn {
     srv_shard *sh;
     char peer[64];            /* "ip:port" of the client (bds_stream_peer) */
     bds_conn *c;
-    bds__h2_conn *h2;
+    bds__h2_session *h2;
     srv_acct *acct;           /* its bytes, for the budgets */
     bds__palloc alloc;        /* its HTTP/2 session's memory, counted in acct */
     bool over;                /* at conn_bytes_max: not read */

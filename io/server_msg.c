@@ -290,7 +290,7 @@ static void conn_budget_apply(srv_conn *sc) {
 void bds__srv_shard_budget_pass(srv_shard *sh) {
     if (!sh->budget_due) return;
     sh->budget_due = false;
-    bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
+    bds__pipeline_set_current(bds__shard_pipeline_get(sh->pipe));
     const bds_server_config *cfg = &sh->srv->cfg;
     uint64_t held = sh->msg_bytes + sh->h2_bytes;
     sh->over = cfg->shard_bytes_max &&

@@ -255,7 +255,7 @@ static void stream_post(srv_call *st, srv_msg *m) {
     atomic_fetch_add_explicit(&st->refs, 1, memory_order_relaxed); /* for the trip */
     m->target = st;
     m->task.run = stream_task_run;
-    bds__post_any(bds__pipe_pipeline(st->home->pipe), bds__shard_id(st->home->shard), BDS_XK_TASK, &m->task);
+    bds__post_any(bds__shard_pipeline_get(st->home->pipe), bds__shard_id(st->home->shard), BDS_XK_TASK, &m->task);
 }
 
 /* A buffer for an operation on st: from the home shard's pools on its thread,
@@ -694,7 +694,7 @@ static void call_apply_ctl(srv_call *call, srv_msg *r) {
         atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed);
         f->target = call;
         f->task.run = call_finish_task;
-        bds_pipeline *p = bds__pipe_pipeline(call->home->pipe);
+        bds_pipeline *p = bds__shard_pipeline_get(call->home->pipe);
         bds__post(p, p->index, BDS_XK_TASK, &f->task);
         return;
     }
@@ -946,8 +946,8 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     cfg.ops = &srv_ops;
     cfg.ops_ctx = call;
     cfg.counters = &mc->core;
-    bds__pipeline_set_current(bds__pipe_pipeline(sh->pipe));
-    if (bds_session_create(&call->session, bds__pipe_pipeline(sh->pipe), &cfg, NULL) != BDS_OK) {
+    bds__pipeline_set_current(bds__shard_pipeline_get(sh->pipe));
+    if (bds_session_create(&call->session, bds__shard_pipeline_get(sh->pipe), &cfg, NULL) != BDS_OK) {
         ctr_add(&mc->streams_refused, 1);
         atomic_store_explicit(&call->ended, true, memory_order_relaxed);
         bds_stream_unref(call);

@@ -2,7 +2,7 @@
  *
  * Design. One io_uring per shard, created on the shard's own thread with
  * SINGLE_ISSUER | DEFER_TASKRUN (completions are produced only when this thread
- * enters with GETEVENTS, DESIGN §16.1), CQ = 4 x SQ, SUBMIT_ALL. Every SQE's
+ * enters with GETEVENTS, docs/ARCHITECTURE.md), CQ = 4 x SQ, SUBMIT_ALL. Every SQE's
  * user_data is kind:8 | gen:24 | slot:32. The slot indexes slot_op[], the
  * generation is bumped whenever a slot is released, so a CQE that arrives after
  * its op was abandoned (or its slot reused) fails the check and is dropped; a

@@ -117,7 +117,7 @@ typedef struct bds_shard_hooks {
     bool (*drain_inbox)(bds_shard *s, void *ctx);
     /* Run local pipeline work (budgeted). Returns true when work remains. */
     bool (*run_work)(bds_shard *s, void *ctx);
-    /* Sleep protocol (DESIGN §5.3): returns true when the shard may block.
+    /* Sleep protocol (docs/ARCHITECTURE.md): returns true when the shard may block.
      * Must give this sleep a fresh bell latch (bell_rung = 0) BEFORE it
      * announces sleeping: a bell rung for an earlier, aborted attempt can be
      * reaped by any enter while the shard is awake (the submit right after an

@@ -35,7 +35,7 @@
  * caught — too many CONTINUATIONs, unsent ACKs —, a bad client preface, out
  * of memory) the session is only destroyed: nghttp2 is never called again, so
  * it cannot write the connection error itself. The client still gets a clear
- * one (SPEC §5): bds__h2_output appends a GOAWAY written here, after the frames
+ * one (docs/SERVICE.md): bds__h2_output appends a GOAWAY written here, after the frames
  * already in the buffer (ENHANCE_YOUR_CALM for floods, PROTOCOL_ERROR for a
  * bad preface, INTERNAL_ERROR otherwise; last-stream-id as nghttp2 had it).
  * That is why the buffer holds whole frames: a frame is cut only when it is
@@ -127,7 +127,7 @@ struct h2_stream {
     bool deframer_live;
 };
 
-struct bds__h2_conn {
+struct bds__h2_session {
     nghttp2_session *ng;
     bds__h2_config cfg;
     const bds__palloc *alloc;
@@ -177,10 +177,10 @@ struct bds__h2_conn {
 
 /* ---- small helpers --------------------------------------------------------------- */
 
-static bool h2_conn_credit_auto(const bds__h2_conn *c) { return c->cfg.conn_credit_on_receipt; }
+static bool h2_conn_credit_auto(const bds__h2_session *c) { return c->cfg.conn_credit_on_receipt; }
 
 /* The GOAWAY error code for a session that failed with nghttp2 error |rv|. */
-static uint32_t h2_fatal_code(const bds__h2_conn *c, int rv) {
+static uint32_t h2_fatal_code(const bds__h2_session *c, int rv) {
     switch (rv) {
     case NGHTTP2_ERR_FLOODED: /* unsent SETTINGS/PING ACKs over max_outbound_ack */
 #if defined(BDS_HAVE_NGHTTP2_MAX_CONTINUATIONS)
@@ -198,7 +198,7 @@ static uint32_t h2_fatal_code(const bds__h2_conn *c, int rv) {
  * above that of a GOAWAY queued before. nghttp2 bounds it only by the GOAWAYs
  * it has sent, so one still queued could be overtaken (0, then 1), and RFC 9113
  * §6.8 forbids raising it: nghttp2's own client calls that a PROTOCOL_ERROR. */
-static int32_t h2_goaway_last_id(bds__h2_conn *c) {
+static int32_t h2_goaway_last_id(bds__h2_session *c) {
     int32_t last = nghttp2_session_get_last_proc_stream_id(c->ng);
     if (last > c->goaway_floor) last = c->goaway_floor;
     c->goaway_floor = last;
@@ -208,7 +208,7 @@ static int32_t h2_goaway_last_id(bds__h2_conn *c) {
 /* nghttp2 failed fatally: from here on only bds__h2_destroy touches it. The
  * first cause names the GOAWAY that bds__h2_output writes by hand (none when
  * the buffer ends inside a frame: nothing can follow it). */
-static void h2_fatal(bds__h2_conn *c, int rv) {
+static void h2_fatal(bds__h2_session *c, int rv) {
     BDS_ASSERT(rv < 0);
     if (!c->fatal) {
         c->goaway_code = h2_fatal_code(c, rv);
@@ -220,7 +220,7 @@ static void h2_fatal(bds__h2_conn *c, int rv) {
 }
 
 /* Appends the fatal session's GOAWAY (RFC 9113 §6.8) once the buffer has room. */
-static void h2_fatal_goaway(bds__h2_conn *c) {
+static void h2_fatal_goaway(bds__h2_session *c) {
     BDS_ASSERT(c->fatal);
     if (!c->goaway_due || c->out_cap - c->out_len < H2_GOAWAY_BYTES) return;
     BDS_ASSERT(!c->out_cut);
@@ -237,11 +237,11 @@ static void h2_fatal_goaway(bds__h2_conn *c) {
 }
 
 /* Records a non-OK nghttp2 result from a call we make; fatal ones end the session. */
-static void h2_check(bds__h2_conn *c, int rv) {
+static void h2_check(bds__h2_session *c, int rv) {
     if (rv != 0 && nghttp2_is_fatal(rv)) h2_fatal(c, rv);
 }
 
-static struct h2_stream *h2_stream_get(const bds__h2_conn *c, int32_t id) {
+static struct h2_stream *h2_stream_get(const bds__h2_session *c, int32_t id) {
     BDS_ASSERT(c != NULL && c->ng != NULL);
     if (id <= 0) return NULL;
     return nghttp2_session_get_stream_user_data(c->ng, id);
@@ -251,7 +251,7 @@ static struct h2_stream *h2_stream_get(const bds__h2_conn *c, int32_t id) {
  * stream (a message arrives and is credited; a reply is checked and queued),
  * and each nghttp2 lookup is a hash probe. The entry is dropped when its
  * record is freed. */
-static struct h2_stream *h2_stream_find(bds__h2_conn *c, int32_t id) {
+static struct h2_stream *h2_stream_find(bds__h2_session *c, int32_t id) {
     if (id == c->last_id && id > 0) return c->last_s;
     struct h2_stream *s = h2_stream_get(c, id);
     if (s != NULL) {
@@ -265,7 +265,7 @@ static struct h2_stream *h2_stream_find(bds__h2_conn *c, int32_t id) {
 
 /* Tells nghttp2 about |s|'s pending credit (one call however many messages
  * were credited since the last flush) and takes it off the consume list. */
-static void h2_consume_flush_one(bds__h2_conn *c, struct h2_stream *s) {
+static void h2_consume_flush_one(bds__h2_session *c, struct h2_stream *s) {
     BDS_ASSERT(s->consume_pending > 0 && bds__dlist_linked(&s->consume_link));
     size_t k = (size_t)s->consume_pending;
     s->consume_pending = 0;
@@ -278,14 +278,14 @@ static void h2_consume_flush_one(bds__h2_conn *c, struct h2_stream *s) {
 
 /* Before frames are serialized: every pending credit becomes WINDOW_UPDATEs
  * in the same send. */
-static void h2_consume_flush(bds__h2_conn *c) {
+static void h2_consume_flush(bds__h2_session *c) {
     for (bds__dlist *l; (l = bds__dlist_first(&c->consume));)
         h2_consume_flush_one(c, BDS_DLIST_ENTRY(l, struct h2_stream, consume_link));
 }
 
 /* A closing stream's pending credit is moot for the stream; the connection's
  * share (when not credited on receipt) is given now. */
-static void h2_consume_drop(bds__h2_conn *c, struct h2_stream *s) {
+static void h2_consume_drop(bds__h2_session *c, struct h2_stream *s) {
     if (s->consume_pending == 0) return;
     uint64_t k = s->consume_pending;
     s->consume_pending = 0;
@@ -320,7 +320,7 @@ static nghttp2_nv h2_nv(const char *name, const char *value, size_t valuelen) {
 
 /* Counts |cost| suspicious frames; an exhausted bucket terminates the session
  * with ENHANCE_YOUR_CALM (nghttp2 then ignores everything after this frame). */
-static void h2_glitch(bds__h2_conn *c, uint32_t cost) {
+static void h2_glitch(bds__h2_session *c, uint32_t cost) {
     BDS_ASSERT(cost > 0);
     c->stats.glitches += cost;
     if (c->stats.calmed) return;
@@ -342,7 +342,7 @@ static void h2_glitch(bds__h2_conn *c, uint32_t cost) {
 /* ---- stream records ---------------------------------------------------------- */
 
 /* The session is done with |m|: its bytes left or were dropped. */
-static void h2_msg_release(bds__h2_conn *c, bds__h2_msg *m) {
+static void h2_msg_release(bds__h2_session *c, bds__h2_msg *m) {
     if (m->_owned) {
         c->alloc->free_fn(m, c->alloc->ctx);
         return;
@@ -351,7 +351,7 @@ static void h2_msg_release(bds__h2_conn *c, bds__h2_msg *m) {
     c->cbs.on_msg_release(c->ctx, m);
 }
 
-static void h2_queue_free_from(bds__h2_conn *c, bds__h2_msg *m) {
+static void h2_queue_free_from(bds__h2_session *c, bds__h2_msg *m) {
     while (m != NULL) {
         bds__h2_msg *next = m->_next;
         h2_msg_release(c, m);
@@ -359,7 +359,7 @@ static void h2_queue_free_from(bds__h2_conn *c, bds__h2_msg *m) {
     }
 }
 
-static void h2_stream_free(bds__h2_conn *c, struct h2_stream *s) {
+static void h2_stream_free(bds__h2_session *c, struct h2_stream *s) {
     BDS_ASSERT(s != NULL);
     BDS_ASSERT(s->consumed_bytes <= s->recv_bytes);
     bds__dlist_unlink(&s->live_link);
@@ -377,7 +377,7 @@ static void h2_stream_free(bds__h2_conn *c, struct h2_stream *s) {
 
 /* Credits everything received and not yet consumed: the session has taken the
  * call over (finished, failed, refused) and nobody else will. */
-static void h2_stream_settle(bds__h2_conn *c, struct h2_stream *s) {
+static void h2_stream_settle(bds__h2_session *c, struct h2_stream *s) {
     BDS_ASSERT(s->state != H2S_OPEN);
     BDS_ASSERT(s->consumed_bytes <= s->recv_bytes);
     uint64_t k = s->recv_bytes - s->consumed_bytes;
@@ -389,7 +389,7 @@ static void h2_stream_settle(bds__h2_conn *c, struct h2_stream *s) {
 }
 
 /* Stores grpc-status and the percent-encoded grpc-message for the trailers. */
-static bool h2_stream_set_status(bds__h2_conn *c, struct h2_stream *s, int code, const char *msg) {
+static bool h2_stream_set_status(bds__h2_session *c, struct h2_stream *s, int code, const char *msg) {
     BDS_ASSERT(code >= 0 && code <= 16);
     BDS_ASSERT(s->grpc_msg == NULL);
     s->grpc_code = code;
@@ -435,7 +435,7 @@ static size_t h2_md_nv(const struct h2_stream *s, bool trailer, nghttp2_nv *nv) 
 /* Trailers-Only (PROTOCOL-HTTP2): one HEADERS with END_STREAM carrying the
  * status (and all the call's metadata); with an HTTP error status for
  * requests that are not gRPC at all. */
-static void h2_submit_trailers_only(bds__h2_conn *c, struct h2_stream *s, int http_status) {
+static void h2_submit_trailers_only(bds__h2_session *c, struct h2_stream *s, int http_status) {
     char status_buf[4], code_buf[4];
     nghttp2_nv nv[5 + BDS_H2_METADATA_MAX];
     size_t n = 0;
@@ -451,7 +451,7 @@ static void h2_submit_trailers_only(bds__h2_conn *c, struct h2_stream *s, int ht
     h2_check(c, nghttp2_submit_response(c->ng, s->id, nv, n, NULL));
 }
 
-static void h2_resume(bds__h2_conn *c, struct h2_stream *s) {
+static void h2_resume(bds__h2_session *c, struct h2_stream *s) {
     if (!s->deferred) return; /* nghttp2 will ask our read callback again */
     s->deferred = false;
     int rv = nghttp2_session_resume_data(c->ng, s->id);
@@ -460,7 +460,7 @@ static void h2_resume(bds__h2_conn *c, struct h2_stream *s) {
 
 /* Ends the stream on the wire with |code|/|msg|: trailers-only when nothing was
  * sent yet, else trailers after the queued messages. */
-static void h2_stream_answer(bds__h2_conn *c, struct h2_stream *s, int http_status, int code,
+static void h2_stream_answer(bds__h2_session *c, struct h2_stream *s, int http_status, int code,
                              const char *msg) {
     BDS_ASSERT(s->state == H2S_DONE || s->state == H2S_REJECTED);
     BDS_ASSERT(!s->finishing);
@@ -479,7 +479,7 @@ static void h2_stream_answer(bds__h2_conn *c, struct h2_stream *s, int http_stat
 }
 
 /* A request refused at its headers: answered, never seen by the app. */
-static void h2_stream_reject(bds__h2_conn *c, struct h2_stream *s, int http_status,
+static void h2_stream_reject(bds__h2_session *c, struct h2_stream *s, int http_status,
                              bds_status status, const char *msg) {
     BDS_ASSERT(s->state == H2S_HEADERS);
     s->state = H2S_REJECTED;
@@ -492,7 +492,7 @@ static void h2_stream_reject(bds__h2_conn *c, struct h2_stream *s, int http_stat
 }
 
 /* A started call failed on its input: answered by us, the app is told. */
-static void h2_stream_fail(bds__h2_conn *c, struct h2_stream *s, bds_status status,
+static void h2_stream_fail(bds__h2_session *c, struct h2_stream *s, bds_status status,
                            const char *reason) {
     BDS_ASSERT(s->state == H2S_OPEN);
     BDS_ASSERT(status != BDS_OK);
@@ -517,7 +517,7 @@ static void h2_stream_fail(bds__h2_conn *c, struct h2_stream *s, bds_status stat
 /* ---- captured request headers ---------------------------------------------------- */
 
 /* Drops the captures of the last header block; the next belong to stream |id|. */
-static void h2_capture_reset(bds__h2_conn *c, int32_t id) {
+static void h2_capture_reset(bds__h2_session *c, int32_t id) {
     c->alloc->free_fn(c->cap, c->alloc->ctx);
     c->cap = NULL;
     c->cap_len = c->cap_cap = 0;
@@ -538,7 +538,7 @@ static bool h2_md_reserved(const uint8_t *name, size_t namelen) {
  * buffer grows as needed, up to capture_bytes_max; what does not fit is
  * dropped (the server sizes the bound so that a header list that passes
  * header_list_bytes_max always fits). */
-static void h2_capture(bds__h2_conn *c, int32_t id, const uint8_t *name, size_t namelen,
+static void h2_capture(bds__h2_session *c, int32_t id, const uint8_t *name, size_t namelen,
                        const uint8_t *value, size_t valuelen) {
     BDS_ASSERT(c->cap_id == id);
     if (h2_md_reserved(name, namelen) || namelen > UINT16_MAX) return;
@@ -584,7 +584,7 @@ bool bds__h2_captured_next(const uint8_t *captured, size_t captured_len, size_t 
 /* ---- nghttp2 callbacks: input ------------------------------------------------ */
 
 static int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
-    bds__h2_conn *c = ud;
+    bds__h2_session *c = ud;
     BDS_ASSERT(c->in_recv);
     c->hb_decoded = 0; /* every block with header callbacks begins here */
     c->hb_list_bytes = 0;
@@ -613,7 +613,7 @@ static int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, 
  * client needs it, so the connection ends at once with ENHANCE_YOUR_CALM, as
  * gRPC's C core does; nghttp2 then skips the rest of the input, so a bomb
  * costs at most that bound plus one header per connection. */
-static bool h2_hpack_bomb(bds__h2_conn *c, size_t wire) {
+static bool h2_hpack_bomb(bds__h2_session *c, size_t wire) {
     uint64_t budget = (uint64_t)H2_HPACK_LIST_FACTOR * c->cfg.header_list_bytes_max +
                       (uint64_t)H2_HPACK_WIRE_FACTOR * wire;
     if (c->hb_decoded <= budget) return false;
@@ -626,7 +626,7 @@ static bool h2_hpack_bomb(bds__h2_conn *c, size_t wire) {
 /* A header of client trailers (HEADERS after the request's): nothing in them
  * concerns us, but they are held to the request's header-list bound (RFC 7541
  * size): past it the call fails with RESOURCE_EXHAUSTED. */
-static void h2_trailer_header(bds__h2_conn *c, struct h2_stream *s, size_t namelen,
+static void h2_trailer_header(bds__h2_session *c, struct h2_stream *s, size_t namelen,
                               size_t valuelen) {
     c->hb_list_bytes += namelen + valuelen + H2_FIELD_OVERHEAD;
     if (c->hb_list_bytes > c->cfg.header_list_bytes_max && s != NULL && s->state == H2S_OPEN)
@@ -637,7 +637,7 @@ static int h2_on_header(nghttp2_session *ng, const nghttp2_frame *frame, const u
                         size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
                         void *ud) {
     (void)flags;
-    bds__h2_conn *c = ud;
+    bds__h2_session *c = ud;
     c->hb_decoded += namelen + valuelen;
     c->stats.header_bytes_decoded += namelen + valuelen;
     if (h2_hpack_bomb(c, frame->hd.length)) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -659,7 +659,7 @@ static int h2_on_header(nghttp2_session *ng, const nghttp2_frame *frame, const u
 }
 
 /* The client ended its side: a cut message is an error, else half-close. */
-static void h2_stream_remote_end(bds__h2_conn *c, struct h2_stream *s) {
+static void h2_stream_remote_end(bds__h2_session *c, struct h2_stream *s) {
     s->remote_closed = true;
     if (s->state != H2S_OPEN) return;
     BDS_ASSERT(s->deframer_live);
@@ -672,7 +672,7 @@ static void h2_stream_remote_end(bds__h2_conn *c, struct h2_stream *s) {
 }
 
 /* The request's header block is complete: verdict, then start or answer. */
-static void h2_stream_request(bds__h2_conn *c, struct h2_stream *s, bool end_stream) {
+static void h2_stream_request(bds__h2_session *c, struct h2_stream *s, bool end_stream) {
     BDS_ASSERT(s->state == H2S_HEADERS);
     s->remote_closed = end_stream;
     bds__grpc_verdict v = bds__grpc_req_verdict(&s->req);
@@ -722,7 +722,7 @@ static const uint8_t h2_keepalive_opaque[8] = {'b', 'd', 's', '-', 'k', 'a', 'l'
 
 /* A client PING, judged as grpc-go's keepalive enforcement does: too close to
  * the previous one with nothing sent by us in between is a strike. */
-static void h2_client_ping(bds__h2_conn *c) {
+static void h2_client_ping(bds__h2_session *c) {
     if (c->cfg.ping_min_interval_ns == 0 || c->close_on_goaway) return;
     bool first = !c->ping_seen;
     uint64_t last = c->ping_last_ns;
@@ -744,7 +744,7 @@ static void h2_client_ping(bds__h2_conn *c) {
 }
 
 static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
-    bds__h2_conn *c = ud;
+    bds__h2_session *c = ud;
     BDS_ASSERT(c->in_recv);
     bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     struct h2_stream *s;
@@ -797,8 +797,8 @@ static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, voi
 /* A message larger than the stream window could never complete if its bytes
  * waited for the app's consume: the part received so far (bounded by
  * msg_bytes_max, already checked from the prefix) is credited now, and the
- * message's wire_bytes later report only the rest (DESIGN §7). */
-static void h2_stream_credit_partial(bds__h2_conn *c, struct h2_stream *s, bool ask) {
+ * message's wire_bytes later report only the rest (docs/ARCHITECTURE.md). */
+static void h2_stream_credit_partial(bds__h2_session *c, struct h2_stream *s, bool ask) {
     uint32_t msg_len, have;
     if (!bds__grpc_deframer_partial(&s->deframer, &msg_len, &have)) return;
     uint32_t sofar = have + BDS_GRPC_PREFIX_BYTES;
@@ -808,7 +808,7 @@ static void h2_stream_credit_partial(bds__h2_conn *c, struct h2_stream *s, bool 
 }
 
 /* Runs the deframer over one DATA chunk of an open call. */
-static void h2_stream_deframe(bds__h2_conn *c, struct h2_stream *s, const uint8_t *data,
+static void h2_stream_deframe(bds__h2_session *c, struct h2_stream *s, const uint8_t *data,
                               size_t len) {
     BDS_ASSERT(s->deframer_live);
     while (len > 0 && s->state == H2S_OPEN) {
@@ -832,7 +832,7 @@ static void h2_stream_deframe(bds__h2_conn *c, struct h2_stream *s, const uint8_
 static int h2_on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t stream_id,
                                  const uint8_t *data, size_t len, void *ud) {
     (void)flags;
-    bds__h2_conn *c = ud;
+    bds__h2_session *c = ud;
     BDS_ASSERT(c->in_recv);
     if (h2_conn_credit_auto(c)) {
         if (c->conn_credit_held) c->conn_credit_owed += len;
@@ -855,7 +855,7 @@ static int h2_on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t str
 
 static int h2_on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t error_code,
                               void *ud) {
-    bds__h2_conn *c = ud;
+    bds__h2_session *c = ud;
     struct h2_stream *s = nghttp2_session_get_stream_user_data(ng, stream_id);
     if (s == NULL) return 0;
     if (s->state == H2S_OPEN) {
@@ -879,7 +879,7 @@ static int h2_on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t e
 
 static int h2_on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *ud) {
     (void)ng; /* used only with nghttp2's reset limiter */
-    bds__h2_conn *c = ud;
+    bds__h2_session *c = ud;
     switch (hd->type) {
     case NGHTTP2_PING:
         /* gRPC clients probe bandwidth with a PING as data arrives: pings that
@@ -921,7 +921,7 @@ static int h2_on_invalid_frame_recv(nghttp2_session *ng, const nghttp2_frame *fr
     (void)frame;
     (void)lib_error_code;
     h2_glitch(ud, 1);
-    return ((bds__h2_conn *)ud)->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+    return ((bds__h2_session *)ud)->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
 }
 
 /* ---- nghttp2 callbacks: output ------------------------------------------------ */
@@ -930,7 +930,7 @@ static ssize_t h2_on_send(nghttp2_session *ng, const uint8_t *data, size_t lengt
                           void *ud) {
     (void)ng;
     (void)flags;
-    bds__h2_conn *c = ud;
+    bds__h2_session *c = ud;
     BDS_ASSERT(c->in_output);
     BDS_ASSERT(c->out_len <= c->out_cap);
     /* |data| is (the rest of) one frame. It goes whole, or waits for room; it
@@ -946,7 +946,7 @@ static ssize_t h2_on_send(nghttp2_session *ng, const uint8_t *data, size_t lengt
 
 /* Moves the next |len| queued bytes (prefixes and payloads) of |s| into |buf|,
  * releasing every message whose last byte has left. len <= q_bytes. */
-static void h2_queue_take(bds__h2_conn *c, struct h2_stream *s, uint8_t *buf, size_t len) {
+static void h2_queue_take(bds__h2_session *c, struct h2_stream *s, uint8_t *buf, size_t len) {
     BDS_ASSERT(len <= s->q_bytes);
     size_t n = 0;
     while (n < len) {
@@ -987,7 +987,7 @@ static void h2_queue_take(bds__h2_conn *c, struct h2_stream *s, uint8_t *buf, si
  * would leave promised bytes exposed to a stream failure in between). */
 static ssize_t h2_on_read(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, size_t length,
                           uint32_t *data_flags, nghttp2_data_source *source, void *ud) {
-    bds__h2_conn *c = ud;
+    bds__h2_session *c = ud;
     /* The record rides in the provider: nghttp2 reads only live streams, and
      * the record lives as long as its nghttp2 stream. */
     struct h2_stream *s = source->ptr;
@@ -1022,7 +1022,7 @@ static int h2_on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint
                            size_t length, nghttp2_data_source *source, void *ud) {
     (void)ng;
     (void)frame;
-    bds__h2_conn *c = ud;
+    bds__h2_session *c = ud;
     struct h2_stream *s = source->ptr;
     BDS_ASSERT(c->in_output && s != NULL);
     BDS_ASSERT(c->out_cap - c->out_len >= H2_FRAME_HD_BYTES + length && length <= s->q_bytes);
@@ -1034,7 +1034,7 @@ static int h2_on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint
 }
 
 static int h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
-    bds__h2_conn *c = ud;
+    bds__h2_session *c = ud;
     if (frame->hd.type == NGHTTP2_DATA) {
         /* Capped: a client that read a long download must not bank a free
          * flood of PINGs for later, only answer what it is reading now. */
@@ -1144,7 +1144,7 @@ static nghttp2_option *h2_option_new(const bds__h2_config *cfg) {
 }
 
 /* Builds the nghttp2 session and queues SETTINGS + the connection window. */
-static int h2_session_start(bds__h2_conn *c) {
+static int h2_session_start(bds__h2_session *c) {
     nghttp2_session_callbacks *cb = h2_callbacks_new();
     nghttp2_option *opt = h2_option_new(&c->cfg);
     int rv = NGHTTP2_ERR_NOMEM;
@@ -1164,14 +1164,14 @@ static int h2_session_start(bds__h2_conn *c) {
                                                  (int32_t)c->cfg.conn_window_bytes);
 }
 
-bds_status bds__h2_create(bds__h2_conn **out, const bds__h2_config *cfg,
+bds_status bds__h2_create(bds__h2_session **out, const bds__h2_config *cfg,
                           const bds__h2_callbacks *cbs, void *ctx) {
     BDS_ASSERT(out != NULL && cfg != NULL && cbs != NULL);
     BDS_ASSERT(cbs->on_call_start != NULL && cbs->on_message != NULL);
     *out = NULL;
     if (!h2_config_valid(cfg)) return BDS_E_INVALID;
     const bds__palloc *a = cfg->alloc != NULL ? cfg->alloc : bds__palloc_libc();
-    bds__h2_conn *c = a->calloc_fn(1, sizeof *c, a->ctx);
+    bds__h2_session *c = a->calloc_fn(1, sizeof *c, a->ctx);
     if (c == NULL) return BDS_E_NOMEM;
     c->cfg = *cfg;
     c->alloc = a;
@@ -1192,7 +1192,7 @@ bds_status bds__h2_create(bds__h2_conn **out, const bds__h2_config *cfg,
     return BDS_OK;
 }
 
-void bds__h2_destroy(bds__h2_conn *c) {
+void bds__h2_destroy(bds__h2_session *c) {
     if (c == NULL) return;
     BDS_ASSERT(!c->in_recv && !c->in_output);
     /* nghttp2_session_del fires no callbacks; our records are freed here. */
@@ -1210,7 +1210,7 @@ void bds__h2_destroy(bds__h2_conn *c) {
 
 /* ---- bytes in, bytes out ------------------------------------------------------ */
 
-bds_status bds__h2_recv(bds__h2_conn *c, const uint8_t *in, size_t len, uint64_t now_ns) {
+bds_status bds__h2_recv(bds__h2_session *c, const uint8_t *in, size_t len, uint64_t now_ns) {
     BDS_ASSERT(c != NULL && (in != NULL || len == 0));
     BDS_ASSERT(!c->in_recv && !c->in_output);
     if (c->fatal) return BDS_UNAVAILABLE;
@@ -1227,7 +1227,7 @@ bds_status bds__h2_recv(bds__h2_conn *c, const uint8_t *in, size_t len, uint64_t
     return c->fatal ? BDS_UNAVAILABLE : BDS_OK;
 }
 
-bds_status bds__h2_output(bds__h2_conn *c, const uint8_t **data, size_t *len) {
+bds_status bds__h2_output(bds__h2_session *c, const uint8_t **data, size_t *len) {
     BDS_ASSERT(c != NULL && data != NULL && len != NULL);
     BDS_ASSERT(!c->in_recv && !c->in_output);
     h2_consume_flush(c);
@@ -1243,19 +1243,19 @@ bds_status bds__h2_output(bds__h2_conn *c, const uint8_t **data, size_t *len) {
     return c->fatal ? BDS_UNAVAILABLE : BDS_OK;
 }
 
-void bds__h2_output_advance(bds__h2_conn *c, size_t n) {
+void bds__h2_output_advance(bds__h2_session *c, size_t n) {
     BDS_ASSERT(c != NULL && !c->in_output);
     BDS_ASSERT(n <= c->out_len);
     memmove(c->out, c->out + n, c->out_len - n);
     c->out_len -= n;
 }
 
-bool bds__h2_want_write(const bds__h2_conn *c) {
+bool bds__h2_want_write(const bds__h2_session *c) {
     BDS_ASSERT(c != NULL);
     return c->out_len > 0 || c->goaway_due || (!c->fatal && nghttp2_session_want_write(c->ng));
 }
 
-bool bds__h2_is_done(const bds__h2_conn *c) {
+bool bds__h2_is_done(const bds__h2_session *c) {
     BDS_ASSERT(c != NULL);
     if (c->out_len > 0 || c->goaway_due) return false;
     return c->fatal || c->goaway_left || (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng));
@@ -1264,7 +1264,7 @@ bool bds__h2_is_done(const bds__h2_conn *c) {
 /* ---- calls from the application ---------------------------------------------- */
 
 /* Looks up a call the app may act on; BDS_OK with |*sp| set, else why not. */
-static bds_status h2_app_stream(bds__h2_conn *c, int32_t id, struct h2_stream **sp) {
+static bds_status h2_app_stream(bds__h2_session *c, int32_t id, struct h2_stream **sp) {
     struct h2_stream *s = h2_stream_find(c, id);
     *sp = s;
     if (s == NULL || s->state == H2S_HEADERS || s->state == H2S_REJECTED) return BDS_E_SESSION_CLOSED;
@@ -1275,7 +1275,7 @@ static bds_status h2_app_stream(bds__h2_conn *c, int32_t id, struct h2_stream **
 }
 
 /* Checks that stream |id| may take |len| more payload bytes; BDS_OK with |*sp|. */
-static bds_status h2_send_check(bds__h2_conn *c, int32_t id, size_t len, struct h2_stream **sp) {
+static bds_status h2_send_check(bds__h2_session *c, int32_t id, size_t len, struct h2_stream **sp) {
     bds_status st = h2_app_stream(c, id, sp);
     if (st != BDS_OK) return st;
     if (c->fatal) return BDS_E_SESSION_CLOSED;
@@ -1288,7 +1288,7 @@ static bds_status h2_send_check(bds__h2_conn *c, int32_t id, size_t len, struct 
 
 /* Appends |m| (fields set but the link) and starts or resumes the stream's
  * DATA. On failure |m| is unlinked again and the caller still owns it. */
-static bds_status h2_queue_push(bds__h2_conn *c, struct h2_stream *s, bds__h2_msg *m) {
+static bds_status h2_queue_push(bds__h2_session *c, struct h2_stream *s, bds__h2_msg *m) {
     BDS_ASSERT(m->_off == 0);
     size_t wire = (size_t)m->_len + BDS_GRPC_PREFIX_BYTES;
     m->_next = NULL;
@@ -1318,7 +1318,7 @@ static bds_status h2_queue_push(bds__h2_conn *c, struct h2_stream *s, bds__h2_ms
     return BDS_OK;
 }
 
-bds_status bds__h2_send_msg(bds__h2_conn *c, int32_t id, const void *msg, size_t len) {
+bds_status bds__h2_send_msg(bds__h2_session *c, int32_t id, const void *msg, size_t len) {
     BDS_ASSERT(c != NULL && !c->in_output);
     BDS_ASSERT(msg != NULL || len == 0);
     struct h2_stream *s;
@@ -1335,7 +1335,7 @@ bds_status bds__h2_send_msg(bds__h2_conn *c, int32_t id, const void *msg, size_t
     return st;
 }
 
-bds_status bds__h2_send_ref(bds__h2_conn *c, int32_t id, bds__h2_msg *m, const void *data,
+bds_status bds__h2_send_ref(bds__h2_session *c, int32_t id, bds__h2_msg *m, const void *data,
                             size_t len) {
     BDS_ASSERT(c != NULL && !c->in_output && m != NULL);
     BDS_ASSERT(data != NULL || len == 0);
@@ -1348,7 +1348,7 @@ bds_status bds__h2_send_ref(bds__h2_conn *c, int32_t id, bds__h2_msg *m, const v
     return h2_queue_push(c, s, m);
 }
 
-bds_status bds__h2_send_framed(bds__h2_conn *c, int32_t id, bds__h2_msg *m, uint8_t *wire,
+bds_status bds__h2_send_framed(bds__h2_session *c, int32_t id, bds__h2_msg *m, uint8_t *wire,
                                size_t len) {
     BDS_ASSERT(c != NULL && !c->in_output && m != NULL && wire != NULL);
     BDS_ASSERT(c->cbs.on_msg_release != NULL);
@@ -1365,7 +1365,7 @@ bds_status bds__h2_send_framed(bds__h2_conn *c, int32_t id, bds__h2_msg *m, uint
     return h2_queue_push(c, s, m);
 }
 
-bds_status bds__h2_finish(bds__h2_conn *c, int32_t id, bds_status status, const char *message) {
+bds_status bds__h2_finish(bds__h2_session *c, int32_t id, bds_status status, const char *message) {
     BDS_ASSERT(c != NULL && !c->in_output);
     struct h2_stream *s;
     bds_status st = h2_app_stream(c, id, &s);
@@ -1410,7 +1410,7 @@ static bool h2_md_value_ok(const uint8_t *v, size_t n) {
     return n == 0 || (v[0] != ' ' && v[n - 1] != ' ');
 }
 
-bds_status bds__h2_add_metadata(bds__h2_conn *c, int32_t id, bool trailer, const char *name,
+bds_status bds__h2_add_metadata(bds__h2_session *c, int32_t id, bool trailer, const char *name,
                                 const uint8_t *value, size_t len) {
     BDS_ASSERT(c != NULL && !c->in_output && name != NULL);
     BDS_ASSERT(value != NULL || len == 0);
@@ -1439,7 +1439,7 @@ bds_status bds__h2_add_metadata(bds__h2_conn *c, int32_t id, bool trailer, const
     return BDS_OK;
 }
 
-size_t bds__h2_consume(bds__h2_conn *c, int32_t id, size_t n) {
+size_t bds__h2_consume(bds__h2_session *c, int32_t id, size_t n) {
     BDS_ASSERT(c != NULL && !c->in_output);
     struct h2_stream *s = h2_stream_find(c, id);
     if (s == NULL || n == 0 || c->fatal) return 0;
@@ -1455,7 +1455,7 @@ size_t bds__h2_consume(bds__h2_conn *c, int32_t id, size_t n) {
     return (size_t)k;
 }
 
-void bds__h2_hold_conn_credit(bds__h2_conn *c, bool hold) {
+void bds__h2_hold_conn_credit(bds__h2_session *c, bool hold) {
     BDS_ASSERT(c != NULL && !c->in_output);
     c->conn_credit_held = hold;
     if (hold || c->conn_credit_owed == 0 || c->fatal) return;
@@ -1464,26 +1464,26 @@ void bds__h2_hold_conn_credit(bds__h2_conn *c, bool hold) {
     h2_check(c, nghttp2_session_consume_connection(c->ng, k));
 }
 
-void bds__h2_credit_partial(bds__h2_conn *c, int32_t id) {
+void bds__h2_credit_partial(bds__h2_session *c, int32_t id) {
     BDS_ASSERT(c != NULL && !c->in_output);
     struct h2_stream *s = h2_stream_find(c, id);
     if (s == NULL || c->fatal || !c->cfg.credit_partial_messages || s->state != H2S_OPEN) return;
     h2_stream_credit_partial(c, s, false);
 }
 
-size_t bds__h2_partial_bytes(const bds__h2_conn *c, int32_t id) {
+size_t bds__h2_partial_bytes(const bds__h2_session *c, int32_t id) {
     const struct h2_stream *s = h2_stream_get(c, id);
     uint32_t have = 0;
     if (s == NULL || !s->deframer_live || !bds__grpc_deframer_partial(&s->deframer, NULL, &have)) return 0;
     return have;
 }
 
-size_t bds__h2_unconsumed(const bds__h2_conn *c, int32_t id) {
+size_t bds__h2_unconsumed(const bds__h2_session *c, int32_t id) {
     const struct h2_stream *s = h2_stream_get(c, id);
     return s == NULL ? 0 : (size_t)(s->recv_bytes - s->consumed_bytes);
 }
 
-size_t bds__h2_queued_bytes(const bds__h2_conn *c, int32_t id) {
+size_t bds__h2_queued_bytes(const bds__h2_session *c, int32_t id) {
     const struct h2_stream *s = h2_stream_get(c, id);
     return s == NULL ? 0 : s->q_bytes;
 }
@@ -1493,25 +1493,25 @@ static bds_status h2_status_of(int rv) {
     return rv == NGHTTP2_ERR_NOMEM ? BDS_E_NOMEM : BDS_E_INVALID;
 }
 
-bds_status bds__h2_shutdown_notice(bds__h2_conn *c) {
+bds_status bds__h2_shutdown_notice(bds__h2_session *c) {
     BDS_ASSERT(c != NULL && !c->in_output);
     if (c->fatal) return BDS_E_INVALID;
     return h2_status_of(nghttp2_submit_shutdown_notice(c->ng));
 }
 
-bds_status bds__h2_goaway(bds__h2_conn *c, uint32_t h2_error) {
+bds_status bds__h2_goaway(bds__h2_session *c, uint32_t h2_error) {
     BDS_ASSERT(c != NULL && !c->in_output);
     if (c->fatal) return BDS_E_INVALID;
     return h2_status_of(nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, h2_goaway_last_id(c), h2_error, NULL, 0));
 }
 
-bds_status bds__h2_terminate(bds__h2_conn *c, uint32_t h2_error) {
+bds_status bds__h2_terminate(bds__h2_session *c, uint32_t h2_error) {
     BDS_ASSERT(c != NULL && !c->in_output);
     if (c->fatal) return BDS_E_INVALID;
     return h2_status_of(nghttp2_session_terminate_session2(c->ng, h2_goaway_last_id(c), h2_error));
 }
 
-bds_status bds__h2_ping(bds__h2_conn *c) {
+bds_status bds__h2_ping(bds__h2_session *c) {
     BDS_ASSERT(c != NULL && !c->in_output && !c->in_recv);
     if (c->fatal || c->close_on_goaway) return BDS_E_INVALID;
     if (c->ping_outstanding) return BDS_OK;
@@ -1523,11 +1523,11 @@ bds_status bds__h2_ping(bds__h2_conn *c) {
     return st;
 }
 
-bool bds__h2_ping_outstanding(const bds__h2_conn *c) { return c->ping_outstanding; }
+bool bds__h2_ping_outstanding(const bds__h2_session *c) { return c->ping_outstanding; }
 
-bool bds__h2_peer_ready(const bds__h2_conn *c) { return c->peer_ready; }
+bool bds__h2_peer_ready(const bds__h2_session *c) { return c->peer_ready; }
 
-void bds__h2_abort_calls(bds__h2_conn *c, bds_status status) {
+void bds__h2_abort_calls(bds__h2_session *c, bds_status status) {
     BDS_ASSERT(c != NULL);
     BDS_ASSERT(!c->in_output);
     bds__dlist *it, *nx;
@@ -1552,7 +1552,7 @@ bds_status bds__h2_rst_status(uint32_t h2_error) {
     }
 }
 
-const bds__h2_stats *bds__h2_get_stats(const bds__h2_conn *c) {
+const bds__h2_stats *bds__h2_get_stats(const bds__h2_session *c) {
     BDS_ASSERT(c != NULL);
     return &c->stats;
 }

@@ -6,7 +6,7 @@
  * never touches a socket, never reads a clock (the caller passes now_ns) and
  * never calls nghttp2_session_send from inside an nghttp2 callback.
  *
- * One connection = one bds__h2_conn, owned by one shard. No function here is
+ * One connection = one bds__h2_session, owned by one shard. No function here is
  * thread-safe; every callback fires synchronously from inside bds__h2_recv
  * (never from the other calls), on the caller's thread.
  *
@@ -21,7 +21,7 @@
  * started call; after it the session never mentions that stream again and
  * the app's calls on it return BDS_E_SESSION_CLOSED or BDS_FAILED_PRECONDITION.
  *
- * Flow control is manual (DESIGN §7). Each stream keeps an exact ledger:
+ * Flow control is manual (docs/ARCHITECTURE.md). Each stream keeps an exact ledger:
  * received (DATA payload bytes delivered, padding excluded: nghttp2 consumes
  * padding itself) and consumed. The stream's window reopens only through
  * bds__h2_consume; the connection window is credited on receipt (default) or,
@@ -41,7 +41,7 @@
 #include "grpc_wire.h"
 #include "palloc.h"
 
-typedef struct bds__h2_conn bds__h2_conn;
+typedef struct bds__h2_session bds__h2_session;
 
 /* An outbound message the caller keeps (bds__h2_send_ref): embed it in the
  * buffer that holds the payload. Its fields are the session's from
@@ -228,11 +228,11 @@ typedef struct bds__h2_stats {
  * Returns BDS_OK, BDS_E_NOMEM, or BDS_E_INVALID (bad config). On failure
  * |*out| is NULL. Ownership: |cfg| is copied; cfg->methods, cfg->alloc,
  * |cbs| and |ctx| are borrowed and must outlive the session. */
-bds_status bds__h2_create(bds__h2_conn **out, const bds__h2_config *cfg,
+bds_status bds__h2_create(bds__h2_session **out, const bds__h2_config *cfg,
                           const bds__h2_callbacks *cbs, void *ctx);
 /* Frees everything without delivering events (call bds__h2_abort_calls first
  * to tell the app). NULL is a no-op. Never from inside a callback. */
-void bds__h2_destroy(bds__h2_conn *conn);
+void bds__h2_destroy(bds__h2_session *conn);
 
 /* Feeds received bytes. Events fire from inside. |now_ns| is the caller's
  * monotonic clock (deadlines, glitch bucket). Returns BDS_OK (everything was
@@ -241,7 +241,7 @@ void bds__h2_destroy(bds__h2_conn *conn);
  * nghttp2, bad client magic, out of memory): flush bds__h2_output until
  * bds__h2_want_write is false (its last bytes are a GOAWAY saying why), then
  * close the connection. Borrowed: |in| only for the call. */
-bds_status bds__h2_recv(bds__h2_conn *conn, const uint8_t *in, size_t len, uint64_t now_ns);
+bds_status bds__h2_recv(bds__h2_session *conn, const uint8_t *in, size_t len, uint64_t now_ns);
 
 /* Serializes pending frames into the output buffer (up to its bound) and
  * points |*data|/|*len| at all unsent bytes (len 0: nothing to send). The
@@ -251,16 +251,16 @@ bds_status bds__h2_recv(bds__h2_conn *conn, const uint8_t *in, size_t len, uint6
  * the GOAWAY(ENHANCE_YOUR_CALM / PROTOCOL_ERROR / INTERNAL_ERROR) that ends
  * them is appended as soon as the buffer has room for it, so keep flushing
  * while bds__h2_want_write is true. */
-bds_status bds__h2_output(bds__h2_conn *conn, const uint8_t **data, size_t *len);
+bds_status bds__h2_output(bds__h2_session *conn, const uint8_t **data, size_t *len);
 /* Drops the first |n| bytes of output (the socket took them). n <= len. */
-void bds__h2_output_advance(bds__h2_conn *conn, size_t n);
+void bds__h2_output_advance(bds__h2_session *conn, size_t n);
 
 /* True when there is output to produce or flush (after a fatal error: the
  * buffered bytes, or the final GOAWAY still waiting for room). */
-bool bds__h2_want_write(const bds__h2_conn *conn);
+bool bds__h2_want_write(const bds__h2_session *conn);
 /* True when the connection has nothing left to do: GOAWAY exchanged and no
  * stream active, or terminated, or fatal, and the output buffer is empty. */
-bool bds__h2_is_done(const bds__h2_conn *conn);
+bool bds__h2_is_done(const bds__h2_session *conn);
 
 /* Queues one gRPC message (copied, 5-byte prefix added) on a stream. The
  * first one sends the response HEADERS. Several queued messages leave in as
@@ -268,17 +268,17 @@ bool bds__h2_is_done(const bds__h2_conn *conn);
  * stream already holds stream_send_bytes_max unsent bytes: wait); BDS_E_INVALID
  * (len over 4 GiB - 6); BDS_FAILED_PRECONDITION (the app already finished);
  * BDS_E_SESSION_CLOSED (no such call: reset, failed, or unknown); BDS_E_NOMEM. */
-bds_status bds__h2_send_msg(bds__h2_conn *conn, int32_t stream_id, const void *msg, size_t len);
+bds_status bds__h2_send_msg(bds__h2_session *conn, int32_t stream_id, const void *msg, size_t len);
 /* The same without a copy or an allocation: queues |msg| (the caller's node)
  * pointing at |len| bytes of |data|, which must stay valid and unchanged until
  * on_msg_release(msg). Same returns as bds__h2_send_msg; on any return other
  * than BDS_OK the session did not take |msg| (no on_msg_release follows). */
-bds_status bds__h2_send_ref(bds__h2_conn *conn, int32_t stream_id, bds__h2_msg *msg,
+bds_status bds__h2_send_ref(bds__h2_session *conn, int32_t stream_id, bds__h2_msg *msg,
                             const void *data, size_t len);
 /* The same for a payload with room for the prefix before it: |wire| is 5 +
  * |len| bytes; the session writes the prefix into wire[0..4] (the caller's
  * bytes there are overwritten) and sends the whole as one block. */
-bds_status bds__h2_send_framed(bds__h2_conn *conn, int32_t stream_id, bds__h2_msg *msg,
+bds_status bds__h2_send_framed(bds__h2_session *conn, int32_t stream_id, bds__h2_msg *msg,
                                uint8_t *wire, size_t len);
 
 /* Ends a call: after the queued messages, trailers with grpc-status and the
@@ -291,7 +291,7 @@ bds_status bds__h2_send_framed(bds__h2_conn *conn, int32_t stream_id, bds__h2_ms
  * way the call is over. Unconsumed input of the call is credited here.
  * Returns BDS_OK, BDS_FAILED_PRECONDITION (already finished by the app),
  * BDS_E_SESSION_CLOSED (no such call: reset, failed by the session, unknown). */
-bds_status bds__h2_finish(bds__h2_conn *conn, int32_t stream_id, bds_status status,
+bds_status bds__h2_finish(bds__h2_session *conn, int32_t stream_id, bds_status status,
                           const char *message);
 
 /* Adds custom metadata to a call's response: to its HEADERS (|trailer| false;
@@ -302,55 +302,55 @@ bds_status bds__h2_finish(bds__h2_conn *conn, int32_t stream_id, bds_status stat
  * or value, or past BDS_H2_METADATA_MAX / _BYTES_MAX); BDS_FAILED_PRECONDITION
  * (too late: the HEADERS went, or the app already finished); BDS_E_SESSION_CLOSED
  * (no such call); BDS_E_NOMEM. */
-bds_status bds__h2_add_metadata(bds__h2_conn *conn, int32_t stream_id, bool trailer,
+bds_status bds__h2_add_metadata(bds__h2_session *conn, int32_t stream_id, bool trailer,
                                 const char *name, const uint8_t *value, size_t len);
 
 /* Credits the stream's receive window (and, with conn_credit_on_receipt off,
  * the connection's) with up to |n| bytes: the amount is clamped to the
  * stream's received − consumed, because the session may have settled the
  * stream itself. Returns the bytes actually credited (0 for a closed stream). */
-size_t bds__h2_consume(bds__h2_conn *conn, int32_t stream_id, size_t n);
+size_t bds__h2_consume(bds__h2_session *conn, int32_t stream_id, size_t n);
 /* With conn_credit_on_receipt: |hold| true stops crediting the connection
  * window (received bytes are owed instead, so the client may send at most one
  * connection window more on all its streams together); false credits what is
  * owed and resumes (e.g. the app's memory budget). */
-void bds__h2_hold_conn_credit(bds__h2_conn *conn, bool hold);
+void bds__h2_hold_conn_credit(bds__h2_session *conn, bool hold);
 /* With credit_partial_messages: credits the bytes of the stream's message in
  * progress received so far, which may_credit_partial held back (the app has
  * room again). No-op for a closed or unknown stream, or when none is held. */
-void bds__h2_credit_partial(bds__h2_conn *conn, int32_t stream_id);
+void bds__h2_credit_partial(bds__h2_session *conn, int32_t stream_id);
 /* Body bytes of the stream's message in progress the session holds (0 when
  * none or unknown): what a memory budget can pin on the stream. */
-size_t bds__h2_partial_bytes(const bds__h2_conn *conn, int32_t stream_id);
+size_t bds__h2_partial_bytes(const bds__h2_session *conn, int32_t stream_id);
 /* received − consumed for a stream (0 when unknown). */
-size_t bds__h2_unconsumed(const bds__h2_conn *conn, int32_t stream_id);
+size_t bds__h2_unconsumed(const bds__h2_session *conn, int32_t stream_id);
 /* Unsent queued bytes on a stream (0 when unknown). */
-size_t bds__h2_queued_bytes(const bds__h2_conn *conn, int32_t stream_id);
+size_t bds__h2_queued_bytes(const bds__h2_session *conn, int32_t stream_id);
 
 /* Graceful shutdown, step 1: GOAWAY(last id 2^31-1) so the client stops
  * opening streams. Step 2: bds__h2_goaway with the last processed stream id.
  * Returns BDS_OK or BDS_E_NOMEM / BDS_E_INVALID (session already ending). */
-bds_status bds__h2_shutdown_notice(bds__h2_conn *conn);
-bds_status bds__h2_goaway(bds__h2_conn *conn, uint32_t h2_error);
+bds_status bds__h2_shutdown_notice(bds__h2_session *conn);
+bds_status bds__h2_goaway(bds__h2_session *conn, uint32_t h2_error);
 /* Ends the connection now: GOAWAY(|h2_error|), then nothing more is read. */
-bds_status bds__h2_terminate(bds__h2_conn *conn, uint32_t h2_error);
+bds_status bds__h2_terminate(bds__h2_session *conn, uint32_t h2_error);
 
 /* Keepalive: sends a PING of our own unless one is still unanswered.
  * Returns BDS_OK, or BDS_E_INVALID once the session is ending. */
-bds_status bds__h2_ping(bds__h2_conn *conn);
+bds_status bds__h2_ping(bds__h2_session *conn);
 /* True while our last PING has not been acknowledged. */
-bool bds__h2_ping_outstanding(const bds__h2_conn *conn);
+bool bds__h2_ping_outstanding(const bds__h2_session *conn);
 /* True once the client's preface and first SETTINGS frame have arrived. */
-bool bds__h2_peer_ready(const bds__h2_conn *conn);
+bool bds__h2_peer_ready(const bds__h2_session *conn);
 
 /* Tells the app every live call is gone (on_reset with |status|, h2_error
  * CANCEL), e.g. when the socket closed. The calls are then over for the app. */
-void bds__h2_abort_calls(bds__h2_conn *conn, bds_status status);
+void bds__h2_abort_calls(bds__h2_session *conn, bds_status status);
 
 /* The status a client RST_STREAM error code means (PROTOCOL-HTTP2). */
 bds_status bds__h2_rst_status(uint32_t h2_error);
 
-const bds__h2_stats *bds__h2_get_stats(const bds__h2_conn *conn);
+const bds__h2_stats *bds__h2_get_stats(const bds__h2_session *conn);
 
 /* Which optional nghttp2 flood protections this build uses (detected at
  * configure time; Debian backports some to 1.52). */

@@ -2,9 +2,9 @@
  *
  * Every allocation proto/ makes (nghttp2's own, through nghttp2_mem; stream
  * records; send-queue nodes; deframer buffers) goes through one of these, so
- * the io layer can back a connection with a per-shard pool (STYLE §10) and the
+ * the io layer can back a connection with a per-shard pool and the
  * tests can count or fail allocations. The shape mirrors nghttp2_mem, with the
- * context last (STYLE §2). Not installed; no nghttp2 type appears here. */
+ * context last. Not installed; no nghttp2 type appears here. */
 #ifndef BDS_PROTO_PALLOC_H
 #define BDS_PROTO_PALLOC_H
 

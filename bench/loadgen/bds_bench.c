@@ -1,6 +1,6 @@
 /* bds-bench: the load generator of the latency benchmark suite.
  *
- * Drives bidistream.v1.Pipeline/Process (SPEC §4) on 127.0.0.1 over h2c
+ * Drives bidistream.v1.Pipeline/Process (docs/SERVICE.md) on 127.0.0.1 over h2c
  * (nghttp2 client sessions, prior knowledge), or, in --raw mode, the same
  * gRPC length-prefixed Frames over bare TCP for the ceiling (bench/peers/
  * raw_echo.c). Prints one JSON line per run.
@@ -58,7 +58,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "frame.h"
+#include "bframe.h"
 #include "hist.h"
 #include "openloop.h"
 

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Conformance smoke check of one peer against SPEC §4, with Debian's python3-grpcio.
+"""Conformance smoke check of one peer against docs/SERVICE.md, with Debian's python3-grpcio.
 
 usage: /usr/bin/python3 check.py PORT (Debian python: pyenv shims lack grpcio)   (the peer listens on 127.0.0.1:PORT)
 

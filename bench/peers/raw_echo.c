@@ -17,7 +17,7 @@
  * freed with the connection. No per-message allocation.
  *
  * Options: --port N; --spin-us N polls the completion queue up to N µs before
- * sleeping (DESIGN §0.1: waking an idle CPU dominates ping-pong latency; the
+ * sleeping (docs/ARCHITECTURE.md: waking an idle CPU dominates ping-pong latency; the
  * spin trades CPU for it). Stops on SIGINT/SIGTERM.
  */
 #define _GNU_SOURCE

@@ -1,4 +1,4 @@
-/* test_mpsc.c — core/mpsc.c, the shard inbox ring (DESIGN §5, §15).
+/* test_mpsc.c — core/mpsc.c, the shard inbox ring (docs/ARCHITECTURE.md).
  *
  * Single thread: FIFO, full, empty, wrap-around, burst prefixes, a claimed but
  * unpublished slot, the sleep/wake latch and want_space step by step, and the

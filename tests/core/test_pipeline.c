@@ -249,7 +249,7 @@ Test(pipeline, soft_allow_signal_outbound_calls_back_without_a_call) {
     sim_free(S);
 }
 
-/* DESIGN §6 race: A's key queue on K empties before B's EXEC arrives, so K
+/* docs/ARCHITECTURE.md race: A's key queue on K empties before B's EXEC arrives, so K
  * returns the token; home must hand it straight to B (GRANT), and a third key
  * must not be able to take it in between. */
 Test(pipeline, grant_race_token_goes_to_successor_not_the_pool) {
@@ -1516,7 +1516,7 @@ Test(pipeline, release_from_inside_the_closed_callback_is_safe) {
     sim_free(S); /* completes the running calls; asserts everything was freed */
 }
 
-/* STYLE §10: after warm-up the message path allocates nothing. */
+/* After warm-up the message path allocates nothing. */
 Test(pipeline, steady_state_message_path_allocates_nothing) {
     sim *S = sim_new(2, 29);
     int s = sim_open(S, 0, NULL);

@@ -1,5 +1,5 @@
 /* test_session_fsm.c — every (state, event) cell of the session table against
- * SPEC §2 (written out again here, independently of the table under test),
+ * docs/SERVICE.md (written out again here, independently of the table under test),
  * CLOSED as final, first reason wins, and racing transitions with exactly one
  * winner (this file also runs under TSan: BDS_TEST_TSAN). */
 #include <criterion/criterion.h>
@@ -8,7 +8,7 @@
 #include "pipeline_int.h"
 
 #define X (-1)
-/* SPEC §2, read row by row. */
+/* docs/SERVICE.md, read row by row. */
 static const int spec[BDS_STATE__COUNT][BDS_EV__COUNT] = {
     /*                 OPEN            CLIENT_CLOSE             SERVER_CLOSE             SHUTDOWN            DRAINED           FAIL */
     [BDS_STATE_INIT] = {BDS_STATE_OPEN, X, X, X, X, BDS_STATE_CLOSED},

@@ -1,5 +1,5 @@
 /* test_status.c — the status table: names, messages, the gRPC projection of
- * SPEC §2 and the terminal flags. */
+ * docs/SERVICE.md and the terminal flags. */
 #include <criterion/criterion.h>
 
 #include "bidistream/status.h"

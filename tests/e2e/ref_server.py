@@ -6,7 +6,7 @@ both bidistreamd and this server, the test is wrong; if only against one, that
 server is. It is slow and simple on purpose (one asyncio loop, Debian's
 python3-grpcio, generic handlers, bidistream.v1.Frame encoded by hand).
 
-Serves (SPEC §4):
+Serves (docs/SERVICE.md):
   /bidistream.v1.Pipeline/Process   echo each Frame (key, seq, payload) after
                                     work_us of simulated work on a timer, keyed
                                     FIFO (per key in order, keys in parallel),
@@ -16,7 +16,7 @@ Serves (SPEC §4):
                                     NOT_FOUND for an unknown service
   /grpc.health.v1.Health/Watch      the status now and at each change
 
-The pipeline of SPEC §2, per stream: ordering (fifo|keyed) with its capacity,
+The pipeline of docs/SERVICE.md, per stream: ordering (fifo|keyed) with its capacity,
 then backpressure on concurrent executions (hard-reject -> RESOURCE_EXHAUSTED,
 queue, soft-allow, soft-allow-signal), retries with backoff, outbound capacity
 (unwritten replies; past it and past the queue, RESOURCE_EXHAUSTED with
@@ -378,7 +378,7 @@ class Server:
 
 
 class Stream:
-    """One Process call: SPEC §2's session, receiver and sender, on the loop."""
+    """One Process call: docs/SERVICE.md session, receiver and sender, on the loop."""
 
     def __init__(self, srv, context):
         self.srv, self.cfg, self.context = srv, srv.cfg, context

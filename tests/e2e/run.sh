@@ -38,7 +38,7 @@ fi
 runs=()
 case "$(basename "$server")" in
   *.py)
-    # The groups SPEC §2/§4 defines for Pipeline/Process and Health.
+    # The groups docs/SERVICE.md/§4 defines for Pipeline/Process and Health.
     for group in Pipeline Admission NeverReads Shutdown Cli; do
       runs+=("test_grpcio.py|$group.")
     done

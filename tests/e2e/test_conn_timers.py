@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Connection timers of bidistreamd (SPEC §5: idle, silent and dead peers are
+"""Connection timers of bidistreamd (docs/SERVICE.md: idle, silent and dead peers are
 closed by timers), each hit over a real socket with the timer shortened by
 its flag, while a well-behaved python3-grpcio client on another connection is
 served:

@@ -1,9 +1,9 @@
 #!/usr/bin/python3
-"""HTTP/2 abuse against the running server (SPEC §5), over a real socket.
+"""HTTP/2 abuse against the running server (docs/SERVICE.md), over a real socket.
 
 tests/proto/test_h2_abuse.c feeds the same floods to the HTTP/2 session in
 memory; here they go through bidistreamd's sockets and shards, and each test
-then checks what SPEC §5 asks of the server: the abusive connection gets a
+then checks what docs/SERVICE.md asks of the server: the abusive connection gets a
 clear HTTP/2 error (GOAWAY with a code, or RST_STREAM) or is closed, a
 well-behaved client on another connection is served during and after the
 abuse, and the server exits 0 on SIGTERM with no sanitizer report.

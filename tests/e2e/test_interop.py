@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""grpc.testing.TestService (SPEC §4) against an independent gRPC client.
+"""grpc.testing.TestService (docs/SERVICE.md) against an independent gRPC client.
 
 Complements the Interop group of test_grpcio.py (the interop client's
 empty_unary, large_unary, client/server streaming, ping_pong, empty_stream,

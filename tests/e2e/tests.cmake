@@ -23,7 +23,7 @@ if(TARGET bidistreamd)
             /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_bds_client.py $<TARGET_FILE:bidistreamd>)
   set_tests_properties(e2e.bds_client PROPERTIES LABELS "e2e" TIMEOUT 600
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
-  # HTTP/2 floods and malformed input through real sockets (SPEC §5): a clear
+  # HTTP/2 floods and malformed input through real sockets (docs/SERVICE.md): a clear
   # HTTP/2 error for the abuser, service for everyone else.
   add_test(NAME e2e.h2_floods
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_h2_floods.py $<TARGET_FILE:bidistreamd>)

@@ -54,7 +54,7 @@ typedef struct app_ref {
 } app_ref;
 
 typedef struct app {
-    bds__h2_conn *h2;
+    bds__h2_session *h2;
     app_call calls[APP_CALLS];
     app_ref refs[APP_REFS];
     uint64_t rng;           /* behaviours, from the input's seed */

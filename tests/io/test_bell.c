@@ -1,4 +1,4 @@
-/* test_bell.c — lost wake-up tests of both doorbells (DESIGN §5.3, §15).
+/* test_bell.c — lost wake-up tests of both doorbells (docs/ARCHITECTURE.md).
  *
  * Two shards play ping-pong through tiny inboxes, each a real bds_mpsc whose
  * sleep latch (prepare_sleep / should_ring / woken) decides when to ring, so

@@ -20,7 +20,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "frame.h"
+#include "echo.h"
 #include "net.h"
 #include "shard.h"
 #include "watchdog.h"
@@ -30,7 +30,7 @@
 typedef struct harness {
     bds_shard *s;
     bds_net *net;
-    bds_frame_echo echo;
+    bds_echo echo;
     uint16_t port;
 } harness;
 
@@ -62,14 +62,14 @@ static void h_start(harness *h, const bds_shard_config *scfg, const bds_net_conf
     cr_assert_eq(bds__shard_create(&h->s, 0, scfg, err, sizeof(err)), BDS_OK, "%s", err);
     h->net = bds__net_create(h->s, ncfg);
     cr_assert_not_null(h->net);
-    bds__frame_echo_init(&h->echo, h->net);
+    bds__echo_init(&h->echo, h->net);
     bds_shard_hooks hooks = {.on_stop = h_on_stop, .quiescent = h_quiescent, .ctx = h};
     bds__shard_set_hooks(h->s, &hooks);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     int fd = bds__listen_socket((struct sockaddr *)&a, sizeof(a), 128);
     cr_assert_geq(fd, 0, "listen: %s", strerror(-fd));
     h->port = bds__socket_port(fd);
-    cr_assert_eq(bds__listener_start(h->net, fd, bds__frame_echo_on_accept, &h->echo, NULL), BDS_OK);
+    cr_assert_eq(bds__listener_start(h->net, fd, bds__echo_on_accept, &h->echo, NULL), BDS_OK);
     watchdog_start(&wd, "the shard to tick (clients' bytes, closes)", STALL_S, 3600, h_progress, h_dump, h);
 }
 

@@ -255,7 +255,7 @@ static void dump_shard(FILE *f, void *ctx) { bds__shard_dump(ctx, f); }
 Test(io_shard, stopping_shard_blocked_on_a_foreign_count_finishes_when_the_thread_leaves, .timeout = 30) {
     /* A foreign poster raised a count the quiescent hook reads; the shard was
      * asked to stop, found the count raised and blocked. A bare decrement
-     * left it blocked for ever (test_pipe once in 6 runs on one CPU): the
+     * left it blocked for ever (test_shard_pipeline once in 6 runs on one CPU): the
      * leave must wake it. */
     bds_shard *s = mk(8, 0, 0);
     bds_shard_hooks h = {.quiescent = inside_quiescent};

@@ -1,5 +1,5 @@
 /* mpsc.pml — a Promela model of core/mpsc.c under sequential consistency,
- * checked with spin (tests/model/tests.cmake runs it; DESIGN §15).
+ * checked with spin (tests/model/tests.cmake runs it; docs/ARCHITECTURE.md).
  *
  * Modelled, one shared-memory access per step, as in mpsc.c:
  *   producers: push_burst of one item or of all that is left (the room check

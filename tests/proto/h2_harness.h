@@ -1,4 +1,4 @@
-/* h2_harness.h — test-only: a bds__h2_conn server and an in-memory nghttp2
+/* h2_harness.h — test-only: a bds__h2_session server and an in-memory nghttp2
  * CLIENT session, pumping bytes both ways, plus raw-frame helpers for abuse
  * tests. Everything is static (one copy per test file); no timing anywhere:
  * the "clock" is a number the test sets. */
@@ -58,7 +58,7 @@ struct app_call {
 #define APP_CALLS_MAX 4096
 
 struct app {
-    bds__h2_conn *h2;
+    bds__h2_session *h2;
     struct app_call calls[APP_CALLS_MAX];
     int ncalls;
     int refused_errors;            /* on_call_error with NULL call_ctx */

@@ -1,5 +1,5 @@
 /* test_codegen.c — the protobuf-c code generated at build time: the pipeline's
- * Frame (SPEC §4), grpc.health.v1 and the interop TestService descriptors
+ * Frame (docs/SERVICE.md), grpc.health.v1 and the interop TestService descriptors
  * round-trip, and malformed protobuf is refused rather than trusted. */
 #include <criterion/criterion.h>
 #include <string.h>

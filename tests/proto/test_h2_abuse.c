@@ -168,7 +168,7 @@ Test(h2_abuse, continuation_flood_is_cut_off, .fini = fini) {
     cr_assert_neq(bds__h2_get_stats(H.app.h2)->nghttp2_fatal, 0);
     cr_assert(bds__h2_is_done(H.app.h2));
     /* nghttp2 writes nothing after a fatal error: the session's own GOAWAY
-     * tells the client why (SPEC §5), naming stream 1, whose headers began. */
+     * tells the client why (docs/SERVICE.md), naming stream 1, whose headers began. */
     assert_last_frame_goaway(NGHTTP2_ENHANCE_YOUR_CALM, 1);
     cr_assert_not(bds__h2_want_write(H.app.h2));
 }

@@ -76,7 +76,7 @@ static void *fa_realloc(void *p, size_t n, void *ctx) {
 
 /* A minimal app that tolerates every failure: echo, finish at half-close. */
 struct mini {
-    bds__h2_conn *h2;
+    bds__h2_session *h2;
     int msgs, resets, errors, half;
 };
 static bds_status mini_start(void *ctx, const bds__h2_call_info *info, void **cc) {

@@ -696,7 +696,7 @@ Test(h2_server, create_rejects_bad_config) {
     bds__h2_config cfg;
     bds__h2_config_default(&cfg);
     cfg.out_buf_bytes = 10;
-    bds__h2_conn *c = (bds__h2_conn *)1;
+    bds__h2_session *c = (bds__h2_session *)1;
     struct app a = {0};
     cr_assert_eq(bds__h2_create(&c, &cfg, &app_callbacks, &a), BDS_E_INVALID);
     cr_assert_null(c);

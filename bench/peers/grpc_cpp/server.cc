@@ -1,6 +1,6 @@
 // peer-grpc-cpp: the gRPC C++ peer of the benchmark suite (Debian libgrpc++ 1.51).
 //
-// Serves bidistream.v1.Pipeline/Process (SPEC §4) with one of the two server
+// Serves bidistream.v1.Pipeline/Process (docs/SERVICE.md) with one of the two server
 // APIs a production C++ user would pick:
 //   --api=callback  the callback (reactor) API: one ServerBidiReactor per stream;
 //   --api=async     the completion-queue API: --threads CQs, one polling thread

@@ -1,6 +1,6 @@
 // peer-grpc-go: the grpc-go peer of the benchmark suite.
 //
-// It serves bidistream.v1.Pipeline/Process (SPEC §4) with grpc-go as Debian
+// It serves bidistream.v1.Pipeline/Process (docs/SERVICE.md) with grpc-go as Debian
 // ships it (1.33), built offline in GOPATH mode by bench/peers/build.sh.
 // Semantics match what bidistreamd promises, so the comparison is fair:
 //   - each Frame is answered with the same key, seq and payload;

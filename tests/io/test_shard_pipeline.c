@@ -1,4 +1,4 @@
-/* test_pipe.c — the pipeline on real shards: keyed FIFO across 2 shards
+/* test_shard_pipeline.c — the pipeline on real shards: keyed FIFO across 2 shards
  * through the MPSC inboxes, staging, doorbells (MSG_RING and eventfd) and the
  * shard's timer heap. Sessions on both shards send over a million messages on
  * many keys (fewer under TSan); handlers finish at once, after a timer on the
@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "group.h"
-#include "pipe.h"
+#include "shard_pipeline.h"
 #include "pipeline_int.h"
 #include "watchdog.h"
 
@@ -41,7 +41,7 @@ typedef struct tmsg {
 
 typedef struct tshard {
     bds_shard *shard;
-    bds_pipe *pipe;
+    bds_shard_pipeline *pipe;
     bds_session *s[SESSIONS];
     uint64_t sent[SESSIONS];
     int closed[SESSIONS];
@@ -174,7 +174,7 @@ static const bds_session_ops ops = {.write = op_write, .drop = op_drop, .release
 
 static bool hook_run(bds_shard *sh, void *ctx) {
     tshard *ts = ctx;
-    bool more = bds__pipe_run(ts->pipe, 512);
+    bool more = bds__shard_pipeline_run(ts->pipe, 512);
     if (ts->done) return more;
     bool all_sent = true;
     uint64_t quota = shutdown_mode ? MSGS / 2 : MSGS;
@@ -225,20 +225,20 @@ static bool hook_run(bds_shard *sh, void *ctx) {
 
 static bool hook_drain(bds_shard *s, void *ctx) {
     (void)s;
-    return bds__pipe_drain(((tshard *)ctx)->pipe, 512);
+    return bds__shard_pipeline_drain(((tshard *)ctx)->pipe, 512);
 }
 static bool hook_prepare_sleep(bds_shard *s, void *ctx) {
     (void)s;
     tshard *ts = ctx;
-    return ts->done && bds__pipe_prepare_sleep(ts->pipe);
+    return ts->done && bds__shard_pipeline_prepare_sleep(ts->pipe);
 }
 static void hook_woken(bds_shard *s, void *ctx) {
     (void)s;
-    bds__pipe_woken(((tshard *)ctx)->pipe);
+    bds__shard_pipeline_woken(((tshard *)ctx)->pipe);
 }
 static bool hook_quiescent(bds_shard *s, void *ctx) {
     (void)s;
-    return bds__pipe_idle(((tshard *)ctx)->pipe);
+    return bds__shard_pipeline_idle(((tshard *)ctx)->pipe);
 }
 
 /* The watchdog's view of a shard (another thread: racy reads of the test's
@@ -246,7 +246,7 @@ static bool hook_quiescent(bds_shard *s, void *ctx) {
 static void hook_dump(bds_shard *s, FILE *f, void *ctx) {
     (void)s;
     tshard *ts = ctx;
-    bds__pipe_dump(ts->pipe, f);
+    bds__shard_pipeline_dump(ts->pipe, f);
     fprintf(f, "  test: done %d, half-closed %d, released %llu, replies %llu of %llu expected\n", (int)ts->done,
             (int)ts->half_closed, (unsigned long long)ts->released, (unsigned long long)ts->replies,
             (unsigned long long)ts->expected_replies);
@@ -274,7 +274,7 @@ static void dump_group(FILE *f, void *ctx) {
     bds__group_dump(group, f);
 }
 
-static bds_pipe_group *pg;
+static bds_shard_pipelines *pg;
 
 static bds_status on_start(bds_shard *s, void *ctx) {
     (void)ctx;
@@ -283,7 +283,7 @@ static bds_status on_start(bds_shard *s, void *ctx) {
     atomic_store(&shard_ptr[bds__shard_id(s)], s);
     ts->seed = bds__shard_id(s) + 1;
     memset(ts->last, 0xff, sizeof ts->last);
-    cr_assert_eq(bds__pipe_attach(pg, s, &ts->pipe), BDS_OK);
+    cr_assert_eq(bds__shard_pipeline_attach(pg, s, &ts->pipe), BDS_OK);
     bds_options o = bds_default_options();
     o.inbound.backpressure.capacity = 8;
     o.shutdown.grace_period_ns = GRACE_NS;
@@ -294,7 +294,7 @@ static bds_status on_start(bds_shard *s, void *ctx) {
     sc.ops = &ops;
     sc.ops_ctx = ts;
     for (int i = 0; i < SESSIONS; i++) {
-        cr_assert_eq(bds_session_create(&ts->s[i], bds__pipe_pipeline(ts->pipe), &sc, NULL), BDS_OK);
+        cr_assert_eq(bds_session_create(&ts->s[i], bds__shard_pipeline_get(ts->pipe), &sc, NULL), BDS_OK);
         bds_session_open(ts->s[i]);
     }
     bds_shard_hooks h = {.drain_inbox = hook_drain, .run_work = hook_run, .prepare_sleep = hook_prepare_sleep,
@@ -307,7 +307,7 @@ static void on_exit_shard(bds_shard *s, void *ctx) {
     (void)ctx;
     tshard *ts = &shards[bds__shard_id(s)];
     bds_pipeline_stats st;
-    bds_pipeline_get_stats(bds__pipe_pipeline(ts->pipe), &st);
+    bds_pipeline_get_stats(bds__shard_pipeline_get(ts->pipe), &st);
     cr_assert_eq(st.sessions_live + st.calls_live + st.keys_exec_live + st.keys_home_live, 0, "leak on shard");
     /* The pipe (its inbox) lives until every shard has stopped: another shard
      * may still be finishing a push into it. */
@@ -320,7 +320,7 @@ static void run(bds_bell_mode bell, bool shutdown) {
     atomic_store(&shards_done, 0);
     atomic_store(&fstop, 0);
     uint64_t seed[2] = {7, 9};
-    pg = bds__pipe_group_create(SHARDS, seed);
+    pg = bds__shard_pipelines_create(SHARDS, seed);
     pthread_t f;
     pthread_create(&f, NULL, foreign, NULL);
     bds_group_config cfg;
@@ -334,10 +334,10 @@ static void run(bds_bell_mode bell, bool shutdown) {
     bds__group_run(group);
     watchdog_stop(&wd);
     bds__group_destroy(group);
-    for (int i = 0; i < SHARDS; i++) bds__pipe_detach(shards[i].pipe);
+    for (int i = 0; i < SHARDS; i++) bds__shard_pipeline_detach(shards[i].pipe);
     atomic_store(&fstop, 1);
     pthread_join(f, NULL);
-    bds__pipe_group_destroy(pg);
+    bds__shard_pipelines_destroy(pg);
     uint64_t replies = 0, expected = 0, released = 0, dropped_replies = 0, unavailable = 0;
     for (int i = 0; i < SHARDS; i++) {
         cr_assert_eq(shards[i].order_errors, 0, "a key's calls started out of order");

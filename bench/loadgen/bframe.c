@@ -1,7 +1,7 @@
-/* frame: see frame.h. Wire format: protobuf encoding (varint keys
+/* bframe.c: see bframe.h. Wire format: protobuf encoding (varint keys
  * (field << 3 | wire type), wire types 0 varint, 1 fixed64, 2 length-delimited,
  * 5 fixed32) and gRPC PROTOCOL-HTTP2: Length-Prefixed-Message. */
-#include "frame.h"
+#include "bframe.h"
 
 #include <string.h>
 

@@ -1,4 +1,4 @@
-/* frame.c — the runtime's echo transport: gRPC Length-Prefixed-Messages
+/* echo.c — the runtime's echo transport: gRPC Length-Prefixed-Messages
  * straight over a bds_conn, without HTTP/2.
  *
  * Deframing is proto/'s (bds__grpc_deframe, the one the server's streams
@@ -13,26 +13,26 @@
 #include <string.h>
 
 #include "base.h"
-#include "frame.h"
+#include "echo.h"
 #include "grpc_frame.h"
 
 /* ---- echo ------------------------------------------------------------------------ */
 
 typedef struct echo_conn {
-    bds_frame_echo *e;
+    bds_echo *e;
     bds_conn *c;
     bds__grpc_deframer d;
     bool failed;
 } echo_conn;
 
-void bds__frame_echo_init(bds_frame_echo *e, bds_net *net) {
+void bds__echo_init(bds_echo *e, bds_net *net) {
     memset(e, 0, sizeof(*e));
     e->net = net;
     e->msg_bytes_max = 4u << 20;
     e->out_high_bytes = 1u << 20;
 }
 
-uint64_t bds__frame_echo_open(const bds_frame_echo *e) { return e->conns_accepted - e->conns_closed; }
+uint64_t bds__echo_open(const bds_echo *e) { return e->conns_accepted - e->conns_closed; }
 
 static void echo_on_msg(echo_conn *ec, const bds__grpc_ev *msg) {
     const uint8_t *payload = msg->data;
@@ -96,7 +96,7 @@ static void echo_on_close(bds_conn *c, int err, void *ctx) {
 static const bds_conn_callbacks echo_cb = {
     .on_data = echo_on_data, .on_drain = echo_on_drain, .on_close = echo_on_close};
 
-static echo_conn *echo_conn_new(bds_frame_echo *e) {
+static echo_conn *echo_conn_new(bds_echo *e) {
     echo_conn *ec = calloc(1, sizeof(*ec));
     if (ec) {
         ec->e = e;
@@ -106,8 +106,8 @@ static echo_conn *echo_conn_new(bds_frame_echo *e) {
     return ec;
 }
 
-void bds__frame_echo_on_accept(bds_listener *l, bds_conn *c, void *ctx) {
-    bds_frame_echo *e = ctx;
+void bds__echo_on_accept(bds_listener *l, bds_conn *c, void *ctx) {
+    bds_echo *e = ctx;
     (void)l;
     echo_conn *ec = echo_conn_new(e);
     if (!ec) {
@@ -119,7 +119,7 @@ void bds__frame_echo_on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     bds__conn_set_callbacks(c, &echo_cb, ec);
 }
 
-bds_conn *bds__frame_echo_adopt(bds_frame_echo *e, int fd) {
+bds_conn *bds__echo_adopt(bds_echo *e, int fd) {
     echo_conn *ec = echo_conn_new(e);
     if (!ec)
         return NULL;

@@ -1,10 +1,10 @@
-/* tests/bench/test_frame.c: the load generator's hand-written Frame codec
- * (bench/loadgen/frame.c) against bytes protoc would produce, round trips, and
+/* tests/bench/test_bframe.c: the load generator's hand-written Frame codec
+ * (bench/loadgen/bframe.c) against bytes protoc would produce, round trips, and
  * malformed input. */
 #include <criterion/criterion.h>
 #include <string.h>
 
-#include "frame.h"
+#include "bframe.h"
 
 Test(frame, encodes_like_protobuf)
 {

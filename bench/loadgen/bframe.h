@@ -1,4 +1,4 @@
-/* frame: a tiny hand-written protobuf codec for bidistream.v1.Frame (SPEC §4)
+/* bframe.h: a tiny hand-written protobuf codec for bidistream.v1.Frame (docs/SERVICE.md)
  * and the gRPC length prefix, for the load generator.
  *
  * Five fields, so no protoc-c dependency: key (1, string), seq (2, uint64),
@@ -8,8 +8,8 @@
  *
  * Ownership: decode points into the input (no copy, no allocation).
  */
-#ifndef BDS_BENCH_FRAME_H
-#define BDS_BENCH_FRAME_H
+#ifndef BDS_BENCH_BFRAME_H
+#define BDS_BENCH_BFRAME_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,4 +1,4 @@
-/* pipe.c — see pipe.h. Ownership: each pipe (pipeline, inbox memory, staging)
+/* shard_pipeline.c — see shard_pipeline.h. Ownership: each shard pipeline (pipeline, inbox memory, staging)
  * is created, used and freed on its shard's thread; only the inbox is touched
  * by other threads, through the MPSC ring's own protocol. */
 #include <sched.h>
@@ -7,7 +7,7 @@
 
 #include "base.h"
 #include "mpsc.h"
-#include "pipe.h"
+#include "shard_pipeline.h"
 #include "pipeline_int.h"
 
 #define INBOX_SLOTS 4096u
@@ -18,8 +18,8 @@ struct stage {
     uint32_t n, cap;
 };
 
-struct bds_pipe {
-    bds_pipe_group *g;
+struct bds_shard_pipeline {
+    bds_shard_pipelines *g;
     uint32_t id;
     bds_shard *shard;
     bds_pipeline *p;
@@ -31,17 +31,17 @@ struct bds_pipe {
     _Atomic uint32_t foreign_posters; /* non-shard threads between push and wake */
 };
 
-struct bds_pipe_group {
+struct bds_shard_pipelines {
     uint32_t n;
     uint64_t seed[2];
     /* Written by each shard at attach, before the group runs traffic; read by
      * any thread posting. Shards attach before any session exists. */
-    bds_pipe *_Atomic pipes[BDS_SHARDS_MAX];
+    bds_shard_pipeline *_Atomic pipes[BDS_SHARDS_MAX];
 };
 
-bds_pipe_group *bds__pipe_group_create(uint32_t n, const uint64_t seed[2]) {
+bds_shard_pipelines *bds__shard_pipelines_create(uint32_t n, const uint64_t seed[2]) {
     BDS_ASSERT(n >= 1 && n <= 64);
-    bds_pipe_group *g = calloc(1, sizeof *g);
+    bds_shard_pipelines *g = calloc(1, sizeof *g);
     if (!g) return NULL;
     g->n = n;
     if (seed && (seed[0] || seed[1])) {
@@ -56,20 +56,20 @@ bds_pipe_group *bds__pipe_group_create(uint32_t n, const uint64_t seed[2]) {
     return g;
 }
 
-void bds__pipe_group_destroy(bds_pipe_group *g) { free(g); }
+void bds__shard_pipelines_destroy(bds_shard_pipelines *g) { free(g); }
 
-static uint64_t pipe_now(void *ctx) { return bds__shard_now(((bds_pipe *)ctx)->shard); }
+static uint64_t pipe_now(void *ctx) { return bds__shard_now(((bds_shard_pipeline *)ctx)->shard); }
 
 static void pipe_flush(bds_flusher *f);
 
 /* port.post: any thread. */
 static void pipe_post(uint32_t dst, void *msg, void *ctx) {
-    bds_pipe *self = ctx;
-    bds_pipe_group *g = self->g;
-    bds_pipe *to = atomic_load_explicit(&g->pipes[dst], memory_order_acquire);
+    bds_shard_pipeline *self = ctx;
+    bds_shard_pipelines *g = self->g;
+    bds_shard_pipeline *to = atomic_load_explicit(&g->pipes[dst], memory_order_acquire);
     BDS_ASSERT(to != NULL);
     bds_shard *cur = bds__shard_self();
-    bds_pipe *mine = NULL;
+    bds_shard_pipeline *mine = NULL;
     if (cur && bds__shard_id(cur) < g->n) {
         /* acquire: pairs with the release in attach */
         mine = atomic_load_explicit(&g->pipes[bds__shard_id(cur)], memory_order_acquire);
@@ -98,19 +98,19 @@ static void pipe_post(uint32_t dst, void *msg, void *ctx) {
     atomic_fetch_add_explicit(&to->foreign_posters, 1, memory_order_seq_cst);
     while (!bds__mpsc_push(&to->inbox, msg)) sched_yield();
     if (bds__mpsc_should_ring(&to->inbox)) bds__shard_wake(to->shard);
-    /* Our leaving may be all a stopping shard waits for (bds__pipe_idle
+    /* Our leaving may be all a stopping shard waits for (bds__shard_pipeline_idle
      * counts us): leave through the shard, which wakes it then. A bare
      * decrement after the shard found the count raised and blocked left it
-     * blocked for ever (test_pipe, 1 run in 6 on one CPU). */
+     * blocked for ever (test_shard_pipeline, 1 run in 6 on one CPU). */
     bds__shard_leave(to->shard, &to->foreign_posters);
 }
 
 static void pipe_flush(bds_flusher *f) {
-    bds_pipe *p = BDS_CONTAINER_OF(f, bds_pipe, flusher);
+    bds_shard_pipeline *p = BDS_CONTAINER_OF(f, bds_shard_pipeline, flusher);
     for (uint32_t d = 0; d < p->g->n && p->staged; d++) {
         struct stage *st = &p->stage[d];
         if (!st->n) continue;
-        bds_pipe *to = atomic_load_explicit(&p->g->pipes[d], memory_order_acquire);
+        bds_shard_pipeline *to = atomic_load_explicit(&p->g->pipes[d], memory_order_acquire);
         uint32_t k = bds__mpsc_push_burst(&to->inbox, st->v, st->n);
         if (k < st->n && bds__mpsc_want_space(&to->inbox, p->id)) {
             k += bds__mpsc_push_burst(&to->inbox, st->v + k, st->n - k);
@@ -125,11 +125,11 @@ static void pipe_flush(bds_flusher *f) {
     }
 }
 
-bds_status bds__pipe_attach(bds_pipe_group *g, bds_shard *s, bds_pipe **out) {
+bds_status bds__shard_pipeline_attach(bds_shard_pipelines *g, bds_shard *s, bds_shard_pipeline **out) {
     *out = NULL;
     uint32_t id = bds__shard_id(s);
     BDS_ASSERT(id < g->n);
-    bds_pipe *p = calloc(1, sizeof *p);
+    bds_shard_pipeline *p = calloc(1, sizeof *p);
     if (!p) return BDS_E_NOMEM;
     p->g = g;
     p->id = id;
@@ -166,7 +166,7 @@ bds_status bds__pipe_attach(bds_pipe_group *g, bds_shard *s, bds_pipe **out) {
     return BDS_OK;
 }
 
-void bds__pipe_detach(bds_pipe *p) {
+void bds__shard_pipeline_detach(bds_shard_pipeline *p) {
     BDS_ASSERT(p->staged == 0);
     bds__pipeline_set_current(p->p);
     bds_pipeline_destroy(p->p);
@@ -178,9 +178,9 @@ void bds__pipe_detach(bds_pipe *p) {
     free(p);
 }
 
-bds_pipeline *bds__pipe_pipeline(bds_pipe *p) { return p->p; }
+bds_pipeline *bds__shard_pipeline_get(bds_shard_pipeline *p) { return p->p; }
 
-bool bds__pipe_drain(bds_pipe *p, uint32_t budget) {
+bool bds__shard_pipeline_drain(bds_shard_pipeline *p, uint32_t budget) {
     void *msgs[DRAIN_CHUNK];
     uint32_t total = 0;
     bds__pipeline_set_current(p->p);
@@ -194,7 +194,7 @@ bool bds__pipe_drain(bds_pipe *p, uint32_t budget) {
     while (waiting) {
         uint32_t id = (uint32_t)__builtin_ctzll(waiting);
         waiting &= waiting - 1;
-        bds_pipe *who = atomic_load_explicit(&p->g->pipes[id], memory_order_acquire);
+        bds_shard_pipeline *who = atomic_load_explicit(&p->g->pipes[id], memory_order_acquire);
         if (who) bds__shard_bell(p->shard, who->shard);
     }
     /* A stage left behind by a full inbox retries whenever we are awake. */
@@ -202,20 +202,20 @@ bool bds__pipe_drain(bds_pipe *p, uint32_t budget) {
     return total >= budget || !bds__mpsc_empty(&p->inbox);
 }
 
-bool bds__pipe_run(bds_pipe *p, uint32_t budget) {
+bool bds__shard_pipeline_run(bds_shard_pipeline *p, uint32_t budget) {
     bds__pipeline_set_current(p->p);
     bds_pipeline_run(p->p, budget);
     return bds_pipeline_has_work(p->p);
 }
 
-bool bds__pipe_prepare_sleep(bds_pipe *p) {
+bool bds__shard_pipeline_prepare_sleep(bds_shard_pipeline *p) {
     if (bds_pipeline_has_work(p->p)) return false;
     return bds__mpsc_prepare_sleep(&p->inbox);
 }
 
-void bds__pipe_woken(bds_pipe *p) { bds__mpsc_woken(&p->inbox); }
+void bds__shard_pipeline_woken(bds_shard_pipeline *p) { bds__mpsc_woken(&p->inbox); }
 
-bool bds__pipe_idle(bds_pipe *p) {
+bool bds__shard_pipeline_idle(bds_shard_pipeline *p) {
     bds_pipeline_stats st;
     bds_pipeline_get_stats(p->p, &st);
     /* seq_cst: the hook's half of the handshake in bds__shard_leave (and an
@@ -225,7 +225,7 @@ bool bds__pipe_idle(bds_pipe *p) {
            st.calls_live == 0 && st.keys_exec_live == 0;
 }
 
-void bds__pipe_dump(bds_pipe *p, FILE *f) {
+void bds__shard_pipeline_dump(bds_shard_pipeline *p, FILE *f) {
     bds_pipeline_stats st;
     /* a racy copy of plain counters: a snapshot for a human */
     bds_pipeline_get_stats(p->p, &st);
