@@ -182,6 +182,7 @@ struct bds_stream {
                                  value length (4), name and NUL, value (-bin decoded) */
     uint32_t md_len, md_count;
     void *user;
+    void (*user_free)(void *user); /* runs when the stream's memory goes */
     char peer[64];
     /* The rest is the home shard's. */
     srv_conn *conn;           /* NULL once the connection is gone */
@@ -205,6 +206,7 @@ struct bds_stream {
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out; /* for interceptors' on_end */
     bool half_close_wait;     /* on_half_close is due once in_pipeline is 0 */
     bool opened;              /* the interceptors' on_open passed: on_end is owed */
+    uint32_t icpt_passed;     /* interceptors of the chain whose on_open passed (they get on_end) */
     bool end_told;            /* on_end ran */
     bool finish_requested;    /* bds_stream_finish reached home: later replies are dropped */
     /* The session ended cleanly while replies still waited here: the trailers

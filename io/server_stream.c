@@ -115,6 +115,7 @@ static bds_status call_reply(bds_call *call, const void *bytes, size_t len, void
 /* ---- streams: the public handle (bds_stream) -------------------------------------------------- */
 
 static void stream_free(srv_call *st) {
+    if (st->user_free) st->user_free(st->user);
     free(st->md);
     free(st);
 }
@@ -156,6 +157,10 @@ void bds_stream_set_user(bds_stream *st, void *user) {
     st->user = user;
 }
 void *bds_stream_user(const bds_stream *st) { return stream_check(st, "bds_stream_user")->user; }
+void bds_stream_set_user_free(bds_stream *st, void (*free_fn)(void *user)) {
+    stream_check(st, "bds_stream_set_user_free");
+    st->user_free = free_fn;
+}
 
 /* Request metadata, kept per stream: entries of the name's length (2 bytes),
  * the value's (4), the name and a NUL, the value (a -bin one decoded). */
@@ -590,6 +595,33 @@ static bds_status call_end_status(const srv_call *call, bds_status st, const cha
 
 /* The stream is over: the stream API refuses from now on, and on_end runs
  * (method's, then the interceptors' in reverse). Once per stream. */
+/* Interceptor j of the stream's chain: the server's, then the method's. */
+static const bds_interceptor *call_icpt(const srv_call *call, uint32_t j) {
+    const bds_server *srv = call->home->srv;
+    return j < srv->n_icpt ? &srv->icpt[j] : call->m->icpt[j - srv->n_icpt];
+}
+
+/* on_end of the first n interceptors of the chain (those whose on_open
+ * passed), in reverse order. */
+static void call_icpt_end(srv_call *call, const bds_stream_end_info *info, uint32_t n) {
+    for (uint32_t j = n; j-- > 0;) {
+        const bds_interceptor *ic = call_icpt(call, j);
+        if (ic->on_end) ic->on_end(call, info, ic->ctx);
+    }
+}
+
+/* The stream was refused after some interceptors' on_open passed (a later
+ * one refused, or the session could not be made): those still get their
+ * on_end, so that what their on_open took is given back. */
+static void stream_refused_notify(srv_call *call, bds_status status, const char *message) {
+    bds_stream_end_info info = {
+        .status = wire_status(status),
+        .message = message ? message : "",
+        .duration_ns = bds__clock_ns() - call->start_ns,
+    };
+    call_icpt_end(call, &info, call->icpt_passed);
+}
+
 static void stream_end_notify(srv_call *call, bds_status status, const char *message) {
     atomic_store_explicit(&call->ended, true, memory_order_release);
     if (call->end_told || !call->opened) return;
@@ -611,13 +643,7 @@ static void stream_end_notify(srv_call *call, bds_status status, const char *mes
         .bytes_in = call->bytes_in,
         .bytes_out = call->bytes_out,
     };
-    for (uint32_t i = call->m->n_icpt; i-- > 0;) {
-        const bds_interceptor *ic = call->m->icpt[i];
-        if (ic->on_end) ic->on_end(call, &info, ic->ctx);
-    }
-    const bds_server *srv = call->home->srv;
-    for (uint32_t i = srv->n_icpt; i-- > 0;)
-        if (srv->icpt[i].on_end) srv->icpt[i].on_end(call, &info, srv->icpt[i].ctx);
+    call_icpt_end(call, &info, call->icpt_passed);
 }
 
 /* Ends the stream on the wire once the replies waiting here have left; the
@@ -674,9 +700,11 @@ static void call_apply_ctl(srv_call *call, srv_msg *r) {
         if (!sc || call->h2_done || call->finish_requested) return;
         size_t nl = strlen((const char *)r->data);
         /* Validated when it was made: what is left is a header set after a
-         * reply another thread made first (too late: dropped). */
-        (void)bds__h2_add_metadata(sc->h2, call->stream, r->ctl == SRV_CTL_TRAILER, (const char *)r->data,
-                                   r->data + nl + 1, r->len - nl - 1);
+         * reply another thread made first (too late: dropped, server.h). */
+        if (bds__h2_add_metadata(sc->h2, call->stream, r->ctl == SRV_CTL_TRAILER, (const char *)r->data,
+                                 r->data + nl + 1, r->len - nl - 1) != BDS_OK)
+            bds__log(&call->home->srv->log, BDS_LOG_DEBUG, "%s %s dropped: the response headers had left",
+                     r->ctl == SRV_CTL_TRAILER ? "trailer" : "header", (const char *)r->data);
         return;
     }
     case SRV_CTL_FINISH: {
@@ -720,15 +748,10 @@ static void stream_task_run(bds__task *t) {
 /* The interceptors' on_open, the server's first. Returns BDS_OK or the
  * refusal (*message: its text, or NULL). */
 static bds_status stream_run_on_open(srv_call *call, const char **message) {
-    const bds_server *srv = call->home->srv;
+    uint32_t n = call->home->srv->n_icpt + call->m->n_icpt;
     *message = NULL;
-    for (uint32_t i = 0; i < srv->n_icpt; i++) {
-        if (!srv->icpt[i].on_open) continue;
-        bds_status st = srv->icpt[i].on_open(call, message, srv->icpt[i].ctx);
-        if (st != BDS_OK) return st;
-    }
-    for (uint32_t i = 0; i < call->m->n_icpt; i++) {
-        const bds_interceptor *ic = call->m->icpt[i];
+    for (call->icpt_passed = 0; call->icpt_passed < n; call->icpt_passed++) {
+        const bds_interceptor *ic = call_icpt(call, call->icpt_passed);
         if (!ic->on_open) continue;
         bds_status st = ic->on_open(call, message, ic->ctx);
         if (st != BDS_OK) return st;
@@ -932,11 +955,13 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     else
         refuse = stream_run_on_open(call, &why);
     if (refuse != BDS_OK) {
+        if (refuse == BDS_E_AGAIN) refuse = BDS_UNAVAILABLE;
         ctr_add(&mc->streams_refused, 1);
         atomic_store_explicit(&call->ended, true, memory_order_relaxed);
+        stream_refused_notify(call, refuse, why);
         bds_stream_unref(call); /* an on_open that took a reference keeps it */
         *call_ctx = (void *)why;
-        return refuse == BDS_E_AGAIN ? BDS_UNAVAILABLE : refuse;
+        return refuse;
     }
     bds_session_config cfg;
     bds_session_config_default(&cfg);
@@ -950,6 +975,7 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     if (bds_session_create(&call->session, bds__shard_pipeline_get(sh->pipe), &cfg, NULL) != BDS_OK) {
         ctr_add(&mc->streams_refused, 1);
         atomic_store_explicit(&call->ended, true, memory_order_relaxed);
+        stream_refused_notify(call, BDS_RESOURCE_EXHAUSTED, NULL);
         bds_stream_unref(call);
         return BDS_RESOURCE_EXHAUSTED;
     }

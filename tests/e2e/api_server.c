@@ -207,15 +207,24 @@ static void *slow_thread(void *arg) {
     sum *sm = bds_stream_user(bds_call_stream(s->call));
     atomic_fetch_add(&sm->total, s->v);
     atomic_fetch_add(&sm->done, 1);
+    event("slow done");
     bds_call_done(s->call, BDS_OK, NULL);
     free(s);
     return NULL;
+}
+
+/* The sum is read by slow_thread after the stream may have ended (a
+ * cancel with work in flight): it goes when the stream's memory does. */
+static void sum_free(void *user) {
+    event("sum freed");
+    free(user);
 }
 
 static bds_status sum_on_open(bds_stream *st, const char **message, void *ctx) {
     (void)message;
     (void)ctx;
     bds_stream_set_user(st, calloc(1, sizeof(sum)));
+    bds_stream_set_user_free(st, sum_free);
     return BDS_OK;
 }
 
@@ -257,10 +266,26 @@ static void sum_on_half_close(bds_stream *st, void *ctx) {
 static void sum_on_end(bds_stream *st, bds_status status, const char *message, void *ctx) {
     (void)ctx;
     event("end %s %s \"%s\"", bds_stream_method(st), bds_status_name(status), message);
-    free(bds_stream_user(st));
 }
 
 /* ---- /test.Api/Secret: an auth interceptor -------------------------------------- */
+
+/* An interceptor before auth that holds something from on_open to on_end:
+ * its on_end must run when auth refuses the stream after it. */
+static bds_status audit_on_open(bds_stream *st, const char **message, void *ctx) {
+    (void)message;
+    (void)ctx;
+    bds_stream_set_user(st, strdup("audit"));
+    event("audit open");
+    return BDS_OK;
+}
+
+static void audit_on_end(bds_stream *st, const bds_stream_end_info *info, void *ctx) {
+    (void)ctx;
+    event("audit end %s", bds_status_name(info->status));
+    free(bds_stream_user(st));
+    bds_stream_set_user(st, NULL);
+}
 
 static _Atomic int secret_handled;
 
@@ -411,9 +436,10 @@ int main(int argc, char **argv) {
                       .on_end = sum_on_end, .interceptors = sum_list, .n_interceptors = 1});
     static const bds_interceptor auth = {.size = sizeof auth, .on_open = auth_on_open,
                                          .on_message_in = auth_on_message_in, .on_end = auth_on_end};
-    static const bds_interceptor *const auth_list[] = {&auth};
+    static const bds_interceptor audit = {.size = sizeof audit, .on_open = audit_on_open, .on_end = audit_on_end};
+    static const bds_interceptor *const auth_list[] = {&audit, &auth};
     add(&(bds_method){.size = sizeof(bds_method), .path = "/test.Api/Secret", .handler = secret_handler,
-                      .interceptors = auth_list, .n_interceptors = 1});
+                      .interceptors = auth_list, .n_interceptors = 2});
     bds_options retry = cfg.options;
     retry.retry.max_attempts = 3;
     add(&(bds_method){.size = sizeof(bds_method), .path = "/test.Api/Retry", .handler = retry_handler,

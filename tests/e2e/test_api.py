@@ -250,6 +250,25 @@ class Callbacks(unittest.TestCase):
             self.assertIn('sum answer OK', log)
             self.assertIn('sum second answer FAILED_PRECONDITION', log, 'one answer for a client-streaming method')
             self.assertRegex(log, r'end /test.Api/Sum OK')
+            if 'sum freed' not in log:
+                log += wait_event(ch, r'^sum freed')
+
+    def test_stream_state_outlives_a_handler_running_past_the_end(self):
+        """Cancelled with work in flight: on_end runs at once, the handler
+        still reads the stream's state afterwards, and the state's free hook
+        runs only after that handler is done."""
+        with chan() as ch:
+            events(ch)
+            call = ch.stream_unary('/test.Api/Sum', **ident).future(iter([b'1', b'slow:5']), timeout=10)
+            time.sleep(0.1)  # the slow message is in its thread (300 ms)
+            call.cancel()
+            log = wait_event(ch, r'^sum freed')
+            lines = log.splitlines()
+            end = next(i for i, l in enumerate(lines) if l.startswith('end /test.Api/Sum CANCELLED'))
+            done = lines.index('slow done')
+            freed = lines.index('sum freed')
+            self.assertLess(end, done, 'on_end came while the work was in flight: ' + log)
+            self.assertLess(done, freed, 'the state is freed after the last handler: ' + log)
 
 
 class Kinds(unittest.TestCase):
@@ -321,7 +340,10 @@ class Interceptors(unittest.TestCase):
             self.assertEqual(int(re.search(r'secret handled (\d+)', log).group(1)), handled0,
                              'no message of a refused stream reached the handler')
             self.assertEqual(log.count('auth refused'), 2)
-            self.assertNotIn('auth end', log, 'no on_end for a stream refused at open')
+            self.assertNotIn('auth end', log, 'no on_end for the interceptor that refused')
+            self.assertEqual(log.count('audit open'), 2)
+            self.assertEqual(log.count('audit end UNAUTHENTICATED'), 2,
+                             'the interceptor before the refusal gets its on_end: ' + log)
             call, replies = bidi(ch, '/test.Api/Secret', [b'a', b'b'], metadata=[('authorization', 'Bearer good')])
             self.assertEqual(replies, [b'a', b'b'])
             log = wait_event(ch, r'^auth end')

@@ -174,9 +174,12 @@ typedef struct bds_interceptor {
     /* A stream opens (its request headers are complete; no message read
      * yet): the method, metadata, peer and deadline can be read. BDS_OK lets
      * it through; any other status refuses it at once (trailers-only, no
-     * message is read, no handler runs, no on_end follows) with *message
-     * (static storage, or NULL for the status's own text), e.g.
-     * BDS_UNAUTHENTICATED. */
+     * message is read, no handler runs, neither this interceptor's on_end
+     * nor the method's follows; the interceptors before it, whose on_open
+     * passed, get their on_end with this status) with *message (static
+     * storage, or NULL for the status's own text), e.g.
+     * BDS_UNAUTHENTICATED. It may set response headers and trailers
+     * (bds_stream_set_header) and the stream's user pointer. */
     bds_status (*on_open)(bds_stream *stream, const char **message, void *ctx);
     /* A request message arrived (before its key is found). BDS_OK lets it
      * through; any other status ends the stream with it (the message is not
@@ -184,7 +187,11 @@ typedef struct bds_interceptor {
     bds_status (*on_message_in)(bds_stream *stream, const uint8_t *bytes, uint32_t len, void *ctx);
     /* A reply or push leaves for HTTP/2, in stream order. Observe only. */
     void (*on_message_out)(bds_stream *stream, const uint8_t *bytes, uint32_t len, void *ctx);
-    /* The stream ended (once per stream whose on_open passed). */
+    /* The stream ended: once per stream whose on_open passed (or that had
+     * no on_open to pass), also when an interceptor after this one, or the
+     * server at its stream limits, refused the stream. Handlers of the stream
+     * may still be running (cancelled): state they read is freed by
+     * bds_stream_set_user_free, not here. */
     void (*on_end)(bds_stream *stream, const bds_stream_end_info *info, void *ctx);
     void *ctx;
 } bds_interceptor;
@@ -394,7 +401,13 @@ BDS_API const uint8_t *bds_stream_metadata(const bds_stream *stream, const char 
  * BDS_E_INVALID (a bad name or value), BDS_FAILED_PRECONDITION (a header
  * after the headers left: the stream's first reply or push was made before
  * it), BDS_RESOURCE_EXHAUSTED (more than 16 entries or 8 KiB per stream and
- * kind) or BDS_E_SESSION_CLOSED (the stream ended or was finished). */
+ * kind) or BDS_E_SESSION_CLOSED (the stream ended or was finished).
+ * Headers are certain to go out when set before any reply of the stream can
+ * be made: in an interceptor's on_open, or by the only code that replies on
+ * the stream, before its first reply. A header set on one thread while
+ * another thread makes the stream's first reply races with it: when the
+ * reply is first, the header returns BDS_OK here and is dropped at the home
+ * shard (the response headers have left; logged at debug level). */
 BDS_API bds_status bds_stream_set_header(bds_stream *stream, const char *name, const void *value, size_t len);
 BDS_API bds_status bds_stream_set_trailer(bds_stream *stream, const char *name, const void *value, size_t len);
 /* Sends a message on the stream that no request asked for (a server push:
@@ -420,10 +433,18 @@ BDS_API bds_status bds_stream_finish(bds_stream *stream, bds_status status, cons
 /* Whether the stream has ended or been finished (a cheap atomic load). */
 BDS_API bool bds_stream_ended(const bds_stream *stream);
 /* One pointer of the application's per stream (NULL at first): set it in
- * on_open or a handler, free what it points to in on_end. Not synchronized:
- * set it before other threads read it. */
+ * on_open or a handler. Not synchronized: set it before other threads read
+ * it. Thread: any, on a live stream. */
 BDS_API void bds_stream_set_user(bds_stream *stream, void *user);
 BDS_API void *bds_stream_user(const bds_stream *stream);
+/* free_fn(user) runs once, when the stream's memory goes: after its end
+ * (on_end), after every call of the stream is done (handlers still running
+ * when it ended included) and every reference is dropped; on the thread that
+ * drops the last one (a shard, or the thread of a bds_stream_unref). The
+ * safe place to free per-stream state that handlers on other shards read;
+ * on_end is not (they may still run). NULL: nothing runs. Thread: any, on a
+ * live stream. */
+BDS_API void bds_stream_set_user_free(bds_stream *stream, void (*free_fn)(void *user));
 
 /* Inside a handler of a server method: the request's bytes (protobuf-encoded),
  * valid until bds_call_done(); *len gets their length (len may be NULL).
