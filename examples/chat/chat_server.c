@@ -480,13 +480,14 @@ int main(int argc, char **argv) {
     cfg.listen = "127.0.0.1:50061";
     cfg.shards = 2;
     cfg.on_ready = on_ready;
-    for (int i = 1; i + 1 < argc; i += 2) {
+    int i = 1;
+    for (; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--listen") == 0) cfg.listen = argv[i + 1];
         else if (strcmp(argv[i], "--shards") == 0) cfg.shards = (uint32_t)atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--typing-ms") == 0) typing_ns = strtoull(argv[i + 1], NULL, 10) * 1000000;
         else break;
     }
-    if (argc % 2 == 0) {
+    if (i != argc) {
         fprintf(stderr, "usage: chat_server [--listen HOST:PORT] [--shards N] [--typing-ms MS]\n");
         return 2;
     }
@@ -522,7 +523,7 @@ int main(int argc, char **argv) {
      * held could only be dropped now, before the server goes. */
     for (room *r = rooms, *next; r; r = next) {
         next = r->next;
-        for (size_t i = 0; i < r->n_members; i++) bds_stream_unref(r->members[i].stream);
+        for (size_t k = 0; k < r->n_members; k++) bds_stream_unref(r->members[k].stream);
         pthread_mutex_destroy(&r->mu);
         free(r->members);
         free(r->name);
