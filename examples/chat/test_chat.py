@@ -337,6 +337,7 @@ if __name__ == '__main__':
         sys.exit('usage: test_chat.py PATH/TO/chat_server')
     SERVER = sys.argv[1]
     result = unittest.main(argv=[sys.argv[0]] + sys.argv[2:], exit=False, verbosity=2).result
-    failed = len(result.failures) + len(result.errors)
-    print('%d passed, %d failed' % (max(result.testsRun - failed, 0), failed))
+    failed = len(result.failures) + len(result.errors)  # the module's setup and teardown (the stop) included
+    tests_failed = sum(isinstance(t, unittest.TestCase) for t, _ in result.failures + result.errors)
+    print('%d passed, %d failed' % (result.testsRun - tests_failed, failed))
     sys.exit(1 if failed or not result.testsRun else 0)
