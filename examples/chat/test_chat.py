@@ -325,7 +325,8 @@ class Typing(unittest.TestCase):
             S.wait_line(r'^typing bob %s cancelled: the stream is gone, no notice sent$' % room)
             S.wait_line(r'^end bob CANCELLED')
             time.sleep(TYPING_MS / 1000 + 0.5)  # past the moment the timer was due
-            self.assertFalse([t for t in alice.events('typing') if not t.active], 'no "stopped typing" after the cancel')
+            self.assertFalse([t for t in alice.events('typing') if not t.active],
+                             'no "stopped typing" after the cancel')
             self.assertFalse([l for l in S.log() if l == 'typing bob %s expired' % room], 'the timer did not fire')
             alice.half_close()
             alice.wait_end()
