@@ -10,9 +10,11 @@ prints. Every wait is bounded and says what it waited for. Prints
 
 usage: test_chat.py PATH/TO/chat_server
 """
+import atexit
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import grpc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOIN = '/chat.v1.Chat/Join'
+TOKENS = ('alice-token', 'bob-token', 'carol-token', 'dave-token')  # chat_server's users
 TYPING_MS = 2000  # long enough that a cancel reaches the server first, however loaded the machine
 SERVER = None     # the path, from argv
 S = None          # the running server
@@ -37,6 +40,7 @@ counter_mu = threading.Lock()
 
 def load_messages():
     out = tempfile.mkdtemp(prefix='chat_pb_')
+    atexit.register(shutil.rmtree, out, True)
     subprocess.run(['protoc', '--python_out=' + out, '-I' + HERE, os.path.join(HERE, 'chat.proto')], check=True)
     sys.path.insert(0, out)
     import chat_pb2
@@ -93,7 +97,7 @@ class Member:
 
     def __init__(self, ch, token):
         global opened, refused
-        self.good = token is not None and token.endswith('-token') and token != 'mallory-token'
+        self.good = token in TOKENS
         with counter_mu:
             if self.good:
                 opened += 1

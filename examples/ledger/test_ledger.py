@@ -10,8 +10,10 @@ says what it waited for. Prints "N passed, N failed" last.
 
 usage: test_ledger.py PATH/TO/ledger_server
 """
+import atexit
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +37,7 @@ retried = 0   # failed attempts the tests caused that had a retry left
 
 def load_messages():
     out = tempfile.mkdtemp(prefix='ledger_pb_')
+    atexit.register(shutil.rmtree, out, True)
     subprocess.run(['protoc', '--python_out=' + out, '-I' + HERE, os.path.join(HERE, 'ledger.proto')], check=True)
     sys.path.insert(0, out)
     import ledger_pb2
