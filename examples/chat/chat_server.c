@@ -6,7 +6,8 @@
  *     room's messages run one at a time, in arrival order, on the shard the
  *     room hashes to, while other rooms run in parallel (KEYED_FIFO);
  *   - an auth interceptor refusing a stream UNAUTHENTICATED at open, before
- *     any message is read;
+ *     any message is read, and one counting what leaves and logging each
+ *     stream's end (an access log);
  *   - response headers and trailers (x-chat-user, x-chat-sent);
  *   - server pushes: what a member says is pushed to the room's other
  *     members with bds_stream_send, from the room's shard;
@@ -260,9 +261,12 @@ static void tally_on_message_out(bds_stream *stream, const uint8_t *bytes, uint3
     if (pb_find(bytes, len, CHAT__V1__SERVER_MESSAGE__EVENT_MESSAGE, &v, &n, &found) && found) t->received++;
 }
 
+/* The stream is over: an access log line, then its counters go. */
 static void tally_on_end(bds_stream *stream, const bds_stream_end_info *info, void *ctx) {
-    (void)info;
     (void)ctx;
+    say_log("access %s %s %s %s in %llu out %llu %llu ms", user_of(stream)->name, bds_stream_peer(stream),
+            bds_stream_method(stream), bds_status_name(info->status), (unsigned long long)info->messages_in,
+            (unsigned long long)info->messages_out, (unsigned long long)(info->duration_ns / 1000000));
     free(bds_stream_user(stream));
     bds_stream_set_user(stream, NULL);
 }
@@ -448,7 +452,7 @@ static void join_on_end(bds_stream *stream, bds_status status, const char *messa
         pthread_mutex_unlock(&r->mu);
     }
     pthread_mutex_unlock(&rooms_mu);
-    say_log("end %s %s \"%s\"", user_of(stream)->name, bds_status_name(status), message);
+    if (status != BDS_OK) say_log("end %s %s \"%s\"", user_of(stream)->name, bds_status_name(status), message);
 }
 
 /* ---- main ------------------------------------------------------------------------- */

@@ -253,6 +253,8 @@ class HalfClose(unittest.TestCase):
             self.assertEqual((a.got[-1].summary.posted, a.got[-1].summary.received), (3, 0))
             self.assertEqual(dict(a.call.trailing_metadata()).get('x-chat-sent'), '3', 'the response trailer')
             S.wait_line(r'^half-close alice: posted 3 received 0$')
+            # the access log: Enter + 3 Say in; Entered + 3 Posted + the Summary out
+            S.wait_line(r'^access alice 127\.0\.0\.1:\d+ /chat\.v1\.Chat/Join OK in 4 out 5 ')
 
 
 class Pushes(unittest.TestCase):
@@ -327,7 +329,7 @@ class Typing(unittest.TestCase):
             bob.cancel()
             bob.wait_end()
             S.wait_line(r'^typing bob %s cancelled: the stream is gone, no notice sent$' % room)
-            S.wait_line(r'^end bob CANCELLED')
+            S.wait_line(r'^access bob 127\.0\.0\.1:\d+ /chat\.v1\.Chat/Join CANCELLED in 2 ')
             time.sleep(TYPING_MS / 1000 + 0.5)  # past the moment the timer was due
             self.assertFalse([t for t in alice.events('typing') if not t.active],
                              'no "stopped typing" after the cancel')
