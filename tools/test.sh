@@ -5,6 +5,9 @@
 #   2. TSan build, the concurrent tests (ctest -L tsan);
 #   3. release build, installed to a staging prefix, and an outside project
 #      built against it with find_package(bidistream) and with pkg-config;
+#      then the example services (examples/chat, examples/ledger), each built
+#      as an outside project against that install and driven by its grpcio
+#      test (tools/examples.sh);
 #   4. the layering check (tools/layering.sh: no include points up: core/
 #      never includes proto/ or io/, proto/ never io/ nor core's pipeline,
 #      public headers nothing internal, core/ and proto/ never liburing);
@@ -87,6 +90,22 @@ if bash tests/tools/exports.sh "$(find build/stage -name libbidistream.so | head
 else
   failed=$((failed + 1)); status=1
 fi
+
+echo "== examples: built against the install, driven by grpcio (tools/examples.sh)"
+examples_log=$(mktemp)
+set +e
+bash tools/examples.sh "$root/build/stage" 2>&1 | tee "$examples_log"
+examples_rc=${PIPESTATUS[0]}
+set -e
+examples_line=$(grep -E '^examples: [0-9]+ passed, [0-9]+ failed' "$examples_log" | tail -1 || true)
+rm -f "$examples_log"
+if [ -n "$examples_line" ]; then
+  passed=$((passed + $(sed -E 's/^examples: ([0-9]+) passed.*/\1/' <<<"$examples_line")))
+  failed=$((failed + $(sed -E 's/.*passed, ([0-9]+) failed/\1/' <<<"$examples_line")))
+else
+  failed=$((failed + 1)) # the script died before its count
+fi
+[ "$examples_rc" = 0 ] || status=1
 
 fuzz_seconds=${BDS_TEST_FUZZ_SECONDS:-20}
 [ "$fuzz_seconds" -le 30 ] || fuzz_seconds=30
