@@ -115,7 +115,7 @@ set +e
 bash tools/fuzz.sh "$fuzz_seconds" 2>&1 | tee "$fuzz_log"
 fuzz_rc=${PIPESTATUS[0]}
 set -e
-fuzz_line=$(grep -E '^fuzz: [0-9]+ passed, [0-9]+ failed' "$fuzz_log" | tail -1)
+fuzz_line=$(grep -E '^fuzz: [0-9]+ passed, [0-9]+ failed' "$fuzz_log" | tail -1 || true)
 rm -f "$fuzz_log"
 if [ -n "$fuzz_line" ]; then
   passed=$((passed + $(sed -E 's/^fuzz: ([0-9]+) passed.*/\1/' <<<"$fuzz_line")))
