@@ -91,39 +91,33 @@ else
   failed=$((failed + 1)); status=1
 fi
 
+# Runs a step that ends by printing "<name>: N passed, N failed" and adds its
+# counts; a step that died before its count is one failure.
+run_counted() { # name, command...
+  local name=$1; shift
+  local log; log=$(mktemp)
+  set +e
+  "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  local line; line=$(grep -E "^$name: [0-9]+ passed, [0-9]+ failed" "$log" | tail -1 || true)
+  rm -f "$log"
+  if [ -n "$line" ]; then
+    passed=$((passed + $(sed -E 's/^[a-z]+: ([0-9]+) passed.*/\1/' <<<"$line")))
+    failed=$((failed + $(sed -E 's/.*passed, ([0-9]+) failed.*/\1/' <<<"$line")))
+  else
+    failed=$((failed + 1))
+  fi
+  [ "$rc" = 0 ] || status=1
+}
+
 echo "== examples: built against the install, driven by grpcio (tools/examples.sh)"
-examples_log=$(mktemp)
-set +e
-bash tools/examples.sh "$root/build/stage" 2>&1 | tee "$examples_log"
-examples_rc=${PIPESTATUS[0]}
-set -e
-examples_line=$(grep -E '^examples: [0-9]+ passed, [0-9]+ failed' "$examples_log" | tail -1 || true)
-rm -f "$examples_log"
-if [ -n "$examples_line" ]; then
-  passed=$((passed + $(sed -E 's/^examples: ([0-9]+) passed.*/\1/' <<<"$examples_line")))
-  failed=$((failed + $(sed -E 's/.*passed, ([0-9]+) failed/\1/' <<<"$examples_line")))
-else
-  failed=$((failed + 1)) # the script died before its count
-fi
-[ "$examples_rc" = 0 ] || status=1
+run_counted examples bash tools/examples.sh "$root/build/stage"
 
 fuzz_seconds=${BDS_TEST_FUZZ_SECONDS:-20}
 [ "$fuzz_seconds" -le 30 ] || fuzz_seconds=30
 echo "== fuzzing: each libFuzzer target for $fuzz_seconds s"
-fuzz_log=$(mktemp)
-set +e
-bash tools/fuzz.sh "$fuzz_seconds" 2>&1 | tee "$fuzz_log"
-fuzz_rc=${PIPESTATUS[0]}
-set -e
-fuzz_line=$(grep -E '^fuzz: [0-9]+ passed, [0-9]+ failed' "$fuzz_log" | tail -1 || true)
-rm -f "$fuzz_log"
-if [ -n "$fuzz_line" ]; then
-  passed=$((passed + $(sed -E 's/^fuzz: ([0-9]+) passed.*/\1/' <<<"$fuzz_line")))
-  failed=$((failed + $(sed -E 's/.*passed, ([0-9]+) failed.*/\1/' <<<"$fuzz_line")))
-else
-  failed=$((failed + 1)) # the fuzz build itself failed
-fi
-[ "$fuzz_rc" = 0 ] || status=1
+run_counted fuzz bash tools/fuzz.sh "$fuzz_seconds"
 
 echo
 echo "tests: $passed passed, $failed failed"

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../expect_misuse.h"
 #include "mem.h"
 #include "sim.h"
 
@@ -453,39 +454,6 @@ Test(pipeline, a_pending_call_sees_its_session_close) {
 }
 
 /* ---- misuse of the call API: a message that names the call, every time ---- */
-
-/* Runs scenario in a child process; asserts that it aborted (SIGABRT) and
- * that its stderr names api as misused. Bounded: the child is killed by
- * SIGALRM after 20 s. */
-static void expect_misuse(void (*scenario)(void), const char *api) {
-    int out[2];
-    cr_assert_eq(pipe(out), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        close(out[0]);
-        dup2(out[1], 2);
-        alarm(20);
-        scenario();
-        _exit(0); /* the misuse went unnoticed */
-    }
-    close(out[1]);
-    char err[4096];
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof err - 1 && (r = read(out[0], err + n, sizeof err - 1 - n)) > 0) n += (size_t)r;
-    err[n] = 0;
-    close(out[0]);
-    int status = 0;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT,
-              "the misuse of %s stops the process (exit %d, signal %d); stderr: %s", api,
-              WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0, err);
-    char want[128];
-    snprintf(want, sizeof want, "bidistream: %s: misuse: ", api);
-    cr_assert(strstr(err, want) != NULL, "stderr names %s: %s", api, err);
-}
 
 static void done_twice_in_the_handler(void) {
     sim *S = sim_new(2, 22);

@@ -28,6 +28,7 @@
 #include "server_int.h" /* bds__server_dump */
 #include "services.h"   /* bds__health_watches */
 #include "watchdog.h"
+#include "../expect_misuse.h"
 
 #define PATH "/bidistream.v1.Pipeline/Process"
 #define MSGS 300
@@ -1581,30 +1582,7 @@ static void done_before_the_paced_fn(void) {
 }
 
 Test(server, done_before_a_paced_reply_fn_ran_is_a_misuse_naming_it) {
-    int errp[2];
-    cr_assert_eq(pipe(errp), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        close(errp[0]);
-        dup2(errp[1], 2);
-        alarm(20);
-        done_before_the_paced_fn();
-        _exit(0); /* the misuse went unnoticed */
-    }
-    close(errp[1]);
-    char err[8192];
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof err - 1 && (r = read(errp[0], err + n, sizeof err - 1 - n)) > 0) n += (size_t)r;
-    err[n] = 0;
-    close(errp[0]);
-    int status = 0;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "the misuse stops the process (exit %d, signal %d): %s",
-              WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0, err);
-    cr_assert(strstr(err, "bidistream: bds_call_reply_paced: misuse: ") != NULL, "stderr names the call: %s", err);
+    expect_misuse(done_before_the_paced_fn, "bds_call_reply_paced");
 }
 
 /* ---- logging ------------------------------------------------------------------------- */
@@ -1669,34 +1647,6 @@ Test(server, log_lines_go_to_the_configured_sink_at_their_level) {
 
 /* ---- misuse of the stream API: loud, named, every time ------------------------------ */
 
-static void stream_misuse_expect(void (*scenario)(void), const char *api) {
-    int out[2];
-    cr_assert_eq(pipe(out), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        close(out[0]);
-        dup2(out[1], 2);
-        alarm(20);
-        scenario();
-        _exit(0); /* the misuse went unnoticed */
-    }
-    close(out[1]);
-    char err[4096];
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof err - 1 && (r = read(out[0], err + n, sizeof err - 1 - n)) > 0) n += (size_t)r;
-    err[n] = 0;
-    close(out[0]);
-    int status = 0;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "the misuse of %s stops the process; stderr: %s",
-              api, err);
-    char want[128];
-    snprintf(want, sizeof want, "bidistream: %s: misuse: ", api);
-    cr_assert(strstr(err, want) != NULL, "stderr names %s: %s", api, err);
-}
 
 static void send_on_null(void) { (void)bds_stream_send(NULL, "x", 1); }
 static void finish_null(void) { (void)bds_stream_finish(NULL, BDS_OK, NULL); }
@@ -1715,10 +1665,10 @@ static void interceptor_null_server(void) {
 }
 
 Test(server, stream_api_misuse_is_named) {
-    stream_misuse_expect(send_on_null, "bds_stream_send");
-    stream_misuse_expect(finish_null, "bds_stream_finish");
-    stream_misuse_expect(header_null_name, "bds_stream_set_header");
-    stream_misuse_expect(ref_null, "bds_stream_ref");
-    stream_misuse_expect(stats_null, "bds_server_get_stats");
-    stream_misuse_expect(interceptor_null_server, "bds_server_add_interceptor");
+    expect_misuse(send_on_null, "bds_stream_send");
+    expect_misuse(finish_null, "bds_stream_finish");
+    expect_misuse(header_null_name, "bds_stream_set_header");
+    expect_misuse(ref_null, "bds_stream_ref");
+    expect_misuse(stats_null, "bds_server_get_stats");
+    expect_misuse(interceptor_null_server, "bds_server_add_interceptor");
 }
