@@ -40,6 +40,7 @@
 #include "pipeline_int.h"
 #include "server_int.h"
 #include "services.h"
+#include "google/protobuf/descriptor.pb-c.h"
 
 _Thread_local srv_shard *bds__srv_self;
 
@@ -183,6 +184,7 @@ bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, con
 void bds_server_destroy(bds_server *srv) {
     if (!srv) return;
     for (uint32_t i = 0; i < srv->n_methods; i++) free(srv->methods[i].path);
+    for (uint32_t i = 0; i < srv->n_desc; i++) free(srv->desc[i].bytes);
     free(srv->listen);
     free(srv->mc);
     free(srv->shc);
@@ -271,6 +273,66 @@ bds_status bds_server_add_method(bds_server *srv, const bds_method *m, const cha
     srv->n_methods++;
     srv->table.count = srv->n_methods;
     return BDS_OK;
+}
+
+uint32_t bds_server_method_count(const bds_server *srv) {
+    if (!srv) bds__misuse("bds_server_method_count", "server is NULL");
+    return srv->n_methods;
+}
+
+const char *bds_server_method_path(const bds_server *srv, uint32_t index) {
+    if (!srv) bds__misuse("bds_server_method_path", "server is NULL");
+    return index < srv->n_methods ? srv->methods[index].path : NULL;
+}
+
+bds_status bds_server_add_descriptors(bds_server *srv, const void *set, size_t len, const char **why) {
+    const char *dummy;
+    if (!why) why = &dummy;
+    *why = NULL;
+    if (!srv) bds__misuse("bds_server_add_descriptors", "server is NULL");
+    if (!set && len) bds__misuse("bds_server_add_descriptors", "set is NULL");
+    if (srv->running) {
+        *why = "the server already runs: add descriptors before bds_server_run";
+        return BDS_FAILED_PRECONDITION;
+    }
+    if (srv->n_desc == SRV_DESCRIPTOR_SETS_MAX) {
+        *why = "too many descriptor sets (16)";
+        return BDS_RESOURCE_EXHAUSTED;
+    }
+    /* Checked once here, so that reflection can trust every file in it. */
+    Google__Protobuf__FileDescriptorSet *fds = google__protobuf__file_descriptor_set__unpack(NULL, len, set);
+    if (!fds || fds->n_file == 0) {
+        if (fds) google__protobuf__file_descriptor_set__free_unpacked(fds, NULL);
+        *why = "not a FileDescriptorSet with files (protoc --descriptor_set_out --include_imports)";
+        return BDS_E_INVALID;
+    }
+    for (size_t i = 0; i < fds->n_file; i++) {
+        if (!fds->file[i]->name || !fds->file[i]->name[0]) {
+            google__protobuf__file_descriptor_set__free_unpacked(fds, NULL);
+            *why = "a file of the set has no name";
+            return BDS_E_INVALID;
+        }
+    }
+    google__protobuf__file_descriptor_set__free_unpacked(fds, NULL);
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!copy) return BDS_E_NOMEM;
+    if (len) memcpy(copy, set, len);
+    srv->desc[srv->n_desc].bytes = copy;
+    srv->desc[srv->n_desc].len = len;
+    srv->n_desc++;
+    return BDS_OK;
+}
+
+uint32_t bds_server_descriptor_count(const bds_server *srv) {
+    if (!srv) bds__misuse("bds_server_descriptor_count", "server is NULL");
+    return srv->n_desc;
+}
+
+const uint8_t *bds_server_descriptor_set(const bds_server *srv, uint32_t index, size_t *len) {
+    if (!srv) bds__misuse("bds_server_descriptor_set", "server is NULL");
+    if (index >= srv->n_desc) return NULL;
+    if (len) *len = srv->desc[index].len;
+    return srv->desc[index].bytes;
 }
 
 bds_status bds_server_add_interceptor(bds_server *srv, const bds_interceptor *icpt, const char **why) {

@@ -19,6 +19,7 @@
 
 #define SRV_INTERCEPTORS_MAX 8u
 #define SRV_STOP_HOOKS_MAX 8u
+#define SRV_DESCRIPTOR_SETS_MAX 16u
 
 /* Live counters of one method on one shard: written by that shard only
  * (relaxed atomics), summed over shards by bds_server_get_stats. */
@@ -67,6 +68,11 @@ struct bds_server {
     bds_logger log;           /* cfg.log and log_level */
     bds_interceptor icpt[SRV_INTERCEPTORS_MAX]; /* the server's (bds_server_add_interceptor) */
     uint32_t n_icpt;
+    struct {
+        uint8_t *bytes;
+        size_t len;
+    } desc[SRV_DESCRIPTOR_SETS_MAX]; /* bds_server_add_descriptors, for reflection */
+    uint32_t n_desc;
     /* Live counters, from run until destroy: [shard][method] and [shard]. */
     srv_method_counters *mc;
     srv_shard_counters *shc;

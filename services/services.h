@@ -21,6 +21,14 @@ bds_status bds__services_register(bds_server *server, const bds_server_config *c
 bds_status bds__process_register(bds_server *server);
 bds_status bds__health_register(bds_server *server, const bds_server_config *config);
 bds_status bds__interop_register(bds_server *server, const bds_server_config *config);
+bds_status bds__reflection_register(bds_server *server, const bds_server_config *config);
+
+/* The built-in services' FileDescriptorSet (protoc --descriptor_set_out
+ * --include_imports of pipeline.proto, health, reflection v1 and v1alpha and,
+ * when grpc-proto has it, the interop TestService), embedded at build time
+ * (proto/CMakeLists.txt). */
+extern const unsigned char bds__builtin_descriptors[];
+extern const unsigned long bds__builtin_descriptors_len;
 
 /* Health.Watch calls of server waiting for the serving status to change
  * (held until the stop or their stream's end). Thread: any. For tests. */

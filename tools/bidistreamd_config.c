@@ -124,6 +124,8 @@ static const opt opts[] = {
     {"idle-spin-us", K_U32, FIELD(uint32_t, idle_spin_us), 0, 1000000, "spin this long before sleeping, 0 = never"},
     {"interop", K_BOOL, FIELD(bool, interop_service), 0, 0,
      "also serve grpc.testing.TestService, the gRPC interop test service"},
+    {"reflection", K_BOOL, FIELD(bool, reflection), 0, 0,
+     "also serve grpc.reflection.v1 and v1alpha ServerReflection (the service list and the built-in .proto files)"},
     {"interop-responses-max", K_U32, FIELD(uint32_t, interop_responses_max), 0, UINT32_MAX,
      "interop: responses one StreamingOutputCallRequest may ask for; more: RESOURCE_EXHAUSTED"},
     {"interop-response-bytes-max", K_BYTES, FIELD(uint32_t, interop_response_bytes_max), 0, UINT32_MAX,

@@ -409,6 +409,21 @@ static void add(const bds_method *m) {
     }
 }
 
+/* Reflection of the service's own methods: a descriptor set of api.proto
+ * (argv[2], made by the test with protoc). */
+static bool add_descriptors(const char *file) {
+    FILE *f = fopen(file, "rb");
+    static uint8_t set[65536];
+    size_t n = f ? fread(set, 1, sizeof set, f) : 0;
+    if (f) fclose(f);
+    const char *why = "cannot read it";
+    if (!n || bds_server_add_descriptors(server, set, n, &why) != BDS_OK) {
+        fprintf(stderr, "api_server: %s: %s\n", file, why);
+        return false;
+    }
+    return true;
+}
+
 int main(int argc, char **argv) {
     bds_server_config cfg;
     bds_server_config_default(&cfg);
@@ -418,11 +433,13 @@ int main(int argc, char **argv) {
     cfg.on_ready = on_ready;
     cfg.options.metrics.enabled = true;
     cfg.options.metrics.payload_sizes = true;
+    cfg.reflection = argc > 2;
     const char *why;
     if (bds_server_create(&server, &cfg, &why) != BDS_OK) {
         fprintf(stderr, "api_server: %s\n", why);
         return 1;
     }
+    if (argc > 2 && !add_descriptors(argv[2])) return 1;
     bds_options fifo = cfg.options;
     fifo.inbound.ordering.mode = BDS_ORDERING_FIFO;
     add(&(bds_method){.size = sizeof(bds_method), .path = "/test.Api/Echo", .handler = echo_handler,

@@ -26,6 +26,7 @@ import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_h2_floods as h2  # noqa: E402  (a raw HTTP/2 client)
+import test_reflection as refl  # noqa: E402  (the reflection messages)
 
 SERVER = None
 ident = dict(request_serializer=lambda x: x, response_deserializer=lambda x: x)
@@ -33,7 +34,12 @@ ident = dict(request_serializer=lambda x: x, response_deserializer=lambda x: x)
 
 class Server:
     def __init__(self):
-        self.proc = subprocess.Popen([SERVER, '2'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # api.proto's descriptor set, for reflection (bds_server_add_descriptors).
+        self.desc = os.path.join(refl.gen_dir, 'api.desc')
+        here = os.path.dirname(os.path.abspath(__file__))
+        subprocess.run(['protoc', '-I' + here, '--descriptor_set_out=' + self.desc, os.path.join(here, 'api.proto')],
+                       check=True, timeout=60)
+        self.proc = subprocess.Popen([SERVER, '2', self.desc], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         m = re.match(r'port (\d+)', line)
         if not m:
@@ -59,11 +65,13 @@ S = None
 
 def setUpModule():
     global S
+    refl.setUpModule()
     S = Server()
 
 
 def tearDownModule():
     rc = S.stop()
+    refl.tearDownModule()
     assert rc == 0, 'api_server exited %d on SIGTERM' % rc
 
 
@@ -355,6 +363,25 @@ class Interceptors(unittest.TestCase):
                 list(ch.stream_stream('/test.Api/Secret', **ident)(
                     iter([b'a', b'forbidden', b'c']), metadata=[('authorization', 'Bearer good')], timeout=10))
             self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+
+
+class Reflection(unittest.TestCase):
+    def test_a_user_service_is_listed_and_its_file_served(self):
+        """The service's own descriptor set, added by the program, answers
+        reflection beside the built-in services'."""
+        rpb = refl.rpb
+        with chan() as ch:
+            listed, by_symbol, builtin = refl.ask(ch, [rpb.ServerReflectionRequest(list_services=''),
+                                                       rpb.ServerReflectionRequest(file_containing_symbol='test.Api.Sum'),
+                                                       rpb.ServerReflectionRequest(file_containing_symbol='bidistream.v1.Frame')])
+        names = [s.name for s in listed.list_services_response.service]
+        self.assertIn('test.Api', names)
+        self.assertIn('bidistream.v1.Pipeline', names)
+        f = refl.files_of(by_symbol)[0]
+        self.assertEqual(f.name, 'api.proto')
+        self.assertEqual([m.name for m in f.service[0].method],
+                         ['Echo', 'Unary', 'Sum', 'Secret', 'Retry', 'Events', 'Stats'])
+        self.assertEqual(refl.files_of(builtin)[0].name, 'pipeline.proto')
 
 
 class Stats(unittest.TestCase):

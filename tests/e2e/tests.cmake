@@ -17,6 +17,11 @@ if(TARGET bidistreamd)
   # grpc.testing.TestService beyond the interop client's cases (test_interop.py).
   add_test(NAME e2e.interop
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_interop.py $<TARGET_FILE:bidistreamd>)
+  # grpc.reflection.v1/v1alpha (test_reflection.py).
+  add_test(NAME e2e.reflection
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_reflection.py $<TARGET_FILE:bidistreamd>)
+  set_tests_properties(e2e.reflection PROPERTIES LABELS "e2e" TIMEOUT 300
+    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
   # The bds client (tools/bds.c) against the real server.
   add_test(NAME e2e.bds_client
     COMMAND ${CMAKE_COMMAND} -E env BDS_CLIENT=$<TARGET_FILE:bds>

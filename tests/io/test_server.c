@@ -1585,6 +1585,41 @@ Test(server, done_before_a_paced_reply_fn_ran_is_a_misuse_naming_it) {
     expect_misuse(done_before_the_paced_fn, "bds_call_reply_paced");
 }
 
+/* ---- descriptor sets for reflection ------------------------------------------------------ */
+
+Test(server, add_descriptors_takes_only_a_set_of_named_files) {
+    bds_server_config cfg;
+    bds_server_config_default(&cfg);
+    cfg.listen = "127.0.0.1:0";
+    bds_server *s;
+    const char *why = NULL;
+    cr_assert_eq(bds_server_create(&s, &cfg, &why), BDS_OK);
+    cr_assert_eq(bds_server_descriptor_count(s), 0, "reflection is off: no built-in set");
+    static const uint8_t garbage[] = {0x0a, 0xff}; /* field 1, a length past the end */
+    cr_assert_eq(bds_server_add_descriptors(s, garbage, sizeof garbage, &why), BDS_E_INVALID);
+    cr_assert(why && strstr(why, "FileDescriptorSet"), "%s", why ? why : "(none)");
+    cr_assert_eq(bds_server_add_descriptors(s, "", 0, &why), BDS_E_INVALID, "a set without files");
+    static const uint8_t unnamed[] = {0x0a, 0x00}; /* one file, no name */
+    cr_assert_eq(bds_server_add_descriptors(s, unnamed, sizeof unnamed, &why), BDS_E_INVALID);
+    cr_assert(why && strstr(why, "no name"), "%s", why ? why : "(none)");
+    static const uint8_t one[] = {0x0a, 0x09, 0x0a, 0x07, 'a', '.', 'p', 'r', 'o', 't', 'o'};
+    for (int i = 0; i < 16; i++) cr_assert_eq(bds_server_add_descriptors(s, one, sizeof one, &why), BDS_OK);
+    cr_assert_eq(bds_server_add_descriptors(s, one, sizeof one, &why), BDS_RESOURCE_EXHAUSTED, "16 sets at most");
+    cr_assert_eq(bds_server_descriptor_count(s), 16);
+    size_t len = 0;
+    const uint8_t *got = bds_server_descriptor_set(s, 15, &len);
+    cr_assert(got && len == sizeof one && memcmp(got, one, len) == 0, "the set is kept as added");
+    cr_assert_null(bds_server_descriptor_set(s, 16, &len));
+    cr_assert_gt(bds_server_method_count(s), 0);
+    cr_assert_str_eq(bds_server_method_path(s, 0), "/bidistream.v1.Pipeline/Process");
+    cr_assert_null(bds_server_method_path(s, bds_server_method_count(s)));
+    bds_server_destroy(s);
+    cfg.reflection = true;
+    cr_assert_eq(bds_server_create(&s, &cfg, &why), BDS_OK);
+    cr_assert_eq(bds_server_descriptor_count(s), 1, "reflection brings the built-in services' set");
+    bds_server_destroy(s);
+}
+
 /* ---- logging ------------------------------------------------------------------------- */
 
 struct log_sink {

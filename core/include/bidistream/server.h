@@ -54,6 +54,12 @@ typedef struct bds_server_config {
     uint32_t stream_window_bytes;   /* HTTP/2 initial stream window, default 64 KiB */
     uint32_t idle_spin_us;          /* spin this long before sleeping; 0 = never (default) */
     bool interop_service;           /* also serve grpc.testing.TestService; default false */
+    /* Also serve grpc.reflection.v1 and v1alpha ServerReflection: the
+     * services the server serves, and the files of the descriptor sets added
+     * with bds_server_add_descriptors (the built-in services' own come with
+     * it). Default false: a service list is information an operator may not
+     * want to give every client. */
+    bool reflection;
     /* Per StreamingOutputCallRequest of the interop service: responses asked
      * for (default 1000) and their total bytes (default 64 MiB); past either
      * the call ends RESOURCE_EXHAUSTED before any response is made. */
@@ -309,6 +315,29 @@ typedef struct bds_server_stats {
     bds_method_stats methods[64];
     bds_server_shard_stats shards[256];
 } bds_server_stats;
+
+/* The number of methods the server serves, the built-in ones included.
+ * Thread: any, between create and destroy. */
+BDS_API uint32_t bds_server_method_count(const bds_server *server);
+/* The path ("/package.Service/Method") of method index (registration order),
+ * in the server's storage; NULL when index >= bds_server_method_count.
+ * Thread: any, between create and destroy. */
+BDS_API const char *bds_server_method_path(const bds_server *server, uint32_t index);
+
+/* Adds a FileDescriptorSet (protoc --descriptor_set_out=F --include_imports)
+ * for the reflection service (bds_server_config.reflection) to serve: its
+ * files become fetchable by name and by the symbols they define. set is
+ * copied. Returns BDS_OK, BDS_E_INVALID (not a FileDescriptorSet with named
+ * files), BDS_FAILED_PRECONDITION (the server runs), BDS_RESOURCE_EXHAUSTED
+ * (16 sets) or BDS_E_NOMEM; *why (when why is not NULL) names the reason,
+ * static storage. Thread: the one that owns the server, before
+ * bds_server_run. */
+BDS_API bds_status bds_server_add_descriptors(bds_server *server, const void *set, size_t len, const char **why);
+/* The number of descriptor sets added, and set index (its bytes, in the
+ * server's storage, with *len its length; NULL past the end). Thread: any,
+ * between create and destroy. */
+BDS_API uint32_t bds_server_descriptor_count(const bds_server *server);
+BDS_API const uint8_t *bds_server_descriptor_set(const bds_server *server, uint32_t index, size_t *len);
 
 /* Fills *out (about 20 KiB: keep it off small stacks) with the server's
  * counters. Returns BDS_OK. Thread: any, any time between create and
