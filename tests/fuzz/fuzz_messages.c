@@ -20,7 +20,9 @@
 #include "../../services/process.c"
 
 #include "fuzz_common.h"
+#include "google/protobuf/descriptor.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "grpc/reflection/v1/reflection.pb-c.h"
 #include "grpc/testing/empty.pb-c.h"
 #include "grpc/testing/messages.pb-c.h"
 #include "pipeline.pb-c.h"
@@ -169,6 +171,9 @@ static const ProtobufCMessageDescriptor *const descs[] = {
     &grpc__testing__response_parameters__descriptor,
     &grpc__testing__streaming_output_call_request__descriptor,
     &grpc__testing__streaming_output_call_response__descriptor,
+    &grpc__reflection__v1__server_reflection_request__descriptor,
+    &google__protobuf__file_descriptor_set__descriptor,
+    &google__protobuf__file_descriptor_proto__descriptor,
 };
 
 static void any(uint8_t which, const uint8_t *p, size_t len, size_t budget_bytes) {
