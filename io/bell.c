@@ -170,15 +170,16 @@ bool bds__bell_stop(bds_shard *s) {
 
 /* ---- signals ------------------------------------------------------------------ */
 
-static void bell_sigset(sigset_t *set) {
+static void bell_sigset(sigset_t *set, bool sighup) {
     sigemptyset(set);
     sigaddset(set, SIGTERM);
     sigaddset(set, SIGINT);
+    if (sighup) sigaddset(set, SIGHUP);
 }
 
-void bds__signals_block(void) {
+void bds__signals_block(bool sighup) {
     sigset_t set;
-    bell_sigset(&set);
+    bell_sigset(&set, sighup);
     int rc = pthread_sigmask(SIG_BLOCK, &set, NULL);
     BDS_ASSERT(rc == 0);
 }
@@ -190,10 +191,10 @@ static void bell_arm_sig(bds_shard *s) {
     bds__op_submit(s, &s->sig_op);
 }
 
-bds_status bds__shard_enable_signals(bds_shard *s) {
+bds_status bds__shard_enable_signals(bds_shard *s, bool sighup) {
     BDS_ASSERT(s->sfd < 0);
     sigset_t set;
-    bell_sigset(&set);
+    bell_sigset(&set, sighup);
     s->sfd = signalfd(-1, &set, SFD_CLOEXEC);
     if (s->sfd < 0)
         return BDS_E_NOMEM;

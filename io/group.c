@@ -65,7 +65,7 @@ static bds_shard *group_create_shard(bds_group *g, uint32_t i) {
     group_pin(g, i);
     bds_status st = bds__shard_create(&s, i, &g->cfg.shard, err, sizeof(err));
     if (st == BDS_OK && i == 0 && g->cfg.signals)
-        st = bds__shard_enable_signals(s);
+        st = bds__shard_enable_signals(s, g->cfg.sighup);
     if (st == BDS_OK && g->on_start)
         st = g->on_start(s, g->ctx);
     pthread_mutex_lock(&g->mu);
@@ -185,7 +185,7 @@ bds_status bds__group_start(bds_group **out, const bds_group_config *cfg, bds_on
     g->on_exit = on_exit;
     g->ctx = ctx;
     if (cfg->signals)
-        bds__signals_block(); /* before any thread exists: they inherit the mask */
+        bds__signals_block(cfg->sighup); /* before any thread exists: they inherit the mask */
     if (cfg->use_caller && cfg->pin) {
         g->caller_pinned = pthread_getaffinity_np(pthread_self(), sizeof(g->caller_mask), &g->caller_mask) == 0;
     }

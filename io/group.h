@@ -17,6 +17,7 @@ typedef struct bds_group_config {
     bool use_caller;     /* shard 0 runs on the thread calling bds__group_run       */
     bool pin;            /* pin shard i to the i-th CPU of the affinity mask        */
     bool signals;        /* block SIGTERM/SIGINT, read them on shard 0 (on_signal)  */
+    bool sighup;         /* ... and SIGHUP too                                     */
     bds_shard_config shard;
 } bds_group_config;
 

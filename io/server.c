@@ -31,6 +31,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,6 +128,50 @@ static const char *server_limits_why(const bds_server_config *cfg) {
     return NULL;
 }
 
+/* Builds a TLS context from the config's files; swaps it in under the lock. */
+static bds_status server_tls_load(bds_server *srv, const char **why) {
+    static _Thread_local char reason[320];
+    bds__tls_ctx *ctx;
+    if (bds__tls_ctx_new(&ctx, srv->tls_paths[0], srv->tls_paths[1], srv->tls_paths[2], reason, sizeof reason) !=
+        BDS_OK) {
+        if (why) *why = reason;
+        return BDS_E_INVALID;
+    }
+    pthread_mutex_lock(&srv->tls_lock);
+    bds__tls_ctx *old = srv->tls;
+    srv->tls = ctx;
+    pthread_mutex_unlock(&srv->tls_lock);
+    bds__tls_ctx_free(old); /* connections made from it hold their own reference */
+    return BDS_OK;
+}
+
+static bds_status server_tls_setup(bds_server *srv, const char **why) {
+    const bds_server_config *cfg = &srv->cfg;
+    if (!cfg->tls_cert_file && !cfg->tls_key_file && !cfg->tls_client_ca_file) return BDS_OK;
+    if (!cfg->tls_cert_file || !cfg->tls_key_file) {
+        if (why) *why = "tls: a certificate file and its key file go together";
+        return BDS_E_INVALID;
+    }
+    const char *paths[3] = {cfg->tls_cert_file, cfg->tls_key_file, cfg->tls_client_ca_file};
+    for (int i = 0; i < 3; i++) {
+        if (paths[i] && !(srv->tls_paths[i] = strdup(paths[i]))) return BDS_E_NOMEM;
+    }
+    srv->cfg.tls_cert_file = srv->tls_paths[0];
+    srv->cfg.tls_key_file = srv->tls_paths[1];
+    srv->cfg.tls_client_ca_file = srv->tls_paths[2];
+    return server_tls_load(srv, why);
+}
+
+bds_status bds_server_reload_tls(bds_server *srv, const char **why) {
+    if (why) *why = NULL;
+    if (!srv) bds__misuse("bds_server_reload_tls", "server is NULL");
+    if (!srv->tls_paths[0]) {
+        if (why) *why = "the server has no TLS";
+        return BDS_FAILED_PRECONDITION;
+    }
+    return server_tls_load(srv, why);
+}
+
 bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, const char **why) {
     *out = NULL;
     if (why) *why = NULL;
@@ -157,6 +202,12 @@ bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, con
     }
     srv->cfg.listen = srv->listen;
     srv->log = (bds_logger){.level = cfg->log_level, .fn = cfg->log, .ctx = cfg->log_ctx};
+    pthread_mutex_init(&srv->tls_lock, NULL);
+    st = server_tls_setup(srv, why);
+    if (st != BDS_OK) {
+        bds_server_destroy(srv);
+        return st;
+    }
     uint32_t n = cfg->shards;
     if (n == 0) {
         cpu_set_t set;
@@ -185,6 +236,9 @@ void bds_server_destroy(bds_server *srv) {
     if (!srv) return;
     for (uint32_t i = 0; i < srv->n_methods; i++) free(srv->methods[i].path);
     for (uint32_t i = 0; i < srv->n_desc; i++) free(srv->desc[i].bytes);
+    for (int i = 0; i < 3; i++) free(srv->tls_paths[i]);
+    bds__tls_ctx_free(srv->tls);
+    pthread_mutex_destroy(&srv->tls_lock);
     free(srv->listen);
     free(srv->mc);
     free(srv->shc);
@@ -402,6 +456,13 @@ static void hook_dump(bds_shard *s, FILE *f, void *ctx) {
 static void hook_on_signal(bds_shard *s, int signo, void *ctx) {
     (void)s;
     srv_shard *sh = ctx;
+    if (signo == SIGHUP) {
+        const char *why = NULL;
+        bds_status st = bds_server_reload_tls(sh->srv, &why);
+        bds__log(&sh->srv->log, st == BDS_OK ? BDS_LOG_INFO : BDS_LOG_WARN, "SIGHUP: %s%s",
+                 st == BDS_OK ? "TLS certificate reloaded" : "TLS certificate not reloaded: ", st == BDS_OK ? "" : why);
+        return;
+    }
     if (atomic_load(&sh->srv->stop_requested)) {
         /* Asked twice: whoever sends it wants the process gone, not drained. */
         bds__log(&sh->srv->log, BDS_LOG_WARN, "signal %d while stopping: exiting now", signo);
@@ -708,6 +769,7 @@ bds_status bds_server_run(bds_server *srv) {
     gc.use_caller = true;
     gc.pin = true;
     gc.signals = true;
+    gc.sighup = srv->tls_paths[0] != NULL; /* SIGHUP reloads the certificate */
     gc.shard.idle_spin_us = srv->cfg.idle_spin_us;
     uint32_t n = srv->n_shards; /* fixed at create: the counters are sized by it */
     gc.shards = n;

@@ -56,6 +56,33 @@ void bds__srv_shard_flush_dirty(srv_shard *sh) {
 void bds__srv_shard_flusher(bds_flusher *f) { bds__srv_shard_flush_dirty(BDS_CONTAINER_OF(f, srv_shard, flusher)); }
 
 
+/* TLS: queues the ciphertext waiting in the session on the socket. Returns
+ * false while it cannot (the socket's queue is full: on_drain flushes again;
+ * or the connection is going). */
+static bool conn_tls_drain(srv_conn *sc) {
+    const uint8_t *p;
+    size_t n = bds__tls_pending(sc->tls, &p);
+    if (!n) return true;
+    if (bds__conn_out_bytes(sc->c) == 0) {
+        sc->sent_mark = bds__conn_sent_bytes(sc->c);
+        sc->sent_mark_ns = bds__shard_now(sc->sh->shard);
+    }
+    if (bds__conn_write(sc->c, p, n) != BDS_OK) return false;
+    bds__tls_consume(sc->tls);
+    return true;
+}
+
+/* TLS failed (or the peer ended it): what is pending (an alert, our
+ * close_notify) goes out, then the socket closes; nothing more is read. */
+static void conn_tls_close(srv_conn *sc, const char *why) {
+    if (why) bds__log(&sc->sh->srv->log, BDS_LOG_WARN, "closing a TLS connection from %s: %s", sc->peer, why);
+    sc->h2_failed = true;
+    bds__conn_recv_pause(sc->c);
+    (void)conn_tls_drain(sc);
+    bds__conn_close_after_flush(sc->c);
+    sc->closing = true;
+}
+
 void bds__srv_conn_flush(srv_conn *sc) {
     if (!sc->c || sc->closing) return;
     /* Only calls with replies waiting: a flush costs nothing per idle stream. */
@@ -63,6 +90,9 @@ void bds__srv_conn_flush(srv_conn *sc) {
     BDS_DLIST_FOREACH_SAFE(it, nx, &sc->waiting) { /* a call whose trailers were pending is freed */
         bds__srv_call_move_blocked(BDS_DLIST_ENTRY(it, srv_call, wait_link));
     }
+    /* TLS: earlier ciphertext first; and no HTTP/2 output (our SETTINGS
+     * included) before the handshake has ended with ALPN h2. */
+    if (sc->tls && (!conn_tls_drain(sc) || !sc->tls_checked)) return;
     for (;;) {
         const uint8_t *data;
         size_t len;
@@ -76,9 +106,20 @@ void bds__srv_conn_flush(srv_conn *sc) {
                 sc->sent_mark = bds__conn_sent_bytes(sc->c);
                 sc->sent_mark_ns = bds__shard_now(sc->sh->shard);
             }
-            bds_status w = bds__conn_write(sc->c, data, len);
-            if (w != BDS_OK) break; /* E_AGAIN: on_drain flushes again */
-            bds__h2_output_advance(sc->h2, len);
+            if (sc->tls) {
+                /* Encrypted whole into the session's buffer; queued on the
+                 * socket as one write (or later, from on_drain). */
+                if (bds__tls_send(sc->tls, data, len) != BDS_OK) {
+                    conn_tls_close(sc, "TLS output failed");
+                    return;
+                }
+                bds__h2_output_advance(sc->h2, len);
+                if (!conn_tls_drain(sc)) break;
+            } else {
+                bds_status w = bds__conn_write(sc->c, data, len);
+                if (w != BDS_OK) break; /* E_AGAIN: on_drain flushes again */
+                bds__h2_output_advance(sc->h2, len);
+            }
         }
         if (st != BDS_OK) {
             /* A failed session still says why: its GOAWAY waits for room in
@@ -116,12 +157,11 @@ void bds__srv_conn_flush(srv_conn *sc) {
 
 /* ---- connections ----------------------------------------------------------------------------------- */
 
-static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ctx) {
-    (void)c;
-    srv_conn *sc = ctx;
-    if (sc->closing || sc->h2_failed) return;
-    bds__pipeline_set_current(bds__shard_pipeline_get(sc->sh->pipe));
-    sc->last_recv_ns = bds__shard_now(sc->sh->shard);
+/* Plaintext for the HTTP/2 session. Returns false when the session failed
+ * (the connection then ends with its GOAWAY). */
+static bool conn_h2_recv(void *arg, const uint8_t *bytes, size_t len) {
+    srv_conn *sc = arg;
+    if (sc->h2_failed || sc->closing) return false;
     if (bds__h2_recv(sc->h2, bytes, len, sc->last_recv_ns) != BDS_OK) {
         if (bds__log_on(&sc->sh->srv->log, BDS_LOG_WARN)) {
             const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
@@ -134,9 +174,46 @@ static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ct
         sc->h2_failed = true;
         bds__conn_recv_pause(sc->c);
         bds__srv_conn_flush(sc);
+        return false;
+    }
+    return true;
+}
+
+/* Ciphertext from the socket: the handshake, then records whose plaintext
+ * goes to the HTTP/2 session. */
+static void conn_tls_recv(srv_conn *sc, const uint8_t *bytes, size_t len) {
+    const char *why = NULL;
+    bds_status st = bds__tls_recv(sc->tls, bytes, len, conn_h2_recv, sc, &why);
+    if (st == BDS_E_INVALID) {
+        conn_tls_close(sc, why);
         return;
     }
-    bds__srv_conn_kick(sc);
+    if (st == BDS_UNAVAILABLE) { /* the client's close_notify: ours answers it */
+        bds__tls_shutdown(sc->tls);
+        conn_tls_close(sc, NULL);
+        return;
+    }
+    if (!sc->tls_checked && bds__tls_ready(sc->tls)) {
+        if (!bds__tls_alpn_ok(sc->tls)) {
+            conn_tls_close(sc, "the client did not offer ALPN h2 (gRPC needs HTTP/2)");
+            return;
+        }
+        sc->tls_checked = true;
+    }
+    bds__srv_conn_kick(sc); /* handshake messages, or the session's answers */
+}
+
+static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ctx) {
+    (void)c;
+    srv_conn *sc = ctx;
+    if (sc->closing || sc->h2_failed) return;
+    bds__pipeline_set_current(bds__shard_pipeline_get(sc->sh->pipe));
+    sc->last_recv_ns = bds__shard_now(sc->sh->shard);
+    if (sc->tls) {
+        conn_tls_recv(sc, bytes, len);
+        return;
+    }
+    if (conn_h2_recv(sc, bytes, len)) bds__srv_conn_kick(sc);
 }
 
 static void conn_on_drain(bds_conn *c, void *ctx) {
@@ -168,6 +245,7 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
     }
     sc->n_lingering = 0;
     bds__h2_destroy(sc->h2);
+    bds__tls_free(sc->tls);
     atomic_fetch_sub_explicit(&shard_ctr(sh)->connections_live, 1, memory_order_relaxed);
     sc->acct->conn = NULL;
     bds__srv_acct_unref(sc->acct);
@@ -338,6 +416,18 @@ void bds__srv_on_accept(bds_listener *l, bds_conn *c, void *ctx) {
         bds__srv_acct_unref(acct);
         bds__conn_close(c, 0);
         return;
+    }
+    if (sh->srv->tls_paths[0]) {
+        pthread_mutex_lock(&sh->srv->tls_lock); /* against a reload swapping the context */
+        sc->tls = bds__tls_new(sh->srv->tls);
+        pthread_mutex_unlock(&sh->srv->tls_lock);
+        if (!sc->tls) {
+            bds__h2_destroy(sc->h2);
+            free(sc);
+            bds__srv_acct_unref(acct);
+            bds__conn_close(c, 0);
+            return;
+        }
     }
     sc->c = c;
     struct sockaddr_storage peer;

@@ -3,6 +3,7 @@
 #ifndef BDS_IO_SERVER_INT_H
 #define BDS_IO_SERVER_INT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 #include "bidistream/server.h"
@@ -10,6 +11,7 @@
 #include "group.h"
 #include "list.h"
 #include "log.h"
+#include "tls.h"
 #include "mem.h"
 #include "h2_server.h"
 #include "net.h"
@@ -73,6 +75,12 @@ struct bds_server {
         size_t len;
     } desc[SRV_DESCRIPTOR_SETS_MAX]; /* bds_server_add_descriptors, for reflection */
     uint32_t n_desc;
+    /* TLS: the config's paths (copied), and the context new connections use,
+     * swapped by bds_server_reload_tls under tls_lock (bds__srv_on_accept
+     * makes its connection's session under it too). */
+    char *tls_paths[3];
+    pthread_mutex_t tls_lock;
+    bds__tls_ctx *tls;
     /* Live counters, from run until destroy: [shard][method] and [shard]. */
     srv_method_counters *mc;
     srv_shard_counters *shc;
@@ -267,6 +275,8 @@ struct srv_conn {
     char peer[64];            /* "ip:port" of the client (bds_stream_peer) */
     bds_conn *c;
     bds__h2_session *h2;
+    bds__tls *tls;            /* TLS connections: the session between socket and h2 */
+    bool tls_checked;         /* its handshake ended and ALPN chose h2 */
     srv_acct *acct;           /* its bytes, for the budgets */
     bds__palloc alloc;        /* its HTTP/2 session's memory, counted in acct */
     bool over;                /* at conn_bytes_max: not read */

@@ -176,9 +176,9 @@ void bds__shard_destroy(bds_shard *s);
 void bds__shard_set_hooks(bds_shard *s, const bds_shard_hooks *hooks);
 /* Reads signals through a signalfd on this shard's ring (SIGTERM, SIGINT, which
  * must already be blocked in every thread: bds__signals_block()). */
-bds_status bds__shard_enable_signals(bds_shard *s);
+bds_status bds__shard_enable_signals(bds_shard *s, bool sighup);
 /* Blocks SIGTERM and SIGINT in the calling thread (threads created later inherit it). */
-void bds__signals_block(void);
+void bds__signals_block(bool sighup);
 
 /* One tick: reap, run callbacks, inbox, work, timers, flushers, recycle
  * buffers, submit; blocks until a CQE, a bell or the next timer when may_block

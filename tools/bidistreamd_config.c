@@ -34,6 +34,7 @@ typedef enum opt_kind {
     K_ORDERING, /* bds_ordering_mode */
     K_POLICY,   /* bds_backpressure_policy */
     K_LOGLEVEL, /* int 0..3 */
+    K_PATH,     /* const char *: a file path, kept in _paths[min] */
 } opt_kind;
 
 typedef struct opt {
@@ -126,6 +127,11 @@ static const opt opts[] = {
      "also serve grpc.testing.TestService, the gRPC interop test service"},
     {"reflection", K_BOOL, FIELD(bool, reflection), 0, 0,
      "also serve grpc.reflection.v1 and v1alpha ServerReflection (the service list and the built-in .proto files)"},
+    {"tls-cert", K_PATH, FIELD(const char *, tls_cert_file), 0, 0,
+     "serve TLS (1.2+, ALPN h2) with this PEM certificate chain, leaf first; SIGHUP reloads it"},
+    {"tls-key", K_PATH, FIELD(const char *, tls_key_file), 1, 0, "the PEM private key of --tls-cert"},
+    {"tls-client-ca", K_PATH, FIELD(const char *, tls_client_ca_file), 2, 0,
+     "require client certificates that chain to these PEM CAs (mTLS)"},
     {"interop-responses-max", K_U32, FIELD(uint32_t, interop_responses_max), 0, UINT32_MAX,
      "interop: responses one StreamingOutputCallRequest may ask for; more: RESOURCE_EXHAUSTED"},
     {"interop-response-bytes-max", K_BYTES, FIELD(uint32_t, interop_response_bytes_max), 0, UINT32_MAX,
@@ -379,6 +385,12 @@ static bool opt_apply(bds_tool_config *c, const opt *o, const char *v, const cha
         snprintf(c->_listen, sizeof c->_listen, "%s", v);
         *(const char **)f = c->_listen;
         break;
+    case K_PATH:
+        if (!v[0]) return fail(err, errlen, where, "expected a file path");
+        if (strlen(v) > BDS_TOOL_PATH_MAX) return fail(err, errlen, where, "path too long");
+        snprintf(c->_paths[o->min], sizeof c->_paths[o->min], "%s", v);
+        *(const char **)f = c->_paths[o->min];
+        break;
     case K_U32:
     case K_BYTES:
         if (v[0] == '-') return fail(err, errlen, where, "'%.64s' is negative (expected 0 or more)", v);
@@ -431,6 +443,7 @@ static void opt_format(const bds_tool_config *c, const opt *o, char *buf, size_t
     int i;
     switch (o->kind) {
     case K_LISTEN: snprintf(buf, len, "%s", *(const char *const *)f); break;
+    case K_PATH: snprintf(buf, len, "%s", *(const char *const *)f ? *(const char *const *)f : ""); break;
     case K_U32:
     case K_BYTES: snprintf(buf, len, "%" PRIu32, *(const uint32_t *)f); break;
     case K_DURATION: format_duration(*(const uint64_t *)f, buf, len); break;
@@ -649,9 +662,11 @@ void bds_tool_config_write(const bds_tool_config *cfg, FILE *out) {
     fprintf(out, "# bidistreamd %s: effective configuration (read it back with --config FILE)\n",
             BDS_TOOL_VERSION_STRING);
     for (size_t i = 0; i < N_OPTS; i++) {
-        char v[BDS_TOOL_LISTEN_MAX + 1];
+        char v[BDS_TOOL_PATH_MAX + 1];
         opt_format(cfg, &opts[i], v, sizeof v);
-        fprintf(out, "%s = %s\n", opts[i].name, v);
+        /* An unset path has no value to read back: said as a comment. */
+        if (opts[i].kind == K_PATH && !v[0]) fprintf(out, "# %s = (not set)\n", opts[i].name);
+        else fprintf(out, "%s = %s\n", opts[i].name, v);
     }
 }
 
@@ -660,7 +675,7 @@ void bds_tool_usage(FILE *out) {
     memset(&def, 0, sizeof def);
     bds_server_config_default(&def.server);
     fputs("usage: bidistreamd [--config FILE] [options]\n"
-          "Serves bidistream.v1.Pipeline/Process and grpc.health.v1.Health over gRPC (h2c).\n"
+          "Serves bidistream.v1.Pipeline/Process and grpc.health.v1.Health over gRPC (h2c, or TLS with --tls-cert).\n"
           "Flags override the config file (lines 'key = value', keys are the flag names, '#' comments).\n"
           "Booleans: --flag (true), --flag=BOOL or --flag BOOL with true|false|yes|no|on|off|1|0.\n"
           "Durations: 250ms, 5s, 1m30s (units ns us ms s m h). Sizes: 65536, 64KiB, 4MiB.\n\n",
@@ -668,6 +683,7 @@ void bds_tool_usage(FILE *out) {
     static const char *const metavar[] = {
         [K_LISTEN] = "HOST:PORT", [K_U32] = "N", [K_BYTES] = "SIZE", [K_BOOL] = "[BOOL]",
         [K_DURATION] = "DURATION", [K_ORDERING] = "fifo|keyed", [K_POLICY] = "POLICY", [K_LOGLEVEL] = "LEVEL",
+        [K_PATH] = "FILE",
     };
     for (size_t i = 0; i < N_OPTS; i++) {
         char flag[96], v[BDS_TOOL_LISTEN_MAX + 1];

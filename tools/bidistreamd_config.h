@@ -40,11 +40,14 @@ typedef enum bds_tool_action {
 
 /* Max length of --listen (the server copies it at create time). */
 #define BDS_TOOL_LISTEN_MAX 255
+/* Max length of a file path option (--tls-cert and the like). */
+#define BDS_TOOL_PATH_MAX 1023
 
 typedef struct bds_tool_config {
     bds_server_config server; /* server.listen points into argv or at _listen: do not copy the struct */
     bds_tool_action action;
     char _listen[BDS_TOOL_LISTEN_MAX + 1]; /* storage for a listen address read from the file */
+    char _paths[3][BDS_TOOL_PATH_MAX + 1]; /* storage for the file path options (opt.min picks one) */
     uint64_t _set;                         /* bit i: option i was given (file or flag) */
 } bds_tool_config;
 

@@ -17,6 +17,11 @@ if(TARGET bidistreamd)
   # grpc.testing.TestService beyond the interop client's cases (test_interop.py).
   add_test(NAME e2e.interop
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_interop.py $<TARGET_FILE:bidistreamd>)
+  # TLS: streams, interop cases, mTLS, ALPN and protocol refusals, SIGHUP reload (test_tls.py).
+  add_test(NAME e2e.tls
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_tls.py $<TARGET_FILE:bidistreamd>)
+  set_tests_properties(e2e.tls PROPERTIES LABELS "e2e" TIMEOUT 600
+    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
   # grpc.reflection.v1/v1alpha (test_reflection.py).
   add_test(NAME e2e.reflection
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_reflection.py $<TARGET_FILE:bidistreamd>)

@@ -785,11 +785,15 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--max-header-list-bytes", "2048", "--stream-window-bytes", "1GiB", "--idle-spin-us", "50",
                     "--interop", "--interop-responses-max", "10", "--max-connections", "77", "--interop-response-bytes-max", "1MiB",
                     "--log-level", "warn", "--idle-timeout", "90s", "--keepalive-timeout", "0",
-                    "--ping-without-streams", "--tcp-user-timeout-ms", "1234", "--reuse-port", NULL};
+                    "--ping-without-streams", "--tcp-user-timeout-ms", "1234", "--reuse-port", "--reflection",
+                    "--tls-key", "/etc/bds/key.pem", "--tls-client-ca", "/etc/bds/ca.pem", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 47, "%s", out); /* a comment and 46 keys */
+    cr_assert_eq(count_lines(out), 51, "%s", out); /* a comment and 50 keys */
+    cr_assert_not_null(strstr(out, "\n# tls-cert = (not set)\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\ntls-key = /etc/bds/key.pem\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\nreflection = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nreuse-port = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nidle-timeout = 90s\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nkeepalive-timeout = 0\n"), "%s", out);

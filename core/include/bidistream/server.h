@@ -60,6 +60,19 @@ typedef struct bds_server_config {
      * it). Default false: a service list is information an operator may not
      * want to give every client. */
     bool reflection;
+    /* TLS (OpenSSL 3, on the shards: no thread of its own): with
+     * tls_cert_file set the server speaks TLS 1.2+ only, with ALPN h2 (a
+     * client that does not offer h2 is refused: the TLS alert
+     * no_application_protocol, or a close after the handshake when it
+     * offered no ALPN). tls_cert_file: a PEM certificate chain, leaf first;
+     * tls_key_file: its PEM private key; tls_client_ca_file (optional): PEM
+     * CAs that a client certificate must chain to, and then every client
+     * must present one (mTLS). The paths are copied; the files are read by
+     * bds_server_create and again by bds_server_reload_tls (SIGHUP while
+     * the server runs). NULL (default): plain HTTP/2 (h2c). */
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    const char *tls_client_ca_file;
     /* Per StreamingOutputCallRequest of the interop service: responses asked
      * for (default 1000) and their total bytes (default 64 MiB); past either
      * the call ends RESOURCE_EXHAUSTED before any response is made. */
@@ -315,6 +328,15 @@ typedef struct bds_server_stats {
     bds_method_stats methods[64];
     bds_server_shard_stats shards[256];
 } bds_server_stats;
+
+/* Reads the TLS files named in the config again (a renewed certificate) and
+ * uses them for connections accepted from now on; open connections keep the
+ * certificate they started with. bds_server_run calls it on SIGHUP when TLS
+ * is on. Returns BDS_OK, BDS_FAILED_PRECONDITION (the server has no TLS) or
+ * BDS_E_INVALID (a file does not load: the old certificate stays; *why, when
+ * why is not NULL, says which and why, in storage valid until the next call
+ * on this thread). Thread: any. */
+BDS_API bds_status bds_server_reload_tls(bds_server *server, const char **why);
 
 /* The number of methods the server serves, the built-in ones included.
  * Thread: any, between create and destroy. */
