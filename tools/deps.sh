@@ -12,6 +12,10 @@ pkgs=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # the gRPC C++ adapter (adapters/grpcpp)
 )
 [ "${BDS_DEPS_BENCH:-0}" = 1 ] && pkgs+=(gnuplot golang-go)
+# @grpc/grpc-js, the e2e tests' second gRPC client, comes from the npm
+# registry (tests/e2e/test_grpcjs.py runs npm ci): Debian's node and npm,
+# unless a node with its own npm is installed already.
+command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -22,6 +22,12 @@ if(TARGET bidistreamd)
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_tls.py $<TARGET_FILE:bidistreamd>)
   set_tests_properties(e2e.tls PROPERTIES LABELS "e2e" TIMEOUT 600
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
+  # The interop cases with @grpc/grpc-js over h2c and TLS (test_grpcjs.py; npm ci into the build tree).
+  add_test(NAME e2e.grpcjs
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_grpcjs.py $<TARGET_FILE:bidistreamd>
+            ${CMAKE_BINARY_DIR}/js)
+  set_tests_properties(e2e.grpcjs PROPERTIES LABELS "e2e" TIMEOUT 900
+    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
   # grpc.reflection.v1/v1alpha (test_reflection.py).
   add_test(NAME e2e.reflection
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_reflection.py $<TARGET_FILE:bidistreamd>)
