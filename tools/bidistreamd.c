@@ -10,9 +10,19 @@
  * line is the server's, printed once its listeners are up; the server's log
  * lines go through bds_server_config.log, under this program's name. With
  * --metrics, each method's counters (bds_server_get_stats) are printed when
- * the server stops; --metrics-payload-sizes adds their payload bytes. */
+ * the server stops; --metrics-payload-sizes adds their payload bytes.
+ *
+ * Under systemd (Type=notify, tools/deploy/bidistreamd.service) it tells the
+ * service manager READY=1 once the listeners are up and STOPPING=1 when the
+ * drain begins, through $NOTIFY_SOCKET: the sd_notify protocol (one datagram
+ * per state on a unix socket, an abstract one when the path starts with
+ * '@'), written here in a few lines rather than linking libsystemd for it. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <bidistream/bidistream.h>
@@ -50,11 +60,41 @@ static void print_stats(const bds_server *srv, bool bytes) {
     free(s);
 }
 
+/* Sends state to the service manager, if there is one; errors are ignored
+ * (a server must not fail because nobody listens). */
+static void notify(const char *state) {
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || (path[0] != '/' && path[0] != '@')) return;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t n = strlen(path);
+    if (n >= sizeof sa.sun_path) return;
+    memcpy(sa.sun_path, path, n);
+    if (path[0] == '@') sa.sun_path[0] = 0;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return;
+    (void)sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+                 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n));
+    close(fd);
+}
+
+static void on_ready(bds_server *srv, uint16_t port, void *ctx) {
+    (void)srv, (void)ctx;
+    char state[64];
+    snprintf(state, sizeof state, "READY=1\nSTATUS=serving on port %u", port);
+    notify(state);
+}
+
+static void on_stop(bds_server *srv, void *ctx) {
+    (void)srv, (void)ctx;
+    notify("STOPPING=1");
+}
+
 int main(int argc, char **argv) {
     bds_tool_config cfg;
     int rc = bds_tool_prepare(argc, argv, &cfg, stdout, stderr);
     if (rc != BDS_TOOL_PROCEED) return rc;
     cfg.server.log = log_line;
+    cfg.server.on_ready = on_ready;
     bds_server *srv;
     const char *why = NULL;
     bds_status st = bds_server_create(&srv, &cfg.server, &why);
@@ -62,6 +102,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bidistreamd: %s\n", why ? why : bds_status_str(st));
         return BDS_TOOL_EXIT_USAGE;
     }
+    bds_server_on_stop(srv, on_stop, NULL);
     st = bds_server_run(srv);
     if (cfg.server.options.metrics.enabled) print_stats(srv, cfg.server.options.metrics.payload_sizes);
     bds_server_destroy(srv);

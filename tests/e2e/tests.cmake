@@ -28,6 +28,11 @@ if(TARGET bidistreamd)
             ${CMAKE_BINARY_DIR}/js)
   set_tests_properties(e2e.grpcjs PROPERTIES LABELS "e2e" TIMEOUT 900
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
+  # Running as a systemd service: the readiness protocol, the unit file (test_service.py).
+  add_test(NAME e2e.service
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_service.py $<TARGET_FILE:bidistreamd>)
+  set_tests_properties(e2e.service PROPERTIES LABELS "e2e" TIMEOUT 300
+    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
   # grpc.reflection.v1/v1alpha (test_reflection.py).
   add_test(NAME e2e.reflection
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_reflection.py $<TARGET_FILE:bidistreamd>)
