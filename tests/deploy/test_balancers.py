@@ -66,13 +66,14 @@ def free_port():
 
 
 def wait_port(port, proc, what, deadline_s=15):
+    """True once proc accepts connections on port, False if it exited first."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.poll() is not None:
             return False
         try:
             socket.create_connection(('127.0.0.1', port), timeout=0.5).close()
-            return True
+            return proc.poll() is None  # not someone else's listener, the port taken meanwhile
         except OSError:
             time.sleep(0.05)
     raise AssertionError('%s does not accept connections on port %d after %d s' % (what, port, deadline_s))
@@ -85,40 +86,52 @@ class Balancer:
     # (bidistreamd: UNAVAILABLE "server shutting down").
     drained_codes = (grpc.StatusCode.UNAVAILABLE,)
 
-    def __init__(self, backends):
+    def __init__(self, path, backends):
+        self.path, self.backends, self.proc, self.log = path, backends, None, None
         self.dir = tempfile.mkdtemp(prefix='bds-%s-' % self.name)
         os.chmod(self.dir, 0o755)  # nginx's worker (nobody) uses its temporary paths here
-        self.backends = backends
-        for attempt in range(3):  # a free port may be taken before the balancer binds it
-            self.port = free_port()
-            conf = open(os.path.join(DEPLOY, self.template)).read()
-            conf = conf.replace('@LISTEN@', '127.0.0.1:%d' % self.port).replace('@RUNDIR@', self.dir)
-            for i, b in enumerate(backends):
-                conf = conf.replace('@BACKEND%d@' % (i + 1), b.addr)
-            self.conf = os.path.join(self.dir, self.template)
-            with open(self.conf, 'w') as f:
-                f.write(conf)
-            self.log = open(os.path.join(self.dir, 'stderr.log'), 'w+')
-            self.proc = subprocess.Popen(self.argv(), stdout=self.log, stderr=subprocess.STDOUT)
-            if wait_port(self.port, self.proc, self.name):
-                self.addr = '127.0.0.1:%d' % self.port
-                return
-            self.log.seek(0)
-            text = self.log.read()
-            if 'in use' not in text:
-                break
-        self.log.seek(0)
-        raise AssertionError('%s did not start:\n%s' % (self.name, self.log.read()))
+        try:
+            for _ in range(3):  # a free port may be taken before the balancer binds it
+                if self.start():
+                    return
+                if 'in use' not in self.logs():
+                    break
+            raise AssertionError('%s did not start:\n%s' % (self.name, self.logs()))
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self):
+        self.port = free_port()
+        conf = open(os.path.join(DEPLOY, self.template)).read()
+        conf = conf.replace('@LISTEN@', '127.0.0.1:%d' % self.port).replace('@RUNDIR@', self.dir)
+        for i, b in enumerate(self.backends):
+            conf = conf.replace('@BACKEND%d@' % (i + 1), b.addr)
+        if re.search(r'@[A-Z0-9_]+@', re.sub(r'#.*', '', conf)):
+            raise AssertionError('%s: a placeholder left unfilled:\n%s' % (self.template, conf))
+        self.conf = os.path.join(self.dir, self.template)
+        with open(self.conf, 'w') as f:
+            f.write(conf)
+        if self.log:
+            self.log.close()
+        self.log = open(os.path.join(self.dir, 'stderr.log'), 'w')
+        self.proc = subprocess.Popen(self.argv(), stdout=self.log, stderr=subprocess.STDOUT)
+        if wait_port(self.port, self.proc, self.name):
+            self.addr = '127.0.0.1:%d' % self.port
+            return True
+        self.proc.wait(10)
+        return False
 
     def stop(self):
-        if self.proc.poll() is None:
+        if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self.log.close()
+        if self.log:
+            self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def logs(self):
@@ -143,7 +156,7 @@ class HAProxy(Balancer):
     drained_codes = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
     def argv(self):
-        return ['haproxy', '-f', self.conf, '-db']  # -db: foreground, logs to stderr
+        return [self.path, '-f', self.conf, '-db']  # -db: foreground, logs to stderr
 
     def server_of(self, value):
         m = re.fullmatch(r's(\d+)', value or '')
@@ -154,7 +167,7 @@ class Nginx(Balancer):
     name, template, exe = 'nginx', 'nginx.conf', 'nginx'
 
     def argv(self):
-        return ['nginx', '-c', self.conf, '-e', os.path.join(self.dir, 'error.log'), '-g', 'daemon off;']
+        return [self.path, '-c', self.conf, '-e', os.path.join(self.dir, 'error.log'), '-g', 'daemon off;']
 
     def server_of(self, value):
         """$upstream_addr: every server tried, the one that answered last."""
@@ -212,7 +225,7 @@ class Balancers(unittest.TestCase):
         servers = [g.Server('--shards', '1') for _ in range(3)]
         lb = None
         try:
-            lb = kind(servers)
+            lb = kind(exe, servers)
             try:
                 self.scenario(lb, servers)
             except BaseException:
