@@ -10,7 +10,11 @@
  * line is the server's, printed once its listeners are up; the server's log
  * lines go through bds_server_config.log, under this program's name. With
  * --metrics, each method's counters (bds_server_get_stats) are printed when
- * the server stops; --metrics-payload-sizes adds their payload bytes. */
+ * the server stops; --metrics-payload-sizes adds their payload bytes.
+ * Built with libsystemd, it speaks systemd's readiness protocol (sd_notify:
+ * READY=1 once every shard listens, STOPPING=1 when the graceful stop
+ * begins) when systemd started it with NOTIFY_SOCKET; tools/deploy has the
+ * unit. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -20,6 +24,10 @@
 
 #include "bidistreamd_config.h"
 
+#ifdef BDS_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
 static void log_line(int level, const char *message, void *ctx) {
     (void)level;
     (void)ctx;
@@ -28,6 +36,27 @@ static void log_line(int level, const char *message, void *ctx) {
     if (n > (int)sizeof out - 1) n = (int)sizeof out - 1;
     ssize_t w = write(2, out, (size_t)n); /* one write per line: shards never interleave */
     (void)w;
+}
+
+/* systemd's readiness protocol: a no-op unless systemd set NOTIFY_SOCKET
+ * (Type=notify), so a unit's dependents start only once clients can connect,
+ * and systemd shows the stop while the streams drain. */
+static void notify_ready(bds_server *srv, uint16_t port, void *ctx) {
+    (void)srv;
+    (void)ctx;
+#ifdef BDS_HAVE_SYSTEMD
+    sd_notifyf(0, "READY=1\nSTATUS=serving on port %u", (unsigned)port);
+#else
+    (void)port;
+#endif
+}
+
+static void notify_stopping(bds_server *srv, void *ctx) {
+    (void)srv;
+    (void)ctx;
+#ifdef BDS_HAVE_SYSTEMD
+    sd_notify(0, "STOPPING=1\nSTATUS=draining: GOAWAY sent, in-flight work finishing");
+#endif
 }
 
 /* --metrics: what each method did, once the server has stopped. */
@@ -55,12 +84,19 @@ int main(int argc, char **argv) {
     int rc = bds_tool_prepare(argc, argv, &cfg, stdout, stderr);
     if (rc != BDS_TOOL_PROCEED) return rc;
     cfg.server.log = log_line;
+    cfg.server.on_ready = notify_ready;
     bds_server *srv;
     const char *why = NULL;
     bds_status st = bds_server_create(&srv, &cfg.server, &why);
     if (st != BDS_OK) {
         fprintf(stderr, "bidistreamd: %s\n", why ? why : bds_status_str(st));
         return BDS_TOOL_EXIT_USAGE;
+    }
+    st = bds_server_on_stop(srv, notify_stopping, NULL);
+    if (st != BDS_OK) {
+        fprintf(stderr, "bidistreamd: %s\n", bds_status_str(st));
+        bds_server_destroy(srv);
+        return BDS_TOOL_EXIT_FAILURE;
     }
     st = bds_server_run(srv);
     if (cfg.server.options.metrics.enabled) print_stats(srv, cfg.server.options.metrics.payload_sizes);

@@ -11,6 +11,7 @@ pkgs=(
   clang libclang-rt-14-dev  # libFuzzer (tools/fuzz.sh)
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # the gRPC C++ adapter (adapters/grpcpp)
   haproxy nginx  # the balancer configurations of tools/deploy (tests/deploy)
+  libsystemd-dev  # bidistreamd tells systemd when it is ready (sd_notify; tools/deploy/bidistreamd.service)
 )
 # Balancers the tests run themselves, each with its own config on free
 # loopback ports: installing them must not leave a system service running

@@ -8,3 +8,15 @@ if(TARGET bidistreamd)
   set_tests_properties(deploy.balancers PROPERTIES LABELS "deploy;e2e" TIMEOUT 300
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
 endif()
+# The systemd unit (tools/deploy/bidistreamd.service) and the readiness
+# protocol it relies on, when bidistreamd was built with libsystemd
+# (tools/CMakeLists.txt).
+if(TARGET bidistreamd)
+  get_target_property(bds_daemon_defs bidistreamd COMPILE_DEFINITIONS)
+  if(bds_daemon_defs MATCHES "BDS_HAVE_SYSTEMD")
+    add_test(NAME deploy.systemd
+      COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/deploy/test_systemd.py $<TARGET_FILE:bidistreamd>)
+    set_tests_properties(deploy.systemd PROPERTIES LABELS "deploy;e2e" TIMEOUT 120
+      FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
+  endif()
+endif()
