@@ -252,15 +252,13 @@ class SendTimeout(unittest.TestCase):
         self.assert_still_serving()
 
 class ConnectionAge(unittest.TestCase):
-    """--max-connection-age 1s --max-connection-age-grace 3s: each connection
+    """--max-connection-age 1s --max-connection-age-grace 5s: each connection
     gets its notice 0.9-1.1 s after accept, its final GOAWAY a second later,
-    and its streams still open 3 s after the notice end UNAVAILABLE."""
-
-    AGE_S, GRACE_S = 1.0, 3.0
+    and its streams still open 5 s after the notice end UNAVAILABLE."""
 
     @classmethod
     def setUpClass(cls):
-        cls.srv = g.Server('--shards', '2', '--max-connection-age', '1s', '--max-connection-age-grace', '3s',
+        cls.srv = g.Server('--shards', '2', '--max-connection-age', '1s', '--max-connection-age-grace', '5s',
                            '--log-level', 'debug')
         cls.ch = cls.srv.channel()
 
@@ -303,7 +301,7 @@ class ConnectionAge(unittest.TestCase):
 
     def test_stream_finishing_within_the_grace_completes_after_both_goaways(self):
         """Its one Frame's reply is due 2.5 s after accept: after the final
-        GOAWAY (at most 2.1 s), before the grace ends (at least 3.9 s)."""
+        GOAWAY (at most 2.1 s), before the grace ends (at least 5.9 s)."""
         c = f.Conn(self.srv.addr)
         c.start()
         msg = g.frame('long', 7, b'finishes-in-grace', work_us=2500 * 1000)
@@ -345,7 +343,7 @@ class ConnectionAge(unittest.TestCase):
         took = time.monotonic() - start
         self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE, e.exception.details())
         self.assertEqual(e.exception.details(), 'max connection age: grace period over')
-        self.assertGreaterEqual(took, 3.5, 'ended before age + grace less jitter')
+        self.assertGreaterEqual(took, 5.5, 'ended before age + grace less jitter')
         self.assertLess(took, 25, 'not the grace: the 30 s deadline or the work ended it')
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and sum('grace period over, ' in l for l in self.srv.err) == before:
