@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hash.h"
 #include "pipeline_int.h"
 #include "server_int.h"
 #include "services.h"
@@ -121,8 +122,9 @@ static const char *server_limits_why(const bds_server_config *cfg) {
      * from wrapping, and no real timer wants more. */
     const uint64_t year_ns = 366ull * 24 * 3600 * 1000000000ull;
     if (cfg->handshake_timeout_ns > year_ns || cfg->idle_timeout_ns > year_ns || cfg->keepalive_time_ns > year_ns ||
-        cfg->keepalive_timeout_ns > year_ns || cfg->ping_min_interval_ns > year_ns || cfg->send_timeout_ns > year_ns) {
-        return "connection timers (handshake, idle, keepalive, ping, send): at most a year each";
+        cfg->keepalive_timeout_ns > year_ns || cfg->ping_min_interval_ns > year_ns || cfg->send_timeout_ns > year_ns ||
+        cfg->max_connection_age_ns > year_ns || cfg->max_connection_age_grace_ns > year_ns) {
+        return "connection timers (handshake, idle, keepalive, ping, send, age, age grace): at most a year each";
     }
     if (cfg->tcp_user_timeout_ms > (uint32_t)INT32_MAX) return "tcp_user_timeout_ms: expected 0 to 2147483647";
     return NULL;
@@ -680,6 +682,9 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     sh->shard = s;
     bds__dlist_init(&sh->conns);
     bds__dlist_init(&sh->dirty);
+    bds_hash_seed seed;
+    bds__hash_seed_random(&seed); /* the connection age's jitter differs between servers */
+    sh->jitter_rng = seed.k0 ^ seed.k1;
     srv->shards[id] = sh;
     bds__srv_msg_pools_init(sh);
     sh->flusher.fn = bds__srv_shard_flusher;

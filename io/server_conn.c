@@ -1,6 +1,7 @@
 /* server_conn.c — the gRPC server's connections: accept, the HTTP/2 session
  * of each connection fed from its socket, output flushed once per tick, and
- * the connection timers (handshake, idle GOAWAY, keepalive, send stall). */
+ * the connection timers (handshake, idle GOAWAY, keepalive, send stall,
+ * connection age). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <malloc.h>
@@ -136,7 +137,7 @@ void bds__srv_conn_flush(srv_conn *sc) {
         if (!len) break;
     }
     if (bds__h2_is_done(sc->h2)) {
-        if (sc->idle_goaway && !sc->h2_failed && !sc->sh->stopping) {
+        if (sc->goaway_final && !sc->h2_failed && !sc->sh->stopping) {
             if (!sc->linger_until_ns) {
                 sc->linger_until_ns = bds__shard_now(sc->sh->shard) + IDLE_LINGER_NS;
                 bds__timer_arm(bds__shard_timers(sc->sh->shard), &sc->timer, sc->linger_until_ns);
@@ -269,6 +270,41 @@ static void conn_timeout(srv_conn *sc, const char *why, uint64_t after_ns, int l
     bds__conn_close(sc->c, ETIMEDOUT);
 }
 
+/* The age's grace period is over: the final GOAWAY goes now if it has not
+ * (a grace shorter than the notice's second), and every stream still open
+ * ends UNAVAILABLE, its handlers cancelled; the connection then closes as
+ * an idle one does, once the trailers are out. */
+static void conn_age_grace_over(srv_conn *sc) {
+    bds__pipeline_set_current(bds__shard_pipeline_get(sc->sh->pipe));
+    if (!sc->goaway_final) {
+        sc->goaway_final = true;
+        bds__h2_goaway(sc->h2, BDS_H2_NO_ERROR);
+    }
+    uint32_t n = 0;
+    bds__dlist *it, *nx;
+    BDS_DLIST_FOREACH_SAFE(it, nx, &sc->calls) {
+        srv_call *call = BDS_DLIST_ENTRY(it, srv_call, conn_link);
+        if (!call->session || call->finish_pending) continue;
+        bds_session_fail(call->session, BDS_UNAVAILABLE, "max connection age: grace period over");
+        n++;
+    }
+    bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "max connection age: grace period over, %u streams ended", n);
+    bds__srv_conn_kick(sc);
+}
+
+/* A connection's age, ±10% at random (as grpc-go), so that connections made
+ * together (a client's pool, every client after a deploy) do not come back
+ * together. */
+static uint64_t conn_age_jittered(srv_shard *sh, uint64_t age_ns) {
+    uint64_t z = (sh->jitter_rng += 0x9e3779b97f4a7c15ull); /* splitmix64 */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    uint64_t tenth = age_ns / 10;
+    if (!tenth) return age_ns;
+    return age_ns - tenth + z % (2 * tenth + 1); /* age_ns - tenth .. age_ns + tenth */
+}
+
 /* Checks every connection timer, acts on those due, and re-arms for the
  * earliest one left. Keepalive and send progress are measured from marks
  * (last bytes received, sent bytes at the last check), so no hot path
@@ -323,22 +359,53 @@ static void conn_timer_fired(bds_timer *t, void *ctx) {
             if (due < next) next = due;
         }
     }
-    if (sc->idle_notice_ns && !sc->idle_goaway) {
-        due = sat_add(sc->idle_notice_ns, IDLE_GOAWAY_NOTICE_NS);
+    /* Max connection age: the GOAWAY notice, as the idle timer's below; the
+     * streams open run on for the grace period. The server's own stop sends
+     * its GOAWAYs and has its grace period. */
+    if (sc->age_due_ns && !sc->notice_ns && !sc->sh->stopping) {
+        if (now >= sc->age_due_ns) {
+            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "max connection age: GOAWAY (%.3f s)",
+                     (double)(now - sc->born_ns) / 1e9);
+            if (cfg->max_connection_age_grace_ns) sc->age_grace_ns = sat_add(now, cfg->max_connection_age_grace_ns);
+            sc->aged = true;
+            sc->notice_ns = now;
+            bds__h2_shutdown_notice(sc->h2);
+            bds__srv_conn_kick(sc);
+        } else if (sc->age_due_ns < next) {
+            next = sc->age_due_ns;
+        }
+    }
+    if (sc->aged && sc->age_grace_ns && !sc->sh->stopping) {
+        if (sc->age_close_ns) {
+            if (now >= sc->age_close_ns) {
+                conn_timeout(sc, "max connection age: grace period over, streams still open", now - sc->born_ns, 2);
+                return;
+            }
+            if (sc->age_close_ns < next) next = sc->age_close_ns;
+        } else if (now >= sc->age_grace_ns) {
+            conn_age_grace_over(sc);
+            sc->age_close_ns = sat_add(now, AGE_CLOSE_AFTER_NS);
+            if (sc->age_close_ns < next) next = sc->age_close_ns;
+        } else if (sc->age_grace_ns < next) {
+            next = sc->age_grace_ns;
+        }
+    }
+    if (sc->notice_ns && !sc->goaway_final) {
+        due = sat_add(sc->notice_ns, IDLE_GOAWAY_NOTICE_NS);
         if (now >= due) {
             /* The connection closes once this GOAWAY is out and the streams
              * opened since the notice are over (bds__h2_is_done). */
-            sc->idle_goaway = true;
-            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "idle connection: GOAWAY");
+            sc->goaway_final = true;
+            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "%s connection: GOAWAY", sc->aged ? "aged" : "idle");
             bds__h2_goaway(sc->h2, BDS_H2_NO_ERROR);
             bds__srv_conn_kick(sc);
         } else if (due < next) {
             next = due;
         }
-    } else if (cfg->idle_timeout_ns && bds__dlist_empty(&sc->calls) && !sc->idle_goaway) {
+    } else if (cfg->idle_timeout_ns && bds__dlist_empty(&sc->calls) && !sc->goaway_final) {
         due = sat_add(sc->idle_since_ns, cfg->idle_timeout_ns);
         if (now >= due) {
-            sc->idle_notice_ns = now;
+            sc->notice_ns = now;
             bds__h2_shutdown_notice(sc->h2);
             bds__srv_conn_kick(sc);
             due = sat_add(now, IDLE_GOAWAY_NOTICE_NS);
@@ -363,6 +430,8 @@ static void conn_timer_fired(bds_timer *t, void *ctx) {
 static void conn_timers_start(srv_conn *sc) {
     uint64_t now = bds__shard_now(sc->sh->shard);
     sc->born_ns = sc->last_recv_ns = sc->idle_since_ns = sc->sent_mark_ns = now;
+    uint64_t age = sc->sh->srv->cfg.max_connection_age_ns;
+    if (age) sc->age_due_ns = sat_add(now, conn_age_jittered(sc->sh, age));
     bds__timer_init(&sc->timer, conn_timer_fired, sc);
     uint32_t ms = sc->sh->srv->cfg.tcp_user_timeout_ms;
     if (ms) (void)setsockopt(bds__conn_fd(sc->c), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms); /* best effort */

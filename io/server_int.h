@@ -179,6 +179,7 @@ struct srv_shard {
     bool stop_expired;        /* ... and then the hard stop's time came */
     bool quiesced;            /* stopping, and nothing of ours is left (counted in shards_busy) */
     bool abandoned;           /* hard stop: handlers still running are left behind */
+    uint64_t jitter_rng;      /* splitmix64 state: the connection age's jitter */
 };
 
 uint64_t bds__server_now(void);
@@ -269,6 +270,10 @@ void bds__server_dump(bds_server *srv, FILE *f);
  * client's buffer that tells it the request was not run (so it may retry). */
 #define IDLE_LINGER_NS 1000000000ULL
 #define STOP_ABANDON_AFTER_NS 4000000000ULL
+/* Past the age's grace period, the streams still open end UNAVAILABLE and the
+ * connection closes once their trailers are out, or this much later at the
+ * latest (a peer that does not read them). */
+#define AGE_CLOSE_AFTER_NS 1000000000ULL
 
 struct srv_conn {
     srv_shard *sh;
@@ -305,9 +310,15 @@ struct srv_conn {
     uint64_t ping_sent_ns;    /* our keepalive PING left (while outstanding) */
     uint64_t sent_mark;       /* bds__conn_sent_bytes at sent_mark_ns: send progress */
     uint64_t sent_mark_ns;
-    uint64_t idle_notice_ns;  /* idle: the GOAWAY notice left then (0: not yet) */
-    bool idle_goaway;         /* idle: the final GOAWAY sent, closing once it is written */
-    uint64_t linger_until_ns; /* idle and done: read on until the peer closes or this */
+    /* Idle or aged: a GOAWAY notice, one second later the final GOAWAY,
+     * then closed once its streams are over (the final GOAWAY out). */
+    uint64_t notice_ns;       /* the GOAWAY notice left then (0: not yet) */
+    bool goaway_final;        /* the final GOAWAY sent, closing once it is written */
+    uint64_t linger_until_ns; /* ... and done: read on until the peer closes or this */
+    uint64_t age_due_ns;      /* max connection age, jitter included: the notice (0: off) */
+    bool aged;                /* the notice was the age's: its grace applies */
+    uint64_t age_grace_ns;    /* aged: streams still open then end UNAVAILABLE (0: never) */
+    uint64_t age_close_ns;    /* ... and the connection closes then at the latest (0: not yet) */
 };
 
 /* The srv_shard of the shard whose tick runs on this thread, or NULL. */

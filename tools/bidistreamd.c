@@ -102,7 +102,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bidistreamd: %s\n", why ? why : bds_status_str(st));
         return BDS_TOOL_EXIT_USAGE;
     }
-    bds_server_on_stop(srv, on_stop, NULL);
+    st = bds_server_on_stop(srv, on_stop, NULL);
+    if (st != BDS_OK) {
+        fprintf(stderr, "bidistreamd: %s\n", bds_status_str(st));
+        bds_server_destroy(srv);
+        return BDS_TOOL_EXIT_FAILURE;
+    }
     st = bds_server_run(srv);
     if (cfg.server.options.metrics.enabled) print_stats(srv, cfg.server.options.metrics.payload_sizes);
     bds_server_destroy(srv);

@@ -146,6 +146,10 @@ static const opt opts[] = {
      "close a connection without HTTP/2 preface and SETTINGS this long after accept, 0 = never"},
     {"idle-timeout", K_DURATION, FIELD(uint64_t, idle_timeout_ns), 0, NS_PER_DAY,
      "GOAWAY(NO_ERROR) a connection with no open stream for this long, 0 = never"},
+    {"max-connection-age", K_DURATION, FIELD(uint64_t, max_connection_age_ns), 0, NS_PER_DAY,
+     "GOAWAY(NO_ERROR) a connection this old (+-10% jitter); its open streams run on, 0 = never"},
+    {"max-connection-age-grace", K_DURATION, FIELD(uint64_t, max_connection_age_grace_ns), 0, NS_PER_DAY,
+     "after the age's GOAWAY, streams still open this long end UNAVAILABLE and it closes, 0 = no limit"},
     {"keepalive-time", K_DURATION, FIELD(uint64_t, keepalive_time_ns), 0, NS_PER_DAY,
      "PING a connection that sent nothing for this long, 0 = never"},
     {"keepalive-timeout", K_DURATION, FIELD(uint64_t, keepalive_timeout_ns), 0, NS_PER_DAY,
@@ -615,6 +619,9 @@ static bool check_rules(bds_tool_config *c, char *err, size_t errlen) {
     }
     if (o->metrics.payload_sizes && !o->metrics.enabled) {
         return fail(err, errlen, "--metrics-payload-sizes", "needs --metrics true");
+    }
+    if (c->server.max_connection_age_grace_ns != 0 && c->server.max_connection_age_ns == 0) {
+        return fail(err, errlen, "--max-connection-age-grace", "needs --max-connection-age above 0 (no age, no grace)");
     }
     /* The last word: anything the rules above missed still gets one line. */
     const char *why = NULL;

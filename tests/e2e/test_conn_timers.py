@@ -13,6 +13,11 @@ served:
   --ping-min-interval   a client pinging too often: GOAWAY(ENHANCE_YOUR_CALM,
                         debug data "too_many_pings"), then closed
   --send-timeout        a peer that stops reading while replies are due: closed
+  --max-connection-age(-grace)  a connection this old (+-10%) gets the GOAWAY
+                        notice, a second later the final GOAWAY; a stream
+                        finishing within the grace completes, one outliving
+                        it ends UNAVAILABLE and the connection closes;
+                        grpcio reconnects and loses nothing; ranges checked
 
 Prints "N passed, N failed" last.
 
@@ -21,9 +26,13 @@ usage: test_conn_timers.py PATH/TO/bidistreamd [test-name-substring]
 import os
 import socket
 import struct
+import subprocess
 import sys
+import threading
 import time
 import unittest
+
+import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_grpcio as g  # noqa: E402
@@ -241,6 +250,165 @@ class SendTimeout(unittest.TestCase):
             time.sleep(0.1)
         self.assertTrue(any('no send progress' in l for l in self.srv.err), ''.join(self.srv.err[-5:]))
         self.assert_still_serving()
+
+class ConnectionAge(unittest.TestCase):
+    """--max-connection-age 1s --max-connection-age-grace 5s: each connection
+    gets its notice 0.9-1.1 s after accept, its final GOAWAY a second later,
+    and its streams still open 5 s after the notice end UNAVAILABLE."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = g.Server('--shards', '2', '--max-connection-age', '1s', '--max-connection-age-grace', '5s',
+                           '--log-level', 'debug')
+        cls.ch = cls.srv.channel()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ch.close()
+        assert cls.srv.stop() == 0
+
+    def assert_still_serving(self):
+        """A fresh connection (the class's may be aging) gets every reply in order."""
+        with self.fresh_channel() as ch:
+            got = [g.unframe(r)['seq'] for r in g.process(ch)(iter([g.frame('k', i) for i in range(1, 6)]),
+                                                              timeout=30)]
+        self.assertEqual(got, [1, 2, 3, 4, 5])
+        self.assertIsNone(self.srv.proc.poll(), 'the server died')
+
+    def fresh_channel(self):
+        """A channel with its own connection: grpcio shares subchannels across channels by default."""
+        return grpc.insecure_channel(self.srv.addr, options=[('grpc.use_local_subchannel_pool', 1)])
+
+    def aged_lines(self):
+        return sum('max connection age: GOAWAY' in line for line in self.srv.err)
+
+    @staticmethod
+    def goaways(frames):
+        """(last stream id, error code) of each GOAWAY, in order."""
+        return [(int.from_bytes(p[0:4], 'big') & 0x7FFFFFFF, int.from_bytes(p[4:8], 'big'))
+                for t, _, _, p in frames if t == f.GOAWAY]
+
+    def test_connection_without_streams_gets_goaway_at_its_age_then_closed(self):
+        c = f.Conn(self.srv.addr)
+        c.start()
+        closed, frames, took = wait_closed(c, 10, on_frame=lambda fr: Timers.ack_ping(c, fr))
+        c.close()
+        self.assertTrue(closed, 'an aged connection is still open after 10 s: %r' % [x[0] for x in frames])
+        self.assertEqual(self.goaways(frames), [(2 ** 31 - 1, NO_ERROR), (0, NO_ERROR)],
+                         'a notice, then the final GOAWAY')
+        self.assertGreaterEqual(took, 0.85, 'GOAWAY before the age less its 10% jitter')
+        self.assert_still_serving()
+
+    def test_stream_finishing_within_the_grace_completes_after_both_goaways(self):
+        """Its one Frame's reply is due 2.5 s after accept: after the final
+        GOAWAY (at most 2.1 s), before the grace ends (at least 5.9 s)."""
+        c = f.Conn(self.srv.addr)
+        c.start()
+        msg = g.frame('long', 7, b'finishes-in-grace', work_us=2500 * 1000)
+        c.send(f.h2frame(f.HEADERS, f.END_HEADERS, 1, f.request_headers()) +
+               f.h2frame(f.DATA, f.END_STREAM, 1, b'\0' + struct.pack('>I', len(msg)) + msg))
+        closed, frames, took = wait_closed(c, 10, on_frame=lambda fr: Timers.ack_ping(c, fr))
+        c.close()
+        kinds = [(x[0], x[2]) for x in frames]
+        self.assertTrue(closed, 'still open after 10 s: %r' % kinds)
+        self.assertEqual(self.goaways(frames), [(2 ** 31 - 1, NO_ERROR), (1, NO_ERROR)],
+                         'the final GOAWAY names the open stream: %r' % kinds)
+        final = max(i for i, x in enumerate(frames) if x[0] == f.GOAWAY)
+        data = b''.join(x[3] for x in frames[final:] if x[0] == f.DATA and x[2] == 1)
+        self.assertIn(b'finishes-in-grace', data, 'the reply came after the final GOAWAY: %r' % kinds)
+        self.assertTrue(any(x[0] == f.HEADERS and x[2] == 1 and x[1] & f.END_STREAM for x in frames[final:]),
+                        'the stream ended with trailers: %r' % kinds)
+        self.assertFalse(any(x[0] == f.RST_STREAM for x in frames), kinds)
+        self.assertGreaterEqual(took, 2.4, 'closed before the stream was over')
+        self.assert_still_serving()
+
+    def test_grpcio_stream_sending_through_the_goaways_completes_with_every_reply(self):
+        """A grpcio stream sends a Frame every 100 ms for 2.5 s (through the
+        notice and the final GOAWAY), then half-closes: every reply, in order, OK."""
+        def requests():
+            for i in range(1, 26):
+                yield g.frame('paced', i, b'p%d' % i)
+                time.sleep(0.1)
+
+        with self.fresh_channel() as ch:
+            got = [g.unframe(r)['seq'] for r in g.process(ch)(requests(), timeout=30)]
+        self.assertEqual(got, list(range(1, 26)))
+
+    def test_stream_outliving_the_grace_ends_unavailable_and_the_connection_closes(self):
+        before = sum('grace period over, ' in line for line in self.srv.err)
+        start = time.monotonic()
+        with self.fresh_channel() as ch:
+            with self.assertRaises(grpc.RpcError) as e:
+                list(g.process(ch)(iter([g.frame('forever', 1, work_us=30 * 1000 * 1000)]), timeout=30))
+        took = time.monotonic() - start
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE, e.exception.details())
+        self.assertEqual(e.exception.details(), 'max connection age: grace period over')
+        self.assertGreaterEqual(took, 5.5, 'ended before age + grace less jitter')
+        self.assertLess(took, 25, 'not the grace: the 30 s deadline or the work ended it')
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sum('grace period over, ' in l for l in self.srv.err) == before:
+            time.sleep(0.1)
+        self.assertGreater(sum('grace period over, ' in l for l in self.srv.err), before,
+                           'the server logged no grace period over: ' + ''.join(self.srv.err[-5:]))
+        self.assert_still_serving()
+
+    def test_grpcio_client_reconnects_across_ages_and_loses_nothing(self):
+        """4 threads run short streams back to back on one channel for 5 s:
+        its connections age (each one after another), grpcio reconnects, and
+        every stream ends OK with each of its replies in order."""
+        before = self.aged_lines()
+        errors, done = [], []
+        end = time.monotonic() + 5.0
+
+        def worker(w):
+            n = 0
+            try:
+                while time.monotonic() < end:
+                    n += 1
+                    reqs = [g.frame('w%d-%d' % (w, i % 3), i, b'%d/%d/%d' % (w, n, i), work_us=(i % 4) * 500)
+                            for i in range(1, 21)]
+                    replies = [g.unframe(r) for r in g.process(ch)(iter(reqs), timeout=30)]
+                    for k in range(3):  # keyed order: per key, in sending order
+                        seqs = [r['seq'] for r in replies if r['key'] == 'w%d-%d' % (w, k)]
+                        want = [i for i in range(1, 21) if i % 3 == k]
+                        if seqs != want:
+                            errors.append('worker %d stream %d key %d: %r' % (w, n, k, seqs))
+                    if sorted(r['payload'] for r in replies) != sorted(b'%d/%d/%d' % (w, n, i) for i in range(1, 21)):
+                        errors.append('worker %d stream %d: replies lost or changed' % (w, n))
+                    time.sleep(0.05)
+                done.append(n)
+            except Exception as e:  # a thread's failure must fail the test
+                errors.append('worker %d stream %d: %r' % (w, n, e))
+
+        with self.fresh_channel() as ch:
+            threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+        self.assertFalse(any(t.is_alive() for t in threads), 'a worker still runs after 60 s')
+        self.assertEqual(errors, [])
+        self.assertEqual(len(done), 4)
+        self.assertGreaterEqual(self.aged_lines() - before, 2,
+                                'the channel reconnected after its first connection aged')
+
+    def test_age_flags_out_of_range_or_grace_without_age_exit_2_with_one_line(self):
+        for args, why in ((['--max-connection-age', '25h'], 'out of range'),
+                          (['--max-connection-age', '-1s'], '--max-connection-age'),
+                          (['--max-connection-age', '1s', '--max-connection-age-grace', '25h'], 'out of range'),
+                          (['--max-connection-age-grace', '1s'], 'needs --max-connection-age')):
+            out = subprocess.run([g.SERVER, '--listen', '127.0.0.1:0', *args], capture_output=True, text=True,
+                                 timeout=30)
+            self.assertEqual(out.returncode, 2, (args, out.stderr))
+            lines = [l for l in out.stderr.splitlines() if l.strip()]
+            self.assertEqual(len(lines), 1, (args, out.stderr))
+            self.assertIn(why, lines[0])
+        out = subprocess.run([g.SERVER, '--check-config', '--max-connection-age', '30m',
+                              '--max-connection-age-grace', '90s'], capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn('max-connection-age = 30m\n', out.stdout)
+        self.assertIn('max-connection-age-grace = 90s\n', out.stdout)
+
 
 if __name__ == '__main__':
     g.run_main(sys.modules[__name__], __doc__)

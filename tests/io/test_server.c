@@ -1331,7 +1331,9 @@ Test(server, create_refuses_connection_timers_that_could_wrap) {
     const uint64_t year_ns = 366ull * 24 * 3600 * 1000000000ull;
     size_t offs[] = {offsetof(bds_server_config, handshake_timeout_ns), offsetof(bds_server_config, idle_timeout_ns),
                      offsetof(bds_server_config, keepalive_time_ns), offsetof(bds_server_config, keepalive_timeout_ns),
-                     offsetof(bds_server_config, ping_min_interval_ns), offsetof(bds_server_config, send_timeout_ns)};
+                     offsetof(bds_server_config, ping_min_interval_ns), offsetof(bds_server_config, send_timeout_ns),
+                     offsetof(bds_server_config, max_connection_age_ns),
+                     offsetof(bds_server_config, max_connection_age_grace_ns)};
     for (size_t i = 0; i < sizeof offs / sizeof offs[0]; i++) {
         bds_server_config cfg;
         srv_config(&cfg, 1);

@@ -110,6 +110,8 @@ static void assert_same_config(const bds_server_config *a, const bds_server_conf
     cr_assert_eq(a->log_level, b->log_level);
     cr_assert_eq(a->handshake_timeout_ns, b->handshake_timeout_ns);
     cr_assert_eq(a->idle_timeout_ns, b->idle_timeout_ns);
+    cr_assert_eq(a->max_connection_age_ns, b->max_connection_age_ns);
+    cr_assert_eq(a->max_connection_age_grace_ns, b->max_connection_age_grace_ns);
     cr_assert_eq(a->keepalive_time_ns, b->keepalive_time_ns);
     cr_assert_eq(a->keepalive_timeout_ns, b->keepalive_timeout_ns);
     cr_assert_eq(a->ping_min_interval_ns, b->ping_min_interval_ns);
@@ -558,6 +560,36 @@ Test(tool_config, queue_capacity_set_where_it_cannot_apply_is_refused) {
     parse_bad("--outbound-queue-capacity", "--outbound-capacity", "0", "--outbound-queue-capacity", "1", NULL);
 }
 
+/* grpc-go's MaxConnectionAge and MaxConnectionAgeGrace: off by default, a
+ * day at most (as every connection timer), and a grace without an age is a
+ * mistake that names the flag. */
+Test(tool_config, connection_age_and_grace_ranges) {
+    bds_tool_config cfg;
+    parse_ok(&cfg, NULL);
+    cr_assert_eq(cfg.server.max_connection_age_ns, 0);
+    cr_assert_eq(cfg.server.max_connection_age_grace_ns, 0);
+    parse_ok(&cfg, "--max-connection-age", "30m", "--max-connection-age-grace", "1m30s", NULL);
+    cr_assert_eq(cfg.server.max_connection_age_ns, 1800 * SEC);
+    cr_assert_eq(cfg.server.max_connection_age_grace_ns, 90 * SEC);
+    parse_ok(&cfg, "--max-connection-age", "24h", "--max-connection-age-grace", "24h", NULL);
+    cr_assert_eq(cfg.server.max_connection_age_ns, 24 * 3600 * SEC);
+    parse_ok(&cfg, "--max-connection-age", "1s", NULL);
+    cr_assert_eq(cfg.server.max_connection_age_grace_ns, 0, "no grace: streams run on");
+    static const char *const bad[] = {"25h", "-1s", "5", "soon", "", "1h1ns1d"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        parse_bad("--max-connection-age", "--max-connection-age", bad[i], NULL);
+        parse_bad("--max-connection-age-grace", "--max-connection-age", "1s", "--max-connection-age-grace", bad[i],
+                  NULL);
+    }
+    char err[512];
+    cr_assert_eq(parse(&cfg, err, "--max-connection-age", "25h", NULL), BDS_TOOL_EXIT_USAGE);
+    cr_assert_str_eq(err, "bidistreamd: --max-connection-age: '25h' is out of range (0 to 24h)");
+    cr_assert_eq(parse(&cfg, err, "--max-connection-age-grace", "5s", NULL), BDS_TOOL_EXIT_USAGE);
+    cr_assert_str_eq(err, "bidistreamd: --max-connection-age-grace: needs --max-connection-age above 0 (no age, "
+                          "no grace)");
+    file_bad("max-connection-age = 2d\n", "max-connection-age");
+}
+
 Test(tool_config, backoff_needs_retries_and_payload_sizes_need_metrics) {
     parse_bad("--backoff", "--backoff", "10ms", NULL);
     parse_bad("--metrics-payload-sizes", "--metrics=false", "--metrics-payload-sizes", NULL);
@@ -753,6 +785,7 @@ Test(tool_config, help_lists_every_flag_with_its_default) {
         "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--conn-bytes-max SIZE", "--shard-bytes-max SIZE",
         "--idle-spin-us N", "--interop [BOOL]", "--interop-responses-max N",
         "--interop-response-bytes-max SIZE", "--max-connections N", "--log-level LEVEL",
+        "--max-connection-age DURATION", "--max-connection-age-grace DURATION",
         "--config FILE", "--check-config", "--help", "--version",
     };
     bds_tool_config cfg;
@@ -785,16 +818,19 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--max-header-list-bytes", "2048", "--stream-window-bytes", "1GiB", "--idle-spin-us", "50",
                     "--interop", "--interop-responses-max", "10", "--max-connections", "77", "--interop-response-bytes-max", "1MiB",
                     "--log-level", "warn", "--idle-timeout", "90s", "--keepalive-timeout", "0",
+                    "--max-connection-age", "10m", "--max-connection-age-grace", "45s",
                     "--ping-without-streams", "--tcp-user-timeout-ms", "1234", "--reuse-port", "--reflection",
                     "--tls-key", "/etc/bds/key.pem", "--tls-client-ca", "/etc/bds/ca.pem", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 51, "%s", out); /* a comment and 50 keys */
+    cr_assert_eq(count_lines(out), 53, "%s", out); /* a comment and 52 keys */
     cr_assert_not_null(strstr(out, "\n# tls-cert = (not set)\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ntls-key = /etc/bds/key.pem\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nreflection = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nreuse-port = true\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\nmax-connection-age = 10m\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\nmax-connection-age-grace = 45s\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nidle-timeout = 90s\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nkeepalive-timeout = 0\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ninterop-response-bytes-max = 1048576\n"), "%s", out);

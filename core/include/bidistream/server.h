@@ -100,6 +100,18 @@ typedef struct bds_server_config {
     uint32_t tcp_user_timeout_ms;   /* TCP_USER_TIMEOUT of accepted sockets: sent data
                                        unacknowledged this long ends the connection in the
                                        kernel. Default 30 000 */
+    /* Connection age, as grpc-go's MaxConnectionAge and MaxConnectionAgeGrace:
+     * a connection this old (±10% at random, so that connections made
+     * together do not all reconnect together) gets a GOAWAY(NO_ERROR) notice,
+     * one second later the final GOAWAY(NO_ERROR); its open streams run on,
+     * and it closes once they are over. A stream still open
+     * max_connection_age_grace_ns after the notice ends UNAVAILABLE ("max
+     * connection age: grace period over"; its handlers are cancelled) and the
+     * connection closes (at the latest one second later). Clients reconnect
+     * for their next streams: long-lived streams spread over servers added
+     * since. 0 = off (both default); grace 0 = streams may run for ever. */
+    uint64_t max_connection_age_ns;
+    uint64_t max_connection_age_grace_ns;
     /* Memory budgets, in bytes of message buffers (payloads admitted or
      * parked, replies) and HTTP/2 session memory (nghttp2, partial messages)
      * past a connection's fixed ~300 KiB. At a connection's budget (default 256 MiB) it is no longer
