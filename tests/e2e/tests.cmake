@@ -20,7 +20,7 @@ if(TARGET bidistreamd)
   # TLS: streams, interop cases, mTLS, ALPN and protocol refusals, SIGHUP reload (test_tls.py).
   add_test(NAME e2e.tls
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_tls.py $<TARGET_FILE:bidistreamd>)
-  set_tests_properties(e2e.tls PROPERTIES LABELS "e2e" TIMEOUT 600
+  set_tests_properties(e2e.tls PROPERTIES LABELS "e2e;tsan" TIMEOUT 600
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
   # The interop cases with @grpc/grpc-js over h2c and TLS (test_grpcjs.py; npm ci into the build tree).
   add_test(NAME e2e.grpcjs
