@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the benchmark peers into build/bench-peers/ (not committed):
-#   peer-grpc-cpp   gRPC C++ (Debian libgrpc++ 1.51): --api=callback|async
+async$|async
 #   peer-grpc-go    grpc-go (Debian golang-google-grpc-dev 1.33), GOPATH mode
 #   raw-echo        the ceiling: io_uring echo of 5-byte-prefixed frames
 # Debian packages only, nothing fetched from anywhere else: Go builds with
