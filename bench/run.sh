@@ -474,55 +474,52 @@ print(json.dumps(d, separators=(",", ":")))
 ' "$1" "$2" "$DUR"
 }
 
-for sc in "${scenarios[@]}"; do
-  IFS='|' read -r scen args who nrep <<<"$sc"
-  mapfile -t run_servers < <(servers_for "$who")
-  [ ${#run_servers[@]} -gt 0 ] || continue
-  for rep in $(seq "$nrep"); do
-    for s in "${run_servers[@]}"; do
-      IFS='|' read -r name transport cmd <<<"$s"
-      extra=()
-      case "$scen" in
-        sweep-*|same50)
-          ref=$name; pct=${scen#*-}
-          [ "$scen" = same50 ] && { ref=bidistreamd; pct=50; }
-          [ -n "${peak[$ref]:-}" ] || peak[$ref]=$(median_of_stream "$ref")
-          if [ "${peak[$ref]}" -le 0 ]; then
-            echo "run.sh: no 'stream' result for $ref: $scen skipped" >&2; continue
-          fi
-          extra=(--rate $(( peak[$ref] * pct / 100 )) --tick-us "$TICK_US") ;;
-        overload-*)
-          extra=(--rate $(( OVL_NOMINAL * ${scen#*-} / 100 )) --tick-us "$TICK_US") ;;
-      esac
-      [ "$transport" = raw ] && extra+=(--raw)
-      case "$scen" in tls-*) cmd="$cmd $TLS_SERVER_ARGS"; extra+=("${TLS_CLIENT_ARGS[@]}") ;; esac
-      run_no=$((run_no + 1))
-      port=$((port_base + run_no % 800))
-      start_server "$name" "$cmd" "$port" || continue
-      sleep 0.2  # let it settle (idle RSS is sampled at the client's start)
-      perf_pid=""
-      pf="$out/raw/perf-$run_no.csv"
-      case "$scen" in perf-*) perf_start "$srv_pid" "$pf" ;; esac
-      # shellcheck disable=SC2086
-      line=$(timeout $(( ${DUR%.*} * 3 + 40 )) taskset -c "$CLIENT_CPUS" "$LOADGEN" --port "$port" \
-        $args "${extra[@]}" --duration "$DUR" --warmup "$WARM" --threads "$CLIENT_THREADS" \
-        --cpus "$CLIENT_CPUS" --server-pid "$srv_pid" \
-        --tag "server=$name" --tag "scenario=$scen" --tag "rep=$rep" --tag "profile=$profile" \
-        --tag "git=$git_rev" --tag "server_version=$(server_version "$name")" \
-        --tag "server_cpus=$SERVER_CPUS" 2>>"$out/raw/bds-bench.log") || line=""
-      if [ -n "$perf_pid" ]; then
-        wait "$perf_pid" 2>/dev/null || true
-        [ -n "$line" ] && line=$(perf_merge "$line" "$pf")
+# One measurement: run_one SCENARIO ARGS SERVER-LINE REP.
+run_one() {
+  local scen=$1 args=$2 rep=$4 name transport cmd ref pct pf line el eta
+  IFS='|' read -r name transport cmd <<<"$3"
+  extra=()
+  case "$scen" in
+    sweep-*|same50)
+      ref=$name; pct=${scen#*-}
+      [ "$scen" = same50 ] && { ref=bidistreamd; pct=50; }
+      [ -n "${peak[$ref]:-}" ] || peak[$ref]=$(median_of_stream "$ref")
+      if [ "${peak[$ref]}" -le 0 ]; then
+        echo "run.sh: no 'stream' result for $ref: $scen skipped" >&2; return 0
       fi
-      stop_server
-      if [ -z "$line" ]; then
-        echo "run.sh: [$run_no/$total] $scen $name rep $rep: bds-bench failed (raw/bds-bench.log)" >&2
-        continue
-      fi
-      echo "$line" >> "$results"
-      el=$(( $(date +%s) - t_start ))
-      eta=$(( el * (total - run_no) / run_no ))
-      /usr/bin/python3 -c '
+      extra=(--rate $(( peak[$ref] * pct / 100 )) --tick-us "$TICK_US") ;;
+    overload-*)
+      extra=(--rate $(( OVL_NOMINAL * ${scen#*-} / 100 )) --tick-us "$TICK_US") ;;
+  esac
+  [ "$transport" = raw ] && extra+=(--raw)
+  case "$scen" in tls-*) cmd="$cmd $TLS_SERVER_ARGS"; extra+=("${TLS_CLIENT_ARGS[@]}") ;; esac
+  run_no=$((run_no + 1))
+  port=$((port_base + run_no % 800))
+  start_server "$name" "$cmd" "$port" || return 0
+  sleep 0.2  # let it settle (idle RSS is sampled at the client's start)
+  perf_pid=""
+  pf="$out/raw/perf-$run_no.csv"
+  case "$scen" in perf-*) perf_start "$srv_pid" "$pf" ;; esac
+  # shellcheck disable=SC2086
+  line=$(timeout $(( ${DUR%.*} * 3 + 40 )) taskset -c "$CLIENT_CPUS" "$LOADGEN" --port "$port" \
+    $args "${extra[@]}" --duration "$DUR" --warmup "$WARM" --threads "$CLIENT_THREADS" \
+    --cpus "$CLIENT_CPUS" --server-pid "$srv_pid" \
+    --tag "server=$name" --tag "scenario=$scen" --tag "rep=$rep" --tag "profile=$profile" \
+    --tag "git=$git_rev" --tag "server_version=$(server_version "$name")" \
+    --tag "server_cpus=$SERVER_CPUS" 2>>"$out/raw/bds-bench.log") || line=""
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" 2>/dev/null || true
+    [ -n "$line" ] && line=$(perf_merge "$line" "$pf")
+  fi
+  stop_server
+  if [ -z "$line" ]; then
+    echo "run.sh: [$run_no/$total] $scen $name rep $rep: bds-bench failed (raw/bds-bench.log)" >&2
+    return 0
+  fi
+  echo "$line" >> "$results"
+  el=$(( $(date +%s) - t_start ))
+  eta=$(( el * (total - run_no) / run_no ))
+  /usr/bin/python3 -c '
 import json, sys
 d = json.loads(sys.argv[1]); r = d["result"]; l = r["lat_us"]
 warn = "  CLIENT-BOUND" if r["client_cpu_per_thread"] > 0.9 else ""
@@ -541,6 +538,28 @@ print("[%s/%s] %-13s %-29s rep %s %10.0f msg/s  p50 %8.1f us  p99 %9.1f us  cli 
     sys.argv[2], sys.argv[3], d["tags"]["scenario"], d["tags"]["server"], d["tags"]["rep"], r["msgs_per_s"],
     l["p50"], l["p99"], r["client_cpu"], r["server_cpu"], warn, note, sys.argv[4]))
 ' "$line" "$run_no" "$total" "$eta" >&2
+}
+
+# A scenario and its tls- twin (when both run) alternate run by run: for each
+# rep and server, X then tls-X, so TLS ÷ h2c compares runs seconds apart, not
+# minutes apart (others' work on the machine comes and goes).
+sel_names=" $(for sc in "${scenarios[@]}"; do printf '%s ' "${sc%%|*}"; done)"
+for sc in "${scenarios[@]}"; do
+  IFS='|' read -r scen args who nrep <<<"$sc"
+  case "$scen" in tls-*) case "$sel_names" in *" ${scen#tls-} "*) continue ;; esac ;; esac
+  group=("$sc")
+  for tw in "${scenarios[@]}"; do [ "${tw%%|*}" = "tls-$scen" ] && group+=("$tw"); done
+  mapfile -t run_servers < <(for g in "${group[@]}"; do servers_for "$(echo "$g" | cut -d'|' -f3)"; done |
+                             awk '!seen[$0]++')
+  [ ${#run_servers[@]} -gt 0 ] || continue
+  for rep in $(seq "$nrep"); do
+    for s in "${run_servers[@]}"; do
+      for g in "${group[@]}"; do
+        IFS='|' read -r gscen gargs gwho _ <<<"$g"
+        # (grep without -q: an early exit would SIGPIPE servers_for, and pipefail says no)
+        servers_for "$gwho" | grep -xF -- "$s" >/dev/null || continue
+        run_one "$gscen" "$gargs" "$s" "$rep"
+      done
     done
   done
 done
