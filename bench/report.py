@@ -9,7 +9,9 @@ servers (row ÷ column), the ceiling included. Open-loop sweeps get one table of
 p50/p99 per offered load and a plot; same50 (bidistreamd and the ceiling at the
 same rate), overload (bidistreamd per backpressure policy, the peers as they
 are) and perf (server-side cost per message) get a table each; a "targets"
-section computes the issue's targets from the results, each met / not met.
+section computes the issue's targets from the results, each met / not met; a
+TLS section gives TLS ÷ h2c per server and bidistreamd ÷ each peer over TLS
+(tls-pingpong / tls-stream against pingpong / stream of the same run).
 Plots are SVG, written by gnuplot (Debian's gnuplot-nox) from .dat/.gp files
 kept next to them, so they can be regenerated: throughput and p50/p99 per
 scenario, latency vs offered load, and the latency percentile spectrum per
@@ -31,6 +33,8 @@ MIB = 1024 * 1024
 CLOSED_DESC = OrderedDict([
     ("pingpong", "ping-pong: 1 connection × 1 stream × 1 outstanding, 64 B"),
     ("stream", "streaming throughput: 1 × 16 streams × 32 outstanding, 64 B"),
+    ("tls-pingpong", "ping-pong over TLS: the pingpong shape, TLS 1.3 with the same certificate and cipher for every server"),
+    ("tls-stream", "streaming throughput over TLS: the stream shape, TLS 1.3 with the same certificate and cipher for every server"),
     ("many", "many streams: 4 connections × 256 streams × 1 outstanding, 64 B"),
     ("many10k", "10,000 streams: 16 connections × 625 streams × 1 outstanding, 64 B"),
     ("payload4k", "4 KiB payloads: 1 × 16 × 8 outstanding"),
@@ -327,7 +331,7 @@ plot {", ".join(parts)}
         md.insert(plots_at, "\n![throughput](plots/throughput.svg)\n![p50](plots/latency_p50.svg)\n"
                      "![p99](plots/latency_p99.svg)\n")
 
-    md[plots_at:plots_at] = targets_section(by, env)
+    md[plots_at:plots_at] = targets_section(by, env) + tls_section(by, env)
     with open(os.path.join(d, "report.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print(f"report.py: {os.path.join(d, 'report.md')} ({len(runs)} runs)")
@@ -540,6 +544,98 @@ def targets_section(by, env):
     for t in rows:
         out.append("| " + " | ".join(t) + " |")
     out.append("")
+    return out
+
+
+def tls_section(by, env):
+    """TLS ÷ h2c for each server (same run), and bidistreamd ÷ each peer over TLS."""
+    shapes = [(h, "tls-" + h) for h in ("pingpong", "stream") if "tls-" + h in by]
+    if not shapes:
+        return []
+    t = env.get("tls", {})
+    negotiated = sorted({f"{r['config']['tls']['version']} {r['config']['tls']['cipher']}"
+                         for _, ts in shapes for rs in by[ts].values() for r in rs if r["config"].get("tls")})
+    out = ["## TLS — cost of TLS per server, and bidistreamd against the peers over TLS\n",
+           f"`tls-pingpong` / `tls-stream` are the `pingpong` / `stream` shapes over TLS, in the same run "
+           f"(servers alternating as everywhere). Certificate: {t.get('certificate', '?')}, the same for "
+           f"every server; bds-bench verifies it with the CA and offers {t.get('client_suites', '?')} only, "
+           f"so every server runs the same cipher (negotiated: {', '.join(negotiated) or '?'}); "
+           f"{t.get('openssl', '')}. Handshakes happen before the clock starts; the figures are the "
+           "per-message cost of encryption and decryption on both ends (the client's TLS work counts in "
+           "`cli`, the same code for every server).\n"]
+
+    def g(scen, s):
+        rs = by.get(scen, {}).get(s)
+        return metrics(rs) if rs else None
+
+    def ratio(a, b):
+        return a / b if a and b else None
+
+    def rtxt(r):
+        return "–" if r is None else f"{r:.2f}×"
+
+    servers = sorted({s for _, ts in shapes for s in by[ts]}, key=server_key)
+    out.append("TLS ÷ h2c, medians (msg/s: higher is better; below 1× is what TLS costs. Latency: lower "
+               "is better; above 1× is what TLS adds. msg/s per srv core = msg/s ÷ the server's CPU "
+               "in cores, per run: its cost per message, the figure others' work on the cores "
+               "disturbs least):\n")
+    out.append("| shape | server | msg/s h2c → TLS | TLS ÷ h2c | p50 h2c → TLS | TLS ÷ h2c | p99 h2c → TLS | "
+               "TLS ÷ h2c | srv CPU h2c → TLS | msg/s per srv core h2c → TLS | TLS ÷ h2c |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = {}
+    for h, ts in shapes:
+        for s in servers:
+            a, b = g(h, s), g(ts, s)
+            if not a or not b:
+                continue
+            ma = {k: med(a[k])[0] for k in ("mps", "p50", "p99", "srv")}
+            mb = {k: med(b[k])[0] for k in ("mps", "p50", "p99", "srv")}
+            # Messages per server CPU-second: the server's own cost, which CPU
+            # taken by other work on a shared machine disturbs least.
+            ma["core"] = med([m / c for m, c in zip(a["mps"], a["srv"]) if c])[0]
+            mb["core"] = med([m / c for m, c in zip(b["mps"], b["srv"]) if c])[0]
+            cb = " ⚠ client-bound" if client_bound(b) else ""
+            cpu = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+            out.append(f"| {h} | **{s}** | {fmt_num(ma['mps'])} → {fmt_num(mb['mps'])}{cb} | "
+                       f"{rtxt(ratio(mb['mps'], ma['mps']))} | {fmt_lat(ma['p50'])} → {fmt_lat(mb['p50'])} | "
+                       f"{rtxt(ratio(mb['p50'], ma['p50']))} | {fmt_lat(ma['p99'])} → {fmt_lat(mb['p99'])} | "
+                       f"{rtxt(ratio(mb['p99'], ma['p99']))} | {cpu(ma['srv'])} → {cpu(mb['srv'])} | "
+                       f"{fmt_num(ma['core'])} → {fmt_num(mb['core'])} | {rtxt(ratio(mb['core'], ma['core']))} |")
+            if s == BDS:
+                lines[h] = (f"{h}: msg/s {rtxt(ratio(mb['mps'], ma['mps']))} "
+                            f"({fmt_num(mb['mps'])} / {fmt_num(ma['mps'])}){cb}, "
+                            f"p50 {rtxt(ratio(mb['p50'], ma['p50']))} ({fmt_lat(mb['p50'])} / {fmt_lat(ma['p50'])}), "
+                            f"p99 {rtxt(ratio(mb['p99'], ma['p99']))} ({fmt_lat(mb['p99'])} / {fmt_lat(ma['p99'])}), "
+                            f"msg/s per server core {rtxt(ratio(mb['core'], ma['core']))} "
+                            f"({fmt_num(mb['core'])} / {fmt_num(ma['core'])})")
+    out.append("")
+    peers = [s for s in servers if s != BDS]
+    vs = []
+    if BDS in servers and peers:
+        out.append("bidistreamd ÷ each peer, over TLS and (for reference) over h2c in the same run "
+                   "(msg/s: above 1× bidistreamd is faster; latency: below 1× bidistreamd is faster):\n")
+        out.append("| shape | peer | msg/s TLS | msg/s h2c | p50 TLS | p50 h2c | p99 TLS | p99 h2c |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for h, ts in shapes:
+            for p in peers:
+                cells, keep = [], {}
+                for k in ("mps", "p50", "p99"):
+                    for sc in (ts, h):
+                        a, b = g(sc, BDS), g(sc, p)
+                        r = ratio(med(a[k])[0], med(b[k])[0]) if a and b else None
+                        cells.append(rtxt(r))
+                        keep[(k, sc)] = (r, a, b)
+                out.append(f"| {h} | {p} | " + " | ".join(cells) + " |")
+                r_m, a, b = keep[("mps", ts)]
+                if r_m is not None:
+                    vs.append(f"**bidistreamd ÷ {p} over TLS**, {h}: msg/s {rtxt(r_m)} "
+                              f"({fmt_num(med(a['mps'])[0])} / {fmt_num(med(b['mps'])[0])}), "
+                              f"p50 {rtxt(keep[('p50', ts)][0])}, p99 {rtxt(keep[('p99', ts)][0])}"
+                              + (" (⚠ client-bound)" if client_bound(a) or client_bound(b) else ""))
+        out.append("")
+    summary = [f"- **bidistreamd TLS ÷ h2c**, {v}" for v in lines.values()] + [f"- {v}" for v in vs]
+    if summary:
+        out.insert(2, "In one line each:\n\n" + "\n".join(summary) + "\n")
     return out
 
 

@@ -19,6 +19,13 @@
 # io_uring echo, no HTTP/2). The overload scenario runs bidistreamd once per
 # backpressure policy (bidistreamd-hard-reject, -queue, -soft-allow,
 # -soft-allow-signal) and each peer once (they have no policy).
+# TLS: tls-pingpong and tls-stream run the pingpong and stream shapes over TLS
+# against every HTTP/2 server (not the raw ceiling), each server started with
+# --tls-cert/--tls-key and one certificate for all: a CA and a server
+# certificate (EC P-256, ECDSA-SHA256, SAN localhost and 127.0.0.1) made here
+# with the openssl command into raw/tls/; bds-bench verifies the server with
+# that CA and offers one TLS 1.3 suite (BDS_BENCH_TLS_SUITES, default
+# TLS_AES_128_GCM_SHA256), so every server runs the same cipher.
 # Server-side cost per message: perf-* scenarios run with `perf stat` attached
 # to the server (apt-get installs linux-perf; "perf unavailable" when
 # perf_event_open is not permitted, and the runs are skipped).
@@ -37,7 +44,8 @@
 #   SERVER_CPUS (default: the last CPU), CLIENT_CPUS (default: the
 #   others), BDS_BENCH_PORT_BASE (27100: below the ephemeral port range, so a
 #   client's own port never takes a server's), BDS_BENCH_BIDISTREAMD_CMD (a
-#   command with {port} and {cpus} placeholders).
+#   command with {port} and {cpus} placeholders; the TLS scenarios append
+#   --tls-cert=F --tls-key=F to every server's command), BDS_BENCH_TLS_SUITES.
 # Load goes to 127.0.0.1 only; every run is bounded in time and stops by itself.
 set -euo pipefail
 
@@ -64,7 +72,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift ;;
     --no-build) build=0 ;;
     --list) list=1 ;;
-    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,49p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -88,6 +96,7 @@ fi
 if [ -n "$reps" ]; then REPS_LAT=$reps; REPS_REST=$reps; fi
 REPS_SAME=$(( REPS_LAT > 5 ? REPS_LAT : 5 ))
 [ -n "$reps" ] && REPS_SAME=$reps
+TLS_SUITES=${BDS_BENCH_TLS_SUITES:-TLS_AES_128_GCM_SHA256}
 TICK_US=50   # open loop: batch sends per 50 µs (a wake-up costs ~10 µs of CPU on these VMs)
 # Overload (scenario 7): the admission capacity of bidistreamd's pipeline is
 # OVL_CAP concurrent executions per stream; each message's work_us = OVL_WORK_US
@@ -226,7 +235,7 @@ fi
 
 # ---- scenarios -----------------------------------------------------------------------------
 # name|bds-bench arguments|who|reps. who: all (every server), noceil (not the
-# raw echo, which ignores work_us), over (the overload set above), same (the
+# raw echo, which ignores work_us), tls (the HTTP/2 servers, over TLS), over (the overload set above), same (the
 # same50 pair), perf (every server, perf stat attached). Rates of the open-loop
 # scenarios are set per run below: sweep-P from each server's own peak (its
 # median msg/s in "stream"), same50 from bidistreamd's, overload-P from
@@ -235,6 +244,8 @@ OPEN="--conns 1 --streams 16 --payload 64 --mode open"
 scenarios=(
   "pingpong|--conns 1 --streams 1 --outstanding 1 --payload 64|all|$REPS_LAT"
   "stream|--conns 1 --streams 16 --outstanding 32 --payload 64|all|$REPS_LAT"
+  "tls-pingpong|--conns 1 --streams 1 --outstanding 1 --payload 64|tls|$REPS_LAT"
+  "tls-stream|--conns 1 --streams 16 --outstanding 32 --payload 64|tls|$REPS_LAT"
   "many|--conns 4 --streams 256 --outstanding 1 --payload 64|all|$REPS_LAT"
   "many10k|--conns 16 --streams 625 --outstanding 1 --payload 64|all|$REPS_LAT"
   "payload4k|--conns 1 --streams 16 --outstanding 8 --payload 4096|all|$REPS_LAT"
@@ -262,7 +273,7 @@ servers_for() { # who
   local s
   case "$1" in
     all) printf '%s\n' "${servers[@]}" ;;
-    noceil) for s in "${servers[@]}"; do [ "$(echo "$s" | cut -d'|' -f2)" = raw ] || echo "$s"; done ;;
+    noceil|tls) for s in "${servers[@]}"; do [ "$(echo "$s" | cut -d'|' -f2)" = raw ] || echo "$s"; done ;;
     over) [ ${#over_servers[@]} -eq 0 ] || printf '%s\n' "${over_servers[@]}" ;;
     same) [ ${#same_servers[@]} -eq 0 ] || printf '%s\n' "${same_servers[@]}" ;;
     perf) [ -z "$PERF_EVENTS" ] || printf '%s\n' "${servers[@]}" ;;
@@ -306,6 +317,31 @@ mkdir -p "$out/raw"
 results="$out/results.jsonl"
 : > "$results"
 
+# ---- TLS material: one CA and one server certificate for every server ----------------------
+want_tls=0
+for sc in "${scenarios[@]}"; do case "$sc" in tls-*) want_tls=1 ;; esac; done
+TLS_DIR="$out/raw/tls"
+TLS_CERT_DESC="none (no TLS scenario in this run)"
+if [ "$want_tls" = 1 ]; then
+  mkdir -p "$TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    openssl ecparam -name prime256v1 -genkey -noout -out ca.key
+    openssl req -x509 -new -key ca.key -sha256 -days 30 -subj "/CN=bds-bench test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.pem
+    openssl ecparam -name prime256v1 -genkey -noout -out server.key
+    openssl req -new -key server.key -subj "/CN=localhost" -out server.csr
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+      "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -sha256 \
+      -extfile server.ext -out server.pem
+    openssl verify -CAfile ca.pem server.pem
+  ) >"$out/raw/tls.log" 2>&1 || { echo "run.sh: making the TLS certificates failed (raw/tls.log)" >&2; exit 1; }
+  TLS_CERT_DESC="EC P-256 (prime256v1) server key, ECDSA-SHA256 certificate signed by a P-256 test CA, SAN DNS:localhost IP:127.0.0.1 (openssl $(openssl version | awk '{print $2}'))"
+fi
+TLS_SERVER_ARGS="--tls-cert=$TLS_DIR/server.pem --tls-key=$TLS_DIR/server.key"
+TLS_CLIENT_ARGS=(--tls --tls-ca "$TLS_DIR/ca.pem" --tls-name localhost --tls-ciphersuites "$TLS_SUITES")
+
 git_rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$root" diff --quiet HEAD -- 2>/dev/null || git_rev="$git_rev+dirty"
 pkgver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo none; }
@@ -327,10 +363,11 @@ cat > "$out/env.json" <<EOF
  "open_loop_tick_us":$TICK_US,
  "overload":{"streams":$OVL_STREAMS,"inbound_capacity":$OVL_CAP,"work_us":$OVL_WORK_US,"nominal_msgs_per_s":$OVL_NOMINAL},
  "perf":"$PERF_NOTE",
+ "tls":{"certificate":"$TLS_CERT_DESC","client_suites":"$TLS_SUITES","verified":"bds-bench verifies the chain with the CA and the name localhost","openssl":"$(openssl version 2>/dev/null)"},
  "loadavg_at_start":"$(cut -d' ' -f1-3 /proc/loadavg)",
  "packages":{"libgrpc++":"$(pkgver libgrpc++1.51)","golang-google-grpc-dev":"$(pkgver golang-google-grpc-dev)",
   "golang-go":"$(pkgver golang-go)","libnghttp2":"$(pkgver libnghttp2-14)","liburing":"$(pkgver liburing2)",
-  "protobuf":"$(pkgver libprotobuf32)"}}
+  "protobuf":"$(pkgver libprotobuf32)","libssl3":"$(pkgver libssl3)"}}
 EOF
 
 # ---- running one measurement -------------------------------------------------------------------
@@ -377,6 +414,15 @@ if /usr/bin/python3 -c 'import grpc' 2>/dev/null; then
       res="did not start"
     fi
     echo "$name: $(echo "$res" | tail -1)" | tee -a "$out/conformance.txt" >&2
+    [ "$want_tls" = 1 ] || continue
+    # The same server over TLS, when TLS scenarios run.
+    if start_server "$name" "$cmd $TLS_SERVER_ARGS" "$port"; then
+      res=$(timeout 30 /usr/bin/python3 "$here/peers/check.py" "$port" --tls "$TLS_DIR/ca.pem" 2>&1) || true
+      stop_server
+    else
+      res="did not start with TLS"
+    fi
+    echo "$name (tls): $(echo "$res" | tail -1)" | tee -a "$out/conformance.txt" >&2
   done
 else
   echo "conformance not checked: Debian's python3-grpcio is missing" | tee -a "$out/conformance.txt" >&2
@@ -428,54 +474,52 @@ print(json.dumps(d, separators=(",", ":")))
 ' "$1" "$2" "$DUR"
 }
 
-for sc in "${scenarios[@]}"; do
-  IFS='|' read -r scen args who nrep <<<"$sc"
-  mapfile -t run_servers < <(servers_for "$who")
-  [ ${#run_servers[@]} -gt 0 ] || continue
-  for rep in $(seq "$nrep"); do
-    for s in "${run_servers[@]}"; do
-      IFS='|' read -r name transport cmd <<<"$s"
-      extra=()
-      case "$scen" in
-        sweep-*|same50)
-          ref=$name; pct=${scen#*-}
-          [ "$scen" = same50 ] && { ref=bidistreamd; pct=50; }
-          [ -n "${peak[$ref]:-}" ] || peak[$ref]=$(median_of_stream "$ref")
-          if [ "${peak[$ref]}" -le 0 ]; then
-            echo "run.sh: no 'stream' result for $ref: $scen skipped" >&2; continue
-          fi
-          extra=(--rate $(( peak[$ref] * pct / 100 )) --tick-us "$TICK_US") ;;
-        overload-*)
-          extra=(--rate $(( OVL_NOMINAL * ${scen#*-} / 100 )) --tick-us "$TICK_US") ;;
-      esac
-      [ "$transport" = raw ] && extra+=(--raw)
-      run_no=$((run_no + 1))
-      port=$((port_base + run_no % 800))
-      start_server "$name" "$cmd" "$port" || continue
-      sleep 0.2  # let it settle (idle RSS is sampled at the client's start)
-      perf_pid=""
-      pf="$out/raw/perf-$run_no.csv"
-      case "$scen" in perf-*) perf_start "$srv_pid" "$pf" ;; esac
-      # shellcheck disable=SC2086
-      line=$(timeout $(( ${DUR%.*} * 3 + 40 )) taskset -c "$CLIENT_CPUS" "$LOADGEN" --port "$port" \
-        $args "${extra[@]}" --duration "$DUR" --warmup "$WARM" --threads "$CLIENT_THREADS" \
-        --cpus "$CLIENT_CPUS" --server-pid "$srv_pid" \
-        --tag "server=$name" --tag "scenario=$scen" --tag "rep=$rep" --tag "profile=$profile" \
-        --tag "git=$git_rev" --tag "server_version=$(server_version "$name")" \
-        --tag "server_cpus=$SERVER_CPUS" 2>>"$out/raw/bds-bench.log") || line=""
-      if [ -n "$perf_pid" ]; then
-        wait "$perf_pid" 2>/dev/null || true
-        [ -n "$line" ] && line=$(perf_merge "$line" "$pf")
+# One measurement: run_one SCENARIO ARGS SERVER-LINE REP.
+run_one() {
+  local scen=$1 args=$2 rep=$4 name transport cmd ref pct pf line el eta
+  IFS='|' read -r name transport cmd <<<"$3"
+  extra=()
+  case "$scen" in
+    sweep-*|same50)
+      ref=$name; pct=${scen#*-}
+      [ "$scen" = same50 ] && { ref=bidistreamd; pct=50; }
+      [ -n "${peak[$ref]:-}" ] || peak[$ref]=$(median_of_stream "$ref")
+      if [ "${peak[$ref]}" -le 0 ]; then
+        echo "run.sh: no 'stream' result for $ref: $scen skipped" >&2; return 0
       fi
-      stop_server
-      if [ -z "$line" ]; then
-        echo "run.sh: [$run_no/$total] $scen $name rep $rep: bds-bench failed (raw/bds-bench.log)" >&2
-        continue
-      fi
-      echo "$line" >> "$results"
-      el=$(( $(date +%s) - t_start ))
-      eta=$(( el * (total - run_no) / run_no ))
-      /usr/bin/python3 -c '
+      extra=(--rate $(( peak[$ref] * pct / 100 )) --tick-us "$TICK_US") ;;
+    overload-*)
+      extra=(--rate $(( OVL_NOMINAL * ${scen#*-} / 100 )) --tick-us "$TICK_US") ;;
+  esac
+  [ "$transport" = raw ] && extra+=(--raw)
+  case "$scen" in tls-*) cmd="$cmd $TLS_SERVER_ARGS"; extra+=("${TLS_CLIENT_ARGS[@]}") ;; esac
+  run_no=$((run_no + 1))
+  port=$((port_base + run_no % 800))
+  start_server "$name" "$cmd" "$port" || return 0
+  sleep 0.2  # let it settle (idle RSS is sampled at the client's start)
+  perf_pid=""
+  pf="$out/raw/perf-$run_no.csv"
+  case "$scen" in perf-*) perf_start "$srv_pid" "$pf" ;; esac
+  # shellcheck disable=SC2086
+  line=$(timeout $(( ${DUR%.*} * 3 + 40 )) taskset -c "$CLIENT_CPUS" "$LOADGEN" --port "$port" \
+    $args "${extra[@]}" --duration "$DUR" --warmup "$WARM" --threads "$CLIENT_THREADS" \
+    --cpus "$CLIENT_CPUS" --server-pid "$srv_pid" \
+    --tag "server=$name" --tag "scenario=$scen" --tag "rep=$rep" --tag "profile=$profile" \
+    --tag "git=$git_rev" --tag "server_version=$(server_version "$name")" \
+    --tag "server_cpus=$SERVER_CPUS" 2>>"$out/raw/bds-bench.log") || line=""
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" 2>/dev/null || true
+    [ -n "$line" ] && line=$(perf_merge "$line" "$pf")
+  fi
+  stop_server
+  if [ -z "$line" ]; then
+    echo "run.sh: [$run_no/$total] $scen $name rep $rep: bds-bench failed (raw/bds-bench.log)" >&2
+    return 0
+  fi
+  echo "$line" >> "$results"
+  el=$(( $(date +%s) - t_start ))
+  eta=$(( el * (total - run_no) / run_no ))
+  /usr/bin/python3 -c '
 import json, sys
 d = json.loads(sys.argv[1]); r = d["result"]; l = r["lat_us"]
 warn = "  CLIENT-BOUND" if r["client_cpu_per_thread"] > 0.9 else ""
@@ -494,6 +538,28 @@ print("[%s/%s] %-13s %-29s rep %s %10.0f msg/s  p50 %8.1f us  p99 %9.1f us  cli 
     sys.argv[2], sys.argv[3], d["tags"]["scenario"], d["tags"]["server"], d["tags"]["rep"], r["msgs_per_s"],
     l["p50"], l["p99"], r["client_cpu"], r["server_cpu"], warn, note, sys.argv[4]))
 ' "$line" "$run_no" "$total" "$eta" >&2
+}
+
+# A scenario and its tls- twin (when both run) alternate run by run: for each
+# rep and server, X then tls-X, so TLS ÷ h2c compares runs seconds apart, not
+# minutes apart (others' work on the machine comes and goes).
+sel_names=" $(for sc in "${scenarios[@]}"; do printf '%s ' "${sc%%|*}"; done)"
+for sc in "${scenarios[@]}"; do
+  IFS='|' read -r scen args who nrep <<<"$sc"
+  case "$scen" in tls-*) case "$sel_names" in *" ${scen#tls-} "*) continue ;; esac ;; esac
+  group=("$sc")
+  for tw in "${scenarios[@]}"; do [ "${tw%%|*}" = "tls-$scen" ] && group+=("$tw"); done
+  mapfile -t run_servers < <(for g in "${group[@]}"; do servers_for "$(echo "$g" | cut -d'|' -f3)"; done |
+                             awk '!seen[$0]++')
+  [ ${#run_servers[@]} -gt 0 ] || continue
+  for rep in $(seq "$nrep"); do
+    for s in "${run_servers[@]}"; do
+      for g in "${group[@]}"; do
+        IFS='|' read -r gscen gargs gwho _ <<<"$g"
+        # (grep without -q: an early exit would SIGPIPE servers_for, and pipefail says no)
+        servers_for "$gwho" | grep -xF -- "$s" >/dev/null || continue
+        run_one "$gscen" "$gargs" "$s" "$rep"
+      done
     done
   done
 done

@@ -1,9 +1,9 @@
 /* bds-bench: the load generator of the latency benchmark suite.
  *
  * Drives bidistream.v1.Pipeline/Process (docs/SERVICE.md) on 127.0.0.1 over h2c
- * (nghttp2 client sessions, prior knowledge), or, in --raw mode, the same
- * gRPC length-prefixed Frames over bare TCP for the ceiling (bench/peers/
- * raw_echo.c). Prints one JSON line per run.
+ * (nghttp2 client sessions, prior knowledge), over TLS with --tls (OpenSSL 3,
+ * ALPN h2), or, in --raw mode, the same gRPC length-prefixed Frames over bare
+ * TCP for the ceiling (bench/peers/raw_echo.c). Prints one JSON line per run.
  *
  * Design. T threads, each with its own io_uring ring, its share of the C
  * connections and their streams, its own histogram and counters: nothing is
@@ -24,6 +24,15 @@
  *           --backlog bytes is skipped; if all are, the schedule falls behind
  *           and the late messages carry their original intended times.
  *
+ * TLS. The handshake is done per connection at setup, before the clock starts,
+ * on the blocking socket; then the session's BIOs become a pair of memory BIOs
+ * and the I/O model stays the same: the ring's recv bytes go into the read BIO,
+ * SSL_read hands the plaintext to nghttp2; everything nghttp2 produced in one
+ * loop turn is encrypted with one SSL_write (full-size records, not one record
+ * per frame) and the write BIO's bytes leave in the connection's one send. The
+ * same client code runs against every server, so its cost is the same for all;
+ * --tls-ciphersuites pins the suite, so every server runs the same cipher.
+ *
  * Time line (shared by all threads): connect, t0 = start, warm-up until
  * t0+warmup, measurement until t_end = t0+warmup+duration (replies received in
  * the window count for msg/s; replies of messages intended in the window go
@@ -38,10 +47,14 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <liburing.h>
 #include <nghttp2/nghttp2.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -92,13 +105,17 @@ static struct {
     size_t backlog;
     bool progress;
     bool reopen;
+    bool tls;
+    const char *tls_ca;           /* verify the server against this CA (PEM); NULL: no verification */
+    const char *tls_name;         /* SNI and the name verified in the certificate */
+    const char *tls_ciphersuites; /* TLS 1.3 suites offered (OpenSSL syntax); NULL: OpenSSL's default */
     const char *out;
     const char *tags[MAX_TAGS];
     int ntags;
 } opt = {
     .port = 50051, .mode = MODE_CLOSED, .conns = 1, .streams = 1, .outstanding = 1,
     .payload = 64, .keys = 1, .duration_s = 5, .warmup_s = 1, .drain_s = 2, .threads = 1,
-    .backlog = 1u << 20,
+    .backlog = 1u << 20, .tls_name = "localhost",
 };
 
 static void usage(void)
@@ -107,6 +124,12 @@ static void usage(void)
         "usage: bds-bench [options]\n"
         "  --port N            server port on 127.0.0.1 (50051)\n"
         "  --raw               5-byte-prefixed Frames over bare TCP (the ceiling), no HTTP/2\n"
+        "  --tls               HTTP/2 over TLS (1.2+, ALPN h2; the handshake is done before the clock)\n"
+        "  --tls-ca FILE       verify the server's certificate with this CA (PEM); without it the\n"
+        "                      certificate is not verified (the JSON line says which)\n"
+        "  --tls-name NAME     SNI and the name checked in the certificate (localhost)\n"
+        "  --tls-ciphersuites L TLS 1.3 cipher suites offered, OpenSSL syntax (e.g.\n"
+        "                      TLS_AES_128_GCM_SHA256: the same cipher for every server)\n"
         "  --mode closed|open  closed loop (default) or open loop at --rate\n"
         "  --conns C           connections (1)\n"
         "  --streams S         streams per connection (1)\n"
@@ -156,7 +179,8 @@ static void parse_opts(int argc, char **argv)
         { "drain", 1, 0, 'D' }, { "threads", 1, 0, 't' }, { "cpus", 1, 0, 'C' },
         { "spin-us", 1, 0, 'S' }, { "backlog", 1, 0, 'B' }, { "server-pid", 1, 0, 'P' },
         { "tick-us", 1, 0, 'K' }, { "tag", 1, 0, 'T' }, { "out", 1, 0, 'o' }, { "progress", 0, 0, 'g' },
-        { "reopen", 0, 0, 'O' },
+        { "reopen", 0, 0, 'O' }, { "tls", 0, 0, 'L' }, { "tls-ca", 1, 0, 'A' },
+        { "tls-name", 1, 0, 'N' }, { "tls-ciphersuites", 1, 0, 'Y' },
         { "help", 0, 0, 'h' }, { 0, 0, 0, 0 },
     };
     int c;
@@ -200,12 +224,17 @@ static void parse_opts(int argc, char **argv)
         case 'o': opt.out = optarg; break;
         case 'g': opt.progress = true; break;
         case 'O': opt.reopen = true; break;
+        case 'L': opt.tls = true; break;
+        case 'A': opt.tls_ca = optarg; break;
+        case 'N': opt.tls_name = optarg; break;
+        case 'Y': opt.tls_ciphersuites = optarg; break;
         default: usage();
         }
     }
     if (optind != argc || opt.conns < 1 || opt.streams < 1 || opt.outstanding < 1 ||
         opt.threads < 1 || opt.keys < 1 || opt.payload < 8 || opt.payload > (4u << 20) - 64 ||
-        opt.duration_s <= 0 || (opt.mode == MODE_OPEN && opt.rate == 0))
+        opt.duration_s <= 0 || (opt.mode == MODE_OPEN && opt.rate == 0) || (opt.tls && opt.raw) ||
+        (!opt.tls && (opt.tls_ca || opt.tls_ciphersuites)))
         usage();
     if (opt.threads > opt.conns)
         opt.threads = opt.conns; /* a thread owns whole connections */
@@ -284,6 +313,9 @@ struct conn {
     struct thr *t;
     int fd;
     nghttp2_session *h2;  /* NULL in raw mode */
+    SSL *ssl;             /* --tls: the session, between memory BIOs; NULL otherwise */
+    BIO *rbio, *wbio;     /* --tls: ciphertext in (from recv) and out (to send); owned by ssl */
+    struct buf ptx;       /* --tls: plaintext from nghttp2 to encrypt in one SSL_write */
     struct stream *streams;
     int nstreams;
     uint8_t *rbuf;        /* the recv in flight lands here */
@@ -310,6 +342,7 @@ struct thr {
     uint8_t *msg;         /* scratch: one encoded message */
     size_t msg_cap;
     uint8_t *payload;     /* the payload template */
+    uint8_t *ptx_in;      /* --tls: decrypted bytes of one SSL_read, fed to nghttp2 at once */
     bds_hist hist;
     /* counters (this thread only; read by main after join, progress reads relaxed) */
     _Atomic uint64_t sent, recv;
@@ -322,6 +355,8 @@ struct thr {
 };
 
 static struct thr *g_thr;
+static SSL_CTX *g_ssl_ctx;
+static char g_tls_version[32], g_tls_cipher[64]; /* negotiated, as thread 0's first connection saw it */
 static _Atomic int g_ready;
 static _Atomic uint64_t g_t0; /* 0 until the main thread starts the clock */
 
@@ -520,7 +555,9 @@ static void stream_open(struct stream *s)
         return;
     }
     nghttp2_nv hdrs[] = {
-        NV(":method", "POST"), NV(":scheme", "http"), NV(":path", GRPC_PATH),
+        NV(":method", "POST"), NV(":path", GRPC_PATH),
+        { (uint8_t *)":scheme", (uint8_t *)(c->ssl ? "https" : "http"), 7, c->ssl ? 5 : 4,
+          NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE },
         { (uint8_t *)":authority", (uint8_t *)c->t->authority, 10, strlen(c->t->authority),
           NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE },
         NV("content-type", "application/grpc"), NV("te", "trailers"),
@@ -579,6 +616,135 @@ static void conn_fail(struct conn *c)
     }
 }
 
+static void conn_on_recv(struct conn *c, int res, uint64_t now);
+
+/* ==== TLS ==================================================================================== */
+
+static void tls_die(const char *what)
+{
+    char e[256] = "no OpenSSL error";
+    unsigned long code = ERR_get_error();
+    if (code)
+        ERR_error_string_n(code, e, sizeof e);
+    die("%s: %s", what, e);
+}
+
+static void tls_ctx_init(void)
+{
+    g_ssl_ctx = SSL_CTX_new(TLS_client_method());
+    if (!g_ssl_ctx)
+        tls_die("SSL_CTX_new");
+    SSL_CTX_set_min_proto_version(g_ssl_ctx, TLS1_2_VERSION);
+    static const unsigned char alpn[] = "\x02h2";
+    if (SSL_CTX_set_alpn_protos(g_ssl_ctx, alpn, sizeof alpn - 1)) /* 0 is success here */
+        tls_die("SSL_CTX_set_alpn_protos");
+    if (opt.tls_ciphersuites && !SSL_CTX_set_ciphersuites(g_ssl_ctx, opt.tls_ciphersuites))
+        tls_die("SSL_CTX_set_ciphersuites");
+    if (opt.tls_ca) {
+        if (!SSL_CTX_load_verify_locations(g_ssl_ctx, opt.tls_ca, NULL))
+            tls_die(opt.tls_ca);
+        SSL_CTX_set_verify(g_ssl_ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(g_ssl_ctx, SSL_VERIFY_NONE, NULL);
+    }
+}
+
+/* Handshake on the blocking socket (setup time, before the clock starts), then
+ * memory BIOs for the rest of the connection's life. */
+static void tls_connect(struct conn *c)
+{
+    SSL *ssl = SSL_new(g_ssl_ctx);
+    if (!ssl || !SSL_set_fd(ssl, c->fd))
+        tls_die("SSL_new");
+    SSL_set_tlsext_host_name(ssl, opt.tls_name);
+    if (opt.tls_ca && !SSL_set1_host(ssl, opt.tls_name))
+        tls_die("SSL_set1_host");
+    if (SSL_connect(ssl) != 1) {
+        long v = SSL_get_verify_result(ssl);
+        if (v != X509_V_OK)
+            die("TLS handshake: certificate not verified: %s", X509_verify_cert_error_string(v));
+        tls_die("TLS handshake");
+    }
+    const unsigned char *proto;
+    unsigned plen;
+    SSL_get0_alpn_selected(ssl, &proto, &plen);
+    if (plen != 2 || memcmp(proto, "h2", 2))
+        die("TLS: the server did not select ALPN h2");
+    if (c->t->id == 0 && c == &c->t->conns[0]) {
+        snprintf(g_tls_version, sizeof g_tls_version, "%s", SSL_get_version(ssl));
+        snprintf(g_tls_cipher, sizeof g_tls_cipher, "%s", SSL_get_cipher_name(ssl));
+    }
+    /* The socket BIO is unbuffered and read_ahead is off, so no ciphertext is
+     * left behind in it: what the server sends next (TLS 1.3 session tickets
+     * included) arrives through the ring. SSL_set_bio frees the socket BIO
+     * (BIO_NOCLOSE: the fd stays open). */
+    c->rbio = BIO_new(BIO_s_mem());
+    c->wbio = BIO_new(BIO_s_mem());
+    if (!c->rbio || !c->wbio)
+        tls_die("BIO_new");
+    BIO_set_mem_eof_return(c->rbio, -1); /* empty = "retry", not EOF */
+    SSL_set_bio(ssl, c->rbio, c->wbio);
+    c->ssl = ssl;
+}
+
+/* Encrypts the plaintext nghttp2 produced this turn in one SSL_write (records
+ * of up to 16 KiB) and moves the ciphertext to out. A memory BIO never
+ * refuses a write, so SSL_write takes everything. */
+static bool tls_encrypt(struct conn *c)
+{
+    if (c->ptx.len) {
+        if (c->ptx.len > INT_MAX)
+            die("TLS: %zu bytes to encrypt at once", c->ptx.len);
+        int n = SSL_write(c->ssl, c->ptx.p, (int)c->ptx.len);
+        if (n <= 0 || (size_t)n != c->ptx.len) {
+            fprintf(stderr, "bds-bench: SSL_write: error %d\n", SSL_get_error(c->ssl, n));
+            return false;
+        }
+        c->ptx.len = 0;
+    }
+    size_t pend = BIO_ctrl_pending(c->wbio); /* also alerts and key updates SSL_read queued */
+    if (pend) {
+        buf_reserve(&c->out, pend);
+        int n = BIO_read(c->wbio, c->out.p + c->out.len, (int)pend);
+        if (n > 0)
+            c->out.len += (size_t)n;
+    }
+    return true;
+}
+
+/* Decrypts what the recv brought and feeds it to nghttp2. Returns false when
+ * the connection is over (close_notify or an error); the caller re-arms
+ * nothing then. */
+static bool tls_decrypt(struct conn *c, size_t n)
+{
+    if (BIO_write(c->rbio, c->rbuf, (int)n) != (int)n)
+        tls_die("BIO_write");
+    for (;;) {
+        int r = SSL_read(c->ssl, c->t->ptx_in, (int)RECV_BUF);
+        if (r > 0) {
+            ssize_t h = nghttp2_session_mem_recv(c->h2, c->t->ptx_in, (size_t)r);
+            if (h < 0) {
+                fprintf(stderr, "bds-bench: nghttp2_session_mem_recv: %s\n", nghttp2_strerror((int)h));
+                conn_fail(c);
+                return false;
+            }
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ)
+            return true;
+        if (e == SSL_ERROR_ZERO_RETURN) { /* close_notify: as EOF */
+            conn_on_recv(c, 0, 0);
+            return false;
+        }
+        char es[256] = "";
+        ERR_error_string_n(ERR_get_error(), es, sizeof es);
+        fprintf(stderr, "bds-bench: SSL_read: error %d %s\n", e, es);
+        conn_fail(c);
+        return false;
+    }
+}
+
 /* Moves what nghttp2 wants to write into out, and starts a send if idle. */
 static void conn_flush(struct conn *c)
 {
@@ -596,8 +762,12 @@ static void conn_flush(struct conn *c)
             }
             if (n == 0)
                 break;
-            buf_append(&c->out, d, (size_t)n);
+            buf_append(c->ssl ? &c->ptx : &c->out, d, (size_t)n);
         }
+    }
+    if (c->ssl && !tls_encrypt(c)) {
+        conn_fail(c);
+        return;
     }
     if (!c->sending && c->out.len) {
         struct buf tmp = c->snd;
@@ -620,7 +790,10 @@ static void conn_on_recv(struct conn *c, int res, uint64_t now)
         c->dead = true;
         return;
     }
-    if (c->h2) {
+    if (c->ssl) {
+        if (!tls_decrypt(c, (size_t)res))
+            return;
+    } else if (c->h2) {
         ssize_t r = nghttp2_session_mem_recv(c->h2, c->rbuf, (size_t)res);
         if (r < 0) {
             fprintf(stderr, "bds-bench: nghttp2_session_mem_recv: %s\n", nghttp2_strerror((int)r));
@@ -677,6 +850,8 @@ static void thr_setup(struct thr *t, int nconns)
     bds_hist_init(&t->hist);
     snprintf(t->authority, sizeof t->authority, "127.0.0.1:%d", opt.port);
     t->payload = malloc(opt.payload);
+    if (opt.tls)
+        t->ptx_in = malloc(RECV_BUF);
     for (size_t i = 0; i < opt.payload; i++)
         t->payload[i] = (uint8_t)(i * 131u + 7u);
     struct io_uring_params p = { 0 };
@@ -699,6 +874,8 @@ static void thr_setup(struct thr *t, int nconns)
         struct conn *c = &t->conns[i];
         c->t = t;
         c->fd = connect_to(opt.port);
+        if (opt.tls)
+            tls_connect(c);
         c->rbuf = malloc(RECV_BUF);
         int ns = opt.raw ? 1 : opt.streams;
         c->nstreams = ns;
@@ -955,6 +1132,8 @@ static void *thr_main(void *arg)
     }
     for (int i = 0; i < t->nconns; i++)
         close(t->conns[i].fd); /* pending ops complete with errors; the ring goes next */
+    for (int i = 0; i < t->nconns; i++)
+        SSL_free(t->conns[i].ssl); /* NULL without --tls; frees the memory BIOs */
     io_uring_queue_exit(&t->ring);
     return NULL;
 }
@@ -1056,6 +1235,8 @@ int main(int argc, char **argv)
     parse_opts(argc, argv);
     signal(SIGPIPE, SIG_IGN);
     h2_callbacks_init();
+    if (opt.tls)
+        tls_ctx_init();
     long rss_idle = server_rss_kib("VmRSS:");
 
     g_thr = calloc((size_t)opt.threads, sizeof *g_thr);
@@ -1158,12 +1339,22 @@ int main(int argc, char **argv)
     fprintf(f, "},\"config\":{\"transport\":\"%s\",\"mode\":\"%s\",\"conns\":%d,\"streams\":%d,"
                "\"outstanding\":%d,\"rate\":%llu,\"payload\":%zu,\"keys\":%u,\"work_us\":%u,"
                "\"duration_s\":%g,\"warmup_s\":%g,\"threads\":%d,\"spin_us\":%ld,\"tick_us\":%ld,\"cpus\":\"",
-            opt.raw ? "raw" : "h2c", opt.mode == MODE_OPEN ? "open" : "closed", opt.conns,
+            opt.raw ? "raw" : opt.tls ? "tls" : "h2c", opt.mode == MODE_OPEN ? "open" : "closed", opt.conns,
             opt.streams, opt.outstanding, (unsigned long long)opt.rate, opt.payload, opt.keys,
             opt.work_us, opt.duration_s, opt.warmup_s, opt.threads, opt.spin_us, opt.tick_us);
     for (int i = 0; i < opt.ncpus; i++)
         fprintf(f, "%s%d", i ? "," : "", opt.cpus[i]);
-    fprintf(f, "\"},\"env\":{\"kernel\":");
+    fputc('"', f);
+    if (opt.tls) {
+        fprintf(f, ",\"tls\":{\"version\":");
+        json_str(f, g_tls_version);
+        fprintf(f, ",\"cipher\":");
+        json_str(f, g_tls_cipher);
+        fprintf(f, ",\"verified\":%s,\"openssl\":", opt.tls_ca ? "true" : "false");
+        json_str(f, OpenSSL_version(OPENSSL_VERSION));
+        fputc('}', f);
+    }
+    fprintf(f, "},\"env\":{\"kernel\":");
     char kern[600];
     snprintf(kern, sizeof kern, "%s %s", un.sysname, un.release);
     json_str(f, kern);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the benchmark peers into build/bench-peers/ (not committed):
-#   peer-grpc-cpp   gRPC C++ (Debian libgrpc++ 1.51): --api=callback|async
-#   peer-grpc-go    grpc-go (Debian golang-google-grpc-dev 1.33), GOPATH mode
+#   peer-grpc-cpp   gRPC C++ (Debian libgrpc++ 1.51): --api=callback|async [--tls-cert=F --tls-key=F]
+#   peer-grpc-go    grpc-go (Debian golang-google-grpc-dev 1.33), GOPATH mode [--tls-cert=F --tls-key=F]
 #   raw-echo        the ceiling: io_uring echo of 5-byte-prefixed frames
 # Debian packages only, nothing fetched from anywhere else: Go builds with
 # GO111MODULE=off against /usr/share/gocode, GOPROXY=off, GOFLAGS unset.

@@ -1,7 +1,10 @@
 #!/usr/bin/python3
 """Conformance smoke check of one peer against docs/SERVICE.md, with Debian's python3-grpcio.
 
-usage: /usr/bin/python3 check.py PORT (Debian python: pyenv shims lack grpcio)   (the peer listens on 127.0.0.1:PORT)
+usage: /usr/bin/python3 check.py PORT [--tls CA.pem]   (the peer listens on 127.0.0.1:PORT)
+(Debian's python: pyenv shims lack grpcio.) With --tls the channel is TLS,
+verified with that CA, the certificate's name being "localhost" (bench/run.sh
+makes the CA and the certificate).
 
 Checks: echo of key/seq/payload; same-key replies in arrival order under work_us
 while other keys run in parallel (total time well under the serial sum);
@@ -24,7 +27,15 @@ sys.path.insert(0, gen)
 import pipeline_pb2 as pb  # noqa: E402
 
 port = int(sys.argv[1])
-ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+if len(sys.argv) == 4 and sys.argv[2] == "--tls":
+    with open(sys.argv[3], "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    ch = grpc.secure_channel(f"127.0.0.1:{port}", creds,
+                             options=[("grpc.ssl_target_name_override", "localhost")])
+elif len(sys.argv) == 2:
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+else:
+    sys.exit(__doc__)
 grpc.channel_ready_future(ch).result(timeout=5)
 process = ch.stream_stream("/bidistream.v1.Pipeline/Process",
                            request_serializer=pb.Frame.SerializeToString,
@@ -71,4 +82,4 @@ except grpc.RpcError:
 if call.code() != grpc.StatusCode.INTERNAL or not call.details():
     fail(f"fail: status {call.code()} details {call.details()!r}")
 
-print(f"check: OK (work test {dt * 1000:.0f} ms)")
+print(f"check: OK{' over TLS' if len(sys.argv) == 4 else ''} (work test {dt * 1000:.0f} ms)")

@@ -33,6 +33,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <fstream>
+#include <sstream>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -504,8 +506,22 @@ void AsyncCall::Pump() {
 
 // ==== main =========================================================================
 void Usage(const char* argv0) {
-  std::fprintf(stderr, "usage: %s [--api=callback|async] [--port=N] [--threads=N] [--no-buffer-hint]\n", argv0);
+  std::fprintf(stderr,
+               "usage: %s [--api=callback|async] [--port=N] [--threads=N] [--no-buffer-hint]\n"
+               "          [--tls-cert=PEM --tls-key=PEM]   (TLS instead of h2c)\n",
+               argv0);
   std::exit(2);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) {
+    std::fprintf(stderr, "peer-grpc-cpp: cannot read %s\n", path.c_str());
+    std::exit(1);
+  }
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
 }
 
 }  // namespace
@@ -513,15 +529,19 @@ void Usage(const char* argv0) {
 int main(int argc, char** argv) {
   std::string api = "callback";
   int port = 50051, threads = 1;
+  std::string tls_cert, tls_key;
   for (int i = 1; i < argc; i++) {
     const char* a = argv[i];
     if (!std::strncmp(a, "--api=", 6)) api = a + 6;
     else if (!std::strncmp(a, "--port=", 7)) port = std::atoi(a + 7);
     else if (!std::strncmp(a, "--threads=", 10)) threads = std::atoi(a + 10);
     else if (!std::strcmp(a, "--no-buffer-hint")) g_buffer_hint = false;
+    else if (!std::strncmp(a, "--tls-cert=", 11)) tls_cert = a + 11;
+    else if (!std::strncmp(a, "--tls-key=", 10)) tls_key = a + 10;
     else Usage(argv[0]);
   }
-  if ((api != "callback" && api != "async") || port <= 0 || threads <= 0) Usage(argv[0]);
+  if ((api != "callback" && api != "async") || port <= 0 || threads <= 0 || tls_cert.empty() != tls_key.empty())
+    Usage(argv[0]);
 
   // Block SIGTERM/SIGINT in every thread gRPC will start; one thread waits.
   sigset_t set;
@@ -534,7 +554,15 @@ int main(int argc, char** argv) {
   g_timers = &timers;
 
   grpc::ServerBuilder b;
-  b.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials());
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!tls_cert.empty()) {
+    // gRPC C++'s own TLS stack (Debian's libgrpc: OpenSSL 3); it negotiates
+    // ALPN h2 itself. No client certificate requested.
+    grpc::SslServerCredentialsOptions so;
+    so.pem_key_cert_pairs.push_back({ReadFile(tls_key), ReadFile(tls_cert)});
+    creds = grpc::SslServerCredentials(so);
+  }
+  b.AddListeningPort("127.0.0.1:" + std::to_string(port), creds);
   grpc::ResourceQuota quota("peer");
   quota.SetMaxThreads(threads + 1);  // best effort for the callback API; taskset pins
   b.SetResourceQuota(quota);
@@ -555,8 +583,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "peer-grpc-cpp: cannot listen on 127.0.0.1:%d\n", port);
     return 1;
   }
-  std::fprintf(stderr, "peer-grpc-cpp listening on 127.0.0.1:%d api=%s threads=%d grpc=%s\n", port,
-               api.c_str(), threads, grpc::Version().c_str());
+  std::fprintf(stderr, "peer-grpc-cpp listening on 127.0.0.1:%d (%s) api=%s threads=%d grpc=%s\n", port,
+               tls_cert.empty() ? "h2c" : "tls", api.c_str(), threads, grpc::Version().c_str());
 
   std::vector<std::thread> ths;
   for (auto& cq : cqs) {

@@ -34,6 +34,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -188,18 +189,32 @@ func (server) Process(srv pb.Pipeline_ProcessServer) error {
 func main() {
 	port := flag.Int("port", 50051, "TCP port on 127.0.0.1")
 	procs := flag.Int("procs", 1, "GOMAXPROCS (pin the process with taskset to match)")
+	tlsCert := flag.String("tls-cert", "", "serve TLS with this PEM certificate chain (h2c without it)")
+	tlsKey := flag.String("tls-key", "", "the PEM private key of --tls-cert")
 	flag.Parse()
 	runtime.GOMAXPROCS(*procs)
 	lis, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
 	if err != nil {
 		log.Fatalf("listen: %v", err)
 	}
-	s := grpc.NewServer()
+	var opts []grpc.ServerOption
+	transport := "h2c"
+	if *tlsCert != "" || *tlsKey != "" {
+		// grpc-go's own TLS (crypto/tls): TLS 1.2+ and ALPN h2 are what it
+		// configures by itself.
+		creds, err := credentials.NewServerTLSFromFile(*tlsCert, *tlsKey)
+		if err != nil {
+			log.Fatalf("tls: %v", err)
+		}
+		opts = append(opts, grpc.Creds(creds))
+		transport = "tls"
+	}
+	s := grpc.NewServer(opts...)
 	pb.RegisterPipelineServer(s, server{})
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	go func() { <-sig; s.Stop() }()
-	fmt.Fprintf(os.Stderr, "peer-grpc-go listening on 127.0.0.1:%d GOMAXPROCS=%d\n", *port, *procs)
+	fmt.Fprintf(os.Stderr, "peer-grpc-go listening on 127.0.0.1:%d (%s) GOMAXPROCS=%d\n", *port, transport, *procs)
 	if err := s.Serve(lis); err != nil {
 		log.Fatalf("serve: %v", err)
 	}
