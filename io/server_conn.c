@@ -56,7 +56,16 @@ void bds__srv_shard_flush_dirty(srv_shard *sh) {
 void bds__srv_shard_flusher(bds_flusher *f) { bds__srv_shard_flush_dirty(BDS_CONTAINER_OF(f, srv_shard, flusher)); }
 
 
+static void conn_flush(srv_conn *sc);
+
 void bds__srv_conn_flush(srv_conn *sc) {
+    conn_flush(sc);
+    /* What this connection's HTTP/2 session counted since the last flush
+     * (its input came before, its timers' output too) joins its shard's. */
+    if (sc->sh->srv->metrics_on) bds__srv_conn_stats_fold(sc);
+}
+
+static void conn_flush(srv_conn *sc) {
     if (!sc->c || sc->closing) return;
     /* Only calls with replies waiting: a flush costs nothing per idle stream. */
     bds__dlist *it, *nx;
@@ -85,9 +94,8 @@ void bds__srv_conn_flush(srv_conn *sc) {
              * the output buffer, which the bytes just written made. */
             if (len && bds__h2_want_write(sc->h2)) continue;
             if (!sc->h2_failed)
-                bds__log(&sc->sh->srv->log, BDS_LOG_WARN,
-                         "closing a connection: HTTP/2 output failed (nghttp2 error %d)",
-                         bds__h2_get_stats(sc->h2)->nghttp2_fatal);
+                bds__log(&sc->sh->srv->log, BDS_LOG_WARN, "closing a connection: HTTP/2 output failed",
+                         "peer=%s nghttp2_error=%d", sc->peer, bds__h2_get_stats(sc->h2)->nghttp2_fatal);
             bds__conn_close_after_flush(sc->c);
             sc->closing = true;
             return;
@@ -104,8 +112,8 @@ void bds__srv_conn_flush(srv_conn *sc) {
         }
         if (bds__log_on(&sc->sh->srv->log, BDS_LOG_DEBUG)) {
             const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
-            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG,
-                     "connection done (calmed %d, fatal %d, glitches %lu, started %lu, reset %lu)", hs->calmed,
+            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "connection done",
+                     "peer=%s calmed=%d nghttp2_error=%d glitches=%lu streams=%lu resets=%lu", sc->peer, hs->calmed,
                      hs->nghttp2_fatal, (unsigned long)hs->glitches, (unsigned long)hs->calls_started,
                      (unsigned long)hs->calls_reset);
         }
@@ -126,8 +134,8 @@ static void conn_on_data(bds_conn *c, const uint8_t *bytes, size_t len, void *ct
         if (bds__log_on(&sc->sh->srv->log, BDS_LOG_WARN)) {
             const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
             bds__log(&sc->sh->srv->log, BDS_LOG_WARN,
-                     "closing a connection: HTTP/2 %s (nghttp2 error %d, %lu glitches)",
-                     hs->calmed ? "flood limit" : "fatal error", hs->nghttp2_fatal, (unsigned long)hs->glitches);
+                     hs->calmed ? "closing a connection: HTTP/2 flood limit" : "closing a connection: HTTP/2 fatal error",
+                     "peer=%s nghttp2_error=%d glitches=%lu", sc->peer, hs->nghttp2_fatal, (unsigned long)hs->glitches);
         }
         /* Stop reading; the flush sends what is buffered and the session's
          * GOAWAY and closes (on a full socket: the rest after on_drain). */
@@ -149,7 +157,8 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
     (void)c;
     srv_conn *sc = ctx;
     bool expected = !err || err == ECONNRESET || err == EPIPE;
-    bds__log(&sc->sh->srv->log, expected ? BDS_LOG_DEBUG : BDS_LOG_WARN, "connection closed: %s", strerror(err));
+    bds__log(&sc->sh->srv->log, expected ? BDS_LOG_DEBUG : BDS_LOG_WARN, "connection closed", "peer=%s error=\"%s\"",
+             sc->peer, strerror(err));
     srv_shard *sh = sc->sh;
     bds__pipeline_set_current(bds__shard_pipeline_get(sh->pipe));
     bds__timer_cancel(bds__shard_timers(sh->shard), &sc->timer);
@@ -167,8 +176,9 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
         bds__dlist_unlink(l);
     }
     sc->n_lingering = 0;
+    if (sh->srv->metrics_on) bds__srv_conn_stats_fold(sc);
     bds__h2_destroy(sc->h2);
-    atomic_fetch_sub_explicit(&shard_ctr(sh)->connections_live, 1, memory_order_relaxed);
+    ctr_sub(&shard_ctr(sh)->connections_live, 1);
     sc->acct->conn = NULL;
     bds__srv_acct_unref(sc->acct);
     bds__dlist_unlink(&sc->shard_link);
@@ -186,7 +196,8 @@ static uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UI
 /* Closes a connection a timer gave up on. Handshake timeouts are what port
  * scanners cause: those log only at debug level. */
 static void conn_timeout(srv_conn *sc, const char *why, uint64_t after_ns, int level) {
-    bds__log(&sc->sh->srv->log, level, "closing a connection: %s (%.3f s)", why, (double)after_ns / 1e9);
+    bds__log(&sc->sh->srv->log, level, "closing a connection", "peer=%s reason=\"%s\" after_s=%.3f", sc->peer, why,
+             (double)after_ns / 1e9);
     sc->closing = true;
     bds__conn_close(sc->c, ETIMEDOUT);
 }
@@ -251,7 +262,7 @@ static void conn_timer_fired(bds_timer *t, void *ctx) {
             /* The connection closes once this GOAWAY is out and the streams
              * opened since the notice are over (bds__h2_is_done). */
             sc->idle_goaway = true;
-            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "idle connection: GOAWAY");
+            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "idle connection: GOAWAY", "peer=%s", sc->peer);
             bds__h2_goaway(sc->h2, BDS_H2_NO_ERROR);
             bds__srv_conn_kick(sc);
         } else if (due < next) {

@@ -180,6 +180,11 @@ void bds__prom_f64(bds__prom *p, const char *name, const bds__prom_label *labels
     puts_(p, "\n");
 }
 
+void bds__prom_seconds(bds__prom *p, const char *name, const bds__prom_label *labels, size_t nl, uint64_t ns) {
+    put_series(p, name, NULL, labels, nl, NULL);
+    putf(p, "%llu.%09llu\n", (unsigned long long)(ns / 1000000000u), (unsigned long long)(ns % 1000000000u));
+}
+
 void bds__prom_histogram(bds__prom *p, const char *name, const bds__prom_label *labels, size_t nl,
                          const bds__prom_bounds *b, const uint64_t *counts, uint64_t sum) {
     uint64_t cum = 0;

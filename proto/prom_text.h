@@ -62,6 +62,8 @@ void bds__prom_family(bds__prom *p, const char *name, const char *type, const ch
 /* One sample line: name{labels} value. nl may be 0 (no braces). */
 void bds__prom_u64(bds__prom *p, const char *name, const bds__prom_label *labels, size_t nl, uint64_t v);
 void bds__prom_f64(bds__prom *p, const char *name, const bds__prom_label *labels, size_t nl, double v);
+/* A time in ns as exact seconds ("12.000345678"). */
+void bds__prom_seconds(bds__prom *p, const char *name, const bds__prom_label *labels, size_t nl, uint64_t ns);
 /* A histogram's lines for one label set: counts[0..b->n] are the
  * observations per bucket (not cumulative; counts[b->n] is above every
  * bound), sum their total in the counted unit. Writes name_bucket{...,le}

@@ -23,12 +23,14 @@ Test(prom_text, family_and_samples) {
     bds__prom_u64(&p, "x_total", l, 2, 42);
     bds__prom_u64(&p, "x_total", NULL, 0, 18446744073709551615ull);
     bds__prom_f64(&p, "y", l, 1, 0.25);
+    bds__prom_seconds(&p, "z", NULL, 0, 12000345678ull);
     char *s = take(&p);
     cr_assert_str_eq(s, "# HELP x_total Things done.\n"
                         "# TYPE x_total counter\n"
                         "x_total{grpc_method=\"a.B/C\",kind=\"k\"} 42\n"
                         "x_total 18446744073709551615\n"
-                        "y{grpc_method=\"a.B/C\"} 0.25\n");
+                        "y{grpc_method=\"a.B/C\"} 0.25\n"
+                        "z 12.000345678\n");
     free(s);
 }
 
