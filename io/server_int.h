@@ -79,7 +79,7 @@ typedef struct srv_call_hist {
     srv_hist_size sent, rcvd;
 } srv_call_hist;
 typedef struct srv_method_hist {
-    srv_hist_lat msg_latency; /* a message's admission to its call's end (bds__home_on_done) */
+    srv_hist_lat msg_latency; /* from the tick that admitted a message to its call's end (bds__home_on_done) */
     /* Made by the shard at the first call that ends with that status
      * (release), read by the scrape (acquire); freed with the server. */
     _Atomic(srv_call_hist *) by_status[SRV_GRPC_CODES];
@@ -199,7 +199,7 @@ typedef struct srv_msg {
     void *on_free_ctx;
     const uint8_t *key;
     uint32_t key_len;
-    uint64_t admit_ns;        /* an inbound message's admission, for its latency (with metrics) */
+    uint64_t admit_ns;        /* an inbound message's admission (its tick's clock), for its latency (with metrics) */
     uint8_t prefix[5];        /* room for the gRPC prefix, right before data (bds__h2_send_framed) */
     uint8_t data[];
 } srv_msg;

@@ -270,8 +270,8 @@ static void render_methods(bds__prom *p, const bds_server *srv) {
                       offsetof(srv_method_counters, core.calls_live));
 
     bds__prom_family(p, "bidistream_message_latency_seconds", "histogram",
-                     "Per message: from its admission to the end of its handler call (done, replies queued), on its "
-                     "stream's shard.");
+                     "Per message: from the loop turn that admitted it (read it, or took it off the parked list) to "
+                     "the end of its handler call (done, replies queued), on its stream's shard.");
     for (uint32_t mi = 0; mi < srv->n_methods; mi++) {
         uint64_t counts[SRV_LAT_BUCKETS] = {0}, sum = 0;
         for (uint32_t sh = 0; sh < srv->n_shards; sh++) lat_sum(&mh_at(srv, sh, mi)->msg_latency, counts, &sum);

@@ -921,8 +921,9 @@ static const bds_session_ops srv_ops = {
 static bool call_admit(srv_call *call, srv_msg *m) {
     uint32_t wire = m->wire;
     /* Before the receive: a call may be done before it returns (a FIFO
-     * method's handler runs in it). Only with metrics: a clock read each. */
-    m->admit_ns = call->home->srv->metrics_on ? bds__clock_ns() : 0;
+     * method's handler runs in it). The tick's clock (when the shard woke to
+     * read it, or to unpark it): no clock read here; its end reads one. */
+    m->admit_ns = call->home->srv->metrics_on ? bds__shard_now(call->home->shard) : 0;
     bds_status st = bds_session_receive(call->session, m, m->len, m->key, m->key_len, 0);
     if (st != BDS_OK) {
         bds__srv_msg_unhold(m, SRV_MSG_IN);
