@@ -243,6 +243,14 @@ void bds__mpsc_woken(bds_mpsc *q) {
 
 /* ---- diagnostics ------------------------------------------------------------ */
 
+uint64_t bds__mpsc_depth(const bds_mpsc *q) {
+    /* A producer bumps _pushes after publishing, so the consumer may have
+     * popped (and published _head_pub past) an item not counted yet: clamp. */
+    uint64_t head_pub = atomic_load_explicit(&q->_head_pub, memory_order_relaxed);
+    uint64_t pushes = atomic_load_explicit(&((bds_mpsc *)q)->_pushes, memory_order_relaxed);
+    return pushes > head_pub ? pushes - head_pub : 0;
+}
+
 void bds__mpsc_dump(const bds_mpsc *q, FILE *f) {
     /* relaxed everywhere: a snapshot for a human, taken while the owner may run */
     uint64_t tail = atomic_load_explicit(&q->_tail, memory_order_relaxed);

@@ -114,5 +114,8 @@ void bds__mpsc_woken(bds_mpsc *q);
  * the sleep latch, the want_space mask. Relaxed loads (the consumer-private
  * _head included): for a stall report, never for decisions. */
 void bds__mpsc_dump(const bds_mpsc *q, FILE *f);
+/* Items published and not yet popped, as of recent loads (relaxed: a gauge
+ * for metrics; it may count a burst the consumer is popping right now). */
+uint64_t bds__mpsc_depth(const bds_mpsc *q);
 
 #endif

@@ -72,7 +72,7 @@ static void bell_on_efd(bds_op *op, int32_t res, uint32_t flags, void *ctx) {
     bds_shard *s = ctx;
     (void)op, (void)flags;
     if (res == (int32_t)sizeof(uint64_t))
-        s->stats.eventfd_wakes++;
+        __atomic_store_n(&s->stats.eventfd_wakes, s->stats.eventfd_wakes + 1, __ATOMIC_RELAXED); /* a scrape reads it */
     /* -ECANCELED (stop) ends it; any other error is retried by re-arming. */
     if (!s->bell_stopped && res != -ECANCELED)
         bell_arm_efd(s);
@@ -133,7 +133,7 @@ void bds__bell_on_cqe(bds_shard *s, uint64_t ud, int32_t res) {
     uint32_t kind = (uint32_t)(ud >> 56), id = (uint32_t)ud;
     switch (kind) {
     case BDS_UD_BELL_RX:
-        s->stats.bells_received++;
+        __atomic_store_n(&s->stats.bells_received, s->stats.bells_received + 1, __ATOMIC_RELAXED); /* a scrape reads it */
         break;
     case BDS_UD_BELL_TX:
         /* Only failures post (CQE_SKIP_SUCCESS): -EOVERFLOW from a full target

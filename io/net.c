@@ -684,8 +684,8 @@ static void listener_shed_over_max(bds_net *n, int fd) {
     close(fd);
     n->stats.shed_conns_max++;
     if (!n->shedding_max)
-        bds__log(n->cfg.log, BDS_LOG_WARN, "connection limit reached (%u on this shard): closing new connections",
-                 n->cfg.conns_max);
+        bds__log(n->cfg.log, BDS_LOG_WARN, "connection limit reached: closing new connections",
+                 "shard_limit=%u", n->cfg.conns_max);
     n->shedding_max = true;
 }
 
@@ -707,8 +707,8 @@ static bool listener_shed_on_spare(bds_listener *l, int err) {
         return false;
     n->stats.shed_fd_limit++;
     if (!n->shedding_fds)
-        bds__log(n->cfg.log, BDS_LOG_WARN, "out of file descriptors (%s): closing new connections%s", strerror(err),
-                 l->spare_fd < 0 ? "; no spare descriptor left, accept retries every 10 ms" : "");
+        bds__log(n->cfg.log, BDS_LOG_WARN, "out of file descriptors: closing new connections", "error=\"%s\"%s",
+                 strerror(err), l->spare_fd < 0 ? " spare=none accept_retry_ms=10" : "");
     n->shedding_fds = true;
     return true;
 }

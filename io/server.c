@@ -189,6 +189,10 @@ bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, con
         if (why) *why = "listen: expected HOST:PORT";
         return BDS_E_INVALID;
     }
+    if (cfg->metrics_listen && !parse_listen(cfg->metrics_listen, host, sizeof host, &port)) {
+        if (why) *why = "metrics_listen: expected HOST:PORT";
+        return BDS_E_INVALID;
+    }
     const char *bad = server_limits_why(cfg);
     if (bad) {
         if (why) *why = bad;
@@ -203,6 +207,7 @@ bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, con
         return BDS_E_NOMEM;
     }
     srv->cfg.listen = srv->listen;
+    srv->metrics_fd = -1;
     srv->log = (bds_logger){.level = cfg->log_level, .fn = cfg->log, .ctx = cfg->log_ctx};
     pthread_mutex_init(&srv->tls_lock, NULL);
     st = server_tls_setup(srv, why);
@@ -222,6 +227,15 @@ bds_status bds_server_create(bds_server **out, const bds_server_config *cfg, con
     if (!srv->mc || !srv->shc) {
         bds_server_destroy(srv);
         return BDS_E_NOMEM;
+    }
+    if (cfg->metrics_listen) {
+        srv->metrics_on = true;
+        srv->metrics_listen = strdup(cfg->metrics_listen);
+        srv->cfg.metrics_listen = srv->metrics_listen;
+        if (!srv->metrics_listen || bds__srv_metrics_alloc(srv) != BDS_OK) {
+            bds_server_destroy(srv);
+            return BDS_E_NOMEM;
+        }
     }
     atomic_init(&srv->serving, 1);
     srv->table.paths = srv->paths;
@@ -244,6 +258,9 @@ void bds_server_destroy(bds_server *srv) {
     free(srv->listen);
     free(srv->mc);
     free(srv->shc);
+    bds__srv_metrics_free(srv);
+    free(srv->metrics_listen);
+    if (srv->metrics_fd >= 0) close(srv->metrics_fd);
     free(srv);
 }
 
@@ -461,16 +478,16 @@ static void hook_on_signal(bds_shard *s, int signo, void *ctx) {
     if (signo == SIGHUP) {
         const char *why = NULL;
         bds_status st = bds_server_reload_tls(sh->srv, &why);
-        bds__log(&sh->srv->log, st == BDS_OK ? BDS_LOG_INFO : BDS_LOG_WARN, "SIGHUP: %s%s",
-                 st == BDS_OK ? "TLS certificate reloaded" : "TLS certificate not reloaded: ", st == BDS_OK ? "" : why);
+        if (st == BDS_OK) bds__log(&sh->srv->log, BDS_LOG_INFO, "SIGHUP: TLS certificate reloaded", NULL);
+        else bds__log(&sh->srv->log, BDS_LOG_WARN, "SIGHUP: TLS certificate not reloaded", "why=\"%s\"", why);
         return;
     }
     if (atomic_load(&sh->srv->stop_requested)) {
         /* Asked twice: whoever sends it wants the process gone, not drained. */
-        bds__log(&sh->srv->log, BDS_LOG_WARN, "signal %d while stopping: exiting now", signo);
+        bds__log(&sh->srv->log, BDS_LOG_WARN, "second signal while stopping: exiting now", "signal=%d", signo);
         _exit(128 + signo);
     }
-    bds__log(&sh->srv->log, BDS_LOG_INFO, "signal %d: shutting down gracefully", signo);
+    bds__log(&sh->srv->log, BDS_LOG_INFO, "shutting down gracefully", "signal=%d", signo);
     bds_server_stop(sh->srv);
 }
 
@@ -484,8 +501,8 @@ static void shard_abandon(srv_shard *sh) {
     bds_pipeline_stats st;
     bds_pipeline_get_stats(bds__shard_pipeline_get(sh->pipe), &st);
     if (bds__log_on(&sh->srv->log, BDS_LOG_WARN)) {
-        bds__log(&sh->srv->log, BDS_LOG_WARN, "hard stop: abandoning %lu session%s whose handlers did not finish",
-                 (unsigned long)st.sessions_live, st.sessions_live == 1 ? "" : "s");
+        bds__log(&sh->srv->log, BDS_LOG_WARN, "hard stop: abandoning sessions whose handlers did not finish",
+                 "shard=%u sessions=%lu", bds__shard_id(sh->shard), (unsigned long)st.sessions_live);
         /* What was left, so that a handler (or our own bug) that held the
          * stop can be found from this report alone. */
         char *dump = NULL;
@@ -495,7 +512,7 @@ static void shard_abandon(srv_shard *sh) {
         if (f) {
             fclose(f);
             for (char *line = strtok(dump, "\n"); line; line = strtok(NULL, "\n"))
-                bds__log(&sh->srv->log, BDS_LOG_WARN, "%s", line);
+                bds__log(&sh->srv->log, BDS_LOG_WARN, line, "shard=%u", bds__shard_id(sh->shard));
             free(dump);
         }
     }
@@ -537,6 +554,7 @@ static void hook_on_stop(bds_shard *s, void *ctx) {
         bds__listener_close(sh->listener);
         sh->listener = NULL;
     }
+    if (bds__shard_id(s) == 0 && sh->srv->mhttp) bds__srv_metrics_stop(sh); /* scrapes end with the serving */
     bds__srv_stop_hooks_run(sh->srv);
     bds__dlist *it, *nx, *cit, *cnx;
     BDS_DLIST_FOREACH_SAFE(it, nx, &sh->conns) {
@@ -589,23 +607,49 @@ static bool hook_quiescent(bds_shard *s, void *ctx) {
 
 /* ---- running ----------------------------------------------------------------------------------------- */
 
-static int server_resolve(bds_server *srv, struct sockaddr_storage *ss, socklen_t *len, char *err, size_t errlen) {
+/* The address of a "host:port" (listen, or with port_override its host). */
+static int resolve_listen(const char *listen, uint16_t port_override, struct sockaddr_storage *ss, socklen_t *len,
+                          char *err, size_t errlen) {
     char host[256];
     uint16_t port;
-    parse_listen(srv->listen, host, sizeof host, &port);
-    if (srv->port) port = srv->port;
+    parse_listen(listen, host, sizeof host, &port);
+    if (port_override) port = port_override;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
     char ps[8];
     snprintf(ps, sizeof ps, "%u", port);
     int rc = getaddrinfo(host[0] ? host : NULL, ps, &hints, &ai);
     if (rc != 0) {
-        snprintf(err, errlen, "listen %s: %s", srv->listen, gai_strerror(rc));
+        snprintf(err, errlen, "listen %s: %s", listen, gai_strerror(rc));
         return -1;
     }
     memcpy(ss, ai->ai_addr, ai->ai_addrlen);
     *len = ai->ai_addrlen;
     freeaddrinfo(ai);
+    return 0;
+}
+
+static int server_resolve(bds_server *srv, struct sockaddr_storage *ss, socklen_t *len, char *err, size_t errlen) {
+    return resolve_listen(srv->listen, srv->port, ss, len, err, errlen);
+}
+
+/* The metrics endpoint's socket, listening before any shard starts (so a
+ * bad address fails the run before anything is served), without
+ * SO_REUSEPORT: nobody else's listener may share it. Shard 0 takes it. */
+static int server_metrics_bind(bds_server *srv, char *err, size_t errlen) {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (resolve_listen(srv->metrics_listen, 0, &ss, &len, err, errlen) != 0) return -1;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 64) != 0) {
+        snprintf(err, errlen, "metrics listen %s: %s", srv->metrics_listen, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    srv->metrics_fd = fd;
+    atomic_store(&srv->metrics_port, bds__socket_port(fd));
     return 0;
 }
 
@@ -710,6 +754,8 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
         .ctx = sh,
     };
     bds__shard_set_hooks(s, &hooks);
+    /* After the hooks: a failed start stops the shard, and on_stop closes it. */
+    if (id == 0 && srv->metrics_fd >= 0) return bds__srv_metrics_start(sh);
     return BDS_OK;
 }
 
@@ -782,22 +828,35 @@ bds_status bds_server_run(bds_server *srv) {
     /* Every connection costs a descriptor: take all the hard limit allows. */
     uint64_t fds = bds__fd_limit_raise();
     if (fds && srv->cfg.max_connections && fds < (uint64_t)srv->cfg.max_connections + 64)
-        bds__log(&srv->log, BDS_LOG_WARN, "warning: %llu file descriptors for up to %u connections: past the "
-                 "descriptors, new connections are closed at once", (unsigned long long)fds, srv->cfg.max_connections);
+        bds__log(&srv->log, BDS_LOG_WARN, "fewer file descriptors than connections: past the descriptors, new "
+                 "connections are closed at once", "fd_limit=%llu max_connections=%u", (unsigned long long)fds,
+                 srv->cfg.max_connections);
     srv->pipes = bds__shard_pipelines_create(n, NULL);
     if (!srv->pipes) return BDS_E_NOMEM;
     struct start_ctx sc = {.srv = srv};
     int reserve = server_reserve_port(srv, sc.err, sizeof sc.err);
+    if (reserve >= 0 && srv->metrics_listen && server_metrics_bind(srv, sc.err, sizeof sc.err) != 0) {
+        close(reserve);
+        reserve = -1;
+    }
     if (reserve < 0) {
-        bds__log(&srv->log, BDS_LOG_ERROR, "cannot start: %s", sc.err);
+        char q[300];
+        bds__log(&srv->log, BDS_LOG_ERROR, "cannot start", "reason=%s", bds__log_quote(q, sizeof q, sc.err));
         bds__shard_pipelines_destroy(srv->pipes);
         srv->pipes = NULL;
         return BDS_UNAVAILABLE;
     }
+    srv->run_ns = bds__clock_ns();
     bds_status st = bds__group_start(&srv->group, &gc, on_shard_start, on_shard_exit, &sc, sc.err, sizeof sc.err);
     close(reserve);
+    if (srv->metrics_fd >= 0) { /* shard 0 never took it: it did not start */
+        close(srv->metrics_fd);
+        srv->metrics_fd = -1;
+    }
     if (st != BDS_OK) {
-        bds__log(&srv->log, BDS_LOG_ERROR, "cannot start: %s", sc.err[0] ? sc.err : bds_status_str(st));
+        char q[300];
+        bds__log(&srv->log, BDS_LOG_ERROR, "cannot start", "reason=%s",
+                 bds__log_quote(q, sizeof q, sc.err[0] ? sc.err : bds_status_str(st)));
         server_free_shards(srv);
         bds__shard_pipelines_destroy(srv->pipes);
         srv->pipes = NULL;
@@ -807,11 +866,20 @@ bds_status bds_server_run(bds_server *srv) {
         char host[256];
         uint16_t port;
         parse_listen(srv->listen, host, sizeof host, &port);
-        bds__log(&srv->log, BDS_LOG_INFO, "listening on %s:%u with %u shard%s", host, srv->port, n, n == 1 ? "" : "s");
+        /* The words "listening on HOST:PORT with N shards" are what scripts wait for. */
+        char text[320], metrics[300] = "";
+        snprintf(text, sizeof text, "listening on %s:%u with %u shard%s", host, srv->port, n, n == 1 ? "" : "s");
+        if (srv->metrics_listen) {
+            char mhost[256];
+            uint16_t mport;
+            parse_listen(srv->metrics_listen, mhost, sizeof mhost, &mport);
+            snprintf(metrics, sizeof metrics, " metrics=%s:%u", mhost, atomic_load(&srv->metrics_port));
+        }
+        bds__log(&srv->log, BDS_LOG_INFO, text, "addr=%s:%u shards=%u%s", host, srv->port, n, metrics);
     }
     char ng[320]; /* which libnghttp2 and flood protections: a warning when one is missing or it is older */
     bool ng_warn = bds__h2_nghttp2_report(ng, sizeof ng);
-    bds__log(&srv->log, ng_warn ? BDS_LOG_WARN : BDS_LOG_DEBUG, "%s%s", ng_warn ? "warning: " : "", ng);
+    bds__log(&srv->log, ng_warn ? BDS_LOG_WARN : BDS_LOG_DEBUG, ng, NULL);
     atomic_store(&srv->live_group, srv->group);
     if (atomic_load(&srv->stop_requested)) bds__group_stop(srv->group); /* stopped before it ran */
     if (srv->cfg.on_ready) srv->cfg.on_ready(srv, srv->port, srv->cfg.on_ready_ctx);
@@ -837,6 +905,8 @@ void bds_server_stop(bds_server *srv) {
 }
 
 uint16_t bds_server_port(const bds_server *srv) { return srv->port; }
+
+uint16_t bds_server_metrics_port(const bds_server *srv) { return atomic_load(&((bds_server *)srv)->metrics_port); }
 
 static uint64_t ctr_get(const _Atomic uint64_t *c) { return atomic_load_explicit(c, memory_order_relaxed); }
 

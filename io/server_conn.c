@@ -76,7 +76,7 @@ static bool conn_tls_drain(srv_conn *sc) {
 /* TLS failed (or the peer ended it): what is pending (an alert, our
  * close_notify) goes out, then the socket closes; nothing more is read. */
 static void conn_tls_close(srv_conn *sc, const char *why) {
-    if (why) bds__log(&sc->sh->srv->log, BDS_LOG_WARN, "closing a TLS connection from %s: %s", sc->peer, why);
+    if (why) bds__log(&sc->sh->srv->log, BDS_LOG_WARN, "closing a TLS connection", "peer=%s why=\"%s\"", sc->peer, why);
     sc->h2_failed = true;
     bds__conn_recv_pause(sc->c);
     (void)conn_tls_drain(sc);
@@ -84,7 +84,16 @@ static void conn_tls_close(srv_conn *sc, const char *why) {
     sc->closing = true;
 }
 
+static void conn_flush(srv_conn *sc);
+
 void bds__srv_conn_flush(srv_conn *sc) {
+    conn_flush(sc);
+    /* What this connection's HTTP/2 session counted since the last flush
+     * (its input came before, its timers' output too) joins its shard's. */
+    if (sc->sh->srv->metrics_on) bds__srv_conn_stats_fold(sc);
+}
+
+static void conn_flush(srv_conn *sc) {
     if (!sc->c || sc->closing) return;
     /* Only calls with replies waiting: a flush costs nothing per idle stream. */
     bds__dlist *it, *nx;
@@ -127,9 +136,8 @@ void bds__srv_conn_flush(srv_conn *sc) {
              * the output buffer, which the bytes just written made. */
             if (len && bds__h2_want_write(sc->h2)) continue;
             if (!sc->h2_failed)
-                bds__log(&sc->sh->srv->log, BDS_LOG_WARN,
-                         "closing a connection: HTTP/2 output failed (nghttp2 error %d)",
-                         bds__h2_get_stats(sc->h2)->nghttp2_fatal);
+                bds__log(&sc->sh->srv->log, BDS_LOG_WARN, "closing a connection: HTTP/2 output failed",
+                         "peer=%s nghttp2_error=%d", sc->peer, bds__h2_get_stats(sc->h2)->nghttp2_fatal);
             bds__conn_close_after_flush(sc->c);
             sc->closing = true;
             return;
@@ -146,8 +154,8 @@ void bds__srv_conn_flush(srv_conn *sc) {
         }
         if (bds__log_on(&sc->sh->srv->log, BDS_LOG_DEBUG)) {
             const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
-            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG,
-                     "connection done (calmed %d, fatal %d, glitches %lu, started %lu, reset %lu)", hs->calmed,
+            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "connection done",
+                     "peer=%s calmed=%d nghttp2_error=%d glitches=%lu streams=%lu resets=%lu", sc->peer, hs->calmed,
                      hs->nghttp2_fatal, (unsigned long)hs->glitches, (unsigned long)hs->calls_started,
                      (unsigned long)hs->calls_reset);
         }
@@ -167,8 +175,8 @@ static bool conn_h2_recv(void *arg, const uint8_t *bytes, size_t len) {
         if (bds__log_on(&sc->sh->srv->log, BDS_LOG_WARN)) {
             const bds__h2_stats *hs = bds__h2_get_stats(sc->h2);
             bds__log(&sc->sh->srv->log, BDS_LOG_WARN,
-                     "closing a connection: HTTP/2 %s (nghttp2 error %d, %lu glitches)",
-                     hs->calmed ? "flood limit" : "fatal error", hs->nghttp2_fatal, (unsigned long)hs->glitches);
+                     hs->calmed ? "closing a connection: HTTP/2 flood limit" : "closing a connection: HTTP/2 fatal error",
+                     "peer=%s nghttp2_error=%d glitches=%lu", sc->peer, hs->nghttp2_fatal, (unsigned long)hs->glitches);
         }
         /* Stop reading; the flush sends what is buffered and the session's
          * GOAWAY and closes (on a full socket: the rest after on_drain). */
@@ -227,7 +235,8 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
     (void)c;
     srv_conn *sc = ctx;
     bool expected = !err || err == ECONNRESET || err == EPIPE;
-    bds__log(&sc->sh->srv->log, expected ? BDS_LOG_DEBUG : BDS_LOG_WARN, "connection closed: %s", strerror(err));
+    bds__log(&sc->sh->srv->log, expected ? BDS_LOG_DEBUG : BDS_LOG_WARN, "connection closed", "peer=%s error=\"%s\"",
+             sc->peer, strerror(err));
     srv_shard *sh = sc->sh;
     bds__pipeline_set_current(bds__shard_pipeline_get(sh->pipe));
     bds__timer_cancel(bds__shard_timers(sh->shard), &sc->timer);
@@ -245,9 +254,10 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
         bds__dlist_unlink(l);
     }
     sc->n_lingering = 0;
+    if (sh->srv->metrics_on) bds__srv_conn_stats_fold(sc);
     bds__h2_destroy(sc->h2);
     bds__tls_free(sc->tls);
-    atomic_fetch_sub_explicit(&shard_ctr(sh)->connections_live, 1, memory_order_relaxed);
+    ctr_sub(&shard_ctr(sh)->connections_live, 1);
     sc->acct->conn = NULL;
     bds__srv_acct_unref(sc->acct);
     bds__dlist_unlink(&sc->shard_link);
@@ -265,7 +275,8 @@ static uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UI
 /* Closes a connection a timer gave up on. Handshake timeouts are what port
  * scanners cause: those log only at debug level. */
 static void conn_timeout(srv_conn *sc, const char *why, uint64_t after_ns, int level) {
-    bds__log(&sc->sh->srv->log, level, "closing a connection: %s (%.3f s)", why, (double)after_ns / 1e9);
+    bds__log(&sc->sh->srv->log, level, "closing a connection", "peer=%s reason=\"%s\" after_s=%.3f", sc->peer, why,
+             (double)after_ns / 1e9);
     sc->closing = true;
     bds__conn_close(sc->c, ETIMEDOUT);
 }
@@ -288,7 +299,8 @@ static void conn_age_grace_over(srv_conn *sc) {
         bds_session_fail(call->session, BDS_UNAVAILABLE, "max connection age: grace period over");
         n++;
     }
-    bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "max connection age: grace period over, %u streams ended", n);
+    bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "max connection age: grace period over", "peer=%s streams_ended=%u",
+             sc->peer, n);
     bds__srv_conn_kick(sc);
 }
 
@@ -364,7 +376,7 @@ static void conn_timer_fired(bds_timer *t, void *ctx) {
      * its GOAWAYs and has its grace period. */
     if (sc->age_due_ns && !sc->notice_ns && !sc->sh->stopping) {
         if (now >= sc->age_due_ns) {
-            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "max connection age: GOAWAY (%.3f s)",
+            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "max connection age: GOAWAY", "peer=%s age_s=%.3f", sc->peer,
                      (double)(now - sc->born_ns) / 1e9);
             if (cfg->max_connection_age_grace_ns) sc->age_grace_ns = sat_add(now, cfg->max_connection_age_grace_ns);
             sc->aged = true;
@@ -396,7 +408,8 @@ static void conn_timer_fired(bds_timer *t, void *ctx) {
             /* The connection closes once this GOAWAY is out and the streams
              * opened since the notice are over (bds__h2_is_done). */
             sc->goaway_final = true;
-            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, "%s connection: GOAWAY", sc->aged ? "aged" : "idle");
+            bds__log(&sc->sh->srv->log, BDS_LOG_DEBUG, sc->aged ? "aged connection: GOAWAY" : "idle connection: GOAWAY",
+                     "peer=%s", sc->peer);
             bds__h2_goaway(sc->h2, BDS_H2_NO_ERROR);
             bds__srv_conn_kick(sc);
         } else if (due < next) {

@@ -24,17 +24,70 @@
 #define SRV_DESCRIPTOR_SETS_MAX 16u
 
 /* Live counters of one method on one shard: written by that shard only
- * (relaxed atomics), summed over shards by bds_server_get_stats. */
+ * (relaxed atomic load and store, no locked add: ctr_add), summed over
+ * shards by bds_server_get_stats and the metrics scrape. */
 typedef struct srv_method_counters {
     _Atomic uint64_t streams_opened, streams_refused, streams_ended, streams_ok;
     _Atomic uint64_t messages_in, messages_out, bytes_in, bytes_out;
     bds_counters core;        /* the pipeline's (bds_session_config.counters), this shard's */
 } srv_method_counters;
 
-/* Live counters of one shard (bds_server_get_stats), written by it only. */
+/* Abuse verdicts that end an HTTP/2 connection, by kind (the metrics'
+ * bidistream_http2_abuse_verdicts_total{kind}). */
+enum {
+    SRV_VERDICT_GLITCH_FLOOD,   /* the glitch bucket overflowed: GOAWAY(ENHANCE_YOUR_CALM) */
+    SRV_VERDICT_TOO_MANY_PINGS, /* the client PING policy's third strike */
+    SRV_VERDICT_HPACK_BOMB,     /* a header block over the decoded bound */
+    SRV_VERDICT_NGHTTP2_FLOOD,  /* nghttp2's own flood limits (NGHTTP2_ERR_FLOODED) */
+    SRV_VERDICT_PROTOCOL_ERROR, /* any other fatal nghttp2 error */
+    SRV_VERDICTS
+};
+
+/* The HTTP/2 counters of one shard's connections (proto's bds__h2_stats):
+ * each connection's are added as they move (bds__srv_conn_stats_fold, at
+ * each flush and at close), so live connections count too. */
+typedef struct srv_h2_totals {
+    _Atomic uint64_t streams_started, streams_refused, streams_failed, streams_reset;
+    _Atomic uint64_t glitches, resets_sent, pings_sent, ping_acks;
+    _Atomic uint64_t goaways[BDS_H2_GOAWAY_CODES];
+    _Atomic uint64_t verdicts[SRV_VERDICTS];
+} srv_h2_totals;
+
+/* Live counters of one shard (bds_server_get_stats, metrics), written by it only. */
 typedef struct srv_shard_counters {
     _Atomic uint64_t connections_live, connections_accepted, streams_live, message_bytes, msgs_posted;
+    srv_h2_totals h2;
 } srv_shard_counters;
+
+/* ---- metrics histograms (server_metrics.c; docs/OPERATIONS.md) ------------------------------------
+ * Per shard and method, written by that shard only (ctr_add), summed by the
+ * scrape. Buckets are gRFC A66's (proto/prom_text.h), one count per bucket
+ * (not cumulative: the renderer sums them) and the last above every bound. */
+#define SRV_GRPC_CODES 17u
+#define SRV_LAT_BUCKETS 42u   /* bds__prom_latency_bounds.n + 1 */
+#define SRV_SIZE_BUCKETS 15u  /* bds__prom_size_bounds.n + 1 */
+#define SRV_OTHER_METHOD BDS_SERVER_METHODS_MAX /* grpc_method="other": refused before a method was bound */
+
+typedef struct srv_hist_lat {
+    _Atomic uint64_t sum;     /* ns */
+    _Atomic uint64_t b[SRV_LAT_BUCKETS];
+} srv_hist_lat;
+typedef struct srv_hist_size {
+    _Atomic uint64_t sum;     /* bytes */
+    _Atomic uint64_t b[SRV_SIZE_BUCKETS];
+} srv_hist_size;
+/* A66's per-call histograms of one (shard, method, status). */
+typedef struct srv_call_hist {
+    srv_hist_lat duration;
+    srv_hist_size sent, rcvd;
+} srv_call_hist;
+typedef struct srv_method_hist {
+    srv_hist_lat msg_latency; /* from the tick that admitted a message to its call's end (bds__home_on_done) */
+    /* Made by the shard at the first call that ends with that status
+     * (release), read by the scrape (acquire); freed with the server. */
+    _Atomic(srv_call_hist *) by_status[SRV_GRPC_CODES];
+    _Atomic uint64_t started; /* SRV_OTHER_METHOD's calls (a method's are opened + refused) */
+} srv_method_hist;
 
 typedef struct srv_method {
     bds_method m;
@@ -84,6 +137,15 @@ struct bds_server {
     /* Live counters, from run until destroy: [shard][method] and [shard]. */
     srv_method_counters *mc;
     srv_shard_counters *shc;
+    /* Metrics (cfg.metrics_listen set): [shard][method, then SRV_OTHER_METHOD]. */
+    bool metrics_on;
+    char *metrics_listen;
+    srv_method_hist *mh;
+    int metrics_fd;           /* bound and listening from run until shard 0 takes it; -1 */
+    _Atomic uint16_t metrics_port;
+    uint64_t run_ns;          /* when the shards started (loop utilisation) */
+    struct srv_scrape *scrape; /* the scrape's own state (shard 0's) */
+    struct bds_metrics_http *mhttp; /* the endpoint, on shard 0 */
     uint32_t n_shards;
     bds_group *group;
     bds_shard_pipelines *pipes;
@@ -151,6 +213,7 @@ typedef struct srv_msg {
     void *on_free_ctx;
     const uint8_t *key;
     uint32_t key_len;
+    uint64_t admit_ns;        /* an inbound message's admission (its tick's clock), for its latency (with metrics) */
     uint8_t prefix[5];        /* room for the gRPC prefix, right before data (bds__h2_send_framed) */
     uint8_t data[];
 } srv_msg;
@@ -319,6 +382,8 @@ struct srv_conn {
     bool aged;                /* the notice was the age's: its grace applies */
     uint64_t age_grace_ns;    /* aged: streams still open then end UNAVAILABLE (0: never) */
     uint64_t age_close_ns;    /* ... and the connection closes then at the latest (0: not yet) */
+    bds__h2_stats h2_folded;  /* its HTTP/2 counters already added to its shard's (bds__srv_conn_stats_fold) */
+    bool verdict_told;        /* its abuse verdict was counted */
 };
 
 /* The srv_shard of the shard whose tick runs on this thread, or NULL. */
@@ -327,7 +392,12 @@ extern _Thread_local srv_shard *bds__srv_self;
 /* At its own or its shard's memory budget: the connection is not read. */
 static inline bool conn_blocked(const srv_conn *sc) { return sc->sh->over || sc->over; }
 
-static inline void ctr_add(_Atomic uint64_t *c, uint64_t n) { atomic_fetch_add_explicit(c, n, memory_order_relaxed); }
+/* One writer per counter (its shard): a relaxed load and store, no locked
+ * add, and any thread reads each value whole. */
+static inline void ctr_add(_Atomic uint64_t *c, uint64_t n) {
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
+}
+static inline void ctr_sub(_Atomic uint64_t *c, uint64_t n) { ctr_add(c, (uint64_t)0 - n); }
 
 static inline srv_method_counters *call_mc(const srv_call *call) {
     const bds_server *srv = call->home->srv;
@@ -336,6 +406,22 @@ static inline srv_method_counters *call_mc(const srv_call *call) {
 }
 
 static inline srv_shard_counters *shard_ctr(const srv_shard *sh) { return &sh->srv->shc[bds__shard_id(sh->shard)]; }
+
+/* server_metrics.c */
+/* A call ended (or was refused) with gRPC code `code`: A66's histograms. */
+void bds__srv_metrics_call_end(srv_shard *sh, uint32_t method, uint32_t code, uint64_t duration_ns, uint64_t bytes_in,
+                               uint64_t bytes_out);
+/* A message admitted at admit_ns is done. */
+void bds__srv_metrics_msg_done(srv_shard *sh, uint32_t method, uint64_t admit_ns);
+/* Adds what sc's HTTP/2 counters moved since the last fold to its shard's. */
+void bds__srv_conn_stats_fold(srv_conn *sc);
+/* Create, with metrics: the histograms and the scrape's state. */
+bds_status bds__srv_metrics_alloc(bds_server *srv);
+/* Shard 0's start and stop of the endpoint. */
+bds_status bds__srv_metrics_start(srv_shard *sh);
+void bds__srv_metrics_stop(srv_shard *sh);
+/* Frees what the metrics hold (destroy). */
+void bds__srv_metrics_free(bds_server *srv);
 
 /* server_msg.c */
 void *bds__srv_acct_calloc(size_t nmemb, size_t size, void *ctx);

@@ -622,6 +622,15 @@ static void stream_refused_notify(srv_call *call, bds_status status, const char 
     call_icpt_end(call, &info, call->icpt_passed);
 }
 
+/* A stream of method mi refused at its open with status: counted as started
+ * and ended at once (gRFC A66 counts every call the transport saw). */
+static void stream_refused_count(srv_shard *sh, uint32_t mi, bds_status status, uint64_t start_ns) {
+    ctr_add(&sh->srv->mc[bds__shard_id(sh->shard) * BDS_SERVER_METHODS_MAX + mi].streams_refused, 1);
+    if (sh->srv->metrics_on)
+        bds__srv_metrics_call_end(sh, mi, (uint32_t)wire_status(status), start_ns ? bds__clock_ns() - start_ns : 0,
+                                  0, 0);
+}
+
 static void stream_end_notify(srv_call *call, bds_status status, const char *message) {
     atomic_store_explicit(&call->ended, true, memory_order_release);
     if (call->end_told || !call->opened) return;
@@ -630,14 +639,18 @@ static void stream_end_notify(srv_call *call, bds_status status, const char *mes
     srv_method_counters *mc = call_mc(call);
     ctr_add(&mc->streams_ended, 1);
     if (ws == BDS_OK) ctr_add(&mc->streams_ok, 1);
-    atomic_fetch_sub_explicit(&shard_ctr(call->home)->streams_live, 1, memory_order_relaxed);
+    ctr_sub(&shard_ctr(call->home)->streams_live, 1);
+    uint64_t duration_ns = bds__clock_ns() - call->start_ns;
+    if (call->home->srv->metrics_on)
+        bds__srv_metrics_call_end(call->home, (uint32_t)(call->m - call->home->srv->methods), (uint32_t)ws,
+                                  duration_ns, call->bytes_in, call->bytes_out);
     const char *msg = message ? message : "";
     void *hctx = call->m->m.handler_ctx;
     if (call->m->m.on_end) call->m->m.on_end(call, ws, msg, hctx);
     bds_stream_end_info info = {
         .status = ws,
         .message = msg,
-        .duration_ns = bds__clock_ns() - call->start_ns,
+        .duration_ns = duration_ns,
         .messages_in = call->msgs_in,
         .messages_out = call->msgs_out,
         .bytes_in = call->bytes_in,
@@ -703,8 +716,9 @@ static void call_apply_ctl(srv_call *call, srv_msg *r) {
          * reply another thread made first (too late: dropped, server.h). */
         if (bds__h2_add_metadata(sc->h2, call->stream, r->ctl == SRV_CTL_TRAILER, (const char *)r->data,
                                  r->data + nl + 1, r->len - nl - 1) != BDS_OK)
-            bds__log(&call->home->srv->log, BDS_LOG_DEBUG, "%s %s dropped: the response headers had left",
-                     r->ctl == SRV_CTL_TRAILER ? "trailer" : "header", (const char *)r->data);
+            bds__log(&call->home->srv->log, BDS_LOG_DEBUG, "metadata dropped: the response headers had left",
+                     "kind=%s name=%s method=%s", r->ctl == SRV_CTL_TRAILER ? "trailer" : "header",
+                     (const char *)r->data, call->m->path);
         return;
     }
     case SRV_CTL_FINISH: {
@@ -809,7 +823,9 @@ static void op_drop(bds_session *s, bds_reply *reply, void *ctx) {
 static void op_release(bds_session *s, void *payload, void *ctx) {
     (void)s;
     srv_call *call = ctx;
-    bds__srv_msg_unhold(payload, SRV_MSG_IN);
+    srv_msg *m = payload;
+    if (m->admit_ns) bds__srv_metrics_msg_done(call->home, (uint32_t)(call->m - call->home->srv->methods), m->admit_ns);
+    bds__srv_msg_unhold(m, SRV_MSG_IN);
     BDS_ASSERT(call->in_pipeline > 0);
     if (--call->in_pipeline > 0) return;
     if (call->lingering) call_linger_end(call);
@@ -904,6 +920,10 @@ static const bds_session_ops srv_ops = {
  * session would not take it (closed or closing): m is freed. */
 static bool call_admit(srv_call *call, srv_msg *m) {
     uint32_t wire = m->wire;
+    /* Before the receive: a call may be done before it returns (a FIFO
+     * method's handler runs in it). The tick's clock (when the shard woke to
+     * read it, or to unpark it): no clock read here; its end reads one. */
+    m->admit_ns = call->home->srv->metrics_on ? bds__shard_now(call->home->shard) : 0;
     bds_status st = bds_session_receive(call->session, m, m->len, m->key, m->key_len, 0);
     if (st != BDS_OK) {
         bds__srv_msg_unhold(m, SRV_MSG_IN);
@@ -926,16 +946,23 @@ static bool call_admit(srv_call *call, srv_msg *m) {
 static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, void **call_ctx) {
     srv_conn *sc = ctx;
     srv_shard *sh = sc->sh;
-    if (sh->stopping) return BDS_UNAVAILABLE;
+    uint32_t mi = info->method_index;
+    bds_status early = BDS_OK;
+    if (sh->stopping) early = BDS_UNAVAILABLE;
     /* Streams over whose handlers still run are outside MAX_CONCURRENT_STREAMS:
      * past their bound the connection gets no more until some finish. */
-    if (sc->n_lingering >= sh->srv->cfg.max_lingering_streams) return BDS_RESOURCE_EXHAUSTED;
-    if (conn_blocked(sc)) return BDS_E_AGAIN; /* REFUSED_STREAM: at a memory budget */
-    const srv_method *m = &sh->srv->methods[info->method_index];
-    srv_method_counters *mc = &sh->srv->mc[bds__shard_id(sh->shard) * BDS_SERVER_METHODS_MAX + info->method_index];
+    else if (sc->n_lingering >= sh->srv->cfg.max_lingering_streams) early = BDS_RESOURCE_EXHAUSTED;
+    else if (conn_blocked(sc)) early = BDS_E_AGAIN; /* REFUSED_STREAM: at a memory budget */
+    if (early != BDS_OK) {
+        /* REFUSED_STREAM reaches a gRPC client as UNAVAILABLE (if it does not retry it) */
+        stream_refused_count(sh, mi, early == BDS_E_AGAIN ? BDS_UNAVAILABLE : early, 0);
+        return early;
+    }
+    const srv_method *m = &sh->srv->methods[mi];
+    srv_method_counters *mc = &sh->srv->mc[bds__shard_id(sh->shard) * BDS_SERVER_METHODS_MAX + mi];
     srv_call *call = calloc(1, sizeof *call);
     if (!call) {
-        ctr_add(&mc->streams_refused, 1);
+        stream_refused_count(sh, mi, BDS_RESOURCE_EXHAUSTED, 0);
         return BDS_RESOURCE_EXHAUSTED;
     }
     call->home = sh;
@@ -956,7 +983,7 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
         refuse = stream_run_on_open(call, &why);
     if (refuse != BDS_OK) {
         if (refuse == BDS_E_AGAIN) refuse = BDS_UNAVAILABLE;
-        ctr_add(&mc->streams_refused, 1);
+        stream_refused_count(sh, mi, refuse, call->start_ns);
         atomic_store_explicit(&call->ended, true, memory_order_relaxed);
         stream_refused_notify(call, refuse, why);
         bds_stream_unref(call); /* an on_open that took a reference keeps it */
@@ -973,7 +1000,7 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     cfg.counters = &mc->core;
     bds__pipeline_set_current(bds__shard_pipeline_get(sh->pipe));
     if (bds_session_create(&call->session, bds__shard_pipeline_get(sh->pipe), &cfg, NULL) != BDS_OK) {
-        ctr_add(&mc->streams_refused, 1);
+        stream_refused_count(sh, mi, BDS_RESOURCE_EXHAUSTED, call->start_ns);
         atomic_store_explicit(&call->ended, true, memory_order_relaxed);
         stream_refused_notify(call, BDS_RESOURCE_EXHAUSTED, NULL);
         bds_stream_unref(call);
@@ -1065,7 +1092,15 @@ static void h2_on_call_error(void *ctx, void *call_ctx, int32_t stream_id, bds_s
     (void)stream_id;
     (void)http;
     srv_call *call = call_ctx;
-    if (!call) return; /* refused at its headers: never started */
+    if (!call) { /* refused at its headers (an unknown method, bad headers): never started */
+        srv_shard *sh = ((srv_conn *)ctx)->sh;
+        if (sh->srv->metrics_on) {
+            ctr_add(&sh->srv->mh[bds__shard_id(sh->shard) * (BDS_SERVER_METHODS_MAX + 1) + SRV_OTHER_METHOD].started,
+                    1);
+            bds__srv_metrics_call_end(sh, SRV_OTHER_METHOD, (uint32_t)wire_status(status), 0, 0, 0);
+        }
+        return;
+    }
     call->h2_done = true;
     if (call->finish_pending) {
         bds__srv_call_free(call);

@@ -621,7 +621,12 @@ static void shard_wait(bds_shard *s) {
     struct io_uring_cqe *cqe = NULL;
     /* relaxed: read only by bds__shard_dump */
     __atomic_store_n(&s->blocked, true, __ATOMIC_RELAXED);
+    /* Two clock reads per sleep, none per message: the loop's utilisation. */
+    uint64_t t0 = bds__clock_ns();
+    __atomic_store_n(&s->stats.wait_since_ns, t0, __ATOMIC_RELAXED);
     shard_enter_result(s, io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, tsp, NULL));
+    __atomic_store_n(&s->stats.wait_ns, s->stats.wait_ns + (bds__clock_ns() - t0), __ATOMIC_RELAXED);
+    __atomic_store_n(&s->stats.wait_since_ns, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&s->blocked, false, __ATOMIC_RELAXED);
     if (s->hooks.woken)
         s->hooks.woken(s, s->hooks.ctx);

@@ -154,11 +154,18 @@ void bds__shard_defer_flush(bds_shard *s, bds_flusher *f);
 
 /* ---- the shard ----------------------------------------------------------- */
 
+/* Any thread may read ticks, sleeps, wait_ns, wait_since_ns, bells_received
+ * and eventfd_wakes with relaxed atomic loads (a metrics scrape); the others
+ * only for a stall report. */
 typedef struct bds_shard_stats {
-    uint64_t ticks, sleeps; /* any thread may read these two with relaxed atomic loads */
+    uint64_t ticks, sleeps;
     uint64_t cqes, stale_cqes, parked, overflows, ebusy;
     uint64_t bells_sent, bells_received, bell_retries, bell_eventfd_sent, eventfd_wakes;
     uint64_t spins;
+    /* Time blocked in the kernel waiting for work (the sleeps' total), and
+     * when the sleep in progress began (0: awake). The rest of the time the
+     * loop runs: its utilisation is 1 - wait / elapsed. */
+    uint64_t wait_ns, wait_since_ns;
 } bds_shard_stats;
 
 #define BDS_SHARDS_MAX 256

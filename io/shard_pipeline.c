@@ -225,6 +225,8 @@ bool bds__shard_pipeline_idle(bds_shard_pipeline *p) {
            st.calls_live == 0 && st.keys_exec_live == 0;
 }
 
+uint64_t bds__shard_pipeline_inbox_depth(const bds_shard_pipeline *p) { return bds__mpsc_depth(&p->inbox); }
+
 void bds__shard_pipeline_dump(bds_shard_pipeline *p, FILE *f) {
     bds_pipeline_stats st;
     /* a racy copy of plain counters: a snapshot for a human */

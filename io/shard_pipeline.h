@@ -41,5 +41,7 @@ bool bds__shard_pipeline_idle(bds_shard_pipeline *p);
 /* Any thread, for a stall report (a shard dump hook): the inbox and its latch,
  * what is staged, the pipeline's live objects and counters. Relaxed reads. */
 void bds__shard_pipeline_dump(bds_shard_pipeline *p, FILE *f);
+/* Any thread: messages in its inbox not yet drained (a gauge; relaxed). */
+uint64_t bds__shard_pipeline_inbox_depth(const bds_shard_pipeline *p);
 
 #endif

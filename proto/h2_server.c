@@ -217,6 +217,7 @@ static void h2_fatal(bds__h2_session *c, int rv) {
     }
     c->fatal = true;
     c->stats.nghttp2_fatal = rv;
+    if (rv == NGHTTP2_ERR_FLOODED) c->stats.flooded = true;
 }
 
 /* Appends the fatal session's GOAWAY (RFC 9113 §6.8) once the buffer has room. */
@@ -234,6 +235,7 @@ static void h2_fatal_goaway(bds__h2_session *c) {
     memcpy(p, f, sizeof f);
     c->out_len += H2_GOAWAY_BYTES;
     c->goaway_due = false;
+    c->stats.goaways_sent[code < BDS_H2_GOAWAY_CODES - 1 ? code : BDS_H2_GOAWAY_CODES - 1]++;
 }
 
 /* Records a non-OK nghttp2 result from a call we make; fatal ones end the session. */
@@ -1057,7 +1059,11 @@ static int h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, voi
         }
         return 0;
     }
-    if (frame->hd.type == NGHTTP2_GOAWAY && c->close_on_goaway) c->goaway_left = true;
+    if (frame->hd.type == NGHTTP2_GOAWAY) {
+        uint32_t code = frame->goaway.error_code;
+        c->stats.goaways_sent[code < BDS_H2_GOAWAY_CODES - 1 ? code : BDS_H2_GOAWAY_CODES - 1]++;
+        if (c->close_on_goaway) c->goaway_left = true;
+    }
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     c->ping_strikes_reset = true;
     if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;

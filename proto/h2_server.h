@@ -206,6 +206,10 @@ typedef struct bds__h2_callbacks {
     bool (*may_credit_partial)(void *ctx, void *call_ctx);
 } bds__h2_callbacks;
 
+/* GOAWAY frames sent, counted by error code: RFC 9113's 0x0..0xd, and one
+ * slot for any other code. */
+#define BDS_H2_GOAWAY_CODES 15u
+
 /* Counters, for metrics and tests. */
 typedef struct bds__h2_stats {
     uint64_t calls_started;
@@ -222,6 +226,9 @@ typedef struct bds__h2_stats {
     uint64_t pings_sent;      /* our own PINGs (bds__h2_ping)          */
     uint64_t ping_acks;       /* ACKs of them                          */
     int nghttp2_fatal;        /* last fatal nghttp2 error, 0 if none  */
+    bool flooded;             /* ... one of them was nghttp2's flood
+                                 limit (NGHTTP2_ERR_FLOODED)           */
+    uint64_t goaways_sent[BDS_H2_GOAWAY_CODES]; /* by error code (notices included) */
 } bds__h2_stats;
 
 /* Creates a session, queues our SETTINGS and the connection window update.

@@ -6,11 +6,14 @@
  * exit status: 0 clean shutdown, 1 the server failed while running or had to
  * abandon work at the hard stop (grace period + 5 s), 2 bad flags or a config
  * the server refused; a second SIGTERM/SIGINT while stopping exits at once
- * with 128 + the signal's number (the server's doing). The "listening on"
- * line is the server's, printed once its listeners are up; the server's log
- * lines go through bds_server_config.log, under this program's name. With
- * --metrics, each method's counters (bds_server_get_stats) are printed when
- * the server stops; --metrics-payload-sizes adds their payload bytes.
+ * with 128 + the signal's number (the server's doing). Log lines (the
+ * server's, through bds_server_config.log, and this program's) are one event
+ * per line in key=value form on stderr (bidistreamd_log.h); the "listening
+ * on" line is the server's, printed once its listeners are up (with
+ * metrics=HOST:PORT when --metrics-listen serves Prometheus metrics).
+ * --access-log adds one line per stream. With --metrics, each method's
+ * counters (bds_server_get_stats) are logged when the server stops;
+ * --metrics-payload-sizes adds their payload bytes.
  *
  * Under systemd (Type=notify, tools/deploy/bidistreamd.service) it tells the
  * service manager READY=1 once the listeners are up and STOPPING=1 when the
@@ -29,33 +32,26 @@
 #include <bidistream/server.h>
 
 #include "bidistreamd_config.h"
-
-static void log_line(int level, const char *message, void *ctx) {
-    (void)level;
-    (void)ctx;
-    char out[1200];
-    int n = snprintf(out, sizeof out, "bidistreamd: %s\n", message);
-    if (n > (int)sizeof out - 1) n = (int)sizeof out - 1;
-    ssize_t w = write(2, out, (size_t)n); /* one write per line: shards never interleave */
-    (void)w;
-}
+#include "bidistreamd_log.h"
 
 /* --metrics: what each method did, once the server has stopped. */
-static void print_stats(const bds_server *srv, bool bytes) {
+static void log_stats(const bds_server *srv, bool bytes) {
     bds_server_stats *s = malloc(sizeof *s);
     if (!s) return;
     bds_server_get_stats(srv, s);
     for (uint32_t i = 0; i < s->n_methods; i++) {
         const bds_method_stats *m = &s->methods[i];
         if (!m->streams_opened && !m->streams_refused) continue;
-        fprintf(stderr, "bidistreamd: stats %s: streams %llu opened, %llu refused, %llu ended (%llu OK); messages %llu in, "
-                "%llu out", m->path, (unsigned long long)m->streams_opened, (unsigned long long)m->streams_refused,
-                (unsigned long long)m->streams_ended, (unsigned long long)m->streams_ok,
-                (unsigned long long)m->messages_in, (unsigned long long)m->messages_out);
+        char extra[96] = "";
         if (bytes)
-            fprintf(stderr, "; payload bytes %llu in, %llu out", (unsigned long long)m->bytes_in,
-                    (unsigned long long)m->bytes_out);
-        fprintf(stderr, "\n");
+            snprintf(extra, sizeof extra, " bytes_in=%llu bytes_out=%llu", (unsigned long long)m->bytes_in,
+                     (unsigned long long)m->bytes_out);
+        bdsd_log(BDS_LOG_INFO, "stats",
+                 "method=%s streams_opened=%llu streams_refused=%llu streams_ended=%llu streams_ok=%llu "
+                 "messages_in=%llu messages_out=%llu%s",
+                 m->path, (unsigned long long)m->streams_opened, (unsigned long long)m->streams_refused,
+                 (unsigned long long)m->streams_ended, (unsigned long long)m->streams_ok,
+                 (unsigned long long)m->messages_in, (unsigned long long)m->messages_out, extra);
     }
     free(s);
 }
@@ -93,7 +89,7 @@ int main(int argc, char **argv) {
     bds_tool_config cfg;
     int rc = bds_tool_prepare(argc, argv, &cfg, stdout, stderr);
     if (rc != BDS_TOOL_PROCEED) return rc;
-    cfg.server.log = log_line;
+    cfg.server.log = bdsd_log_sink;
     cfg.server.on_ready = on_ready;
     bds_server *srv;
     const char *why = NULL;
@@ -108,11 +104,16 @@ int main(int argc, char **argv) {
         bds_server_destroy(srv);
         return BDS_TOOL_EXIT_FAILURE;
     }
+    if (cfg.access_log && bdsd_access_log_add(srv, &why) != BDS_OK) {
+        fprintf(stderr, "bidistreamd: --access-log: %s\n", why ? why : "cannot add the interceptor");
+        bds_server_destroy(srv);
+        return BDS_TOOL_EXIT_USAGE;
+    }
     st = bds_server_run(srv);
-    if (cfg.server.options.metrics.enabled) print_stats(srv, cfg.server.options.metrics.payload_sizes);
+    if (cfg.server.options.metrics.enabled) log_stats(srv, cfg.server.options.metrics.payload_sizes);
     bds_server_destroy(srv);
-    if (st == BDS_DEADLINE_EXCEEDED) fprintf(stderr, "bidistreamd: stopped hard: work was still running\n");
+    if (st == BDS_DEADLINE_EXCEEDED) bdsd_log(BDS_LOG_ERROR, "stopped hard: work was still running", NULL);
     if (st != BDS_OK) return BDS_TOOL_EXIT_FAILURE;
-    if (cfg.server.log_level >= 2) fprintf(stderr, "bidistreamd: stopped\n");
+    if (cfg.server.log_level >= BDS_LOG_INFO) bdsd_log(BDS_LOG_INFO, "stopped", NULL);
     return BDS_TOOL_EXIT_OK;
 }

@@ -27,6 +27,7 @@
 
 typedef enum opt_kind {
     K_LISTEN,   /* const char *: HOST:PORT */
+    K_ADDR,     /* const char *: HOST:PORT, or "off" (NULL); its text in _metrics_listen (the one such option) */
     K_U32,      /* uint32_t, plain digits */
     K_BYTES,    /* uint32_t, digits with an optional B/KiB/MiB/GiB suffix */
     K_BOOL,     /* bool */
@@ -40,15 +41,17 @@ typedef enum opt_kind {
 typedef struct opt {
     const char *name;  /* the long flag without "--", and the config-file key */
     opt_kind kind;
-    size_t off;        /* offset of the field in bds_server_config */
+    size_t off;        /* offset of the field in bds_tool_config (most are in its server config) */
     uint64_t min, max; /* inclusive bounds (K_U32, K_BYTES, K_DURATION) */
     const char *help;
 } opt;
 
-/* offsetof(bds_server_config, m) that does not compile (with -Werror: distinct
- * pointer types) unless the member has type T, so the table cannot write a
- * uint32_t through a uint64_t. */
-#define FIELD(T, m) (offsetof(bds_server_config, m) + 0 * sizeof((T *)0 == &((bds_server_config *)0)->m))
+/* offsetof(bds_tool_config, server.m) that does not compile (with -Werror:
+ * distinct pointer types) unless the member has type T, so the table cannot
+ * write a uint32_t through a uint64_t; TOOL_FIELD for bidistreamd's own
+ * settings (bds_tool_config.m). */
+#define FIELD(T, m) (offsetof(bds_tool_config, server.m) + 0 * sizeof((T *)0 == &((bds_tool_config *)0)->server.m))
+#define TOOL_FIELD(T, m) (offsetof(bds_tool_config, m) + 0 * sizeof((T *)0 == &((bds_tool_config *)0)->m))
 
 #define NS_PER_US 1000ULL
 #define NS_PER_MS 1000000ULL
@@ -141,6 +144,10 @@ static const opt opts[] = {
     {"reuse-port", K_BOOL, FIELD(bool, reuse_port), 0, 0,
      "share the port with other listeners of the same user (SO_REUSEPORT); else a port in use is refused"},
     {"log-level", K_LOGLEVEL, FIELD(int, log_level), 0, 0, "error, warn, info or debug"},
+    {"access-log", K_BOOL, TOOL_FIELD(bool, access_log), 0, 0,
+     "one line per stream on stderr: method, peer, status, messages, bytes, duration"},
+    {"metrics-listen", K_ADDR, FIELD(const char *, metrics_listen), 0, 0,
+     "serve Prometheus metrics (GET /metrics) on HOST:PORT, or off"},
     /* Connection timers: 0 turns one off; a day is already far past any use. */
     {"handshake-timeout", K_DURATION, FIELD(uint64_t, handshake_timeout_ns), 0, NS_PER_DAY,
      "close a connection without HTTP/2 preface and SETTINGS this long after accept, 0 = never"},
@@ -176,11 +183,11 @@ _Static_assert(BDS_BP_HARD_REJECT == 0 && BDS_BP_QUEUE == 1 && BDS_BP_SOFT_ALLOW
                "policy_names order");
 
 static void *opt_field(bds_tool_config *c, const opt *o) {
-    return (char *)&c->server + o->off;
+    return (char *)c + o->off;
 }
 
 static const void *opt_field_const(const bds_tool_config *c, const opt *o) {
-    return (const char *)&c->server + o->off;
+    return (const char *)c + o->off;
 }
 
 static const opt *opt_find(const char *name, size_t name_len) {
@@ -395,6 +402,18 @@ static bool opt_apply(bds_tool_config *c, const opt *o, const char *v, const cha
         snprintf(c->_paths[o->min], sizeof c->_paths[o->min], "%s", v);
         *(const char **)f = c->_paths[o->min];
         break;
+    case K_ADDR:
+        if (strcmp(v, "off") == 0) {
+            *(const char **)f = NULL;
+            break;
+        }
+        if (strlen(v) > BDS_TOOL_LISTEN_MAX) return fail(err, errlen, where, "address too long");
+        if (!listen_valid(v)) {
+            return fail(err, errlen, where, "expected HOST:PORT with a port 0 to 65535, or off, got '%.64s'", v);
+        }
+        snprintf(c->_metrics_listen, sizeof c->_metrics_listen, "%s", v);
+        *(const char **)f = c->_metrics_listen;
+        break;
     case K_U32:
     case K_BYTES:
         if (v[0] == '-') return fail(err, errlen, where, "'%.64s' is negative (expected 0 or more)", v);
@@ -448,6 +467,7 @@ static void opt_format(const bds_tool_config *c, const opt *o, char *buf, size_t
     switch (o->kind) {
     case K_LISTEN: snprintf(buf, len, "%s", *(const char *const *)f); break;
     case K_PATH: snprintf(buf, len, "%s", *(const char *const *)f ? *(const char *const *)f : ""); break;
+    case K_ADDR: snprintf(buf, len, "%s", *(const char *const *)f ? *(const char *const *)f : "off"); break;
     case K_U32:
     case K_BYTES: snprintf(buf, len, "%" PRIu32, *(const uint32_t *)f); break;
     case K_DURATION: format_duration(*(const uint64_t *)f, buf, len); break;
@@ -688,7 +708,7 @@ void bds_tool_usage(FILE *out) {
           "Durations: 250ms, 5s, 1m30s (units ns us ms s m h). Sizes: 65536, 64KiB, 4MiB.\n\n",
           out);
     static const char *const metavar[] = {
-        [K_LISTEN] = "HOST:PORT", [K_U32] = "N", [K_BYTES] = "SIZE", [K_BOOL] = "[BOOL]",
+        [K_LISTEN] = "HOST:PORT", [K_ADDR] = "HOST:PORT|off", [K_U32] = "N", [K_BYTES] = "SIZE", [K_BOOL] = "[BOOL]",
         [K_DURATION] = "DURATION", [K_ORDERING] = "fifo|keyed", [K_POLICY] = "POLICY", [K_LOGLEVEL] = "LEVEL",
         [K_PATH] = "FILE",
     };

@@ -46,8 +46,10 @@ typedef enum bds_tool_action {
 typedef struct bds_tool_config {
     bds_server_config server; /* server.listen points into argv or at _listen: do not copy the struct */
     bds_tool_action action;
+    bool access_log;                       /* --access-log: one line per stream (bidistreamd.c) */
     char _listen[BDS_TOOL_LISTEN_MAX + 1]; /* storage for a listen address read from the file */
     char _paths[3][BDS_TOOL_PATH_MAX + 1]; /* storage for the file path options (opt.min picks one) */
+    char _metrics_listen[BDS_TOOL_LISTEN_MAX + 1]; /* ... and for --metrics-listen */
     uint64_t _set;                         /* bit i: option i was given (file or flag) */
 } bds_tool_config;
 

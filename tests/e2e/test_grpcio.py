@@ -399,15 +399,16 @@ class Metrics(unittest.TestCase):
 
     def test_metrics_flags_print_the_counters_at_stop(self):
         text = self.run_server('--metrics', 'true', '--metrics-payload-sizes', 'true')
-        line = [l for l in text.splitlines() if 'stats /bidistream.v1.Pipeline/Process' in l]
+        line = [l for l in text.splitlines() if 'msg="stats" method=/bidistream.v1.Pipeline/Process ' in l]
         self.assertEqual(len(line), 1, text)
-        self.assertIn('streams 1 opened, 0 refused, 1 ended (1 OK); messages 3 in, 3 out', line[0])
-        self.assertRegex(line[0], r'payload bytes (\d+) in, \1 out', 'echoes: as many bytes out as in')
+        self.assertIn('streams_opened=1 streams_refused=0 streams_ended=1 streams_ok=1 messages_in=3 messages_out=3',
+                      line[0])
+        self.assertRegex(line[0], r' bytes_in=(\d+) bytes_out=\1$', 'echoes: as many bytes out as in')
         text = self.run_server('--metrics', 'true')
-        self.assertIn('messages 3 in, 3 out', text)
-        self.assertNotIn('payload bytes', text, 'payload sizes only with --metrics-payload-sizes')
+        self.assertIn('messages_in=3 messages_out=3', text)
+        self.assertNotIn('bytes_in=', text, 'payload sizes only with --metrics-payload-sizes')
         text = self.run_server('--metrics', 'false')
-        self.assertNotIn('stats /', text, 'nothing with --metrics false')
+        self.assertNotIn('msg="stats"', text, 'nothing with --metrics false')
 
 
 class Interop(unittest.TestCase):

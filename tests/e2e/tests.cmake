@@ -50,6 +50,12 @@ if(TARGET bidistreamd)
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_h2_floods.py $<TARGET_FILE:bidistreamd>)
   set_tests_properties(e2e.h2_floods PROPERTIES LABELS "e2e" TIMEOUT 600
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
+  # The Prometheus endpoint (promtool, counters against what was sent, malformed
+  # and oversized requests, the connection bound) and the key=value logs.
+  add_test(NAME e2e.metrics
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_metrics.py $<TARGET_FILE:bidistreamd>)
+  set_tests_properties(e2e.metrics PROPERTIES LABELS "e2e;tsan" TIMEOUT 600
+    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
   # Connection timers (handshake, idle, keepalive, client PING policy, send stall, age and its grace).
   add_test(NAME e2e.conn_timers
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_conn_timers.py $<TARGET_FILE:bidistreamd>)

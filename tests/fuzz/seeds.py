@@ -87,6 +87,15 @@ def seeds():
         'request-ok': b'\x03\x00' + b'\x00\x00' + b'\x01\x01' + b'\x02\x02' + b'\x03\x04' + b'\x04\x05',
         'request-fuzzed-values': b'\x03\x04' + b'\x40\x03GET' + b'\x41\x05/a/b\x00' + b'\x82\x04abcd\x05\x01x',
     }
+    s['http1_req'] = {
+        'scrape': b'\x20\x00' + b'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9464\r\nUser-Agent: Prometheus/2.42.0\r\n'
+                  b'Accept: text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n',
+        'head-http10-query': b'\x00\x00' + b'HEAD /metrics?a=b HTTP/1.0\r\n\r\n',
+        'no-host': b'\x20\x00' + b'GET /metrics HTTP/1.1\r\n\r\n',
+        'tls-hello': b'\x20\x00' + b'\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03',
+        'h2-preface': b'\x20\x00' + b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n',
+        'oversized': b'\x00\x00' + b'GET /metrics HTTP/1.1\r\nHost: a\r\nX: ' + b'a' * 200 + b'\r\n\r\n',
+    }
     s['config'] = {
         'flags': b'--grace\x005s\x00--max-attempts\x003\x00--backoff=10ms',
         'sizes': b'--max-message-bytes\x004MiB\x00--stream-window-bytes\x0064KiB\x00--inbound-bytes-max=1GiB',

@@ -1655,8 +1655,9 @@ Test(server, log_lines_go_to_the_configured_sink_at_their_level) {
     srv_create(&v, &cfg);
     srv_run(&v);
     uint16_t port = ready_wait(&port_a);
-    char want[64];
-    snprintf(want, sizeof want, "2 listening on 127.0.0.1:%u with 2 shards\n", port);
+    char want[160];
+    snprintf(want, sizeof want, "2 msg=\"listening on 127.0.0.1:%u with 2 shards\" addr=127.0.0.1:%u shards=2\n", port,
+             port);
     pthread_mutex_lock(&sink.mu);
     cr_assert(strstr(sink.text, want) != NULL, "the INFO line reached the sink: %s", sink.text);
     pthread_mutex_unlock(&sink.mu);
@@ -1675,11 +1676,182 @@ Test(server, log_lines_go_to_the_configured_sink_at_their_level) {
     cr_assert_eq(bds_server_create(&second, &c2, NULL), BDS_OK);
     cr_assert_eq(bds_server_run(second), BDS_UNAVAILABLE);
     bds_server_destroy(second);
-    cr_assert(strstr(sink2.text, "0 cannot start: listen 127.0.0.1:") != NULL, "the ERROR line: %s", sink2.text);
+    cr_assert(strstr(sink2.text, "0 msg=\"cannot start\" reason=\"listen 127.0.0.1:") != NULL, "the ERROR line: %s",
+              sink2.text);
     cr_assert_eq(sink2.worst, BDS_LOG_ERROR);
     cr_assert(strstr(sink2.text, "\n1 ") == NULL && strncmp(sink2.text, "1 ", 2) != 0, "no WARN past ERROR: %s",
               sink2.text);
     srv_stop(&v);
+}
+
+/* ---- the metrics endpoint ------------------------------------------------------------ */
+
+/* GET path from the metrics port: the whole answer (head and body) until the
+ * server closes, NUL-terminated, malloc'ed; bounded (about 10 s). */
+static char *metrics_get(uint16_t port, const char *request) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "metrics port %u: %s", port, strerror(errno));
+    size_t rl = strlen(request);
+    cr_assert_eq(send(fd, request, rl, MSG_NOSIGNAL), (ssize_t)rl);
+    size_t cap = 1 << 16, len = 0;
+    char *out = malloc(cap);
+    uint64_t end = mono_ms() + 10000;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        cr_assert(mono_ms() < end, "no end of the metrics answer within 10 s (got %zu bytes)", len);
+        if (poll(&p, 1, 100) <= 0) continue;
+        if (cap - len < 4096) out = realloc(out, cap *= 2);
+        ssize_t n = recv(fd, out + len, cap - len - 1, 0);
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
+    out[len] = 0;
+    close(fd);
+    return out;
+}
+
+/* The value of the sample line starting with series (name and labels, as
+ * rendered), or -1 when there is none. */
+static double metric(const char *page, const char *series) {
+    size_t n = strlen(series);
+    for (const char *l = page; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
+        if (strncmp(l, series, n) == 0 && l[n] == ' ') return strtod(l + n + 1, NULL);
+    }
+    return -1;
+}
+
+struct scraper {
+    uint16_t port;
+    _Atomic bool stop;
+    int pages;
+};
+
+/* Scrapes in a loop while the traffic flows (under TSan: the page reads
+ * every shard's counters while the shards write them). */
+static void *scraper_main(void *arg) {
+    struct scraper *sc = arg;
+    while (!atomic_load(&sc->stop)) {
+        char *page = metrics_get(sc->port, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        cr_assert(strncmp(page, "HTTP/1.1 200 OK\r\n", 17) == 0, "%.200s", page);
+        free(page);
+        sc->pages++;
+    }
+    return NULL;
+}
+
+Test(server, metrics_page_adds_every_shards_counters_while_traffic_flows) {
+    bds_server_config cfg;
+    srv_config(&cfg, 2);
+    cfg.metrics_listen = "127.0.0.1:0";
+    struct srv v;
+    srv_start_cfg(&v, &cfg);
+    struct cli c;
+    cli_init(&c, srv_connect(&v)); /* the gRPC port is up: so is the metrics one */
+    uint16_t mport = bds_server_metrics_port(v.s);
+    cr_assert_neq(mport, 0);
+    cr_assert_neq(mport, bds_server_port(v.s));
+    struct scraper sc = {.port = mport};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, scraper_main, &sc), 0);
+    char key[8];
+    for (int i = 0; i < 8; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        cli_call(&c, key, true);
+    }
+    cli_pump(&c, all_closed);
+    atomic_store(&sc.stop, true);
+    pthread_join(t, NULL);
+    cr_assert_gt(sc.pages, 0);
+    for (int i = 0; i < c.n; i++) cr_assert_eq(c.s[i].grpc_status, 0, "stream %d status", i);
+    /* Streams end on the server once their trailers are queued, before the
+     * client reads them: wait for the last one to be counted (bounded). */
+    char *page = NULL;
+    for (int i = 0; i < 500; i++) {
+        free(page);
+        page = metrics_get(mport, "GET /metrics?x=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+        if (metric(page, "grpc_server_call_duration_seconds_count{grpc_method=\"bidistream.v1.Pipeline/Process\","
+                         "grpc_status=\"OK\"}") == 8)
+            break;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+#define P "{grpc_method=\"bidistream.v1.Pipeline/Process\"}"
+#define PS "{grpc_method=\"bidistream.v1.Pipeline/Process\",grpc_status=\"OK\"}"
+    cr_assert_eq(metric(page, "grpc_server_call_started_total" P), 8, "%s", page);
+    cr_assert_eq(metric(page, "grpc_server_call_duration_seconds_count" PS), 8);
+    cr_assert_eq(metric(page, "grpc_server_call_duration_seconds_bucket{grpc_method=\"bidistream.v1.Pipeline/"
+                              "Process\",grpc_status=\"OK\",le=\"+Inf\"}"), 8);
+    double bytes = (double)(c.s[0].out_len - 5 * MSGS) * 8; /* payloads: the frames without their prefixes */
+    cr_assert_eq(metric(page, "grpc_server_call_rcvd_total_compressed_message_size_bytes_sum" PS), bytes);
+    cr_assert_eq(metric(page, "grpc_server_call_sent_total_compressed_message_size_bytes_sum" PS), bytes, "echoes");
+    cr_assert_eq(metric(page, "bidistream_messages_received_total" P), 8 * MSGS);
+    cr_assert_eq(metric(page, "bidistream_messages_sent_total" P), 8 * MSGS);
+    cr_assert_eq(metric(page, "bidistream_messages_admitted_total" P), 8 * MSGS);
+    cr_assert_eq(metric(page, "bidistream_handler_calls_total{grpc_method=\"bidistream.v1.Pipeline/Process\","
+                              "outcome=\"completed\"}"), 8 * MSGS);
+    cr_assert_eq(metric(page, "bidistream_message_latency_seconds_count" P), 8 * MSGS);
+    cr_assert_eq(metric(page, "bidistream_streams_open" P), 0);
+    cr_assert_eq(metric(page, "bidistream_connections_open{shard=\"0\"}") +
+                     metric(page, "bidistream_connections_open{shard=\"1\"}"), 1);
+    cr_assert_eq(metric(page, "bidistream_http2_streams_total{event=\"started\"}"), 8);
+    cr_assert_gt(metric(page, "bidistream_shard_wait_seconds_total{shard=\"1\"}"), 0, "shard 1 slept");
+    cr_assert_geq(metric(page, "bidistream_metrics_http_requests_total{outcome=\"ok\"}"), sc.pages + 1);
+#undef P
+#undef PS
+    /* The library's own view agrees. */
+    bds_server_stats *st = malloc(sizeof *st);
+    bds_server_get_stats(v.s, st);
+    cr_assert_eq(st->methods[0].messages_in, 8 * MSGS);
+    free(st);
+    free(page);
+    /* HEAD: the head only. Other paths, methods, malformed heads: their codes, and the server goes on. */
+    page = metrics_get(mport, "HEAD /metrics HTTP/1.0\r\n\r\n");
+    cr_assert(strncmp(page, "HTTP/1.1 200 OK\r\n", 17) == 0 && strstr(page, "text/plain; version=0.0.4"), "%s", page);
+    cr_assert(strstr(page, "\r\n\r\n")[4] == 0, "no body after a HEAD: %s", page);
+    free(page);
+    page = metrics_get(mport, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    cr_assert(strncmp(page, "HTTP/1.1 404 ", 13) == 0, "%s", page);
+    free(page);
+    page = metrics_get(mport, "DELETE /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    cr_assert(strncmp(page, "HTTP/1.1 405 ", 13) == 0 && strstr(page, "Allow: GET, HEAD\r\n"), "%s", page);
+    free(page);
+    page = metrics_get(mport, "GET /metrics HTTP/1.1\r\n\r\n");
+    cr_assert(strncmp(page, "HTTP/1.1 400 ", 13) == 0, "no Host: %s", page);
+    free(page);
+    cli_call(&c, "after", true);
+    cli_pump(&c, all_closed);
+    cr_assert_eq(c.s[c.n - 1].grpc_status, 0, "gRPC still served");
+    cli_fini(&c);
+    srv_stop(&v);
+}
+
+Test(server, metrics_listen_is_checked_at_create_and_bound_at_run) {
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.metrics_listen = "nowhere";
+    bds_server *s = NULL;
+    const char *why = NULL;
+    cr_assert_eq(bds_server_create(&s, &cfg, &why), BDS_E_INVALID);
+    cr_assert_str_eq(why, "metrics_listen: expected HOST:PORT");
+    /* A metrics address in use: the run fails before serving anything. */
+    int busy = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(busy, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(busy, 1), 0);
+    socklen_t al = sizeof a;
+    getsockname(busy, (struct sockaddr *)&a, &al);
+    char addr[32];
+    snprintf(addr, sizeof addr, "127.0.0.1:%u", ntohs(a.sin_port));
+    cfg.metrics_listen = addr;
+    cfg.log_level = -1; /* nothing: the error is the test's to see */
+    cr_assert_eq(bds_server_create(&s, &cfg, &why), BDS_OK);
+    cr_assert_eq(bds_server_run(s), BDS_UNAVAILABLE);
+    cr_assert_eq(bds_server_metrics_port(s), 0);
+    bds_server_destroy(s);
+    close(busy);
 }
 
 /* ---- misuse of the stream API: loud, named, every time ------------------------------ */

@@ -171,6 +171,8 @@ Test(h2_abuse, continuation_flood_is_cut_off, .fini = fini) {
      * tells the client why (docs/SERVICE.md), naming stream 1, whose headers began. */
     assert_last_frame_goaway(NGHTTP2_ENHANCE_YOUR_CALM, 1);
     cr_assert_not(bds__h2_want_write(H.app.h2));
+    cr_assert_eq(bds__h2_get_stats(H.app.h2)->goaways_sent[NGHTTP2_ENHANCE_YOUR_CALM], 1,
+                 "the hand-written GOAWAY is counted too (metrics)");
 }
 
 /* A call with |msg_len| bytes echoed on stream 1, then a CONTINUATION flood on

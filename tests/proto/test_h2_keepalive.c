@@ -80,6 +80,8 @@ Test(h2_keepalive, pings_closer_than_the_minimum_end_with_too_many_pings, .fini 
     char dbg[64];
     goaway_debug(dbg, sizeof dbg);
     cr_assert_str_eq(dbg, "too_many_pings");
+    cr_assert_eq(st->goaways_sent[NGHTTP2_ENHANCE_YOUR_CALM], 1, "counted by its code (metrics)");
+    cr_assert_eq(st->goaways_sent[NGHTTP2_NO_ERROR], 0);
     cr_assert(bds__h2_is_done(H.app.h2), "done once the GOAWAY is written: the connection closes");
     /* What follows is not read: no more PING ACKs. */
     int acks = raw_count(&H.raw_out, NGHTTP2_PING);

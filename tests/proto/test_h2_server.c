@@ -664,6 +664,7 @@ Test(h2_server, shutdown_notice_then_goaway_reports_last_stream_and_ends, .fini 
     h_pump(&H);
     cr_assert_eq(c->grpc_status, 0);
     cr_assert(bds__h2_is_done(H.app.h2));
+    cr_assert_eq(bds__h2_get_stats(H.app.h2)->goaways_sent[NGHTTP2_NO_ERROR], 2, "the notice and the final one");
 }
 
 Test(h2_server, terminate_sends_goaway_and_ends, .fini = fini) {
@@ -674,6 +675,7 @@ Test(h2_server, terminate_sends_goaway_and_ends, .fini = fini) {
     h_pump(&H);
     cr_assert_eq(H.goaway_code, NGHTTP2_INTERNAL_ERROR);
     cr_assert(bds__h2_is_done(H.app.h2));
+    cr_assert_eq(bds__h2_get_stats(H.app.h2)->goaways_sent[NGHTTP2_INTERNAL_ERROR], 1);
     bds__h2_abort_calls(H.app.h2, BDS_UNAVAILABLE);
     cr_assert_eq(H.app.resets, 1);
     cr_assert_eq(H.app.calls[0].reset_status, BDS_UNAVAILABLE);

@@ -120,6 +120,8 @@ static void assert_same_config(const bds_server_config *a, const bds_server_conf
     cr_assert_eq(a->send_timeout_ns, b->send_timeout_ns);
     cr_assert_eq(a->tcp_user_timeout_ms, b->tcp_user_timeout_ms);
     cr_assert_eq(a->max_connections, b->max_connections);
+    cr_assert_eq(a->metrics_listen == NULL, b->metrics_listen == NULL);
+    if (a->metrics_listen) cr_assert_str_eq(a->metrics_listen, b->metrics_listen);
     const bds_options *x = &a->options, *y = &b->options;
     cr_assert_eq(x->size, y->size);
     cr_assert_eq(x->inbound.ordering.mode, y->inbound.ordering.mode);
@@ -171,6 +173,24 @@ Test(tool_config, listen_in_both_forms_sets_the_address) {
     cr_assert_str_eq(cfg.server.listen, "[::1]:65535");
     parse_ok(&cfg, "--listen", ":50051", NULL); /* any address */
     cr_assert_str_eq(cfg.server.listen, ":50051");
+}
+
+Test(tool_config, metrics_listen_is_off_by_default_and_takes_an_address_or_off) {
+    bds_tool_config cfg;
+    parse_ok(&cfg, NULL);
+    cr_assert_null(cfg.server.metrics_listen, "no metrics endpoint unless asked");
+    cr_assert_eq(cfg.access_log, false, "no access log unless asked");
+    parse_ok(&cfg, "--metrics-listen", "127.0.0.1:9464", "--access-log", NULL);
+    cr_assert_str_eq(cfg.server.metrics_listen, "127.0.0.1:9464");
+    cr_assert_str_eq(cfg.server.listen, "127.0.0.1:50051", "the gRPC address is its own");
+    cr_assert(cfg.access_log);
+    parse_ok(&cfg, "--metrics-listen=[::1]:0", "--metrics-listen", "off", "--access-log=false", NULL);
+    cr_assert_null(cfg.server.metrics_listen, "the last one wins: off");
+    cr_assert_eq(cfg.access_log, false);
+    parse_bad("--metrics-listen", "--metrics-listen", "nowhere", NULL);
+    parse_bad("--metrics-listen", "--metrics-listen", "host:65536", NULL);
+    parse_bad("--metrics-listen", "--metrics-listen", "", NULL);
+    parse_bad("--access-log", "--access-log=maybe", NULL);
 }
 
 Test(tool_config, listen_malformed_is_refused_naming_the_flag) {
@@ -820,14 +840,17 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--log-level", "warn", "--idle-timeout", "90s", "--keepalive-timeout", "0",
                     "--max-connection-age", "10m", "--max-connection-age-grace", "45s",
                     "--ping-without-streams", "--tcp-user-timeout-ms", "1234", "--reuse-port", "--reflection",
-                    "--tls-key", "/etc/bds/key.pem", "--tls-client-ca", "/etc/bds/ca.pem", NULL};
+                    "--tls-key", "/etc/bds/key.pem", "--tls-client-ca", "/etc/bds/ca.pem",
+                    "--metrics-listen", "127.0.0.1:9464", "--access-log", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 53, "%s", out); /* a comment and 52 keys */
+    cr_assert_eq(count_lines(out), 55, "%s", out); /* a comment and 54 keys */
     cr_assert_not_null(strstr(out, "\n# tls-cert = (not set)\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ntls-key = /etc/bds/key.pem\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nreflection = true\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\nmetrics-listen = 127.0.0.1:9464\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\naccess-log = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nreuse-port = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nmax-connection-age = 10m\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nmax-connection-age-grace = 45s\n"), "%s", out);
@@ -847,6 +870,7 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
     char msg[512] = "";
     cr_assert_eq(parse_file(&second, msg, out), BDS_TOOL_EXIT_OK, "%s", msg);
     cr_assert_str_eq(second.server.listen, "[::1]:9");
+    cr_assert(second.access_log, "access-log reads back");
     free(out);
     free(err);
     assert_same_config(&first.server, &second.server);

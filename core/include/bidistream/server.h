@@ -138,13 +138,29 @@ typedef struct bds_server_config {
      * is the one running; ctx is on_ready_ctx, the caller's. */
     void (*on_ready)(bds_server *server, uint16_t port, void *ctx);
     void *on_ready_ctx;
-    /* Optional: where the server's log lines go (one line per call, no
-     * newline, level a BDS_LOG_* at or below log_level). NULL: stderr, as
-     * "bidistream: <line>". Called from every shard's thread (and
-     * bds_server_run's): it must be thread-safe and must not block long.
-     * message is valid during the call; ctx is log_ctx, the caller's. */
+    /* Optional: where the server's log lines go (one line per event, no
+     * newline, level a BDS_LOG_* at or below log_level). Each message is the
+     * event in key=value form (logfmt), without its level:
+     * msg="<what happened>" followed by its fields, e.g.
+     *   msg="closing a connection" peer=127.0.0.1:5000 reason="no send progress" after_s=30.000
+     * NULL: stderr, as "level=<error|warn|info|debug> <message>". Called from
+     * every shard's thread (and bds_server_run's): it must be thread-safe
+     * and must not block long. message is valid during the call; ctx is
+     * log_ctx, the caller's. */
     void (*log)(int level, const char *message, void *ctx);
     void *log_ctx;
+    /* Optional: "host:port" of a Prometheus endpoint (GET /metrics over
+     * HTTP/1.1, answered "text/plain; version=0.0.4"), on its own listener
+     * served by shard 0: gRFC A66's call metrics, the pipeline's, the
+     * shards' and the connections' (docs/OPERATIONS.md lists each). Port 0
+     * picks a free one (bds_server_metrics_port). Copied. NULL (default):
+     * no endpoint, and the histograms only it shows are not kept (no clock
+     * read per message). bds_server_run fails with BDS_UNAVAILABLE when it
+     * cannot listen there. A scraper holds at most: 8 connections at once
+     * (past them 503, then closed at once), an 8 KiB request head (past it,
+     * or a malformed one, 400), 10 s per exchange; each answer closes its
+     * connection. */
+    const char *metrics_listen;
 } bds_server_config;
 
 /* Log levels (bds_server_config.log_level and .log). */
@@ -300,6 +316,10 @@ BDS_API void bds_server_stop(bds_server *server);
 /* The port the server listens on (useful with "host:0"); 0 before it runs
  * (on_ready tells it without polling). Thread: any. */
 BDS_API uint16_t bds_server_port(const bds_server *server);
+/* The port of the metrics endpoint (bds_server_config.metrics_listen): set
+ * once bds_server_run listens there, before on_ready; 0 before, or without
+ * an endpoint. Thread: any. */
+BDS_API uint16_t bds_server_metrics_port(const bds_server *server);
 /* Counters of one method, summed over every shard. Totals count from the
  * server's start; "live" fields are gauges. Updated as things happen (not
  * when a stream ends), with relaxed atomics: a read is a recent picture, each
