@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(
   build-essential cmake pkg-config git
-  liburing-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
+  liburing-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler zlib1g-dev  # zlib: gRPC message compression
   libcriterion-dev spin
   python3 python3-grpcio grpc-proto nghttp2-client
   clang libclang-rt-14-dev  # libFuzzer (tools/fuzz.sh)
