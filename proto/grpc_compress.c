@@ -175,8 +175,11 @@ bds_status bds__grpc_decompress(bds__grpc_codec *z, bds__grpc_enc enc, const uin
     s->next_in = (Bytef *)(uintptr_t)in;
     s->avail_in = (uInt)len;
     /* A first buffer sized from the input (deflate rarely shrinks a protobuf
-     * message below a fourth), then doubling as the output demands. */
-    size_t first = len * 4 < CODEC_MIN_BYTES ? CODEC_MIN_BYTES : len * 4;
+     * message below a fourth), a power of two, then doubling as the output
+     * demands: a realloc that copies holds at most 1.5 times the limit for
+     * an instant (twice, less a byte, when the limit is not a power of two). */
+    size_t first = CODEC_MIN_BYTES;
+    while (first < len * 4 && first < limit) first *= 2;
     size_t have = 0;
     for (;;) {
         uint8_t probe;
