@@ -813,13 +813,15 @@ static void call_half_close_check(srv_call *call) {
  * loop CPU per reply byte (BDS_GRPC_DEFLATE_LEVEL, zlib's fastest). The
  * compressed bytes are copied out of the shard's codec into a buffer of
  * their size, so a reply held in the queue holds what it sends. A reply
- * that would not shrink, or finds no memory for it, goes as it is (gRPC
- * allows any message uncompressed). */
+ * under BDS_GRPC_COMPRESS_MIN_BYTES, one that would not shrink, or one that
+ * finds no memory for it goes as it is (gRPC allows any message
+ * uncompressed). */
 static void call_compress(srv_call *call, srv_msg *r) {
     srv_conn *sc = call->conn;
     if (r->ctl || !sc || call->h2_done || call->finish_requested) return;
     bds__grpc_enc enc = bds__h2_response_encoding(sc->h2, call->stream, (bds__grpc_enc)r->compress);
-    if (enc == BDS__GRPC_ENC_IDENTITY || r->compress == BDS_COMPRESSION_NONE || r->len == 0) return;
+    if (enc == BDS__GRPC_ENC_IDENTITY || r->compress == BDS_COMPRESSION_NONE || r->len < BDS_GRPC_COMPRESS_MIN_BYTES)
+        return;
     srv_shard *sh = call->home;
     const uint8_t *out;
     size_t n;

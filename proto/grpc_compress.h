@@ -42,6 +42,10 @@ typedef enum bds__grpc_enc {
  * stream's home shard, and level 1 already takes most of what repetition a
  * protobuf message has (docs/SERVICE.md has what it costs). */
 #define BDS_GRPC_DEFLATE_LEVEL 1
+/* Replies shorter than this are not worth compressing: deflate's setup for
+ * each message (deflateReset clears its 64 KiB hash table) costs more than
+ * the few bytes it could save, and gzip's own header and trailer take 18. */
+#define BDS_GRPC_COMPRESS_MIN_BYTES 64u
 
 /* The encoding a grpc-encoding value of |len| bytes names (exact,
  * case-sensitive, as gRPC's registries compare): UNKNOWN for anything else. */
