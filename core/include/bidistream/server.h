@@ -58,8 +58,9 @@ typedef struct bds_server_config {
     /* Replies of every stream compressed with this when its client takes it
      * (its grpc-accept-encoding, or its request's grpc-encoding), else sent
      * as they are; a stream can change it (bds_stream_set_compression).
-     * Compression runs on the stream's home shard, in its event loop: it costs
-     * that shard CPU per reply byte (docs/SERVICE.md). Default NONE. */
+     * Replies under 64 bytes, and those that would not shrink, go as they
+     * are. Compression runs on the stream's home shard, in its event loop: it
+     * costs that shard CPU per reply byte (docs/SERVICE.md). Default NONE. */
     bds_compression compress_responses;
     uint32_t max_concurrent_streams;/* per connection, default 1024 */
     /* Per connection, default 128: streams that are over (reset, cancelled,
@@ -494,9 +495,11 @@ BDS_API bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_
  * its client takes it (its grpc-accept-encoding lists it, or its request came
  * in it), else none. A later reply asking for compression is compressed with
  * the stream's encoding, whichever was asked, or goes as it is when the
- * stream has none; a reply that would not shrink goes as it is too (gRPC
- * lets any message go uncompressed). Returns BDS_OK, or BDS_E_INVALID (not a
- * bds_compression). Thread: any, on a live stream. */
+ * stream has none; a reply under 64 bytes, or one that would not shrink,
+ * goes as it is too (gRPC lets any message go uncompressed). Returns BDS_OK,
+ * or BDS_E_INVALID (not a bds_compression). Thread: any, on a live stream;
+ * the replies a thread makes after it see it (another thread's, once the
+ * calls are ordered between the two). */
 BDS_API bds_status bds_stream_set_compression(bds_stream *stream, bds_compression compression);
 /* Whether the call's request message came compressed (the gRPC
  * Compressed-Flag: the bytes bds_call_request gives are already
