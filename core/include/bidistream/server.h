@@ -497,9 +497,8 @@ BDS_API bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_
  * the stream's encoding, whichever was asked, or goes as it is when the
  * stream has none; a reply under 64 bytes, or one that would not shrink,
  * goes as it is too (gRPC lets any message go uncompressed). Returns BDS_OK,
- * or BDS_E_INVALID (not a bds_compression). Thread: any, on a live stream;
- * the replies a thread makes after it see it (another thread's, once the
- * calls are ordered between the two). */
+ * or BDS_E_INVALID (not a bds_compression). Thread: any, on a live stream
+ * (a reply made on another thread at the same time may or may not see it). */
 BDS_API bds_status bds_stream_set_compression(bds_stream *stream, bds_compression compression);
 /* Whether the call's request message came compressed (the gRPC
  * Compressed-Flag: the bytes bds_call_request gives are already
