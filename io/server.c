@@ -127,6 +127,9 @@ static const char *server_limits_why(const bds_server_config *cfg) {
         return "connection timers (handshake, idle, keepalive, ping, send, age, age grace): at most a year each";
     }
     if (cfg->tcp_user_timeout_ms > (uint32_t)INT32_MAX) return "tcp_user_timeout_ms: expected 0 to 2147483647";
+    if ((unsigned)cfg->compress_responses > BDS_COMPRESSION_GZIP) {
+        return "compress_responses: expected BDS_COMPRESSION_NONE, _DEFLATE or _GZIP";
+    }
     return NULL;
 }
 
@@ -731,6 +734,7 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     sh->jitter_rng = seed.k0 ^ seed.k1;
     srv->shards[id] = sh;
     bds__srv_msg_pools_init(sh);
+    bds__grpc_codec_init(&sh->codec, NULL);
     sh->flusher.fn = bds__srv_shard_flusher;
     bds__srv_self = sh;
     bds_status st = bds__shard_pipeline_attach(srv->pipes, s, &sh->pipe);
@@ -806,6 +810,7 @@ static void server_free_shards(bds_server *srv) {
         if (sh->pipe) bds__shard_pipeline_detach(sh->pipe);
         /* Every shard has stopped (joined): no message is held any more. */
         bds__srv_msg_pools_deinit(sh);
+        bds__grpc_codec_deinit(&sh->codec); /* its sessions are gone with the connections */
         free(sh);
         srv->shards[i] = NULL;
     }

@@ -492,6 +492,7 @@ void bds__srv_on_accept(bds_listener *l, bds_conn *c, void *ctx) {
                                        ? cfg->ping_min_interval_ns
                                        : two_hours;
     hc.alloc = &sc->alloc;
+    hc.codec = &sh->codec; /* one message is decompressed at a time on a shard */
     if (bds__h2_create(&sc->h2, &hc, &bds__srv_h2_cbs, sc) != BDS_OK || sh->stopping) {
         if (sc->h2) bds__h2_destroy(sc->h2);
         free(sc);

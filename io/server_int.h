@@ -13,6 +13,7 @@
 #include "log.h"
 #include "tls.h"
 #include "mem.h"
+#include "grpc_compress.h"
 #include "h2_server.h"
 #include "net.h"
 #include "shard_pipeline.h"
@@ -209,6 +210,10 @@ typedef struct srv_msg {
     bds__task task;           /* carries it to its stream's home (stream_post) */
     srv_call *target;         /* ... that stream, referenced while in transit */
     uint32_t hint;            /* SRV_CTL_FINISH: the status */
+    bool compressed;          /* an inbound payload that came compressed */
+    uint8_t compress;         /* a reply: the bds_compression asked for it */
+    struct srv_msg *z;        /* a reply sent compressed: its compressed bytes (held
+                                 SRV_MSG_OUT by it, let go when it is freed) */
     void (*on_free)(void *ctx); /* run when it is freed: a paced reply's (bds_call_reply_paced) */
     void *on_free_ctx;
     const uint8_t *key;
@@ -228,6 +233,8 @@ struct srv_shard {
     bds__dlist dirty;         /* connections with output due (bds__srv_conn_kick; dirty_link) */
     bds_flusher flusher;      /* flushes `dirty` at the end of a tick */
     bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
+    bds__grpc_codec codec;    /* zlib for its connections: requests decompressed by
+                                 their HTTP/2 sessions, replies compressed (call_compress) */
     uint64_t msg_bytes;       /* memory of the srv_msg buffers made here and alive */
     uint64_t msg_bytes_hw;    /* its high-water mark */
     uint64_t h2_bytes;        /* its connections' HTTP/2 memory past the fixed part */
@@ -255,6 +262,7 @@ struct bds_stream {
     _Atomic bool ended;       /* finished or over: what would send is refused (any thread) */
     _Atomic uint32_t sent;    /* replies and pushes made (any thread): headers go with the first */
     _Atomic uint32_t md_n[2], md_bytes[2]; /* response headers [0], trailers [1] set */
+    _Atomic uint8_t compress; /* bds_compression for replies made now (any thread) */
     uint64_t start_ns, deadline_ns;
     uint8_t *md;              /* request metadata: entries of name length (2 bytes),
                                  value length (4), name and NUL, value (-bin decoded) */

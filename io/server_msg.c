@@ -220,6 +220,7 @@ void bds__srv_msg_unhold(srv_msg *m, uint8_t hold) {
         budget_check_down(m->home, m->acct);
     }
     if (m->acct) bds__srv_acct_unref(m->acct);
+    if (m->z) bds__srv_msg_unhold(m->z, SRV_MSG_OUT);
     if (m->on_free) m->on_free(m->on_free_ctx);
     if (m->cls == SRV_MSG_HEAP) {
         free(m);

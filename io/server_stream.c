@@ -35,6 +35,12 @@ const uint8_t *bds_call_request(const bds_call *call, uint32_t *len) {
     return m->data;
 }
 
+bool bds_call_request_compressed(const bds_call *call) {
+    bds__call_check_running(call, "bds_call_request_compressed");
+    const srv_msg *m = bds_call_payload(call);
+    return m->compressed;
+}
+
 /* Thread: any. On the call's home shard the reply comes from its pools, and
  * an echo of the whole request (the first one) is the request's own buffer.
  * Elsewhere (the key's shard, a handler's thread) it is malloc'ed: the reply
@@ -107,6 +113,7 @@ static bds_status call_reply(bds_call *call, const void *bytes, size_t len, void
     }
     r->on_free = on_free;
     r->on_free_ctx = ctx;
+    r->compress = atomic_load_explicit(&st->compress, memory_order_relaxed);
     r->reply.data = r;
     r->reply.bytes = (uint32_t)len;
     return bds_call_reply(call, &r->reply); /* taken either way: its status reports on the stream */
@@ -285,7 +292,20 @@ bds_status bds_stream_send(bds_stream *st, const void *bytes, size_t len) {
     }
     if (len) memcpy(m->data, bytes, len);
     m->reply.bytes = (uint32_t)len;
+    m->compress = atomic_load_explicit(&st->compress, memory_order_relaxed);
     stream_post(st, m);
+    return BDS_OK;
+}
+
+BDS_STATIC_ASSERT(BDS_COMPRESSION_NONE == (int)BDS__GRPC_ENC_IDENTITY &&
+                      BDS_COMPRESSION_DEFLATE == (int)BDS__GRPC_ENC_DEFLATE &&
+                      BDS_COMPRESSION_GZIP == (int)BDS__GRPC_ENC_GZIP,
+                  "bds_compression names the wire's encodings");
+
+bds_status bds_stream_set_compression(bds_stream *st, bds_compression compression) {
+    stream_check(st, "bds_stream_set_compression");
+    if ((unsigned)compression > BDS_COMPRESSION_GZIP) return BDS_E_INVALID;
+    atomic_store_explicit(&st->compress, (uint8_t)compression, memory_order_relaxed);
     return BDS_OK;
 }
 
@@ -527,8 +547,10 @@ static bool call_try_send(srv_call *call, srv_msg *r) {
     }
     srv_conn *sc = call->conn;
     if (!sc || call->h2_done || call->finish_requested) return true; /* nobody to send to: written = dropped */
-    /* E_AGAIN: the stream holds REPLY_HIGH_WATER unsent bytes (its send bound). */
-    bds_status st = bds__h2_send_framed(sc->h2, call->stream, &r->h2, r->prefix, r->len);
+    /* E_AGAIN: the stream holds REPLY_HIGH_WATER unsent bytes (its send bound).
+     * A compressed reply sends its compressed bytes; the node is the reply's. */
+    srv_msg *w = r->z ? r->z : r;
+    bds_status st = bds__h2_send_framed(sc->h2, call->stream, &r->h2, w->prefix, w->len, r->z != NULL);
     if (st == BDS_E_AGAIN) return false;
     if (st == BDS_OK) {
         r->holds |= SRV_MSG_H2; /* released by h2_on_msg_release */
@@ -798,10 +820,40 @@ static void call_half_close_check(srv_call *call) {
     call->m->m.on_half_close(call, call->m->m.handler_ctx);
 }
 
+/* A reply reaches home, in stream order: the first fixes the stream's
+ * response encoding (bds__h2_response_encoding: what it asks for, if the
+ * client takes it), and each asking for compression is compressed with that
+ * encoding into r->z, here, on the home shard: deflate costs this shard's
+ * loop CPU per reply byte (BDS_GRPC_DEFLATE_LEVEL, zlib's fastest). The
+ * compressed bytes are copied out of the shard's codec into a buffer of
+ * their size, so a reply held in the queue holds what it sends. A reply
+ * under BDS_GRPC_COMPRESS_MIN_BYTES, one that would not shrink, or one that
+ * finds no memory for it goes as it is (gRPC allows any message
+ * uncompressed). */
+static void call_compress(srv_call *call, srv_msg *r) {
+    srv_conn *sc = call->conn;
+    if (r->ctl || !sc || call->h2_done || call->finish_requested) return;
+    bds__grpc_enc enc = bds__h2_response_encoding(sc->h2, call->stream, (bds__grpc_enc)r->compress);
+    if (enc == BDS__GRPC_ENC_IDENTITY || r->compress == BDS_COMPRESSION_NONE || r->len < BDS_GRPC_COMPRESS_MIN_BYTES)
+        return;
+    srv_shard *sh = call->home;
+    const uint8_t *out;
+    size_t n;
+    if (bds__grpc_compress(&sh->codec, enc, r->data, r->len, r->len - 1, &out, &n) != BDS_OK) return;
+    srv_msg *z = bds__srv_msg_new(sh, NULL, n, SRV_MSG_OUT);
+    if (z) {
+        bds__srv_msg_attach(z, call);
+        memcpy(z->data, out, n);
+        r->z = z;
+    }
+    bds__grpc_codec_trim(&sh->codec);
+}
+
 static void op_write(bds_session *s, bds_reply *reply, void *ctx) {
     srv_call *call = ctx;
     srv_msg *r = reply->data;
     bds__srv_msg_attach(r, call);
+    call_compress(call, r);
     if (!call->blocked && call_try_send(call, r)) {
         bds_session_reply_written(s, reply);
         bds__srv_msg_unhold(r, SRV_MSG_OUT);
@@ -969,6 +1021,7 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     bds__dlist_init(&call->conn_link);
     bds__dlist_init(&call->wait_link);
     atomic_init(&call->refs, 1);
+    atomic_init(&call->compress, (uint8_t)sh->srv->cfg.compress_responses);
     call->conn = sc;
     call->stream = info->stream_id;
     call->m = m;
@@ -1018,7 +1071,7 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
 }
 
 static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const uint8_t *msg, size_t len,
-                          uint32_t wire_bytes) {
+                          uint32_t wire_bytes, bool compressed) {
     (void)stream_id;
     srv_call *call = call_ctx;
     if (call->finish_pending) return; /* the stream's session already ended */
@@ -1043,6 +1096,7 @@ static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const ui
         return;
     }
     m->wire = wire_bytes;
+    m->compressed = compressed;
     if (len) memcpy(m->data, msg, len);
     const srv_method *sm = call->m;
     bool ok = true;

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "base.h"
+#include "grpc_compress.h"
 
 /* ---- grpc-timeout ------------------------------------------------------------ */
 
@@ -168,6 +169,8 @@ void bds__grpc_req_init(bds__grpc_req_check *rc, const bds__grpc_methods *method
     rc->_header_bytes_max = header_bytes_max != 0 ? header_bytes_max
                                                   : BDS_GRPC_HEADER_BYTES_MAX_DEFAULT;
     rc->_method_index = -1;
+    rc->_encoding = BDS__GRPC_ENC_IDENTITY;
+    rc->_accept = BDS__GRPC_ENC_BIT(BDS__GRPC_ENC_IDENTITY);
 }
 
 static bool req_eq(const uint8_t *a, size_t alen, const char *lit) {
@@ -212,7 +215,11 @@ bool bds__grpc_req_header(bds__grpc_req_check *rc, const uint8_t *name, size_t n
         if (!bds__grpc_timeout_parse((const char *)value, valuelen, &rc->_timeout_ns))
             rc->_bad |= REQ_BAD_TIMEOUT;
     } else if (req_eq(name, namelen, "grpc-encoding")) {
-        if (!req_eq(value, valuelen, "identity")) rc->_bad |= REQ_BAD_ENCODING;
+        bds__grpc_enc e = bds__grpc_enc_parse(value, valuelen);
+        if (e == BDS__GRPC_ENC_UNKNOWN) rc->_bad |= REQ_BAD_ENCODING;
+        else rc->_encoding = (uint8_t)e;
+    } else if (req_eq(name, namelen, "grpc-accept-encoding")) {
+        rc->_accept |= (uint8_t)bds__grpc_accept_parse(value, valuelen);
     }
     return true;
 }
@@ -232,7 +239,8 @@ bds__grpc_verdict bds__grpc_req_verdict(const bds__grpc_req_check *rc) {
     } else if (rc->_bad & REQ_BAD_TIMEOUT) {
         v = (bds__grpc_verdict){200, BDS_INTERNAL, "malformed grpc-timeout"};
     } else if (rc->_bad & REQ_BAD_ENCODING) {
-        v = (bds__grpc_verdict){200, BDS_UNIMPLEMENTED, "unsupported grpc-encoding"};
+        v = (bds__grpc_verdict){200, BDS_UNIMPLEMENTED,
+                                "unsupported grpc-encoding (this server takes " BDS_GRPC_ACCEPT_ENCODING ")"};
     } else if (rc->_method_index < 0) {
         v = (bds__grpc_verdict){200, BDS_UNIMPLEMENTED, "unknown method"};
     }
@@ -247,6 +255,16 @@ int32_t bds__grpc_req_method(const bds__grpc_req_check *rc) {
 uint64_t bds__grpc_req_timeout_ns(const bds__grpc_req_check *rc) {
     BDS_ASSERT(rc != NULL);
     return rc->_timeout_ns;
+}
+
+uint8_t bds__grpc_req_encoding(const bds__grpc_req_check *rc) {
+    BDS_ASSERT(rc != NULL);
+    return rc->_encoding;
+}
+
+unsigned bds__grpc_req_accept(const bds__grpc_req_check *rc) {
+    BDS_ASSERT(rc != NULL);
+    return rc->_accept | BDS__GRPC_ENC_BIT(rc->_encoding);
 }
 
 /* ---- base64 ------------------------------------------------------------------------ */

@@ -89,6 +89,8 @@ typedef struct bds__grpc_req_check {
     uint64_t _timeout_ns;       /* 0 = none                                      */
     uint16_t _seen;             /* REQ_SEEN_* bits (grpc_wire.c)                 */
     uint16_t _bad;              /* REQ_BAD_* bits (grpc_wire.c)                  */
+    uint8_t _encoding;          /* grpc-encoding (bds__grpc_enc), IDENTITY if none */
+    uint8_t _accept;            /* grpc-accept-encoding: a set of BDS__GRPC_ENC_BIT */
 } bds__grpc_req_check;
 
 /* Starts a request. |header_bytes_max| 0 means 16 KiB (our own bound; nghttp2
@@ -105,12 +107,20 @@ bool bds__grpc_req_header(bds__grpc_req_check *rc, const uint8_t *name, size_t n
 /* The verdict, in precedence order: header list too large (431,
  * RESOURCE_EXHAUSTED) · :method not POST (405, INTERNAL) · content-type not
  * application/grpc[+...] (415, INTERNAL) · te not "trailers" (400, INTERNAL) ·
- * malformed grpc-timeout (200, INTERNAL) · grpc-encoding other than identity
- * (200, UNIMPLEMENTED) · unknown :path (200, UNIMPLEMENTED) · OK. */
+ * malformed grpc-timeout (200, INTERNAL) · grpc-encoding other than identity,
+ * deflate or gzip (200, UNIMPLEMENTED; the answer's grpc-accept-encoding says
+ * which we take) · unknown :path (200, UNIMPLEMENTED) · OK. */
 bds__grpc_verdict bds__grpc_req_verdict(const bds__grpc_req_check *rc);
 
 /* After an OK verdict: the method index and the timeout (0 = none). */
 int32_t bds__grpc_req_method(const bds__grpc_req_check *rc);
 uint64_t bds__grpc_req_timeout_ns(const bds__grpc_req_check *rc);
+/* After an OK verdict: the request's grpc-encoding (a bds__grpc_enc:
+ * identity, deflate or gzip), and the encodings the client takes in replies:
+ * those its grpc-accept-encoding lists, with identity and the request's own
+ * encoding (a client that compresses with gzip decompresses it too), as a set
+ * of BDS__GRPC_ENC_BIT. */
+uint8_t bds__grpc_req_encoding(const bds__grpc_req_check *rc);
+unsigned bds__grpc_req_accept(const bds__grpc_req_check *rc);
 
 #endif

@@ -12,7 +12,8 @@
  *                       client trailers → the same header-size bound
  *   on_frame_recv     → HEADERS: verdict → on_call_start, or answered at once;
  *                       END_STREAM: truncation check → on_half_close
- *   on_data_chunk_recv→ ledger; gRPC deframer → on_message / answered error
+ *   on_data_chunk_recv→ ledger; gRPC deframer → decompression (grpc_compress.c)
+ *                       → on_message / answered error
  *   on_stream_close   → on_reset if the app still owned the call; settle ledger
  *   on_begin_frame, on_invalid_frame_recv, on_frame_recv(WINDOW_UPDATE)
  *                     → glitch bucket → terminate with ENHANCE_YOUR_CALM
@@ -63,8 +64,15 @@
  * (bds__h2_add_metadata) is kept per stream, allocated only when there is some,
  * and joins the response HEADERS or the trailers when they are submitted.
  *
+ * Compression: a request's grpc-encoding (deflate, gzip) lets its deframer
+ * take compressed-flag messages, which are decompressed through the codec
+ * (cfg.codec, or the session's own) before on_message, bounded by
+ * msg_bytes_max; the ledger still counts the bytes on the wire. Replies are
+ * compressed by the app; the session only announces the call's response
+ * encoding (bds__h2_response_encoding) in its HEADERS and sets the flag.
+ *
  * Elsewhere: request validation and timeouts (grpc_wire.c), framing
- * (grpc_frame.c), sockets and clocks (io/). */
+ * (grpc_frame.c), compression (grpc_compress.c), sockets and clocks (io/). */
 #include "h2_server.h"
 
 #include <nghttp2/nghttp2.h>
@@ -125,6 +133,11 @@ struct h2_stream {
     bds__grpc_req_check req;
     bds__grpc_deframer deframer;   /* initialized once H2S_OPEN                   */
     bool deframer_live;
+    uint8_t req_enc;               /* the request's grpc-encoding (bds__grpc_enc)  */
+    uint8_t accept;                /* encodings the client takes (BDS__GRPC_ENC_BIT) */
+    uint8_t resp_enc;              /* the responses' encoding (bds__grpc_enc)      */
+    bool resp_enc_fixed;           /* ... chosen: bds__h2_response_encoding, or the
+                                      HEADERS went                                 */
 };
 
 struct bds__h2_session {
@@ -134,6 +147,8 @@ struct bds__h2_session {
     nghttp2_mem mem;
     bds__h2_callbacks cbs;
     void *ctx;
+    bds__grpc_codec *codec;        /* cfg.codec, or &own_codec                   */
+    bds__grpc_codec own_codec;
     uint64_t now_ns;
     uint8_t *out;                  /* out_cap bytes; [0, out_len) unsent         */
     size_t out_len, out_cap;
@@ -430,9 +445,10 @@ static size_t h2_md_nv(const struct h2_stream *s, bool trailer, nghttp2_nv *nv) 
     return n;
 }
 
-/* Response HEADERS advertise the message encodings we accept: identity only
- * (a compressed request is answered UNIMPLEMENTED at its grpc-encoding). */
-#define H2_ACCEPT_ENCODING_NV h2_nv("grpc-accept-encoding", "identity", 8)
+/* Response HEADERS advertise the message encodings we accept (a request in
+ * another is answered UNIMPLEMENTED at its grpc-encoding, with this header). */
+#define H2_ACCEPT_ENCODING_NV \
+    h2_nv("grpc-accept-encoding", BDS_GRPC_ACCEPT_ENCODING, sizeof BDS_GRPC_ACCEPT_ENCODING - 1)
 
 /* Trailers-Only (PROTOCOL-HTTP2): one HEADERS with END_STREAM carrying the
  * status (and all the call's metadata); with an HTTP error status for
@@ -711,7 +727,9 @@ static void h2_stream_request(bds__h2_session *c, struct h2_stream *s, bool end_
         h2_stream_reject(c, s, 200, st, call_ctx); /* the refusal's message, if the app gave one */
         return;
     }
-    bds__grpc_deframer_init(&s->deframer, c->cfg.msg_bytes_max, false, c->alloc);
+    s->req_enc = bds__grpc_req_encoding(&s->req);
+    s->accept = (uint8_t)bds__grpc_req_accept(&s->req);
+    bds__grpc_deframer_init(&s->deframer, c->cfg.msg_bytes_max, s->req_enc != BDS__GRPC_ENC_IDENTITY, c->alloc);
     s->deframer_live = true;
     s->call_ctx = call_ctx;
     s->state = H2S_OPEN;
@@ -809,6 +827,31 @@ static void h2_stream_credit_partial(bds__h2_session *c, struct h2_stream *s, bo
     s->precredited += (uint32_t)bds__h2_consume(c, s->id, sofar - s->precredited);
 }
 
+/* A compressed-flag message (its grpc-encoding allowed one): delivered
+ * decompressed, or the call fails. A decompressed size over msg_bytes_max is
+ * RESOURCE_EXHAUSTED, found after at most that many bytes of output, so a
+ * zip bomb costs the limit, not what it would expand to; the stream's
+ * ledger credits what was on the wire either way. */
+static void h2_stream_inflate(bds__h2_session *c, struct h2_stream *s, const bds__grpc_ev *ev, uint32_t wire) {
+    const uint8_t *msg;
+    uint32_t len;
+    const char *why;
+    bds_status st = bds__grpc_decompress(c->codec, (bds__grpc_enc)s->req_enc, ev->data, ev->len,
+                                         c->cfg.msg_bytes_max, &msg, &len, &why);
+    if (st == BDS_OK) {
+        c->cbs.on_message(c->ctx, s->call_ctx, s->id, msg, len, wire, true);
+        bds__grpc_codec_trim(c->codec);
+        return;
+    }
+    char text[96];
+    if (st == BDS_RESOURCE_EXHAUSTED) {
+        snprintf(text, sizeof text, "received message larger than max after decompression (%u bytes)",
+                 c->cfg.msg_bytes_max);
+        why = text;
+    }
+    h2_stream_fail(c, s, st == BDS_INTERNAL ? BDS_INTERNAL : BDS_RESOURCE_EXHAUSTED, why);
+}
+
 /* Runs the deframer over one DATA chunk of an open call. */
 static void h2_stream_deframe(bds__h2_session *c, struct h2_stream *s, const uint8_t *data,
                               size_t len) {
@@ -822,7 +865,11 @@ static void h2_stream_deframe(bds__h2_session *c, struct h2_stream *s, const uin
         if (ev.kind == BDS__GRPC_EV_MESSAGE) {
             uint32_t wire = (uint32_t)ev.len + BDS_GRPC_PREFIX_BYTES - s->precredited;
             s->precredited = 0;
-            c->cbs.on_message(c->ctx, s->call_ctx, s->id, ev.data, ev.len, wire);
+            if (ev.compressed) {
+                h2_stream_inflate(c, s, &ev, wire);
+            } else {
+                c->cbs.on_message(c->ctx, s->call_ctx, s->id, ev.data, ev.len, wire, false);
+            }
         } else if (ev.kind == BDS__GRPC_EV_ERROR) {
             bds_status st = ev.status == BDS_E_NOMEM ? BDS_RESOURCE_EXHAUSTED : ev.status;
             h2_stream_fail(c, s, st, ev.reason);
@@ -1184,6 +1231,8 @@ bds_status bds__h2_create(bds__h2_session **out, const bds__h2_config *cfg,
     c->mem = (nghttp2_mem){a->ctx, a->malloc_fn, a->free_fn, a->calloc_fn, a->realloc_fn};
     c->cbs = *cbs;
     c->ctx = ctx;
+    bds__grpc_codec_init(&c->own_codec, a);
+    c->codec = cfg->codec != NULL ? cfg->codec : &c->own_codec;
     bds__dlist_init(&c->live);
     bds__dlist_init(&c->consume);
     c->goaway_floor = INT32_MAX;
@@ -1211,6 +1260,7 @@ void bds__h2_destroy(bds__h2_session *c) {
     }
     c->alloc->free_fn(c->cap, c->alloc->ctx);
     c->alloc->free_fn(c->out, c->alloc->ctx);
+    bds__grpc_codec_deinit(&c->own_codec);
     c->alloc->free_fn(c, c->alloc->ctx);
 }
 
@@ -1307,10 +1357,13 @@ static bds_status h2_queue_push(bds__h2_session *c, struct h2_stream *s, bds__h2
         return BDS_OK;
     }
     BDS_ASSERT(s->q_head == m); /* nothing is queued before the response starts */
-    nghttp2_nv nv[3 + BDS_H2_METADATA_MAX] = {h2_nv(":status", "200", 3),
+    nghttp2_nv nv[4 + BDS_H2_METADATA_MAX] = {h2_nv(":status", "200", 3),
                                               h2_nv("content-type", "application/grpc", 16),
                                               H2_ACCEPT_ENCODING_NV};
     size_t nvlen = 3;
+    s->resp_enc_fixed = true;
+    const char *enc = bds__grpc_enc_name((bds__grpc_enc)s->resp_enc);
+    if (s->resp_enc != BDS__GRPC_ENC_IDENTITY) nv[nvlen++] = h2_nv("grpc-encoding", enc, strlen(enc));
     if (s->md != NULL) nvlen += h2_md_nv(s, false, nv + nvlen);
     nghttp2_data_provider prd = {.source = {.ptr = s}, .read_callback = h2_on_read};
     int rv = nghttp2_submit_response(c->ng, s->id, nv, nvlen, &prd);
@@ -1355,20 +1408,33 @@ bds_status bds__h2_send_ref(bds__h2_session *c, int32_t id, bds__h2_msg *m, cons
 }
 
 bds_status bds__h2_send_framed(bds__h2_session *c, int32_t id, bds__h2_msg *m, uint8_t *wire,
-                               size_t len) {
+                               size_t len, bool compressed) {
     BDS_ASSERT(c != NULL && !c->in_output && m != NULL && wire != NULL);
     BDS_ASSERT(c->cbs.on_msg_release != NULL);
     struct h2_stream *s;
     bds_status st = h2_send_check(c, id, len, &s);
     if (st != BDS_OK) return st;
-    /* gRPC PROTOCOL-HTTP2: Compressed-Flag 0, Message-Length big-endian. */
-    wire[0] = 0;
+    if (compressed && s->resp_enc == BDS__GRPC_ENC_IDENTITY) return BDS_E_INVALID;
+    /* gRPC PROTOCOL-HTTP2: Compressed-Flag, Message-Length big-endian. */
+    wire[0] = compressed ? 1 : 0;
     wire[1] = (uint8_t)(len >> 24);
     wire[2] = (uint8_t)(len >> 16);
     wire[3] = (uint8_t)(len >> 8);
     wire[4] = (uint8_t)len;
     *m = (bds__h2_msg){._data = wire, ._len = (uint32_t)len, ._owned = false, ._framed = true};
     return h2_queue_push(c, s, m);
+}
+
+bds__grpc_enc bds__h2_response_encoding(bds__h2_session *c, int32_t id, bds__grpc_enc want) {
+    BDS_ASSERT(c != NULL && !c->in_output);
+    struct h2_stream *s;
+    if (h2_app_stream(c, id, &s) != BDS_OK) return BDS__GRPC_ENC_IDENTITY;
+    if (!s->resp_enc_fixed) {
+        s->resp_enc_fixed = true;
+        bool takes = want != BDS__GRPC_ENC_UNKNOWN && (s->accept & BDS__GRPC_ENC_BIT(want)) != 0;
+        s->resp_enc = (uint8_t)(takes ? want : BDS__GRPC_ENC_IDENTITY);
+    }
+    return (bds__grpc_enc)s->resp_enc;
 }
 
 bds_status bds__h2_finish(bds__h2_session *c, int32_t id, bds_status status, const char *message) {

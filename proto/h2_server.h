@@ -38,6 +38,7 @@
 #include <stdint.h>
 
 #include "bidistream/status.h"
+#include "grpc_compress.h"
 #include "grpc_wire.h"
 #include "palloc.h"
 
@@ -105,6 +106,11 @@ typedef struct bds__h2_config {
     uint32_t max_settings;            /* entries per SETTINGS frame (32)            */
     const bds__grpc_methods *methods; /* borrowed; :path → method index             */
     const bds__palloc *alloc;         /* NULL = libc; nghttp2 and every record      */
+    /* Decompresses request messages with the compressed flag (grpc-encoding
+     * deflate or gzip), each bounded by msg_bytes_max once decompressed.
+     * Borrowed, and shared by every session of one thread (one message is
+     * decompressed at a time); NULL = the session makes its own from alloc. */
+    bds__grpc_codec *codec;
     /* Request metadata handed to on_call_start (bds__h2_captured_next): every
      * header but the pseudo-headers, content-type, te and grpc-*, values as
      * received (a -bin value is still base64). Nothing is kept per stream: a
@@ -168,11 +174,13 @@ typedef struct bds__h2_callbacks {
      * once this returns BDS_OK: calls on its stream from inside this callback
      * get BDS_E_SESSION_CLOSED. Required. */
     bds_status (*on_call_start)(void *ctx, const bds__h2_call_info *info, void **call_ctx);
-    /* One complete message. |msg| is valid only during the callback. Its
-     * |wire_bytes| (len + 5) are what bds__h2_consume should credit once the
-     * app has taken the message. Required. */
+    /* One complete message, decompressed when it came compressed (then
+     * |compressed| is true). |msg| is valid only during the callback. Its
+     * |wire_bytes| (what it took on the wire: its compressed length + 5) are
+     * what bds__h2_consume should credit once the app has taken the message.
+     * Required. */
     void (*on_message)(void *ctx, void *call_ctx, int32_t stream_id, const uint8_t *msg,
-                       size_t len, uint32_t wire_bytes);
+                       size_t len, uint32_t wire_bytes, bool compressed);
     /* The client half-closed (END_STREAM) after whole messages. Optional. */
     void (*on_half_close)(void *ctx, void *call_ctx, int32_t stream_id);
     /* The call is gone before the app finished it: RST_STREAM from the peer
@@ -184,9 +192,9 @@ typedef struct bds__h2_callbacks {
                      uint32_t h2_error);
     /* The session answered a call by itself. |call_ctx| NULL: a request refused
      * at its headers (never started; informational). Non-NULL: a started call
-     * failed on its input (message or client trailers over the limit →
-     * RESOURCE_EXHAUSTED, compressed flag without grpc-encoding or truncated
-     * message → INTERNAL);
+     * failed on its input (message, decompressed message or client trailers
+     * over the limit → RESOURCE_EXHAUSTED; compressed flag without
+     * grpc-encoding, corrupt compressed data or truncated message → INTERNAL);
      * trailers are on their way and the call is over for the app. Optional. */
     void (*on_call_error)(void *ctx, void *call_ctx, int32_t stream_id, bds_status status,
                           int http_status);
@@ -284,9 +292,21 @@ bds_status bds__h2_send_ref(bds__h2_session *conn, int32_t stream_id, bds__h2_ms
                             const void *data, size_t len);
 /* The same for a payload with room for the prefix before it: |wire| is 5 +
  * |len| bytes; the session writes the prefix into wire[0..4] (the caller's
- * bytes there are overwritten) and sends the whole as one block. */
+ * bytes there are overwritten) and sends the whole as one block. With
+ * |compressed| the payload is compressed with the call's response encoding
+ * (bds__h2_response_encoding) and the prefix says so; BDS_E_INVALID when
+ * that encoding is identity. */
 bds_status bds__h2_send_framed(bds__h2_session *conn, int32_t stream_id, bds__h2_msg *msg,
-                               uint8_t *wire, size_t len);
+                               uint8_t *wire, size_t len, bool compressed);
+
+/* The encoding of a call's response messages, fixed once its response HEADERS
+ * are due (the first message queued, or this call): the first call before
+ * then chooses |want| when the client takes it (its grpc-accept-encoding, or
+ * the encoding of its request), else identity, and a non-identity choice goes
+ * into the HEADERS as grpc-encoding. Every later call returns that choice,
+ * whatever |want|: a message may still go uncompressed (Compressed-Flag 0),
+ * never with another encoding. IDENTITY for a call the app may not send on. */
+bds__grpc_enc bds__h2_response_encoding(bds__h2_session *conn, int32_t stream_id, bds__grpc_enc want);
 
 /* Ends a call: after the queued messages, trailers with grpc-status and the
  * percent-encoded grpc-message (|message| NULL = the status's own text; ignored

@@ -29,13 +29,15 @@
  * x-grpc-test-echo-trailing-bin (its wire value, base64) in the trailers; only
  * those two headers are kept, and only by calls that carry them.
  *
- * Compression: the server accepts identity only (every response says so in
- * grpc-accept-encoding). A request with grpc-encoding gzip is answered
- * UNIMPLEMENTED at its headers, a compressed-flag message without one INTERNAL
- * (proto/grpc_wire.c, grpc_frame.c), so every message reaching a handler was
- * sent uncompressed: expect_compressed = true (the client_compressed_* probe)
- * is answered INVALID_ARGUMENT. response_compressed is ignored: sending
- * uncompressed is always allowed. */
+ * Compression (the client_compressed_* and server_compressed_* cases): the
+ * server takes requests in identity, deflate and gzip and hands them to the
+ * handlers decompressed; expect_compressed = true on a request that came
+ * uncompressed (bds_call_request_compressed) is answered INVALID_ARGUMENT,
+ * which is the cases' probe. SimpleRequest.response_compressed and each
+ * ResponseParameters.compressed set the response's compression
+ * (bds_stream_set_compression): true compresses it with gzip when the client
+ * takes gzip, false sends it uncompressed, whatever the server's
+ * --compress-responses; absent leaves the server's choice. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,13 +67,22 @@ static bds_status echo_metadata(bds_stream *stream, const char **message, void *
 static const bds_interceptor echo_metadata_icpt = {.size = sizeof echo_metadata_icpt, .on_open = echo_metadata};
 static const bds_interceptor *const echo_metadata_list[] = {&echo_metadata_icpt};
 
-/* client_compressed_*: a handler only ever sees uncompressed messages (see
- * above), so a request expecting compression is refused. True when it was. */
+/* client_compressed_*: a request expecting compression that came
+ * uncompressed is refused. True when it was. */
 static bool refuse_expect_compressed(bds_call *call, const Grpc__Testing__BoolValue *expect) {
-    if (!expect || !expect->value) return false;
-    bds_call_done(call, BDS_INVALID_ARGUMENT,
-                  "expect_compressed: the request was not compressed (this server accepts identity only)");
+    if (!expect || !expect->value || bds_call_request_compressed(call)) return false;
+    bds_call_done(call, BDS_INVALID_ARGUMENT, "expect_compressed: the request was not compressed");
     return true;
+}
+
+/* server_compressed_*: the next response compressed (gzip) or not, as the
+ * request asks; without the field, as the server's config says. */
+static void set_response_compression(bds_call *call, const Grpc__Testing__BoolValue *compressed,
+                                     const bds_server_config *cfg) {
+    bds_compression c = !compressed ? cfg->compress_responses
+                        : compressed->value ? BDS_COMPRESSION_GZIP
+                                            : BDS_COMPRESSION_NONE;
+    (void)bds_stream_set_compression(bds_call_stream(call), c);
 }
 
 static void reply_message(bds_call *call, const ProtobufCMessage *m) {
@@ -118,7 +129,7 @@ static void empty_call(bds_call *call, void *ctx) {
 }
 
 static void unary_call(bds_call *call, void *ctx) {
-    (void)ctx;
+    const bds_server_config *cfg = ctx;
     uint32_t len;
     const uint8_t *req = bds_call_request(call, &len);
     Grpc__Testing__SimpleRequest *r = grpc__testing__simple_request__unpack(NULL, len, req);
@@ -134,6 +145,7 @@ static void unary_call(bds_call *call, void *ctx) {
             bds_call_done(call, BDS_INVALID_ARGUMENT, "response_size out of range");
         } else {
             resp.payload = &payload;
+            set_response_compression(call, r->response_compressed, cfg);
             reply_message(call, &resp.base);
             bds_call_done(call, BDS_OK, NULL);
         }
@@ -154,6 +166,7 @@ static void unary_call(bds_call *call, void *ctx) {
  * call then finishes CANCELLED. */
 struct out_stream {
     Grpc__Testing__StreamingOutputCallRequest *req;
+    const bds_server_config *cfg;
     size_t next;
 };
 
@@ -183,6 +196,7 @@ static void out_stream_send(bds_call *call, void *ctx) {
         buf = malloc(n ? n : 1);
         if (buf) {
             protobuf_c_message_pack(&resp.base, buf);
+            set_response_compression(call, rp->compressed, o->cfg);
             st = bds_call_reply_paced(call, buf, n, out_stream_sent, o);
         }
     }
@@ -257,6 +271,7 @@ static void streaming_output(bds_call *call, void *ctx) {
         return;
     }
     o->req = r;
+    o->cfg = cfg;
     out_stream_schedule(call, o);
 }
 

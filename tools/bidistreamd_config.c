@@ -36,6 +36,7 @@ typedef enum opt_kind {
     K_POLICY,   /* bds_backpressure_policy */
     K_LOGLEVEL, /* int 0..3 */
     K_PATH,     /* const char *: a file path, kept in _paths[min] */
+    K_COMPRESSION, /* bds_compression */
 } opt_kind;
 
 typedef struct opt {
@@ -112,6 +113,8 @@ static const opt opts[] = {
     /* io/server.c refuses less than 16 bytes, a 1 KiB window or header list, no streams. */
     {"max-message-bytes", K_BYTES, FIELD(uint32_t, max_message_bytes), 16, INT31_MAX,
      "larger messages end the stream with RESOURCE_EXHAUSTED"},
+    {"compress-responses", K_COMPRESSION, FIELD(bds_compression, compress_responses), 0, 0,
+     "compress every reply with none, deflate or gzip when its client takes it (CPU on the stream's shard)"},
     {"max-concurrent-streams", K_U32, FIELD(uint32_t, max_concurrent_streams), 1, INT31_MAX,
      "per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)"},
     {"max-lingering-streams", K_U32, FIELD(uint32_t, max_lingering_streams), 1, INT31_MAX,
@@ -177,6 +180,9 @@ _Static_assert(N_OPTS <= 64, "bds_tool_config._set has one bit per option");
 static const char *const ordering_names[] = {"fifo", "keyed"};
 static const char *const policy_names[] = {"hard-reject", "queue", "soft-allow", "soft-allow-signal"};
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
+static const char *const compression_names[] = {"none", "deflate", "gzip"};
+_Static_assert(BDS_COMPRESSION_NONE == 0 && BDS_COMPRESSION_DEFLATE == 1 && BDS_COMPRESSION_GZIP == 2,
+               "compression_names order");
 _Static_assert(BDS_ORDERING_FIFO == 0 && BDS_ORDERING_KEYED_FIFO == 1, "ordering_names order");
 _Static_assert(BDS_BP_HARD_REJECT == 0 && BDS_BP_QUEUE == 1 && BDS_BP_SOFT_ALLOW == 2 &&
                    BDS_BP_SOFT_ALLOW_SIGNAL == 3,
@@ -455,6 +461,12 @@ static bool opt_apply(bds_tool_config *c, const opt *o, const char *v, const cha
         }
         *(int *)f = idx;
         break;
+    case K_COMPRESSION:
+        if ((idx = parse_name(v, compression_names, 3)) < 0) {
+            return fail(err, errlen, where, "expected none, deflate or gzip, got '%.64s'", v);
+        }
+        *(bds_compression *)f = (bds_compression)idx;
+        break;
     }
     c->_set |= 1ULL << (o - opts);
     return true;
@@ -483,6 +495,10 @@ static void opt_format(const bds_tool_config *c, const opt *o, char *buf, size_t
     case K_LOGLEVEL:
         i = *(const int *)f;
         snprintf(buf, len, "%s", i >= 0 && i < 4 ? level_names[i] : "?");
+        break;
+    case K_COMPRESSION:
+        i = (int)*(const bds_compression *)f;
+        snprintf(buf, len, "%s", i >= 0 && i < 3 ? compression_names[i] : "?");
         break;
     }
 }
@@ -711,6 +727,7 @@ void bds_tool_usage(FILE *out) {
         [K_LISTEN] = "HOST:PORT", [K_ADDR] = "HOST:PORT|off", [K_U32] = "N", [K_BYTES] = "SIZE", [K_BOOL] = "[BOOL]",
         [K_DURATION] = "DURATION", [K_ORDERING] = "fifo|keyed", [K_POLICY] = "POLICY", [K_LOGLEVEL] = "LEVEL",
         [K_PATH] = "FILE",
+        [K_COMPRESSION] = "none|deflate|gzip",
     };
     for (size_t i = 0; i < N_OPTS; i++) {
         char flag[96], v[BDS_TOOL_LISTEN_MAX + 1];

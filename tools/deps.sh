@@ -6,6 +6,7 @@ set -euo pipefail
 pkgs=(
   build-essential cmake pkg-config git
   liburing-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev openssl
+  zlib1g-dev  # zlib: gRPC message compression
   libcriterion-dev spin
   python3 python3-grpcio grpc-proto nghttp2-client
   prometheus  # promtool check metrics (tests/e2e/test_metrics.py); ~19 MB download, ~96 MB installed

@@ -9,14 +9,14 @@
 # Prints per target the executions and libFuzzer's coverage (cov: edges,
 # ft: features), then "fuzz: N passed, N failed"; exits 1 if any target failed.
 # Usage: tools/fuzz.sh [SECONDS] [TARGET...]   (targets: h2_raw h2_client
-#        deframer grpc_wire http1_req messages config; default all)
+#        deframer grpc_wire http1_req decompress messages config; default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(h2_raw h2_client deframer grpc_wire http1_req messages config)
+[ ${#targets[@]} -gt 0 ] || targets=(h2_raw h2_client deframer grpc_wire http1_req decompress messages config)
 jobs=${BDS_FUZZ_JOBS:-$(nproc)}
 
 bash tools/deps.sh

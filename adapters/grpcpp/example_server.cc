@@ -150,6 +150,12 @@ int main(int argc, char **argv) {
   // pipeline stopped reading still filled gRPC's buffers far past it.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, static_cast<int>(sc.stream_window_bytes));
   builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  // --compress-responses, as gRPC C++ does it: its default algorithm for
+  // replies (used when the client takes it; "deflate" is the zlib format in
+  // both).
+  static const grpc_compression_algorithm kReplyCompression[] = {GRPC_COMPRESS_NONE, GRPC_COMPRESS_DEFLATE,
+                                                                 GRPC_COMPRESS_GZIP};
+  builder.SetDefaultCompressionAlgorithm(kReplyCompression[sc.compress_responses]);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     std::fprintf(stderr, "%s: listen %s: cannot serve (address in use or invalid)\n", kProg, listen.c_str());

@@ -9,12 +9,15 @@ never blocks a core), status echo on every method that has it, every status
 code and special_status_message, malformed protobuf -> INTERNAL on each
 method, an empty client stream, concurrent client streams, true ping-pong,
 cancel_after_begin / cancel_after_first_response, unimplemented_service,
-large payloads both ways, custom_metadata, the client_compressed_* probe
-(expect_compressed on an uncompressed request -> INVALID_ARGUMENT; this
-server accepts identity only, so a gzip request is UNIMPLEMENTED and a
-compressed-flag message without grpc-encoding INTERNAL, on the TestService
-and on Pipeline/Process alike) and server_compressed_* (response_compressed
-ignored: the response comes uncompressed). Then what a hostile client must not
+large payloads both ways, custom_metadata, the interop client's
+client_compressed_unary / _streaming (the probe: expect_compressed on an
+uncompressed request -> INVALID_ARGUMENT; then compressed requests in gzip and
+deflate, and a stream with one message compressed and the next not) and
+server_compressed_unary / _streaming (the compressed flag on the wire exactly
+on the responses that ask for it, a client that does not take gzip getting
+identity), an unknown grpc-encoding UNIMPLEMENTED with what the server takes,
+a compressed flag without grpc-encoding INTERNAL (test_compress.py has the
+rest of compression: Process, the flag, zip bombs). Then what a hostile client must not
 get (issue 8): a few KB of request asking for GBs of responses (refused past
 the per-request bounds; paced, so a client that never reads makes the server
 hold about one response; peak RSS measured and printed), and response streams
@@ -32,11 +35,13 @@ import ctypes
 import ctypes.util
 import os
 import queue
+import socket
 import struct
 import sys
 import threading
 import time
 import unittest
+import zlib
 
 import grpc
 
@@ -137,18 +142,34 @@ class Hpack:
         self.lib.nghttp2_hd_inflate_del(self.inf)
 
 
-def raw_call(addr, path, grpc_msg, extra_headers=()):
-    """One request over a raw HTTP/2 connection: HEADERS, one DATA with END_STREAM
-    carrying |grpc_msg| (prefix included). Returns every header field the
-    server sent on the stream, the DATA bytes, and whether it ended the stream."""
+def raw_call(addr, path, grpc_msg, extra_headers=(), timeout=20):
+    """One request over a raw HTTP/2 connection: HEADERS, then |grpc_msg| (the
+    framed messages, prefixes included) in DATA frames of at most 16 KiB as
+    the server's windows allow, the last with END_STREAM; the response's DATA
+    is credited back as it comes. Returns every header field the server sent
+    on the stream (a dict, and the list), the DATA bytes, and whether it
+    ended the stream."""
     c = f.Conn(addr)
     c.start()
-    c.send(f.h2frame(f.HEADERS, f.END_HEADERS, 1, f.request_headers(path.encode(), extra_headers)) +
-           f.h2frame(f.DATA, f.END_STREAM, 1, grpc_msg))
+    c.s.settimeout(0.05)
+    c.send(f.h2frame(f.HEADERS, f.END_HEADERS, 1, f.request_headers(path.encode(), extra_headers)))
     hp, fields, data, ended, buf = Hpack(), [], b'', False, b''
-    deadline = time.monotonic() + 10
+    conn_win, stream_win, init_win, off, sent_all = 65535, 65535, 65535, 0, False
+    deadline = time.monotonic() + timeout
     while not ended and time.monotonic() < deadline:
-        chunk = c.s.recv(65536)
+        while not sent_all:  # what the windows allow
+            n = min(16384, len(grpc_msg) - off, conn_win, stream_win)
+            if n <= 0 and off < len(grpc_msg):
+                break
+            sent_all = off + n == len(grpc_msg)
+            c.send(f.h2frame(f.DATA, f.END_STREAM if sent_all else 0, 1, grpc_msg[off:off + n]))
+            off, conn_win, stream_win = off + n, conn_win - n, stream_win - n
+        try:
+            chunk = c.s.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            break
         if not chunk:
             break
         buf += chunk
@@ -156,17 +177,63 @@ def raw_call(addr, path, grpc_msg, extra_headers=()):
             n = int.from_bytes(buf[:3], 'big')
             ftype, flags, sid, payload = buf[3], buf[4], int.from_bytes(buf[5:9], 'big') & 0x7FFFFFFF, buf[9:9 + n]
             buf = buf[9 + n:]
+            if ftype == f.SETTINGS and not flags & f.ACK:
+                for i in range(0, len(payload) - 5, 6):
+                    ident, value = struct.unpack('>HI', payload[i:i + 6])
+                    if ident == 4:  # SETTINGS_INITIAL_WINDOW_SIZE moves the stream's window
+                        stream_win += value - init_win
+                        init_win = value
+                c.send(f.h2frame(f.SETTINGS, f.ACK, 0, b''))
+            if ftype == f.WINDOW_UPDATE:
+                inc = int.from_bytes(payload[:4], 'big') & 0x7FFFFFFF
+                if sid == 0:
+                    conn_win += inc
+                elif sid == 1:
+                    stream_win += inc
             if ftype == f.HEADERS:  # every block, in order: HPACK's table (the server sends no CONTINUATION here)
                 block = hp.decode(payload)
                 if sid == 1:
                     fields += block
             if ftype == f.DATA and sid == 1:
                 data += payload
+                if payload:
+                    c.send(f.h2frame(f.WINDOW_UPDATE, 0, 0, struct.pack('>I', len(payload))) +
+                           f.h2frame(f.WINDOW_UPDATE, 0, 1, struct.pack('>I', len(payload))))
             if sid == 1 and ftype in (f.HEADERS, f.DATA) and flags & f.END_STREAM:
+                ended = True
+            if sid == 1 and ftype == f.RST_STREAM:
                 ended = True
     c.close()
     hp.close()
     return dict(fields), fields, data, ended
+
+
+def grpc_frame(msg, compressed=False):
+    """A Length-Prefixed-Message."""
+    return (b'\1' if compressed else b'\0') + struct.pack('>I', len(msg)) + msg
+
+
+def gzip(b, level=6):
+    c = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return c.compress(b) + c.flush()
+
+
+def unframe_all(data, encoding=None):
+    """The messages of a response body: [(compressed flag, message decompressed)]."""
+    out, i = [], 0
+    while i < len(data):
+        flag, n = data[i], struct.unpack('>I', data[i + 1:i + 5])[0]
+        m = data[i + 5:i + 5 + n]
+        if flag == 1:
+            assert encoding in ('gzip', 'deflate'), 'compressed message with grpc-encoding %r' % encoding
+            m = zlib.decompress(m, 31 if encoding == 'gzip' else 15)
+        out.append((flag, m))
+        i += 5 + n
+    assert i == len(data), 'a cut message'
+    return out
+
+
+ACCEPT_ALL = [(b'grpc-accept-encoding', b'identity,deflate,gzip')]
 
 
 class TestService(unittest.TestCase):
@@ -477,75 +544,119 @@ class TestService(unittest.TestCase):
         resp, call = self.unary('UnaryCall').with_call(simple_request(1), metadata=(long_value,), timeout=10)
         self.assertIn(long_value, call.initial_metadata())
 
-    # ---- compression ---------------------------------------------------------------------------
+    # ---- compression: the interop client's client_compressed_* and server_compressed_* ---------
 
-    def test_client_compressed_probe_uncompressed_expecting_compression_is_invalid_argument(self):
-        # client_compressed_unary's feature probe: expect_compressed on an uncompressed request.
-        req = simple_request(314159, payload_size=271828, extra=fld(8, bool_value(True)))
-        self.assertStatus(lambda: self.unary('UnaryCall')(req, timeout=30), grpc.StatusCode.INVALID_ARGUMENT)
-        # expect_compressed false (explicitly) is an ordinary call
-        req = simple_request(314159, payload_size=271828, extra=fld(8, bool_value(False)))
-        self.assertEqual(body(self.unary('UnaryCall')(req, timeout=30)), bytes(314159))
-        # client_compressed_streaming's probe: StreamingInputCallRequest.expect_compressed (field 2)
+    def test_client_compressed_unary(self):
+        expect = simple_request(314159, payload_size=271828, extra=fld(8, bool_value(True)))
+        # 1. the feature probe: an uncompressed request expecting compression
+        self.assertStatus(lambda: self.unary('UnaryCall')(expect, timeout=30), grpc.StatusCode.INVALID_ARGUMENT)
+        # 2. the same request compressed (grpcio: grpc-encoding gzip, compressed flag set), then in deflate
+        for comp in (grpc.Compression.Gzip, grpc.Compression.Deflate):
+            self.assertEqual(body(self.unary('UnaryCall')(expect, compression=comp, timeout=30)), bytes(314159), comp)
+        # 3. uncompressed, not expecting compression
+        plain = simple_request(314159, payload_size=271828, extra=fld(8, bool_value(False)))
+        self.assertEqual(body(self.unary('UnaryCall')(plain, timeout=30)), bytes(314159))
+
+    def test_client_compressed_streaming(self):
+        # 1. the probe: StreamingInputCallRequest.expect_compressed (field 2) on an uncompressed message
         probe = in_request(27182) + fld(2, bool_value(True))
         self.assertStatus(lambda: self.client_stream('StreamingInputCall')(iter([probe]), timeout=30),
                           grpc.StatusCode.INVALID_ARGUMENT)
-        ok = [in_request(27182) + fld(2, bool_value(False)), in_request(45904)]
-        self.assertEqual(self.aggregated(self.client_stream('StreamingInputCall')(iter(ok), timeout=30)), 73086)
+        # 2. + 3. one stream: the first message compressed (expecting it), the second not
+        second = in_request(45904) + fld(2, bool_value(False))
+        h, fields, data, ended = raw_call(self.srv.addr, T + 'StreamingInputCall',
+                                          grpc_frame(gzip(probe), True) + grpc_frame(second),
+                                          [(b'grpc-encoding', b'gzip')])
+        self.assertTrue(ended)
+        self.assertEqual(h.get('grpc-status'), '0', fields)
+        self.assertEqual([self.aggregated(m) for _, m in unframe_all(data, h.get('grpc-encoding'))], [73086])
+        # ... and through grpcio, every message compressed
+        resp = self.client_stream('StreamingInputCall')(iter([probe, second]), compression=grpc.Compression.Gzip,
+                                                        timeout=30)
+        self.assertEqual(self.aggregated(resp), 73086)
 
-    def test_gzip_request_is_unimplemented_and_identity_is_advertised(self):
-        # grpcio compresses with grpc-encoding: gzip; this server accepts identity only.
-        req = simple_request(10, payload_size=1000, extra=fld(8, bool_value(True)))
-        e = self.assertStatus(lambda: self.unary('UnaryCall')(req, compression=grpc.Compression.Gzip, timeout=10),
-                              grpc.StatusCode.UNIMPLEMENTED)
-        self.assertIn('grpc-encoding', e.details())
-        self.assertStatus(lambda: list(g.process(self.ch)(iter([g.frame('k', 1, b'x')]),
-                                                          compression=grpc.Compression.Gzip, timeout=10)),
-                          grpc.StatusCode.UNIMPLEMENTED)
-        # on the wire: trailers-only, with grpc-accept-encoding: identity
+    def test_server_compressed_unary(self):
+        for want in (True, False):
+            req = simple_request(314159, payload_size=271828, extra=fld(6, bool_value(want)))
+            # grpcio decompresses what comes compressed
+            self.assertEqual(body(self.unary('UnaryCall')(req, timeout=30)), bytes(314159))
+            # on the wire: the compressed flag exactly when asked
+            h, fields, data, ended = raw_call(self.srv.addr, T + 'UnaryCall', grpc_frame(req), ACCEPT_ALL)
+            self.assertTrue(ended)
+            self.assertEqual(h.get('grpc-status'), '0', fields)
+            msgs = unframe_all(data, h.get('grpc-encoding'))
+            self.assertEqual([flag for flag, _ in msgs], [1 if want else 0], fields)
+            self.assertEqual(body(msgs[0][1]), bytes(314159))
+            if want:
+                self.assertEqual(h.get('grpc-encoding'), 'gzip', fields)
+                self.assertLess(len(data), 10000, 'compressed: 314159 zero bytes take a few hundred')
+
+    def test_server_compressed_streaming(self):
+        # ResponseParameters{size, compressed}: the first response compressed, the second not
+        req = b''.join(fld(2, fvar(1, n) + fld(3, bool_value(c))) for n, c in ((31415, True), (92653, False)))
+        got = list(self.server_stream('StreamingOutputCall')(req, timeout=30))
+        self.assertEqual([len(body(r)) for r in got], [31415, 92653])
+        for method in ('StreamingOutputCall', 'FullDuplexCall'):
+            h, fields, data, ended = raw_call(self.srv.addr, T + method, grpc_frame(req), ACCEPT_ALL)
+            self.assertTrue(ended, method)
+            self.assertEqual(h.get('grpc-status'), '0', fields)
+            self.assertEqual(h.get('grpc-encoding'), 'gzip', fields)
+            msgs = unframe_all(data, 'gzip')
+            self.assertEqual([flag for flag, _ in msgs], [1, 0], method)
+            self.assertEqual([body(m) for _, m in msgs], [bytes(31415), bytes(92653)])
+
+    def test_a_client_that_does_not_take_gzip_gets_identity(self):
+        # response_compressed asks for gzip; this client takes identity only (or deflate only)
+        req = simple_request(314159, extra=fld(6, bool_value(True)))
+        for accept in ([(b'grpc-accept-encoding', b'identity')], [(b'grpc-accept-encoding', b'deflate')], []):
+            h, fields, data, ended = raw_call(self.srv.addr, T + 'UnaryCall', grpc_frame(req), accept)
+            self.assertTrue(ended)
+            self.assertEqual(h.get('grpc-status'), '0', fields)
+            self.assertNotIn('grpc-encoding', h, fields)
+            self.assertEqual([(flag, len(body(m))) for flag, m in unframe_all(data)], [(0, 314159)], accept)
+        # a client that sent its request in gzip takes gzip, whatever it lists
+        h, fields, data, ended = raw_call(self.srv.addr, T + 'UnaryCall', grpc_frame(gzip(req), True),
+                                          [(b'grpc-encoding', b'gzip')])
+        self.assertEqual(h.get('grpc-encoding'), 'gzip', fields)
+        self.assertEqual([flag for flag, _ in unframe_all(data, 'gzip')], [1])
+
+    def test_unknown_encoding_is_unimplemented_and_what_we_take_is_advertised(self):
         msg = simple_request(1)
-        h, _, _, ended = raw_call(self.srv.addr, T + 'UnaryCall', b'\1' + struct.pack('>I', len(msg)) + msg,
-                                  [(b'grpc-encoding', b'gzip')])
+        h, _, _, ended = raw_call(self.srv.addr, T + 'UnaryCall', grpc_frame(msg, True),
+                                  [(b'grpc-encoding', b'snappy')])
         self.assertTrue(ended)
         self.assertEqual((h.get(':status'), h.get('grpc-status'), h.get('grpc-accept-encoding')),
-                         ('200', '12', 'identity'), h)
+                         ('200', '12', 'identity,deflate,gzip'), h)
+        self.assertIn('grpc-encoding', h.get('grpc-message', ''))
         self.assertEqual(body(self.unary('UnaryCall')(simple_request(3), timeout=10)), bytes(3))
 
     def test_compressed_flag_without_grpc_encoding_is_internal_everywhere(self):
         # A compressed-flag message with no grpc-encoding: a clear INTERNAL, never a misparse.
         for path, msg in ((T + 'UnaryCall', simple_request(1)), (T + 'FullDuplexCall', out_request([(1, 0)])),
                           (g.PROCESS, g.frame('k', 1, b'x'))):
-            h, fields, data, ended = raw_call(self.srv.addr, path, b'\1' + struct.pack('>I', len(msg)) + msg)
+            h, fields, data, ended = raw_call(self.srv.addr, path, grpc_frame(gzip(msg), True))
             self.assertTrue(ended, path)
             self.assertEqual(data, b'', '%s: no response message' % path)
             self.assertEqual(h.get('grpc-status'), '13', '%s: %r' % (path, fields))
             self.assertIn('compressed', h.get('grpc-message', ''))
-            self.assertEqual(h.get('grpc-accept-encoding'), 'identity', fields)
+            self.assertEqual(h.get('grpc-accept-encoding'), 'identity,deflate,gzip', fields)
         self.assertEqual(body(self.unary('UnaryCall')(simple_request(3), timeout=10)), bytes(3))
         self.assertIsNone(self.srv.proc.poll(), 'the server died')
 
-    def test_uncompressed_raw_call_has_the_echo_and_identity_headers(self):
+    def test_uncompressed_raw_call_has_the_echo_and_accept_encoding_headers(self):
         # The same raw client on an ordinary call: the response HEADERS carry
         # grpc-accept-encoding and the echoed metadata, the trailers the -bin echo.
         msg = simple_request(2)
-        h, fields, data, ended = raw_call(self.srv.addr, T + 'UnaryCall', b'\0' + struct.pack('>I', len(msg)) + msg,
+        h, fields, data, ended = raw_call(self.srv.addr, T + 'UnaryCall', grpc_frame(msg),
                                           [(b'x-grpc-test-echo-initial', b'abc'),
                                            (b'x-grpc-test-echo-trailing-bin', b'q6ur')])
         self.assertTrue(ended)
         self.assertEqual(body(data[5:]), bytes(2))
         self.assertEqual(h.get('grpc-status'), '0', fields)
-        self.assertEqual(h.get('grpc-accept-encoding'), 'identity', fields)
+        self.assertEqual(h.get('grpc-accept-encoding'), 'identity,deflate,gzip', fields)
+        self.assertNotIn('grpc-encoding', h, 'nothing asked for compression')
         self.assertEqual(h.get('x-grpc-test-echo-initial'), 'abc')
         self.assertEqual(h.get('x-grpc-test-echo-trailing-bin'), 'q6ur', 'the wire value, as is')
-
-    def test_server_compressed_response_compressed_is_ignored(self):
-        # server_compressed_unary / _streaming: sending uncompressed is allowed.
-        req = simple_request(314159, extra=fld(6, bool_value(True)))
-        self.assertEqual(body(self.unary('UnaryCall')(req, timeout=30)), bytes(314159))
-        # ResponseParameters{size, compressed: true}
-        req = b''.join(fld(2, fvar(1, n) + fld(3, bool_value(True))) for n in (31415, 92653))
-        got = list(self.server_stream('StreamingOutputCall')(req, timeout=30))
-        self.assertEqual([len(body(r)) for r in got], [31415, 92653])
 
     # ---- unimplemented -------------------------------------------------------------------------
 

@@ -38,6 +38,13 @@ if(TARGET bidistreamd)
     COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_reflection.py $<TARGET_FILE:bidistreamd>)
   set_tests_properties(e2e.reflection PROPERTIES LABELS "e2e" TIMEOUT 300
     FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
+  # Message compression beyond the interop cases: Process, --compress-responses,
+  # zip bombs with the server's peak RSS bounded (test_compress.py).
+  add_test(NAME e2e.compress
+    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/e2e/test_compress.py $<TARGET_FILE:bidistreamd>)
+  set_tests_properties(e2e.compress PROPERTIES LABELS "e2e" TIMEOUT 600
+    ENVIRONMENT "BDS_SANITIZE=${BDS_SANITIZE}"
+    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
   # The bds client (tools/bds.c) against the real server.
   add_test(NAME e2e.bds_client
     COMMAND ${CMAKE_COMMAND} -E env BDS_CLIENT=$<TARGET_FILE:bds>

@@ -64,6 +64,7 @@ typedef struct app {
     uint8_t *out_copy;
     size_t out_copy_cap;
     uint64_t started, ended;
+    uint32_t msg_max; /* the session's msg_bytes_max: no message, decompressed or not, is longer */
     bool failed; /* bds__h2_recv or _output said the session failed: it is read no more */
 } app;
 
@@ -94,8 +95,13 @@ static void app_send(app *a, app_call *c, const uint8_t *msg, size_t len) {
         app_ref *r = app_ref_get(a);
         if (!r) return;
         memcpy(r->wire + 5, msg, len);
-        bool framed = fuzz_rand(&a->rng) & 1;
-        st = framed ? bds__h2_send_framed(a->h2, c->id, &r->node, r->wire, len)
+        uint64_t how = fuzz_rand(&a->rng);
+        bool framed = how & 1, compressed = false;
+        if (framed && (how & 2)) { /* "compressed" bytes: the session only flags them */
+            bds__grpc_enc want = (how & 4) ? BDS__GRPC_ENC_GZIP : BDS__GRPC_ENC_DEFLATE;
+            compressed = bds__h2_response_encoding(a->h2, c->id, want) != BDS__GRPC_ENC_IDENTITY;
+        }
+        st = framed ? bds__h2_send_framed(a->h2, c->id, &r->node, r->wire, len, compressed)
                     : bds__h2_send_ref(a->h2, c->id, &r->node, r->wire + 5, len);
         if (st == BDS_OK) r->in_session = true;
     } else {
@@ -164,11 +170,12 @@ static bds_status app_on_call_start(void *ctx, const bds__h2_call_info *info, vo
 }
 
 static void app_on_message(void *ctx, void *call_ctx, int32_t id, const uint8_t *msg, size_t len,
-                           uint32_t wire_bytes) {
+                           uint32_t wire_bytes, bool compressed) {
     app *a = ctx;
     app_call *c = app_call_check(a, call_ctx, id);
     FUZZ_CHECK(msg != NULL || len == 0, "NULL message");
-    FUZZ_CHECK(wire_bytes <= len + 5, "wire bytes %u for %zu", wire_bytes, len);
+    FUZZ_CHECK(compressed || wire_bytes <= len + 5, "wire bytes %u for %zu", wire_bytes, len);
+    FUZZ_CHECK(len <= a->msg_max, "a message of %zu bytes past the limit %u", len, a->msg_max);
     c->msgs++;
     if (c->behave & B_METADATA && c->msgs == 1) {
         static const uint8_t v[] = "initial";

@@ -340,6 +340,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     app_init(&a, seed);
     bds__h2_config cfg;
     app_config(&cfg, sel);
+    a.msg_max = cfg.msg_bytes_max;
     FUZZ_CHECK(bds__h2_create(&a.h2, &cfg, &app_callbacks, &a) == BDS_OK, "create");
     static cli c;
     cli_init(&c);

@@ -22,6 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     app_init(&a, fuzz_u32(&in));
     bds__h2_config cfg;
     app_config(&cfg, sel);
+    a.msg_max = cfg.msg_bytes_max;
     FUZZ_CHECK(bds__h2_create(&a.h2, &cfg, &app_callbacks, &a) == BDS_OK, "create");
     uint64_t now = 1000000000ULL;
     if (sel & 0x80) a.failed = bds__h2_recv(a.h2, (const uint8_t *)preface, sizeof preface - 1, now) != BDS_OK;

@@ -7,6 +7,7 @@ only argument to write those too. Crash inputs (crash-*) are kept by hand."""
 import os
 import subprocess
 import sys
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,6 +32,11 @@ def vi(field, x):
 
 def grpc(msg, flag=0):
     return bytes([flag]) + len(msg).to_bytes(4, 'big') + msg
+
+
+def gz(b, level=6):
+    c = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return c.compress(b) + c.flush()
 
 
 FRAME = ld(1, b'k') + vi(2, 1) + ld(3, b'abc')
@@ -67,6 +73,9 @@ def h2_client_seeds():
         pump + pump,
         'goaway-mid-call': b'\x00' + SEED + open_(0) + data(0, FRAME, False) + pump + b'\x0c\x18' + pump +
         data(0, FRAME) + pump,
+        # grpc-encoding: gzip, then a message with the compressed flag (a fuzzed prefix: op 0x40)
+        'gzip-request': b'\x00' + SEED + open_(0, 0x20, b'\x04gzip\x00') +
+        bytes([0xc2, 0, len(grpc(gz(FRAME), 1))]) + grpc(gz(FRAME), 1) + pump + pump,
     }
 
 
@@ -78,6 +87,14 @@ def seeds():
         'over-limit': b'\x01\x00' + SEED + grpc(b'x' * 64),
         'truncated': b'\x10\x00' + SEED + grpc(FRAME)[:-2],
         'bad-flag': b'\x00\x00' + SEED + grpc(FRAME, 2),
+    }
+    s['decompress'] = {
+        'gzip': b'\x0b' + gz(FRAME * 20),
+        'deflate': b'\x0a' + zlib.compress(FRAME * 20),
+        'gzip-two-members': b'\x0b' + gz(b'one ') + gz(b'two'),
+        'bomb': b'\x09' + gz(bytes(1 << 20), 9),
+        'empty': b'\x0b' + gz(b''),
+        'round-trip': b'\x1a' + FRAME * 8,
     }
     s['grpc_wire'] = {
         'timeout-1S': b'\x00' + b'1S',

@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <string.h>
 
+#include "grpc_compress.h"
 #include "grpc_wire.h"
 
 static bool parse(const char *s, uint64_t *ns) { return bds__grpc_timeout_parse(s, strlen(s), ns); }
@@ -208,11 +209,36 @@ Test(grpc_wire, req_unknown_path_returns_unimplemented) {
                  BDS_UNIMPLEMENTED);
 }
 
-Test(grpc_wire, req_compressed_encoding_returns_unimplemented) {
-    bds__grpc_verdict v = check_with("grpc-encoding", "gzip");
-    cr_assert_eq(v.http_status, 200);
-    cr_assert_eq(v.grpc_status, BDS_UNIMPLEMENTED);
-    cr_assert_eq(check_with("grpc-encoding", "identity").grpc_status, BDS_OK);
+Test(grpc_wire, req_unknown_encoding_returns_unimplemented_naming_what_we_take) {
+    static const char *const bad[] = {"snappy", "GZIP", "gzip ", "x-custom", "", "identity,gzip"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        bds__grpc_verdict v = check_with("grpc-encoding", bad[i]);
+        cr_assert_eq(v.http_status, 200, "'%s'", bad[i]);
+        cr_assert_eq(v.grpc_status, BDS_UNIMPLEMENTED, "'%s'", bad[i]);
+        cr_assert_not_null(strstr(v.message, "identity,deflate,gzip"), "%s", v.message);
+    }
+    static const char *const good[] = {"identity", "deflate", "gzip"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        cr_assert_eq(check_with("grpc-encoding", good[i]).grpc_status, BDS_OK, "'%s'", good[i]);
+}
+
+/* The request's encoding, and what the client takes in replies: what its
+ * grpc-accept-encoding lists that we know, identity, and its own encoding. */
+Test(grpc_wire, req_encoding_and_accept_encoding_are_recorded) {
+    bds__grpc_req_check rc;
+    bds__grpc_req_init(&rc, &methods, 0);
+    cr_assert_eq(bds__grpc_req_encoding(&rc), BDS__GRPC_ENC_IDENTITY);
+    cr_assert_eq(bds__grpc_req_accept(&rc), BDS__GRPC_ENC_BIT(BDS__GRPC_ENC_IDENTITY), "none listed: identity only");
+    hdr(&rc, "grpc-accept-encoding", " snappy , deflate,zstd");
+    cr_assert_eq(bds__grpc_req_accept(&rc),
+                 BDS__GRPC_ENC_BIT(BDS__GRPC_ENC_IDENTITY) | BDS__GRPC_ENC_BIT(BDS__GRPC_ENC_DEFLATE));
+    hdr(&rc, "grpc-encoding", "gzip");
+    cr_assert_eq(bds__grpc_req_encoding(&rc), BDS__GRPC_ENC_GZIP);
+    cr_assert_eq(bds__grpc_req_accept(&rc), 7u, "a client compressing with gzip takes gzip");
+    cr_assert_eq(bds__grpc_accept_parse((const uint8_t *)"gzip,\tidentity ,,", 18),
+                 BDS__GRPC_ENC_BIT(BDS__GRPC_ENC_IDENTITY) | BDS__GRPC_ENC_BIT(BDS__GRPC_ENC_GZIP));
+    cr_assert_eq(bds__grpc_accept_parse((const uint8_t *)"gzipx,xgzip,Gzip", 16), 1u, "names match exactly");
+    cr_assert_eq(bds__grpc_accept_parse(NULL, 0), 1u);
 }
 
 Test(grpc_wire, req_header_list_over_bound_returns_431) {

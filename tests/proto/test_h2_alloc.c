@@ -84,8 +84,9 @@ static bds_status mini_start(void *ctx, const bds__h2_call_info *info, void **cc
     *cc = ctx;
     return BDS_OK;
 }
-static void mini_msg(void *ctx, void *cc, int32_t id, const uint8_t *m, size_t len, uint32_t wire) {
+static void mini_msg(void *ctx, void *cc, int32_t id, const uint8_t *m, size_t len, uint32_t wire, bool z) {
     (void)cc;
+    (void)z;
     struct mini *a = ctx;
     a->msgs++;
     bds__h2_consume(a->h2, id, wire);

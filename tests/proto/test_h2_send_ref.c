@@ -178,7 +178,7 @@ Test(h2_send_ref, framed_message_gets_its_prefix_written_in_place_and_is_sent_wh
     for (int i = 0; i < 2; i++) {
         memset(f[i].wire, 0xee, 5); /* the caller's bytes there are overwritten */
         memcpy(f[i].wire + 5, i ? "framed2" : "framed1", 7);
-        cr_assert_eq(bds__h2_send_framed(H.app.h2, c->id, &f[i].node, f[i].wire, 7), BDS_OK);
+        cr_assert_eq(bds__h2_send_framed(H.app.h2, c->id, &f[i].node, f[i].wire, 7, false), BDS_OK);
     }
     static struct ref r;
     memcpy(r.data, "ref", 3);

@@ -317,12 +317,17 @@ Test(h2_server, bad_grpc_timeout_gets_internal, .fini = fini) {
     cr_assert(strstr(c->grpc_message, "grpc-timeout") != NULL);
 }
 
-Test(h2_server, gzip_encoding_gets_unimplemented, .fini = fini) {
+static bool md_has(const struct cstream *c, const char *line);
+
+Test(h2_server, unknown_encoding_gets_unimplemented_with_what_we_take, .fini = fini) {
     h_init(&H, NULL);
-    nghttp2_nv enc = NV("grpc-encoding", "gzip");
+    nghttp2_nv enc = NV("grpc-encoding", "snappy");
     struct cstream *c = h_call(&H, PIPE, &enc, 1);
     h_pump(&H);
     cr_assert_eq(c->grpc_status, 12);
+    cr_assert(c->status_in_response_headers, "trailers-only");
+    cr_assert(md_has(c, "R grpc-accept-encoding: identity,deflate,gzip\n"), "%s", (const char *)c->md.p);
+    cr_assert_eq(H.app.ncalls, 0);
 }
 
 Test(h2_server, huge_header_list_gets_431_and_connection_survives, .fini = fini) {
@@ -777,7 +782,7 @@ Test(h2_server, custom_metadata_joins_the_response_headers_and_trailers, .fini =
     cr_assert_eq(c->grpc_status, 0);
     cr_assert_eq(h_count_msgs(c), 1);
     const char *md = (const char *)c->md.p;
-    cr_assert(md_has(c, "R grpc-accept-encoding: identity\n"), "%s", md);
+    cr_assert(md_has(c, "R grpc-accept-encoding: identity,deflate,gzip\n"), "%s", md);
     cr_assert(md_has(c, "R x-init: v 1\n"), "%s", md);
     cr_assert(md_has(c, "T x-tr-bin: q6ur\n"), "%s", md);
     cr_assert(md_has(c, "T x-tr2: \n"), "%s", md);

@@ -99,6 +99,7 @@ static void assert_same_config(const bds_server_config *a, const bds_server_conf
     cr_assert_str_eq(a->listen, b->listen);
     cr_assert_eq(a->shards, b->shards);
     cr_assert_eq(a->max_message_bytes, b->max_message_bytes);
+    cr_assert_eq(a->compress_responses, b->compress_responses);
     cr_assert_eq(a->max_concurrent_streams, b->max_concurrent_streams);
     cr_assert_eq(a->max_lingering_streams, b->max_lingering_streams);
     cr_assert_eq(a->max_header_list_bytes, b->max_header_list_bytes);
@@ -159,6 +160,7 @@ Test(tool_config, no_args_gives_the_server_defaults_and_run) {
     cr_assert_str_eq(cfg.server.listen, "127.0.0.1:50051");
     cr_assert_eq(cfg.server.size, sizeof(bds_server_config));
     cr_assert_not(cfg.server.interop_service, "the interop test service is opt-in");
+    cr_assert_eq(cfg.server.compress_responses, BDS_COMPRESSION_NONE, "replies go uncompressed unless asked");
     assert_same_config(&cfg.server, &def);
     cr_assert_eq(bds_options_validate(&cfg.server.options, NULL), BDS_OK);
 }
@@ -466,6 +468,11 @@ Test(tool_config, orderings_policies_and_log_levels_by_name) {
         cr_assert_eq(cfg.server.log_level, i, "%s", levels[i]);
     }
     cr_assert_eq(BDS_BP_SOFT_ALLOW_SIGNAL, 3);
+    static const char *const comps[] = {"none", "deflate", "gzip"};
+    for (int i = 0; i < 3; i++) {
+        parse_ok(&cfg, "--compress-responses", comps[i], NULL);
+        cr_assert_eq((int)cfg.server.compress_responses, i, "%s", comps[i]);
+    }
 }
 
 Test(tool_config, unknown_names_are_refused_naming_the_flag) {
@@ -475,6 +482,9 @@ Test(tool_config, unknown_names_are_refused_naming_the_flag) {
     parse_bad("--outbound-policy", "--outbound-policy", "hard_reject", NULL);
     parse_bad("--log-level", "--log-level", "trace", NULL);
     parse_bad("--log-level", "--log-level", "3", NULL);
+    parse_bad("--compress-responses", "--compress-responses", "snappy", NULL);
+    parse_bad("--compress-responses", "--compress-responses", "GZIP", NULL);
+    parse_bad("--compress-responses", "--compress-responses", "identity", NULL);
 }
 
 /* ---- the command line's shape ---------------------------------------------------------------- */
@@ -800,7 +810,8 @@ Test(tool_config, help_lists_every_flag_with_its_default) {
         "--outbound-capacity N", "--outbound-queue-capacity N", "--outbound-bytes-max SIZE", "--fail-fast [BOOL]",
         "--drain-on-client-close [BOOL]", "--failures-terminal [BOOL]", "--max-attempts N", "--backoff DURATION",
         "--grace DURATION", "--drain-inbound [BOOL]", "--drain-outbound [BOOL]", "--metrics [BOOL]",
-        "--metrics-payload-sizes [BOOL]", "--max-message-bytes SIZE", "--max-concurrent-streams N",
+        "--metrics-payload-sizes [BOOL]", "--max-message-bytes SIZE", "--compress-responses none|deflate|gzip",
+        "--max-concurrent-streams N",
         "--max-lingering-streams N",
         "--max-header-list-bytes SIZE", "--stream-window-bytes SIZE", "--conn-bytes-max SIZE", "--shard-bytes-max SIZE",
         "--idle-spin-us N", "--interop [BOOL]", "--interop-responses-max N",
@@ -841,16 +852,17 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--max-connection-age", "10m", "--max-connection-age-grace", "45s",
                     "--ping-without-streams", "--tcp-user-timeout-ms", "1234", "--reuse-port", "--reflection",
                     "--tls-key", "/etc/bds/key.pem", "--tls-client-ca", "/etc/bds/ca.pem",
-                    "--metrics-listen", "127.0.0.1:9464", "--access-log", NULL};
+                    "--metrics-listen", "127.0.0.1:9464", "--access-log", "--compress-responses", "deflate", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 55, "%s", out); /* a comment and 54 keys */
+    cr_assert_eq(count_lines(out), 56, "%s", out); /* a comment and 55 keys */
     cr_assert_not_null(strstr(out, "\n# tls-cert = (not set)\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ntls-key = /etc/bds/key.pem\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nreflection = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nmetrics-listen = 127.0.0.1:9464\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\naccess-log = true\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\ncompress-responses = deflate\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nreuse-port = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nmax-connection-age = 10m\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nmax-connection-age-grace = 45s\n"), "%s", out);

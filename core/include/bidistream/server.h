@@ -38,11 +38,30 @@ extern "C" {
 
 typedef struct bds_server bds_server;
 
+/* A message compression of gRPC (its grpc-encoding), for replies. Requests
+ * in identity, deflate or gzip are always taken, and reach handlers
+ * decompressed (bds_call_request, bds_call_request_compressed). */
+typedef enum bds_compression {
+    BDS_COMPRESSION_NONE = 0,       /* identity: sent as it is */
+    BDS_COMPRESSION_DEFLATE = 1,    /* "deflate": the zlib format (RFC 1950) */
+    BDS_COMPRESSION_GZIP = 2,       /* "gzip" (RFC 1952) */
+} bds_compression;
+
 typedef struct bds_server_config {
     uint32_t size;                  /* = sizeof(bds_server_config) */
     const char *listen;             /* "host:port"; default "127.0.0.1:50051" */
     uint32_t shards;                /* 0 = one per CPU in the affinity mask */
-    uint32_t max_message_bytes;     /* default 4 MiB; larger -> RESOURCE_EXHAUSTED */
+    uint32_t max_message_bytes;     /* default 4 MiB; larger -> RESOURCE_EXHAUSTED; a
+                                       compressed request is held to it twice: as sent,
+                                       and decompressed (a zip bomb ends its stream
+                                       RESOURCE_EXHAUSTED after at most this much output) */
+    /* Replies of every stream compressed with this when its client takes it
+     * (its grpc-accept-encoding, or its request's grpc-encoding), else sent
+     * as they are; a stream can change it (bds_stream_set_compression).
+     * Replies under 64 bytes, and those that would not shrink, go as they
+     * are. Compression runs on the stream's home shard, in its event loop: it
+     * costs that shard CPU per reply byte (docs/SERVICE.md). Default NONE. */
+    bds_compression compress_responses;
     uint32_t max_concurrent_streams;/* per connection, default 1024 */
     /* Per connection, default 128: streams that are over (reset, cancelled,
      * failed) while their handlers still run. At the bound, new streams on
@@ -549,6 +568,26 @@ BDS_API const char *bds_call_method(const bds_call *call);
  * or BDS_E_NOMEM. Thread: any, before bds_call_done
  * (after it, a misuse that stops the process). */
 BDS_API bds_status bds_call_reply_bytes(bds_call *call, const void *bytes, size_t len);
+
+/* Compresses the stream's replies and pushes made from now on (by any
+ * thread, after this returns) with compression, or not (NONE): the place is
+ * a handler before its reply, or an interceptor's on_open for a whole
+ * stream; it starts as the server's compress_responses. A stream's encoding
+ * is fixed when its response headers leave, with its first reply or push,
+ * which announce it (grpc-encoding): that first one chooses compression if
+ * its client takes it (its grpc-accept-encoding lists it, or its request came
+ * in it), else none. A later reply asking for compression is compressed with
+ * the stream's encoding, whichever was asked, or goes as it is when the
+ * stream has none; a reply under 64 bytes, or one that would not shrink,
+ * goes as it is too (gRPC lets any message go uncompressed). Returns BDS_OK,
+ * or BDS_E_INVALID (not a bds_compression). Thread: any, on a live stream
+ * (a reply made on another thread at the same time may or may not see it). */
+BDS_API bds_status bds_stream_set_compression(bds_stream *stream, bds_compression compression);
+/* Whether the call's request message came compressed (the gRPC
+ * Compressed-Flag: the bytes bds_call_request gives are already
+ * decompressed). Thread: any, while the call is the handler's (after
+ * bds_call_done, a misuse that stops the process). */
+BDS_API bool bds_call_request_compressed(const bds_call *call);
 
 /* ---- applications: serving state, the stop's start, paced replies ----------
  *
