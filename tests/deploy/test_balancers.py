@@ -241,7 +241,8 @@ class Balancers(unittest.TestCase):
         opened = []
         for s in servers:
             text = ''.join(s.err)
-            m = re.search(r'stats /bidistream.v1.Pipeline/Process: streams (\d+) opened, (\d+) refused', text)
+            m = re.search(r'msg="stats" method=/bidistream.v1.Pipeline/Process streams_opened=(\d+) '
+                          r'streams_refused=(\d+)', text)
             opened.append((int(m.group(1)), int(m.group(2))) if m else (0, 0))
         self.assertEqual([o for o, _ in opened], self.client_counts,
                          'Process streams each server opened (refused: %r) against the client\'s count' %

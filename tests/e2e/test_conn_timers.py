@@ -335,7 +335,7 @@ class ConnectionAge(unittest.TestCase):
         self.assertEqual(got, list(range(1, 26)))
 
     def test_stream_outliving_the_grace_ends_unavailable_and_the_connection_closes(self):
-        before = sum('grace period over, ' in line for line in self.srv.err)
+        before = sum('msg="max connection age: grace period over"' in line for line in self.srv.err)
         start = time.monotonic()
         with self.fresh_channel() as ch:
             with self.assertRaises(grpc.RpcError) as e:
@@ -346,9 +346,10 @@ class ConnectionAge(unittest.TestCase):
         self.assertGreaterEqual(took, 5.5, 'ended before age + grace less jitter')
         self.assertLess(took, 25, 'not the grace: the 30 s deadline or the work ended it')
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and sum('grace period over, ' in l for l in self.srv.err) == before:
+        over = 'msg="max connection age: grace period over"'
+        while time.monotonic() < deadline and sum(over in l for l in self.srv.err) == before:
             time.sleep(0.1)
-        self.assertGreater(sum('grace period over, ' in l for l in self.srv.err), before,
+        self.assertGreater(sum('msg="max connection age: grace period over"' in l for l in self.srv.err), before,
                            'the server logged no grace period over: ' + ''.join(self.srv.err[-5:]))
         self.assert_still_serving()
 
