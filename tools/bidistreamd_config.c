@@ -656,6 +656,11 @@ static bool check_rules(bds_tool_config *c, char *err, size_t errlen) {
     if (o->metrics.payload_sizes && !o->metrics.enabled) {
         return fail(err, errlen, "--metrics-payload-sizes", "needs --metrics true");
     }
+    /* TLS: a certificate and its key go together; client CAs need both. */
+    const bds_server_config *s = &c->server;
+    if (s->tls_key_file && !s->tls_cert_file) return fail(err, errlen, "--tls-key", "needs --tls-cert");
+    if (s->tls_cert_file && !s->tls_key_file) return fail(err, errlen, "--tls-cert", "needs --tls-key");
+    if (s->tls_client_ca_file && !s->tls_cert_file) return fail(err, errlen, "--tls-client-ca", "needs --tls-cert");
     if (c->server.max_connection_age_grace_ns != 0 && c->server.max_connection_age_ns == 0) {
         return fail(err, errlen, "--max-connection-age-grace", "needs --max-connection-age above 0 (no age, no grace)");
     }

@@ -292,7 +292,7 @@ class Config(unittest.TestCase):
     def test_a_bad_certificate_or_a_lone_key_is_refused_at_start(self):
         for argv, want in (([ '--tls-cert', path('ca.key'), '--tls-key', path('server.key')], 'certificate chain'),
                            (['--tls-cert', path('server.pem'), '--tls-key', path('client.key')], 'key values mismatch'),
-                           (['--tls-key', path('server.key')], 'go together')):
+                           (['--tls-key', path('server.key')], 'needs --tls-cert')):
             p = subprocess.run([g.SERVER, '--listen', '127.0.0.1:0', *argv], capture_output=True, text=True,
                                timeout=30)
             self.assertNotEqual(p.returncode, 0, argv)

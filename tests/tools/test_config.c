@@ -620,6 +620,22 @@ Test(tool_config, connection_age_and_grace_ranges) {
     file_bad("max-connection-age = 2d\n", "max-connection-age");
 }
 
+Test(tool_config, tls_files_go_together) {
+    bds_tool_config cfg;
+    parse_ok(&cfg, "--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-ca", "ca.pem", NULL);
+    cr_assert_str_eq(cfg.server.tls_cert_file, "c.pem");
+    cr_assert_str_eq(cfg.server.tls_key_file, "k.pem");
+    cr_assert_str_eq(cfg.server.tls_client_ca_file, "ca.pem");
+    char err[512];
+    cr_assert_eq(parse(&cfg, err, "--tls-key", "k.pem", NULL), BDS_TOOL_EXIT_USAGE);
+    cr_assert_str_eq(err, "bidistreamd: --tls-key: needs --tls-cert");
+    cr_assert_eq(parse(&cfg, err, "--tls-cert", "c.pem", NULL), BDS_TOOL_EXIT_USAGE);
+    cr_assert_str_eq(err, "bidistreamd: --tls-cert: needs --tls-key");
+    cr_assert_eq(parse(&cfg, err, "--tls-client-ca", "ca.pem", NULL), BDS_TOOL_EXIT_USAGE);
+    cr_assert_str_eq(err, "bidistreamd: --tls-client-ca: needs --tls-cert");
+    parse_bad("--tls-cert", "--tls-cert", "", "--tls-key", "k.pem", NULL);
+}
+
 Test(tool_config, backoff_needs_retries_and_payload_sizes_need_metrics) {
     parse_bad("--backoff", "--backoff", "10ms", NULL);
     parse_bad("--metrics-payload-sizes", "--metrics=false", "--metrics-payload-sizes", NULL);
@@ -851,13 +867,13 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--log-level", "warn", "--idle-timeout", "90s", "--keepalive-timeout", "0",
                     "--max-connection-age", "10m", "--max-connection-age-grace", "45s",
                     "--ping-without-streams", "--tcp-user-timeout-ms", "1234", "--reuse-port", "--reflection",
-                    "--tls-key", "/etc/bds/key.pem", "--tls-client-ca", "/etc/bds/ca.pem",
+                    "--tls-cert", "/etc/bds/cert.pem", "--tls-key", "/etc/bds/key.pem", "--tls-client-ca", "/etc/bds/ca.pem",
                     "--metrics-listen", "127.0.0.1:9464", "--access-log", "--compress-responses", "deflate", NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
     cr_assert_eq(count_lines(out), 56, "%s", out); /* a comment and 55 keys */
-    cr_assert_not_null(strstr(out, "\n# tls-cert = (not set)\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\ntls-cert = /etc/bds/cert.pem\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ntls-key = /etc/bds/key.pem\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nreflection = true\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nmetrics-listen = 127.0.0.1:9464\n"), "%s", out);
