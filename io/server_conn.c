@@ -57,29 +57,25 @@ void bds__srv_shard_flush_dirty(srv_shard *sh) {
 void bds__srv_shard_flusher(bds_flusher *f) { bds__srv_shard_flush_dirty(BDS_CONTAINER_OF(f, srv_shard, flusher)); }
 
 
-/* TLS: queues the ciphertext waiting in the session on the socket. Returns
- * false while it cannot (the socket's queue is full: on_drain flushes again;
- * or the connection is going). */
-static bool conn_tls_drain(srv_conn *sc) {
-    const uint8_t *p;
-    size_t n = bds__tls_pending(sc->tls, &p);
-    if (!n) return true;
-    if (bds__conn_out_bytes(sc->c) == 0) {
+/* TLS: the session's records, straight into the socket's output chunks.
+ * false when the queue is full (on_drain flushes again) or the connection
+ * is going. */
+static bool conn_tls_write(void *arg, const uint8_t *p, size_t n) {
+    srv_conn *sc = arg;
+    if (!sc->c) return false;
+    if (bds__conn_out_bytes(sc->c) == 0) { /* the send timer's clock starts with pending output */
         sc->sent_mark = bds__conn_sent_bytes(sc->c);
         sc->sent_mark_ns = bds__shard_now(sc->sh->shard);
     }
-    if (bds__conn_write(sc->c, p, n) != BDS_OK) return false;
-    bds__tls_consume(sc->tls);
-    return true;
+    return bds__conn_write(sc->c, p, n) == BDS_OK;
 }
 
-/* TLS failed (or the peer ended it): what is pending (an alert, our
+/* TLS failed (or the peer ended it): what was written (an alert, our
  * close_notify) goes out, then the socket closes; nothing more is read. */
 static void conn_tls_close(srv_conn *sc, const char *why) {
     if (why) bds__log(&sc->sh->srv->log, BDS_LOG_WARN, "closing a TLS connection", "peer=%s why=\"%s\"", sc->peer, why);
     sc->h2_failed = true;
     bds__conn_recv_pause(sc->c);
-    (void)conn_tls_drain(sc);
     bds__conn_close_after_flush(sc->c);
     sc->closing = true;
 }
@@ -100,9 +96,9 @@ static void conn_flush(srv_conn *sc) {
     BDS_DLIST_FOREACH_SAFE(it, nx, &sc->waiting) { /* a call whose trailers were pending is freed */
         bds__srv_call_move_blocked(BDS_DLIST_ENTRY(it, srv_call, wait_link));
     }
-    /* TLS: earlier ciphertext first; and no HTTP/2 output (our SETTINGS
-     * included) before the handshake has ended with ALPN h2. */
-    if (sc->tls && (!conn_tls_drain(sc) || !sc->tls_checked)) return;
+    /* TLS: no HTTP/2 output (our SETTINGS included) before the handshake
+     * has ended with ALPN h2. */
+    if (sc->tls && !sc->tls_checked) return;
     for (;;) {
         const uint8_t *data;
         size_t len;
@@ -117,14 +113,17 @@ static void conn_flush(srv_conn *sc) {
                 sc->sent_mark_ns = bds__shard_now(sc->sh->shard);
             }
             if (sc->tls) {
-                /* Encrypted whole into the session's buffer; queued on the
-                 * socket as one write (or later, from on_drain). */
-                if (bds__tls_send(sc->tls, data, len) != BDS_OK) {
+                /* Encrypted record by record into the socket's chunks; what
+                 * the full queue did not take is encrypted again from the
+                 * same HTTP/2 output once on_drain flushes. */
+                size_t sent = 0;
+                bds_status ts = bds__tls_send(sc->tls, data, len, &sent);
+                if (sent) bds__h2_output_advance(sc->h2, sent);
+                if (ts == BDS_E_AGAIN) break;
+                if (ts != BDS_OK) {
                     conn_tls_close(sc, "TLS output failed");
                     return;
                 }
-                bds__h2_output_advance(sc->h2, len);
-                if (!conn_tls_drain(sc)) break;
             } else {
                 bds_status w = bds__conn_write(sc->c, data, len);
                 if (w != BDS_OK) break; /* E_AGAIN: on_drain flushes again */
@@ -502,7 +501,7 @@ void bds__srv_on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     }
     if (sh->srv->tls_paths[0]) {
         pthread_mutex_lock(&sh->srv->tls_lock); /* against a reload swapping the context */
-        sc->tls = bds__tls_new(sh->srv->tls);
+        sc->tls = bds__tls_new(sh->srv->tls, conn_tls_write, sc);
         pthread_mutex_unlock(&sh->srv->tls_lock);
         if (!sc->tls) {
             bds__h2_destroy(sc->h2);

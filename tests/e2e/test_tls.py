@@ -186,6 +186,65 @@ class Tls(unittest.TestCase):
         wait_log(self.srv, 'closing a TLS connection')
         stream_ok(self, self.ch)
 
+    def test_replies_past_a_full_socket_queue_arrive_whole(self):
+        """A client that does not read while 20 streams of 1 MiB responses
+        fall due (the interop StreamingOutputCall, all windows open): the
+        server's output queue for the connection (4 MiB) fills, the record
+        in progress waits in the TLS session and the rest is encrypted from
+        the HTTP/2 output as the queue drains. Every response of every
+        stream arrives whole, in order."""
+        import struct
+        import test_h2_floods as f
+        srv = tls_server('--interop')
+        try:
+            ctx = ssl.create_default_context(cafile=path('ca.pem'))
+            ctx.set_alpn_protocols(['h2'])
+            host, port = srv.addr.rsplit(':', 1)
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: shrunk later, TCP stalls
+            raw.settimeout(10)
+            raw.connect((host, int(port)))
+            s = ctx.wrap_socket(raw, server_hostname='localhost')
+            c = f.Conn.__new__(f.Conn)
+            c.s, c.buf, c.closed = s, b'', False
+            sizes = [262144 + i for i in range(4)]
+            req = interop.out_request([(n, 0) for n in sizes])
+            msg = b'\0' + struct.pack('>I', len(req)) + req
+            path_ = b'/grpc.testing.TestService/StreamingOutputCall'
+            streams = list(range(1, 41, 2))
+            c.send(f.PREFACE + f.h2frame(f.SETTINGS, 0, 0, struct.pack('>HI', 4, 2**31 - 1)) +
+                   f.h2frame(f.WINDOW_UPDATE, 0, 0, struct.pack('>I', 2**31 - 1 - 65535)) +
+                   b''.join(f.h2frame(f.HEADERS, f.END_HEADERS, sid, f.request_headers(path_)) +
+                            f.h2frame(f.DATA, f.END_STREAM, sid, msg) for sid in streams))
+            time.sleep(2)  # not reading: the responses pile up on the server
+            got = {sid: bytearray() for sid in streams}
+            ended = set()
+
+            def done(frames):
+                for t, fl, sid, p in frames[done.seen:]:
+                    if t == f.DATA and sid in got:
+                        got[sid].extend(p)
+                    if sid in got and fl & f.END_STREAM:
+                        ended.add(sid)
+                done.seen = len(frames)
+                return len(ended) == len(streams)
+            done.seen = 0
+            c.frames_until(done, 60)
+            s.close()
+            self.assertEqual(sorted(ended), streams, 'streams that ended (bytes per stream: %r)' %
+                             {k: len(v) for k, v in got.items()})
+            for sid in streams:
+                lens, off, data = [], 0, got[sid]
+                while off < len(data):
+                    n = struct.unpack('>I', data[off + 1:off + 5])[0]
+                    lens.append(len(interop.body(bytes(data[off + 5:off + 5 + n]))))
+                    off += 5 + n
+                self.assertEqual(lens, sizes, 'stream %d: every response whole and in order' % sid)
+            with tls_channel(srv) as ch:
+                stream_ok(self, ch)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
     def test_tls_1_1_is_refused(self):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(path('ca.pem'))
