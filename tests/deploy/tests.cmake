@@ -3,8 +3,5 @@
 # of three bidistreamd on loopback, driven by python3-grpcio
 # (test_balancers.py). Labels deploy and e2e.
 if(TARGET bidistreamd)
-  add_test(NAME deploy.balancers
-    COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/deploy/test_balancers.py $<TARGET_FILE:bidistreamd>)
-  set_tests_properties(deploy.balancers PROPERTIES LABELS "deploy;e2e" TIMEOUT 300
-    FAIL_REGULAR_EXPRESSION "ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|WARNING: ThreadSanitizer")
+  bds_py_test(deploy.balancers deploy/test_balancers.py "deploy;e2e" 300 ARGS $<TARGET_FILE:bidistreamd>)
 endif()
