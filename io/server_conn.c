@@ -57,18 +57,23 @@ void bds__srv_shard_flush_dirty(srv_shard *sh) {
 void bds__srv_shard_flusher(bds_flusher *f) { bds__srv_shard_flush_dirty(BDS_CONTAINER_OF(f, srv_shard, flusher)); }
 
 
-/* TLS: the session's records, straight into the socket's output chunks.
- * false when the queue is full (on_drain flushes again) or the connection
- * is going. */
-static bool conn_tls_write(void *arg, const uint8_t *p, size_t n) {
-    srv_conn *sc = arg;
+/* Queues bytes on the socket: true when all of them were queued, false
+ * when none were (the queue is full: on_drain flushes again; or the
+ * connection is going). The send timer measures a stall from the moment
+ * output is pending: an idle connection's first write starts its clock
+ * afresh (without this, output in flight when the timer fired after a quiet
+ * spell counted as a whole period without progress). */
+static bool conn_write(srv_conn *sc, const uint8_t *p, size_t n) {
     if (!sc->c) return false;
-    if (bds__conn_out_bytes(sc->c) == 0) { /* the send timer's clock starts with pending output */
+    if (bds__conn_out_bytes(sc->c) == 0) {
         sc->sent_mark = bds__conn_sent_bytes(sc->c);
         sc->sent_mark_ns = bds__shard_now(sc->sh->shard);
     }
     return bds__conn_write(sc->c, p, n) == BDS_OK;
 }
+
+/* TLS: the session's records, straight into the socket's output chunks. */
+static bool conn_tls_write(void *arg, const uint8_t *p, size_t n) { return conn_write(arg, p, n); }
 
 /* TLS failed (or the peer ended it): what was written (an alert, our
  * close_notify) goes out, then the socket closes; nothing more is read. */
@@ -104,14 +109,6 @@ static void conn_flush(srv_conn *sc) {
         size_t len;
         bds_status st = bds__h2_output(sc->h2, &data, &len);
         if (len) {
-            /* The send timer measures a stall from the moment output is
-             * pending: an idle connection's first write starts the clock
-             * afresh (without this, output in flight when the timer fired
-             * after a quiet spell counted as a whole period without progress). */
-            if (bds__conn_out_bytes(sc->c) == 0) {
-                sc->sent_mark = bds__conn_sent_bytes(sc->c);
-                sc->sent_mark_ns = bds__shard_now(sc->sh->shard);
-            }
             if (sc->tls) {
                 /* Encrypted record by record into the socket's chunks; what
                  * the full queue did not take is encrypted again from the
@@ -125,8 +122,7 @@ static void conn_flush(srv_conn *sc) {
                     return;
                 }
             } else {
-                bds_status w = bds__conn_write(sc->c, data, len);
-                if (w != BDS_OK) break; /* E_AGAIN: on_drain flushes again */
+                if (!conn_write(sc, data, len)) break;
                 bds__h2_output_advance(sc->h2, len);
             }
         }
