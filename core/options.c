@@ -24,6 +24,7 @@ bds_options bds_default_options(void) {
     o.inbound.drain_on_client_close = true;
     o.inbound.failures_terminal = true;
     o.inbound.outstanding_bytes_max = 4u << 20; /* a default max-size gRPC message */
+    o.inbound.read_ahead = 64;
     o.outbound.ordering.mode = BDS_ORDERING_FIFO;
     o.outbound.ordering.capacity = 0;
     o.outbound.backpressure.policy = BDS_BP_QUEUE;

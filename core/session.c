@@ -324,6 +324,10 @@ uint32_t bds_session_inbound_room(bds_session *s) {
         tok = q > UINT32_MAX - s->tokens_free ? UINT32_MAX : q + s->tokens_free;
     }
     uint32_t room = ord < tok ? ord : tok;
+    if (s->opts.inbound.read_ahead && bp->policy != BDS_BP_HARD_REJECT) {
+        uint32_t ahead = room_sub(s->opts.inbound.read_ahead, s->waiting + s->n_wait);
+        if (ahead < room) room = ahead;
+    }
     if (inbound_bytes_full(s) || outbound_bytes_full(s)) room = 0;
     if (room == 0) s->room_was_zero = true;
     return room;

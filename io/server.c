@@ -63,6 +63,7 @@ void bds_server_config_default(bds_server_config *c) {
     c->interop_response_bytes_max = 64u << 20;
     c->max_header_list_bytes = 16u << 10;
     c->stream_window_bytes = 64u << 10;
+    c->stream_window_max_bytes = 4u << 20;
     c->options = bds_default_options();
     c->log_level = 2;
     c->handshake_timeout_ns = 10ull * 1000000000ull;
@@ -115,6 +116,7 @@ static const char *server_limits_why(const bds_server_config *cfg) {
     if (cfg->stream_window_bytes < 1024 || cfg->stream_window_bytes > INT32_MAX) {
         return "stream_window_bytes: expected 1024 to 2147483647";
     }
+    if (cfg->stream_window_max_bytes > INT32_MAX) return "stream_window_max_bytes: expected 0 to 2147483647";
     if (cfg->max_header_list_bytes < 1024) return "max_header_list_bytes: expected 1024 or more";
     if (cfg->shards > 64) return "shards: expected 0 (one per CPU) to 64";
     if (cfg->max_lingering_streams == 0) return "max_lingering_streams: expected 1 or more";

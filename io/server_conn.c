@@ -72,6 +72,48 @@ static bool conn_write(srv_conn *sc, const uint8_t *p, size_t n) {
     return bds__conn_write(sc->c, p, n) == BDS_OK;
 }
 
+/* Output at least this large leaves by reference, without the copy into the
+ * socket's chunks (bds__h2_output_swap); smaller output is copied, packing
+ * small flushes into few chunks. */
+#define OUT_BY_REF_MIN (32u * 1024u)
+
+/* Hands the HTTP/2 session's whole output buffer (its |len| unsent bytes)
+ * to the socket by reference and gives the session the spare. False, with
+ * nothing done, when there is no spare to give (both buffers are queued)
+ * or the socket queue is full: the bytes are copied then, or wait. */
+static bool conn_write_buffer(srv_conn *sc, const uint8_t *data, size_t len) {
+    if (!sc->c) return false;
+    if (!sc->out_spare) {
+        /* The first large flush makes the spare; later ones wait for the
+         * socket to give one back (conn_on_release), copying meanwhile. */
+        if (sc->spare_made) return false;
+        sc->out_spare = sc->alloc.malloc_fn(bds__h2_output_cap(sc->h2), sc->alloc.ctx);
+        if (!sc->out_spare) return false;
+        sc->spare_made = true;
+    }
+    size_t before = bds__conn_out_bytes(sc->c);
+    uint64_t sent = bds__conn_sent_bytes(sc->c);
+    if (bds__conn_write_ref(sc->c, data, len, (void *)data) != BDS_OK) return false; /* queue full */
+    if (before == 0) { /* the send timer's clock starts with pending output (conn_write) */
+        sc->sent_mark = sent;
+        sc->sent_mark_ns = bds__shard_now(sc->sh->shard);
+    }
+    /* |data| is the session's buffer from its start: all of it goes. */
+    uint8_t *buf = bds__h2_output_swap(sc->h2, sc->out_spare);
+    BDS_ASSERT(buf == data);
+    sc->out_spare = NULL;
+    return true;
+}
+
+/* A buffer sent by reference went out (or was dropped at close): it is the
+ * spare again. */
+static void conn_on_release(bds_conn *c, void *tag, void *ctx) {
+    (void)c;
+    srv_conn *sc = ctx;
+    if (!sc->out_spare) sc->out_spare = tag;
+    else sc->alloc.free_fn(tag, sc->alloc.ctx);
+}
+
 /* TLS: the session's records, straight into the socket's output chunks. */
 static bool conn_tls_write(void *arg, const uint8_t *p, size_t n) { return conn_write(arg, p, n); }
 
@@ -121,6 +163,8 @@ static void conn_flush(srv_conn *sc) {
                     conn_tls_close(sc, "TLS output failed");
                     return;
                 }
+            } else if (len >= OUT_BY_REF_MIN && conn_write_buffer(sc, data, len)) {
+                /* sent by reference: the session writes into the spare now */
             } else {
                 if (!conn_write(sc, data, len)) break;
                 bds__h2_output_advance(sc->h2, len);
@@ -251,6 +295,7 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
     sc->n_lingering = 0;
     if (sh->srv->metrics_on) bds__srv_conn_stats_fold(sc);
     bds__h2_destroy(sc->h2);
+    if (sc->out_spare) sc->alloc.free_fn(sc->out_spare, sc->alloc.ctx);
     bds__tls_free(sc->tls);
     ctr_sub(&shard_ctr(sh)->connections_live, 1);
     sc->acct->conn = NULL;
@@ -260,7 +305,7 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
 }
 
 static const bds_conn_callbacks conn_cbs = {
-    .on_data = conn_on_data, .on_drain = conn_on_drain, .on_close = conn_on_close,
+    .on_data = conn_on_data, .on_drain = conn_on_drain, .on_close = conn_on_close, .on_release = conn_on_release,
 };
 
 /* ---- connection timers -------------------------------------------------------------------------- */
@@ -471,6 +516,8 @@ void bds__srv_on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     bds__h2_config_default(&hc);
     hc.max_concurrent_streams = sh->srv->cfg.max_concurrent_streams;
     hc.stream_window_bytes = sh->srv->cfg.stream_window_bytes;
+    if (sh->srv->cfg.stream_window_max_bytes > hc.stream_window_bytes)
+        hc.window_bytes_max = sh->srv->cfg.stream_window_max_bytes;
     hc.header_list_bytes_max = sh->srv->cfg.max_header_list_bytes;
     hc.msg_bytes_max = sh->srv->cfg.max_message_bytes;
     hc.stream_send_bytes_max = REPLY_HIGH_WATER; /* past it replies wait here, keeping their tokens */

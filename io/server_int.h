@@ -355,6 +355,11 @@ struct srv_conn {
     bool tls_checked;         /* its handshake ended and ALPN chose h2 */
     srv_acct *acct;           /* its bytes, for the budgets */
     bds__palloc alloc;        /* its HTTP/2 session's memory, counted in acct */
+    /* Large output goes to the socket by reference: the HTTP/2 session's
+     * output buffer is handed over whole and this one takes its place. NULL
+     * while both are in use (or none was made yet); from alloc. */
+    uint8_t *out_spare;
+    bool spare_made;          /* out_spare was allocated (two buffers at most) */
     bool over;                /* at conn_bytes_max: not read */
     bool credit_held;         /* not read: its windows are not credited */
     srv_call *victim;         /* failed for its budget, not yet gone */

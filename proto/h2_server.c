@@ -184,6 +184,12 @@ struct bds__h2_session {
     bool ping_seen;
     bool ping_strikes_reset;       /* we sent DATA or HEADERS since its last PING */
     bool ping_outstanding;         /* our keepalive PING awaits its ACK          */
+    bool bdp_ping_out;             /* our BDP PING is queued or awaits its ACK   */
+    uint32_t bdp_window;           /* the windows now (cfg.window_bytes_max)     */
+    uint64_t bdp_sample;           /* DATA bytes since the BDP PING went         */
+    uint64_t bdp_sent_ns;
+    double bdp_rtt_ns;             /* smoothed round trip of the BDP PING        */
+    double bdp_bw_max;             /* highest sample / (1.5 rtt) seen            */
     bool peer_ready;               /* the client's first SETTINGS arrived        */
     bool close_on_goaway;          /* too_many_pings: done once the GOAWAY left  */
     bool goaway_left;
@@ -740,6 +746,49 @@ static void h2_stream_request(bds__h2_session *c, struct h2_stream *s, bool end_
 /* Our keepalive PING's opaque data: an ACK carrying it answers ours. */
 static const uint8_t h2_keepalive_opaque[8] = {'b', 'd', 's', '-', 'k', 'a', 'l', 'v'};
 
+#define H2_BDP_INTERVAL_NS 1000000u
+
+/* Our BDP PING's (cfg.window_bytes_max). */
+static const uint8_t h2_bdp_opaque[8] = {'b', 'd', 's', '-', 'b', 'd', 'p', '0'};
+
+/* DATA arrived: counts it into the sample, and starts one if none runs. */
+static void h2_bdp_data(bds__h2_session *c, size_t len) {
+    if (c->bdp_window >= c->cfg.window_bytes_max) return;
+    if (c->bdp_ping_out) {
+        c->bdp_sample += len;
+        return;
+    }
+    /* One sample per millisecond at most: a PING and its ACK cost about what
+     * a DATA frame does, and small messages would otherwise pay one per
+     * round trip for a window they never fill. */
+    if (c->bdp_sent_ns != 0 && c->now_ns - c->bdp_sent_ns < H2_BDP_INTERVAL_NS) return;
+    if (nghttp2_submit_ping(c->ng, NGHTTP2_FLAG_NONE, h2_bdp_opaque) != 0) return; /* next DATA tries again */
+    c->bdp_ping_out = true;
+    c->bdp_sample = len;
+    c->bdp_sent_ns = c->now_ns;
+}
+
+/* Our BDP PING's ACK: grpc-go's update rule (beta 2/3, gamma 2, alpha 0.9). */
+static void h2_bdp_ack(bds__h2_session *c) {
+    c->bdp_ping_out = false;
+    /* now_ns is the time the batch holding the ACK was read: a round trip
+     * inside one batch reads as 0; count it as 1 µs. */
+    double rtt = c->now_ns > c->bdp_sent_ns ? (double)(c->now_ns - c->bdp_sent_ns) : 1000.0;
+    c->bdp_rtt_ns = c->bdp_rtt_ns == 0 ? rtt : c->bdp_rtt_ns + (rtt - c->bdp_rtt_ns) * 0.9;
+    double bw = (double)c->bdp_sample / (c->bdp_rtt_ns * 1.5);
+    if (bw > c->bdp_bw_max) c->bdp_bw_max = bw;
+    if ((double)c->bdp_sample < (double)c->bdp_window * 2.0 / 3.0 || bw < c->bdp_bw_max) return;
+    uint64_t want = c->bdp_sample * 2;
+    uint32_t w = want > c->cfg.window_bytes_max ? c->cfg.window_bytes_max : (uint32_t)want;
+    if (w <= c->bdp_window) return;
+    c->bdp_window = w;
+    c->stats.window_bytes = w;
+    nghttp2_settings_entry iv = {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, w};
+    h2_check(c, nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, &iv, 1));
+    if (w > c->cfg.conn_window_bytes)
+        h2_check(c, nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)w));
+}
+
 /* A client PING, judged as grpc-go's keepalive enforcement does: too close to
  * the previous one with nothing sent by us in between is a strike. */
 static void h2_client_ping(bds__h2_session *c) {
@@ -796,6 +845,8 @@ static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, voi
                    memcmp(frame->ping.opaque_data, h2_keepalive_opaque, sizeof h2_keepalive_opaque) == 0) {
             c->ping_outstanding = false;
             c->stats.ping_acks++;
+        } else if (c->bdp_ping_out && memcmp(frame->ping.opaque_data, h2_bdp_opaque, sizeof h2_bdp_opaque) == 0) {
+            h2_bdp_ack(c);
         }
         break;
     case NGHTTP2_WINDOW_UPDATE:
@@ -897,6 +948,7 @@ static int h2_on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t str
     c->last_id = stream_id; /* the app credits and answers this stream next */
     c->last_s = s;
     s->recv_bytes += len;
+    h2_bdp_data(c, len);
     if (s->state == H2S_OPEN) h2_stream_deframe(c, s, data, len);
     if (s->state != H2S_OPEN) h2_stream_settle(c, s);
     return c->fatal ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
@@ -1156,7 +1208,9 @@ static bool h2_config_valid(const bds__h2_config *cfg) {
            cfg->conn_window_bytes <= NGHTTP2_MAX_WINDOW_SIZE && cfg->msg_bytes_max > 0 &&
            cfg->out_buf_bytes >= H2_OUT_BUF_MIN && cfg->stream_send_bytes_max > 0 &&
            cfg->header_list_bytes_max > 0 && cfg->glitch_burst > 0 && cfg->max_settings > 0 &&
-           (!cfg->capture_metadata || cfg->capture_bytes_max > 0);
+           (!cfg->capture_metadata || cfg->capture_bytes_max > 0) &&
+           (cfg->window_bytes_max == 0 ||
+            (cfg->window_bytes_max >= cfg->stream_window_bytes && cfg->window_bytes_max <= NGHTTP2_MAX_WINDOW_SIZE));
 }
 
 static nghttp2_session_callbacks *h2_callbacks_new(void) {
@@ -1227,6 +1281,7 @@ bds_status bds__h2_create(bds__h2_session **out, const bds__h2_config *cfg,
     bds__h2_session *c = a->calloc_fn(1, sizeof *c, a->ctx);
     if (c == NULL) return BDS_E_NOMEM;
     c->cfg = *cfg;
+    c->bdp_window = cfg->stream_window_bytes;
     c->alloc = a;
     c->mem = (nghttp2_mem){a->ctx, a->malloc_fn, a->free_fn, a->calloc_fn, a->realloc_fn};
     c->cbs = *cbs;
@@ -1305,6 +1360,16 @@ void bds__h2_output_advance(bds__h2_session *c, size_t n) {
     memmove(c->out, c->out + n, c->out_len - n);
     c->out_len -= n;
 }
+
+uint8_t *bds__h2_output_swap(bds__h2_session *c, uint8_t *fresh) {
+    BDS_ASSERT(c != NULL && fresh != NULL && !c->in_output);
+    uint8_t *old = c->out;
+    c->out = fresh;
+    c->out_len = 0;
+    return old;
+}
+
+size_t bds__h2_output_cap(const bds__h2_session *c) { return c->out_cap; }
 
 bool bds__h2_want_write(const bds__h2_session *c) {
     BDS_ASSERT(c != NULL);

@@ -70,6 +70,14 @@ typedef struct bds__h2_config {
     uint32_t max_concurrent_streams;  /* SETTINGS_MAX_CONCURRENT_STREAMS (1024)     */
     uint32_t stream_window_bytes;     /* SETTINGS_INITIAL_WINDOW_SIZE (64 KiB)      */
     uint32_t conn_window_bytes;       /* connection receive window (1 MiB)          */
+    /* Windows sized to the bandwidth-delay product, as grpc-go's BDP
+     * estimator sizes them: a PING goes out with the first DATA after the
+     * last one's ACK, and the bytes received until its ACK are a sample of
+     * the BDP (at most 1.5x it on a saturated link). A sample of at least
+     * 2/3 of the window, at the highest bandwidth seen yet, sets both the
+     * streams' initial window (SETTINGS) and the connection's to twice the
+     * sample, up to this bound. 0 = fixed windows. */
+    uint32_t window_bytes_max;        /* (0)                                        */
     uint32_t header_list_bytes_max;   /* SETTINGS_MAX_HEADER_LIST_SIZE, enforced by
                                          us per request and client trailers (16 KiB).
                                          A header block that decodes to more than 4x
@@ -233,6 +241,7 @@ typedef struct bds__h2_stats {
     bool too_many_pings;      /* ... by the client PING policy         */
     uint64_t pings_sent;      /* our own PINGs (bds__h2_ping)          */
     uint64_t ping_acks;       /* ACKs of them                          */
+    uint32_t window_bytes;    /* stream windows grown to (BDP), 0 = not grown */
     int nghttp2_fatal;        /* last fatal nghttp2 error, 0 if none  */
     bool flooded;             /* ... one of them was nghttp2's flood
                                  limit (NGHTTP2_ERR_FLOODED)           */
@@ -269,6 +278,15 @@ bds_status bds__h2_recv(bds__h2_session *conn, const uint8_t *in, size_t len, ui
 bds_status bds__h2_output(bds__h2_session *conn, const uint8_t **data, size_t *len);
 /* Drops the first |n| bytes of output (the socket took them). n <= len. */
 void bds__h2_output_advance(bds__h2_session *conn, size_t n);
+/* Takes the whole output buffer, unsent bytes and all (what bds__h2_output
+ * just pointed at, now the caller's to send by reference), and gives the
+ * session |fresh| in its place, empty: the socket sends the old one without
+ * a copy. Returns the old buffer. Ownership: |fresh| (cfg.out_buf_bytes
+ * long, from cfg.alloc) becomes the session's; the returned buffer is the
+ * caller's, to free with cfg.alloc's free_fn or pass in again as |fresh|. */
+uint8_t *bds__h2_output_swap(bds__h2_session *conn, uint8_t *fresh);
+/* The output buffer's size (cfg.out_buf_bytes): what a |fresh| must hold. */
+size_t bds__h2_output_cap(const bds__h2_session *conn);
 
 /* True when there is output to produce or flush (after a fatal error: the
  * buffered bytes, or the final GOAWAY still waiting for room). */

@@ -20,6 +20,7 @@
  * drain begins, through $NOTIFY_SOCKET: the sd_notify protocol (one datagram
  * per state on a unix socket, an abstract one when the path starts with
  * '@'), written here in a few lines rather than linking libsystemd for it. */
+#include <malloc.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,6 +90,13 @@ int main(int argc, char **argv) {
     bds_tool_config cfg;
     int rc = bds_tool_prepare(argc, argv, &cfg, stdout, stderr);
     if (rc != BDS_TOOL_PROCEED) return rc;
+    /* Large messages (past the server's size-class pools) come from malloc.
+     * glibc would map each one afresh and trim the heap after it, so every
+     * large message paid page faults on all its pages (~8 % of the CPU at
+     * 1 MiB messages): keep them on the heap and keep freed memory up to a
+     * few large messages' worth. */
+    mallopt(M_MMAP_THRESHOLD, 16 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
     cfg.server.log = bdsd_log_sink;
     cfg.server.on_ready = on_ready;
     bds_server *srv;

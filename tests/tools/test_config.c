@@ -863,6 +863,7 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
                     "--max-attempts", "4", "--backoff", "1.5ms", "--grace", "1m30s", "--drain-outbound", "no",
                     "--metrics-payload-sizes", "--max-message-bytes", "1MiB", "--max-concurrent-streams", "10", "--max-lingering-streams", "5",
                     "--max-header-list-bytes", "2048", "--stream-window-bytes", "1GiB", "--idle-spin-us", "50",
+                    "--inbound-read-ahead", "32", "--stream-window-max-bytes", "8MiB",
                     "--interop", "--interop-responses-max", "10", "--max-connections", "77", "--interop-response-bytes-max", "1MiB",
                     "--log-level", "warn", "--idle-timeout", "90s", "--keepalive-timeout", "0",
                     "--max-connection-age", "10m", "--max-connection-age-grace", "45s",
@@ -872,7 +873,9 @@ Test(tool_config, check_config_output_reads_back_into_the_same_config) {
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(prepare(&out, &err, &first, argc, argv), 0, "%s", err);
     cr_assert_str_eq(err, "");
-    cr_assert_eq(count_lines(out), 56, "%s", out); /* a comment and 55 keys */
+    cr_assert_eq(count_lines(out), 58, "%s", out); /* a comment and 57 keys */
+    cr_assert_not_null(strstr(out, "\ninbound-read-ahead = 32\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\nstream-window-max-bytes = 8388608\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ntls-cert = /etc/bds/cert.pem\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\ntls-key = /etc/bds/key.pem\n"), "%s", out);
     cr_assert_not_null(strstr(out, "\nreflection = true\n"), "%s", out);

@@ -68,6 +68,16 @@ typedef struct bds_options {
          * waits at its socket) and a receive is rejected; one message may
          * overshoot it, so a message of any size can run alone. 0 = no limit. */
         uint32_t outstanding_bytes_max;
+        /* Messages admitted and not yet running (behind their key's running
+         * one, or waiting for a token). At or past it the session has no
+         * inbound room under QUEUE and the SOFT policies: a transport stops
+         * taking the stream's messages (its flow-control window stays shut)
+         * until some start. It keeps an overload's backlog at the client
+         * rather than in the server's memory, where a deep queue turns every
+         * message's data cold and the server slower the further it falls
+         * behind. Never a rejection: HARD_REJECT ignores it (it rejects at
+         * the capacities). 0 = no limit. */
+        uint32_t read_ahead;
     } inbound;
     struct {
         /* ordering.mode: replies that wait for an outbound token wait in

@@ -71,6 +71,13 @@ typedef struct bds_server_config {
     uint32_t max_lingering_streams;
     uint32_t max_header_list_bytes; /* default 16 KiB */
     uint32_t stream_window_bytes;   /* HTTP/2 initial stream window, default 64 KiB */
+    /* Grown from stream_window_bytes to at most this, per connection, as the
+     * bandwidth-delay product measured with PINGs asks (grpc-go's BDP
+     * estimator): the stream windows and the connection's. Default 4 MiB; 0 or
+     * stream_window_bytes = fixed windows. What a larger window lets a client
+     * send is still held to the byte budgets (conn_bytes_max, shard_bytes_max,
+     * the stream's inbound bytes). */
+    uint32_t stream_window_max_bytes;
     uint32_t idle_spin_us;          /* spin this long before sleeping; 0 = never (default) */
     bool interop_service;           /* also serve grpc.testing.TestService; default false */
     /* Also serve grpc.reflection.v1 and v1alpha ServerReflection: the
