@@ -77,19 +77,21 @@ static bool conn_write(srv_conn *sc, const uint8_t *p, size_t n) {
  * small flushes into few chunks. */
 #define OUT_BY_REF_MIN (32u * 1024u)
 
+
 /* Hands the HTTP/2 session's whole output buffer (its |len| unsent bytes)
  * to the socket by reference and gives the session the spare. False, with
  * nothing done, when there is no spare to give (both buffers are queued)
  * or the socket queue is full: the bytes are copied then, or wait. */
 static bool conn_write_buffer(srv_conn *sc, const uint8_t *data, size_t len) {
     if (!sc->c) return false;
-    if (!sc->out_spare) {
-        /* The first large flush makes the spare; later ones wait for the
-         * socket to give one back (conn_on_release), copying meanwhile. */
-        if (sc->spare_made) return false;
-        sc->out_spare = sc->alloc.malloc_fn(bds__h2_output_cap(sc->h2), sc->alloc.ctx);
-        if (!sc->out_spare) return false;
-        sc->spare_made = true;
+    if (!sc->n_spares) {
+        /* Large flushes make spares, up to the bound; past it they wait for
+         * the socket to give one back (conn_on_release), copying meanwhile. */
+        if (sc->spares_made == OUT_SPARES_MAX) return false;
+        uint8_t *b = sc->alloc.malloc_fn(bds__h2_output_cap(sc->h2), sc->alloc.ctx);
+        if (!b) return false;
+        sc->out_spares[sc->n_spares++] = b;
+        sc->spares_made++;
     }
     size_t before = bds__conn_out_bytes(sc->c);
     uint64_t sent = bds__conn_sent_bytes(sc->c);
@@ -99,9 +101,8 @@ static bool conn_write_buffer(srv_conn *sc, const uint8_t *data, size_t len) {
         sc->sent_mark_ns = bds__shard_now(sc->sh->shard);
     }
     /* |data| is the session's buffer from its start: all of it goes. */
-    uint8_t *buf = bds__h2_output_swap(sc->h2, sc->out_spare);
+    uint8_t *buf = bds__h2_output_swap(sc->h2, sc->out_spares[--sc->n_spares]);
     BDS_ASSERT(buf == data);
-    sc->out_spare = NULL;
     return true;
 }
 
@@ -110,8 +111,8 @@ static bool conn_write_buffer(srv_conn *sc, const uint8_t *data, size_t len) {
 static void conn_on_release(bds_conn *c, void *tag, void *ctx) {
     (void)c;
     srv_conn *sc = ctx;
-    if (!sc->out_spare) sc->out_spare = tag;
-    else sc->alloc.free_fn(tag, sc->alloc.ctx);
+    BDS_ASSERT(sc->n_spares < OUT_SPARES_MAX);
+    sc->out_spares[sc->n_spares++] = tag;
 }
 
 /* TLS: the session's records, straight into the socket's output chunks. */
@@ -295,7 +296,7 @@ static void conn_on_close(bds_conn *c, int err, void *ctx) {
     sc->n_lingering = 0;
     if (sh->srv->metrics_on) bds__srv_conn_stats_fold(sc);
     bds__h2_destroy(sc->h2);
-    if (sc->out_spare) sc->alloc.free_fn(sc->out_spare, sc->alloc.ctx);
+    while (sc->n_spares) sc->alloc.free_fn(sc->out_spares[--sc->n_spares], sc->alloc.ctx);
     bds__tls_free(sc->tls);
     ctr_sub(&shard_ctr(sh)->connections_live, 1);
     sc->acct->conn = NULL;

@@ -346,6 +346,11 @@ void bds__server_dump(bds_server *srv, FILE *f);
  * latest (a peer that does not read them). */
 #define AGE_CLOSE_AFTER_NS 1000000000ULL
 
+/* Output buffers a connection may have in its socket's queue besides its
+ * HTTP/2 session's own: 3 x 256 KiB in flight keeps a loopback socket busy,
+ * and they count in the connection's budget (srv_conn.alloc). */
+#define OUT_SPARES_MAX 3
+
 struct srv_conn {
     srv_shard *sh;
     char peer[64];            /* "ip:port" of the client (bds_stream_peer) */
@@ -356,10 +361,12 @@ struct srv_conn {
     srv_acct *acct;           /* its bytes, for the budgets */
     bds__palloc alloc;        /* its HTTP/2 session's memory, counted in acct */
     /* Large output goes to the socket by reference: the HTTP/2 session's
-     * output buffer is handed over whole and this one takes its place. NULL
-     * while both are in use (or none was made yet); from alloc. */
-    uint8_t *out_spare;
-    bool spare_made;          /* out_spare was allocated (two buffers at most) */
+     * output buffer is handed over whole and a spare takes its place. The
+     * spares not in the socket's queue, from alloc; at most OUT_SPARES_MAX
+     * made per connection (conn_write_buffer). */
+    uint8_t *out_spares[OUT_SPARES_MAX];
+    uint8_t n_spares;         /* in out_spares */
+    uint8_t spares_made;
     bool over;                /* at conn_bytes_max: not read */
     bool credit_held;         /* not read: its windows are not credited */
     srv_call *victim;         /* failed for its budget, not yet gone */

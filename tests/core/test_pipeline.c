@@ -158,6 +158,44 @@ Test(pipeline, queue_policy_waits_for_a_token_then_runs) {
     sim_free(S);
 }
 
+Test(pipeline, read_ahead_shuts_inbound_room_until_waiting_messages_start) {
+    sim *S = sim_new(1, 61);
+    bds_options o = bds_default_options();
+    o.inbound.read_ahead = 3;
+    int s = sim_open(S, 0, &o);
+    bds_session *ses = S->sessions[s].s;
+    /* One key: the first runs, the next three wait behind it. */
+    for (uint64_t i = 0; i < 4; i++) cr_assert_eq(sim_send(S, s, "k", i, SIM_ASYNC), BDS_OK);
+    sim_settle(S);
+    cr_assert_eq(S->n_pending, 1);
+    cr_assert_eq(bds_session_inbound_room(ses), 0, "three wait unstarted: the read-ahead is reached");
+    /* Still a room signal, never a rejection: a transport that sends anyway is served. */
+    cr_assert_eq(sim_send(S, s, "k", 4, SIM_ASYNC), BDS_OK);
+    complete_seq(S, 0, BDS_OK);
+    cr_assert_eq(bds_session_inbound_room(ses), 0, "four waited, three still do");
+    cr_assert_eq(S->sessions[s].ready_calls, 0);
+    complete_seq(S, 1, BDS_OK);
+    cr_assert_eq(bds_session_inbound_room(ses), 1, "two wait: room for one");
+    cr_assert_eq(S->sessions[s].ready_calls, 1, "the transport is told room reopened");
+    for (uint64_t i = 2; i < 5; i++) complete_seq(S, i, BDS_OK);
+    cr_assert_eq(S->n_starts, 5);
+    for (uint32_t i = 0; i < S->n_starts; i++) cr_assert_eq(S->starts[i].seq, i, "the key's order is kept");
+    sim_free(S);
+}
+
+Test(pipeline, read_ahead_is_not_a_hard_reject_bound) {
+    sim *S = sim_new(1, 62);
+    bds_options o = opts_keyed(8, BDS_BP_HARD_REJECT);
+    o.inbound.read_ahead = 1;
+    int s = sim_open(S, 0, &o);
+    bds_session *ses = S->sessions[s].s;
+    for (uint64_t i = 0; i < 4; i++) cr_assert_eq(sim_send(S, s, "k", i, SIM_ASYNC), BDS_OK);
+    sim_settle(S);
+    cr_assert_gt(bds_session_inbound_room(ses), 0, "hard-reject rejects at its capacities, not at the read-ahead");
+    for (uint64_t i = 0; i < 4; i++) complete_seq(S, i, BDS_OK);
+    sim_free(S);
+}
+
 Test(pipeline, soft_allow_runs_over_capacity_and_signal_counts) {
     sim *S = sim_new(1, 7);
     bds_options o = opts_keyed(1, BDS_BP_SOFT_ALLOW);

@@ -1,0 +1,112 @@
+/* test_h2_window.c — windows sized to the bandwidth-delay product
+ * (cfg.window_bytes_max): our BDP PING goes out with DATA, a sample near the
+ * window grows the streams' initial window (SETTINGS) and the connection's to
+ * twice the sample, up to the bound; small samples grow nothing; at most one
+ * PING per millisecond; none with the bound off. The clock is the harness's
+ * number: each round of the test moves it on. */
+#include "h2_harness.h"
+
+#define PIPE "/bidistream.v1.Pipeline/Process"
+#define MS 1000000ull
+
+static struct h H;
+
+static void fini(void) { h_fini(&H); }
+
+static void init(uint32_t window_max) {
+    bds__h2_config cfg;
+    bds__h2_config_default(&cfg);
+    cfg.window_bytes_max = window_max;
+    h_init(&H, &cfg);
+}
+
+/* One round: |n| messages of |len| bytes from the client, everything pumped,
+ * then the clock moves on past the PING interval. */
+static void round_of(struct cstream *c, int n, uint32_t len) {
+    static uint8_t body[64 * 1024];
+    cr_assert_leq(len, sizeof body);
+    memset(body, 'w', len);
+    for (int i = 0; i < n; i++) h_send_msg(&H, c, body, len);
+    h_pump(&H);
+    H.now_ns += 2 * MS;
+}
+
+Test(h2_window, a_sample_near_the_window_grows_it_up_to_the_bound, .fini = fini) {
+    init(1u << 20);
+    struct cstream *c = h_call(&H, PIPE, NULL, 0);
+    h_pump(&H);
+    cr_assert_eq(nghttp2_session_get_remote_settings(H.cli, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE), 64u * 1024u);
+    uint32_t last = 64u * 1024u;
+    int grew = 0;
+    for (int r = 0; r < 40; r++) {
+        round_of(c, 80, 16 * 1024); /* more than any window here: each round fills it */
+        uint32_t w = nghttp2_session_get_remote_settings(H.cli, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE);
+        cr_assert_geq(w, last, "a window never shrinks");
+        if (w > last) grew++;
+        last = w;
+    }
+    cr_assert_eq(last, 1u << 20, "grown to the bound (%u)", last);
+    cr_assert_geq(grew, 2, "in doubling steps");
+    cr_assert_eq(bds__h2_get_stats(H.app.h2)->window_bytes, 1u << 20);
+    /* Every byte arrived, in order, as messages. */
+    cr_assert_eq(H.app.ncalls, 1);
+    cr_assert_eq(H.app.calls[0].msgs, 40 * 80);
+    cr_assert_eq(H.app.calls[0].bytes, (size_t)40 * 80 * 16 * 1024);
+    /* At the bound no more samples: the PINGs stop. */
+    int pings = raw_count(&H.raw_out, NGHTTP2_PING);
+    round_of(c, 80, 16 * 1024);
+    round_of(c, 80, 16 * 1024);
+    cr_assert_eq(raw_count(&H.raw_out, NGHTTP2_PING), pings);
+}
+
+Test(h2_window, the_connection_window_grows_with_a_bound_past_it, .fini = fini) {
+    init(4u << 20);
+    struct cstream *c = h_call(&H, PIPE, NULL, 0);
+    h_pump(&H);
+    for (int r = 0; r < 30; r++) round_of(c, 48, 64 * 1024);
+    cr_assert_eq(nghttp2_session_get_remote_settings(H.cli, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE), 4u << 20);
+    /* Credited on receipt: the client sees the connection window whole again. */
+    cr_assert_eq(nghttp2_session_get_remote_window_size(H.cli), 4 << 20);
+}
+
+Test(h2_window, small_samples_grow_nothing_and_ping_at_most_once_a_millisecond, .fini = fini) {
+    init(1u << 20);
+    struct cstream *c = h_call(&H, PIPE, NULL, 0);
+    h_pump(&H);
+    for (int r = 0; r < 30; r++) round_of(c, 1, 100);
+    cr_assert_eq(nghttp2_session_get_remote_settings(H.cli, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE), 64u * 1024u);
+    cr_assert_eq(bds__h2_get_stats(H.app.h2)->window_bytes, 0);
+    int pings = raw_count(&H.raw_out, NGHTTP2_PING);
+    cr_assert_gt(pings, 0, "samples were taken");
+    cr_assert_leq(pings, 30, "one per round at most (a round is 2 ms)");
+    /* Within one millisecond: no second PING, however much DATA comes. */
+    for (int i = 0; i < 20; i++) {
+        uint8_t b[100] = {0};
+        h_send_msg(&H, c, b, sizeof b);
+        h_pump(&H);
+        H.now_ns += 10000; /* 10 µs */
+    }
+    cr_assert_leq(raw_count(&H.raw_out, NGHTTP2_PING), pings + 1);
+    cr_assert_eq(H.app.calls[0].msgs, 30 + 20);
+}
+
+Test(h2_window, no_bound_no_pings_and_a_fixed_window, .fini = fini) {
+    init(0);
+    struct cstream *c = h_call(&H, PIPE, NULL, 0);
+    h_pump(&H);
+    for (int r = 0; r < 10; r++) round_of(c, 16, 16 * 1024);
+    cr_assert_eq(raw_count(&H.raw_out, NGHTTP2_PING), 0);
+    cr_assert_eq(nghttp2_session_get_remote_settings(H.cli, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE), 64u * 1024u);
+    cr_assert_eq(H.app.calls[0].msgs, 160);
+}
+
+Test(h2_window, a_bound_below_the_initial_window_is_refused) {
+    bds__h2_config cfg;
+    bds__h2_config_default(&cfg);
+    cfg.window_bytes_max = cfg.stream_window_bytes - 1;
+    struct app a;
+    memset(&a, 0, sizeof a);
+    bds__h2_session *s = NULL;
+    cr_assert_eq(bds__h2_create(&s, &cfg, &app_callbacks, &a), BDS_E_INVALID);
+    cr_assert_null(s);
+}
