@@ -86,7 +86,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift ;;
     --no-build) build=0 ;;
     --list) list=1 ;;
-    -h|--help) sed -n '2,68p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
