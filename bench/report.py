@@ -264,7 +264,7 @@ def main():
     same_section(md, by)
     overload_section(md, by, env, servers_all)
     perf_section(md, by, env)
-    ir_section(md, irs, env, servers)
+    ir_section(md, irs, env, servers, plotdir)
     shards_section(md, by, env)
     spectrum_plots(md, by, plotdir, servers)
 
@@ -634,7 +634,7 @@ def ir_behind(inf):
     return abs(mps - rate) > 0.01 * rate or (p50 or 0) > 5000
 
 
-def ir_section(md, irs, env, servers):
+def ir_section(md, irs, env, servers, plotdir):
     md.append("## instructions per message (callgrind)\n")
     cg = env.get("callgrind", {})
     if not irs:
@@ -685,6 +685,30 @@ def ir_section(md, irs, env, servers):
                       f"{fmt_num(med(inf['ir'])[0])} ({fmt_num(inf.get('idle'))}) | {fmt_num(med(inf['recv'])[0])} | "
                       f"{fmt_num(rate) + ' → ' if rate else ''}{fmt_num(mps)} | {'; '.join(notes)} |")
     md.append("")
+    # Plot: Ir/msg per shape (clusters) and server (bars), log scale.
+    names = sorted({s for d in per.values() for s in d}, key=server_key)
+    shapes = [sc for sc in IR_SHAPES if per.get(sc)]
+    if names and shapes:
+        with open(os.path.join(plotdir, "ir.dat"), "w") as f:
+            f.write("# shape " + " ".join(names) + "  (Ir per message, median over reps)\n")
+            for sc in shapes:
+                f.write(sc + " " + " ".join(str(statistics.median(per[sc][s])) if per[sc].get(s) else "NaN"
+                                            for s in names) + "\n")
+        parts = [f"'ir.dat' using {i + 2}:xtic(1) title '{s}' lc {i + 1}" for i, s in enumerate(names)]
+        gnuplot(plotdir, "ir", f"""set terminal svg size 900,480 font 'sans,11'
+set output 'ir.svg'
+set title 'Server instructions per message (callgrind Ir, idle run subtracted)'
+set ylabel 'Ir / message'
+set style data histogram
+set style histogram clustered gap 1
+set style fill solid 0.7 border -1
+set logscale y
+set yrange [10:*]
+set grid ytics
+set key outside right
+plot {", ".join(parts)}
+""")
+        md.append("![instructions per message](plots/ir.svg)\n")
 
 
 def shard_cpu(g_runs):
