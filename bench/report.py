@@ -755,7 +755,8 @@ def shards_section(md, by, env):
               "of them shared with bds-bench). **CPU ns/msg** = the server's CPU time over the window ÷ the "
               f"messages answered in it ({', '.join(r['src'])}): the cost per message whatever the "
               "throughput. **hop** = (2 shards − 1 shard) ÷ 0.5 hops per message (a hop: a message handled "
-              "on the other shard, there and back).\n")
+              "on the other shard, there and back; 50.1 % of the messages hop in this shape, counted by hand "
+              "with `--metrics-listen`: bench/README.md).\n")
     md.append("| server | msg/s | p50 | p99 | srv CPU | CPU ns/msg |")
     md.append("|---|---|---|---|---|---|")
     for name, g, c in ((BDS + "-shards1", r["a"], r["ca"]), (BDS + "-shards2", r["b"], r["cb"])):
