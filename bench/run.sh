@@ -45,7 +45,7 @@
 #   --full      the full profile (5 s runs, 1 s warm-up, 5 reps where latency is
 #               compared, 3 elsewhere, sweep at 10/25/50/75/80/90 %; ~58 min);
 #               default: the quick profile (1 s runs, 3 reps; 5 for same50;
-#               sweep at 10/50/80 %; ~14 min)
+#               sweep at 10/50/80 %; ~13 min)
 #   --reps N    every scenario N reps (same50 included: its target needs >= 5)
 #   --duration, --warmup  override the profile's run length (a smoke test of
 #               --full: --full --reps 1 --duration 0.3 --warmup 0.2)
