@@ -915,7 +915,7 @@ def targets_section(by, irs, env):
     measured = sorted({s for d in per.values() for s in d}, key=server_key)
     rows.append(("instructions (and cycles where counted) per message for every server",
                  (f"Ir/msg for {', '.join(measured)}" if measured else "no callgrind runs")
-                 + (f"; grpc-go n/a (Go runtime under valgrind)" if GO in by.get("stream", {}) else "")
+                 + ("; grpc-go n/a (Go runtime under valgrind)" if GO in by.get("stream", {}) else "")
                  + "; cycles: the PMU does not count them here" * ("cycles" not in env.get("perf", "cycles")),
                  "every server", "shown" if measured else verdict(None, 0, True)))
     # ---- large messages

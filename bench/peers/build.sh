@@ -97,7 +97,7 @@ $N protoc -I"$proto_dir" \
   pipeline.proto
 (
   cd "$gp/src/bdspeer"
-  export GO111MODULE=off GOPATH="$gp:/usr/share/gocode" GOPROXY=off GOFLAGS= \
+  export GO111MODULE=off GOPATH="$gp:/usr/share/gocode" GOPROXY=off GOFLAGS="" \
          GOCACHE="$out/gocache" GOTOOLCHAIN=local
   # Which github.com/golang/protobuf the build picks (GOPATH mode: the first
   # GOPATH entry that has it; ours has none, so /usr/share/gocode): it must be
