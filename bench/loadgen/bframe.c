@@ -25,9 +25,15 @@ static uint8_t *varint_put(uint8_t *p, uint64_t v)
     return p;
 }
 
-/* Returns the bytes consumed, 0 on truncation or a varint over 10 bytes. */
-static size_t varint_get(const uint8_t *p, size_t n, uint64_t *v)
+/* Returns the bytes consumed, 0 on truncation or a varint over 10 bytes. The
+ * one-byte case (tags, small lengths, small seqs) is by far the most common
+ * on the load generator's reply path, so it is tested first. */
+static inline size_t varint_get(const uint8_t *p, size_t n, uint64_t *v)
 {
+    if (n && !(p[0] & 0x80)) {
+        *v = p[0];
+        return 1;
+    }
     uint64_t r = 0;
     for (size_t i = 0; i < n && i < 10; i++) {
         r |= (uint64_t)(p[i] & 0x7f) << (7 * i);
