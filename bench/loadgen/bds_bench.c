@@ -40,8 +40,9 @@
  * half-close every stream, wait for the trailers, exit.
  *
  * The client must never be the bottleneck: it reports its own CPU use
- * (getrusage over the window, in cores) next to the server's (from
- * /proc/<pid>/stat when --server-pid is given), so a reader can tell.
+ * (getrusage over the window, in cores, and in ns per reply received) next to
+ * the server's (from /proc/<pid>/stat when --server-pid is given), so a reader
+ * can tell.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -1454,8 +1455,14 @@ int main(int argc, char **argv)
         }
     fprintf(f, "}},\"client_recv_ops_per_msg\":%.3f,\"client_send_ops_per_msg\":%.3f",
             recv ? (double)recvs / (double)recv : 0.0, sent ? (double)sends / (double)sent : 0.0);
-    fprintf(f, ",\"client_cpu\":%.3f,\"client_cpu_per_thread\":%.3f,",
+    /* The client's CPU time per reply received in the window (all threads,
+     * user + system): what one message costs the load generator itself. */
+    fprintf(f, ",\"client_cpu\":%.3f,\"client_cpu_per_thread\":%.3f,\"client_cpu_ns_per_msg\":",
             (cpu1 - cpu0) / dur, (cpu1 - cpu0) / dur / opt.threads);
+    if (recv_window)
+        fprintf(f, "%.1f,", (cpu1 - cpu0) * 1e9 / (double)recv_window);
+    else
+        fprintf(f, "null,");
     if (scpu0 >= 0 && scpu1 >= 0)
         fprintf(f, "\"server_cpu\":%.3f,", (scpu1 - scpu0) / dur);
     else
