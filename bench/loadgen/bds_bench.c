@@ -376,9 +376,9 @@ struct thr {
     uint64_t rr;          /* open loop: next stream, round-robin */
     int nlive;            /* streams not closed */
     int nreopen;          /* streams marked reopen */
-    uint8_t *msg;         /* scratch: one encoded message */
-    size_t msg_cap;
-    uint8_t *payload;     /* the payload template */
+    uint8_t *tail;        /* every message's encoded payload and work_us fields */
+    size_t tail_len;
+    size_t tail_ts_at;    /* where in tail the payload (its 8-byte timestamp) starts */
     uint8_t *ptx_in;      /* --tls: decrypted bytes of one SSL_read, fed to nghttp2 at once */
     bds_hist hist;
     /* counters (this thread only; read by main after join, progress reads relaxed) */
@@ -437,17 +437,23 @@ static void stream_emit(struct stream *s, uint64_t t_ns)
     char key[16];
     s->seq++;
     size_t kl = key_put(key, seq_key(s->seq));
-    memcpy(t->payload, &t_ns, 8); /* echoed unchanged: the reply carries its own start time */
-    bds_bframe f = {
-        .key = (const uint8_t *)key, .key_len = kl, .seq = s->seq,
-        .payload = t->payload, .payload_len = opt.payload, .work_us = opt.work_us,
-    };
     struct buf *dst = s->c->h2 ? &s->pend : &s->c->out;
-    /* An upper bound of the encoded size (every varint at its 10-byte
-     * maximum) saves computing the exact one for every message. */
-    size_t need = BDS_GRPC_PREFIX + 3 * 11 + 2 + kl + opt.payload + 11;
-    buf_reserve(dst, need);
-    dst->len += bds_bframe_encode_grpc(&f, dst->p + dst->len);
+    /* Room for the prefix, the head at its largest and the tail. */
+    buf_reserve(dst, BDS_GRPC_PREFIX + 1 + 10 + kl + 11 + t->tail_len);
+    uint8_t *m = dst->p + dst->len;
+    size_t n = bds_bframe_encode_head((const uint8_t *)key, kl, s->seq, m + BDS_GRPC_PREFIX);
+    /* The tail (payload, work_us) is the same for every message but for the
+     * payload's first 8 bytes: the intended time, echoed unchanged, so the
+     * reply carries its own start time. */
+    memcpy(m + BDS_GRPC_PREFIX + n, t->tail, t->tail_len);
+    memcpy(m + BDS_GRPC_PREFIX + n + t->tail_ts_at, &t_ns, 8);
+    n += t->tail_len;
+    m[0] = 0; /* gRPC prefix: uncompressed, big-endian length */
+    m[1] = (uint8_t)(n >> 24);
+    m[2] = (uint8_t)(n >> 16);
+    m[3] = (uint8_t)(n >> 8);
+    m[4] = (uint8_t)n;
+    dst->len += BDS_GRPC_PREFIX + n;
     s->inflight++;
     atomic_store_explicit(&t->sent, atomic_load_explicit(&t->sent, memory_order_relaxed) + 1,
                           memory_order_relaxed);
@@ -489,13 +495,44 @@ static void on_reply(struct stream *s, const uint8_t *m, size_t n, uint64_t now)
         stream_emit(s, now);
 }
 
-/* Feeds received message bytes; complete gRPC messages go to on_reply. */
+static void stream_deliver(struct stream *s, const uint8_t *m, uint64_t now)
+{
+    bool comp;
+    uint32_t len = bds_grpc_prefix_len(m, &comp);
+    if (comp)
+        s->c->t->bad_replies++;
+    else
+        on_reply(s, m + BDS_GRPC_PREFIX, len, now);
+}
+
+/* Moves up to want bytes from *d to rx; returns true when all want are there. */
+static bool stream_rx_fill(struct stream *s, size_t want, const uint8_t **d, size_t *n)
+{
+    size_t k = want - s->rx.len;
+    if (k > *n)
+        k = *n;
+    buf_append(&s->rx, *d, k);
+    *d += k;
+    *n -= k;
+    return s->rx.len == want;
+}
+
+/* Feeds received message bytes; complete gRPC messages go to on_reply. A
+ * message cut by the end of a recv waits in rx, and the next recv copies only
+ * the bytes that complete it: every recv ends mid-message when recvs are
+ * smaller than the bytes in flight, so copying the whole chunk there (as this
+ * once did) cost more than decoding it. */
 static void stream_feed(struct stream *s, const uint8_t *d, size_t n, uint64_t now)
 {
-    if (s->rx.len) { /* a partial message is waiting: complete it first */
-        buf_append(&s->rx, d, n);
-        d = s->rx.p;
-        n = s->rx.len;
+    if (s->rx.len) {
+        if (s->rx.len < BDS_GRPC_PREFIX && !stream_rx_fill(s, BDS_GRPC_PREFIX, &d, &n))
+            return;
+        bool comp;
+        size_t want = BDS_GRPC_PREFIX + (size_t)bds_grpc_prefix_len(s->rx.p, &comp);
+        if (!stream_rx_fill(s, want, &d, &n))
+            return;
+        stream_deliver(s, s->rx.p, now); /* on_reply never feeds the stream: rx stays */
+        s->rx.len = 0;
     }
     size_t pos = 0;
     while (n - pos >= BDS_GRPC_PREFIX) {
@@ -503,18 +540,11 @@ static void stream_feed(struct stream *s, const uint8_t *d, size_t n, uint64_t n
         uint32_t len = bds_grpc_prefix_len(d + pos, &comp);
         if (n - pos - BDS_GRPC_PREFIX < len)
             break;
-        if (comp)
-            s->c->t->bad_replies++;
-        else
-            on_reply(s, d + pos + BDS_GRPC_PREFIX, len, now);
+        stream_deliver(s, d + pos, now);
         pos += BDS_GRPC_PREFIX + len;
     }
-    if (s->rx.len) {
-        memmove(s->rx.p, s->rx.p + pos, s->rx.len - pos);
-        s->rx.len -= pos;
-    } else if (pos < n) {
+    if (pos < n)
         buf_append(&s->rx, d + pos, n - pos);
-    }
 }
 
 /* ==== nghttp2 client callbacks ========================================================== */
@@ -909,11 +939,15 @@ static void thr_setup(struct thr *t, int nconns)
 {
     bds_hist_init(&t->hist);
     snprintf(t->authority, sizeof t->authority, "127.0.0.1:%d", opt.port);
-    t->payload = malloc(opt.payload);
+    uint8_t *payload = malloc(opt.payload);
+    for (size_t i = 0; i < opt.payload; i++)
+        payload[i] = (uint8_t)(i * 131u + 7u);
+    bds_bframe tail = { .payload = payload, .payload_len = opt.payload, .work_us = opt.work_us };
+    t->tail = malloc(opt.payload + 32); /* payload, two tags, two varints */
+    t->tail_len = bds_bframe_encode_tail(&tail, t->tail, &t->tail_ts_at);
+    free(payload);
     if (opt.tls)
         t->ptx_in = malloc(RECV_BUF);
-    for (size_t i = 0; i < opt.payload; i++)
-        t->payload[i] = (uint8_t)(i * 131u + 7u);
     struct io_uring_params p = { 0 };
     /* Task work runs when this thread enters the kernel, not by interrupting
      * it; fine for a thread that waits on its ring. */

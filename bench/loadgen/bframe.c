@@ -61,22 +61,30 @@ size_t bds_bframe_size(const bds_bframe *f)
     return n;
 }
 
-size_t bds_bframe_encode(const bds_bframe *f, uint8_t *out)
+size_t bds_bframe_encode_head(const uint8_t *key, size_t key_len, uint64_t seq, uint8_t *out)
 {
     uint8_t *p = out;
-    if (f->key_len) {
+    if (key_len) {
         *p++ = 1 << 3 | 2;
-        p = varint_put(p, f->key_len);
-        memcpy(p, f->key, f->key_len);
-        p += f->key_len;
+        p = varint_put(p, key_len);
+        memcpy(p, key, key_len);
+        p += key_len;
     }
-    if (f->seq) {
+    if (seq) {
         *p++ = 2 << 3 | 0;
-        p = varint_put(p, f->seq);
+        p = varint_put(p, seq);
     }
+    return (size_t)(p - out);
+}
+
+size_t bds_bframe_encode_tail(const bds_bframe *f, uint8_t *out, size_t *payload_at)
+{
+    uint8_t *p = out;
     if (f->payload_len) {
         *p++ = 3 << 3 | 2;
         p = varint_put(p, f->payload_len);
+        if (payload_at)
+            *payload_at = (size_t)(p - out);
         memcpy(p, f->payload, f->payload_len);
         p += f->payload_len;
     }
@@ -89,6 +97,12 @@ size_t bds_bframe_encode(const bds_bframe *f, uint8_t *out)
         *p++ = 1;
     }
     return (size_t)(p - out);
+}
+
+size_t bds_bframe_encode(const bds_bframe *f, uint8_t *out)
+{
+    size_t n = bds_bframe_encode_head(f->key, f->key_len, f->seq, out);
+    return n + bds_bframe_encode_tail(f, out + n, NULL);
 }
 
 size_t bds_bframe_encode_grpc(const bds_bframe *f, uint8_t *out)

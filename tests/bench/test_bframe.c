@@ -107,3 +107,33 @@ Test(frame, varints_round_trip_at_every_length_boundary)
         }
     }
 }
+
+Test(frame, head_and_tail_are_the_whole_frame)
+{
+    /* The load generator encodes the tail once and copies it after each
+     * message's head: the two pieces must be the bytes of one encode, and
+     * payload_at must point at the payload inside the tail. */
+    uint8_t payload[300];
+    for (size_t i = 0; i < sizeof payload; i++)
+        payload[i] = (uint8_t)(i * 7);
+    const size_t lens[] = { 0, 8, 127, 128, 300 };
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        for (int variant = 0; variant < 4; variant++) {
+            bds_bframe f = { (const uint8_t *)"k12", variant & 1 ? 3 : 0, variant & 2 ? 1ull << 40 : 0,
+                             payload, lens[i], variant == 3 ? 500 : 0, variant == 2 };
+            uint8_t whole[512], split[512];
+            size_t n = bds_bframe_encode(&f, whole);
+            size_t h = bds_bframe_encode_head(f.key, f.key_len, f.seq, split);
+            size_t at = SIZE_MAX;
+            size_t t = bds_bframe_encode_tail(&f, split + h, &at);
+            cr_assert_eq(h + t, n);
+            cr_assert_arr_eq(split, whole, n);
+            if (lens[i]) {
+                cr_assert_lt(at, t);
+                cr_assert_eq(memcmp(split + h + at, payload, lens[i]), 0);
+            } else {
+                cr_assert_eq(at, SIZE_MAX, "no payload field, no offset");
+            }
+        }
+    }
+}
