@@ -150,8 +150,9 @@ static void usage(void)
         "                      intended time). Late sends still count from the intended time,\n"
         "                      so the tick shows in latency (<= N µs); it saves wake-ups\n"
         "  --backlog B         open loop: unsent bytes per stream before it is skipped (1 MiB)\n"
-        "  --recv-bytes B      bytes one recv may take, 4 KiB..256 KiB (closed loop: a quarter of\n"
-        "                      a connection's bytes in flight, at least 8 KiB; open loop: 256 KiB).\n"
+        "  --recv-bytes B      bytes one recv may take, 4 KiB..256 KiB (closed loop, --raw: a quarter\n"
+        "                      of a connection's bytes in flight, at least 8 KiB; HTTP/2: half, at\n"
+        "                      least 32 KiB; open loop: 256 KiB).\n"
         "                      Replies are answered a recv at a time, so a smaller recv keeps\n"
         "                      several batches in flight instead of one window-sized batch\n"
         "                      bouncing between two sleeping processes. It changes no message\n"
@@ -179,24 +180,31 @@ static double parse_num(const char *s, const char *what)
 
 /* The default recv size. In the closed loop, the replies of one recv are
  * answered together and leave in one send; with a recv as large as all the
- * bytes in flight (the old fixed 256 KiB), the whole window travels as one
- * batch, client and server take turns and each sleeps while the other works:
- * every round trip pays two wake-ups (on this VM ~20 µs each, and the waker's
- * IPI) and neither side is ever busy. A quarter of the connection's bytes in
- * flight keeps about four batches moving, so each side finds the next batch
- * waiting when it is done with one (stream scenario, raw echo, 4 interleaved
- * reps: 256 KiB 2.4-4.6 M msg/s; 8-12 KiB 8-12 M; 16 KiB 6-8.7 M; 24 KiB
- * 4-6.7 M). The floor keeps the recv count per message low when little is in
- * flight (ping-pong takes whatever comes). */
+ * bytes in flight (the old fixed 256 KiB), a server that answers a whole
+ * recv with one send (the raw echo) turns the window into one batch: client
+ * and server take turns, each sleeps while the other works, every round trip
+ * pays two wake-ups (on this VM tens of µs each, and the waker's IPI) and
+ * neither side is ever busy. A quarter of the connection's bytes in flight
+ * keeps about four batches moving, so each side finds the next batch waiting
+ * when it is done with one. Stream scenario against the raw echo, interleaved
+ * reps: 256 KiB 2.4-4.6 M msg/s; 8 KiB 7.7-8.8 M; a quarter (12.6 KiB)
+ * 7.3-9.0 M; half (25 KiB) 3.9-5.7 M.
+ * HTTP/2 servers cut their output into DATA frames and sends of their own
+ * (bidistreamd: about a third of the window per send), so a quarter only adds
+ * recvs (client CPU per message ~15 % higher, msg/s the same): they get half the
+ * bytes in flight, at least 32 KiB (two full TLS records).
+ * The floors keep the recv count per message low when little is in flight
+ * (ping-pong takes whatever comes). */
 static size_t recv_bytes_default(void)
 {
     if (opt.mode == MODE_OPEN)
         return RECV_BUF;
     size_t frame = BDS_GRPC_PREFIX + 32 + opt.payload; /* prefix, key, seq, tags: about */
     size_t inflight = (size_t)opt.streams * (size_t)opt.outstanding * frame;
-    size_t r = inflight / 4;
-    if (r < (8u << 10))
-        r = 8u << 10;
+    size_t r = opt.raw ? inflight / 4 : inflight / 2;
+    size_t floor = opt.raw ? 8u << 10 : 32u << 10;
+    if (r < floor)
+        r = floor;
     return r > RECV_BUF ? RECV_BUF : r;
 }
 
