@@ -1001,8 +1001,14 @@ static void thr_setup(struct thr *t, int nconns)
                 { NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
                 { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 16u << 20 },
                 { NGHTTP2_SETTINGS_MAX_FRAME_SIZE, 1u << 20 },
+                /* RFC 9218: we send no PRIORITY frames, and nghttp2 then picks
+                 * the next DATA frame from per-urgency queues instead of the RFC
+                 * 7540 dependency tree, which cost ~2,000 instructions per
+                 * DATA frame with 1,024 streams (the "many" scenario). The
+                 * turn's frames still leave together, in one send. */
+                { NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1 },
             };
-            nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 3);
+            nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
             /* Replies must never wait for our window: open the connection's too. */
             nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 1 << 30);
         }
