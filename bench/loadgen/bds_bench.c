@@ -10,7 +10,10 @@
  * shared on the message path; the main thread merges after join. Each
  * connection keeps one recv and at most one send in flight; everything one
  * loop turn produces for a connection (many gRPC messages, many DATA frames)
- * leaves in one send. The intended send time travels in the first 8 bytes of
+ * leaves in one send. A recv takes at most --recv-bytes (closed loop: a share
+ * of the bytes in flight, see recv_bytes_default), so the window moves as
+ * several batches that client and server work on at the same time, not as one
+ * batch each waits for in turn. The intended send time travels in the first 8 bytes of
  * the payload, which every server echoes unchanged, so a reply needs no
  * lookup and replies may come back in any order across keys.
  *
