@@ -31,6 +31,13 @@ typedef struct bds_bframe {
 size_t bds_bframe_size(const bds_bframe *f);
 /* Writes f at out (room for bds_bframe_size bytes); returns the bytes written. */
 size_t bds_bframe_encode(const bds_bframe *f, uint8_t *out);
+/* The same bytes in two pieces, fields in number order: the head holds key and
+ * seq, the tail payload, work_us and fail. A sender whose messages differ only
+ * in key, seq and payload bytes encodes the tail once and copies it (the load
+ * generator does, patching its timestamp at *payload_at, the payload's offset
+ * in the tail; payload_at may be NULL). Head room: 1 + 10 + key_len + 11. */
+size_t bds_bframe_encode_head(const uint8_t *key, size_t key_len, uint64_t seq, uint8_t *out);
+size_t bds_bframe_encode_tail(const bds_bframe *f, uint8_t *out, size_t *payload_at);
 /* Writes the 5-byte gRPC prefix (uncompressed) and f; returns the total. */
 size_t bds_bframe_encode_grpc(const bds_bframe *f, uint8_t *out);
 /* Parses one protobuf Frame from [p, p+n). Returns 0, or -1 if malformed. */

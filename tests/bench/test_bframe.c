@@ -2,6 +2,7 @@
  * (bench/loadgen/bframe.c) against bytes protoc would produce, round trips, and
  * malformed input. */
 #include <criterion/criterion.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bframe.h"
@@ -69,4 +70,70 @@ Test(frame, malformed_input_is_rejected)
     cr_assert_eq(bds_bframe_decode(trunc_var, sizeof trunc_var, &g), -1);
     cr_assert_eq(bds_bframe_decode(field0, sizeof field0, &g), -1);
     cr_assert_eq(bds_bframe_decode(group, sizeof group, &g), -1);
+}
+
+Test(frame, varints_round_trip_at_every_length_boundary)
+{
+    /* The decoder reads one-byte varints on a fast path and longer ones in a
+     * loop: every boundary between the two, and the widest value, round trip. */
+    const uint64_t seqs[] = { 1, 0x7f, 0x80, 0xff, 0x3fff, 0x4000, 0x1fffff, 0x200000,
+                              (1ull << 35) - 1, 1ull << 35, UINT64_MAX };
+    uint8_t key[200], payload[200], out[512];
+    memset(key, 'k', sizeof key);
+    memset(payload, 'p', sizeof payload);
+    for (size_t i = 0; i < sizeof seqs / sizeof seqs[0]; i++) {
+        for (size_t len = 126; len <= 129; len++) { /* lengths across 1 and 2 bytes */
+            bds_bframe f = { key, len, seqs[i], payload, len, (uint32_t)len, false };
+            size_t n = bds_bframe_encode(&f, out);
+            cr_assert_eq(n, bds_bframe_size(&f));
+            bds_bframe g;
+            cr_assert_eq(bds_bframe_decode(out, n, &g), 0);
+            cr_assert_eq(g.seq, seqs[i]);
+            cr_assert_eq(g.key_len, len);
+            cr_assert_eq(g.payload_len, len);
+            cr_assert_eq(g.work_us, len);
+            /* Cut inside the seq field (after its tag, inside its varint):
+             * malformed. The cut copy sits in a buffer of exactly that size,
+             * so a read past it is a sanitizer error. */
+            size_t seq_at = 1 + (len < 128 ? 1 : 2) + len + 1, vs = 1;
+            for (uint64_t v = seqs[i]; v >= 0x80; v >>= 7)
+                vs++;
+            for (size_t cut = seq_at; cut < seq_at + vs; cut++) {
+                uint8_t *c = malloc(cut);
+                memcpy(c, out, cut);
+                cr_assert_eq(bds_bframe_decode(c, cut, &g), -1, "seq %zu cut at %zu", i, cut);
+                free(c);
+            }
+        }
+    }
+}
+
+Test(frame, head_and_tail_are_the_whole_frame)
+{
+    /* The load generator encodes the tail once and copies it after each
+     * message's head: the two pieces must be the bytes of one encode, and
+     * payload_at must point at the payload inside the tail. */
+    uint8_t payload[300];
+    for (size_t i = 0; i < sizeof payload; i++)
+        payload[i] = (uint8_t)(i * 7);
+    const size_t lens[] = { 0, 8, 127, 128, 300 };
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        for (int variant = 0; variant < 4; variant++) {
+            bds_bframe f = { (const uint8_t *)"k12", variant & 1 ? 3 : 0, variant & 2 ? 1ull << 40 : 0,
+                             payload, lens[i], variant == 3 ? 500 : 0, variant == 2 };
+            uint8_t whole[512], split[512];
+            size_t n = bds_bframe_encode(&f, whole);
+            size_t h = bds_bframe_encode_head(f.key, f.key_len, f.seq, split);
+            size_t at = SIZE_MAX;
+            size_t t = bds_bframe_encode_tail(&f, split + h, &at);
+            cr_assert_eq(h + t, n);
+            cr_assert_arr_eq(split, whole, n);
+            if (lens[i]) {
+                cr_assert_lt(at, t);
+                cr_assert_eq(memcmp(split + h + at, payload, lens[i]), 0);
+            } else {
+                cr_assert_eq(at, SIZE_MAX, "no payload field, no offset");
+            }
+        }
+    }
 }
