@@ -778,6 +778,17 @@ static void h2_bdp_ack(bds__h2_session *c) {
     double bw = (double)c->bdp_sample / (c->bdp_rtt_ns * 1.5);
     if (bw > c->bdp_bw_max) c->bdp_bw_max = bw;
     if ((double)c->bdp_sample < (double)c->bdp_window * 2.0 / 3.0 || bw < c->bdp_bw_max) return;
+    /* Only while the app keeps up: bytes received and not credited (messages
+     * parked for want of room, a message held at the window) mean the window
+     * is not what limits the client, and a larger one would only let it park
+     * more (an overloaded server's backlog belongs at the client). */
+    uint64_t held = 0;
+    bds__dlist *it, *nx;
+    BDS_DLIST_FOREACH_SAFE(it, nx, &c->live) {
+        const struct h2_stream *s = BDS_DLIST_ENTRY(it, struct h2_stream, live_link);
+        held += s->recv_bytes - s->consumed_bytes;
+    }
+    if (held > c->bdp_window / 2) return;
     uint64_t want = c->bdp_sample * 2;
     uint32_t w = want > c->cfg.window_bytes_max ? c->cfg.window_bytes_max : (uint32_t)want;
     if (w <= c->bdp_window) return;
