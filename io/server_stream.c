@@ -41,9 +41,9 @@ bool bds_call_request_compressed(const bds_call *call) {
     return m->compressed;
 }
 
-/* Thread: any. On the call's home shard the reply comes from its pools, and
- * an echo of the whole request (the first one) is the request's own buffer.
- * Elsewhere (the key's shard, a handler's thread) it is malloc'ed: the reply
+/* Thread: any. An echo of the whole request (the first one) is the request's
+ * own buffer. Other replies come from the home shard's pools on its thread;
+ * elsewhere (the key's shard, a handler's thread) they are malloc'ed: a reply
  * is freed at home, which no other shard's pool may be. */
 const char *bds_call_method(const bds_call *call) {
     bds__call_check_running(call, "bds_call_method");
@@ -98,8 +98,12 @@ static bds_status call_reply(bds_call *call, const void *bytes, size_t len, void
     srv_msg *req = bds_call_payload(call);
     srv_shard *here = bds__srv_self != NULL && req->home == bds__srv_self ? bds__srv_self : NULL;
     srv_msg *r;
-    if (here && !on_free && !req->reply_used && bytes == req->data && len == req->len) {
-        /* Only home's thread touches holds, and the request is lent to us. */
+    if (!on_free && !req->reply_used && bytes == req->data && len == req->len) {
+        /* An echo of the whole request is the request's own buffer, on any
+         * shard: the request is lent to the handler, whose thread alone
+         * touches reply_used and, before the REPLY posting hands the buffer
+         * home, holds; home touches neither until then, and frees it only
+         * once every hold is let go (IN at DONE, OUT and H2 once sent). */
         r = req;
         r->reply_used = true;
         r->holds |= SRV_MSG_OUT;
