@@ -76,7 +76,25 @@ def goaway(frames):
     return None
 
 
-class Timers(unittest.TestCase):
+class FreshConnection:
+    """For servers whose timers end idle or aging connections: the class's
+    channel may be going away (an idle GOAWAY, then close, racing the next
+    call), so "still serving" is asked on a connection of its own."""
+
+    def assert_still_serving(self):
+        """A fresh connection gets every reply in order."""
+        with self.fresh_channel() as ch:
+            got = [g.unframe(r)['seq'] for r in g.process(ch)(iter([g.frame('k', i) for i in range(1, 6)]),
+                                                              timeout=30)]
+        self.assertEqual(got, [1, 2, 3, 4, 5])
+        self.assertIsNone(self.srv.proc.poll(), 'the server died')
+
+    def fresh_channel(self):
+        """A channel with its own connection: grpcio shares subchannels across channels by default."""
+        return grpc.insecure_channel(self.srv.addr, options=[('grpc.use_local_subchannel_pool', 1)])
+
+
+class Timers(FreshConnection, unittest.TestCase):
     srv = None
 
     @classmethod
@@ -90,8 +108,6 @@ class Timers(unittest.TestCase):
     def tearDownClass(cls):
         cls.ch.close()
         assert cls.srv.stop() == 0
-
-    assert_still_serving = f.Floods.assert_still_serving
 
     def test_silent_client_is_closed_by_the_handshake_timeout(self):
         for opening in (b'', f.PREFACE[:10]):  # nothing at all; half a preface
@@ -251,7 +267,7 @@ class SendTimeout(unittest.TestCase):
         self.assertTrue(any('no send progress' in l for l in self.srv.err), ''.join(self.srv.err[-5:]))
         self.assert_still_serving()
 
-class ConnectionAge(unittest.TestCase):
+class ConnectionAge(FreshConnection, unittest.TestCase):
     """--max-connection-age 1s --max-connection-age-grace 5s: each connection
     gets its notice 0.9-1.1 s after accept, its final GOAWAY a second later,
     and its streams still open 5 s after the notice end UNAVAILABLE."""
@@ -266,18 +282,6 @@ class ConnectionAge(unittest.TestCase):
     def tearDownClass(cls):
         cls.ch.close()
         assert cls.srv.stop() == 0
-
-    def assert_still_serving(self):
-        """A fresh connection (the class's may be aging) gets every reply in order."""
-        with self.fresh_channel() as ch:
-            got = [g.unframe(r)['seq'] for r in g.process(ch)(iter([g.frame('k', i) for i in range(1, 6)]),
-                                                              timeout=30)]
-        self.assertEqual(got, [1, 2, 3, 4, 5])
-        self.assertIsNone(self.srv.proc.poll(), 'the server died')
-
-    def fresh_channel(self):
-        """A channel with its own connection: grpcio shares subchannels across channels by default."""
-        return grpc.insecure_channel(self.srv.addr, options=[('grpc.use_local_subchannel_pool', 1)])
 
     def aged_lines(self):
         return sum('max connection age: GOAWAY' in line for line in self.srv.err)
