@@ -77,11 +77,10 @@ static bool conn_write(srv_conn *sc, const uint8_t *p, size_t n) {
  * small flushes into few chunks. */
 #define OUT_BY_REF_MIN (32u * 1024u)
 
-
 /* Hands the HTTP/2 session's whole output buffer (its |len| unsent bytes)
- * to the socket by reference and gives the session the spare. False, with
- * nothing done, when there is no spare to give (both buffers are queued)
- * or the socket queue is full: the bytes are copied then, or wait. */
+ * to the socket by reference and gives the session a spare. False, with
+ * nothing done, when there is no spare to give (OUT_SPARES_MAX are in the
+ * socket's queue) or the queue is full: the bytes are copied then, or wait. */
 static bool conn_write_buffer(srv_conn *sc, const uint8_t *data, size_t len) {
     if (!sc->c) return false;
     if (!sc->n_spares) {
