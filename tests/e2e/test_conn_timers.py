@@ -77,9 +77,18 @@ def goaway(frames):
 
 
 class FreshConnection:
-    """For servers whose timers end idle or aging connections: the class's
-    channel may be going away (an idle GOAWAY, then close, racing the next
-    call), so "still serving" is asked on a connection of its own."""
+    """For servers whose timers end idle or aging connections: a channel
+    kept by the class would itself be going away (an idle GOAWAY, then
+    close, racing the next call), so none is kept and "still serving" is
+    asked on a connection of its own. The server: SERVER_ARGS."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = g.Server(*cls.SERVER_ARGS)
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.srv.stop() == 0
 
     def assert_still_serving(self):
         """A fresh connection gets every reply in order."""
@@ -97,17 +106,8 @@ class FreshConnection:
 class Timers(FreshConnection, unittest.TestCase):
     srv = None
 
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = g.Server('--shards', '2', '--handshake-timeout', '300ms', '--idle-timeout', '400ms',
-                           '--keepalive-time', '300ms', '--keepalive-timeout', '400ms',
-                           '--send-timeout', '500ms')
-        cls.ch = cls.srv.channel()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.ch.close()
-        assert cls.srv.stop() == 0
+    SERVER_ARGS = ('--shards', '2', '--handshake-timeout', '300ms', '--idle-timeout', '400ms',
+                   '--keepalive-time', '300ms', '--keepalive-timeout', '400ms', '--send-timeout', '500ms')
 
     def test_silent_client_is_closed_by_the_handshake_timeout(self):
         for opening in (b'', f.PREFACE[:10]):  # nothing at all; half a preface
@@ -272,16 +272,8 @@ class ConnectionAge(FreshConnection, unittest.TestCase):
     gets its notice 0.9-1.1 s after accept, its final GOAWAY a second later,
     and its streams still open 5 s after the notice end UNAVAILABLE."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = g.Server('--shards', '2', '--max-connection-age', '1s', '--max-connection-age-grace', '5s',
-                           '--log-level', 'debug')
-        cls.ch = cls.srv.channel()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.ch.close()
-        assert cls.srv.stop() == 0
+    SERVER_ARGS = ('--shards', '2', '--max-connection-age', '1s', '--max-connection-age-grace', '5s',
+                   '--log-level', 'debug')
 
     def aged_lines(self):
         return sum('max connection age: GOAWAY' in line for line in self.srv.err)
