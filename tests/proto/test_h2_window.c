@@ -105,6 +105,26 @@ Test(h2_window, an_app_that_does_not_keep_up_grows_nothing, .fini = fini) {
     cr_assert_eq(bds__h2_get_stats(H.app.h2)->window_bytes, 0);
 }
 
+Test(h2_window, forged_acks_of_our_ping_grow_nothing, .fini = fini) {
+    init(1u << 20);
+    struct cstream *c = h_call(&H, PIPE, NULL, 0);
+    h_pump(&H);
+    /* A client that answers PINGs we never sent, or ends our samples early,
+     * with our BDP PING's opaque data: an ACK only ever ends a sample, so a
+     * forged one cannot make a sample larger; the connection serves on. */
+    static const uint8_t opaque[8] = {'b', 'd', 's', '-', 'b', 'd', 'p', '0'};
+    for (int r = 0; r < 20; r++) {
+        struct tbuf in = {0};
+        raw_frame(&in, NGHTTP2_PING, NGHTTP2_FLAG_ACK, 0, opaque, sizeof opaque);
+        cr_assert_eq(bds__h2_recv(H.app.h2, in.p, in.len, H.now_ns), BDS_OK);
+        tbuf_free(&in);
+        round_of(c, 1, 100);
+    }
+    cr_assert_eq(nghttp2_session_get_remote_settings(H.cli, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE), 64u * 1024u);
+    cr_assert_eq(bds__h2_get_stats(H.app.h2)->window_bytes, 0);
+    cr_assert_eq(H.app.calls[0].msgs, 20, "the connection serves on");
+}
+
 Test(h2_window, no_bound_no_pings_and_a_fixed_window, .fini = fini) {
     init(0);
     struct cstream *c = h_call(&H, PIPE, NULL, 0);
