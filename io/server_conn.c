@@ -114,6 +114,18 @@ static void conn_on_release(bds_conn *c, void *tag, void *ctx) {
     sc->out_spares[sc->n_spares++] = tag;
 }
 
+/* How far the BDP estimator may grow a connection's windows: to
+ * stream_window_max_bytes, but never past an eighth of the memory budgets
+ * (conn_bytes_max, shard_bytes_max): what a window lets a client send before
+ * the server stops crediting it is memory the budgets must still be able to
+ * refuse. 0 (fixed windows) when that is not above stream_window_bytes. */
+static uint32_t conn_window_max(const bds_server_config *cfg) {
+    uint64_t max = cfg->stream_window_max_bytes;
+    if (cfg->conn_bytes_max && cfg->conn_bytes_max / 8 < max) max = cfg->conn_bytes_max / 8;
+    if (cfg->shard_bytes_max && cfg->shard_bytes_max / 8 < max) max = cfg->shard_bytes_max / 8;
+    return max > cfg->stream_window_bytes ? (uint32_t)max : 0;
+}
+
 /* TLS: the session's records, straight into the socket's output chunks. */
 static bool conn_tls_write(void *arg, const uint8_t *p, size_t n) { return conn_write(arg, p, n); }
 
@@ -516,8 +528,7 @@ void bds__srv_on_accept(bds_listener *l, bds_conn *c, void *ctx) {
     bds__h2_config_default(&hc);
     hc.max_concurrent_streams = sh->srv->cfg.max_concurrent_streams;
     hc.stream_window_bytes = sh->srv->cfg.stream_window_bytes;
-    if (sh->srv->cfg.stream_window_max_bytes > hc.stream_window_bytes)
-        hc.window_bytes_max = sh->srv->cfg.stream_window_max_bytes;
+    hc.window_bytes_max = conn_window_max(&sh->srv->cfg);
     hc.header_list_bytes_max = sh->srv->cfg.max_header_list_bytes;
     hc.msg_bytes_max = sh->srv->cfg.max_message_bytes;
     hc.stream_send_bytes_max = REPLY_HIGH_WATER; /* past it replies wait here, keeping their tokens */

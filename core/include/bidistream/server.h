@@ -74,9 +74,10 @@ typedef struct bds_server_config {
     /* Grown from stream_window_bytes to at most this, per connection, as the
      * bandwidth-delay product measured with PINGs asks (grpc-go's BDP
      * estimator): the stream windows and the connection's. Default 4 MiB; 0 or
-     * stream_window_bytes = fixed windows. What a larger window lets a client
-     * send is still held to the byte budgets (conn_bytes_max, shard_bytes_max,
-     * the stream's inbound bytes). */
+     * stream_window_bytes = fixed windows. Never past an eighth of
+     * conn_bytes_max or shard_bytes_max (when set): what a window lets a
+     * client send before the server stops crediting is memory those budgets
+     * must still be able to refuse. */
     uint32_t stream_window_max_bytes;
     uint32_t idle_spin_us;          /* spin this long before sleeping; 0 = never (default) */
     bool interop_service;           /* also serve grpc.testing.TestService; default false */
