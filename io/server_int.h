@@ -49,7 +49,7 @@ enum {
  * each flush and at close), so live connections count too. */
 typedef struct srv_h2_totals {
     _Atomic uint64_t streams_started, streams_refused, streams_failed, streams_reset;
-    _Atomic uint64_t glitches, resets_sent, pings_sent, ping_acks;
+    _Atomic uint64_t glitches, resets_sent, pings_sent, ping_acks, windows_capped;
     _Atomic uint64_t goaways[BDS_H2_GOAWAY_CODES];
     _Atomic uint64_t verdicts[SRV_VERDICTS];
 } srv_h2_totals;
@@ -289,6 +289,10 @@ struct bds_stream {
     uint32_t in_pipeline;
     bool lingering;
     uint64_t parked_bytes;    /* payload bytes of `parked` */
+    /* While the session had no room a message parked, the stream's window was
+     * capped at window_cap (0: not capped): see call_cap_window. */
+    uint32_t window_cap;
+    uint64_t unparked_bytes;  /* wire bytes admitted straight in since the cap */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out; /* for interceptors' on_end */
     bool half_close_wait;     /* on_half_close is due once in_pipeline is 0 */
     bool opened;              /* the interceptors' on_open passed: on_end is owed */

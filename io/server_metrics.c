@@ -106,6 +106,7 @@ void bds__srv_conn_stats_fold(srv_conn *sc) {
     FOLD(resets_sent, resets_sent);
     FOLD(pings_sent, pings_sent);
     FOLD(ping_acks, ping_acks);
+    FOLD(windows_capped, windows_capped);
     for (uint32_t i = 0; i < BDS_H2_GOAWAY_CODES; i++) FOLD(goaways_sent[i], goaways[i]);
 #undef FOLD
     if (sc->verdict_told) return;
@@ -389,6 +390,9 @@ static void render_h2(bds__prom *p, const bds_server *srv) {
     bds__prom_family(p, "bidistream_http2_glitches_total", "counter",
                      "Suspicious frames counted against the connections' glitch buckets.");
     bds__prom_u64(p, "bidistream_http2_glitches_total", NULL, 0, H2SUM(srv, glitches));
+    bds__prom_family(p, "bidistream_http2_windows_capped_total", "counter",
+                     "Stream windows cut to what the stream's session reads ahead, its messages parked for want of room.");
+    bds__prom_u64(p, "bidistream_http2_windows_capped_total", NULL, 0, H2SUM(srv, windows_capped));
     bds__prom_family(p, "bidistream_http2_pings_sent_total", "counter", "Keepalive PINGs the server sent.");
     bds__prom_u64(p, "bidistream_http2_pings_sent_total", NULL, 0, H2SUM(srv, pings_sent));
     bds__prom_family(p, "bidistream_http2_ping_acks_total", "counter", "ACKs of the server's PINGs received.");

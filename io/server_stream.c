@@ -948,6 +948,9 @@ void bds__srv_call_drain_parked(srv_call *call) {
     while (call->parked && call_may_admit(call)) {
         srv_msg *m = call->parked;
         call->parked = m->next;
+        /* A long parked list is cold: the next one's line loads while this
+         * one is admitted, not after. */
+        if (m->next) __builtin_prefetch(m->next);
         if (!call->parked) call->parked_tail = NULL;
         call->parked_bytes -= m->len;
         if (!call_admit(call, m)) break;
@@ -995,6 +998,28 @@ static bool call_admit(srv_call *call, srv_msg *m) {
         bds__srv_conn_kick(call->conn);
     }
     return true;
+}
+
+/* A message parked because the session has no room: the stream has more
+ * window than the session takes. What the client sends on it from here waits
+ * parked, window bytes of it: 64 KiB of 64-byte messages is 800 of them per
+ * stream, a backlog cold by the time it is admitted (at an offered load over
+ * what the shard serves, 16 such streams cut what it served to about half).
+ * So the window shrinks to what the session reads ahead, twice over (at
+ * least 16 KiB), until the session keeps up again (h2_on_message). The
+ * client is not told: its next sends pay the cut (bds__h2_stream_window_cap),
+ * and the server's backlog stays at the client where it belongs. */
+#define CALL_WINDOW_CAP_MIN (16u * 1024u)
+
+static void call_cap_window(srv_call *call, uint32_t wire_bytes) {
+    call->unparked_bytes = 0;
+    if (!call->conn || call->h2_done) return;
+    uint32_t ahead = call->m->opts.inbound.read_ahead ? call->m->opts.inbound.read_ahead : 64u;
+    uint64_t cap = 2u * (uint64_t)ahead * wire_bytes;
+    if (cap < CALL_WINDOW_CAP_MIN) cap = CALL_WINDOW_CAP_MIN;
+    if (cap > INT32_MAX || (call->window_cap && call->window_cap <= cap)) return;
+    /* Capped at or above the session's window: nothing to cap. */
+    call->window_cap = bds__h2_stream_window_cap(call->conn->h2, call->stream, (uint32_t)cap) < cap ? 0 : (uint32_t)cap;
 }
 
 /* ---- HTTP/2 events ----------------------------------------------------------------------------- */
@@ -1111,13 +1136,25 @@ static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const ui
         return;
     }
     bool may_wait = call->m->opts.inbound.backpressure.policy != BDS_BP_HARD_REJECT;
-    if (call->parked || conn_blocked(sc) || (may_wait && bds_session_inbound_room(call->session) == 0)) {
+    bool blocked = conn_blocked(sc);
+    if (call->parked || blocked || (may_wait && bds_session_inbound_room(call->session) == 0)) {
         m->next = NULL;
         if (call->parked_tail) call->parked_tail->next = m;
         else call->parked = m;
         call->parked_tail = m;
         call->parked_bytes += m->len;
+        if (!blocked) call_cap_window(call, wire_bytes);
         return;
+    }
+    if (call->window_cap && (call->unparked_bytes += wire_bytes) >= 4u * (uint64_t)call->window_cap) {
+        /* The session kept up for four capped windows: the cap doubles (a
+         * WINDOW_UPDATE for the difference) until it reaches the session's
+         * window. Doubling, not lifting: a client that floods again at the
+         * whole window would park it all before the next cap. */
+        call->unparked_bytes = 0;
+        uint64_t grown = 2u * (uint64_t)call->window_cap;
+        call->window_cap = grown > INT32_MAX ? 0 : (uint32_t)grown;
+        if (bds__h2_stream_window_cap(sc->h2, call->stream, call->window_cap) < call->window_cap) call->window_cap = 0;
     }
     call_admit(call, m);
 }

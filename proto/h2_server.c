@@ -1612,6 +1612,21 @@ void bds__h2_hold_conn_credit(bds__h2_session *c, bool hold) {
     h2_check(c, nghttp2_session_consume_connection(c->ng, k));
 }
 
+uint32_t bds__h2_stream_window_cap(bds__h2_session *c, int32_t id, uint32_t cap) {
+    BDS_ASSERT(c != NULL && !c->in_output && (cap == 0 || cap >= 1024));
+    struct h2_stream *s = h2_stream_find(c, id);
+    if (s == NULL || c->fatal || s->state != H2S_OPEN) return 0;
+    /* The acknowledged initial window: what nghttp2 sized this stream's from. */
+    uint32_t full = nghttp2_session_get_local_settings(c->ng, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE);
+    uint32_t want = cap == 0 || cap > full ? full : cap;
+    int32_t now = nghttp2_session_get_stream_effective_local_window_size(c->ng, id);
+    if (now < 0) return 0;
+    if ((uint32_t)now == want) return want;
+    if (want < (uint32_t)now) c->stats.windows_capped++;
+    h2_check(c, nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, id, (int32_t)want));
+    return c->fatal ? 0 : want;
+}
+
 void bds__h2_credit_partial(bds__h2_session *c, int32_t id) {
     BDS_ASSERT(c != NULL && !c->in_output);
     struct h2_stream *s = h2_stream_find(c, id);

@@ -242,6 +242,7 @@ typedef struct bds__h2_stats {
     uint64_t pings_sent;      /* our own PINGs (bds__h2_ping)          */
     uint64_t ping_acks;       /* ACKs of them                          */
     uint32_t window_bytes;    /* stream windows grown to (BDP), 0 = not grown */
+    uint64_t windows_capped;  /* bds__h2_stream_window_cap calls that shrank one */
     int nghttp2_fatal;        /* last fatal nghttp2 error, 0 if none  */
     bool flooded;             /* ... one of them was nghttp2's flood
                                  limit (NGHTTP2_ERR_FLOODED)           */
@@ -364,6 +365,18 @@ void bds__h2_hold_conn_credit(bds__h2_session *conn, bool hold);
  * progress received so far, which may_credit_partial held back (the app has
  * room again). No-op for a closed or unknown stream, or when none is held. */
 void bds__h2_credit_partial(bds__h2_session *conn, int32_t stream_id);
+/* Caps the stream's receive window at |cap| bytes (>= 1 KiB), or with |cap| 0
+ * gives it the session's window again (SETTINGS_INITIAL_WINDOW_SIZE as the
+ * client acknowledged it, grown by BDP). A cap never sends anything: the
+ * client keeps what it was granted, and the next credits pay for the cut
+ * (nghttp2_session_set_local_window_size); lifting it gives the difference
+ * back with the next credit.
+ * For an app that has stopped taking a stream's messages: what a window
+ * grants past that is only a backlog parked in the server. A cap at or above
+ * the session's window gives it the session's window. Returns the stream's
+ * window now: less than |cap| when the session's is (0 for a closed or
+ * unknown stream, which it leaves alone). */
+uint32_t bds__h2_stream_window_cap(bds__h2_session *conn, int32_t stream_id, uint32_t cap);
 /* Body bytes of the stream's message in progress the session holds (0 when
  * none or unknown): what a memory budget can pin on the stream. */
 size_t bds__h2_partial_bytes(const bds__h2_session *conn, int32_t stream_id);

@@ -1741,6 +1741,45 @@ static void *scraper_main(void *arg) {
     return NULL;
 }
 
+/* Issue 11: a stream whose messages park for want of room has its window cut
+ * to twice what its session reads ahead (io/server_stream.c call_cap_window).
+ * A held first message; 100-byte messages behind it on its key fill the read
+ * ahead (64 waiting) and then park: the window is capped once. Released,
+ * every message is echoed and the stream ends OK (the capped window and its
+ * doubling carry the rest). */
+Test(server, a_stream_whose_messages_park_has_its_window_capped_and_serves_on) {
+    enum { N = 1500, BODY = 100, WIRE = BODY + 5 };
+    bds_server_config cfg;
+    srv_config(&cfg, 1);
+    cfg.metrics_listen = "127.0.0.1:0";
+    struct srv v;
+    srv_start_cfg(&v, &cfg);
+    struct cli c;
+    cli_init(&c, srv_connect(&v));
+    uint8_t *out = malloc((size_t)N * WIRE);
+    for (size_t i = 0; i < N; i++) {
+        uint8_t *m = out + i * WIRE;
+        m[0] = m[1] = m[2] = m[3] = 0;
+        m[4] = BODY;
+        memset(m + 5, (int)('a' + i % 26), BODY);
+    }
+    struct cs *s = cli_open(&c, HOLD_PATH, out, (size_t)N * WIRE, true);
+    cli_pump_until_stalled(&c);
+    bds_call *first = hold_take();
+    cr_assert_leq(s->out_off, 65536u + 9u * 64u, "the client sent %zu bytes past its 64 KiB window", s->out_off);
+    uint16_t mport = bds_server_metrics_port(v.s);
+    char *page = metrics_get(mport, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    double capped = metric(page, "bidistream_http2_windows_capped_total");
+    cr_assert_eq(capped, 1, "windows capped: %g", capped);
+    free(page);
+    bds_call_done(first, BDS_OK, NULL);
+    cli_pump(&c, all_closed);
+    cr_assert_eq(s->grpc_status, 0);
+    cr_assert_eq(s->in_bytes, (size_t)(N - 1) * WIRE, "every message but the held one echoed");
+    cli_fini(&c);
+    srv_stop(&v);
+}
+
 Test(server, metrics_page_adds_every_shards_counters_while_traffic_flows) {
     bds_server_config cfg;
     srv_config(&cfg, 2);

@@ -135,6 +135,52 @@ Test(h2_window, no_bound_no_pings_and_a_fixed_window, .fini = fini) {
     cr_assert_eq(H.app.calls[0].msgs, 160);
 }
 
+/* bds__h2_stream_window_cap: an app that stopped taking a stream's messages
+ * shrinks its window; the client keeps what it was granted, the credits that
+ * follow pay for the cut, and lifting the cap gives the window back. */
+Test(h2_window, a_capped_stream_window_is_paid_by_the_next_credits_and_given_back, .fini = fini) {
+    init(0);
+    H.app.auto_consume = false;
+    struct cstream *c = h_call(&H, PIPE, NULL, 0);
+    h_pump(&H);
+    static uint8_t body[4091]; /* 4096 bytes a message with its prefix */
+    for (int i = 0; i < 20; i++) h_send_msg(&H, c, body, sizeof body);
+    h_pump(&H);
+    cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 0, "the client filled the window");
+    cr_assert_eq(H.app.calls[0].msgs, 16);
+    cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, c->id, 16384), 16384);
+    cr_assert_eq(bds__h2_get_stats(H.app.h2)->windows_capped, 1);
+    h_pump(&H);
+    cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 0, "a cap sends nothing");
+    /* Everything taken: the first 48 KiB of credit pay for the cut, the
+     * client gets back 16 KiB, and sends that much of what it holds. */
+    cr_assert_eq(bds__h2_consume(H.app.h2, c->id, SIZE_MAX), 65536);
+    h_pump(&H);
+    cr_assert_eq(H.app.calls[0].msgs, 20, "the four waiting messages came with the 16 KiB");
+    cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 0);
+    cr_assert_eq(bds__h2_consume(H.app.h2, c->id, SIZE_MAX), 16384);
+    h_pump(&H);
+    cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 16384, "the capped window");
+    /* At or above the session's window: the session's window, no cap. The
+     * credit that follows the lift carries it (nghttp2 sends no
+     * WINDOW_UPDATE for the cut it was paid: it pays it back with credit). */
+    cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, c->id, 1u << 20), 65536);
+    cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, c->id, 0), 65536);
+    cr_assert_eq(bds__h2_get_stats(H.app.h2)->windows_capped, 1);
+    h_send_msg(&H, c, body, sizeof body);
+    h_pump(&H);
+    cr_assert_eq(H.app.calls[0].msgs, 21);
+    cr_assert_eq(bds__h2_consume(H.app.h2, c->id, SIZE_MAX), 4096);
+    h_pump(&H);
+    cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 65536, "lifted (%d)",
+                 nghttp2_session_get_stream_remote_window_size(H.cli, c->id));
+    cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, c->id + 2, 16384), 0, "an unknown stream");
+    /* The stream serves on with the whole window: 16 messages at once. */
+    for (int i = 0; i < 16; i++) h_send_msg(&H, c, body, sizeof body);
+    h_pump(&H);
+    cr_assert_eq(H.app.calls[0].msgs, 37);
+}
+
 Test(h2_window, a_bound_below_the_initial_window_is_refused) {
     bds__h2_config cfg;
     bds__h2_config_default(&cfg);
