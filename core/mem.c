@@ -88,15 +88,18 @@ static bool pool_grow(bds__pool *pool) {
     return true;
 }
 
-void *bds__pool_get(bds__pool *pool) {
+void *bds__pool_get_head(bds__pool *pool, size_t zero_bytes) {
+    BDS_ASSERT(zero_bytes <= pool->_obj_size);
     if (!pool->_free && !pool_grow(pool)) return NULL;
     void **obj = pool->_free;
     pool->_free = *obj;
     pool->free_n--;
-    memset(obj, 0, pool->_obj_size);
+    memset(obj, 0, zero_bytes);
     pool->live++;
     return obj;
 }
+
+void *bds__pool_get(bds__pool *pool) { return bds__pool_get_head(pool, pool->_obj_size); }
 
 void bds__pool_put(bds__pool *pool, void *obj) {
     BDS_ASSERT(obj && pool->live > 0);

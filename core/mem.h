@@ -37,6 +37,9 @@ void bds__pool_init_trimmed(bds__pool *pool, size_t obj_size, uint32_t free_max)
 /* Asserts live == 0. */
 void bds__pool_deinit(bds__pool *pool);
 void *bds__pool_get(bds__pool *pool); /* zeroed object, NULL when memory is out */
+/* An object whose first |zero_bytes| (<= the object size) are zeroed, the
+ * rest as it was: for a header in front of bytes the caller writes anyway. */
+void *bds__pool_get_head(bds__pool *pool, size_t zero_bytes);
 void bds__pool_put(bds__pool *pool, void *obj);
 
 /* Chained hash map keyed by (session pointer, key bytes). Nodes are embedded

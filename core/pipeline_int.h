@@ -85,6 +85,7 @@ enum bds__call_life {
  * any) belongs to the key while it is busy: it passes from head to head. */
 typedef struct bds__home_key {
     bds__kmap_node node;
+    uint64_t key_hash;                /* bds__hash of the key bytes (node.hash mixes in the session) */
     bds_call *head, *tail;            /* outstanding calls in arrival order (c_next) */
     uint32_t count;
     uint8_t token;                    /* enum bds__token */
@@ -173,6 +174,9 @@ struct bds_session {
     uint32_t tokens_free, tokens_held, soft_in_use;
     uint32_t n_wait;                  /* keys waiting for a token (QUEUE) */
     bds__home_key *wait_head, *wait_tail;
+    /* The key the last message took, while it lives: a stream's next message
+     * mostly has the same key, and then neither hash nor lookup is needed. */
+    bds__home_key *last_hk;
     uint32_t acks_pending;
     bool client_closed, server_closed, released, notify_pending, inbound_stopped, room_was_zero;
     bool refused_in_drain;            /* a message came after the shutdown began: the end is not OK */

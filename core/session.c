@@ -402,13 +402,20 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
     if (st != BDS_OK) return st;
     if (key_len && !key) return BDS_E_INVALID;
     if (s->opts.inbound.ordering.mode == BDS_ORDERING_FIFO) key_len = 0; /* one order, one key */
-    uint64_t key_hash = key_len ? bds__hash(&p->seed, key, key_len) : 0;
-    bds_call *call = bds__pool_get(&p->calls);
+    /* msg[] is a string: its first byte is all that must be zero. */
+    bds_call *call = bds__pool_get_head(&p->calls, offsetof(bds_call, msg) + 1);
     if (!call) return BDS_E_NOMEM;
     if (inbound_bytes_full(s)) return receive_reject(p, s, call, "inbound outstanding bytes exhausted");
-    uint64_t h = bds__kmap_hash(key_hash, s);
-    bds__kmap_node *n = bds__kmap_find(&p->home_keys, h, s, key, key_len);
-    bds__home_key *hk = n ? BDS_CONTAINER_OF(n, bds__home_key, node) : NULL;
+    bds__home_key *hk = s->last_hk;
+    uint64_t key_hash, h = 0;
+    if (hk && hk->node.key_len == key_len && (key_len == 0 || memcmp(hk->node.key, key, key_len) == 0)) {
+        key_hash = hk->key_hash;
+    } else {
+        key_hash = key_len ? bds__hash(&p->seed, key, key_len) : 0;
+        h = bds__kmap_hash(key_hash, s);
+        bds__kmap_node *n = bds__kmap_find(&p->home_keys, h, s, key, key_len);
+        hk = n ? BDS_CONTAINER_OF(n, bds__home_key, node) : NULL;
+    }
     uint8_t token = BDS_TOKEN_NONE;
     if (hk) {
         uint32_t cap = s->opts.inbound.ordering.capacity;
@@ -425,6 +432,7 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
         }
         hk->node = (bds__kmap_node){.hash = h, .session = s};
         bds__kmap_node_set_key(&hk->node, key, key_len);
+        hk->key_hash = key_hash;
         hk->token = token;
         (void)bds__kmap_insert(&p->home_keys, &hk->node);
         if (token == BDS_TOKEN_NONE) {
@@ -435,6 +443,7 @@ bds_status bds_session_receive(bds_session *s, void *payload, uint32_t bytes, co
             hw(&s->stats.token_waiters_hw, ++s->n_wait);
         }
     }
+    s->last_hk = hk;
     call->session = s;
     call->payload = payload;
     call->bytes = bytes;
@@ -515,6 +524,7 @@ static void home_key_release(bds_pipeline *p, bds_session *s, bds__home_key *hk)
         if (hk->in_wait) wait_list_remove(s, hk);
         break;
     }
+    if (s->last_hk == hk) s->last_hk = NULL;
     bds__kmap_remove(&p->home_keys, &hk->node);
     bds__pool_put(&p->hkeys, hk);
     tokens_grant_waiters(p, s);

@@ -151,10 +151,10 @@ uint64_t bds__server_msg_bytes_hw(const bds_server *srv) {
     return atomic_load_explicit(&((bds_server *)srv)->msg_bytes_hw, memory_order_relaxed);
 }
 
-/* A zeroed message for len payload bytes, held by |holds|, accounted to |a|
- * (or to no connection yet). From sh's pools when sh is given (it must be
- * the calling shard) and the size fits; else from malloc. NULL when memory
- * is out. */
+/* A message for len payload bytes (its header zeroed, the payload the
+ * caller's to write), held by |holds|, accounted to |a| (or to no connection
+ * yet). From sh's pools when sh is given (it must be the calling shard) and
+ * the size fits; else from malloc. NULL when memory is out. */
 srv_msg *bds__srv_msg_new(srv_shard *sh, srv_acct *a, size_t len, uint8_t holds) {
     BDS_ASSERT(sh == NULL || sh == bds__srv_self);
     size_t need = sizeof(srv_msg) + len;
@@ -162,7 +162,7 @@ srv_msg *bds__srv_msg_new(srv_shard *sh, srv_acct *a, size_t len, uint8_t holds)
     uint32_t cls = 0;
     while (cls < SRV_MSG_CLASSES && need > ((size_t)SRV_MSG_CLASS_MIN << cls)) cls++;
     if (sh != NULL && cls < SRV_MSG_CLASSES) {
-        m = bds__pool_get(&sh->msg_pools[cls]); /* zeroed */
+        m = bds__pool_get_head(&sh->msg_pools[cls], sizeof *m); /* the payload is the caller's to write */
         if (!m) return NULL;
         m->home = sh;
         m->cls = (uint8_t)cls;
