@@ -293,6 +293,8 @@ struct bds_stream {
      * capped at window_cap (0: not capped): see call_cap_window. */
     uint32_t window_cap;
     uint64_t unparked_bytes;  /* wire bytes admitted straight in since the cap */
+    bool resp_enc_known;      /* resp_enc is the HTTP/2 stream's response encoding */
+    uint8_t resp_enc;         /* bds__grpc_enc, fixed by the first reply */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out; /* for interceptors' on_end */
     bool half_close_wait;     /* on_half_close is due once in_pipeline is 0 */
     bool opened;              /* the interceptors' on_open passed: on_end is owed */

@@ -837,7 +837,12 @@ static void call_half_close_check(srv_call *call) {
 static void call_compress(srv_call *call, srv_msg *r) {
     srv_conn *sc = call->conn;
     if (r->ctl || !sc || call->h2_done || call->finish_requested) return;
-    bds__grpc_enc enc = bds__h2_response_encoding(sc->h2, call->stream, (bds__grpc_enc)r->compress);
+    /* The stream's encoding is fixed by its first reply: asked once. */
+    if (!call->resp_enc_known) {
+        call->resp_enc = (uint8_t)bds__h2_response_encoding(sc->h2, call->stream, (bds__grpc_enc)r->compress);
+        call->resp_enc_known = true;
+    }
+    bds__grpc_enc enc = (bds__grpc_enc)call->resp_enc;
     if (enc == BDS__GRPC_ENC_IDENTITY || r->compress == BDS_COMPRESSION_NONE || r->len < BDS_GRPC_COMPRESS_MIN_BYTES)
         return;
     srv_shard *sh = call->home;

@@ -28,8 +28,7 @@ typedef struct frame_view {
  * protobuf message. */
 static bool frame_scan(const uint8_t *p, uint32_t len, frame_view *v) {
     const uint8_t *end = p + len;
-    memset(v, 0, sizeof *v);
-    v->key = (const uint8_t *)"";
+    *v = (frame_view){.key = (const uint8_t *)""};
     while (p < end) {
         uint64_t tag, x;
         if (!wire_varint(&p, end, &tag)) return false;
@@ -39,10 +38,14 @@ static bool frame_scan(const uint8_t *p, uint32_t len, frame_view *v) {
         uint32_t field = (uint32_t)(tag >> 3), type = (uint32_t)(tag & 7);
         switch (type) {
         case 0:
+            if (field == 2) { /* seq, every message's: only skipped, never decoded */
+                if (!wire_varint_skip(&p, end)) return false;
+                break;
+            }
             if (!wire_varint(&p, end, &x)) return false;
             if (field == 4) v->work_us = x;
             if (field == 5) v->fail = x != 0;
-            if (field != 2) v->extra = true;
+            v->extra = true;
             break;
         case 1:
             if (end - p < 8) return false;

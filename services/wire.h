@@ -28,4 +28,16 @@ static inline bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *
     return wire_varint_long(p, end, v);
 }
 
+/* Steps over a varint without decoding it: false when it runs past end or
+ * past the 10 bytes a varint may have (what wire_varint_long refuses). */
+static inline bool wire_varint_skip(const uint8_t **p, const uint8_t *end) {
+    const uint8_t *q = *p, *lim = end - q > 10 ? q + 10 : end;
+    while (q < lim)
+        if (!(*q++ & 0x80)) {
+            *p = q;
+            return true;
+        }
+    return false;
+}
+
 #endif
