@@ -293,6 +293,8 @@ struct bds_stream {
      * capped at window_cap (0: not capped): see call_cap_window. */
     uint32_t window_cap;
     uint64_t unparked_bytes;  /* wire bytes admitted straight in since the cap */
+    bool partial_withheld;    /* HTTP/2 held back a message in progress at its window
+                                 (call_may_credit_partial said no): drain credits it */
     bool resp_enc_known;      /* resp_enc is the HTTP/2 stream's response encoding */
     uint8_t resp_enc;         /* bds__grpc_enc, fixed by the first reply */
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out; /* for interceptors' on_end */

@@ -965,7 +965,8 @@ void bds__srv_call_drain_parked(srv_call *call) {
         call_client_close(call);
     }
     /* Room again: the message in progress, held back at the window, moves on. */
-    if (call->conn && !call->h2_done && call_may_credit_partial(call)) {
+    if (call->partial_withheld && call->conn && !call->h2_done && call_may_credit_partial(call)) {
+        call->partial_withheld = false;
         bds__h2_credit_partial(call->conn->h2, call->stream);
         bds__srv_conn_kick(call->conn);
     }
@@ -1211,7 +1212,10 @@ static void h2_on_call_error(void *ctx, void *call_ctx, int32_t stream_id, bds_s
 
 static bool h2_may_credit_partial(void *ctx, void *call_ctx) {
     (void)ctx;
-    return call_may_credit_partial(call_ctx);
+    srv_call *call = call_ctx;
+    bool may = call_may_credit_partial(call);
+    if (!may) call->partial_withheld = true;
+    return may;
 }
 
 /* A reply queued by reference left the HTTP/2 session (serialized or dropped). */
