@@ -11,9 +11,8 @@
 
 #include "pipeline_int.h"
 
-static _Thread_local bds_pipeline *current_pipeline;
-
-bds_pipeline *bds__pipeline_current(void) { return current_pipeline; }
+_Thread_local bds_pipeline *bds__current_pipeline;
+#define current_pipeline bds__current_pipeline
 
 void bds__pipeline_set_current(bds_pipeline *p) { current_pipeline = p; }
 

@@ -227,7 +227,10 @@ typedef struct __attribute__((aligned(16))) bds__task {
 } bds__task;
 
 /* pipeline.c */
-bds_pipeline *bds__pipeline_current(void);
+/* The calling thread's pipeline (bds__pipeline_set_current): read on every
+ * message by the ownership asserts, so inline, not a call. */
+extern _Thread_local bds_pipeline *bds__current_pipeline __attribute__((visibility("hidden")));
+static inline bds_pipeline *bds__pipeline_current(void) { return bds__current_pipeline; }
 /* Binds the calling thread to p (NULL: a thread of no pipeline). */
 void bds__pipeline_set_current(bds_pipeline *p);
 /* Makes p arm its timers (retries, deadlines, grace) on heap, which its runtime
