@@ -25,6 +25,7 @@
 
 #include "bidistream/server.h"
 #include "pipeline_int.h" /* bds_call: home and exec shard */
+#include "grpc_frame.h" /* bds__grpc_frame_prefix */
 #include "server_int.h" /* bds__server_dump */
 #include "services.h"   /* bds__health_watches */
 #include "watchdog.h"
@@ -926,6 +927,19 @@ Test(server, stop_with_a_finished_stream_whose_replies_wait_for_window) {
     cli_fini(&c);
 }
 
+/* n gRPC messages of |body| bytes each, back to back, message i all the
+ * letter 'a' + i % 26 (malloc'ed). */
+static uint8_t *lettered_msgs(size_t n, uint32_t body) {
+    size_t wire = 5 + (size_t)body;
+    uint8_t *out = malloc(n * wire);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *m = out + i * wire;
+        bds__grpc_frame_prefix(m, false, body);
+        memset(m + 5, (int)('a' + i % 26), body);
+    }
+    return out;
+}
+
 /* Issue 8, finding 2. Each 256 KiB message is sent as all but its last byte,
  * then 1 byte, on one key behind a message that does not finish. Past the
  * 1 MiB the session may hold (inbound.outstanding_bytes_max), messages are parked and
@@ -943,16 +957,7 @@ Test(server, messages_sent_but_their_last_byte_do_not_park_without_bound) {
     srv_start_cfg(&v, &cfg);
     struct cli c;
     cli_init(&c, srv_connect(&v));
-    uint8_t *out = malloc((size_t)N * WIRE);
-    for (size_t i = 0; i < N; i++) {
-        uint8_t *m = out + i * WIRE;
-        m[0] = 0;
-        m[1] = (uint8_t)(BODY >> 24);
-        m[2] = (uint8_t)(BODY >> 16);
-        m[3] = (uint8_t)(BODY >> 8);
-        m[4] = (uint8_t)BODY;
-        memset(m + 5, (int)('a' + i % 26), BODY);
-    }
+    uint8_t *out = lettered_msgs(N, BODY);
     struct cs *s = cli_open(&c, HOLD_PATH, out, (size_t)N * WIRE, true);
     s->cut_every = WIRE;
     s->cut_at = WIRE - 1;
@@ -1756,13 +1761,7 @@ Test(server, a_stream_whose_messages_park_has_its_window_capped_and_serves_on) {
     srv_start_cfg(&v, &cfg);
     struct cli c;
     cli_init(&c, srv_connect(&v));
-    uint8_t *out = malloc((size_t)N * WIRE);
-    for (size_t i = 0; i < N; i++) {
-        uint8_t *m = out + i * WIRE;
-        m[0] = m[1] = m[2] = m[3] = 0;
-        m[4] = BODY;
-        memset(m + 5, (int)('a' + i % 26), BODY);
-    }
+    uint8_t *out = lettered_msgs(N, BODY);
     struct cs *s = cli_open(&c, HOLD_PATH, out, (size_t)N * WIRE, true);
     cli_pump_until_stalled(&c);
     bds_call *first = hold_take();
