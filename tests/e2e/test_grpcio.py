@@ -219,6 +219,17 @@ class Pipeline(unittest.TestCase):
         got = list(process(self.ch)(iter([frame('a', 7, b'ok')]), timeout=10))
         self.assertEqual(unframe(got[0])['seq'], 7)
 
+    def test_seq_varints_cut_short_or_past_ten_bytes_are_malformed(self):
+        # The scan steps over seq (field 2) without decoding it: a varint that
+        # runs off the message's end, or past the ten bytes a varint may
+        # have, is still INTERNAL; ten bytes (2^64 - 1) are a seq.
+        for seq in (b'\xff\xff', b'\xff' * 10 + b'\x01'):
+            with self.assertRaises(grpc.RpcError) as e:
+                list(process(self.ch)(iter([b'\x0a\x01a\x10' + seq]), timeout=10))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.INTERNAL, seq.hex())
+        got = list(process(self.ch)(iter([b'\x0a\x01a\x10' + b'\xff' * 9 + b'\x01']), timeout=10))
+        self.assertEqual(unframe(got[0])['seq'], 2**64 - 1)
+
     def test_field_numbers_past_2_pow_29_are_malformed(self):
         # Found by tests/fuzz/fuzz_messages: the scan cut a tag's field number
         # to 32 bits, so field 2^32 + 1 was taken for the key (field 1) while
