@@ -1153,9 +1153,9 @@ static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const ui
         return;
     }
     if (call->window_cap && (call->unparked_bytes += wire_bytes) >= 4u * (uint64_t)call->window_cap) {
-        /* The session kept up for four capped windows: the cap doubles (a
-         * WINDOW_UPDATE for the difference) until it reaches the session's
-         * window. Doubling, not lifting: a client that floods again at the
+        /* The session kept up for four capped windows: the cap doubles (the
+         * difference goes back with this message's credit) until it reaches
+         * the session's window. Doubling, not lifting: a client that floods again at the
          * whole window would park it all before the next cap. */
         call->unparked_bytes = 0;
         uint64_t grown = 2u * (uint64_t)call->window_cap;

@@ -940,6 +940,17 @@ static uint8_t *lettered_msgs(size_t n, uint32_t body) {
     return out;
 }
 
+/* Finishes the held call: the stream's every other message comes back
+ * (|echoed| bytes), it ends OK, and the client and server go. */
+static void hold_release_all_echoed(struct srv *v, struct cli *c, struct cs *s, bds_call *held_call, size_t echoed) {
+    bds_call_done(held_call, BDS_OK, NULL);
+    cli_pump(c, all_closed);
+    cr_assert_eq(s->grpc_status, 0);
+    cr_assert_eq(s->in_bytes, echoed, "every message but the held one echoed (%zu of %zu bytes)", s->in_bytes, echoed);
+    cli_fini(c);
+    srv_stop(v);
+}
+
 /* Issue 8, finding 2. Each 256 KiB message is sent as all but its last byte,
  * then 1 byte, on one key behind a message that does not finish. Past the
  * 1 MiB the session may hold (inbound.outstanding_bytes_max), messages are parked and
@@ -976,12 +987,7 @@ Test(server, messages_sent_but_their_last_byte_do_not_park_without_bound) {
     cli_fini(&w);
 
     /* The work finishes: everything moves, each message completes. */
-    bds_call_done(first, BDS_OK, NULL);
-    cli_pump(&c, all_closed);
-    cr_assert_eq(s->grpc_status, 0);
-    cr_assert_eq(s->in_bytes, (size_t)(N - 1) * WIRE, "every message but the held one echoed");
-    cli_fini(&c);
-    srv_stop(&v);
+    hold_release_all_echoed(&v, &c, s, first, (size_t)(N - 1) * WIRE);
 }
 
 /* Messages of |size| bytes for /test.Hold/All, each with its own key. */
@@ -1746,6 +1752,16 @@ static void *scraper_main(void *arg) {
     return NULL;
 }
 
+/* A server of |shards| with a metrics port, and a client connected to it
+ * (the gRPC port is up: so is the metrics one). */
+static void srv_start_metered(struct srv *v, uint32_t shards, struct cli *c) {
+    bds_server_config cfg;
+    srv_config(&cfg, shards);
+    cfg.metrics_listen = "127.0.0.1:0";
+    srv_start_cfg(v, &cfg);
+    cli_init(c, srv_connect(v));
+}
+
 /* Issue 11: a stream whose messages park for want of room has its window cut
  * to twice what its session reads ahead (io/server_stream.c call_cap_window).
  * A held first message; 100-byte messages behind it on its key fill the read
@@ -1754,13 +1770,9 @@ static void *scraper_main(void *arg) {
  * doubling carry the rest). */
 Test(server, a_stream_whose_messages_park_has_its_window_capped_and_serves_on) {
     enum { N = 1500, BODY = 100, WIRE = BODY + 5 };
-    bds_server_config cfg;
-    srv_config(&cfg, 1);
-    cfg.metrics_listen = "127.0.0.1:0";
     struct srv v;
-    srv_start_cfg(&v, &cfg);
     struct cli c;
-    cli_init(&c, srv_connect(&v));
+    srv_start_metered(&v, 1, &c);
     uint8_t *out = lettered_msgs(N, BODY);
     struct cs *s = cli_open(&c, HOLD_PATH, out, (size_t)N * WIRE, true);
     cli_pump_until_stalled(&c);
@@ -1771,22 +1783,13 @@ Test(server, a_stream_whose_messages_park_has_its_window_capped_and_serves_on) {
     double capped = metric(page, "bidistream_http2_windows_capped_total");
     cr_assert_eq(capped, 1, "windows capped: %g", capped);
     free(page);
-    bds_call_done(first, BDS_OK, NULL);
-    cli_pump(&c, all_closed);
-    cr_assert_eq(s->grpc_status, 0);
-    cr_assert_eq(s->in_bytes, (size_t)(N - 1) * WIRE, "every message but the held one echoed");
-    cli_fini(&c);
-    srv_stop(&v);
+    hold_release_all_echoed(&v, &c, s, first, (size_t)(N - 1) * WIRE);
 }
 
 Test(server, metrics_page_adds_every_shards_counters_while_traffic_flows) {
-    bds_server_config cfg;
-    srv_config(&cfg, 2);
-    cfg.metrics_listen = "127.0.0.1:0";
     struct srv v;
-    srv_start_cfg(&v, &cfg);
     struct cli c;
-    cli_init(&c, srv_connect(&v)); /* the gRPC port is up: so is the metrics one */
+    srv_start_metered(&v, 2, &c);
     uint16_t mport = bds_server_metrics_port(v.s);
     cr_assert_neq(mport, 0);
     cr_assert_neq(mport, bds_server_port(v.s));
