@@ -1013,7 +1013,7 @@ static bool call_admit(srv_call *call, srv_msg *m) {
  * what the shard serves, 16 such streams cut what it served to about half).
  * So the window shrinks to what the session reads ahead, twice over (at
  * least 16 KiB), until the session keeps up again (h2_on_message). The
- * client is not told: its next sends pay the cut (bds__h2_stream_window_cap),
+ * client is not told: the credits it would get next pay the cut (bds__h2_stream_window_cap),
  * and the server's backlog stays at the client where it belongs. */
 #define CALL_WINDOW_CAP_MIN (16u * 1024u)
 
@@ -1153,9 +1153,9 @@ static void h2_on_message(void *ctx, void *call_ctx, int32_t stream_id, const ui
         return;
     }
     if (call->window_cap && (call->unparked_bytes += wire_bytes) >= 4u * (uint64_t)call->window_cap) {
-        /* The session kept up for four capped windows: the cap doubles (the
-         * difference goes back with this message's credit) until it reaches
-         * the session's window. Doubling, not lifting: a client that floods again at the
+        /* The session kept up for four capped windows: the cap doubles (what
+         * was withheld for the cut goes back as much as it grows) until it
+         * reaches the session's window. Doubling, not lifting: a client that floods again at the
          * whole window would park it all before the next cap. */
         call->unparked_bytes = 0;
         uint64_t grown = 2u * (uint64_t)call->window_cap;

@@ -127,6 +127,12 @@ struct h2_stream {
     uint64_t consume_pending;      /* counted in consumed_bytes, not yet told to
                                       nghttp2 (on the conn's consume list)        */
     bds__dlist consume_link;       /* on the consume list, while consume_pending */
+    uint32_t cap_debt;             /* a window cap's cut not yet paid: credits
+                                      withheld from nghttp2 (h2_consume_flush_one) */
+    uint32_t cap_paid;             /* credits withheld so far, given back when the
+                                      cap lifts                                   */
+    uint32_t cap;                  /* the window's cap (bds__h2_stream_window_cap),
+                                      0 = none                                    */
     int grpc_code;                 /* trailers' grpc-status                       */
     char *grpc_msg;                /* percent-encoded grpc-message, or NULL       */
     size_t grpc_msg_len;
@@ -294,6 +300,14 @@ static void h2_consume_flush_one(bds__h2_session *c, struct h2_stream *s) {
     s->consume_pending = 0;
     bds__dlist_unlink(&s->consume_link);
     if (c->fatal) return;
+    if (s->cap_debt) { /* the cut is paid first: the stream's share is withheld */
+        uint32_t pay = k < s->cap_debt ? (uint32_t)k : s->cap_debt;
+        s->cap_debt -= pay;
+        s->cap_paid += pay;
+        k -= pay;
+        if (!c->cfg.conn_credit_on_receipt) h2_check(c, nghttp2_session_consume_connection(c->ng, pay));
+        if (k == 0) return;
+    }
     int rv = c->cfg.conn_credit_on_receipt ? nghttp2_session_consume_stream(c->ng, s->id, k)
                                            : nghttp2_session_consume(c->ng, s->id, k);
     h2_check(c, rv);
@@ -800,6 +814,8 @@ static void h2_bdp_ack(bds__h2_session *c) {
         h2_check(c, nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)w));
 }
 
+static void h2_settings_acked(bds__h2_session *c);
+
 /* A client PING, judged as grpc-go's keepalive enforcement does: too close to
  * the previous one with nothing sent by us in between is a strike. */
 static void h2_client_ping(bds__h2_session *c) {
@@ -848,6 +864,7 @@ static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, voi
         break;
     case NGHTTP2_SETTINGS:
         if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) c->peer_ready = true;
+        else h2_settings_acked(c);
         break;
     case NGHTTP2_PING:
         if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
@@ -1612,6 +1629,24 @@ void bds__h2_hold_conn_credit(bds__h2_session *c, bool hold) {
     h2_check(c, nghttp2_session_consume_connection(c->ng, k));
 }
 
+/* Cuts |s|'s window from |now| to |want| bytes (see bds__h2_stream_window_cap). */
+static void h2_stream_cut(bds__h2_session *c, struct h2_stream *s, uint32_t now, uint32_t want) {
+    s->cap_debt += now - want;
+    h2_check(c, nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, s->id, (int32_t)want));
+}
+
+/* Our SETTINGS were acknowledged: a grown initial window grew every stream's
+ * by as much, capped ones too; those are cut back to their caps. */
+static void h2_settings_acked(bds__h2_session *c) {
+    bds__dlist *it, *nx;
+    BDS_DLIST_FOREACH_SAFE(it, nx, &c->live) {
+        struct h2_stream *s = BDS_DLIST_ENTRY(it, struct h2_stream, live_link);
+        if (s->cap == 0 || s->state != H2S_OPEN) continue;
+        int32_t now = nghttp2_session_get_stream_effective_local_window_size(c->ng, s->id);
+        if (now > 0 && (uint32_t)now > s->cap) h2_stream_cut(c, s, (uint32_t)now, s->cap);
+    }
+}
+
 uint32_t bds__h2_stream_window_cap(bds__h2_session *c, int32_t id, uint32_t cap) {
     BDS_ASSERT(c != NULL && !c->in_output && (cap == 0 || cap >= 1024));
     struct h2_stream *s = h2_stream_find(c, id);
@@ -1621,9 +1656,28 @@ uint32_t bds__h2_stream_window_cap(bds__h2_session *c, int32_t id, uint32_t cap)
     uint32_t want = cap == 0 || cap > full ? full : cap;
     int32_t now = nghttp2_session_get_stream_effective_local_window_size(c->ng, id);
     if (now < 0) return 0;
+    s->cap = want < full ? want : 0;
     if ((uint32_t)now == want) return want;
-    if (want < (uint32_t)now) c->stats.windows_capped++;
+    /* nghttp2 cuts the window by taking the cut off what it has received, and
+     * sends a WINDOW_UPDATE once what was consumed reaches what was received
+     * and not yet credited: consumption that lags reception is credited ahead
+     * of it, by as much as the cut, so on its own the client keeps the whole
+     * old window. The cut is paid here instead: the stream's next credits, as
+     * many bytes as it cut, are withheld from nghttp2; a lift cancels what
+     * is still owed and hands back what was withheld (as much as it grows). */
+    if (want < (uint32_t)now) {
+        c->stats.windows_capped++;
+        h2_stream_cut(c, s, (uint32_t)now, want);
+        return c->fatal ? 0 : want;
+    }
+    uint32_t grow = want - (uint32_t)now;
+    uint32_t forgive = grow < s->cap_debt ? grow : s->cap_debt;
+    s->cap_debt -= forgive;
+    grow -= forgive;
+    uint32_t give = grow < s->cap_paid ? grow : s->cap_paid;
+    s->cap_paid -= give;
     h2_check(c, nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, id, (int32_t)want));
+    if (give && !c->fatal) h2_check(c, nghttp2_session_consume_stream(c->ng, id, give));
     return c->fatal ? 0 : want;
 }
 

@@ -368,9 +368,10 @@ void bds__h2_credit_partial(bds__h2_session *conn, int32_t stream_id);
 /* Caps the stream's receive window at |cap| bytes (>= 1 KiB), or with |cap| 0
  * gives it the session's window again (SETTINGS_INITIAL_WINDOW_SIZE as the
  * client acknowledged it, grown by BDP). A cap never sends anything: the
- * client keeps what it was granted, and the next credits pay for the cut
- * (nghttp2_session_set_local_window_size); lifting it gives the difference
- * back with the next credit.
+ * client keeps what it was granted, and the stream's next credits, as many
+ * bytes as the cut, are withheld to pay for it; lifting it hands back at once
+ * what was withheld. A cap holds when the session's window grows (BDP
+ * SETTINGS): the growth is withheld from the capped stream's credits too.
  * For an app that has stopped taking a stream's messages: what a window
  * grants past that is only a backlog parked in the server. A cap at or above
  * the session's window gives it the session's window. Returns the stream's

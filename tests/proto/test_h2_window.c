@@ -162,23 +162,124 @@ Test(h2_window, a_capped_stream_window_is_paid_by_the_next_credits_and_given_bac
     h_pump(&H);
     cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 16384, "the capped window");
     /* At or above the session's window: the session's window, no cap. The
-     * credit that follows the lift carries it (nghttp2 sends no
-     * WINDOW_UPDATE for the cut it was paid: it pays it back with credit). */
+     * lift hands back the 48 KiB of credit withheld for the cut at once. */
     cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, c->id, 1u << 20), 65536);
     cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, c->id, 0), 65536);
     cr_assert_eq(bds__h2_get_stats(H.app.h2)->windows_capped, 1);
+    h_pump(&H);
+    cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 65536, "lifted (%d)",
+                 nghttp2_session_get_stream_remote_window_size(H.cli, c->id));
     h_send_msg(&H, c, body, sizeof body);
     h_pump(&H);
     cr_assert_eq(H.app.calls[0].msgs, 21);
     cr_assert_eq(bds__h2_consume(H.app.h2, c->id, SIZE_MAX), 4096);
     h_pump(&H);
-    cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 65536, "lifted (%d)",
-                 nghttp2_session_get_stream_remote_window_size(H.cli, c->id));
+    cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 65536 - 4096,
+                 "4 KiB taken is under half the window: no WINDOW_UPDATE yet");
     cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, c->id + 2, 16384), 0, "an unknown stream");
-    /* The stream serves on with the whole window: 16 messages at once. */
+    /* The stream serves on with the whole window: the 15 messages it has
+     * room for arrive at once. */
+    for (int i = 0; i < 15; i++) h_send_msg(&H, c, body, sizeof body);
+    h_pump(&H);
+    cr_assert_eq(H.app.calls[0].msgs, 36);
+    cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 0);
+}
+
+/* What the client may send on a capped stream (its window) plus what the
+ * server holds of it unconsumed: the cap's bytes, once the cut is paid. */
+static int64_t capped_outstanding(int32_t id) {
+    return (int64_t)nghttp2_session_get_stream_remote_window_size(H.cli, id) +
+           (int64_t)bds__h2_unconsumed(H.app.h2, id);
+}
+
+Test(h2_window, a_capped_stream_that_takes_its_messages_slowly_is_held_to_the_cap, .fini = fini) {
+    init(0);
+    H.app.auto_consume = false;
+    struct cstream *c = h_call(&H, PIPE, NULL, 0);
+    h_pump(&H);
+    static uint8_t body[4091];
     for (int i = 0; i < 16; i++) h_send_msg(&H, c, body, sizeof body);
     h_pump(&H);
-    cr_assert_eq(H.app.calls[0].msgs, 37);
+    cr_assert_eq(capped_outstanding(c->id), 65536);
+    cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, c->id, 16384), 16384);
+    /* One message taken at a time, the client sending whatever it may: the
+     * first 48 KiB taken pay the cut, and from then on the client never has
+     * more than 16 KiB out between its window and the server's backlog
+     * (nghttp2 alone credited a lagging stream ahead, by as much as the cut). */
+    int64_t most = 0;
+    int sent = 16;
+    for (int i = 0; i < 64; i++) {
+        cr_assert_eq(bds__h2_consume(H.app.h2, c->id, 4096), 4096, "message %d", i);
+        h_pump(&H);
+        while (nghttp2_session_get_stream_remote_window_size(H.cli, c->id) >= 4096) {
+            h_send_msg(&H, c, body, sizeof body);
+            sent++;
+            h_pump(&H);
+        }
+        int32_t window = nghttp2_session_get_stream_remote_window_size(H.cli, c->id);
+        int64_t out = capped_outstanding(c->id);
+        if (i < 12) {
+            cr_assert_eq(out, 65536 - 4096 * (i + 1), "message %d: the cut is being paid, yet %lld bytes are out", i,
+                         (long long)out);
+            continue;
+        }
+        cr_assert_leq(out, 16384, "message %d: %lld bytes out (window %d, unconsumed %zu)", i, (long long)out,
+                      window, bds__h2_unconsumed(H.app.h2, c->id));
+        if (out > most) most = out;
+    }
+    cr_assert_eq(most, 16384, "the stream still moves at the cap");
+    cr_assert_eq(H.app.calls[0].msgs, sent, "every message sent arrived");
+}
+
+/* Sends on |c| all its window allows, 4 KiB messages, and pumps. */
+static int send_what_the_window_allows(struct cstream *c) {
+    static uint8_t body[4091];
+    int n = 0;
+    while (nghttp2_session_get_stream_remote_window_size(H.cli, c->id) >= 4096) {
+        h_send_msg(&H, c, body, sizeof body);
+        n++;
+        h_pump(&H); /* the client's window moves only as its DATA goes */
+    }
+    return n;
+}
+
+Test(h2_window, a_window_grown_for_the_connection_stays_capped_where_a_stream_is, .fini = fini) {
+    init(1u << 20);
+    H.app.auto_consume = false;
+    struct cstream *a = h_call(&H, PIPE, NULL, 0);
+    struct cstream *b = h_call(&H, PIPE, NULL, 0);
+    h_pump(&H);
+    cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, a->id, 16384), 16384);
+    int total = send_what_the_window_allows(a);
+    cr_assert_eq(total, 16, "the 64 KiB granted before the cap");
+    cr_assert_eq(bds__h2_consume(H.app.h2, a->id, SIZE_MAX), 65536);
+    h_pump(&H);
+    cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, a->id), 16384);
+    /* Stream b fills its window round after round: the initial window grows,
+     * and with it every stream's, a's too (SETTINGS cannot spare one). */
+    H.app.auto_consume = true;
+    uint32_t w = 0;
+    for (int r = 0; r < 40 && (w = nghttp2_session_get_remote_settings(H.cli, NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE)) <
+                                  (256u << 10);
+         r++)
+        round_of(b, 80, 16 * 1024);
+    H.app.auto_consume = false;
+    cr_assert_geq(w, 256u << 10, "the window grew (%u)", w);
+    cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, a->id), 16384 + (int32_t)(w - 65536),
+                 "the SETTINGS granted a the growth");
+    /* What the growth granted is withheld from a's next credits: from then
+     * on a moves at its cap. */
+    for (int r = 0; r < 8; r++) {
+        total += send_what_the_window_allows(a);
+        bds__h2_consume(H.app.h2, a->id, SIZE_MAX);
+        h_pump(&H);
+        cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, a->id), 16384, "round %d: %d", r,
+                     nghttp2_session_get_stream_remote_window_size(H.cli, a->id));
+    }
+    cr_assert_eq(H.app.calls[0].msgs, total, "every message sent on a arrived");
+    cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, a->id, 0), w, "lifted: the grown window");
+    h_pump(&H);
+    cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, a->id), (int32_t)w);
 }
 
 Test(h2_window, a_bound_below_the_initial_window_is_refused) {
