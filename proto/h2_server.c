@@ -306,7 +306,9 @@ static void h2_consume_flush_one(bds__h2_session *c, struct h2_stream *s) {
         s->cap_paid += pay;
         k -= pay;
         if (!c->cfg.conn_credit_on_receipt) h2_check(c, nghttp2_session_consume_connection(c->ng, pay));
-        if (k == 0) return;
+        /* nghttp2 is told even with nothing left over (k = 0): it decides on a
+         * WINDOW_UPDATE only when told of a consumption, and what arrived
+         * since it last was may have brought its received count up to one. */
     }
     int rv = c->cfg.conn_credit_on_receipt ? nghttp2_session_consume_stream(c->ng, s->id, k)
                                            : nghttp2_session_consume(c->ng, s->id, k);

@@ -231,6 +231,37 @@ Test(h2_window, a_capped_stream_that_takes_its_messages_slowly_is_held_to_the_ca
     cr_assert_eq(H.app.calls[0].msgs, sent, "every message sent arrived");
 }
 
+Test(h2_window, a_capped_stream_never_stalls_with_everything_taken, .fini = fini) {
+    init(0);
+    H.app.auto_consume = false;
+    struct cstream *c = h_call(&H, PIPE, NULL, 0);
+    h_pump(&H);
+    static uint8_t body[1019]; /* 1 KiB messages */
+    uint32_t seed = 12345;
+    int sent = 0;
+    for (int round = 0; round < 400; round++) {
+        /* The client sends a few messages, or all its window allows. */
+        int n = (int)((seed = seed * 1103515245u + 12345u) >> 16) % 24;
+        for (int i = 0; i < n && nghttp2_session_get_stream_remote_window_size(H.cli, c->id) >= 1024; i++) {
+            h_send_msg(&H, c, body, sizeof body);
+            sent++;
+            h_pump(&H);
+        }
+        if (round == 10) cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, c->id, 16384), 16384);
+        if (round == 200) cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, c->id, 32768), 32768);
+        if (round == 300) cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, c->id, 16384), 16384);
+        /* The app takes some of what waits, or all of it. */
+        size_t held = bds__h2_unconsumed(H.app.h2, c->id);
+        size_t take = ((seed = seed * 1103515245u + 12345u) >> 16) % 3 == 0 ? held : (held / 1024 / 2) * 1024;
+        if (take) bds__h2_consume(H.app.h2, c->id, take);
+        h_pump(&H);
+        if (bds__h2_unconsumed(H.app.h2, c->id) == 0)
+            cr_assert_gt(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 0,
+                         "round %d: everything taken, yet the client may send nothing", round);
+    }
+    cr_assert_eq(H.app.calls[0].msgs, sent);
+}
+
 /* Sends on |c| all its window allows, 4 KiB messages, and pumps. */
 static int send_what_the_window_allows(struct cstream *c) {
     static uint8_t body[4091];
