@@ -445,10 +445,19 @@ static bool hook_drain(bds_shard *s, void *ctx) {
     return bds__shard_pipeline_drain(((srv_shard *)ctx)->pipe, RUN_BUDGET);
 }
 
+/* Admission rounds after the pipeline's run, per tick (hook_run). */
+#define ADMIT_ROUNDS 4
+
 static bool hook_run(bds_shard *s, void *ctx) {
     (void)s;
     srv_shard *sh = ctx;
     bool more = bds__shard_pipeline_run(sh->pipe, RUN_BUDGET);
+    /* Streams whose sessions made room while it ran take their parked
+     * messages in now, a batch each, and the pipeline runs them: a few rounds
+     * a tick, so reading the sockets is not put off for long. */
+    for (int round = 0; round < ADMIT_ROUNDS && bds__srv_shard_admit_ready(sh); round++)
+        more = bds__shard_pipeline_run(sh->pipe, RUN_BUDGET);
+    more |= !bds__dlist_empty(&sh->admit_ready);
     bds__srv_shard_flush_dirty(sh); /* this tick's replies, sent by this tick's flushers */
     bds_pipeline_stats ps;
     bds_pipeline_get_stats(bds__shard_pipeline_get(sh->pipe), &ps);
@@ -731,6 +740,7 @@ static bds_status on_shard_start(bds_shard *s, void *vctx) {
     sh->shard = s;
     bds__dlist_init(&sh->conns);
     bds__dlist_init(&sh->dirty);
+    bds__dlist_init(&sh->admit_ready);
     bds_hash_seed seed;
     bds__hash_seed_random(&seed); /* the connection age's jitter differs between servers */
     sh->jitter_rng = seed.k0 ^ seed.k1;

@@ -231,6 +231,9 @@ struct srv_shard {
     bds_listener *listener;
     bds__dlist conns;         /* its connections (srv_conn.shard_link) */
     bds__dlist dirty;         /* connections with output due (bds__srv_conn_kick; dirty_link) */
+    bds__dlist admit_ready;   /* calls whose sessions have room again, their parked
+                                 messages admitted after the pipeline runs
+                                 (srv_call.ready_link; bds__srv_shard_admit_ready) */
     bds_flusher flusher;      /* flushes `dirty` at the end of a tick */
     bds__pool msg_pools[SRV_MSG_CLASSES]; /* srv_msg buffers, by size class */
     bds__grpc_codec codec;    /* zlib for its connections: requests decompressed by
@@ -280,6 +283,7 @@ struct bds_stream {
     srv_msg *blocked, *blocked_tail; /* replies waiting for the stream's queue to drain */
     bds__dlist wait_link;     /* on the connection's waiting list while blocked is not
                                  empty (finish_pending implies it) */
+    bds__dlist ready_link;    /* on its shard's admit_ready list (op_inbound_ready) */
     bool h2_done;             /* the HTTP/2 stream is over (finished, reset or failed) */
     bool half_close_pending;  /* END_STREAM arrived behind parked messages */
     /* Messages admitted to the pipeline and not released yet. A call whose
@@ -472,6 +476,7 @@ void bds__srv_shard_flush_dirty(srv_shard *sh);
 void bds__srv_shard_flusher(bds_flusher *f);
 /* server_stream.c */
 void bds__srv_call_drain_parked(srv_call *call);
+bool bds__srv_shard_admit_ready(srv_shard *sh);
 void bds__srv_call_free(srv_call *call);
 void bds__srv_call_move_blocked(srv_call *call);
 void bds__srv_call_unlink(srv_call *call);

@@ -487,6 +487,7 @@ void bds__srv_call_unlink(srv_call *call) {
     srv_conn *sc = call->conn;
     if (!sc) return;
     call_unwait(call);
+    bds__dlist_unlink(&call->ready_link);
     if (sc->victim == call || sc->sh->victim == call) {
         /* Its memory goes as its session ends; a next victim may be due. */
         if (sc->victim == call) sc->victim = NULL;
@@ -972,9 +973,26 @@ void bds__srv_call_drain_parked(srv_call *call) {
     }
 }
 
+/* Room again, told as a message completes: its parked messages are admitted
+ * after the pipeline's run (bds__srv_shard_admit_ready), a batch of them at
+ * once, not one per completion, each between two others' runs. A call off its
+ * connection takes no more messages. */
 static void op_inbound_ready(bds_session *s, void *ctx) {
     (void)s;
-    bds__srv_call_drain_parked(ctx);
+    srv_call *call = ctx;
+    if (call->conn && !bds__dlist_linked(&call->ready_link))
+        bds__dlist_insert_tail(&call->home->admit_ready, &call->ready_link);
+}
+
+bool bds__srv_shard_admit_ready(srv_shard *sh) {
+    if (bds__dlist_empty(&sh->admit_ready)) return false;
+    bds__dlist *l;
+    while ((l = bds__dlist_first(&sh->admit_ready))) {
+        srv_call *call = BDS_DLIST_ENTRY(l, srv_call, ready_link);
+        bds__dlist_unlink(&call->ready_link);
+        bds__srv_call_drain_parked(call);
+    }
+    return true;
 }
 
 static const bds_session_ops srv_ops = {
@@ -1055,6 +1073,7 @@ static bds_status h2_on_call_start(void *ctx, const bds__h2_call_info *info, voi
     call->home = sh;
     bds__dlist_init(&call->conn_link);
     bds__dlist_init(&call->wait_link);
+    bds__dlist_init(&call->ready_link);
     atomic_init(&call->refs, 1);
     atomic_init(&call->compress, (uint8_t)sh->srv->cfg.compress_responses);
     call->conn = sc;
