@@ -361,6 +361,18 @@ Test(h2_abuse, settings_flood_terminates_with_enhance_your_calm, .fini = fini) {
     cr_assert(bds__h2_is_done(H.app.h2));
 }
 
+/* A SETTINGS ACK re-cuts capped stream windows (h2_settings_acked), so ACKs
+ * nobody asked for must not reach it: the first answers our SETTINGS, the
+ * next is a connection error. */
+Test(h2_abuse, settings_acks_nobody_asked_for_end_the_connection, .fini = fini) {
+    h_init(&H, NULL);
+    raw_preface(&IN);
+    flood(NGHTTP2_SETTINGS, NGHTTP2_FLAG_ACK, 0, NULL, 0, 1000);
+    h_feed_raw(&H, &IN, 16384);
+    assert_ended(NGHTTP2_PROTOCOL_ERROR);
+    cr_assert(bds__h2_is_done(H.app.h2));
+}
+
 Test(h2_abuse, ping_flood_terminates_with_enhance_your_calm, .fini = fini) {
     h_init(&H, NULL);
     raw_preface(&IN);

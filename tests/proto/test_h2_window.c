@@ -185,6 +185,18 @@ Test(h2_window, a_capped_stream_window_is_paid_by_the_next_credits_and_given_bac
     cr_assert_eq(nghttp2_session_get_stream_remote_window_size(H.cli, c->id), 0);
 }
 
+/* Sends on |c| all its window allows, 4 KiB messages, and pumps. */
+static int send_what_the_window_allows(struct cstream *c) {
+    static uint8_t body[4091];
+    int n = 0;
+    while (nghttp2_session_get_stream_remote_window_size(H.cli, c->id) >= 4096) {
+        h_send_msg(&H, c, body, sizeof body);
+        n++;
+        h_pump(&H); /* the client's window moves only as its DATA goes */
+    }
+    return n;
+}
+
 /* What the client may send on a capped stream (its window) plus what the
  * server holds of it unconsumed: the cap's bytes, once the cut is paid. */
 static int64_t capped_outstanding(int32_t id) {
@@ -197,9 +209,8 @@ Test(h2_window, a_capped_stream_that_takes_its_messages_slowly_is_held_to_the_ca
     H.app.auto_consume = false;
     struct cstream *c = h_call(&H, PIPE, NULL, 0);
     h_pump(&H);
-    static uint8_t body[4091];
-    for (int i = 0; i < 16; i++) h_send_msg(&H, c, body, sizeof body);
-    h_pump(&H);
+    int sent = send_what_the_window_allows(c);
+    cr_assert_eq(sent, 16);
     cr_assert_eq(capped_outstanding(c->id), 65536);
     cr_assert_eq(bds__h2_stream_window_cap(H.app.h2, c->id, 16384), 16384);
     /* One message taken at a time, the client sending whatever it may: the
@@ -207,15 +218,10 @@ Test(h2_window, a_capped_stream_that_takes_its_messages_slowly_is_held_to_the_ca
      * more than 16 KiB out between its window and the server's backlog
      * (nghttp2 alone credited a lagging stream ahead, by as much as the cut). */
     int64_t most = 0;
-    int sent = 16;
     for (int i = 0; i < 64; i++) {
         cr_assert_eq(bds__h2_consume(H.app.h2, c->id, 4096), 4096, "message %d", i);
         h_pump(&H);
-        while (nghttp2_session_get_stream_remote_window_size(H.cli, c->id) >= 4096) {
-            h_send_msg(&H, c, body, sizeof body);
-            sent++;
-            h_pump(&H);
-        }
+        sent += send_what_the_window_allows(c);
         int32_t window = nghttp2_session_get_stream_remote_window_size(H.cli, c->id);
         int64_t out = capped_outstanding(c->id);
         if (i < 12) {
@@ -260,18 +266,6 @@ Test(h2_window, a_capped_stream_never_stalls_with_everything_taken, .fini = fini
                          "round %d: everything taken, yet the client may send nothing", round);
     }
     cr_assert_eq(H.app.calls[0].msgs, sent);
-}
-
-/* Sends on |c| all its window allows, 4 KiB messages, and pumps. */
-static int send_what_the_window_allows(struct cstream *c) {
-    static uint8_t body[4091];
-    int n = 0;
-    while (nghttp2_session_get_stream_remote_window_size(H.cli, c->id) >= 4096) {
-        h_send_msg(&H, c, body, sizeof body);
-        n++;
-        h_pump(&H); /* the client's window moves only as its DATA goes */
-    }
-    return n;
 }
 
 Test(h2_window, a_window_grown_for_the_connection_stays_capped_where_a_stream_is, .fini = fini) {
